@@ -1,0 +1,17 @@
+//! What actor and learner share: the environment spec they agree on, the
+//! actor-critic network, and weights as versioned safetensors blobs.
+//!
+//! Layout: [`spec`] (observation/action spec), [`network`] (the actor-critic
+//! MLP and its parameters), [`weights`] (serialising parameters for the wire
+//! and for checkpoints), [`device`] (choosing a candle device at run time).
+//! Nothing here does I/O or knows about gRPC beyond the weight bytes.
+
+pub mod device;
+pub mod network;
+pub mod spec;
+pub mod weights;
+
+pub use device::{DeviceError, select_device};
+pub use network::{Activation, ActorCritic, NetworkConfig, PolicyOutput};
+pub use spec::EnvSpec;
+pub use weights::{Weights, WeightsError};

@@ -1,0 +1,19 @@
+//! fleet's wire protocol: the generated `fleet.v1` messages and services (in
+//! [`pb`]), plus the small conversions every side needs — typed slices to and
+//! from [`pb::Tensor`], and cutting weight blobs into bounded chunks and
+//! joining them again. No validation of whole messages lives here; each
+//! service validates what it receives.
+
+pub mod tensor;
+pub mod weights;
+
+/// Generated code for package `fleet.v1`.
+pub mod pb {
+    tonic::include_proto!("fleet.v1");
+}
+
+pub use tensor::TensorError;
+pub use weights::{WeightsAssembler, WeightsError, chunk_weights, MAX_CHUNK_BYTES};
+
+/// Default bound on one gRPC message, both directions (4 MiB, tonic's default).
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
