@@ -1,5 +1,7 @@
-//! The actor-critic network: an MLP torso with a policy head (logits over
-//! discrete actions) and a value head. Parameters are candle `Var`s held in
+//! The actor-critic network: two MLP towers of the same shape, one ending in
+//! the policy head (logits over discrete actions), one in the value head.
+//! Separate towers keep the value loss, whose scale grows with the return,
+//! from swamping the policy gradient in a shared torso. Parameters are candle `Var`s held in
 //! plain fields (so the model is `Send`) and initialised from a seed, so the
 //! same seed gives the same network on every run.
 
@@ -20,7 +22,7 @@ pub enum Activation {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct NetworkConfig {
-    /// Widths of the torso's hidden layers.
+    /// Widths of each tower's hidden layers.
     pub hidden: Vec<usize>,
     pub activation: Activation,
 }
@@ -75,7 +77,8 @@ pub struct PolicyOutput {
 pub struct ActorCritic {
     spec: EnvSpec,
     config: NetworkConfig,
-    torso: Vec<Dense>,
+    policy_tower: Vec<Dense>,
+    value_tower: Vec<Dense>,
     policy_head: Dense,
     value_head: Dense,
     /// Every parameter under its stable name, in a fixed order (for
@@ -88,20 +91,25 @@ impl ActorCritic {
     pub fn new(spec: EnvSpec, config: &NetworkConfig, seed: u64, device: &Device) -> Result<Self> {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
         let mut params = Vec::new();
-        let mut torso = Vec::new();
-        let mut width = spec.observation_size;
-        for (i, &out) in config.hidden.iter().enumerate() {
-            let (layer, named) = Dense::new(&format!("torso.{i}"), width, out, 1.0, &mut rng, device)?;
-            torso.push(layer);
-            params.extend(named);
-            width = out;
-        }
+        let mut tower = |prefix: &str, params: &mut Vec<(String, Var)>| -> Result<(Vec<Dense>, usize)> {
+            let mut layers = Vec::new();
+            let mut width = spec.observation_size;
+            for (i, &out) in config.hidden.iter().enumerate() {
+                let (layer, named) = Dense::new(&format!("{prefix}.{i}"), width, out, 1.0, &mut rng, device)?;
+                layers.push(layer);
+                params.extend(named);
+                width = out;
+            }
+            Ok((layers, width))
+        };
+        let (policy_tower, policy_width) = tower("policy_tower", &mut params)?;
+        let (value_tower, value_width) = tower("value_tower", &mut params)?;
         // A small policy head starts near-uniform, which keeps early exploration broad.
-        let (policy_head, named) = Dense::new("policy", width, spec.num_actions, 0.01, &mut rng, device)?;
+        let (policy_head, named) = Dense::new("policy", policy_width, spec.num_actions, 0.01, &mut rng, device)?;
         params.extend(named);
-        let (value_head, named) = Dense::new("value", width, 1, 1.0, &mut rng, device)?;
+        let (value_head, named) = Dense::new("value", value_width, 1, 1.0, &mut rng, device)?;
         params.extend(named);
-        Ok(Self { spec, config: config.clone(), torso, policy_head, value_head, params, device: device.clone() })
+        Ok(Self { spec, config: config.clone(), policy_tower, value_tower, policy_head, value_head, params, device: device.clone() })
     }
 
     pub fn spec(&self) -> EnvSpec {
@@ -127,17 +135,21 @@ impl ActorCritic {
 
     /// `observations`: `[N, observation_size]` f32.
     pub fn forward(&self, observations: &Tensor) -> Result<PolicyOutput> {
-        let mut x = observations.clone();
-        for layer in &self.torso {
+        let logits = self.policy_head.forward(&self.tower(&self.policy_tower, observations)?)?;
+        let values = self.value_head.forward(&self.tower(&self.value_tower, observations)?)?.squeeze(1)?;
+        Ok(PolicyOutput { logits, values })
+    }
+
+    fn tower(&self, layers: &[Dense], input: &Tensor) -> Result<Tensor> {
+        let mut x = input.clone();
+        for layer in layers {
             x = layer.forward(&x)?;
             x = match self.config.activation {
                 Activation::Tanh => x.tanh()?,
                 Activation::Relu => x.relu()?,
             };
         }
-        let logits = self.policy_head.forward(&x)?;
-        let values = self.value_head.forward(&x)?.squeeze(1)?;
-        Ok(PolicyOutput { logits, values })
+        Ok(x)
     }
 }
 

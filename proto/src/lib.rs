@@ -4,6 +4,7 @@
 //! joining them again. No validation of whole messages lives here; each
 //! service validates what it receives.
 
+pub mod connect;
 pub mod tensor;
 pub mod weights;
 

@@ -1,0 +1,435 @@
+//! A vector of environments of one kind stepped in lockstep, with the episode
+//! bookkeeping the sequence format relies on.
+//!
+//! An episode of N actions has N + 1 observations `x_0 ..= x_N`, and every one
+//! of them is a step of its own: `x_0` carries `is_first`, `x_N` carries
+//! `terminated` and/or `truncated`. So when an environment's current
+//! observation is a last one, the next [`VecEnv::step`] does not act in it; it
+//! resets it, ignoring the action given, and the new current observation is an
+//! `x_0`. The action taken at `x_N` is therefore meaningless, and its reward is
+//! 0. This is the same layout as Gymnasium's "next-step" vector auto-reset.
+//!
+//! Buffers are allocated once; stepping allocates only for episodes that end.
+//! Policies, sequences and transport are not handled here.
+
+use super::{EnvError, Environment, make};
+
+/// Environments of one name, their current observations and flags.
+pub struct VecEnv {
+    envs: Vec<Box<dyn Environment>>,
+    observation_size: usize,
+    num_actions: usize,
+    /// Current observation of every environment, `[num_envs * observation_size]`.
+    observations: Vec<f32>,
+    /// Reward of the action that led to the current observation (0 after a reset).
+    rewards: Vec<f32>,
+    /// The current observation starts an episode.
+    is_first: Vec<bool>,
+    /// The current observation is terminal.
+    terminated: Vec<bool>,
+    /// The current observation ends an episode cut short by a time limit.
+    truncated: Vec<bool>,
+    /// Running sums for [`FinishedEpisode`].
+    episode_returns: Vec<f64>,
+    episode_lengths: Vec<u32>,
+}
+
+/// What one [`VecEnv::step`] did across all environments.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StepReport {
+    /// Environments that acted (the rest were reset). This is the number of
+    /// environment frames the step consumed.
+    pub real_steps: usize,
+    /// Episodes whose last observation this step produced.
+    pub finished: Vec<FinishedEpisode>,
+}
+
+/// An episode that has just reached its last observation.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FinishedEpisode {
+    pub env_index: usize,
+    /// Sum of the episode's rewards.
+    pub episode_return: f64,
+    /// Number of actions taken in the episode (its observations number one more).
+    pub length: u32,
+    pub terminated: bool,
+    pub truncated: bool,
+}
+
+/// Seed of environment `env_index` in a vector seeded with `seed`: the
+/// `env_index`-th output of SplitMix64 started at `seed`, so that vectors with
+/// nearby seeds do not share environments.
+pub fn env_seed(seed: u64, env_index: usize) -> u64 {
+    let mut z = seed.wrapping_add(
+        (env_index as u64)
+            .wrapping_add(1)
+            .wrapping_mul(0x9E37_79B9_7F4A_7C15),
+    );
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+impl VecEnv {
+    /// Builds `num_envs` environments named `name`, seeded from `seed` with
+    /// [`env_seed`], and resets them all: every current observation is an
+    /// `x_0` with `is_first` set.
+    pub fn new(name: &str, num_envs: usize, seed: u64) -> Result<Self, EnvError> {
+        let envs = (0..num_envs)
+            .map(|env_index| make(name, env_seed(seed, env_index)))
+            .collect::<Result<Vec<_>, _>>()?;
+        // Sizes come from a probe so that an empty vector still knows them.
+        let probe = make(name, seed)?;
+        let observation_size = probe.observation_size();
+        let mut vec_env = Self {
+            envs,
+            observation_size,
+            num_actions: probe.num_actions(),
+            observations: vec![0.0; num_envs * observation_size],
+            rewards: vec![0.0; num_envs],
+            is_first: vec![true; num_envs],
+            terminated: vec![false; num_envs],
+            truncated: vec![false; num_envs],
+            episode_returns: vec![0.0; num_envs],
+            episode_lengths: vec![0; num_envs],
+        };
+        for env_index in 0..num_envs {
+            let observation = vec_env.observation_slot(env_index);
+            vec_env.envs[env_index].reset(&mut vec_env.observations[observation]);
+        }
+        Ok(vec_env)
+    }
+
+    pub fn num_envs(&self) -> usize {
+        self.envs.len()
+    }
+
+    pub fn observation_size(&self) -> usize {
+        self.observation_size
+    }
+
+    pub fn num_actions(&self) -> usize {
+        self.num_actions
+    }
+
+    /// Current observation of every environment, row-major `[num_envs, observation_size]`.
+    pub fn observations(&self) -> &[f32] {
+        &self.observations
+    }
+
+    /// Current observation of environment `env_index`.
+    pub fn observation(&self, env_index: usize) -> &[f32] {
+        &self.observations[self.observation_slot(env_index)]
+    }
+
+    /// Reward of the action that led to each current observation; 0 where the
+    /// current observation is an `x_0`.
+    pub fn rewards(&self) -> &[f32] {
+        &self.rewards
+    }
+
+    /// Whether each current observation starts an episode.
+    pub fn is_first(&self) -> &[bool] {
+        &self.is_first
+    }
+
+    /// Whether each current observation is terminal.
+    pub fn terminated(&self) -> &[bool] {
+        &self.terminated
+    }
+
+    /// Whether each current observation ends an episode cut short by a time limit.
+    pub fn truncated(&self) -> &[bool] {
+        &self.truncated
+    }
+
+    /// Whether the current observation of `env_index` is its episode's last.
+    pub fn is_last(&self, env_index: usize) -> bool {
+        self.terminated[env_index] || self.truncated[env_index]
+    }
+
+    /// Checks that there is one action per environment and each is in range.
+    /// Actions at last observations are checked too although they are ignored,
+    /// so that a faulty policy is caught whichever environments it hits.
+    pub fn validate_actions(&self, actions: &[usize]) -> Result<(), EnvError> {
+        if actions.len() != self.num_envs() {
+            return Err(EnvError::ActionCount {
+                expected: self.num_envs(),
+                got: actions.len(),
+            });
+        }
+        match actions
+            .iter()
+            .position(|&action| action >= self.num_actions)
+        {
+            Some(env_index) => Err(EnvError::BadAction {
+                env_index,
+                action: actions[env_index],
+                num_actions: self.num_actions,
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Advances every environment by one observation.
+    ///
+    /// An environment whose current observation is a last one is reset: its
+    /// action is ignored, its new observation is an `x_0` with `is_first`
+    /// set and its reward is 0. Every other environment takes its action; its
+    /// reward in [`rewards`](Self::rewards) is that action's, and if the new
+    /// observation is a last one the episode is listed in the report.
+    ///
+    /// # Panics
+    /// If [`validate_actions`](Self::validate_actions) rejects `actions`; the
+    /// actor samples actions from `0..num_actions()`, so this is a bug.
+    pub fn step(&mut self, actions: &[usize]) -> StepReport {
+        if let Err(error) = self.validate_actions(actions) {
+            panic!("VecEnv::step: {error}");
+        }
+        let mut report = StepReport::default();
+        for (env_index, &action) in actions.iter().enumerate() {
+            let slot = self.observation_slot(env_index);
+            let observation = &mut self.observations[slot];
+            if self.terminated[env_index] || self.truncated[env_index] {
+                self.envs[env_index].reset(observation);
+                self.rewards[env_index] = 0.0;
+                self.is_first[env_index] = true;
+                self.terminated[env_index] = false;
+                self.truncated[env_index] = false;
+                self.episode_returns[env_index] = 0.0;
+                self.episode_lengths[env_index] = 0;
+                continue;
+            }
+            let outcome = self.envs[env_index].step(action, observation);
+            report.real_steps += 1;
+            self.rewards[env_index] = outcome.reward;
+            self.is_first[env_index] = false;
+            self.terminated[env_index] = outcome.terminated;
+            self.truncated[env_index] = outcome.truncated;
+            self.episode_returns[env_index] += f64::from(outcome.reward);
+            self.episode_lengths[env_index] += 1;
+            if outcome.is_last() {
+                report.finished.push(FinishedEpisode {
+                    env_index,
+                    episode_return: self.episode_returns[env_index],
+                    length: self.episode_lengths[env_index],
+                    terminated: outcome.terminated,
+                    truncated: outcome.truncated,
+                });
+            }
+        }
+        report
+    }
+
+    fn observation_slot(&self, env_index: usize) -> std::ops::Range<usize> {
+        env_index * self.observation_size..(env_index + 1) * self.observation_size
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::env::cartpole::{self, CartPole, MAX_EPISODE_STEPS};
+
+    const NAME: &str = cartpole::NAME;
+
+    /// Steps with a fixed action pattern and records, per environment, every
+    /// observation's (is_first, is_last, reward) and the episodes finished.
+    fn run(
+        vec_env: &mut VecEnv,
+        steps: usize,
+        choose: impl Fn(usize, usize) -> usize,
+    ) -> Vec<StepReport> {
+        let mut actions = vec![0; vec_env.num_envs()];
+        (0..steps)
+            .map(|step| {
+                for (env_index, action) in actions.iter_mut().enumerate() {
+                    *action = choose(step, env_index);
+                }
+                vec_env.step(&actions)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn env_vector_starts_with_first_observations_from_distinct_seeds() {
+        let vec_env = VecEnv::new(NAME, 4, 9).unwrap();
+        assert_eq!(
+            (
+                vec_env.num_envs(),
+                vec_env.observation_size(),
+                vec_env.num_actions()
+            ),
+            (4, 4, 2)
+        );
+        assert_eq!(vec_env.observations().len(), 16);
+        assert!(vec_env.is_first().iter().all(|&first| first));
+        assert!((0..4).all(|env_index| !vec_env.is_last(env_index)));
+        assert!(vec_env.rewards().iter().all(|&reward| reward == 0.0));
+        assert!(
+            vec_env
+                .observations()
+                .iter()
+                .all(|value| value.abs() < 0.05)
+        );
+        assert_ne!(vec_env.observation(0), vec_env.observation(1));
+    }
+
+    #[test]
+    fn env_vector_episode_return_equals_its_number_of_actions() {
+        let mut vec_env = VecEnv::new(NAME, 3, 1).unwrap();
+        let reports = run(&mut vec_env, 400, |step, env_index| {
+            (step * 7 + env_index * 3) % 5 % 2
+        });
+        let finished: Vec<_> = reports.iter().flat_map(|report| &report.finished).collect();
+        assert!(
+            finished.len() >= 6,
+            "only {} episodes ended",
+            finished.len()
+        );
+        for episode in finished {
+            assert_eq!(episode.episode_return, f64::from(episode.length));
+            assert!(episode.length >= 1 && episode.length <= MAX_EPISODE_STEPS);
+            assert!(episode.terminated || episode.truncated);
+        }
+    }
+
+    #[test]
+    fn env_vector_last_observation_is_followed_by_a_first_one() {
+        let mut vec_env = VecEnv::new(NAME, 2, 2).unwrap();
+        let mut lasts_seen = 0;
+        for step in 0..300 {
+            let was_last: Vec<bool> = (0..2).map(|env_index| vec_env.is_last(env_index)).collect();
+            let report = vec_env.step(&[step % 2, 1]);
+            for (env_index, &was_last) in was_last.iter().enumerate() {
+                let is_first = vec_env.is_first()[env_index];
+                assert_eq!(is_first, was_last, "step {step} env {env_index}");
+                if is_first {
+                    lasts_seen += 1;
+                    assert_eq!(vec_env.rewards()[env_index], 0.0);
+                    assert!(!vec_env.is_last(env_index));
+                    assert!(
+                        vec_env
+                            .observation(env_index)
+                            .iter()
+                            .all(|value| value.abs() < 0.05)
+                    );
+                } else {
+                    assert_eq!(vec_env.rewards()[env_index], 1.0);
+                }
+                let listed = report
+                    .finished
+                    .iter()
+                    .any(|episode| episode.env_index == env_index);
+                assert_eq!(listed, vec_env.is_last(env_index));
+            }
+        }
+        assert!(lasts_seen >= 4);
+    }
+
+    #[test]
+    fn env_vector_ignores_the_action_at_a_last_observation() {
+        let run_until_first_end = |action_at_last: usize| {
+            let mut vec_env = VecEnv::new(NAME, 1, 5).unwrap();
+            while !vec_env.is_last(0) {
+                vec_env.step(&[1]);
+            }
+            vec_env.step(&[action_at_last]);
+            assert!(vec_env.is_first()[0]);
+            (vec_env.observation(0).to_vec(), vec_env.rewards()[0])
+        };
+        assert_eq!(run_until_first_end(0), run_until_first_end(1));
+    }
+
+    #[test]
+    fn env_vector_counts_only_real_steps() {
+        let mut vec_env = VecEnv::new(NAME, 4, 3).unwrap();
+        let mut resets_expected = 0;
+        let mut real_steps = 0;
+        for _ in 0..200 {
+            let lasts = (0..4)
+                .filter(|&env_index| vec_env.is_last(env_index))
+                .count();
+            let report = vec_env.step(&[1, 0, 1, 1]);
+            assert_eq!(report.real_steps, 4 - lasts);
+            real_steps += report.real_steps;
+            resets_expected += lasts;
+        }
+        assert!(resets_expected > 0);
+        assert_eq!(real_steps + resets_expected, 800);
+    }
+
+    #[test]
+    fn env_vector_is_deterministic_given_the_seed() {
+        let trace = |seed| {
+            let mut vec_env = VecEnv::new(NAME, 3, seed).unwrap();
+            let reports = run(&mut vec_env, 100, |step, env_index| (step + env_index) % 2);
+            (vec_env.observations().to_vec(), reports)
+        };
+        assert_eq!(trace(42), trace(42));
+        assert_ne!(trace(42).0, trace(43).0);
+    }
+
+    #[test]
+    fn env_vector_env_i_matches_a_cartpole_seeded_with_env_seed() {
+        use crate::env::Environment;
+        let vec_env = VecEnv::new(NAME, 3, 77).unwrap();
+        let mut single = CartPole::new(env_seed(77, 2));
+        let mut observation = [0.0f32; 4];
+        single.reset(&mut observation);
+        assert_eq!(vec_env.observation(2), observation);
+    }
+
+    #[test]
+    fn env_vector_reports_truncated_episodes() {
+        let mut vec_env = VecEnv::new(NAME, 1, 0).unwrap();
+        let mut finished = Vec::new();
+        while finished.is_empty() {
+            let [_, _, theta, theta_dot]: [f32; 4] = vec_env.observation(0).try_into().unwrap();
+            finished = vec_env
+                .step(&[usize::from(theta + 0.5 * theta_dot > 0.0)])
+                .finished;
+        }
+        assert_eq!(finished.len(), 1);
+        let episode = finished[0];
+        assert!(episode.truncated && !episode.terminated, "{episode:?}");
+        assert_eq!(episode.length, MAX_EPISODE_STEPS);
+        assert_eq!(episode.episode_return, 500.0);
+        assert!(vec_env.truncated()[0] && !vec_env.terminated()[0]);
+    }
+
+    #[test]
+    fn env_vector_rejects_bad_actions() {
+        let vec_env = VecEnv::new(NAME, 2, 0).unwrap();
+        assert!(vec_env.validate_actions(&[0, 1]).is_ok());
+        assert!(matches!(
+            vec_env.validate_actions(&[0]),
+            Err(EnvError::ActionCount {
+                expected: 2,
+                got: 1
+            })
+        ));
+        assert!(matches!(
+            vec_env.validate_actions(&[0, 2]),
+            Err(EnvError::BadAction {
+                env_index: 1,
+                action: 2,
+                num_actions: 2
+            })
+        ));
+    }
+
+    #[test]
+    #[should_panic(expected = "out of range")]
+    fn env_vector_step_panics_on_bad_actions() {
+        VecEnv::new(NAME, 2, 0).unwrap().step(&[0, 5]);
+    }
+
+    #[test]
+    fn env_vector_unknown_name_is_an_error() {
+        assert!(matches!(
+            VecEnv::new("Pong", 2, 0),
+            Err(EnvError::Unknown(_))
+        ));
+    }
+}

@@ -1,0 +1,31 @@
+//! The actor's metric names, in one place, and their descriptions.
+
+use metrics::{describe_counter, describe_gauge, describe_histogram};
+
+pub const ENV_STEPS: &str = "fleet_actor_env_steps_total";
+pub const EPISODES: &str = "fleet_actor_episodes_total";
+pub const EPISODE_RETURN: &str = "fleet_actor_episode_return";
+pub const EPISODE_RETURN_RECENT: &str = "fleet_actor_episode_return_recent";
+pub const POLICY_LAG: &str = "fleet_actor_policy_lag_versions";
+pub const SEQUENCES_SENT: &str = "fleet_actor_sequences_sent_total";
+pub const SEQUENCES_ACKED: &str = "fleet_actor_sequences_acked_total";
+pub const SEQUENCES_REJECTED: &str = "fleet_actor_sequences_rejected_total";
+pub const WEIGHTS_VERSION: &str = "fleet_actor_weights_version";
+pub const RECONNECTS: &str = "fleet_actor_reconnects_total";
+
+/// Histogram buckets, so histograms aggregate across actors.
+pub const EPISODE_RETURN_BUCKETS: &[f64] = &[10.0, 25.0, 50.0, 100.0, 200.0, 300.0, 400.0, 450.0, 475.0, 500.0, 1000.0];
+pub const POLICY_LAG_BUCKETS: &[f64] = &[0.0, 1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 50.0, 100.0];
+
+pub fn describe() {
+    describe_counter!(ENV_STEPS, "Environment steps taken (resets are not steps)");
+    describe_counter!(EPISODES, "Episodes finished");
+    describe_histogram!(EPISODE_RETURN, "Undiscounted return of each finished episode");
+    describe_gauge!(EPISODE_RETURN_RECENT, "Mean return of this actor's most recent episodes (actor.return_window)");
+    describe_histogram!(POLICY_LAG, "Per sequence sent: newest weights version known minus the oldest behaviour version in it");
+    describe_counter!(SEQUENCES_SENT, "Sequences sent to replay (including resends after a reconnect)");
+    describe_counter!(SEQUENCES_ACKED, "Sequences replay acknowledged");
+    describe_counter!(SEQUENCES_REJECTED, "Sequences replay refused as invalid");
+    describe_gauge!(WEIGHTS_VERSION, "Version of the weights the policy acts with");
+    describe_counter!(RECONNECTS, "Connections (re)established to replay or the learner");
+}

@@ -1,0 +1,333 @@
+//! The actor process: a compute thread that steps the environments and runs
+//! the policy, an insert task that streams finished sequences to replay with
+//! bounded in-flight items, and a weights task that follows the learner's
+//! `WatchWeights` stream. tokio does the I/O; candle runs on the compute
+//! thread, fed and drained through bounded channels.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use candle_core::{Device, Tensor};
+use fleet_agent::{ActorCritic, EnvSpec, NetworkConfig, Weights};
+use fleet_proto::connect::{Backoff, connect};
+use fleet_proto::pb::{self, parameters_client::ParametersClient, replay_client::ReplayClient};
+use fleet_proto::WeightsAssembler;
+use futures::StreamExt;
+use rand::SeedableRng;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::env::VecEnv;
+use crate::metrics as m;
+use crate::policy::sample_actions;
+use crate::sequence::{SequenceWriter, StepRecord};
+use crate::ActorConfig;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ActorError {
+    #[error("environment: {0}")]
+    Env(#[from] crate::env::EnvError),
+    #[error("network: {0}")]
+    Candle(#[from] candle_core::Error),
+    #[error("invalid address: {0}")]
+    Address(#[from] tonic::transport::Error),
+    #[error("weights from the learner do not fit this actor's network: {0}")]
+    Weights(#[from] fleet_agent::WeightsError),
+    #[error("compute thread failed: {0}")]
+    Thread(String),
+}
+
+/// Everything one actor process needs.
+#[derive(Debug, Clone)]
+pub struct ActorSettings {
+    pub actor_id: u64,
+    pub seed: u64,
+    pub env_name: String,
+    pub network: NetworkConfig,
+    pub actor: ActorConfig,
+    pub replay_address: String,
+    pub learner_address: String,
+    pub max_message_bytes: usize,
+    pub backoff: Backoff,
+}
+
+/// Runs one actor until `shutdown` fires or a fatal error occurs.
+pub async fn run(settings: ActorSettings, shutdown: CancellationToken) -> Result<(), ActorError> {
+    m::describe();
+    // Probe the environment up front so a bad name fails before connecting.
+    let probe = VecEnv::new(&settings.env_name, 1, 0)?;
+    let spec = EnvSpec { observation_size: probe.observation_size(), num_actions: probe.num_actions() };
+    drop(probe);
+
+    let (weights_tx, weights_rx) = watch::channel::<Option<Arc<Weights>>>(None);
+    let newest_version = Arc::new(AtomicU64::new(0));
+    let (sequence_tx, sequence_rx) = mpsc::channel::<pb::Sequence>(settings.actor.max_in_flight);
+
+    let weights_task = tokio::spawn(follow_weights(settings.clone(), weights_tx, newest_version.clone(), shutdown.clone()));
+    let insert_task = tokio::spawn(stream_sequences(settings.clone(), sequence_rx, shutdown.clone()));
+
+    let compute_settings = settings.clone();
+    let compute_shutdown = shutdown.clone();
+    let compute = tokio::task::spawn_blocking(move || {
+        act(compute_settings, spec, weights_rx, sequence_tx, newest_version, compute_shutdown)
+    });
+    let result = match compute.await {
+        Ok(result) => result,
+        Err(join) => Err(ActorError::Thread(join.to_string())),
+    };
+    // The compute loop ends on shutdown or error; stop the I/O tasks too.
+    shutdown.cancel();
+    let _ = weights_task.await;
+    let _ = insert_task.await;
+    result
+}
+
+/// The compute loop: act in every environment, write sequences, hand them on.
+fn act(
+    settings: ActorSettings,
+    spec: EnvSpec,
+    mut weights_rx: watch::Receiver<Option<Arc<Weights>>>,
+    sequence_tx: mpsc::Sender<pb::Sequence>,
+    newest_version: Arc<AtomicU64>,
+    shutdown: CancellationToken,
+) -> Result<(), ActorError> {
+    let config = &settings.actor;
+    let seed = settings.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(settings.actor_id);
+    let mut envs = VecEnv::new(&settings.env_name, config.num_envs, seed)?;
+    let network = ActorCritic::new(spec, &settings.network, seed, &Device::Cpu)?;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ 0xA5A5_A5A5);
+    let mut writers: Vec<SequenceWriter> = (0..config.num_envs)
+        .map(|_| SequenceWriter::new(config.unroll_length + 1, spec.observation_size, spec.num_actions, settings.actor_id))
+        .collect();
+
+    // Act only with the learner's weights, so every behaviour version is real.
+    tracing::info!(learner = %settings.learner_address, "waiting for the first weights");
+    let mut version = loop {
+        if shutdown.is_cancelled() {
+            return Ok(());
+        }
+        if let Some(w) = weights_rx.borrow_and_update().clone() {
+            w.load_into(&network)?;
+            break w.version;
+        }
+        // Blocking thread: wait on the watch channel through a small runtime-free poll.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    metrics::gauge!(m::WEIGHTS_VERSION).set(version as f64);
+    tracing::info!(version, num_envs = config.num_envs, "acting");
+
+    let env_steps = metrics::counter!(m::ENV_STEPS);
+    let episodes = metrics::counter!(m::EPISODES);
+    let episode_return = metrics::histogram!(m::EPISODE_RETURN);
+    let return_recent = metrics::gauge!(m::EPISODE_RETURN_RECENT);
+    let policy_lag = metrics::histogram!(m::POLICY_LAG);
+    let mut recent_returns: VecDeque<f64> = VecDeque::with_capacity(config.return_window);
+    let mut actions = Vec::with_capacity(config.num_envs);
+    let n = config.num_envs;
+
+    while !shutdown.is_cancelled() {
+        if weights_rx.has_changed().unwrap_or(false) {
+            if let Some(w) = weights_rx.borrow_and_update().clone() {
+                if w.version > version {
+                    w.load_into(&network)?;
+                    version = w.version;
+                    metrics::gauge!(m::WEIGHTS_VERSION).set(version as f64);
+                }
+            }
+        }
+        let observations = Tensor::from_slice(envs.observations(), (n, spec.observation_size), &Device::Cpu)?;
+        let logits = network.forward(&observations)?.logits.flatten_all()?.to_vec1::<f32>()?;
+        sample_actions(&logits, spec.num_actions, &mut rng, &mut actions);
+
+        // Record x_t and its flags before stepping; the reward arrives with the step.
+        let before: Vec<(Vec<f32>, bool, bool, bool)> = (0..n)
+            .map(|i| (envs.observation(i).to_vec(), envs.is_first()[i], envs.terminated()[i], envs.truncated()[i]))
+            .collect();
+        let report = envs.step(&actions);
+        env_steps.increment(report.real_steps as u64);
+        for (i, (observation, is_first, terminated, truncated)) in before.iter().enumerate() {
+            let record = StepRecord {
+                observation,
+                action: actions[i] as i64,
+                reward: envs.rewards()[i],
+                is_first: *is_first,
+                terminated: *terminated,
+                truncated: *truncated,
+                behaviour_logits: &logits[i * spec.num_actions..(i + 1) * spec.num_actions],
+                behaviour_version: version,
+            };
+            if let Some(sequence) = writers[i].push(&record) {
+                let oldest = sequence.behaviour_versions.iter().copied().min().unwrap_or(version);
+                policy_lag.record(newest_version.load(Ordering::Relaxed).saturating_sub(oldest) as f64);
+                if sequence_tx.blocking_send(sequence).is_err() {
+                    return Ok(()); // the insert task has stopped: shutting down
+                }
+            }
+        }
+        for episode in &report.finished {
+            episodes.increment(1);
+            episode_return.record(episode.episode_return);
+            if recent_returns.len() == config.return_window {
+                recent_returns.pop_front();
+            }
+            recent_returns.push_back(episode.episode_return);
+            return_recent.set(recent_returns.iter().sum::<f64>() / recent_returns.len() as f64);
+        }
+    }
+    Ok(())
+}
+
+/// Follows the learner's weights: reconnects with backoff, assembles chunks
+/// and publishes each complete newer version to the compute thread.
+async fn follow_weights(
+    settings: ActorSettings,
+    weights_tx: watch::Sender<Option<Arc<Weights>>>,
+    newest_version: Arc<AtomicU64>,
+    shutdown: CancellationToken,
+) {
+    let limit = 1u64 << 32;
+    loop {
+        let channel = match connect(&settings.learner_address, settings.backoff, &shutdown).await {
+            Ok(Some(channel)) => channel,
+            Ok(None) => return,
+            Err(error) => {
+                tracing::error!(%error, address = %settings.learner_address, "bad learner address");
+                shutdown.cancel();
+                return;
+            }
+        };
+        metrics::counter!(m::RECONNECTS, "peer" => "learner").increment(1);
+        let mut client = ParametersClient::new(channel).max_decoding_message_size(settings.max_message_bytes);
+        let after_version = newest_version.load(Ordering::Relaxed);
+        let stream = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = client.watch_weights(pb::WatchWeightsRequest { after_version }) => r,
+        };
+        let mut stream = match stream {
+            Ok(response) => response.into_inner(),
+            Err(status) => {
+                tracing::warn!(%status, "WatchWeights failed; reconnecting");
+                sleep_or_cancel(settings.backoff.max, &shutdown).await;
+                continue;
+            }
+        };
+        let mut assembler = WeightsAssembler::new(limit);
+        loop {
+            let chunk = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                chunk = stream.next() => chunk,
+            };
+            match chunk {
+                Some(Ok(chunk)) => match assembler.push(chunk) {
+                    Ok(Some((version, bytes))) => {
+                        newest_version.fetch_max(version, Ordering::Relaxed);
+                        weights_tx.send_replace(Some(Arc::new(Weights { version, bytes })));
+                    }
+                    Ok(None) => {}
+                    Err(error) => {
+                        tracing::warn!(%error, "bad weights stream; reconnecting");
+                        break;
+                    }
+                },
+                Some(Err(status)) => {
+                    tracing::warn!(%status, "weights stream ended; reconnecting");
+                    break;
+                }
+                None => {
+                    tracing::info!("learner closed the weights stream; reconnecting");
+                    break;
+                }
+            }
+        }
+        sleep_or_cancel(settings.backoff.initial, &shutdown).await;
+    }
+}
+
+/// Streams sequences to replay. At most `max_in_flight` are unacknowledged;
+/// those are resent after a reconnect, so a replay restart loses nothing.
+async fn stream_sequences(settings: ActorSettings, mut sequence_rx: mpsc::Receiver<pb::Sequence>, shutdown: CancellationToken) {
+    let max_in_flight = settings.actor.max_in_flight;
+    let mut pending: VecDeque<pb::Sequence> = VecDeque::with_capacity(max_in_flight);
+    let sent = metrics::counter!(m::SEQUENCES_SENT);
+    let acked = metrics::counter!(m::SEQUENCES_ACKED);
+    loop {
+        let channel = match connect(&settings.replay_address, settings.backoff, &shutdown).await {
+            Ok(Some(channel)) => channel,
+            Ok(None) => return,
+            Err(error) => {
+                tracing::error!(%error, address = %settings.replay_address, "bad replay address");
+                shutdown.cancel();
+                return;
+            }
+        };
+        metrics::counter!(m::RECONNECTS, "peer" => "replay").increment(1);
+        let mut client = ReplayClient::new(channel)
+            .max_encoding_message_size(settings.max_message_bytes)
+            .max_decoding_message_size(settings.max_message_bytes);
+        let (request_tx, request_rx) = mpsc::channel::<pb::InsertRequest>(max_in_flight);
+        let request = |sequence: &pb::Sequence| pb::InsertRequest { table: settings.actor.table.clone(), sequence: Some(sequence.clone()) };
+        // Resend what the previous connection did not get acknowledged.
+        for sequence in &pending {
+            if request_tx.send(request(sequence)).await.is_err() {
+                break;
+            }
+            sent.increment(1);
+        }
+        let responses = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = client.insert(tokio_stream::wrappers::ReceiverStream::new(request_rx)) => r,
+        };
+        let mut responses = match responses {
+            Ok(r) => r.into_inner(),
+            Err(status) => {
+                tracing::warn!(%status, "Insert stream failed; reconnecting");
+                sleep_or_cancel(settings.backoff.initial, &shutdown).await;
+                continue;
+            }
+        };
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                sequence = sequence_rx.recv(), if pending.len() < max_in_flight => {
+                    let Some(sequence) = sequence else { return };
+                    let req = request(&sequence);
+                    pending.push_back(sequence);
+                    if request_tx.send(req).await.is_err() {
+                        break;
+                    }
+                    sent.increment(1);
+                }
+                response = responses.next() => match response {
+                    Some(Ok(_ack)) => {
+                        pending.pop_front();
+                        acked.increment(1);
+                    }
+                    Some(Err(status)) if status.code() == tonic::Code::InvalidArgument => {
+                        // Acks come in order, so the refused item is the oldest pending one.
+                        tracing::error!(%status, "replay refused a sequence; dropping it");
+                        pending.pop_front();
+                        metrics::counter!(m::SEQUENCES_REJECTED).increment(1);
+                        break;
+                    }
+                    Some(Err(status)) => {
+                        tracing::warn!(%status, "Insert stream ended; reconnecting");
+                        break;
+                    }
+                    None => {
+                        tracing::info!("replay closed the insert stream; reconnecting");
+                        break;
+                    }
+                },
+            }
+        }
+        sleep_or_cancel(settings.backoff.initial, &shutdown).await;
+    }
+}
+
+async fn sleep_or_cancel(duration: std::time::Duration, shutdown: &CancellationToken) {
+    tokio::select! {
+        _ = shutdown.cancelled() => {}
+        _ = tokio::time::sleep(duration) => {}
+    }
+}

@@ -1,0 +1,163 @@
+//! Cutting one environment's stream of steps into fixed-length sequences.
+//!
+//! A sequence has `length = unroll_length + 1` steps; its last step is the
+//! bootstrap step and is kept as the first step of the next sequence, so
+//! consecutive sequences overlap by exactly one step. This is a plain data
+//! structure (no I/O): the actor feeds it one step at a time.
+
+use fleet_proto::pb;
+
+/// Everything recorded about one step of one environment.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepRecord<'a> {
+    pub observation: &'a [f32],
+    pub action: i64,
+    pub reward: f32,
+    pub is_first: bool,
+    pub terminated: bool,
+    pub truncated: bool,
+    pub behaviour_logits: &'a [f32],
+    pub behaviour_version: u64,
+}
+
+/// Accumulates the steps of one environment and emits overlapping sequences.
+#[derive(Debug)]
+pub struct SequenceWriter {
+    length: usize,
+    observation_size: usize,
+    num_actions: usize,
+    actor_id: u64,
+    observations: Vec<f32>,
+    actions: Vec<i64>,
+    rewards: Vec<f32>,
+    is_first: Vec<bool>,
+    terminated: Vec<bool>,
+    truncated: Vec<bool>,
+    logits: Vec<f32>,
+    versions: Vec<u64>,
+}
+
+impl SequenceWriter {
+    /// `length` is the number of steps per sequence (unroll + 1), at least 2.
+    pub fn new(length: usize, observation_size: usize, num_actions: usize, actor_id: u64) -> Self {
+        assert!(length >= 2, "a sequence needs at least one learning step and a bootstrap step");
+        Self {
+            length,
+            observation_size,
+            num_actions,
+            actor_id,
+            observations: Vec::with_capacity(length * observation_size),
+            actions: Vec::with_capacity(length),
+            rewards: Vec::with_capacity(length),
+            is_first: Vec::with_capacity(length),
+            terminated: Vec::with_capacity(length),
+            truncated: Vec::with_capacity(length),
+            logits: Vec::with_capacity(length * num_actions),
+            versions: Vec::with_capacity(length),
+        }
+    }
+
+    /// Steps held now (fewer than `length`).
+    pub fn len(&self) -> usize {
+        self.actions.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.actions.is_empty()
+    }
+
+    /// Appends a step; returns a finished sequence when this step completes one.
+    pub fn push(&mut self, step: &StepRecord<'_>) -> Option<pb::Sequence> {
+        assert_eq!(step.observation.len(), self.observation_size, "observation size");
+        assert_eq!(step.behaviour_logits.len(), self.num_actions, "logit count");
+        self.observations.extend_from_slice(step.observation);
+        self.actions.push(step.action);
+        self.rewards.push(step.reward);
+        self.is_first.push(step.is_first);
+        self.terminated.push(step.terminated);
+        self.truncated.push(step.truncated);
+        self.logits.extend_from_slice(step.behaviour_logits);
+        self.versions.push(step.behaviour_version);
+        if self.actions.len() < self.length {
+            return None;
+        }
+        let t = self.length;
+        let sequence = pb::Sequence {
+            observations: Some(pb::Tensor::from_f32(&[t, self.observation_size], &self.observations)),
+            actions: Some(pb::Tensor::from_i64(&[t], &self.actions)),
+            rewards: self.rewards.clone(),
+            is_first: self.is_first.clone(),
+            terminated: self.terminated.clone(),
+            truncated: self.truncated.clone(),
+            behaviour_logits: Some(pb::Tensor::from_f32(&[t, self.num_actions], &self.logits)),
+            behaviour_versions: self.versions.clone(),
+            initial_state: None,
+            actor_id: self.actor_id,
+            priority: 0.0,
+        };
+        self.keep_last_step();
+        Some(sequence)
+    }
+
+    /// Drops all but the last step, which opens the next sequence.
+    fn keep_last_step(&mut self) {
+        let last = self.length - 1;
+        self.observations.drain(..last * self.observation_size);
+        self.logits.drain(..last * self.num_actions);
+        for v in [&mut self.is_first, &mut self.terminated, &mut self.truncated] {
+            v.drain(..last);
+        }
+        self.actions.drain(..last);
+        self.rewards.drain(..last);
+        self.versions.drain(..last);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn push_step(w: &mut SequenceWriter, i: usize) -> Option<pb::Sequence> {
+        let obs = [i as f32, -(i as f32)];
+        let logits = [0.1 * i as f32, 0.0, 1.0];
+        w.push(&StepRecord {
+            observation: &obs,
+            action: (i % 3) as i64,
+            reward: i as f32,
+            is_first: i % 7 == 0,
+            terminated: i % 7 == 6,
+            truncated: false,
+            behaviour_logits: &logits,
+            behaviour_version: i as u64 / 4,
+        })
+    }
+
+    #[test]
+    fn sequences_overlap_by_their_bootstrap_step() {
+        let mut w = SequenceWriter::new(5, 2, 3, 9);
+        let mut out = Vec::new();
+        for i in 0..13 {
+            if let Some(s) = push_step(&mut w, i) {
+                out.push(s);
+            }
+        }
+        // Steps 0..=4, 4..=8, 8..=12.
+        assert_eq!(out.len(), 3);
+        for (k, s) in out.iter().enumerate() {
+            let first = 4 * k;
+            let expected: Vec<f32> = (first..first + 5).map(|i| i as f32).collect();
+            assert_eq!(s.rewards, expected);
+            let obs = s.observations.as_ref().unwrap().to_f32().unwrap();
+            assert_eq!(obs.len(), 10);
+            assert_eq!(obs[0], first as f32);
+            assert_eq!(obs[9], -((first + 4) as f32));
+            assert_eq!(s.actions.as_ref().unwrap().to_i64().unwrap()[4], ((first + 4) % 3) as i64);
+            assert_eq!(s.behaviour_logits.as_ref().unwrap().dims(), vec![5, 3]);
+            assert_eq!(s.is_first, (first..first + 5).map(|i| i % 7 == 0).collect::<Vec<_>>());
+            assert_eq!(s.terminated, (first..first + 5).map(|i| i % 7 == 6).collect::<Vec<_>>());
+            assert_eq!(s.behaviour_versions, (first..first + 5).map(|i| i as u64 / 4).collect::<Vec<_>>());
+            assert_eq!(s.actor_id, 9);
+        }
+        assert_eq!(w.len(), 1);
+    }
+}

@@ -1,0 +1,22 @@
+//! fleet's learner: pulls batches of sequences from replay, computes V-trace
+//! targets and the IMPALA loss on candle tensors, steps the optimiser, and
+//! publishes versioned weights through the `Parameters` service.
+//!
+//! Layout: [`vtrace`] (targets and advantages), [`batch`] (sampled items to
+//! time-major tensors), [`loss`], [`optim`] (gradient clipping and Adam),
+//! [`learner`] (state and one update, no I/O), [`parameters`] (the weights
+//! service), [`runtime`] (the process), [`config`], [`metrics`].
+
+pub mod batch;
+pub mod config;
+pub mod learner;
+pub mod loss;
+pub mod metrics;
+pub mod optim;
+pub mod parameters;
+pub mod runtime;
+pub mod vtrace;
+
+pub use config::LearnerConfig;
+pub use learner::{Learner, UpdateError, UpdateStats};
+pub use runtime::{LearnerError, LearnerSettings, run};

@@ -1,0 +1,32 @@
+//! The learner's metric names, in one place, and their descriptions.
+
+use metrics::{describe_counter, describe_gauge, describe_histogram};
+
+pub const UPDATES: &str = "fleet_learner_updates_total";
+pub const SKIPPED_UPDATES: &str = "fleet_learner_skipped_updates_total";
+pub const LOSS: &str = "fleet_learner_loss";
+pub const ENTROPY: &str = "fleet_learner_policy_entropy";
+pub const GRAD_NORM: &str = "fleet_learner_grad_norm";
+pub const CLIPPED_RHO: &str = "fleet_learner_clipped_rho_fraction";
+pub const WEIGHTS_VERSION: &str = "fleet_learner_weights_version";
+pub const POLICY_LAG: &str = "fleet_learner_policy_lag_versions";
+pub const BATCH_WAIT: &str = "fleet_learner_batch_wait_seconds";
+pub const FRAMES: &str = "fleet_learner_frames_total";
+pub const BAD_BATCHES: &str = "fleet_learner_bad_batches_total";
+
+pub const POLICY_LAG_BUCKETS: &[f64] = &[0.0, 1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 50.0, 100.0];
+pub const BATCH_WAIT_BUCKETS: &[f64] = &[0.0001, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0];
+
+pub fn describe() {
+    describe_counter!(UPDATES, "Optimiser updates applied");
+    describe_counter!(SKIPPED_UPDATES, "Updates skipped because the gradient was not finite");
+    describe_gauge!(LOSS, "Loss terms of the latest update (label kind = policy|baseline|entropy|total)");
+    describe_gauge!(ENTROPY, "Mean policy entropy over the latest batch");
+    describe_gauge!(GRAD_NORM, "Global gradient norm of the latest update, before clipping");
+    describe_gauge!(CLIPPED_RHO, "Share of the latest batch's steps whose importance ratio exceeded rho_bar");
+    describe_gauge!(WEIGHTS_VERSION, "Version of the newest published weights");
+    describe_histogram!(POLICY_LAG, "Per learning step: learner version minus the behaviour policy's version");
+    describe_histogram!(BATCH_WAIT, "Time the update loop waited for its next batch");
+    describe_counter!(FRAMES, "Environment steps consumed by updates");
+    describe_counter!(BAD_BATCHES, "Sampled batches refused as inconsistent");
+}

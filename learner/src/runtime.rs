@@ -1,0 +1,226 @@
+//! The learner process: serves `Parameters`, pulls batches from replay
+//! through a prefetching task, and runs updates on a dedicated thread,
+//! publishing weights after every `publish_every` updates.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use fleet_agent::{EnvSpec, NetworkConfig, Weights, select_device};
+use fleet_proto::connect::{Backoff, connect};
+use fleet_proto::pb::{self, parameters_server::ParametersServer, replay_client::ReplayClient};
+use futures::StreamExt;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::batch::HostBatch;
+use crate::config::LearnerConfig;
+use crate::learner::{Learner, UpdateError};
+use crate::metrics as m;
+use crate::parameters::ParametersService;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LearnerError {
+    #[error("invalid learner config: {0}")]
+    Config(String),
+    #[error(transparent)]
+    Device(#[from] fleet_agent::DeviceError),
+    #[error(transparent)]
+    Update(#[from] UpdateError),
+    #[error(transparent)]
+    Weights(#[from] fleet_agent::WeightsError),
+    #[error("gRPC server: {0}")]
+    Server(#[from] tonic::transport::Error),
+    #[error("update thread failed: {0}")]
+    Thread(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct LearnerSettings {
+    pub seed: u64,
+    pub spec: EnvSpec,
+    pub network: NetworkConfig,
+    pub learner: LearnerConfig,
+    pub replay_address: String,
+    pub max_message_bytes: usize,
+    /// How long replay may hold one `Sample` batch before answering DEADLINE_EXCEEDED.
+    pub sample_timeout: Duration,
+    pub backoff: Backoff,
+}
+
+/// Runs the learner until `shutdown` fires.
+pub async fn run(settings: LearnerSettings, listener: TcpListener, shutdown: CancellationToken) -> Result<(), LearnerError> {
+    m::describe();
+    settings.learner.validate().map_err(LearnerError::Config)?;
+    let device = select_device(&settings.learner.device)?;
+    tracing::info!(device = ?device, "learner device");
+    let learner = Learner::new(settings.spec, &settings.network, settings.learner.clone(), settings.seed, device)?;
+    let (weights_tx, weights_rx) = watch::channel(Arc::new(learner.weights()?));
+    metrics::gauge!(m::WEIGHTS_VERSION).set(learner.version() as f64);
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<ParametersServer<ParametersService>>().await;
+    let parameters = ParametersServer::new(ParametersService::new(weights_rx))
+        .max_encoding_message_size(settings.max_message_bytes)
+        .max_decoding_message_size(settings.max_message_bytes);
+    let server_shutdown = shutdown.clone();
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(health_service)
+            .add_service(parameters)
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move { server_shutdown.cancelled().await }),
+    );
+
+    let (batch_tx, batch_rx) = mpsc::channel(settings.learner.prefetch_batches);
+    let sampler = tokio::spawn(prefetch_batches(settings.clone(), batch_tx, shutdown.clone()));
+    let train_shutdown = shutdown.clone();
+    let publish_every = settings.learner.publish_every;
+    let training = tokio::task::spawn_blocking(move || train(learner, batch_rx, weights_tx, publish_every, train_shutdown));
+
+    let result = match training.await {
+        Ok(result) => result,
+        Err(join) => Err(LearnerError::Thread(join.to_string())),
+    };
+    shutdown.cancel();
+    let _ = sampler.await;
+    match server.await {
+        Ok(served) => served?,
+        Err(join) => return Err(LearnerError::Thread(join.to_string())),
+    }
+    result
+}
+
+/// The update loop: one batch in, one update, weights out.
+fn train(
+    mut learner: Learner,
+    mut batch_rx: mpsc::Receiver<HostBatch>,
+    weights_tx: watch::Sender<Arc<Weights>>,
+    publish_every: u64,
+    shutdown: CancellationToken,
+) -> Result<(), LearnerError> {
+    let batch_wait = metrics::histogram!(m::BATCH_WAIT);
+    let policy_lag = metrics::histogram!(m::POLICY_LAG);
+    let frames = metrics::counter!(m::FRAMES);
+    let updates = metrics::counter!(m::UPDATES);
+    loop {
+        let waited = Instant::now();
+        let Some(batch) = batch_rx.blocking_recv() else { return Ok(()) };
+        batch_wait.record(waited.elapsed().as_secs_f64());
+        if shutdown.is_cancelled() {
+            return Ok(());
+        }
+        let version = learner.version();
+        let learning = (batch.steps - 1) * batch.batch_size;
+        for (i, &behaviour) in batch.behaviour_versions[..learning].iter().enumerate() {
+            if !(batch.terminated[i] || batch.truncated[i]) {
+                policy_lag.record(version.saturating_sub(behaviour) as f64);
+            }
+        }
+        let stats = match learner.update(&batch) {
+            Ok(stats) => stats,
+            Err(UpdateError::Spec(message)) => {
+                tracing::error!(%message, "refusing batch");
+                metrics::counter!(m::BAD_BATCHES).increment(1);
+                continue;
+            }
+            Err(error) => return Err(error.into()),
+        };
+        if !stats.applied {
+            tracing::warn!(grad_norm = stats.grad_norm, "non-finite gradient; update skipped");
+            metrics::counter!(m::SKIPPED_UPDATES).increment(1);
+            continue;
+        }
+        updates.increment(1);
+        frames.increment(batch.learning_frames());
+        for (kind, value) in [("policy", stats.policy_loss), ("baseline", stats.baseline_loss), ("entropy", -stats.entropy), ("total", stats.total_loss)] {
+            metrics::gauge!(m::LOSS, "kind" => kind).set(value as f64);
+        }
+        metrics::gauge!(m::ENTROPY).set(stats.entropy as f64);
+        metrics::gauge!(m::GRAD_NORM).set(stats.grad_norm);
+        metrics::gauge!(m::CLIPPED_RHO).set(stats.clipped_rho_fraction as f64);
+        if learner.updates() % publish_every == 0 {
+            weights_tx.send_replace(Arc::new(learner.weights()?));
+            metrics::gauge!(m::WEIGHTS_VERSION).set(learner.version() as f64);
+        }
+    }
+}
+
+/// Keeps `prefetch_batches` decoded batches ready. Each `Sample` call asks
+/// for one batch: an open-ended stream would let replay hand over batches as
+/// fast as the transport buffers them, and every buffered batch is policy lag.
+/// Reconnects with backoff after failures.
+async fn prefetch_batches(settings: LearnerSettings, batch_tx: mpsc::Sender<HostBatch>, shutdown: CancellationToken) {
+    let config = &settings.learner;
+    'connect: loop {
+        let channel = match connect(&settings.replay_address, settings.backoff, &shutdown).await {
+            Ok(Some(channel)) => channel,
+            Ok(None) => return,
+            Err(error) => {
+                tracing::error!(%error, address = %settings.replay_address, "bad replay address");
+                shutdown.cancel();
+                return;
+            }
+        };
+        let mut client = ReplayClient::new(channel)
+            .max_decoding_message_size(settings.max_message_bytes)
+            .max_encoding_message_size(settings.max_message_bytes);
+        loop {
+            let request = pb::SampleRequest {
+                table: config.table.clone(),
+                batch_size: config.batch_size as u32,
+                num_batches: 1,
+                timeout_ms: settings.sample_timeout.as_millis() as u32,
+                beta: 0.0,
+            };
+            let response = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                r = client.sample(request) => r,
+            };
+            let mut stream = match response {
+                Ok(r) => r.into_inner(),
+                Err(status) => {
+                    tracing::warn!(%status, "Sample failed; reconnecting");
+                    sleep_or_cancel(settings.backoff.max, &shutdown).await;
+                    continue 'connect;
+                }
+            };
+            loop {
+                let next = tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    next = stream.next() => next,
+                };
+                match next {
+                    Some(Ok(response)) => match HostBatch::from_items(&response.items, settings.spec) {
+                        Ok(batch) => {
+                            if batch_tx.send(batch).await.is_err() {
+                                return;
+                            }
+                        }
+                        Err(error) => {
+                            tracing::error!(%error, "refusing sampled batch");
+                            metrics::counter!(m::BAD_BATCHES).increment(1);
+                        }
+                    },
+                    Some(Err(status)) if status.code() == tonic::Code::DeadlineExceeded => {
+                        tracing::debug!("no batch within the sample timeout; asking again");
+                        break;
+                    }
+                    Some(Err(status)) => {
+                        tracing::warn!(%status, "Sample stream failed; reconnecting");
+                        sleep_or_cancel(settings.backoff.initial, &shutdown).await;
+                        continue 'connect;
+                    }
+                    None => break,
+                }
+            }
+        }
+    }
+}
+
+async fn sleep_or_cancel(duration: Duration, shutdown: &CancellationToken) {
+    tokio::select! {
+        _ = shutdown.cancelled() => {}
+        _ = tokio::time::sleep(duration) => {}
+    }
+}

@@ -1,0 +1,79 @@
+//! Client connections that wait for their server: retry with exponential
+//! backoff until the server answers or shutdown is requested.
+
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Channel, Endpoint};
+
+/// How long to wait between connection attempts.
+#[derive(Debug, Clone, Copy)]
+pub struct Backoff {
+    pub initial: Duration,
+    pub max: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self { initial: Duration::from_millis(100), max: Duration::from_secs(5) }
+    }
+}
+
+impl Backoff {
+    /// The delay after `attempt` failed attempts (doubling, capped).
+    pub fn delay(&self, attempt: u32) -> Duration {
+        self.initial.saturating_mul(1u32 << attempt.min(16)).min(self.max)
+    }
+}
+
+/// Normalises `host:port` to `http://host:port`.
+pub fn endpoint_uri(address: &str) -> String {
+    if address.contains("://") { address.to_string() } else { format!("http://{address}") }
+}
+
+/// Connects to `address`, retrying with `backoff`. Returns `None` when
+/// `shutdown` fires first; a malformed address is an error at once.
+pub async fn connect(address: &str, backoff: Backoff, shutdown: &CancellationToken) -> Result<Option<Channel>, tonic::transport::Error> {
+    let endpoint = Endpoint::from_shared(endpoint_uri(address))?
+        .connect_timeout(Duration::from_secs(5))
+        .tcp_nodelay(true);
+    let mut attempt = 0;
+    loop {
+        let result = tokio::select! {
+            _ = shutdown.cancelled() => return Ok(None),
+            result = endpoint.connect() => result,
+        };
+        match result {
+            Ok(channel) => return Ok(Some(channel)),
+            Err(error) => {
+                let delay = backoff.delay(attempt);
+                tracing::debug!(%address, %error, ?delay, "server not reachable yet; retrying");
+                attempt += 1;
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(None),
+                    _ = tokio::time::sleep(delay) => {}
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_its_cap() {
+        let b = Backoff { initial: Duration::from_millis(100), max: Duration::from_secs(1) };
+        assert_eq!(b.delay(0), Duration::from_millis(100));
+        assert_eq!(b.delay(2), Duration::from_millis(400));
+        assert_eq!(b.delay(10), Duration::from_secs(1));
+        assert_eq!(b.delay(1000), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn addresses_get_a_scheme() {
+        assert_eq!(endpoint_uri("127.0.0.1:5000"), "http://127.0.0.1:5000");
+        assert_eq!(endpoint_uri("https://a:1"), "https://a:1");
+    }
+}

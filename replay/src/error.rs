@@ -1,0 +1,99 @@
+//! The replay crate's one error type, and its single mapping to gRPC status
+//! codes. Every variant picks its code here and nowhere else.
+
+use std::time::Duration;
+
+use crate::validate::{Signature, ValidationError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("invalid replay config: {0}")]
+    Config(String),
+    #[error("no table named {0:?}")]
+    UnknownTable(String),
+    #[error("invalid sequence: {0}")]
+    InvalidSequence(#[from] ValidationError),
+    #[error(
+        "sequence does not match table {table:?}: the table holds {expected}, the sequence has {found}"
+    )]
+    SignatureMismatch {
+        table: String,
+        expected: Box<Signature>,
+        found: Box<Signature>,
+    },
+    #[error("invalid sample request: {0}")]
+    InvalidSampleRequest(String),
+    #[error(
+        "invalid priority update for key {key}: priority {priority} is not a finite number >= 0"
+    )]
+    InvalidPriority { key: u64, priority: f64 },
+    #[error("table {table:?} did not have {wanted} items to sample within {waited:?}")]
+    SampleTimeout {
+        table: String,
+        wanted: usize,
+        waited: Duration,
+    },
+    #[error("timed out after {waited:?} waiting for room in full table {table:?}")]
+    InsertTimeout { table: String, waited: Duration },
+    #[error("the replay service is shutting down")]
+    Shutdown,
+    #[error("gRPC server failed: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+impl From<Error> for tonic::Status {
+    fn from(error: Error) -> Self {
+        use tonic::Code;
+        let code = match &error {
+            Error::Config(_) => Code::Internal,
+            Error::UnknownTable(_) => Code::NotFound,
+            Error::InvalidSequence(_)
+            | Error::SignatureMismatch { .. }
+            | Error::InvalidSampleRequest(_)
+            | Error::InvalidPriority { .. } => Code::InvalidArgument,
+            Error::SampleTimeout { .. } | Error::InsertTimeout { .. } => Code::DeadlineExceeded,
+            Error::Shutdown => Code::Unavailable,
+            Error::Transport(_) => Code::Internal,
+        };
+        tonic::Status::new(code, error.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic::Code;
+
+    #[test]
+    fn codes() {
+        let status = |e: Error| tonic::Status::from(e).code();
+        assert_eq!(status(Error::UnknownTable("x".into())), Code::NotFound);
+        assert_eq!(
+            status(Error::InvalidSequence(ValidationError::Missing("actions"))),
+            Code::InvalidArgument
+        );
+        assert_eq!(
+            status(Error::InvalidPriority {
+                key: 1,
+                priority: -1.0
+            }),
+            Code::InvalidArgument
+        );
+        assert_eq!(
+            status(Error::InvalidSampleRequest("b".into())),
+            Code::InvalidArgument
+        );
+        let timeout = Error::SampleTimeout {
+            table: "q".into(),
+            wanted: 3,
+            waited: Duration::from_millis(5),
+        };
+        assert_eq!(status(timeout), Code::DeadlineExceeded);
+        assert_eq!(status(Error::Shutdown), Code::Unavailable);
+        let message =
+            tonic::Status::from(Error::InvalidSequence(ValidationError::Missing("actions")))
+                .message()
+                .to_owned();
+        assert_eq!(message, "invalid sequence: actions is missing");
+    }
+}

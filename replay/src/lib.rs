@@ -1,0 +1,31 @@
+//! fleet's replay service: tables of trajectory sequences that actors insert
+//! into and the learner samples from, served over gRPC (`fleet.v1.Replay`).
+//!
+//! # Layout
+//!
+//! - [`config`]: what tables exist and the service-wide bounds; parsed with
+//!   serde, checked by [`ReplayConfig::validate`].
+//! - [`validate`]: the pure check of one incoming sequence, yielding the
+//!   [`Signature`] that all items of a table share.
+//! - [`table`]: one table — items, sampler, remover, `max_times_sampled`, and
+//!   the waiting that makes inserts and samples block (never poll).
+//! - [`service`]: the gRPC service over the tables, and [`serve`], which runs
+//!   it with the health service until shutdown.
+//! - [`metrics`]: metric names, descriptions and per-table handles.
+//! - [`error`]: the crate's error type and its one mapping to gRPC statuses.
+//!
+//! Not here: the exporter for metrics and signal handling (the binary's job),
+//! and anything the learner or actors compute.
+
+pub mod config;
+pub mod error;
+pub mod metrics;
+pub mod service;
+pub mod table;
+pub mod validate;
+
+pub use config::{ReplayConfig, SamplerKind, TableConfig};
+pub use error::Error;
+pub use service::{ReplayService, serve};
+pub use table::Table;
+pub use validate::{Signature, ValidationError, validate_sequence};

@@ -1,0 +1,82 @@
+//! Every metric the replay service records: names, descriptions
+//! ([`describe`]) and the per-table handles the tables hold so that hot paths
+//! do not look metrics up by name. Recording only; installing an exporter is
+//! the binary's job.
+//!
+//! The two `_seconds_total` metrics are recorded as gauges that only ever
+//! increase: the `metrics` crate's counters count whole numbers, and waits are
+//! mostly fractions of a second. `rate()` works on them as on any counter.
+
+use metrics::{Counter, Gauge, Unit, counter, describe_counter, describe_gauge, gauge};
+
+/// Items currently stored, per table.
+pub const ITEMS: &str = "fleet_replay_items";
+/// Items inserted since start, per table.
+pub const INSERTS_TOTAL: &str = "fleet_replay_inserts_total";
+/// Items sampled since start (one per item in a batch), per table.
+pub const SAMPLES_TOTAL: &str = "fleet_replay_samples_total";
+/// Seconds inserts spent waiting for room in a full table, per table.
+pub const INSERT_BLOCKED_SECONDS_TOTAL: &str = "fleet_replay_insert_blocked_seconds_total";
+/// Seconds sample requests spent waiting for enough items, per table.
+pub const SAMPLE_WAIT_SECONDS_TOTAL: &str = "fleet_replay_sample_wait_seconds_total";
+/// Priority updates for keys no longer in the table, per table.
+pub const MISSING_PRIORITY_UPDATES_TOTAL: &str = "fleet_replay_missing_priority_updates_total";
+
+/// Registers descriptions and units with the installed recorder. Call once
+/// after installing it; harmless without one.
+pub fn describe() {
+    describe_gauge!(
+        ITEMS,
+        Unit::Count,
+        "Items currently stored in the replay table."
+    );
+    describe_counter!(
+        INSERTS_TOTAL,
+        Unit::Count,
+        "Items inserted into the replay table."
+    );
+    describe_counter!(
+        SAMPLES_TOTAL,
+        Unit::Count,
+        "Items sampled from the replay table (each item of each batch)."
+    );
+    describe_gauge!(
+        INSERT_BLOCKED_SECONDS_TOTAL,
+        Unit::Seconds,
+        "Seconds inserts waited for room in a full table (monotonic)."
+    );
+    describe_gauge!(
+        SAMPLE_WAIT_SECONDS_TOTAL,
+        Unit::Seconds,
+        "Seconds sample requests waited for enough items (monotonic)."
+    );
+    describe_counter!(
+        MISSING_PRIORITY_UPDATES_TOTAL,
+        Unit::Count,
+        "Priority updates ignored because their item had already left the table."
+    );
+}
+
+/// Handles for one table's metrics, labelled with the table name.
+#[derive(Debug)]
+pub(crate) struct TableMetrics {
+    pub(crate) items: Gauge,
+    pub(crate) inserts: Counter,
+    pub(crate) samples: Counter,
+    pub(crate) insert_blocked_seconds: Gauge,
+    pub(crate) sample_wait_seconds: Gauge,
+    pub(crate) missing_priority_updates: Counter,
+}
+
+impl TableMetrics {
+    pub(crate) fn new(table: &str) -> Self {
+        Self {
+            items: gauge!(ITEMS, "table" => table.to_owned()),
+            inserts: counter!(INSERTS_TOTAL, "table" => table.to_owned()),
+            samples: counter!(SAMPLES_TOTAL, "table" => table.to_owned()),
+            insert_blocked_seconds: gauge!(INSERT_BLOCKED_SECONDS_TOTAL, "table" => table.to_owned()),
+            sample_wait_seconds: gauge!(SAMPLE_WAIT_SECONDS_TOTAL, "table" => table.to_owned()),
+            missing_priority_updates: counter!(MISSING_PRIORITY_UPDATES_TOTAL, "table" => table.to_owned()),
+        }
+    }
+}

@@ -1,0 +1,883 @@
+//! The `fleet.v1.Replay` gRPC service over a set of [`Table`]s, and [`serve`],
+//! which runs it with the standard health service until shutdown.
+//!
+//! This layer turns requests into table calls and table results into
+//! messages: streams, statuses, back-pressure through bounded channels and
+//! ending promptly when a client hangs up or the service stops. Validation
+//! lives in [`crate::validate`], sampling and waiting in [`crate::table`].
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use fleet_proto::pb::replay_server::{Replay, ReplayServer};
+use fleet_proto::pb::{self, InsertRequest, InsertResponse, SampleResponse};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status, Streaming};
+use tonic_health::ServingStatus;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use crate::config::ReplayConfig;
+use crate::error::Error;
+use crate::table::{SampledItem, Table};
+use crate::validate::ValidationError;
+
+/// Acknowledgements buffered per insert stream before the server stops
+/// reading requests (a client that never reads its acks is slowed down, not
+/// buffered for).
+const INSERT_ACK_BUFFER: usize = 32;
+
+/// Batches prepared ahead per sample stream. Items in this buffer have left
+/// the table, so it stays at one: a client that hangs up loses at most one
+/// batch besides what is in flight.
+const SAMPLE_BUFFER: usize = 1;
+
+/// The Replay service: the tables and the service-wide settings. Cheap to
+/// clone (all clones share the tables).
+#[derive(Debug, Clone)]
+pub struct ReplayService {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    /// In config order, for `Info`.
+    tables: Vec<Arc<Table>>,
+    by_name: HashMap<String, Arc<Table>>,
+    /// Used when a sample request does not set its own timeout.
+    sample_timeout: Duration,
+    max_message_bytes: usize,
+    /// Cancelled on shutdown; ends every stream and every wait.
+    shutdown: CancellationToken,
+}
+
+impl ReplayService {
+    /// Checks `config` and builds its (empty) tables. Cancelling `shutdown`
+    /// ends every blocked insert and sample with UNAVAILABLE.
+    pub fn new(config: &ReplayConfig, shutdown: CancellationToken) -> Result<Self, Error> {
+        config.validate().map_err(Error::Config)?;
+        let tables: Vec<Arc<Table>> = config
+            .tables
+            .iter()
+            .map(|t| Arc::new(Table::new(t.clone(), shutdown.clone())))
+            .collect();
+        let by_name = tables
+            .iter()
+            .map(|t| (t.name().to_owned(), Arc::clone(t)))
+            .collect();
+        Ok(Self {
+            inner: Arc::new(Inner {
+                tables,
+                by_name,
+                sample_timeout: Duration::from_millis(config.sample_timeout_ms),
+                max_message_bytes: config.max_message_bytes,
+                shutdown,
+            }),
+        })
+    }
+
+    /// The table called `name`.
+    pub fn table(&self, name: &str) -> Result<Arc<Table>, Error> {
+        self.inner
+            .by_name
+            .get(name)
+            .cloned()
+            .ok_or_else(|| Error::UnknownTable(name.to_owned()))
+    }
+
+    /// The tonic service, with the configured message bound in both directions.
+    pub fn into_server(self) -> ReplayServer<Self> {
+        let limit = self.inner.max_message_bytes;
+        ReplayServer::new(self)
+            .max_decoding_message_size(limit)
+            .max_encoding_message_size(limit)
+    }
+
+    /// Reads one insert stream until the client closes it, storing each
+    /// sequence and acknowledging it in order. Returns the error that ends
+    /// the stream, if any.
+    async fn run_insert_stream(
+        &self,
+        requests: &mut Streaming<InsertRequest>,
+        acks: &mpsc::Sender<Result<InsertResponse, Status>>,
+    ) -> Result<(), Error> {
+        loop {
+            let request = tokio::select! {
+                message = requests.message() => match message {
+                    Ok(Some(request)) => request,
+                    Ok(None) => return Ok(()),
+                    Err(status) => {
+                        // The client broke the stream; there is nobody to tell.
+                        debug!(code = ?status.code(), message = status.message(), "insert stream broken by client");
+                        return Ok(());
+                    }
+                },
+                () = acks.closed() => return Ok(()),
+                () = self.inner.shutdown.cancelled() => return Err(Error::Shutdown),
+            };
+            let table = self.table(&request.table)?;
+            let sequence = request
+                .sequence
+                .ok_or(ValidationError::Missing("sequence"))?;
+            // Waits while the table is full; that wait is the back-pressure
+            // actors feel. Stop waiting if the client goes away.
+            let key = tokio::select! {
+                key = table.insert(sequence, None) => key?,
+                () = acks.closed() => return Ok(()),
+            };
+            if acks.send(Ok(InsertResponse { key })).await.is_err() {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Produces the batches of one sample stream until `num_batches` are
+    /// sent (0: until the client hangs up), a batch times out, or shutdown.
+    async fn run_sample_stream(
+        table: Arc<Table>,
+        request: pb::SampleRequest,
+        timeout: Duration,
+        shutdown: CancellationToken,
+        batches: mpsc::Sender<Result<SampleResponse, Status>>,
+    ) {
+        let batch_size = request.batch_size as usize;
+        let mut sent = 0u64;
+        while request.num_batches == 0 || sent < request.num_batches {
+            // Take a slot first so that no items leave the table for a
+            // client that is gone or not reading.
+            let permit = tokio::select! {
+                permit = batches.reserve() => match permit {
+                    Ok(permit) => permit,
+                    Err(_) => return,
+                },
+                () = shutdown.cancelled() => {
+                    // Best effort: the client may not be reading.
+                    let _ = batches.try_send(Err(Error::Shutdown.into()));
+                    return;
+                }
+            };
+            let result = tokio::select! {
+                result = table.sample(batch_size, request.beta, timeout) => result,
+                () = batches.closed() => return,
+            };
+            match result {
+                Ok(batch) => {
+                    permit.send(Ok(SampleResponse {
+                        items: batch.into_iter().map(sampled_item_message).collect(),
+                    }));
+                    sent += 1;
+                }
+                Err(error) => {
+                    debug!(%error, "sample stream ends");
+                    permit.send(Err(error.into()));
+                    return;
+                }
+            }
+        }
+        debug!(batches = sent, "sample stream complete");
+    }
+}
+
+fn sampled_item_message(item: SampledItem) -> pb::SampledItem {
+    pb::SampledItem {
+        key: item.key,
+        priority: item.priority,
+        probability: item.probability,
+        times_sampled: item.times_sampled,
+        table_size: item.table_size,
+        weight: item.weight,
+        sequence: Some(Arc::unwrap_or_clone(item.sequence)),
+    }
+}
+
+#[tonic::async_trait]
+impl Replay for ReplayService {
+    type InsertStream = ReceiverStream<Result<InsertResponse, Status>>;
+    type SampleStream = ReceiverStream<Result<SampleResponse, Status>>;
+
+    async fn insert(
+        &self,
+        request: Request<Streaming<InsertRequest>>,
+    ) -> Result<Response<Self::InsertStream>, Status> {
+        let span = info_span!("insert_stream", peer = ?request.remote_addr());
+        let mut requests = request.into_inner();
+        let (acks, rx) = mpsc::channel(INSERT_ACK_BUFFER);
+        let service = self.clone();
+        tokio::spawn(
+            async move {
+                debug!("insert stream opened");
+                match service.run_insert_stream(&mut requests, &acks).await {
+                    Ok(()) => debug!("insert stream closed"),
+                    Err(error) => {
+                        warn!(%error, "insert stream rejected");
+                        // A failed send means the client has gone already.
+                        let _ = acks.send(Err(error.into())).await;
+                    }
+                }
+            }
+            .instrument(span),
+        );
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn sample(
+        &self,
+        request: Request<pb::SampleRequest>,
+    ) -> Result<Response<Self::SampleStream>, Status> {
+        let peer = request.remote_addr();
+        let request = request.into_inner();
+        let table = self.table(&request.table)?;
+        table.check_sample_request(request.batch_size as usize, request.beta)?;
+        let timeout = match request.timeout_ms {
+            0 => self.inner.sample_timeout,
+            ms => Duration::from_millis(u64::from(ms)),
+        };
+        let span = info_span!(
+            "sample_stream",
+            ?peer,
+            table = %request.table,
+            batch_size = request.batch_size,
+            num_batches = request.num_batches,
+        );
+        let (batches, rx) = mpsc::channel(SAMPLE_BUFFER);
+        let shutdown = self.inner.shutdown.clone();
+        tokio::spawn(
+            Self::run_sample_stream(table, request, timeout, shutdown, batches).instrument(span),
+        );
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn update_priorities(
+        &self,
+        request: Request<pb::UpdatePrioritiesRequest>,
+    ) -> Result<Response<pb::UpdatePrioritiesResponse>, Status> {
+        let request = request.into_inner();
+        let table = self.table(&request.table)?;
+        let updates: Vec<(u64, f64)> = request
+            .updates
+            .iter()
+            .map(|u| (u.key, u.priority))
+            .collect();
+        let missing = table.update_priorities(&updates)?;
+        debug!(table = %request.table, updates = updates.len(), missing, "priorities updated");
+        Ok(Response::new(pb::UpdatePrioritiesResponse { missing }))
+    }
+
+    async fn info(
+        &self,
+        _request: Request<pb::InfoRequest>,
+    ) -> Result<Response<pb::InfoResponse>, Status> {
+        let tables = self
+            .inner
+            .tables
+            .iter()
+            .map(|table| {
+                let stats = table.stats();
+                pb::TableInfo {
+                    name: stats.name,
+                    sampler: stats.sampler.to_owned(),
+                    remover: stats.remover.to_owned(),
+                    size: stats.size,
+                    max_size: stats.max_size,
+                    inserts: stats.inserts,
+                    samples: stats.samples,
+                    max_times_sampled: stats.max_times_sampled,
+                }
+            })
+            .collect();
+        Ok(Response::new(pb::InfoResponse { tables }))
+    }
+}
+
+/// Serves the Replay service and `grpc.health.v1.Health` on `listener` until
+/// `shutdown` completes. Health reports SERVING (for "" and
+/// `fleet.v1.Replay`) once the tables exist, NOT_SERVING once shutdown
+/// starts; blocked inserts and samples then end with UNAVAILABLE so that the
+/// server can drain promptly.
+pub async fn serve(
+    config: ReplayConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), Error> {
+    let token = CancellationToken::new();
+    // Whatever ends this function (error, or the caller dropping it) releases
+    // every waiter.
+    let _release = token.clone().drop_guard();
+    let service = ReplayService::new(&config, token.clone())?;
+    info!(addr = ?listener.local_addr().ok(), ?config, "replay service starting");
+
+    let (health, health_server) = tonic_health::server::health_reporter();
+    health.set_serving::<ReplayServer<ReplayService>>().await;
+    health.set_service_status("", ServingStatus::Serving).await;
+
+    let stop = {
+        let token = token.clone();
+        async move {
+            shutdown.await;
+            info!("replay service shutting down");
+            health
+                .set_not_serving::<ReplayServer<ReplayService>>()
+                .await;
+            health
+                .set_service_status("", ServingStatus::NotServing)
+                .await;
+            token.cancel();
+        }
+    };
+    let incoming = TcpListenerStream::new(listener).map(|connection| {
+        if let Ok(stream) = &connection {
+            // Acks and batches are small messages that should not wait for
+            // Nagle's algorithm.
+            if let Err(error) = stream.set_nodelay(true) {
+                debug!(%error, "could not set TCP_NODELAY");
+            }
+        }
+        connection
+    });
+    tonic::transport::Server::builder()
+        .add_service(health_server)
+        .add_service(service.into_server())
+        .serve_with_incoming_shutdown(incoming, stop)
+        .await?;
+    info!("replay service stopped");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use fleet_proto::pb::replay_client::ReplayClient;
+    use tokio::task::JoinHandle;
+    use tonic::Code;
+    use tonic::transport::Channel;
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_health::pb::{HealthCheckRequest, health_check_response};
+
+    use super::*;
+    use crate::config::{SamplerKind, TableConfig};
+    use crate::validate::testing::cartpole_sequence;
+
+    /// A server on a free local port, stopped (and awaited) when dropped
+    /// through [`Server::stop`].
+    struct Server {
+        addr: SocketAddr,
+        stop: Option<tokio::sync::oneshot::Sender<()>>,
+        task: JoinHandle<Result<(), Error>>,
+    }
+
+    impl Server {
+        async fn start(config: ReplayConfig) -> Self {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            let task = tokio::spawn(serve(config, listener, async move {
+                let _ = stopped.await;
+            }));
+            Self {
+                addr,
+                stop: Some(stop),
+                task,
+            }
+        }
+
+        async fn client(&self) -> ReplayClient<Channel> {
+            ReplayClient::connect(format!("http://{}", self.addr))
+                .await
+                .unwrap()
+        }
+
+        async fn stop(mut self) -> Result<(), Error> {
+            if let Some(stop) = self.stop.take() {
+                let _ = stop.send(());
+            }
+            tokio::time::timeout(Duration::from_secs(10), &mut self.task)
+                .await
+                .expect("server did not stop within 10 s")
+                .unwrap()
+        }
+    }
+
+    fn config_with(max_size: usize) -> ReplayConfig {
+        ReplayConfig {
+            tables: vec![TableConfig {
+                name: "queue".into(),
+                max_size,
+                sampler: SamplerKind::Fifo,
+                max_times_sampled: 1,
+            }],
+            ..ReplayConfig::default()
+        }
+    }
+
+    fn insert_request(sequence: pb::Sequence) -> InsertRequest {
+        InsertRequest {
+            table: "queue".into(),
+            sequence: Some(sequence),
+        }
+    }
+
+    fn sample_request(batch_size: u32, num_batches: u64, timeout_ms: u32) -> pb::SampleRequest {
+        pb::SampleRequest {
+            table: "queue".into(),
+            batch_size,
+            num_batches,
+            timeout_ms,
+            beta: 0.0,
+        }
+    }
+
+    /// Inserts `requests` on one fresh stream and returns the acks, or the
+    /// status that ended the stream.
+    async fn insert_all(
+        client: &mut ReplayClient<Channel>,
+        requests: Vec<InsertRequest>,
+    ) -> Result<Vec<u64>, Status> {
+        let count = requests.len();
+        let mut acks = client
+            .insert(tokio_stream::iter(requests))
+            .await?
+            .into_inner();
+        let mut keys = vec![];
+        while keys.len() < count {
+            match acks.message().await? {
+                Some(ack) => keys.push(ack.key),
+                None => break,
+            }
+        }
+        Ok(keys)
+    }
+
+    async fn table_size(client: &mut ReplayClient<Channel>) -> u64 {
+        client
+            .info(pb::InfoRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .tables[0]
+            .size
+    }
+
+    #[tokio::test]
+    async fn insert_reject_info_and_sample_round_trip() {
+        let server = Server::start(ReplayConfig::default()).await;
+        let mut client = server.client().await;
+
+        let good: Vec<pb::Sequence> = (0..3).map(|seed| cartpole_sequence(21, seed)).collect();
+        let keys = insert_all(
+            &mut client,
+            good.iter().cloned().map(insert_request).collect(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(keys, vec![1, 2, 3]);
+
+        let mut short_rewards = cartpole_sequence(21, 7);
+        short_rewards.rewards.pop();
+        let mut short_bytes = cartpole_sequence(21, 8);
+        short_bytes.observations.as_mut().unwrap().data.pop();
+        let mut nan_reward = cartpole_sequence(21, 9);
+        nan_reward.rewards[3] = f32::NAN;
+        let cases = [
+            (
+                short_rewards,
+                "rewards has 20 entries but observations have 21 steps",
+            ),
+            (short_bytes, "observations: tensor of shape [21, 4]"),
+            (nan_reward, "rewards[3] is NaN"),
+        ];
+        for (bad, expected) in cases {
+            let status = insert_all(&mut client, vec![insert_request(bad)])
+                .await
+                .unwrap_err();
+            assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+            assert!(
+                status.message().contains(expected),
+                "{:?} lacks {expected:?}",
+                status.message()
+            );
+        }
+        // A good item ahead of a bad one on the same stream is kept and acked.
+        let mut bad = cartpole_sequence(21, 10);
+        bad.is_first.clear();
+        let mut acks = client
+            .insert(tokio_stream::iter(vec![
+                insert_request(cartpole_sequence(21, 3)),
+                insert_request(bad),
+            ]))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(acks.message().await.unwrap().unwrap().key, 4);
+        assert_eq!(
+            acks.message().await.unwrap_err().code(),
+            Code::InvalidArgument
+        );
+
+        let info = client.info(pb::InfoRequest {}).await.unwrap().into_inner();
+        assert_eq!(
+            info.tables,
+            vec![pb::TableInfo {
+                name: "queue".into(),
+                sampler: "fifo".into(),
+                remover: "fifo".into(),
+                size: 4,
+                max_size: 1024,
+                inserts: 4,
+                samples: 0,
+                max_times_sampled: 1,
+            }]
+        );
+
+        let mut batches = client
+            .sample(sample_request(3, 1, 0))
+            .await
+            .unwrap()
+            .into_inner();
+        let batch = batches.message().await.unwrap().unwrap();
+        assert_eq!(
+            batches.message().await.unwrap(),
+            None,
+            "num_batches = 1 ends the stream"
+        );
+        assert_eq!(batch.items.len(), 3);
+        for (i, (item, sent)) in batch.items.iter().zip(&good).enumerate() {
+            assert_eq!(item.key, i as u64 + 1);
+            assert_eq!(
+                item.sequence.as_ref(),
+                Some(sent),
+                "sequence {i} changed on the way"
+            );
+            assert_eq!(
+                (item.priority, item.weight, item.times_sampled),
+                (1.0, 1.0, 1)
+            );
+            assert_eq!(item.table_size, 4 - i as u64);
+            assert_eq!(item.probability, 1.0 / (4 - i) as f64);
+        }
+        assert_eq!(table_size(&mut client).await, 1);
+        server.stop().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn unknown_tables_are_not_found() {
+        let server = Server::start(ReplayConfig::default()).await;
+        let mut client = server.client().await;
+        let request = InsertRequest {
+            table: "nope".into(),
+            sequence: Some(cartpole_sequence(3, 0)),
+        };
+        let status = insert_all(&mut client, vec![request]).await.unwrap_err();
+        assert_eq!(status.code(), Code::NotFound);
+        assert!(status.message().contains("nope"), "{status:?}");
+
+        let status = client
+            .sample(pb::SampleRequest {
+                table: "nope".into(),
+                batch_size: 1,
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::NotFound);
+        let request = pb::UpdatePrioritiesRequest {
+            table: "nope".into(),
+            updates: vec![],
+        };
+        assert_eq!(
+            client.update_priorities(request).await.unwrap_err().code(),
+            Code::NotFound
+        );
+        server.stop().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn missing_sequence_is_invalid() {
+        let server = Server::start(ReplayConfig::default()).await;
+        let mut client = server.client().await;
+        let status = insert_all(
+            &mut client,
+            vec![InsertRequest {
+                table: "queue".into(),
+                sequence: None,
+            }],
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert!(
+            status.message().contains("sequence is missing"),
+            "{status:?}"
+        );
+        assert_eq!(table_size(&mut client).await, 0);
+        server.stop().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn bad_sample_requests_are_invalid() {
+        let server = Server::start(config_with(4)).await;
+        let mut client = server.client().await;
+        for batch_size in [0, 5] {
+            let status = client
+                .sample(sample_request(batch_size, 1, 10))
+                .await
+                .unwrap_err();
+            assert_eq!(
+                status.code(),
+                Code::InvalidArgument,
+                "batch_size {batch_size}"
+            );
+        }
+        let status = client
+            .sample(pb::SampleRequest {
+                beta: -1.0,
+                ..sample_request(1, 1, 10)
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument);
+        server.stop().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn sample_timeout_is_deadline_exceeded() {
+        let server = Server::start(ReplayConfig::default()).await;
+        let mut client = server.client().await;
+        insert_all(&mut client, vec![insert_request(cartpole_sequence(3, 0))])
+            .await
+            .unwrap();
+        let mut batches = client
+            .sample(sample_request(2, 0, 50))
+            .await
+            .unwrap()
+            .into_inner();
+        let status = batches.message().await.unwrap_err();
+        assert_eq!(status.code(), Code::DeadlineExceeded);
+        assert!(status.message().contains("2 items"), "{status:?}");
+        assert_eq!(
+            table_size(&mut client).await,
+            1,
+            "a timed-out batch takes nothing"
+        );
+        server.stop().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn streams_several_batches_and_stops_at_num_batches() {
+        let server = Server::start(ReplayConfig::default()).await;
+        let mut client = server.client().await;
+        let requests = (0..5)
+            .map(|seed| insert_request(cartpole_sequence(3, seed)))
+            .collect();
+        insert_all(&mut client, requests).await.unwrap();
+        let mut batches = client
+            .sample(sample_request(2, 2, 1000))
+            .await
+            .unwrap()
+            .into_inner();
+        let mut keys = vec![];
+        while let Some(batch) = batches.message().await.unwrap() {
+            keys.extend(batch.items.iter().map(|i| i.key));
+        }
+        assert_eq!(keys, vec![1, 2, 3, 4]);
+        assert_eq!(table_size(&mut client).await, 1);
+        server.stop().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn priority_updates_over_grpc() {
+        let server = Server::start(ReplayConfig::default()).await;
+        let mut client = server.client().await;
+        insert_all(&mut client, vec![insert_request(cartpole_sequence(3, 0))])
+            .await
+            .unwrap();
+        let update = |key, priority| pb::PriorityUpdate { key, priority };
+        let request = pb::UpdatePrioritiesRequest {
+            table: "queue".into(),
+            updates: vec![update(1, 4.0), update(77, 1.0)],
+        };
+        assert_eq!(
+            client
+                .update_priorities(request)
+                .await
+                .unwrap()
+                .into_inner()
+                .missing,
+            1
+        );
+        let request = pb::UpdatePrioritiesRequest {
+            table: "queue".into(),
+            updates: vec![update(1, 5.0), update(1, f64::NAN)],
+        };
+        assert_eq!(
+            client.update_priorities(request).await.unwrap_err().code(),
+            Code::InvalidArgument
+        );
+        let mut batches = client
+            .sample(sample_request(1, 1, 1000))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            batches.message().await.unwrap().unwrap().items[0].priority,
+            4.0
+        );
+        server.stop().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn full_table_holds_back_acks() {
+        let server = Server::start(config_with(2)).await;
+        let mut client = server.client().await;
+        let (requests, rx) = mpsc::channel(8);
+        let mut acks = client
+            .insert(ReceiverStream::new(rx))
+            .await
+            .unwrap()
+            .into_inner();
+        for seed in 0..3 {
+            requests
+                .send(insert_request(cartpole_sequence(3, seed)))
+                .await
+                .unwrap();
+        }
+        assert_eq!(acks.message().await.unwrap().unwrap().key, 1);
+        assert_eq!(acks.message().await.unwrap().unwrap().key, 2);
+        let third = tokio::time::timeout(Duration::from_millis(200), acks.message()).await;
+        assert!(third.is_err(), "the third insert must wait for room");
+
+        let mut batches = client
+            .sample(sample_request(1, 1, 1000))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(batches.message().await.unwrap().unwrap().items[0].key, 1);
+        let third = tokio::time::timeout(Duration::from_secs(5), acks.message())
+            .await
+            .unwrap();
+        assert_eq!(third.unwrap().unwrap().key, 3);
+        drop(requests);
+        assert_eq!(acks.message().await.unwrap(), None);
+        server.stop().await.unwrap();
+    }
+
+    /// A sampler whose client has hung up must stop: if it lingered it would
+    /// take the next item inserted.
+    #[tokio::test]
+    async fn hung_up_sampler_takes_nothing() {
+        let server = Server::start(ReplayConfig::default()).await;
+        let mut client = server.client().await;
+        let batches = client
+            .sample(sample_request(1, 0, 60_000))
+            .await
+            .unwrap()
+            .into_inner();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        drop(batches);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        insert_all(&mut client, vec![insert_request(cartpole_sequence(3, 0))])
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(table_size(&mut client).await, 1);
+        server.stop().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn health_reports_serving() {
+        let server = Server::start(ReplayConfig::default()).await;
+        let channel = Channel::from_shared(format!("http://{}", server.addr))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut health = HealthClient::new(channel);
+        for service in ["", "fleet.v1.Replay"] {
+            let response = health
+                .check(HealthCheckRequest {
+                    service: service.into(),
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            assert_eq!(
+                response.status(),
+                health_check_response::ServingStatus::Serving,
+                "service {service:?}"
+            );
+        }
+        let status = health
+            .check(HealthCheckRequest {
+                service: "fleet.v1.Nope".into(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::NotFound);
+        server.stop().await.unwrap();
+    }
+
+    /// Shutdown ends blocked inserts and samples, so the server drains
+    /// promptly instead of waiting for their timeouts.
+    #[tokio::test]
+    async fn shutdown_ends_blocked_streams() {
+        let server = Server::start(config_with(1)).await;
+        let mut client = server.client().await;
+        let (requests, rx) = mpsc::channel(8);
+        let mut acks = client
+            .insert(ReceiverStream::new(rx))
+            .await
+            .unwrap()
+            .into_inner();
+        requests
+            .send(insert_request(cartpole_sequence(3, 0)))
+            .await
+            .unwrap();
+        requests
+            .send(insert_request(cartpole_sequence(3, 1)))
+            .await
+            .unwrap();
+        assert_eq!(acks.message().await.unwrap().unwrap().key, 1);
+
+        let other = Server::start(config_with(1)).await;
+        let mut other_client = other.client().await;
+        let mut batches = other_client
+            .sample(sample_request(1, 0, 600_000))
+            .await
+            .unwrap()
+            .into_inner();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+
+        let started = tokio::time::Instant::now();
+        server.stop().await.unwrap();
+        other.stop().await.unwrap();
+        assert!(started.elapsed() < Duration::from_secs(5));
+        // Blocked streams end with UNAVAILABLE (or the connection closing).
+        let insert_end = acks.message().await;
+        assert!(
+            matches!(&insert_end, Err(s) if s.code() == Code::Unavailable),
+            "{insert_end:?}"
+        );
+        let sample_end = batches.message().await;
+        assert!(
+            matches!(&sample_end, Err(s) if s.code() == Code::Unavailable),
+            "{sample_end:?}"
+        );
+        drop(requests);
+    }
+
+    #[tokio::test]
+    async fn invalid_config_is_refused() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let config = ReplayConfig {
+            tables: vec![],
+            ..ReplayConfig::default()
+        };
+        let result = serve(config, listener, std::future::pending()).await;
+        assert!(matches!(result, Err(Error::Config(_))), "{result:?}");
+    }
+}

@@ -1,0 +1,509 @@
+//! Checks one incoming [`pb::Sequence`] before anything of it is stored:
+//! shapes, dtypes and byte counts agree with the step count `T`, every float
+//! the learner will compute with is finite, actions index a logit. The result
+//! is the sequence's [`Signature`], which a table compares with the one its
+//! first item fixed.
+//!
+//! This is a pure function of the message. It does not check the meaning of
+//! step flags across steps (episode boundaries are the learner's business);
+//! `terminated` and `truncated` may both be set.
+
+use std::fmt;
+
+use fleet_proto::TensorError;
+use fleet_proto::pb::{self, Dtype};
+
+/// What every item of one table must agree on, so that the learner can stack
+/// items into one batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Signature {
+    /// Observation shape after the time dimension.
+    pub observation_shape: Vec<usize>,
+    /// F32 or U8.
+    pub observation_dtype: Dtype,
+    /// Width of the behaviour logits: the size of the discrete action space.
+    pub num_actions: usize,
+    /// Shape of the stored recurrent state, or `None` for feed-forward agents.
+    pub initial_state_shape: Option<Vec<usize>>,
+}
+
+impl fmt::Display for Signature {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "observations {:?} {}, {} actions, ",
+            self.observation_shape,
+            dtype_name(self.observation_dtype),
+            self.num_actions
+        )?;
+        match &self.initial_state_shape {
+            Some(shape) => write!(f, "initial state {shape:?}"),
+            None => write!(f, "no initial state"),
+        }
+    }
+}
+
+/// Why a sequence was rejected. Every message names the field at fault.
+#[derive(Debug, PartialEq, thiserror::Error)]
+pub enum ValidationError {
+    #[error("{0} is missing")]
+    Missing(&'static str),
+    #[error("{field}: {source}")]
+    Tensor {
+        field: &'static str,
+        source: TensorError,
+    },
+    #[error("observations has dtype {}; expected f32 or u8", dtype_name(*.0))]
+    ObservationDtype(Dtype),
+    #[error("observations has shape [] (no time dimension)")]
+    NoTimeDimension,
+    #[error(
+        "sequence has {0} steps; at least 2 are needed (steps to learn from plus a bootstrap step)"
+    )]
+    TooShort(usize),
+    #[error("{field} has shape {found:?}; expected {expected}")]
+    Shape {
+        field: &'static str,
+        found: Vec<u64>,
+        expected: String,
+    },
+    #[error("{field} has {found} entries but observations have {steps} steps")]
+    Length {
+        field: &'static str,
+        found: usize,
+        steps: usize,
+    },
+    #[error("{field}{location} is {value}")]
+    NonFinite {
+        field: &'static str,
+        location: String,
+        value: f32,
+    },
+    #[error("actions[{step}] is {value}; expected an action in 0..{num_actions}")]
+    ActionOutOfRange {
+        step: usize,
+        value: i64,
+        num_actions: usize,
+    },
+    #[error("priority is {0}; expected a finite number >= 0")]
+    Priority(f64),
+}
+
+/// Checks `sequence` and returns its signature.
+pub fn validate_sequence(sequence: &pb::Sequence) -> Result<Signature, ValidationError> {
+    // Observations define T.
+    let observations = sequence
+        .observations
+        .as_ref()
+        .ok_or(ValidationError::Missing("observations"))?;
+    let observation_dtype =
+        observations
+            .checked_dtype()
+            .map_err(|source| ValidationError::Tensor {
+                field: "observations",
+                source,
+            })?;
+    if !matches!(observation_dtype, Dtype::F32 | Dtype::U8) {
+        return Err(ValidationError::ObservationDtype(observation_dtype));
+    }
+    observations
+        .check_bytes()
+        .map_err(|source| ValidationError::Tensor {
+            field: "observations",
+            source,
+        })?;
+    let dims = observations.dims();
+    let (&steps, observation_shape) = dims.split_first().ok_or(ValidationError::NoTimeDimension)?;
+    if steps < 2 {
+        return Err(ValidationError::TooShort(steps));
+    }
+
+    // Per-step scalars.
+    let lengths = [
+        ("rewards", sequence.rewards.len()),
+        ("is_first", sequence.is_first.len()),
+        ("terminated", sequence.terminated.len()),
+        ("truncated", sequence.truncated.len()),
+        ("behaviour_versions", sequence.behaviour_versions.len()),
+    ];
+    for (field, found) in lengths {
+        if found != steps {
+            return Err(ValidationError::Length {
+                field,
+                found,
+                steps,
+            });
+        }
+    }
+
+    // Behaviour logits: [T, A], A >= 1.
+    let logits = sequence
+        .behaviour_logits
+        .as_ref()
+        .ok_or(ValidationError::Missing("behaviour_logits"))?;
+    let logit_values = logits.to_f32().map_err(|source| ValidationError::Tensor {
+        field: "behaviour_logits",
+        source,
+    })?;
+    let num_actions = match logits.shape.as_slice() {
+        &[t, a] if t == steps as u64 && a >= 1 => a as usize,
+        found => {
+            return Err(ValidationError::Shape {
+                field: "behaviour_logits",
+                found: found.to_vec(),
+                expected: format!("[{steps}, num_actions >= 1]"),
+            });
+        }
+    };
+
+    // Actions: [T] i64, each a valid index into the logits (padding at last
+    // steps included, so the learner can gather without special cases).
+    let actions = sequence
+        .actions
+        .as_ref()
+        .ok_or(ValidationError::Missing("actions"))?;
+    let action_values = actions.to_i64().map_err(|source| ValidationError::Tensor {
+        field: "actions",
+        source,
+    })?;
+    if actions.shape != [steps as u64] {
+        return Err(ValidationError::Shape {
+            field: "actions",
+            found: actions.shape.clone(),
+            expected: format!("[{steps}]"),
+        });
+    }
+    if let Some((step, &value)) = action_values
+        .iter()
+        .enumerate()
+        .find(|&(_, &a)| a < 0 || a >= num_actions as i64)
+    {
+        return Err(ValidationError::ActionOutOfRange {
+            step,
+            value,
+            num_actions,
+        });
+    }
+
+    // Finiteness of everything the learner computes with.
+    check_finite_steps("rewards", &sequence.rewards, 1)?;
+    check_finite_steps("behaviour_logits", &logit_values, num_actions)?;
+    if observation_dtype == Dtype::F32 {
+        let values = observations
+            .to_f32()
+            .map_err(|source| ValidationError::Tensor {
+                field: "observations",
+                source,
+            })?;
+        check_finite_steps("observations", &values, observation_shape.iter().product())?;
+    }
+
+    let initial_state_shape = match &sequence.initial_state {
+        None => None,
+        Some(state) => {
+            let values = state.to_f32().map_err(|source| ValidationError::Tensor {
+                field: "initial_state",
+                source,
+            })?;
+            if let Some((i, value)) = first_non_finite(&values) {
+                return Err(ValidationError::NonFinite {
+                    field: "initial_state",
+                    location: format!("[{i}]"),
+                    value,
+                });
+            }
+            Some(state.dims())
+        }
+    };
+
+    if !(sequence.priority.is_finite() && sequence.priority >= 0.0) {
+        return Err(ValidationError::Priority(sequence.priority));
+    }
+
+    Ok(Signature {
+        observation_shape: observation_shape.to_vec(),
+        observation_dtype,
+        num_actions,
+        initial_state_shape,
+    })
+}
+
+/// Rejects the first non-finite value of a time-major buffer with
+/// `per_step` values per step, naming the step (and the element within the
+/// step when there is more than one).
+fn check_finite_steps(
+    field: &'static str,
+    values: &[f32],
+    per_step: usize,
+) -> Result<(), ValidationError> {
+    let Some((i, value)) = first_non_finite(values) else {
+        return Ok(());
+    };
+    let location = if per_step == 1 {
+        format!("[{i}]")
+    } else {
+        format!("[{}][{}]", i / per_step, i % per_step)
+    };
+    Err(ValidationError::NonFinite {
+        field,
+        location,
+        value,
+    })
+}
+
+fn first_non_finite(values: &[f32]) -> Option<(usize, f32)> {
+    values
+        .iter()
+        .copied()
+        .enumerate()
+        .find(|(_, v)| !v.is_finite())
+}
+
+fn dtype_name(dtype: Dtype) -> &'static str {
+    match dtype {
+        Dtype::Unspecified => "unspecified",
+        Dtype::F32 => "f32",
+        Dtype::U8 => "u8",
+        Dtype::I64 => "i64",
+    }
+}
+
+/// Valid sequences for tests in this crate.
+#[cfg(test)]
+pub(crate) mod testing {
+    use fleet_proto::pb;
+
+    /// A valid CartPole-like sequence of `steps` steps: observations [T, 4]
+    /// f32, two actions, no stored state. `seed` makes the contents of
+    /// different sequences differ so tests can tell them apart.
+    pub(crate) fn cartpole_sequence(steps: usize, seed: u64) -> pb::Sequence {
+        let observations: Vec<f32> = (0..steps * 4)
+            .map(|i| seed as f32 + i as f32 * 0.01)
+            .collect();
+        let actions: Vec<i64> = (0..steps).map(|t| ((t as u64 + seed) % 2) as i64).collect();
+        let logits: Vec<f32> = (0..steps * 2).map(|i| (i as f32 * 0.1).sin()).collect();
+        let mut is_first = vec![false; steps];
+        is_first[0] = true;
+        pb::Sequence {
+            observations: Some(pb::Tensor::from_f32(&[steps, 4], &observations)),
+            actions: Some(pb::Tensor::from_i64(&[steps], &actions)),
+            rewards: vec![1.0; steps],
+            is_first,
+            terminated: vec![false; steps],
+            truncated: vec![false; steps],
+            behaviour_logits: Some(pb::Tensor::from_f32(&[steps, 2], &logits)),
+            behaviour_versions: vec![seed; steps],
+            initial_state: None,
+            actor_id: seed,
+            priority: 0.0,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::cartpole_sequence;
+    use super::*;
+
+    fn rejected(edit: impl FnOnce(&mut pb::Sequence)) -> String {
+        let mut sequence = cartpole_sequence(5, 1);
+        edit(&mut sequence);
+        validate_sequence(&sequence)
+            .expect_err("sequence should be rejected")
+            .to_string()
+    }
+
+    #[test]
+    fn valid_sequence_yields_its_signature() {
+        let signature = validate_sequence(&cartpole_sequence(5, 1)).unwrap();
+        assert_eq!(
+            signature,
+            Signature {
+                observation_shape: vec![4],
+                observation_dtype: Dtype::F32,
+                num_actions: 2,
+                initial_state_shape: None
+            }
+        );
+        assert_eq!(
+            signature.to_string(),
+            "observations [4] f32, 2 actions, no initial state"
+        );
+    }
+
+    #[test]
+    fn u8_observations_and_initial_state_are_accepted() {
+        let mut sequence = cartpole_sequence(3, 0);
+        sequence.observations = Some(pb::Tensor::from_u8(&[3, 2, 2], vec![7; 12]));
+        sequence.initial_state = Some(pb::Tensor::from_f32(&[2, 8], &[0.5; 16]));
+        sequence.terminated[2] = true;
+        sequence.truncated[2] = true;
+        let signature = validate_sequence(&sequence).unwrap();
+        assert_eq!(signature.observation_shape, vec![2, 2]);
+        assert_eq!(signature.observation_dtype, Dtype::U8);
+        assert_eq!(signature.initial_state_shape, Some(vec![2, 8]));
+    }
+
+    #[test]
+    fn missing_tensors_are_named() {
+        assert_eq!(
+            rejected(|s| s.observations = None),
+            "observations is missing"
+        );
+        assert_eq!(rejected(|s| s.actions = None), "actions is missing");
+        assert_eq!(
+            rejected(|s| s.behaviour_logits = None),
+            "behaviour_logits is missing"
+        );
+    }
+
+    #[test]
+    fn too_few_steps() {
+        let message = validate_sequence(&cartpole_sequence(1, 0))
+            .unwrap_err()
+            .to_string();
+        assert!(message.contains("1 steps; at least 2"), "{message}");
+        let message = rejected(|s| s.observations = Some(pb::Tensor::from_f32(&[], &[1.0])));
+        assert!(message.contains("no time dimension"), "{message}");
+    }
+
+    #[test]
+    fn mismatched_lengths() {
+        assert_eq!(
+            rejected(|s| {
+                s.rewards.pop();
+            }),
+            "rewards has 4 entries but observations have 5 steps"
+        );
+        assert_eq!(
+            rejected(|s| s.is_first.push(false)),
+            "is_first has 6 entries but observations have 5 steps"
+        );
+        assert!(rejected(|s| s.terminated.clear()).starts_with("terminated has 0 entries"));
+        assert!(
+            rejected(|s| {
+                s.truncated.pop();
+            })
+            .starts_with("truncated has 4")
+        );
+        assert!(
+            rejected(|s| {
+                s.behaviour_versions.pop();
+            })
+            .starts_with("behaviour_versions has 4")
+        );
+        let message = rejected(|s| s.actions = Some(pb::Tensor::from_i64(&[4], &[0; 4])));
+        assert_eq!(message, "actions has shape [4]; expected [5]");
+        let message =
+            rejected(|s| s.behaviour_logits = Some(pb::Tensor::from_f32(&[4, 2], &[0.0; 8])));
+        assert!(
+            message.starts_with("behaviour_logits has shape [4, 2]"),
+            "{message}"
+        );
+        let message = rejected(|s| s.behaviour_logits = Some(pb::Tensor::from_f32(&[5, 0], &[])));
+        assert!(message.contains("num_actions >= 1"), "{message}");
+    }
+
+    #[test]
+    fn wrong_byte_counts() {
+        let message = rejected(|s| {
+            s.observations.as_mut().unwrap().data.pop();
+        });
+        assert!(
+            message.starts_with("observations: ") && message.contains("needs 80 bytes, got 79"),
+            "{message}"
+        );
+        let message = rejected(|s| {
+            s.actions.as_mut().unwrap().data.extend([0; 8]);
+        });
+        assert!(
+            message.starts_with("actions: ") && message.contains("got 48"),
+            "{message}"
+        );
+        let message = rejected(|s| {
+            s.behaviour_logits.as_mut().unwrap().data.pop();
+        });
+        assert!(message.starts_with("behaviour_logits: "), "{message}");
+        let message = rejected(|s| {
+            let mut state = pb::Tensor::from_f32(&[4], &[0.0; 4]);
+            state.data.truncate(12);
+            s.initial_state = Some(state);
+        });
+        assert!(
+            message.starts_with("initial_state: ") && message.contains("got 12"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn wrong_dtypes() {
+        let message = rejected(|s| s.observations = Some(pb::Tensor::from_i64(&[5, 4], &[0; 20])));
+        assert_eq!(message, "observations has dtype i64; expected f32 or u8");
+        let message = rejected(|s| s.actions = Some(pb::Tensor::from_f32(&[5], &[0.0; 5])));
+        assert!(
+            message.starts_with("actions: ") && message.contains("dtype"),
+            "{message}"
+        );
+        let message =
+            rejected(|s| s.behaviour_logits = Some(pb::Tensor::from_u8(&[5, 2], vec![0; 10])));
+        assert!(message.starts_with("behaviour_logits: "), "{message}");
+        let message = rejected(|s| s.initial_state = Some(pb::Tensor::from_u8(&[4], vec![0; 4])));
+        assert!(message.starts_with("initial_state: "), "{message}");
+        let message = rejected(|s| s.observations.as_mut().unwrap().dtype = 42);
+        assert!(
+            message.starts_with("observations: ") && message.contains("unknown dtype"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn non_finite_values() {
+        assert_eq!(rejected(|s| s.rewards[3] = f32::NAN), "rewards[3] is NaN");
+        assert_eq!(
+            rejected(|s| s.rewards[0] = f32::NEG_INFINITY),
+            "rewards[0] is -inf"
+        );
+        assert_eq!(
+            rejected(|s| {
+                let mut values = s.observations.as_ref().unwrap().to_f32().unwrap();
+                values[9] = f32::NAN;
+                s.observations = Some(pb::Tensor::from_f32(&[5, 4], &values));
+            }),
+            "observations[2][1] is NaN"
+        );
+        assert_eq!(
+            rejected(|s| {
+                let mut values = s.behaviour_logits.as_ref().unwrap().to_f32().unwrap();
+                values[7] = f32::INFINITY;
+                s.behaviour_logits = Some(pb::Tensor::from_f32(&[5, 2], &values));
+            }),
+            "behaviour_logits[3][1] is inf"
+        );
+        assert_eq!(
+            rejected(|s| s.initial_state = Some(pb::Tensor::from_f32(&[3], &[0.0, f32::NAN, 0.0]))),
+            "initial_state[1] is NaN"
+        );
+    }
+
+    #[test]
+    fn actions_must_index_a_logit() {
+        assert_eq!(
+            rejected(|s| s.actions = Some(pb::Tensor::from_i64(&[5], &[0, 1, 2, 0, 0]))),
+            "actions[2] is 2; expected an action in 0..2"
+        );
+        assert!(
+            rejected(|s| s.actions = Some(pb::Tensor::from_i64(&[5], &[0, 0, 0, 0, -1])))
+                .starts_with("actions[4] is -1")
+        );
+    }
+
+    #[test]
+    fn bad_priorities() {
+        assert_eq!(
+            rejected(|s| s.priority = -1.0),
+            "priority is -1; expected a finite number >= 0"
+        );
+        assert!(rejected(|s| s.priority = f64::NAN).starts_with("priority is NaN"));
+        assert!(rejected(|s| s.priority = f64::INFINITY).starts_with("priority is inf"));
+    }
+}

@@ -1,0 +1,252 @@
+//! The one config format: a TOML document built in layers — the embedded
+//! default (`config/default.toml`), then a file, then `FLEET_…` environment
+//! variables, then flags — and deserialised strictly, so an unknown key or a
+//! bad value is an error that names the key.
+
+use std::path::Path;
+
+use anyhow::{Context, Result, anyhow, bail};
+use fleet_actor::ActorConfig;
+use fleet_agent::NetworkConfig;
+use fleet_learner::LearnerConfig;
+use fleet_replay::ReplayConfig;
+use serde::{Deserialize, Serialize};
+use toml::{Table, Value};
+
+/// The embedded default; also documents every key.
+pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
+
+/// Environment variables with this prefix set config keys.
+const ENV_PREFIX: &str = "FLEET_";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub seed: u64,
+    pub env: EnvConfig,
+    pub network: NetworkConfig,
+    pub actor: ActorConfig,
+    pub replay: ReplayConfig,
+    pub learner: LearnerConfig,
+    pub run: RunConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnvConfig {
+    pub name: String,
+}
+
+/// Settings of `fleet run` (the single-machine launcher).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunConfig {
+    pub actors: usize,
+    pub target_return: f64,
+    pub max_env_steps: u64,
+    pub progress_interval_secs: f64,
+}
+
+/// Where each layer of a config comes from.
+#[derive(Debug, Default, Clone)]
+pub struct ConfigSources {
+    pub file: Option<std::path::PathBuf>,
+    /// `(NAME, value)` pairs, normally `std::env::vars()`.
+    pub env: Vec<(String, String)>,
+    /// `section.key=value` overrides, in order.
+    pub overrides: Vec<String>,
+}
+
+impl Config {
+    pub fn load(sources: &ConfigSources) -> Result<Self> {
+        let mut doc: Table = DEFAULT_TOML.parse().context("embedded default config")?;
+        if let Some(path) = &sources.file {
+            let text = std::fs::read_to_string(path).with_context(|| format!("reading config file {}", path.display()))?;
+            let file: Table = text.parse().with_context(|| format!("parsing config file {}", path.display()))?;
+            merge(&mut doc, file, &mut Vec::new()).with_context(|| format!("in config file {}", path.display()))?;
+        }
+        for (name, raw) in &sources.env {
+            let Some(key) = env_key(name, &doc) else { continue };
+            set_key(&mut doc, &key, raw).with_context(|| format!("environment variable {name}"))?;
+        }
+        for assignment in &sources.overrides {
+            let (key, raw) = assignment
+                .split_once('=')
+                .ok_or_else(|| anyhow!("flag --set {assignment}: expected section.key=value"))?;
+            set_key(&mut doc, key.trim(), raw.trim()).with_context(|| format!("flag --set {assignment}"))?;
+        }
+        let config: Config = serde_path_to_error::deserialize(Value::Table(doc)).map_err(|e| {
+            let path = e.path().to_string();
+            anyhow!("config key `{path}`: {}", e.into_inner())
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        let checks = [
+            self.network.validate(),
+            self.actor.validate(),
+            self.replay.validate(),
+            self.learner.validate(),
+        ];
+        for check in checks {
+            check.map_err(|message| anyhow!("invalid config: {message}"))?;
+        }
+        if !fleet_actor::env::ENVIRONMENTS.contains(&self.env.name.as_str()) {
+            bail!("invalid config: env.name `{}` is not one of {:?}", self.env.name, fleet_actor::env::ENVIRONMENTS);
+        }
+        if self.run.actors == 0 {
+            bail!("invalid config: run.actors must be at least 1");
+        }
+        if !(self.run.progress_interval_secs > 0.0 && self.run.progress_interval_secs.is_finite()) {
+            bail!("invalid config: run.progress_interval_secs must be positive, got {}", self.run.progress_interval_secs);
+        }
+        if self.run.target_return.is_nan() {
+            bail!("invalid config: run.target_return is NaN");
+        }
+        for (key, table) in [("actor.table", &self.actor.table), ("learner.table", &self.learner.table)] {
+            if !self.replay.tables.iter().any(|t| &t.name == table) {
+                bail!("invalid config: {key} names table `{table}`, which replay.tables does not declare");
+            }
+        }
+        Ok(())
+    }
+
+    pub fn to_toml(&self) -> Result<String> {
+        toml::to_string(self).context("serialising the effective config")
+    }
+
+    pub fn write_to(&self, path: &Path) -> Result<()> {
+        std::fs::write(path, self.to_toml()?).with_context(|| format!("writing {}", path.display()))
+    }
+}
+
+/// Overlays `src` onto `dst`: tables merge key by key, anything else replaces.
+/// Keys that the default does not know are errors naming the key.
+fn merge(dst: &mut Table, src: Table, path: &mut Vec<String>) -> Result<()> {
+    for (key, value) in src {
+        path.push(key.clone());
+        match (dst.get_mut(&key), value) {
+            (Some(Value::Table(d)), Value::Table(s)) => merge(d, s, path)?,
+            (Some(slot), value) => *slot = value,
+            (None, _) => bail!("unknown config key `{}`", path.join(".")),
+        }
+        path.pop();
+    }
+    Ok(())
+}
+
+/// Maps `FLEET_SECTION__KEY` to `section.key`; a name without `__` counts
+/// only when it names a top-level scalar key (other `FLEET_…` variables, such
+/// as test switches, are not config).
+fn env_key(name: &str, doc: &Table) -> Option<String> {
+    let rest = name.strip_prefix(ENV_PREFIX)?.to_ascii_lowercase();
+    if rest.contains("__") {
+        return Some(rest.replace("__", "."));
+    }
+    match doc.get(&rest) {
+        Some(Value::Table(_)) | None => None,
+        Some(_) => Some(rest),
+    }
+}
+
+/// Sets a dotted key to a raw value: parsed as a TOML value when it is one
+/// (numbers, booleans, arrays), else taken as a string.
+fn set_key(doc: &mut Table, key: &str, raw: &str) -> Result<()> {
+    let parts: Vec<&str> = key.split('.').collect();
+    let (last, sections) = parts.split_last().ok_or_else(|| anyhow!("empty config key"))?;
+    let mut table = &mut *doc;
+    for (i, section) in sections.iter().enumerate() {
+        table = match table.get_mut(*section) {
+            Some(Value::Table(t)) => t,
+            _ => bail!("unknown config key `{}`", parts[..=i].join(".")),
+        };
+    }
+    let slot = table.get_mut(*last).ok_or_else(|| anyhow!("unknown config key `{key}`"))?;
+    if slot.is_table() {
+        bail!("config key `{key}` is a section, not a value");
+    }
+    let value = parse_value(raw);
+    *slot = match (&*slot, value) {
+        // A string-typed key keeps what the user typed, even if it looks like a number.
+        (Value::String(_), _) => Value::String(raw.to_string()),
+        (_, value) => value,
+    };
+    Ok(())
+}
+
+fn parse_value(raw: &str) -> Value {
+    format!("v = {raw}")
+        .parse::<Table>()
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| Value::String(raw.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(env: &[(&str, &str)], overrides: &[&str]) -> Result<Config> {
+        Config::load(&ConfigSources {
+            file: None,
+            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            overrides: overrides.iter().map(|s| s.to_string()).collect(),
+        })
+    }
+
+    #[test]
+    fn embedded_default_equals_the_code_defaults() {
+        let config = load(&[], &[]).unwrap();
+        assert_eq!(config.network, NetworkConfig::default());
+        assert_eq!(config.actor, ActorConfig::default());
+        assert_eq!(config.replay, ReplayConfig::default());
+        assert_eq!(config.learner, LearnerConfig::default());
+    }
+
+    #[test]
+    fn layers_apply_in_order() {
+        let config = load(&[("FLEET_SEED", "5"), ("FLEET_LEARNER__LEARNING_RATE", "0.5"), ("FLEET_REQUIRE_DOCKER", "1")], &["seed=9"]).unwrap();
+        assert_eq!(config.seed, 9);
+        assert_eq!(config.learner.learning_rate, 0.5);
+        let config = load(&[], &["network.hidden=[32]", "env.name=CartPole-v1"]).unwrap();
+        assert_eq!(config.network.hidden, vec![32]);
+    }
+
+    #[test]
+    fn file_layer_overrides_defaults_and_rejects_unknown_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "[actor]\nnum_envs = 3\n").unwrap();
+        let config = Config::load(&ConfigSources { file: Some(path.clone()), ..Default::default() }).unwrap();
+        assert_eq!(config.actor.num_envs, 3);
+        std::fs::write(&path, "[actor]\nnum_envz = 3\n").unwrap();
+        let err = format!("{:#}", Config::load(&ConfigSources { file: Some(path), ..Default::default() }).unwrap_err());
+        assert!(err.contains("actor.num_envz") && err.contains("c.toml"), "{err}");
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let err = format!("{:#}", load(&[], &["learner.batch_sise=3"]).unwrap_err());
+        assert!(err.contains("learner.batch_sise"), "{err}");
+        let err = format!("{:#}", load(&[("FLEET_ACTOR__NUM_ENVS", "many")], &[]).unwrap_err());
+        assert!(err.contains("actor.num_envs") && err.contains("many"), "{err}");
+        let err = format!("{:#}", load(&[], &["learner.discount=1.5"]).unwrap_err());
+        assert!(err.contains("learner.discount"), "{err}");
+        let err = format!("{:#}", load(&[], &["env.name=Pong"]).unwrap_err());
+        assert!(err.contains("env.name"), "{err}");
+        let err = format!("{:#}", load(&[], &["seed"]).unwrap_err());
+        assert!(err.contains("section.key=value"), "{err}");
+    }
+
+    #[test]
+    fn effective_config_round_trips_through_toml() {
+        let config = load(&[], &["seed=3", "run.actors=4"]).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("effective.toml");
+        config.write_to(&path).unwrap();
+        let again = Config::load(&ConfigSources { file: Some(path), ..Default::default() }).unwrap();
+        assert_eq!(config, again);
+    }
+}

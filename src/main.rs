@@ -1,0 +1,162 @@
+//! The `fleet` command: one binary, one role per subcommand. This file only
+//! parses flags, loads the config and hands over to the role's `run`.
+
+mod config;
+mod launcher;
+mod roles;
+mod telemetry;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+use crate::config::{Config, ConfigSources};
+use crate::launcher::Outcome;
+use crate::roles::Wiring;
+
+#[derive(Debug, Parser)]
+#[command(name = "fleet", version, about = "Distributed actor-learner reinforcement learning")]
+struct Cli {
+    /// TOML config file layered over the embedded default.
+    #[arg(long, global = true, env = "FLEET_CONFIG")]
+    config: Option<PathBuf>,
+    /// Set any config key, e.g. --set learner.learning_rate=5e-4 (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE", global = true)]
+    overrides: Vec<String>,
+    /// Seed for environments, sampling and initialisation (config key `seed`).
+    #[arg(long, global = true)]
+    seed: Option<u64>,
+    /// Serve Prometheus metrics here (port 0 picks a free one).
+    #[arg(long, global = true, default_value = "0.0.0.0:9090", env = "FLEET_METRICS_LISTEN")]
+    metrics_listen: SocketAddr,
+    /// End when stdin closes (used by `fleet run` for its children).
+    #[arg(long, global = true, hide = true)]
+    exit_with_stdin: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Train on this machine: replay, learner and actors as child processes.
+    Run {
+        /// Actor processes (config key `run.actors`).
+        #[arg(long)]
+        actors: Option<usize>,
+        /// Succeed once the mean return of the last 100 episodes reaches this (`run.target_return`).
+        #[arg(long)]
+        target_return: Option<f64>,
+        /// Fail once this many env steps pass without success (`run.max_env_steps`).
+        #[arg(long)]
+        max_env_steps: Option<u64>,
+    },
+    /// Serve the replay tables.
+    Replay {
+        #[arg(long, default_value = "0.0.0.0:50051", env = "FLEET_LISTEN")]
+        listen: SocketAddr,
+    },
+    /// Learn from replay and serve weights.
+    Learner {
+        #[arg(long, default_value = "0.0.0.0:50052", env = "FLEET_LISTEN")]
+        listen: SocketAddr,
+        /// Replay service address (host:port).
+        #[arg(long, default_value = "127.0.0.1:50051", env = "FLEET_REPLAY_ADDRESS")]
+        replay: String,
+    },
+    /// Act in environments and stream sequences to replay.
+    Actor {
+        /// Unique id of this actor (defaults to one derived from host name and process id).
+        #[arg(long, env = "FLEET_ACTOR_ID")]
+        actor_id: Option<u64>,
+        #[arg(long, default_value = "127.0.0.1:50051", env = "FLEET_REPLAY_ADDRESS")]
+        replay: String,
+        #[arg(long, default_value = "127.0.0.1:50052", env = "FLEET_LEARNER_ADDRESS")]
+        learner: String,
+    },
+}
+
+fn load_config(cli: &Cli) -> Result<Config> {
+    let mut overrides = Vec::new();
+    if let Some(seed) = cli.seed {
+        overrides.push(format!("seed={seed}"));
+    }
+    if let Command::Run { actors, target_return, max_env_steps } = &cli.command {
+        if let Some(v) = actors {
+            overrides.push(format!("run.actors={v}"));
+        }
+        if let Some(v) = target_return {
+            overrides.push(format!("run.target_return={v:?}"));
+        }
+        if let Some(v) = max_env_steps {
+            overrides.push(format!("run.max_env_steps={v}"));
+        }
+    }
+    // Flags named above win over generic --set ones given alongside.
+    let mut all = cli.overrides.clone();
+    all.extend(overrides);
+    Config::load(&ConfigSources { file: cli.config.clone(), env: std::env::vars().collect(), overrides: all })
+}
+
+fn default_actor_id() -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    std::fs::read_to_string("/etc/hostname").unwrap_or_default().trim().hash(&mut hasher);
+    std::process::id().hash(&mut hasher);
+    hasher.finish() >> 16
+}
+
+async fn run(cli: Cli) -> Result<ExitCode> {
+    let config = load_config(&cli)?;
+    let wiring = Wiring { metrics_listen: cli.metrics_listen, exit_with_stdin: cli.exit_with_stdin };
+    match cli.command {
+        Command::Run { .. } => {
+            let target = config.run.target_return;
+            let started = std::time::Instant::now();
+            match launcher::run(config).await? {
+                Outcome::TargetReached { mean_return, env_steps } => {
+                    println!(
+                        "target reached: mean return {mean_return:.1} ≥ {target} over the last 100 episodes after {env_steps} env steps in {:.0} s",
+                        started.elapsed().as_secs_f64()
+                    );
+                    Ok(ExitCode::SUCCESS)
+                }
+                Outcome::BudgetExhausted { mean_return, env_steps } => {
+                    eprintln!(
+                        "error: env step budget exhausted: {env_steps} steps without reaching mean return {target} (last: {})",
+                        mean_return.map_or("n/a".into(), |r| format!("{r:.1}"))
+                    );
+                    Ok(ExitCode::from(1))
+                }
+                Outcome::Interrupted => Ok(ExitCode::from(130)),
+            }
+        }
+        Command::Replay { listen } => roles::replay(config, listen, wiring).await.map(|_| ExitCode::SUCCESS),
+        Command::Learner { listen, replay } => roles::learner(config, listen, replay, wiring).await.map(|_| ExitCode::SUCCESS),
+        Command::Actor { actor_id, replay, learner } => {
+            let id = actor_id.unwrap_or_else(default_actor_id);
+            roles::actor(config, id, replay, learner, wiring).await.map(|_| ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    telemetry::init_logging();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: starting the async runtime: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,0 +1,57 @@
+//! Process telemetry: `tracing` logs to stderr (filtered by `RUST_LOG`), and
+//! the Prometheus endpoint — the `metrics` recorder rendered at `/metrics` on
+//! a listener the caller binds (so port 0 works and the real port is known).
+
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+/// Installs the global metrics recorder with histogram buckets set, so
+/// histograms render as real Prometheus histograms that aggregate across processes.
+pub fn install_recorder() -> Result<PrometheusHandle> {
+    let buckets: [(&str, &[f64]); 4] = [
+        (fleet_actor::metrics::EPISODE_RETURN, fleet_actor::metrics::EPISODE_RETURN_BUCKETS),
+        (fleet_actor::metrics::POLICY_LAG, fleet_actor::metrics::POLICY_LAG_BUCKETS),
+        (fleet_learner::metrics::POLICY_LAG, fleet_learner::metrics::POLICY_LAG_BUCKETS),
+        (fleet_learner::metrics::BATCH_WAIT, fleet_learner::metrics::BATCH_WAIT_BUCKETS),
+    ];
+    let mut builder = PrometheusBuilder::new();
+    for (name, values) in buckets {
+        builder = builder.set_buckets_for_metric(Matcher::Full(name.to_string()), values).context("histogram buckets")?;
+    }
+    builder.install_recorder().context("installing the metrics recorder")
+}
+
+/// Serves `/metrics` on `listener` until `shutdown`.
+pub async fn serve_metrics(listener: TcpListener, handle: PrometheusHandle, shutdown: CancellationToken) -> Result<()> {
+    let upkeep = handle.clone();
+    let upkeep_shutdown = shutdown.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tokio::select! {
+                _ = upkeep_shutdown.cancelled() => return,
+                _ = tick.tick() => upkeep.run_upkeep(),
+            }
+        }
+    });
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let handle = handle.clone();
+            async move { handle.render() }
+        }),
+    );
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
+        .context("serving /metrics")
+}
