@@ -66,7 +66,9 @@ impl Config {
             merge(&mut doc, file, &mut Vec::new()).with_context(|| format!("in config file {}", path.display()))?;
         }
         for (name, raw) in &sources.env {
-            let Some(key) = env_key(name, &doc) else { continue };
+            let Some(key) = env_key(name, &doc) else {
+                continue;
+            };
             set_key(&mut doc, &key, raw).with_context(|| format!("environment variable {name}"))?;
         }
         for assignment in &sources.overrides {
@@ -94,13 +96,20 @@ impl Config {
             check.map_err(|message| anyhow!("invalid config: {message}"))?;
         }
         if !fleet_actor::env::ENVIRONMENTS.contains(&self.env.name.as_str()) {
-            bail!("invalid config: env.name `{}` is not one of {:?}", self.env.name, fleet_actor::env::ENVIRONMENTS);
+            bail!(
+                "invalid config: env.name `{}` is not one of {:?}",
+                self.env.name,
+                fleet_actor::env::ENVIRONMENTS
+            );
         }
         if self.run.actors == 0 {
             bail!("invalid config: run.actors must be at least 1");
         }
         if !(self.run.progress_interval_secs > 0.0 && self.run.progress_interval_secs.is_finite()) {
-            bail!("invalid config: run.progress_interval_secs must be positive, got {}", self.run.progress_interval_secs);
+            bail!(
+                "invalid config: run.progress_interval_secs must be positive, got {}",
+                self.run.progress_interval_secs
+            );
         }
         if self.run.target_return.is_nan() {
             bail!("invalid config: run.target_return is NaN");
@@ -207,7 +216,15 @@ mod tests {
 
     #[test]
     fn layers_apply_in_order() {
-        let config = load(&[("FLEET_SEED", "5"), ("FLEET_LEARNER__LEARNING_RATE", "0.5"), ("FLEET_REQUIRE_DOCKER", "1")], &["seed=9"]).unwrap();
+        let config = load(
+            &[
+                ("FLEET_SEED", "5"),
+                ("FLEET_LEARNER__LEARNING_RATE", "0.5"),
+                ("FLEET_REQUIRE_DOCKER", "1"),
+            ],
+            &["seed=9"],
+        )
+        .unwrap();
         assert_eq!(config.seed, 9);
         assert_eq!(config.learner.learning_rate, 0.5);
         let config = load(&[], &["network.hidden=[32]", "env.name=CartPole-v1"]).unwrap();
@@ -219,10 +236,21 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.toml");
         std::fs::write(&path, "[actor]\nnum_envs = 3\n").unwrap();
-        let config = Config::load(&ConfigSources { file: Some(path.clone()), ..Default::default() }).unwrap();
+        let config = Config::load(&ConfigSources {
+            file: Some(path.clone()),
+            ..Default::default()
+        })
+        .unwrap();
         assert_eq!(config.actor.num_envs, 3);
         std::fs::write(&path, "[actor]\nnum_envz = 3\n").unwrap();
-        let err = format!("{:#}", Config::load(&ConfigSources { file: Some(path), ..Default::default() }).unwrap_err());
+        let err = format!(
+            "{:#}",
+            Config::load(&ConfigSources {
+                file: Some(path),
+                ..Default::default()
+            })
+            .unwrap_err()
+        );
         assert!(err.contains("actor.num_envz") && err.contains("c.toml"), "{err}");
     }
 
@@ -246,7 +274,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("effective.toml");
         config.write_to(&path).unwrap();
-        let again = Config::load(&ConfigSources { file: Some(path), ..Default::default() }).unwrap();
+        let again = Config::load(&ConfigSources {
+            file: Some(path),
+            ..Default::default()
+        })
+        .unwrap();
         assert_eq!(config, again);
     }
 }

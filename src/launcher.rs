@@ -71,9 +71,18 @@ impl Process {
         // Keep draining stdout so a chatty child never blocks on a full pipe.
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
         let field = |key: &str| {
-            ready.split_whitespace().find_map(|w| w.strip_prefix(&format!("{key}="))).map(str::to_string).ok_or_else(|| anyhow!("{name}: malformed ready line `{ready}`"))
+            ready
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix(&format!("{key}=")))
+                .map(str::to_string)
+                .ok_or_else(|| anyhow!("{name}: malformed ready line `{ready}`"))
         };
-        Ok(Self { name: name.to_string(), grpc: field("grpc")?, metrics: field("metrics")?, child })
+        Ok(Self {
+            name: name.to_string(),
+            grpc: field("grpc")?,
+            metrics: field("metrics")?,
+            child,
+        })
     }
 
     /// SIGTERM, then SIGKILL if it has not exited within `grace`.
@@ -100,13 +109,32 @@ pub async fn run(mut config: Config) -> Result<Outcome> {
 
     let loopback = "127.0.0.1:0".to_string();
     let mut processes = Vec::new();
-    let replay = Process::spawn("replay", &config_path, &["replay".into(), "--listen".into(), loopback.clone(), "--metrics-listen".into(), loopback.clone()]).await?;
+    let replay = Process::spawn(
+        "replay",
+        &config_path,
+        &[
+            "replay".into(),
+            "--listen".into(),
+            loopback.clone(),
+            "--metrics-listen".into(),
+            loopback.clone(),
+        ],
+    )
+    .await?;
     let replay_grpc = replay.grpc.clone();
     processes.push(replay);
     let learner = Process::spawn(
         "learner",
         &config_path,
-        &["learner".into(), "--listen".into(), loopback.clone(), "--metrics-listen".into(), loopback.clone(), "--replay".into(), replay_grpc.clone()],
+        &[
+            "learner".into(),
+            "--listen".into(),
+            loopback.clone(),
+            "--metrics-listen".into(),
+            loopback.clone(),
+            "--replay".into(),
+            replay_grpc.clone(),
+        ],
     )
     .await?;
     let learner_grpc = learner.grpc.clone();
@@ -125,8 +153,14 @@ pub async fn run(mut config: Config) -> Result<Outcome> {
         ];
         processes.push(Process::spawn(&format!("actor-{id}"), &config_path, &args).await?);
     }
-    println!("replay   gRPC {}  metrics http://{}/metrics", processes[0].grpc, processes[0].metrics);
-    println!("learner  gRPC {}  metrics http://{}/metrics", processes[1].grpc, processes[1].metrics);
+    println!(
+        "replay   gRPC {}  metrics http://{}/metrics",
+        processes[0].grpc, processes[0].metrics
+    );
+    println!(
+        "learner  gRPC {}  metrics http://{}/metrics",
+        processes[1].grpc, processes[1].metrics
+    );
     for p in &processes[2..] {
         println!("{:<8} metrics http://{}/metrics", p.name, p.metrics);
     }
@@ -174,13 +208,19 @@ async fn supervise(config: &Config, processes: &mut [Process]) -> Result<Outcome
             snapshot.updates,
             lag.map_or("n/a".to_string(), |l| format!("{l:.2}")),
         );
-        if let Some(mean_return) = snapshot.mean_return {
-            if mean_return >= config.run.target_return {
-                return Ok(Outcome::TargetReached { mean_return, env_steps: snapshot.env_steps });
-            }
+        if let Some(mean_return) = snapshot.mean_return
+            && mean_return >= config.run.target_return
+        {
+            return Ok(Outcome::TargetReached {
+                mean_return,
+                env_steps: snapshot.env_steps,
+            });
         }
         if snapshot.env_steps >= config.run.max_env_steps {
-            return Ok(Outcome::BudgetExhausted { mean_return: snapshot.mean_return, env_steps: snapshot.env_steps });
+            return Ok(Outcome::BudgetExhausted {
+                mean_return: snapshot.mean_return,
+                env_steps: snapshot.env_steps,
+            });
         }
         previous = snapshot;
         previous_at = now;
@@ -204,7 +244,9 @@ impl Snapshot {
         let mut s = Snapshot::default();
         let (mut weighted, mut weight) = (0.0, 0.0);
         for p in processes {
-            let Ok(text) = scrape(&p.metrics).await else { continue };
+            let Ok(text) = scrape(&p.metrics).await else {
+                continue;
+            };
             let samples = parse_prometheus(&text);
             let get = |name: &str| samples.iter().filter(|(n, _)| n == name).map(|(_, v)| v).sum::<f64>();
             s.env_steps += get("fleet_actor_env_steps_total") as u64;
@@ -233,10 +275,14 @@ impl Snapshot {
 /// One HTTP/1.0 GET of `/metrics`.
 async fn scrape(address: &str) -> Result<String> {
     let mut stream = tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(address)).await??;
-    stream.write_all(format!("GET /metrics HTTP/1.0\r\nHost: {address}\r\n\r\n").as_bytes()).await?;
+    stream
+        .write_all(format!("GET /metrics HTTP/1.0\r\nHost: {address}\r\n\r\n").as_bytes())
+        .await?;
     let mut response = String::new();
     tokio::time::timeout(Duration::from_secs(5), stream.read_to_string(&mut response)).await??;
-    let (head, body) = response.split_once("\r\n\r\n").ok_or_else(|| anyhow!("malformed HTTP response from {address}"))?;
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| anyhow!("malformed HTTP response from {address}"))?;
     if !head.starts_with("HTTP/1.1 200") && !head.starts_with("HTTP/1.0 200") {
         bail!("{address}/metrics answered `{}`", head.lines().next().unwrap_or(""));
     }
@@ -263,6 +309,13 @@ mod tests {
     fn parses_samples_with_and_without_labels() {
         let text = "# HELP x\n# TYPE x counter\nfleet_a_total 12\nfleet_b{kind=\"policy\"} -0.5\nfleet_c_bucket{le=\"+Inf\"} 3\n\n";
         let samples = parse_prometheus(text);
-        assert_eq!(samples, vec![("fleet_a_total".into(), 12.0), ("fleet_b".into(), -0.5), ("fleet_c_bucket".into(), 3.0)]);
+        assert_eq!(
+            samples,
+            vec![
+                ("fleet_a_total".into(), 12.0),
+                ("fleet_b".into(), -0.5),
+                ("fleet_c_bucket".into(), 3.0)
+            ]
+        );
     }
 }

@@ -83,7 +83,12 @@ fn load_config(cli: &Cli) -> Result<Config> {
     if let Some(seed) = cli.seed {
         overrides.push(format!("seed={seed}"));
     }
-    if let Command::Run { actors, target_return, max_env_steps } = &cli.command {
+    if let Command::Run {
+        actors,
+        target_return,
+        max_env_steps,
+    } = &cli.command
+    {
         if let Some(v) = actors {
             overrides.push(format!("run.actors={v}"));
         }
@@ -97,20 +102,30 @@ fn load_config(cli: &Cli) -> Result<Config> {
     // Flags named above win over generic --set ones given alongside.
     let mut all = cli.overrides.clone();
     all.extend(overrides);
-    Config::load(&ConfigSources { file: cli.config.clone(), env: std::env::vars().collect(), overrides: all })
+    Config::load(&ConfigSources {
+        file: cli.config.clone(),
+        env: std::env::vars().collect(),
+        overrides: all,
+    })
 }
 
 fn default_actor_id() -> u64 {
     use std::hash::{Hash, Hasher};
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    std::fs::read_to_string("/etc/hostname").unwrap_or_default().trim().hash(&mut hasher);
+    std::fs::read_to_string("/etc/hostname")
+        .unwrap_or_default()
+        .trim()
+        .hash(&mut hasher);
     std::process::id().hash(&mut hasher);
     hasher.finish() >> 16
 }
 
 async fn run(cli: Cli) -> Result<ExitCode> {
     let config = load_config(&cli)?;
-    let wiring = Wiring { metrics_listen: cli.metrics_listen, exit_with_stdin: cli.exit_with_stdin };
+    let wiring = Wiring {
+        metrics_listen: cli.metrics_listen,
+        exit_with_stdin: cli.exit_with_stdin,
+    };
     match cli.command {
         Command::Run { .. } => {
             let target = config.run.target_return;

@@ -30,7 +30,8 @@ pub struct Wiring {
 
 /// Cancels `shutdown` on SIGINT/SIGTERM, and on stdin EOF if asked.
 fn watch_for_shutdown(shutdown: &CancellationToken, exit_with_stdin: bool) -> Result<()> {
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut terminate =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let token = shutdown.clone();
     tokio::spawn(async move {
         tokio::select! {
@@ -58,7 +59,9 @@ fn watch_for_shutdown(shutdown: &CancellationToken, exit_with_stdin: bool) -> Re
 }
 
 async fn bind(address: SocketAddr, what: &str) -> Result<TcpListener> {
-    TcpListener::bind(address).await.with_context(|| format!("binding the {what} listener on {address}"))
+    TcpListener::bind(address)
+        .await
+        .with_context(|| format!("binding the {what} listener on {address}"))
 }
 
 /// Binds metrics, prints the ready line, and returns the shutdown token.
@@ -123,5 +126,8 @@ pub async fn actor(config: Config, actor_id: u64, replay_address: String, learne
 /// The network's view of the configured environment.
 pub fn env_spec(config: &Config) -> Result<EnvSpec> {
     let env = fleet_actor::env::make(&config.env.name, 0)?;
-    Ok(EnvSpec { observation_size: env.observation_size(), num_actions: env.num_actions() })
+    Ok(EnvSpec {
+        observation_size: env.observation_size(),
+        num_actions: env.num_actions(),
+    })
 }

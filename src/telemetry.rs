@@ -11,7 +11,10 @@ use tokio_util::sync::CancellationToken;
 
 pub fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }
 
 /// Installs the global metrics recorder with histogram buckets set, so
@@ -25,7 +28,9 @@ pub fn install_recorder() -> Result<PrometheusHandle> {
     ];
     let mut builder = PrometheusBuilder::new();
     for (name, values) in buckets {
-        builder = builder.set_buckets_for_metric(Matcher::Full(name.to_string()), values).context("histogram buckets")?;
+        builder = builder
+            .set_buckets_for_metric(Matcher::Full(name.to_string()), values)
+            .context("histogram buckets")?;
     }
     builder.install_recorder().context("installing the metrics recorder")
 }

@@ -1,1 +1,8 @@
+//! End-to-end tests of the `fleet` binary: real processes on loopback ports,
+//! real gRPC clients, real `/metrics` scrapes.
 
+mod support;
+
+mod cli;
+mod learning;
+mod protocol;

@@ -22,7 +22,13 @@ pub struct ActorConfig {
 
 impl Default for ActorConfig {
     fn default() -> Self {
-        Self { num_envs: 16, unroll_length: 20, table: "queue".into(), max_in_flight: 8, return_window: 100 }
+        Self {
+            num_envs: 16,
+            unroll_length: 20,
+            table: "queue".into(),
+            max_in_flight: 8,
+            return_window: 100,
+        }
     }
 }
 

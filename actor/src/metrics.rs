@@ -21,8 +21,14 @@ pub fn describe() {
     describe_counter!(ENV_STEPS, "Environment steps taken (resets are not steps)");
     describe_counter!(EPISODES, "Episodes finished");
     describe_histogram!(EPISODE_RETURN, "Undiscounted return of each finished episode");
-    describe_gauge!(EPISODE_RETURN_RECENT, "Mean return of this actor's most recent episodes (actor.return_window)");
-    describe_histogram!(POLICY_LAG, "Per sequence sent: newest weights version known minus the oldest behaviour version in it");
+    describe_gauge!(
+        EPISODE_RETURN_RECENT,
+        "Mean return of this actor's most recent episodes (actor.return_window)"
+    );
+    describe_histogram!(
+        POLICY_LAG,
+        "Per sequence sent: newest weights version known minus the oldest behaviour version in it"
+    );
     describe_counter!(SEQUENCES_SENT, "Sequences sent to replay (including resends after a reconnect)");
     describe_counter!(SEQUENCES_ACKED, "Sequences replay acknowledged");
     describe_counter!(SEQUENCES_REJECTED, "Sequences replay refused as invalid");

@@ -10,19 +10,19 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use candle_core::{Device, Tensor};
 use fleet_agent::{ActorCritic, EnvSpec, NetworkConfig, Weights};
+use fleet_proto::WeightsAssembler;
 use fleet_proto::connect::{Backoff, connect};
 use fleet_proto::pb::{self, parameters_client::ParametersClient, replay_client::ReplayClient};
-use fleet_proto::WeightsAssembler;
 use futures::StreamExt;
 use rand::SeedableRng;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
+use crate::ActorConfig;
 use crate::env::VecEnv;
 use crate::metrics as m;
 use crate::policy::sample_actions;
 use crate::sequence::{SequenceWriter, StepRecord};
-use crate::ActorConfig;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ActorError {
@@ -57,21 +57,28 @@ pub async fn run(settings: ActorSettings, shutdown: CancellationToken) -> Result
     m::describe();
     // Probe the environment up front so a bad name fails before connecting.
     let probe = VecEnv::new(&settings.env_name, 1, 0)?;
-    let spec = EnvSpec { observation_size: probe.observation_size(), num_actions: probe.num_actions() };
+    let spec = EnvSpec {
+        observation_size: probe.observation_size(),
+        num_actions: probe.num_actions(),
+    };
     drop(probe);
 
     let (weights_tx, weights_rx) = watch::channel::<Option<Arc<Weights>>>(None);
     let newest_version = Arc::new(AtomicU64::new(0));
     let (sequence_tx, sequence_rx) = mpsc::channel::<pb::Sequence>(settings.actor.max_in_flight);
 
-    let weights_task = tokio::spawn(follow_weights(settings.clone(), weights_tx, newest_version.clone(), shutdown.clone()));
+    let weights_task = tokio::spawn(follow_weights(
+        settings.clone(),
+        weights_tx,
+        newest_version.clone(),
+        shutdown.clone(),
+    ));
     let insert_task = tokio::spawn(stream_sequences(settings.clone(), sequence_rx, shutdown.clone()));
 
     let compute_settings = settings.clone();
     let compute_shutdown = shutdown.clone();
-    let compute = tokio::task::spawn_blocking(move || {
-        act(compute_settings, spec, weights_rx, sequence_tx, newest_version, compute_shutdown)
-    });
+    let compute =
+        tokio::task::spawn_blocking(move || act(compute_settings, spec, weights_rx, sequence_tx, newest_version, compute_shutdown));
     let result = match compute.await {
         Ok(result) => result,
         Err(join) => Err(ActorError::Thread(join.to_string())),
@@ -127,14 +134,13 @@ fn act(
     let n = config.num_envs;
 
     while !shutdown.is_cancelled() {
-        if weights_rx.has_changed().unwrap_or(false) {
-            if let Some(w) = weights_rx.borrow_and_update().clone() {
-                if w.version > version {
-                    w.load_into(&network)?;
-                    version = w.version;
-                    metrics::gauge!(m::WEIGHTS_VERSION).set(version as f64);
-                }
-            }
+        if weights_rx.has_changed().unwrap_or(false)
+            && let Some(w) = weights_rx.borrow_and_update().clone()
+            && w.version > version
+        {
+            w.load_into(&network)?;
+            version = w.version;
+            metrics::gauge!(m::WEIGHTS_VERSION).set(version as f64);
         }
         let observations = Tensor::from_slice(envs.observations(), (n, spec.observation_size), &Device::Cpu)?;
         let logits = network.forward(&observations)?.logits.flatten_all()?.to_vec1::<f32>()?;
@@ -142,7 +148,14 @@ fn act(
 
         // Record x_t and its flags before stepping; the reward arrives with the step.
         let before: Vec<(Vec<f32>, bool, bool, bool)> = (0..n)
-            .map(|i| (envs.observation(i).to_vec(), envs.is_first()[i], envs.terminated()[i], envs.truncated()[i]))
+            .map(|i| {
+                (
+                    envs.observation(i).to_vec(),
+                    envs.is_first()[i],
+                    envs.terminated()[i],
+                    envs.truncated()[i],
+                )
+            })
             .collect();
         let report = envs.step(&actions);
         env_steps.increment(report.real_steps as u64);
@@ -266,7 +279,10 @@ async fn stream_sequences(settings: ActorSettings, mut sequence_rx: mpsc::Receiv
             .max_encoding_message_size(settings.max_message_bytes)
             .max_decoding_message_size(settings.max_message_bytes);
         let (request_tx, request_rx) = mpsc::channel::<pb::InsertRequest>(max_in_flight);
-        let request = |sequence: &pb::Sequence| pb::InsertRequest { table: settings.actor.table.clone(), sequence: Some(sequence.clone()) };
+        let request = |sequence: &pb::Sequence| pb::InsertRequest {
+            table: settings.actor.table.clone(),
+            sequence: Some(sequence.clone()),
+        };
         // Resend what the previous connection did not get acknowledged.
         for sequence in &pending {
             if request_tx.send(request(sequence)).await.is_err() {

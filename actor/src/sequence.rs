@@ -124,7 +124,7 @@ mod tests {
             observation: &obs,
             action: (i % 3) as i64,
             reward: i as f32,
-            is_first: i % 7 == 0,
+            is_first: i.is_multiple_of(7),
             terminated: i % 7 == 6,
             truncated: false,
             behaviour_logits: &logits,

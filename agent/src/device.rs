@@ -38,8 +38,10 @@ pub fn select_device(name: &str) -> Result<Device, DeviceError> {
             if !cfg!(feature = "cuda") {
                 return Err(DeviceError::NoCudaSupport(name.to_string()));
             }
-            Device::new_cuda(ordinal)
-                .map_err(|source| DeviceError::Unavailable { name: name.to_string(), source })
+            Device::new_cuda(ordinal).map_err(|source| DeviceError::Unavailable {
+                name: name.to_string(),
+                source,
+            })
         }
     }
 }

@@ -29,7 +29,10 @@ pub struct NetworkConfig {
 
 impl Default for NetworkConfig {
     fn default() -> Self {
-        Self { hidden: vec![64, 64], activation: Activation::Tanh }
+        Self {
+            hidden: vec![64, 64],
+            activation: Activation::Tanh,
+        }
     }
 }
 
@@ -51,7 +54,14 @@ struct Dense {
 
 impl Dense {
     /// Uniform in ±gain/√fan_in (PyTorch's default scale times `gain`), zero bias.
-    fn new(name: &str, fan_in: usize, fan_out: usize, gain: f64, rng: &mut impl Rng, device: &Device) -> Result<(Self, Vec<(String, Var)>)> {
+    fn new(
+        name: &str,
+        fan_in: usize,
+        fan_out: usize,
+        gain: f64,
+        rng: &mut impl Rng,
+        device: &Device,
+    ) -> Result<(Self, Vec<(String, Var)>)> {
         let bound = gain / (fan_in as f64).sqrt();
         let values: Vec<f32> = (0..fan_in * fan_out).map(|_| rng.random_range(-bound..bound) as f32).collect();
         let weight = Var::from_tensor(&Tensor::from_vec(values, (fan_out, fan_in), device)?)?;
@@ -109,7 +119,16 @@ impl ActorCritic {
         params.extend(named);
         let (value_head, named) = Dense::new("value", value_width, 1, 1.0, &mut rng, device)?;
         params.extend(named);
-        Ok(Self { spec, config: config.clone(), policy_tower, value_tower, policy_head, value_head, params, device: device.clone() })
+        Ok(Self {
+            spec,
+            config: config.clone(),
+            policy_tower,
+            value_tower,
+            policy_head,
+            value_head,
+            params,
+            device: device.clone(),
+        })
     }
 
     pub fn spec(&self) -> EnvSpec {
@@ -157,7 +176,10 @@ impl ActorCritic {
 mod tests {
     use super::*;
 
-    const SPEC: EnvSpec = EnvSpec { observation_size: 4, num_actions: 2 };
+    const SPEC: EnvSpec = EnvSpec {
+        observation_size: 4,
+        num_actions: 2,
+    };
 
     #[test]
     fn forward_shapes() {

@@ -17,7 +17,11 @@ pub enum WeightsError {
     #[error("weights blob lacks parameter `{0}`")]
     Missing(String),
     #[error("parameter `{name}` has shape {found:?}, the network expects {expected:?}")]
-    Shape { name: String, expected: Vec<usize>, found: Vec<usize> },
+    Shape {
+        name: String,
+        expected: Vec<usize>,
+        found: Vec<usize>,
+    },
     #[error("parameter `{name}` holds a non-finite value")]
     NonFinite { name: String },
     #[error(transparent)]
@@ -43,23 +47,36 @@ impl Weights {
     /// The version recorded inside a blob, if any.
     pub fn version_in(bytes: &[u8]) -> Result<Option<u64>, WeightsError> {
         let (_, metadata) = safetensors::SafeTensors::read_metadata(bytes).map_err(|e| WeightsError::Format(e.to_string()))?;
-        Ok(metadata.metadata().as_ref().and_then(|m| m.get(VERSION_KEY)).and_then(|v| v.parse().ok()))
+        Ok(metadata
+            .metadata()
+            .as_ref()
+            .and_then(|m| m.get(VERSION_KEY))
+            .and_then(|v| v.parse().ok()))
     }
 
     /// Copies the blob's parameters into `network`. Every parameter must be
     /// present with the right shape and finite values; on error the network
     /// is left unchanged.
     pub fn load_into(&self, network: &ActorCritic) -> Result<(), WeightsError> {
-        let loaded = candle_core::safetensors::load_buffer(&self.bytes, network.device())
-            .map_err(|e| WeightsError::Format(e.to_string()))?;
+        let loaded =
+            candle_core::safetensors::load_buffer(&self.bytes, network.device()).map_err(|e| WeightsError::Format(e.to_string()))?;
         let mut checked = Vec::with_capacity(network.params().len());
         for (name, var) in network.params() {
             let tensor = loaded.get(name).ok_or_else(|| WeightsError::Missing(name.clone()))?;
             if tensor.dims() != var.dims() {
-                return Err(WeightsError::Shape { name: name.clone(), expected: var.dims().to_vec(), found: tensor.dims().to_vec() });
+                return Err(WeightsError::Shape {
+                    name: name.clone(),
+                    expected: var.dims().to_vec(),
+                    found: tensor.dims().to_vec(),
+                });
             }
             let tensor = tensor.to_dtype(var.dtype())?;
-            let finite = tensor.flatten_all()?.to_dtype(candle_core::DType::F32)?.to_vec1::<f32>()?.iter().all(|v| v.is_finite());
+            let finite = tensor
+                .flatten_all()?
+                .to_dtype(candle_core::DType::F32)?
+                .to_vec1::<f32>()?
+                .iter()
+                .all(|v| v.is_finite());
             if !finite {
                 return Err(WeightsError::NonFinite { name: name.clone() });
             }
@@ -78,10 +95,16 @@ mod tests {
     use crate::{EnvSpec, NetworkConfig};
     use candle_core::Device;
 
-    const SPEC: EnvSpec = EnvSpec { observation_size: 4, num_actions: 2 };
+    const SPEC: EnvSpec = EnvSpec {
+        observation_size: 4,
+        num_actions: 2,
+    };
 
     fn flat(net: &ActorCritic) -> Vec<f32> {
-        net.params().iter().flat_map(|(_, v)| v.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap()).collect()
+        net.params()
+            .iter()
+            .flat_map(|(_, v)| v.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap())
+            .collect()
     }
 
     #[test]
@@ -97,13 +120,25 @@ mod tests {
 
     #[test]
     fn wrong_shape_is_an_error_and_leaves_the_network_alone() {
-        let small = ActorCritic::new(SPEC, &NetworkConfig { hidden: vec![8], ..Default::default() }, 1, &Device::Cpu).unwrap();
+        let small = ActorCritic::new(
+            SPEC,
+            &NetworkConfig {
+                hidden: vec![8],
+                ..Default::default()
+            },
+            1,
+            &Device::Cpu,
+        )
+        .unwrap();
         let net = ActorCritic::new(SPEC, &NetworkConfig::default(), 2, &Device::Cpu).unwrap();
         let before = flat(&net);
         let w = Weights::from_network(&small, 1).unwrap();
         assert!(matches!(w.load_into(&net), Err(WeightsError::Shape { .. })));
         assert_eq!(before, flat(&net));
-        let garbage = Weights { version: 1, bytes: vec![1, 2, 3] };
+        let garbage = Weights {
+            version: 1,
+            bytes: vec![1, 2, 3],
+        };
         assert!(matches!(garbage.load_into(&net), Err(WeightsError::Format(_))));
     }
 }

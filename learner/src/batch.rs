@@ -55,17 +55,36 @@ impl HostBatch {
             behaviour_versions: vec![0; steps * b],
         };
         for (j, item) in items.iter().enumerate() {
-            let fail = |message: String| BatchError::Item { index: j, key: item.key, message };
+            let fail = |message: String| BatchError::Item {
+                index: j,
+                key: item.key,
+                message,
+            };
             let seq = item.sequence.as_ref().ok_or_else(|| fail("no sequence".into()))?;
             if seq.rewards.len() != steps {
                 return Err(fail(format!("{} steps, the batch has {steps}", seq.rewards.len())));
             }
-            let obs = seq.observations.as_ref().ok_or_else(|| fail("no observations".into()))?.to_f32().map_err(|e| fail(e.to_string()))?;
+            let obs = seq
+                .observations
+                .as_ref()
+                .ok_or_else(|| fail("no observations".into()))?
+                .to_f32()
+                .map_err(|e| fail(e.to_string()))?;
             if obs.len() != steps * o {
                 return Err(fail(format!("observations hold {} values, expected {steps}×{o}", obs.len())));
             }
-            let actions = seq.actions.as_ref().ok_or_else(|| fail("no actions".into()))?.to_i64().map_err(|e| fail(e.to_string()))?;
-            let logits = seq.behaviour_logits.as_ref().ok_or_else(|| fail("no behaviour logits".into()))?.to_f32().map_err(|e| fail(e.to_string()))?;
+            let actions = seq
+                .actions
+                .as_ref()
+                .ok_or_else(|| fail("no actions".into()))?
+                .to_i64()
+                .map_err(|e| fail(e.to_string()))?;
+            let logits = seq
+                .behaviour_logits
+                .as_ref()
+                .ok_or_else(|| fail("no behaviour logits".into()))?
+                .to_f32()
+                .map_err(|e| fail(e.to_string()))?;
             if logits.len() != steps * a || actions.len() != steps {
                 return Err(fail(format!("actions/logits do not match {steps} steps of {a} actions")));
             }
@@ -73,7 +92,9 @@ impl HostBatch {
                 return Err(fail("per-step flags do not match the step count".into()));
             }
             batch.keys.push(item.key);
-            batch.importance_weights.push(if item.weight > 0.0 { item.weight as f32 } else { 1.0 });
+            batch
+                .importance_weights
+                .push(if item.weight > 0.0 { item.weight as f32 } else { 1.0 });
             for t in 0..steps {
                 let at = t * b + j;
                 batch.observations[at * o..(at + 1) * o].copy_from_slice(&obs[t * o..(t + 1) * o]);
@@ -90,7 +111,11 @@ impl HostBatch {
             }
         }
         if steps < 2 {
-            return Err(BatchError::Item { index: 0, key: first.key, message: format!("{steps} steps; at least 2 needed") });
+            return Err(BatchError::Item {
+                index: 0,
+                key: first.key,
+                message: format!("{steps} steps; at least 2 needed"),
+            });
         }
         Ok(batch)
     }
@@ -131,7 +156,13 @@ impl DeviceBatch {
         let is_last = |i: usize| batch.terminated[i] || batch.truncated[i];
         let mask: Vec<f32> = (0..learning).map(|i| if is_last(i) { 0.0 } else { 1.0 }).collect();
         let discounts: Vec<f32> = (0..learning)
-            .map(|i| if is_last(i) || batch.terminated[i + b] { 0.0 } else { discount as f32 })
+            .map(|i| {
+                if is_last(i) || batch.terminated[i + b] {
+                    0.0
+                } else {
+                    discount as f32
+                }
+            })
             .collect();
         let a = batch.spec.num_actions;
         Ok(Self {

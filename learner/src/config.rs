@@ -72,7 +72,12 @@ impl Default for LearnerConfig {
 
 impl LearnerConfig {
     pub fn vtrace(&self) -> VTraceParams {
-        VTraceParams { rho_bar: self.rho_bar, c_bar: self.c_bar, pg_rho_bar: self.pg_rho_bar, lambda: self.lambda }
+        VTraceParams {
+            rho_bar: self.rho_bar,
+            c_bar: self.c_bar,
+            pg_rho_bar: self.pg_rho_bar,
+            lambda: self.lambda,
+        }
     }
 
     pub fn validate(&self) -> Result<(), String> {
@@ -88,12 +93,20 @@ impl LearnerConfig {
                 return Err(format!("{key} must be positive, got {value}"));
             }
         }
-        for (key, value) in [("learner.discount", self.discount), ("learner.adam_beta1", self.adam_beta1), ("learner.adam_beta2", self.adam_beta2)] {
+        for (key, value) in [
+            ("learner.discount", self.discount),
+            ("learner.adam_beta1", self.adam_beta1),
+            ("learner.adam_beta2", self.adam_beta2),
+        ] {
             if !(0.0..=1.0).contains(&value) {
                 return Err(format!("{key} must be in [0, 1], got {value}"));
             }
         }
-        for (key, value) in [("learner.baseline_cost", self.baseline_cost), ("learner.entropy_cost", self.entropy_cost), ("learner.max_grad_norm", self.max_grad_norm)] {
+        for (key, value) in [
+            ("learner.baseline_cost", self.baseline_cost),
+            ("learner.entropy_cost", self.entropy_cost),
+            ("learner.max_grad_norm", self.max_grad_norm),
+        ] {
             if !(value >= 0.0 && value.is_finite()) {
                 return Err(format!("{key} must be a finite number ≥ 0, got {value}"));
             }

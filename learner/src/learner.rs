@@ -46,7 +46,14 @@ impl Learner {
         let network = ActorCritic::new(spec, network, seed, &device)?;
         let optimiser = Optimiser::new(network.vars(), &config)?;
         // Version 1 is the initial network; every applied update adds one.
-        Ok(Self { config, network, optimiser, device, updates: 0, version: 1 })
+        Ok(Self {
+            config,
+            network,
+            optimiser,
+            device,
+            updates: 0,
+            version: 1,
+        })
     }
 
     pub fn network(&self) -> &ActorCritic {
@@ -67,10 +74,17 @@ impl Learner {
 
     pub fn update(&mut self, batch: &HostBatch) -> Result<UpdateStats, UpdateError> {
         if batch.spec != self.network.spec() {
-            return Err(UpdateError::Spec(format!("batch has {:?}, network has {:?}", batch.spec, self.network.spec())));
+            return Err(UpdateError::Spec(format!(
+                "batch has {:?}, network has {:?}",
+                batch.spec,
+                self.network.spec()
+            )));
         }
         let device_batch = DeviceBatch::new(batch, self.config.discount, &self.device)?;
-        let weights = LossWeights { baseline_cost: self.config.baseline_cost, entropy_cost: self.config.entropy_cost };
+        let weights = LossWeights {
+            baseline_cost: self.config.baseline_cost,
+            entropy_cost: self.config.entropy_cost,
+        };
         let loss = impala_loss(&self.network, &device_batch, &self.config.vtrace(), weights)?;
         let grad_norm = self.optimiser.step(&loss.total)?;
         let applied = grad_norm.is_finite();

@@ -23,9 +23,15 @@ pub fn describe() {
     describe_gauge!(LOSS, "Loss terms of the latest update (label kind = policy|baseline|entropy|total)");
     describe_gauge!(ENTROPY, "Mean policy entropy over the latest batch");
     describe_gauge!(GRAD_NORM, "Global gradient norm of the latest update, before clipping");
-    describe_gauge!(CLIPPED_RHO, "Share of the latest batch's steps whose importance ratio exceeded rho_bar");
+    describe_gauge!(
+        CLIPPED_RHO,
+        "Share of the latest batch's steps whose importance ratio exceeded rho_bar"
+    );
     describe_gauge!(WEIGHTS_VERSION, "Version of the newest published weights");
-    describe_histogram!(POLICY_LAG, "Per learning step: learner version minus the behaviour policy's version");
+    describe_histogram!(
+        POLICY_LAG,
+        "Per learning step: learner version minus the behaviour policy's version"
+    );
     describe_histogram!(BATCH_WAIT, "Time the update loop waited for its next batch");
     describe_counter!(FRAMES, "Environment steps consumed by updates");
     describe_counter!(BAD_BATCHES, "Sampled batches refused as inconsistent");

@@ -22,7 +22,11 @@ impl Optimiser {
             eps: config.adam_epsilon,
             weight_decay: 0.0,
         };
-        Ok(Self { adam: AdamW::new(vars.clone(), params)?, vars, max_grad_norm: config.max_grad_norm })
+        Ok(Self {
+            adam: AdamW::new(vars.clone(), params)?,
+            vars,
+            max_grad_norm: config.max_grad_norm,
+        })
     }
 
     /// Backpropagates `loss`, clips the global gradient norm, applies Adam.

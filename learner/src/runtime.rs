@@ -105,7 +105,9 @@ fn train(
     let updates = metrics::counter!(m::UPDATES);
     loop {
         let waited = Instant::now();
-        let Some(batch) = batch_rx.blocking_recv() else { return Ok(()) };
+        let Some(batch) = batch_rx.blocking_recv() else {
+            return Ok(());
+        };
         batch_wait.record(waited.elapsed().as_secs_f64());
         if shutdown.is_cancelled() {
             return Ok(());
@@ -133,13 +135,18 @@ fn train(
         }
         updates.increment(1);
         frames.increment(batch.learning_frames());
-        for (kind, value) in [("policy", stats.policy_loss), ("baseline", stats.baseline_loss), ("entropy", -stats.entropy), ("total", stats.total_loss)] {
+        for (kind, value) in [
+            ("policy", stats.policy_loss),
+            ("baseline", stats.baseline_loss),
+            ("entropy", -stats.entropy),
+            ("total", stats.total_loss),
+        ] {
             metrics::gauge!(m::LOSS, "kind" => kind).set(value as f64);
         }
         metrics::gauge!(m::ENTROPY).set(stats.entropy as f64);
         metrics::gauge!(m::GRAD_NORM).set(stats.grad_norm);
         metrics::gauge!(m::CLIPPED_RHO).set(stats.clipped_rho_fraction as f64);
-        if learner.updates() % publish_every == 0 {
+        if learner.updates().is_multiple_of(publish_every) {
             weights_tx.send_replace(Arc::new(learner.weights()?));
             metrics::gauge!(m::WEIGHTS_VERSION).set(learner.version() as f64);
         }

@@ -45,11 +45,7 @@ impl VTraceParams {
     /// Rejects thresholds that are not positive (NaN included) and λ outside
     /// `[0, 1]`. Infinite thresholds are allowed and mean "no clipping".
     pub fn validate(&self) -> Result<()> {
-        for (name, value) in [
-            ("rho_bar", self.rho_bar),
-            ("c_bar", self.c_bar),
-            ("pg_rho_bar", self.pg_rho_bar),
-        ] {
+        for (name, value) in [("rho_bar", self.rho_bar), ("c_bar", self.c_bar), ("pg_rho_bar", self.pg_rho_bar)] {
             if value.is_nan() || value <= 0.0 {
                 bail!("vtrace: {name} must be > 0, got {value}");
             }
@@ -122,10 +118,7 @@ impl VTraceInputs<'_> {
                 );
             }
             if tensor.dtype() != DType::F32 {
-                bail!(
-                    "vtrace: {name} has dtype {:?}, expected f32",
-                    tensor.dtype()
-                );
+                bail!("vtrace: {name} has dtype {:?}, expected f32", tensor.dtype());
             }
             if !tensor.device().same_device(device) {
                 bail!(
@@ -202,17 +195,10 @@ pub fn vtrace(inputs: &VTraceInputs<'_>, params: &VTraceParams) -> Result<VTrace
     let pg_advantages = rhos.minimum(params.pg_rho_bar)?.mul(&pg_td)?.mul(&mask)?;
 
     let decided = mask.gt(0f32)?.to_dtype(DType::F32)?;
-    let clipped = rhos
-        .gt(params.rho_bar)?
-        .to_dtype(DType::F32)?
-        .mul(&decided)?;
+    let clipped = rhos.gt(params.rho_bar)?.to_dtype(DType::F32)?.mul(&decided)?;
     // One host read for both counts. f32 counts are exact far beyond any T·B.
     let counts = Tensor::stack(&[clipped.sum_all()?, decided.sum_all()?], 0)?.to_vec1::<f32>()?;
-    let clipped_rho_fraction = if counts[1] > 0.0 {
-        counts[0] / counts[1]
-    } else {
-        0.0
-    };
+    let clipped_rho_fraction = if counts[1] > 0.0 { counts[0] / counts[1] } else { 0.0 };
 
     Ok(VTraceReturns {
         vs,
@@ -282,11 +268,7 @@ mod tests {
             assert_eq!(out.vs.dims(), &[self.t, self.b]);
             assert_eq!(out.pg_advantages.dims(), &[self.t, self.b]);
             let flat = |x: &Tensor| x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-            (
-                flat(&out.vs),
-                flat(&out.pg_advantages),
-                out.clipped_rho_fraction,
-            )
+            (flat(&out.vs), flat(&out.pg_advantages), out.clipped_rho_fraction)
         }
 
         fn at(&self, v: &[f32], t: usize, j: usize) -> f64 {
@@ -322,9 +304,7 @@ mod tests {
         let rewards = (0..n).map(|_| rng.random_range(-1f32..1.0)).collect();
         let values = (0..n).map(|_| rng.random_range(-2f32..2.0)).collect();
         let bootstrap = (0..b).map(|_| rng.random_range(-2f32..2.0)).collect();
-        let mut mask: Vec<f32> = (0..n)
-            .map(|_| if rng.random_bool(0.15) { 0.0 } else { 1.0 })
-            .collect();
+        let mut mask: Vec<f32> = (0..n).map(|_| if rng.random_bool(0.15) { 0.0 } else { 1.0 }).collect();
         if t >= 4 {
             discounts[b] = 0.0; // x_2 of column 0 is terminal
             mask[(t - 2) * b] = 0.0; // x_{T-2} of column 0 is a last observation
@@ -356,9 +336,7 @@ mod tests {
         let reward = |t: usize, j: usize| batch.at(&batch.rewards, t, j);
         let c = |t: usize, j: usize| lambda * c_bar.min(rho(t, j)) * mask(t, j);
         let delta = |t: usize, j: usize| {
-            rho_bar.min(rho(t, j))
-                * mask(t, j)
-                * (reward(t, j) + gamma(t, j) * batch.value(t + 1, j) - batch.value(t, j))
+            rho_bar.min(rho(t, j)) * mask(t, j) * (reward(t, j) + gamma(t, j) * batch.value(t + 1, j) - batch.value(t, j))
         };
 
         let mut vs = vec![0.0; t_len * b];
@@ -383,9 +361,7 @@ mod tests {
                 } else {
                     vs[(s + 1) * b + j]
                 };
-                pg[s * b + j] = pg_bar.min(rho(s, j))
-                    * (reward(s, j) + gamma(s, j) * v_next - batch.value(s, j))
-                    * mask(s, j);
+                pg[s * b + j] = pg_bar.min(rho(s, j)) * (reward(s, j) + gamma(s, j) * v_next - batch.value(s, j)) * mask(s, j);
             }
         }
         let (mut clipped, mut decided) = (0usize, 0usize);
@@ -406,10 +382,7 @@ mod tests {
         assert_eq!(got.len(), want.len(), "{what}: length");
         for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
             let err = (f64::from(g) - w).abs();
-            assert!(
-                err <= tol * w.abs().max(1.0),
-                "{what}[{i}]: got {g}, want {w} (error {err:e})"
-            );
+            assert!(err <= tol * w.abs().max(1.0), "{what}[{i}]: got {g}, want {w} (error {err:e})");
         }
     }
 
@@ -499,11 +472,7 @@ mod tests {
         let below = f64::from((-0.1f32).exp());
         assert_close("vs at threshold", &vs, &[below, 1.0, 1.0, 0.0], 1e-6);
         assert_close("pg at threshold", &pg, &[below, 1.0, 1.0, 0.0], 1e-6);
-        assert_eq!(
-            fraction,
-            1.0 / 3.0,
-            "only ρ > ρ̄ among masked-in steps counts"
-        );
+        assert_eq!(fraction, 1.0 / 3.0, "only ρ > ρ̄ among masked-in steps counts");
 
         // Distinct thresholds, T = 2: ρ_0 ∈ {0.3, 1.2, 2.0}, ρ_1 = 1, r = 1,
         // γ_0 = 1, γ_1 = 0, V = 0. Then v_1 = 1 and
@@ -527,11 +496,7 @@ mod tests {
         };
         let (vs, pg, fraction) = batch.run(&params);
         let rho: Vec<f64> = rho0.iter().map(|&l| f64::from(l.exp())).collect();
-        let want_vs: Vec<f64> = rho
-            .iter()
-            .map(|&r| 1.5f64.min(r) + 0.8f64.min(r))
-            .chain([1.0; 3])
-            .collect();
+        let want_vs: Vec<f64> = rho.iter().map(|&r| 1.5f64.min(r) + 0.8f64.min(r)).chain([1.0; 3]).collect();
         let want_pg: Vec<f64> = rho
             .iter()
             .map(|&r| 0.5f64.min(r) * 2.0)
@@ -568,9 +533,7 @@ mod tests {
         let g = f64::from(gamma);
         let want_v1 = v(1) + 1.2f64.min(rho(1)) * (r(1) + g * v(2) - v(1));
         let want_pg1 = 1.1f64.min(rho(1)) * (r(1) + g * v(2) - v(1));
-        let want_v0 = v(0)
-            + 1.2f64.min(rho(0)) * (r(0) + g * v(1) - v(0))
-            + g * 1.0f64.min(rho(0)) * (want_v1 - v(1));
+        let want_v0 = v(0) + 1.2f64.min(rho(0)) * (r(0) + g * v(1) - v(0)) + g * 1.0f64.min(rho(0)) * (want_v1 - v(1));
         assert_close("v_0, v_1", &vs[..2], &[want_v0, want_v1], 1e-6);
         assert_close("pg_1", &pg[1..2], &[want_pg1], 1e-6);
 
@@ -584,10 +547,7 @@ mod tests {
         let (vs_later, pg_later, _) = later.run(&params);
         assert_eq!(vs_later[..3], vs[..3]);
         assert_eq!(pg_later[..3], pg[..3]);
-        assert_ne!(
-            vs_later[3], vs[3],
-            "the perturbation must reach the next episode"
-        );
+        assert_ne!(vs_later[3], vs[3], "the perturbation must reach the next episode");
     }
 
     #[test]
@@ -663,14 +623,8 @@ mod tests {
         for bad in [
             VTraceParams { lambda: 1.5, ..p },
             VTraceParams { rho_bar: 0.0, ..p },
-            VTraceParams {
-                c_bar: f32::NAN,
-                ..p
-            },
-            VTraceParams {
-                pg_rho_bar: -1.0,
-                ..p
-            },
+            VTraceParams { c_bar: f32::NAN, ..p },
+            VTraceParams { pg_rho_bar: -1.0, ..p },
         ] {
             assert!(vtrace(&good.inputs(), &bad).is_err(), "{bad:?} accepted");
         }
@@ -693,19 +647,8 @@ mod tests {
         let loss = (out.vs.sum_all().unwrap() + out.pg_advantages.sum_all().unwrap()).unwrap();
         let loss = (loss + values.as_tensor().sum_all().unwrap()).unwrap();
         let grads = loss.backward().unwrap();
-        assert!(
-            grads.get(log_rhos.as_tensor()).is_none(),
-            "gradient leaked into log_rhos"
-        );
-        let grad_v = grads
-            .get(values.as_tensor())
-            .expect("values gradient")
-            .flatten_all()
-            .unwrap();
-        assert_eq!(
-            grad_v.to_vec1::<f32>().unwrap(),
-            vec![1.0; 12],
-            "gradient leaked through vs"
-        );
+        assert!(grads.get(log_rhos.as_tensor()).is_none(), "gradient leaked into log_rhos");
+        let grad_v = grads.get(values.as_tensor()).expect("values gradient").flatten_all().unwrap();
+        assert_eq!(grad_v.to_vec1::<f32>().unwrap(), vec![1.0; 12], "gradient leaked through vs");
     }
 }

@@ -15,7 +15,10 @@ pub struct Backoff {
 
 impl Default for Backoff {
     fn default() -> Self {
-        Self { initial: Duration::from_millis(100), max: Duration::from_secs(5) }
+        Self {
+            initial: Duration::from_millis(100),
+            max: Duration::from_secs(5),
+        }
     }
 }
 
@@ -28,7 +31,11 @@ impl Backoff {
 
 /// Normalises `host:port` to `http://host:port`.
 pub fn endpoint_uri(address: &str) -> String {
-    if address.contains("://") { address.to_string() } else { format!("http://{address}") }
+    if address.contains("://") {
+        address.to_string()
+    } else {
+        format!("http://{address}")
+    }
 }
 
 /// Connects to `address`, retrying with `backoff`. Returns `None` when
@@ -64,7 +71,10 @@ mod tests {
 
     #[test]
     fn backoff_doubles_up_to_its_cap() {
-        let b = Backoff { initial: Duration::from_millis(100), max: Duration::from_secs(1) };
+        let b = Backoff {
+            initial: Duration::from_millis(100),
+            max: Duration::from_secs(1),
+        };
         assert_eq!(b.delay(0), Duration::from_millis(100));
         assert_eq!(b.delay(2), Duration::from_millis(400));
         assert_eq!(b.delay(10), Duration::from_secs(1));

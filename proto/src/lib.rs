@@ -14,7 +14,7 @@ pub mod pb {
 }
 
 pub use tensor::TensorError;
-pub use weights::{WeightsAssembler, WeightsError, chunk_weights, MAX_CHUNK_BYTES};
+pub use weights::{MAX_CHUNK_BYTES, WeightsAssembler, WeightsError, chunk_weights};
 
 /// Default bound on one gRPC message, both directions (4 MiB, tonic's default).
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;

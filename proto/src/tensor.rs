@@ -8,7 +8,12 @@ pub enum TensorError {
     #[error("tensor has dtype {found:?}, expected {expected:?}")]
     Dtype { expected: Dtype, found: Dtype },
     #[error("tensor of shape {shape:?} and dtype {dtype:?} needs {expected} bytes, got {found}")]
-    ByteCount { shape: Vec<u64>, dtype: Dtype, expected: usize, found: usize },
+    ByteCount {
+        shape: Vec<u64>,
+        dtype: Dtype,
+        expected: usize,
+        found: usize,
+    },
     #[error("tensor shape {0:?} overflows")]
     ShapeOverflow(Vec<u64>),
     #[error("tensor has an unknown dtype ({0})")]
@@ -50,7 +55,11 @@ impl Tensor {
     }
 
     fn new(dtype: Dtype, shape: &[usize], data: Vec<u8>) -> Self {
-        Tensor { dtype: dtype as i32, shape: shape.iter().map(|&d| d as u64).collect(), data }
+        Tensor {
+            dtype: dtype as i32,
+            shape: shape.iter().map(|&d| d as u64).collect(),
+            data,
+        }
     }
 
     pub fn dims(&self) -> Vec<usize> {
@@ -100,7 +109,11 @@ impl Tensor {
 
     pub fn to_f32(&self) -> Result<Vec<f32>, TensorError> {
         self.check(Dtype::F32)?;
-        Ok(self.data.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
+        Ok(self
+            .data
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect())
     }
 
     pub fn to_i64(&self) -> Result<Vec<i64>, TensorError> {
@@ -134,7 +147,14 @@ mod tests {
     fn wrong_byte_count_is_rejected() {
         let mut t = Tensor::from_f32(&[3], &[1.0, 2.0, 3.0]);
         t.data.pop();
-        assert!(matches!(t.to_f32(), Err(TensorError::ByteCount { expected: 12, found: 11, .. })));
+        assert!(matches!(
+            t.to_f32(),
+            Err(TensorError::ByteCount {
+                expected: 12,
+                found: 11,
+                ..
+            })
+        ));
     }
 
     #[test]
@@ -148,7 +168,11 @@ mod tests {
 
     #[test]
     fn overflowing_shape_is_rejected() {
-        let t = Tensor { dtype: Dtype::F32 as i32, shape: vec![u64::MAX, 2], data: vec![] };
+        let t = Tensor {
+            dtype: Dtype::F32 as i32,
+            shape: vec![u64::MAX, 2],
+            data: vec![],
+        };
         assert!(matches!(t.check_bytes(), Err(TensorError::ShapeOverflow(_))));
     }
 }

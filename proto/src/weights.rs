@@ -24,7 +24,13 @@ pub enum WeightsError {
 pub fn chunk_weights(version: u64, bytes: &[u8]) -> Vec<WeightsChunk> {
     let total_bytes = bytes.len() as u64;
     if bytes.is_empty() {
-        return vec![WeightsChunk { version, total_bytes, offset: 0, data: vec![], last: true }];
+        return vec![WeightsChunk {
+            version,
+            total_bytes,
+            offset: 0,
+            data: vec![],
+            last: true,
+        }];
     }
     let count = bytes.len().div_ceil(MAX_CHUNK_BYTES);
     bytes
@@ -57,15 +63,26 @@ impl WeightsAssembler {
     pub fn push(&mut self, chunk: WeightsChunk) -> Result<Option<(u64, Vec<u8>)>, WeightsError> {
         if chunk.total_bytes > self.limit {
             self.current = None;
-            return Err(WeightsError::TooLarge { version: chunk.version, total: chunk.total_bytes, limit: self.limit });
+            return Err(WeightsError::TooLarge {
+                version: chunk.version,
+                total: chunk.total_bytes,
+                limit: self.limit,
+            });
         }
         let (version, total, buf) = self
             .current
             .get_or_insert_with(|| (chunk.version, chunk.total_bytes, Vec::with_capacity(chunk.total_bytes as usize)));
         let error = if *version != chunk.version {
-            Some(WeightsError::MixedVersions { expected: *version, found: chunk.version })
+            Some(WeightsError::MixedVersions {
+                expected: *version,
+                found: chunk.version,
+            })
         } else if chunk.offset != buf.len() as u64 {
-            Some(WeightsError::OutOfOrder { version: *version, offset: chunk.offset, expected: buf.len() as u64 })
+            Some(WeightsError::OutOfOrder {
+                version: *version,
+                offset: chunk.offset,
+                expected: buf.len() as u64,
+            })
         } else {
             None
         };
@@ -75,7 +92,11 @@ impl WeightsAssembler {
         }
         buf.extend_from_slice(&chunk.data);
         if buf.len() as u64 > *total || (chunk.last && buf.len() as u64 != *total) {
-            let error = WeightsError::Length { version: *version, total: *total, got: buf.len() as u64 };
+            let error = WeightsError::Length {
+                version: *version,
+                total: *total,
+                got: buf.len() as u64,
+            };
             self.current = None;
             return Err(error);
         }

@@ -61,7 +61,9 @@ impl Default for TableConfig {
     fn default() -> Self {
         Self {
             name: "queue".to_owned(),
-            max_size: 1024,
+            // Small on purpose: every queued sequence is policy lag, and a
+            // full queue makes actors wait instead of running ahead.
+            max_size: 32,
             sampler: SamplerKind::Fifo,
             max_times_sampled: 1,
         }
@@ -100,16 +102,10 @@ impl ReplayConfig {
                 return Err(format!("replay.tables[{i}].name is empty"));
             }
             if !seen.insert(table.name.as_str()) {
-                return Err(format!(
-                    "replay.tables[{i}].name {:?} is used by an earlier table",
-                    table.name
-                ));
+                return Err(format!("replay.tables[{i}].name {:?} is used by an earlier table", table.name));
             }
             if table.max_size == 0 {
-                return Err(format!(
-                    "replay.tables[{i}] ({:?}): max_size must be at least 1",
-                    table.name
-                ));
+                return Err(format!("replay.tables[{i}] ({:?}): max_size must be at least 1", table.name));
             }
         }
         if self.sample_timeout_ms == 0 {
@@ -135,7 +131,7 @@ mod tests {
         assert_eq!(config.tables.len(), 1);
         let table = &config.tables[0];
         assert_eq!(table.name, "queue");
-        assert_eq!(table.max_size, 1024);
+        assert_eq!(table.max_size, 32);
         assert_eq!(table.sampler, SamplerKind::Fifo);
         assert_eq!(table.max_times_sampled, 1);
         assert_eq!(config.sample_timeout_ms, 10_000);

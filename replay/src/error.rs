@@ -13,9 +13,7 @@ pub enum Error {
     UnknownTable(String),
     #[error("invalid sequence: {0}")]
     InvalidSequence(#[from] ValidationError),
-    #[error(
-        "sequence does not match table {table:?}: the table holds {expected}, the sequence has {found}"
-    )]
+    #[error("sequence does not match table {table:?}: the table holds {expected}, the sequence has {found}")]
     SignatureMismatch {
         table: String,
         expected: Box<Signature>,
@@ -23,16 +21,10 @@ pub enum Error {
     },
     #[error("invalid sample request: {0}")]
     InvalidSampleRequest(String),
-    #[error(
-        "invalid priority update for key {key}: priority {priority} is not a finite number >= 0"
-    )]
+    #[error("invalid priority update for key {key}: priority {priority} is not a finite number >= 0")]
     InvalidPriority { key: u64, priority: f64 },
     #[error("table {table:?} did not have {wanted} items to sample within {waited:?}")]
-    SampleTimeout {
-        table: String,
-        wanted: usize,
-        waited: Duration,
-    },
+    SampleTimeout { table: String, wanted: usize, waited: Duration },
     #[error("timed out after {waited:?} waiting for room in full table {table:?}")]
     InsertTimeout { table: String, waited: Duration },
     #[error("the replay service is shutting down")]
@@ -72,17 +64,8 @@ mod tests {
             status(Error::InvalidSequence(ValidationError::Missing("actions"))),
             Code::InvalidArgument
         );
-        assert_eq!(
-            status(Error::InvalidPriority {
-                key: 1,
-                priority: -1.0
-            }),
-            Code::InvalidArgument
-        );
-        assert_eq!(
-            status(Error::InvalidSampleRequest("b".into())),
-            Code::InvalidArgument
-        );
+        assert_eq!(status(Error::InvalidPriority { key: 1, priority: -1.0 }), Code::InvalidArgument);
+        assert_eq!(status(Error::InvalidSampleRequest("b".into())), Code::InvalidArgument);
         let timeout = Error::SampleTimeout {
             table: "q".into(),
             wanted: 3,
@@ -90,10 +73,9 @@ mod tests {
         };
         assert_eq!(status(timeout), Code::DeadlineExceeded);
         assert_eq!(status(Error::Shutdown), Code::Unavailable);
-        let message =
-            tonic::Status::from(Error::InvalidSequence(ValidationError::Missing("actions")))
-                .message()
-                .to_owned();
+        let message = tonic::Status::from(Error::InvalidSequence(ValidationError::Missing("actions")))
+            .message()
+            .to_owned();
         assert_eq!(message, "invalid sequence: actions is missing");
     }
 }

@@ -25,16 +25,8 @@ pub const MISSING_PRIORITY_UPDATES_TOTAL: &str = "fleet_replay_missing_priority_
 /// Registers descriptions and units with the installed recorder. Call once
 /// after installing it; harmless without one.
 pub fn describe() {
-    describe_gauge!(
-        ITEMS,
-        Unit::Count,
-        "Items currently stored in the replay table."
-    );
-    describe_counter!(
-        INSERTS_TOTAL,
-        Unit::Count,
-        "Items inserted into the replay table."
-    );
+    describe_gauge!(ITEMS, Unit::Count, "Items currently stored in the replay table.");
+    describe_counter!(INSERTS_TOTAL, Unit::Count, "Items inserted into the replay table.");
     describe_counter!(
         SAMPLES_TOTAL,
         Unit::Count,

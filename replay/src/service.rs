@@ -66,10 +66,7 @@ impl ReplayService {
             .iter()
             .map(|t| Arc::new(Table::new(t.clone(), shutdown.clone())))
             .collect();
-        let by_name = tables
-            .iter()
-            .map(|t| (t.name().to_owned(), Arc::clone(t)))
-            .collect();
+        let by_name = tables.iter().map(|t| (t.name().to_owned(), Arc::clone(t))).collect();
         Ok(Self {
             inner: Arc::new(Inner {
                 tables,
@@ -121,9 +118,7 @@ impl ReplayService {
                 () = self.inner.shutdown.cancelled() => return Err(Error::Shutdown),
             };
             let table = self.table(&request.table)?;
-            let sequence = request
-                .sequence
-                .ok_or(ValidationError::Missing("sequence"))?;
+            let sequence = request.sequence.ok_or(ValidationError::Missing("sequence"))?;
             // Waits while the table is full; that wait is the back-pressure
             // actors feel. Stop waiting if the client goes away.
             let key = tokio::select! {
@@ -200,10 +195,7 @@ impl Replay for ReplayService {
     type InsertStream = ReceiverStream<Result<InsertResponse, Status>>;
     type SampleStream = ReceiverStream<Result<SampleResponse, Status>>;
 
-    async fn insert(
-        &self,
-        request: Request<Streaming<InsertRequest>>,
-    ) -> Result<Response<Self::InsertStream>, Status> {
+    async fn insert(&self, request: Request<Streaming<InsertRequest>>) -> Result<Response<Self::InsertStream>, Status> {
         let span = info_span!("insert_stream", peer = ?request.remote_addr());
         let mut requests = request.into_inner();
         let (acks, rx) = mpsc::channel(INSERT_ACK_BUFFER);
@@ -225,10 +217,7 @@ impl Replay for ReplayService {
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 
-    async fn sample(
-        &self,
-        request: Request<pb::SampleRequest>,
-    ) -> Result<Response<Self::SampleStream>, Status> {
+    async fn sample(&self, request: Request<pb::SampleRequest>) -> Result<Response<Self::SampleStream>, Status> {
         let peer = request.remote_addr();
         let request = request.into_inner();
         let table = self.table(&request.table)?;
@@ -246,9 +235,7 @@ impl Replay for ReplayService {
         );
         let (batches, rx) = mpsc::channel(SAMPLE_BUFFER);
         let shutdown = self.inner.shutdown.clone();
-        tokio::spawn(
-            Self::run_sample_stream(table, request, timeout, shutdown, batches).instrument(span),
-        );
+        tokio::spawn(Self::run_sample_stream(table, request, timeout, shutdown, batches).instrument(span));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 
@@ -258,20 +245,13 @@ impl Replay for ReplayService {
     ) -> Result<Response<pb::UpdatePrioritiesResponse>, Status> {
         let request = request.into_inner();
         let table = self.table(&request.table)?;
-        let updates: Vec<(u64, f64)> = request
-            .updates
-            .iter()
-            .map(|u| (u.key, u.priority))
-            .collect();
+        let updates: Vec<(u64, f64)> = request.updates.iter().map(|u| (u.key, u.priority)).collect();
         let missing = table.update_priorities(&updates)?;
         debug!(table = %request.table, updates = updates.len(), missing, "priorities updated");
         Ok(Response::new(pb::UpdatePrioritiesResponse { missing }))
     }
 
-    async fn info(
-        &self,
-        _request: Request<pb::InfoRequest>,
-    ) -> Result<Response<pb::InfoResponse>, Status> {
+    async fn info(&self, _request: Request<pb::InfoRequest>) -> Result<Response<pb::InfoResponse>, Status> {
         let tables = self
             .inner
             .tables
@@ -299,11 +279,7 @@ impl Replay for ReplayService {
 /// `fleet.v1.Replay`) once the tables exist, NOT_SERVING once shutdown
 /// starts; blocked inserts and samples then end with UNAVAILABLE so that the
 /// server can drain promptly.
-pub async fn serve(
-    config: ReplayConfig,
-    listener: TcpListener,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), Error> {
+pub async fn serve(config: ReplayConfig, listener: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), Error> {
     let token = CancellationToken::new();
     // Whatever ends this function (error, or the caller dropping it) releases
     // every waiter.
@@ -320,12 +296,8 @@ pub async fn serve(
         async move {
             shutdown.await;
             info!("replay service shutting down");
-            health
-                .set_not_serving::<ReplayServer<ReplayService>>()
-                .await;
-            health
-                .set_service_status("", ServingStatus::NotServing)
-                .await;
+            health.set_not_serving::<ReplayServer<ReplayService>>().await;
+            health.set_service_status("", ServingStatus::NotServing).await;
             token.cancel();
         }
     };
@@ -387,9 +359,7 @@ mod tests {
         }
 
         async fn client(&self) -> ReplayClient<Channel> {
-            ReplayClient::connect(format!("http://{}", self.addr))
-                .await
-                .unwrap()
+            ReplayClient::connect(format!("http://{}", self.addr)).await.unwrap()
         }
 
         async fn stop(mut self) -> Result<(), Error> {
@@ -434,15 +404,9 @@ mod tests {
 
     /// Inserts `requests` on one fresh stream and returns the acks, or the
     /// status that ended the stream.
-    async fn insert_all(
-        client: &mut ReplayClient<Channel>,
-        requests: Vec<InsertRequest>,
-    ) -> Result<Vec<u64>, Status> {
+    async fn insert_all(client: &mut ReplayClient<Channel>, requests: Vec<InsertRequest>) -> Result<Vec<u64>, Status> {
         let count = requests.len();
-        let mut acks = client
-            .insert(tokio_stream::iter(requests))
-            .await?
-            .into_inner();
+        let mut acks = client.insert(tokio_stream::iter(requests)).await?.into_inner();
         let mut keys = vec![];
         while keys.len() < count {
             match acks.message().await? {
@@ -454,13 +418,7 @@ mod tests {
     }
 
     async fn table_size(client: &mut ReplayClient<Channel>) -> u64 {
-        client
-            .info(pb::InfoRequest {})
-            .await
-            .unwrap()
-            .into_inner()
-            .tables[0]
-            .size
+        client.info(pb::InfoRequest {}).await.unwrap().into_inner().tables[0].size
     }
 
     #[tokio::test]
@@ -469,12 +427,9 @@ mod tests {
         let mut client = server.client().await;
 
         let good: Vec<pb::Sequence> = (0..3).map(|seed| cartpole_sequence(21, seed)).collect();
-        let keys = insert_all(
-            &mut client,
-            good.iter().cloned().map(insert_request).collect(),
-        )
-        .await
-        .unwrap();
+        let keys = insert_all(&mut client, good.iter().cloned().map(insert_request).collect())
+            .await
+            .unwrap();
         assert_eq!(keys, vec![1, 2, 3]);
 
         let mut short_rewards = cartpole_sequence(21, 7);
@@ -484,23 +439,14 @@ mod tests {
         let mut nan_reward = cartpole_sequence(21, 9);
         nan_reward.rewards[3] = f32::NAN;
         let cases = [
-            (
-                short_rewards,
-                "rewards has 20 entries but observations have 21 steps",
-            ),
+            (short_rewards, "rewards has 20 entries but observations have 21 steps"),
             (short_bytes, "observations: tensor of shape [21, 4]"),
             (nan_reward, "rewards[3] is NaN"),
         ];
         for (bad, expected) in cases {
-            let status = insert_all(&mut client, vec![insert_request(bad)])
-                .await
-                .unwrap_err();
+            let status = insert_all(&mut client, vec![insert_request(bad)]).await.unwrap_err();
             assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
-            assert!(
-                status.message().contains(expected),
-                "{:?} lacks {expected:?}",
-                status.message()
-            );
+            assert!(status.message().contains(expected), "{:?} lacks {expected:?}", status.message());
         }
         // A good item ahead of a bad one on the same stream is kept and acked.
         let mut bad = cartpole_sequence(21, 10);
@@ -514,10 +460,7 @@ mod tests {
             .unwrap()
             .into_inner();
         assert_eq!(acks.message().await.unwrap().unwrap().key, 4);
-        assert_eq!(
-            acks.message().await.unwrap_err().code(),
-            Code::InvalidArgument
-        );
+        assert_eq!(acks.message().await.unwrap_err().code(), Code::InvalidArgument);
 
         let info = client.info(pb::InfoRequest {}).await.unwrap().into_inner();
         assert_eq!(
@@ -527,36 +470,21 @@ mod tests {
                 sampler: "fifo".into(),
                 remover: "fifo".into(),
                 size: 4,
-                max_size: 1024,
+                max_size: 32,
                 inserts: 4,
                 samples: 0,
                 max_times_sampled: 1,
             }]
         );
 
-        let mut batches = client
-            .sample(sample_request(3, 1, 0))
-            .await
-            .unwrap()
-            .into_inner();
+        let mut batches = client.sample(sample_request(3, 1, 0)).await.unwrap().into_inner();
         let batch = batches.message().await.unwrap().unwrap();
-        assert_eq!(
-            batches.message().await.unwrap(),
-            None,
-            "num_batches = 1 ends the stream"
-        );
+        assert_eq!(batches.message().await.unwrap(), None, "num_batches = 1 ends the stream");
         assert_eq!(batch.items.len(), 3);
         for (i, (item, sent)) in batch.items.iter().zip(&good).enumerate() {
             assert_eq!(item.key, i as u64 + 1);
-            assert_eq!(
-                item.sequence.as_ref(),
-                Some(sent),
-                "sequence {i} changed on the way"
-            );
-            assert_eq!(
-                (item.priority, item.weight, item.times_sampled),
-                (1.0, 1.0, 1)
-            );
+            assert_eq!(item.sequence.as_ref(), Some(sent), "sequence {i} changed on the way");
+            assert_eq!((item.priority, item.weight, item.times_sampled), (1.0, 1.0, 1));
             assert_eq!(item.table_size, 4 - i as u64);
             assert_eq!(item.probability, 1.0 / (4 - i) as f64);
         }
@@ -589,10 +517,7 @@ mod tests {
             table: "nope".into(),
             updates: vec![],
         };
-        assert_eq!(
-            client.update_priorities(request).await.unwrap_err().code(),
-            Code::NotFound
-        );
+        assert_eq!(client.update_priorities(request).await.unwrap_err().code(), Code::NotFound);
         server.stop().await.unwrap();
     }
 
@@ -610,10 +535,7 @@ mod tests {
         .await
         .unwrap_err();
         assert_eq!(status.code(), Code::InvalidArgument);
-        assert!(
-            status.message().contains("sequence is missing"),
-            "{status:?}"
-        );
+        assert!(status.message().contains("sequence is missing"), "{status:?}");
         assert_eq!(table_size(&mut client).await, 0);
         server.stop().await.unwrap();
     }
@@ -623,15 +545,8 @@ mod tests {
         let server = Server::start(config_with(4)).await;
         let mut client = server.client().await;
         for batch_size in [0, 5] {
-            let status = client
-                .sample(sample_request(batch_size, 1, 10))
-                .await
-                .unwrap_err();
-            assert_eq!(
-                status.code(),
-                Code::InvalidArgument,
-                "batch_size {batch_size}"
-            );
+            let status = client.sample(sample_request(batch_size, 1, 10)).await.unwrap_err();
+            assert_eq!(status.code(), Code::InvalidArgument, "batch_size {batch_size}");
         }
         let status = client
             .sample(pb::SampleRequest {
@@ -651,19 +566,11 @@ mod tests {
         insert_all(&mut client, vec![insert_request(cartpole_sequence(3, 0))])
             .await
             .unwrap();
-        let mut batches = client
-            .sample(sample_request(2, 0, 50))
-            .await
-            .unwrap()
-            .into_inner();
+        let mut batches = client.sample(sample_request(2, 0, 50)).await.unwrap().into_inner();
         let status = batches.message().await.unwrap_err();
         assert_eq!(status.code(), Code::DeadlineExceeded);
         assert!(status.message().contains("2 items"), "{status:?}");
-        assert_eq!(
-            table_size(&mut client).await,
-            1,
-            "a timed-out batch takes nothing"
-        );
+        assert_eq!(table_size(&mut client).await, 1, "a timed-out batch takes nothing");
         server.stop().await.unwrap();
     }
 
@@ -671,15 +578,9 @@ mod tests {
     async fn streams_several_batches_and_stops_at_num_batches() {
         let server = Server::start(ReplayConfig::default()).await;
         let mut client = server.client().await;
-        let requests = (0..5)
-            .map(|seed| insert_request(cartpole_sequence(3, seed)))
-            .collect();
+        let requests = (0..5).map(|seed| insert_request(cartpole_sequence(3, seed))).collect();
         insert_all(&mut client, requests).await.unwrap();
-        let mut batches = client
-            .sample(sample_request(2, 2, 1000))
-            .await
-            .unwrap()
-            .into_inner();
+        let mut batches = client.sample(sample_request(2, 2, 1000)).await.unwrap().into_inner();
         let mut keys = vec![];
         while let Some(batch) = batches.message().await.unwrap() {
             keys.extend(batch.items.iter().map(|i| i.key));
@@ -701,32 +602,14 @@ mod tests {
             table: "queue".into(),
             updates: vec![update(1, 4.0), update(77, 1.0)],
         };
-        assert_eq!(
-            client
-                .update_priorities(request)
-                .await
-                .unwrap()
-                .into_inner()
-                .missing,
-            1
-        );
+        assert_eq!(client.update_priorities(request).await.unwrap().into_inner().missing, 1);
         let request = pb::UpdatePrioritiesRequest {
             table: "queue".into(),
             updates: vec![update(1, 5.0), update(1, f64::NAN)],
         };
-        assert_eq!(
-            client.update_priorities(request).await.unwrap_err().code(),
-            Code::InvalidArgument
-        );
-        let mut batches = client
-            .sample(sample_request(1, 1, 1000))
-            .await
-            .unwrap()
-            .into_inner();
-        assert_eq!(
-            batches.message().await.unwrap().unwrap().items[0].priority,
-            4.0
-        );
+        assert_eq!(client.update_priorities(request).await.unwrap_err().code(), Code::InvalidArgument);
+        let mut batches = client.sample(sample_request(1, 1, 1000)).await.unwrap().into_inner();
+        assert_eq!(batches.message().await.unwrap().unwrap().items[0].priority, 4.0);
         server.stop().await.unwrap();
     }
 
@@ -735,31 +618,18 @@ mod tests {
         let server = Server::start(config_with(2)).await;
         let mut client = server.client().await;
         let (requests, rx) = mpsc::channel(8);
-        let mut acks = client
-            .insert(ReceiverStream::new(rx))
-            .await
-            .unwrap()
-            .into_inner();
+        let mut acks = client.insert(ReceiverStream::new(rx)).await.unwrap().into_inner();
         for seed in 0..3 {
-            requests
-                .send(insert_request(cartpole_sequence(3, seed)))
-                .await
-                .unwrap();
+            requests.send(insert_request(cartpole_sequence(3, seed))).await.unwrap();
         }
         assert_eq!(acks.message().await.unwrap().unwrap().key, 1);
         assert_eq!(acks.message().await.unwrap().unwrap().key, 2);
         let third = tokio::time::timeout(Duration::from_millis(200), acks.message()).await;
         assert!(third.is_err(), "the third insert must wait for room");
 
-        let mut batches = client
-            .sample(sample_request(1, 1, 1000))
-            .await
-            .unwrap()
-            .into_inner();
+        let mut batches = client.sample(sample_request(1, 1, 1000)).await.unwrap().into_inner();
         assert_eq!(batches.message().await.unwrap().unwrap().items[0].key, 1);
-        let third = tokio::time::timeout(Duration::from_secs(5), acks.message())
-            .await
-            .unwrap();
+        let third = tokio::time::timeout(Duration::from_secs(5), acks.message()).await.unwrap();
         assert_eq!(third.unwrap().unwrap().key, 3);
         drop(requests);
         assert_eq!(acks.message().await.unwrap(), None);
@@ -772,11 +642,7 @@ mod tests {
     async fn hung_up_sampler_takes_nothing() {
         let server = Server::start(ReplayConfig::default()).await;
         let mut client = server.client().await;
-        let batches = client
-            .sample(sample_request(1, 0, 60_000))
-            .await
-            .unwrap()
-            .into_inner();
+        let batches = client.sample(sample_request(1, 0, 60_000)).await.unwrap().into_inner();
         tokio::time::sleep(Duration::from_millis(100)).await;
         drop(batches);
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -799,9 +665,7 @@ mod tests {
         let mut health = HealthClient::new(channel);
         for service in ["", "fleet.v1.Replay"] {
             let response = health
-                .check(HealthCheckRequest {
-                    service: service.into(),
-                })
+                .check(HealthCheckRequest { service: service.into() })
                 .await
                 .unwrap()
                 .into_inner();
@@ -828,28 +692,14 @@ mod tests {
         let server = Server::start(config_with(1)).await;
         let mut client = server.client().await;
         let (requests, rx) = mpsc::channel(8);
-        let mut acks = client
-            .insert(ReceiverStream::new(rx))
-            .await
-            .unwrap()
-            .into_inner();
-        requests
-            .send(insert_request(cartpole_sequence(3, 0)))
-            .await
-            .unwrap();
-        requests
-            .send(insert_request(cartpole_sequence(3, 1)))
-            .await
-            .unwrap();
+        let mut acks = client.insert(ReceiverStream::new(rx)).await.unwrap().into_inner();
+        requests.send(insert_request(cartpole_sequence(3, 0))).await.unwrap();
+        requests.send(insert_request(cartpole_sequence(3, 1))).await.unwrap();
         assert_eq!(acks.message().await.unwrap().unwrap().key, 1);
 
         let other = Server::start(config_with(1)).await;
         let mut other_client = other.client().await;
-        let mut batches = other_client
-            .sample(sample_request(1, 0, 600_000))
-            .await
-            .unwrap()
-            .into_inner();
+        let mut batches = other_client.sample(sample_request(1, 0, 600_000)).await.unwrap().into_inner();
         tokio::time::sleep(Duration::from_millis(100)).await;
 
         let started = tokio::time::Instant::now();
@@ -858,15 +708,9 @@ mod tests {
         assert!(started.elapsed() < Duration::from_secs(5));
         // Blocked streams end with UNAVAILABLE (or the connection closing).
         let insert_end = acks.message().await;
-        assert!(
-            matches!(&insert_end, Err(s) if s.code() == Code::Unavailable),
-            "{insert_end:?}"
-        );
+        assert!(matches!(&insert_end, Err(s) if s.code() == Code::Unavailable), "{insert_end:?}");
         let sample_end = batches.message().await;
-        assert!(
-            matches!(&sample_end, Err(s) if s.code() == Code::Unavailable),
-            "{sample_end:?}"
-        );
+        assert!(matches!(&sample_end, Err(s) if s.code() == Code::Unavailable), "{sample_end:?}");
         drop(requests);
     }
 

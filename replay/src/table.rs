@@ -222,11 +222,7 @@ impl Table {
     /// (up to `timeout` when given). Returns the new item's key. A rejected
     /// sequence (invalid, or not matching the table's signature) changes
     /// nothing. Dropping the future before it completes stores nothing.
-    pub async fn insert(
-        &self,
-        sequence: pb::Sequence,
-        timeout: Option<Duration>,
-    ) -> Result<u64, Error> {
+    pub async fn insert(&self, sequence: pb::Sequence, timeout: Option<Duration>) -> Result<u64, Error> {
         let signature = validate_sequence(&sequence)?;
         let priority = if sequence.priority > 0.0 {
             sequence.priority
@@ -299,12 +295,7 @@ impl Table {
     /// present. Each draw counts towards the item's `max_times_sampled`; an
     /// item that reaches it leaves the table. `beta` is the
     /// importance-sampling exponent (ignored by unbiased samplers).
-    pub async fn sample(
-        &self,
-        n: usize,
-        beta: f64,
-        timeout: Duration,
-    ) -> Result<Vec<SampledItem>, Error> {
+    pub async fn sample(&self, n: usize, beta: f64, timeout: Duration) -> Result<Vec<SampledItem>, Error> {
         self.check_sample_request(n, beta)?;
         let max_times_sampled = self.config.max_times_sampled;
         let (batch, removed) = self
@@ -355,8 +346,7 @@ impl Table {
     /// Keys no longer in the table are skipped and counted; the count is
     /// returned.
     pub fn update_priorities(&self, updates: &[(u64, f64)]) -> Result<u64, Error> {
-        if let Some(&(key, priority)) = updates.iter().find(|(_, p)| !(p.is_finite() && *p >= 0.0))
-        {
+        if let Some(&(key, priority)) = updates.iter().find(|(_, p)| !(p.is_finite() && *p >= 0.0)) {
             return Err(Error::InvalidPriority { key, priority });
         }
         let mut missing = 0;
@@ -421,12 +411,11 @@ impl Table {
             }
             // Register for the wake-up before looking, so a change that
             // lands between the look and the wait is not lost.
+            let mut notified = pin!(notify.notified());
+            notified.as_mut().enable();
             if let Some(value) = attempt(&mut self.lock())? {
                 return Ok(value);
             }
-            tokio::task::yield_now().await;
-            let mut notified = pin!(notify.notified());
-            notified.as_mut().enable();
             timer.start();
             let expired = async {
                 match deadline {
@@ -445,12 +434,7 @@ impl Table {
 
 /// Draws `n` items under the lock (the caller has checked that `n` are
 /// present). Returns the batch and how many items left the table.
-fn draw(
-    state: &mut State,
-    n: usize,
-    beta: f64,
-    max_times_sampled: u32,
-) -> (Vec<SampledItem>, usize) {
+fn draw(state: &mut State, n: usize, beta: f64, max_times_sampled: u32) -> (Vec<SampledItem>, usize) {
     let mut batch = Vec::with_capacity(n);
     let mut removed = 0;
     for _ in 0..n {
@@ -461,10 +445,7 @@ fn draw(
             break;
         };
         let Some(item) = state.items.get_mut(&choice.key) else {
-            unreachable!(
-                "sampler returned key {} that is not in the table",
-                choice.key
-            )
+            unreachable!("sampler returned key {} that is not in the table", choice.key)
         };
         item.times_sampled += 1;
         batch.push(SampledItem {
@@ -543,12 +524,7 @@ mod tests {
     async fn fill(table: &Table, seeds: impl IntoIterator<Item = u64>) -> Vec<u64> {
         let mut keys = vec![];
         for seed in seeds {
-            keys.push(
-                table
-                    .insert(cartpole_sequence(3, seed), None)
-                    .await
-                    .unwrap(),
-            );
+            keys.push(table.insert(cartpole_sequence(3, seed), None).await.unwrap());
         }
         keys
     }
@@ -559,21 +535,9 @@ mod tests {
         let keys = fill(&table, [10, 11, 12, 13]).await;
         assert_eq!(keys, vec![1, 2, 3, 4]);
         let batch = table.sample(3, 0.4, LONG).await.unwrap();
-        assert_eq!(
-            batch.iter().map(|i| i.key).collect::<Vec<_>>(),
-            vec![1, 2, 3]
-        );
-        assert_eq!(
-            batch
-                .iter()
-                .map(|i| i.sequence.actor_id)
-                .collect::<Vec<_>>(),
-            vec![10, 11, 12]
-        );
-        assert_eq!(
-            batch.iter().map(|i| i.table_size).collect::<Vec<_>>(),
-            vec![4, 3, 2]
-        );
+        assert_eq!(batch.iter().map(|i| i.key).collect::<Vec<_>>(), vec![1, 2, 3]);
+        assert_eq!(batch.iter().map(|i| i.sequence.actor_id).collect::<Vec<_>>(), vec![10, 11, 12]);
+        assert_eq!(batch.iter().map(|i| i.table_size).collect::<Vec<_>>(), vec![4, 3, 2]);
         assert_eq!(batch[0].probability, 0.25);
         assert!(
             batch
@@ -631,12 +595,7 @@ mod tests {
             .unwrap_err();
         assert!(matches!(err, Error::InsertTimeout { .. }), "{err}");
         assert_eq!(table.stats().inserts, 1);
-        assert_eq!(
-            table.sample(1, 0.0, LONG).await.unwrap()[0]
-                .sequence
-                .actor_id,
-            0
-        );
+        assert_eq!(table.sample(1, 0.0, LONG).await.unwrap()[0].sequence.actor_id, 0);
         assert!(table.is_empty());
     }
 
@@ -647,10 +606,7 @@ mod tests {
         // FIFO draws the oldest item until it is sampled out.
         let batch = table.sample(2, 0.0, LONG).await.unwrap();
         assert_eq!(
-            batch
-                .iter()
-                .map(|i| (i.key, i.times_sampled))
-                .collect::<Vec<_>>(),
+            batch.iter().map(|i| (i.key, i.times_sampled)).collect::<Vec<_>>(),
             vec![(1, 1), (1, 2)]
         );
         assert_eq!(table.len(), 1);
@@ -680,14 +636,8 @@ mod tests {
         let table = table(10, 1);
         fill(&table, [0, 1]).await;
         let started = Instant::now();
-        let err = table
-            .sample(3, 0.0, Duration::from_millis(250))
-            .await
-            .unwrap_err();
-        assert!(
-            matches!(err, Error::SampleTimeout { wanted: 3, .. }),
-            "{err}"
-        );
+        let err = table.sample(3, 0.0, Duration::from_millis(250)).await.unwrap_err();
+        assert!(matches!(err, Error::SampleTimeout { wanted: 3, .. }), "{err}");
         assert!(started.elapsed() >= Duration::from_millis(250));
         assert_eq!(table.len(), 2);
         assert_eq!(table.stats().samples, 0);
@@ -746,14 +696,8 @@ mod tests {
         tokio::task::yield_now().await;
         assert!(!insert.is_finished() && !sample.is_finished());
         shutdown.cancel();
-        let insert = tokio::time::timeout(Duration::from_secs(5), insert)
-            .await
-            .unwrap()
-            .unwrap();
-        let sample = tokio::time::timeout(Duration::from_secs(5), sample)
-            .await
-            .unwrap()
-            .unwrap();
+        let insert = tokio::time::timeout(Duration::from_secs(5), insert).await.unwrap().unwrap();
+        let sample = tokio::time::timeout(Duration::from_secs(5), sample).await.unwrap().unwrap();
         assert!(matches!(insert, Err(Error::Shutdown)), "{insert:?}");
         assert!(matches!(sample, Err(Error::Shutdown)), "{sample:?}");
         assert_eq!(full.len(), 1);
@@ -774,27 +718,18 @@ mod tests {
 
         let mut other = cartpole_sequence(3, 1);
         other.initial_state = Some(pb::Tensor::from_f32(&[2], &[0.0; 2]));
-        assert!(matches!(
-            table.insert(other, None).await,
-            Err(Error::SignatureMismatch { .. })
-        ));
+        assert!(matches!(table.insert(other, None).await, Err(Error::SignatureMismatch { .. })));
 
         let mut other = cartpole_sequence(3, 1);
         other.observations = Some(pb::Tensor::from_u8(&[3, 4], vec![0; 12]));
-        assert!(matches!(
-            table.insert(other, None).await,
-            Err(Error::SignatureMismatch { .. })
-        ));
+        assert!(matches!(table.insert(other, None).await, Err(Error::SignatureMismatch { .. })));
 
         // The signature survives the table emptying; a longer sequence of the
         // same kind is fine.
         table.sample(1, 0.0, LONG).await.unwrap();
         let mut other = cartpole_sequence(3, 1);
         other.observations = Some(pb::Tensor::from_f32(&[3, 5], &[0.0; 15]));
-        assert!(matches!(
-            table.insert(other, None).await,
-            Err(Error::SignatureMismatch { .. })
-        ));
+        assert!(matches!(table.insert(other, None).await, Err(Error::SignatureMismatch { .. })));
         table.insert(cartpole_sequence(7, 2), None).await.unwrap();
         let stats = table.stats();
         assert_eq!((stats.size, stats.inserts), (1, 2));
@@ -805,10 +740,7 @@ mod tests {
         let table = table(10, 1);
         let mut bad = cartpole_sequence(3, 0);
         bad.rewards[1] = f32::NAN;
-        assert!(matches!(
-            table.insert(bad, None).await,
-            Err(Error::InvalidSequence(_))
-        ));
+        assert!(matches!(table.insert(bad, None).await, Err(Error::InvalidSequence(_))));
         // It did not fix the signature either.
         let mut wider = cartpole_sequence(3, 0);
         wider.observations = Some(pb::Tensor::from_f32(&[3, 8], &[0.0; 24]));
@@ -820,17 +752,9 @@ mod tests {
     async fn priority_updates() {
         let table = table(10, 1);
         fill(&table, [0, 1]).await;
-        assert_eq!(
-            table
-                .update_priorities(&[(1, 3.0), (99, 1.0), (0, 1.0)])
-                .unwrap(),
-            2
-        );
+        assert_eq!(table.update_priorities(&[(1, 3.0), (99, 1.0), (0, 1.0)]).unwrap(), 2);
         let err = table.update_priorities(&[(2, 5.0), (1, -1.0)]).unwrap_err();
-        assert!(
-            matches!(err, Error::InvalidPriority { key: 1, .. }),
-            "{err}"
-        );
+        assert!(matches!(err, Error::InvalidPriority { key: 1, .. }), "{err}");
         assert!(table.update_priorities(&[(2, f64::NAN)]).is_err());
         let batch = table.sample(2, 0.0, LONG).await.unwrap();
         // Stored, reported, and FIFO order unchanged; the rejected update changed nothing.
@@ -869,10 +793,7 @@ mod tests {
         let mut batch = vec![item(0.5), item(0.125)];
         set_importance_weights(&mut batch, 1.0);
         // (4·0.5)^-1 = 0.5, (4·0.125)^-1 = 2 → normalised 0.25, 1.
-        assert_eq!(
-            batch.iter().map(|i| i.weight).collect::<Vec<_>>(),
-            vec![0.25, 1.0]
-        );
+        assert_eq!(batch.iter().map(|i| i.weight).collect::<Vec<_>>(), vec![0.25, 1.0]);
     }
 
     /// Many producers and consumers through a small queue: every item comes
@@ -889,10 +810,7 @@ mod tests {
             let table = Arc::clone(&table);
             producers.push(tokio::spawn(async move {
                 for i in 0..PER_PRODUCER {
-                    table
-                        .insert(cartpole_sequence(2, p * 1000 + i), None)
-                        .await
-                        .unwrap();
+                    table.insert(cartpole_sequence(2, p * 1000 + i), None).await.unwrap();
                 }
             }));
         }
@@ -903,10 +821,7 @@ mod tests {
             consumers.push(tokio::spawn(async move {
                 let mut seen = vec![];
                 for _ in 0..batches {
-                    let batch = table
-                        .sample(batch_size, 0.0, Duration::from_secs(20))
-                        .await
-                        .unwrap();
+                    let batch = table.sample(batch_size, 0.0, Duration::from_secs(20)).await.unwrap();
                     seen.extend(batch.iter().map(|i| i.sequence.actor_id));
                 }
                 seen
@@ -922,13 +837,9 @@ mod tests {
             }
             seen
         };
-        let mut seen = tokio::time::timeout(Duration::from_secs(10), all)
-            .await
-            .expect("queue stalled");
+        let mut seen = tokio::time::timeout(Duration::from_secs(10), all).await.expect("queue stalled");
         seen.sort_unstable();
-        let expected: Vec<u64> = (0..PRODUCERS)
-            .flat_map(|p| (0..PER_PRODUCER).map(move |i| p * 1000 + i))
-            .collect();
+        let expected: Vec<u64> = (0..PRODUCERS).flat_map(|p| (0..PER_PRODUCER).map(move |i| p * 1000 + i)).collect();
         assert_eq!(seen, expected);
         assert!(table.is_empty());
         assert_eq!(table.stats().samples, PRODUCERS * PER_PRODUCER);

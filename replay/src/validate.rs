@@ -49,17 +49,12 @@ pub enum ValidationError {
     #[error("{0} is missing")]
     Missing(&'static str),
     #[error("{field}: {source}")]
-    Tensor {
-        field: &'static str,
-        source: TensorError,
-    },
+    Tensor { field: &'static str, source: TensorError },
     #[error("observations has dtype {}; expected f32 or u8", dtype_name(*.0))]
     ObservationDtype(Dtype),
     #[error("observations has shape [] (no time dimension)")]
     NoTimeDimension,
-    #[error(
-        "sequence has {0} steps; at least 2 are needed (steps to learn from plus a bootstrap step)"
-    )]
+    #[error("sequence has {0} steps; at least 2 are needed (steps to learn from plus a bootstrap step)")]
     TooShort(usize),
     #[error("{field} has shape {found:?}; expected {expected}")]
     Shape {
@@ -68,23 +63,11 @@ pub enum ValidationError {
         expected: String,
     },
     #[error("{field} has {found} entries but observations have {steps} steps")]
-    Length {
-        field: &'static str,
-        found: usize,
-        steps: usize,
-    },
+    Length { field: &'static str, found: usize, steps: usize },
     #[error("{field}{location} is {value}")]
-    NonFinite {
-        field: &'static str,
-        location: String,
-        value: f32,
-    },
+    NonFinite { field: &'static str, location: String, value: f32 },
     #[error("actions[{step}] is {value}; expected an action in 0..{num_actions}")]
-    ActionOutOfRange {
-        step: usize,
-        value: i64,
-        num_actions: usize,
-    },
+    ActionOutOfRange { step: usize, value: i64, num_actions: usize },
     #[error("priority is {0}; expected a finite number >= 0")]
     Priority(f64),
 }
@@ -92,26 +75,18 @@ pub enum ValidationError {
 /// Checks `sequence` and returns its signature.
 pub fn validate_sequence(sequence: &pb::Sequence) -> Result<Signature, ValidationError> {
     // Observations define T.
-    let observations = sequence
-        .observations
-        .as_ref()
-        .ok_or(ValidationError::Missing("observations"))?;
-    let observation_dtype =
-        observations
-            .checked_dtype()
-            .map_err(|source| ValidationError::Tensor {
-                field: "observations",
-                source,
-            })?;
+    let observations = sequence.observations.as_ref().ok_or(ValidationError::Missing("observations"))?;
+    let observation_dtype = observations.checked_dtype().map_err(|source| ValidationError::Tensor {
+        field: "observations",
+        source,
+    })?;
     if !matches!(observation_dtype, Dtype::F32 | Dtype::U8) {
         return Err(ValidationError::ObservationDtype(observation_dtype));
     }
-    observations
-        .check_bytes()
-        .map_err(|source| ValidationError::Tensor {
-            field: "observations",
-            source,
-        })?;
+    observations.check_bytes().map_err(|source| ValidationError::Tensor {
+        field: "observations",
+        source,
+    })?;
     let dims = observations.dims();
     let (&steps, observation_shape) = dims.split_first().ok_or(ValidationError::NoTimeDimension)?;
     if steps < 2 {
@@ -128,11 +103,7 @@ pub fn validate_sequence(sequence: &pb::Sequence) -> Result<Signature, Validatio
     ];
     for (field, found) in lengths {
         if found != steps {
-            return Err(ValidationError::Length {
-                field,
-                found,
-                steps,
-            });
+            return Err(ValidationError::Length { field, found, steps });
         }
     }
 
@@ -158,14 +129,10 @@ pub fn validate_sequence(sequence: &pb::Sequence) -> Result<Signature, Validatio
 
     // Actions: [T] i64, each a valid index into the logits (padding at last
     // steps included, so the learner can gather without special cases).
-    let actions = sequence
-        .actions
-        .as_ref()
-        .ok_or(ValidationError::Missing("actions"))?;
-    let action_values = actions.to_i64().map_err(|source| ValidationError::Tensor {
-        field: "actions",
-        source,
-    })?;
+    let actions = sequence.actions.as_ref().ok_or(ValidationError::Missing("actions"))?;
+    let action_values = actions
+        .to_i64()
+        .map_err(|source| ValidationError::Tensor { field: "actions", source })?;
     if actions.shape != [steps as u64] {
         return Err(ValidationError::Shape {
             field: "actions",
@@ -173,28 +140,18 @@ pub fn validate_sequence(sequence: &pb::Sequence) -> Result<Signature, Validatio
             expected: format!("[{steps}]"),
         });
     }
-    if let Some((step, &value)) = action_values
-        .iter()
-        .enumerate()
-        .find(|&(_, &a)| a < 0 || a >= num_actions as i64)
-    {
-        return Err(ValidationError::ActionOutOfRange {
-            step,
-            value,
-            num_actions,
-        });
+    if let Some((step, &value)) = action_values.iter().enumerate().find(|&(_, &a)| a < 0 || a >= num_actions as i64) {
+        return Err(ValidationError::ActionOutOfRange { step, value, num_actions });
     }
 
     // Finiteness of everything the learner computes with.
     check_finite_steps("rewards", &sequence.rewards, 1)?;
     check_finite_steps("behaviour_logits", &logit_values, num_actions)?;
     if observation_dtype == Dtype::F32 {
-        let values = observations
-            .to_f32()
-            .map_err(|source| ValidationError::Tensor {
-                field: "observations",
-                source,
-            })?;
+        let values = observations.to_f32().map_err(|source| ValidationError::Tensor {
+            field: "observations",
+            source,
+        })?;
         check_finite_steps("observations", &values, observation_shape.iter().product())?;
     }
 
@@ -231,11 +188,7 @@ pub fn validate_sequence(sequence: &pb::Sequence) -> Result<Signature, Validatio
 /// Rejects the first non-finite value of a time-major buffer with
 /// `per_step` values per step, naming the step (and the element within the
 /// step when there is more than one).
-fn check_finite_steps(
-    field: &'static str,
-    values: &[f32],
-    per_step: usize,
-) -> Result<(), ValidationError> {
+fn check_finite_steps(field: &'static str, values: &[f32], per_step: usize) -> Result<(), ValidationError> {
     let Some((i, value)) = first_non_finite(values) else {
         return Ok(());
     };
@@ -244,19 +197,11 @@ fn check_finite_steps(
     } else {
         format!("[{}][{}]", i / per_step, i % per_step)
     };
-    Err(ValidationError::NonFinite {
-        field,
-        location,
-        value,
-    })
+    Err(ValidationError::NonFinite { field, location, value })
 }
 
 fn first_non_finite(values: &[f32]) -> Option<(usize, f32)> {
-    values
-        .iter()
-        .copied()
-        .enumerate()
-        .find(|(_, v)| !v.is_finite())
+    values.iter().copied().enumerate().find(|(_, v)| !v.is_finite())
 }
 
 fn dtype_name(dtype: Dtype) -> &'static str {
@@ -277,9 +222,7 @@ pub(crate) mod testing {
     /// f32, two actions, no stored state. `seed` makes the contents of
     /// different sequences differ so tests can tell them apart.
     pub(crate) fn cartpole_sequence(steps: usize, seed: u64) -> pb::Sequence {
-        let observations: Vec<f32> = (0..steps * 4)
-            .map(|i| seed as f32 + i as f32 * 0.01)
-            .collect();
+        let observations: Vec<f32> = (0..steps * 4).map(|i| seed as f32 + i as f32 * 0.01).collect();
         let actions: Vec<i64> = (0..steps).map(|t| ((t as u64 + seed) % 2) as i64).collect();
         let logits: Vec<f32> = (0..steps * 2).map(|i| (i as f32 * 0.1).sin()).collect();
         let mut is_first = vec![false; steps];
@@ -308,9 +251,7 @@ mod tests {
     fn rejected(edit: impl FnOnce(&mut pb::Sequence)) -> String {
         let mut sequence = cartpole_sequence(5, 1);
         edit(&mut sequence);
-        validate_sequence(&sequence)
-            .expect_err("sequence should be rejected")
-            .to_string()
+        validate_sequence(&sequence).expect_err("sequence should be rejected").to_string()
     }
 
     #[test]
@@ -325,10 +266,7 @@ mod tests {
                 initial_state_shape: None
             }
         );
-        assert_eq!(
-            signature.to_string(),
-            "observations [4] f32, 2 actions, no initial state"
-        );
+        assert_eq!(signature.to_string(), "observations [4] f32, 2 actions, no initial state");
     }
 
     #[test]
@@ -346,22 +284,14 @@ mod tests {
 
     #[test]
     fn missing_tensors_are_named() {
-        assert_eq!(
-            rejected(|s| s.observations = None),
-            "observations is missing"
-        );
+        assert_eq!(rejected(|s| s.observations = None), "observations is missing");
         assert_eq!(rejected(|s| s.actions = None), "actions is missing");
-        assert_eq!(
-            rejected(|s| s.behaviour_logits = None),
-            "behaviour_logits is missing"
-        );
+        assert_eq!(rejected(|s| s.behaviour_logits = None), "behaviour_logits is missing");
     }
 
     #[test]
     fn too_few_steps() {
-        let message = validate_sequence(&cartpole_sequence(1, 0))
-            .unwrap_err()
-            .to_string();
+        let message = validate_sequence(&cartpole_sequence(1, 0)).unwrap_err().to_string();
         assert!(message.contains("1 steps; at least 2"), "{message}");
         let message = rejected(|s| s.observations = Some(pb::Tensor::from_f32(&[], &[1.0])));
         assert!(message.contains("no time dimension"), "{message}");
@@ -394,12 +324,8 @@ mod tests {
         );
         let message = rejected(|s| s.actions = Some(pb::Tensor::from_i64(&[4], &[0; 4])));
         assert_eq!(message, "actions has shape [4]; expected [5]");
-        let message =
-            rejected(|s| s.behaviour_logits = Some(pb::Tensor::from_f32(&[4, 2], &[0.0; 8])));
-        assert!(
-            message.starts_with("behaviour_logits has shape [4, 2]"),
-            "{message}"
-        );
+        let message = rejected(|s| s.behaviour_logits = Some(pb::Tensor::from_f32(&[4, 2], &[0.0; 8])));
+        assert!(message.starts_with("behaviour_logits has shape [4, 2]"), "{message}");
         let message = rejected(|s| s.behaviour_logits = Some(pb::Tensor::from_f32(&[5, 0], &[])));
         assert!(message.contains("num_actions >= 1"), "{message}");
     }
@@ -416,10 +342,7 @@ mod tests {
         let message = rejected(|s| {
             s.actions.as_mut().unwrap().data.extend([0; 8]);
         });
-        assert!(
-            message.starts_with("actions: ") && message.contains("got 48"),
-            "{message}"
-        );
+        assert!(message.starts_with("actions: ") && message.contains("got 48"), "{message}");
         let message = rejected(|s| {
             s.behaviour_logits.as_mut().unwrap().data.pop();
         });
@@ -429,10 +352,7 @@ mod tests {
             state.data.truncate(12);
             s.initial_state = Some(state);
         });
-        assert!(
-            message.starts_with("initial_state: ") && message.contains("got 12"),
-            "{message}"
-        );
+        assert!(message.starts_with("initial_state: ") && message.contains("got 12"), "{message}");
     }
 
     #[test]
@@ -440,12 +360,8 @@ mod tests {
         let message = rejected(|s| s.observations = Some(pb::Tensor::from_i64(&[5, 4], &[0; 20])));
         assert_eq!(message, "observations has dtype i64; expected f32 or u8");
         let message = rejected(|s| s.actions = Some(pb::Tensor::from_f32(&[5], &[0.0; 5])));
-        assert!(
-            message.starts_with("actions: ") && message.contains("dtype"),
-            "{message}"
-        );
-        let message =
-            rejected(|s| s.behaviour_logits = Some(pb::Tensor::from_u8(&[5, 2], vec![0; 10])));
+        assert!(message.starts_with("actions: ") && message.contains("dtype"), "{message}");
+        let message = rejected(|s| s.behaviour_logits = Some(pb::Tensor::from_u8(&[5, 2], vec![0; 10])));
         assert!(message.starts_with("behaviour_logits: "), "{message}");
         let message = rejected(|s| s.initial_state = Some(pb::Tensor::from_u8(&[4], vec![0; 4])));
         assert!(message.starts_with("initial_state: "), "{message}");
@@ -459,10 +375,7 @@ mod tests {
     #[test]
     fn non_finite_values() {
         assert_eq!(rejected(|s| s.rewards[3] = f32::NAN), "rewards[3] is NaN");
-        assert_eq!(
-            rejected(|s| s.rewards[0] = f32::NEG_INFINITY),
-            "rewards[0] is -inf"
-        );
+        assert_eq!(rejected(|s| s.rewards[0] = f32::NEG_INFINITY), "rewards[0] is -inf");
         assert_eq!(
             rejected(|s| {
                 let mut values = s.observations.as_ref().unwrap().to_f32().unwrap();
@@ -491,18 +404,12 @@ mod tests {
             rejected(|s| s.actions = Some(pb::Tensor::from_i64(&[5], &[0, 1, 2, 0, 0]))),
             "actions[2] is 2; expected an action in 0..2"
         );
-        assert!(
-            rejected(|s| s.actions = Some(pb::Tensor::from_i64(&[5], &[0, 0, 0, 0, -1])))
-                .starts_with("actions[4] is -1")
-        );
+        assert!(rejected(|s| s.actions = Some(pb::Tensor::from_i64(&[5], &[0, 0, 0, 0, -1]))).starts_with("actions[4] is -1"));
     }
 
     #[test]
     fn bad_priorities() {
-        assert_eq!(
-            rejected(|s| s.priority = -1.0),
-            "priority is -1; expected a finite number >= 0"
-        );
+        assert_eq!(rejected(|s| s.priority = -1.0), "priority is -1; expected a finite number >= 0");
         assert!(rejected(|s| s.priority = f64::NAN).starts_with("priority is NaN"));
         assert!(rejected(|s| s.priority = f64::INFINITY).starts_with("priority is inf"));
     }

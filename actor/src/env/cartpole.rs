@@ -112,17 +112,13 @@ impl CartPole {
     /// the last bits of the result.
     fn integrate(&mut self, push_right: bool) {
         let [x, x_dot, theta, theta_dot] = self.state;
-        let force = if push_right {
-            FORCE_MAGNITUDE
-        } else {
-            -FORCE_MAGNITUDE
-        };
+        let force = if push_right { FORCE_MAGNITUDE } else { -FORCE_MAGNITUDE };
         let cos_theta = theta.cos();
         let sin_theta = theta.sin();
 
         let temp = (force + POLE_MASS_LENGTH * (theta_dot * theta_dot) * sin_theta) / TOTAL_MASS;
-        let theta_acc = (GRAVITY * sin_theta - cos_theta * temp)
-            / (HALF_POLE_LENGTH * (4.0 / 3.0 - MASS_POLE * (cos_theta * cos_theta) / TOTAL_MASS));
+        let theta_acc =
+            (GRAVITY * sin_theta - cos_theta * temp) / (HALF_POLE_LENGTH * (4.0 / 3.0 - MASS_POLE * (cos_theta * cos_theta) / TOTAL_MASS));
         let x_acc = temp - POLE_MASS_LENGTH * theta_acc * cos_theta / TOTAL_MASS;
 
         // Explicit Euler: every update uses the velocities from before the step.
@@ -139,10 +135,7 @@ impl CartPole {
     #[allow(clippy::manual_range_contains)]
     fn out_of_bounds(&self) -> bool {
         let [x, _, theta, _] = self.state;
-        x < -X_THRESHOLD
-            || x > X_THRESHOLD
-            || theta < -THETA_THRESHOLD_RADIANS
-            || theta > THETA_THRESHOLD_RADIANS
+        x < -X_THRESHOLD || x > X_THRESHOLD || theta < -THETA_THRESHOLD_RADIANS || theta > THETA_THRESHOLD_RADIANS
     }
 }
 
@@ -238,10 +231,7 @@ mod tests {
         let outcome = env.step(recorded.action, &mut observation);
         let state = env.state();
         for (component, (&ours, &theirs)) in state.iter().zip(&recorded.state_after).enumerate() {
-            assert!(
-                (ours - theirs).abs() <= 1e-12,
-                "{context}: state[{component}] {ours} vs {theirs}"
-            );
+            assert!((ours - theirs).abs() <= 1e-12, "{context}: state[{component}] {ours} vs {theirs}");
         }
         assert_eq!(
             state.map(f64::to_bits),
@@ -249,19 +239,10 @@ mod tests {
             "{context}: state {state:?} differs in its bits from {:?}",
             from_bits(recorded.state_after_bits)
         );
-        assert_eq!(
-            observation, recorded.observation_after,
-            "{context}: observation"
-        );
+        assert_eq!(observation, recorded.observation_after, "{context}: observation");
         assert_eq!(outcome.reward, recorded.reward, "{context}: reward");
-        assert_eq!(
-            outcome.terminated, recorded.terminated,
-            "{context}: terminated"
-        );
-        assert_eq!(
-            outcome.truncated, recorded.truncated,
-            "{context}: truncated"
-        );
+        assert_eq!(outcome.terminated, recorded.terminated, "{context}: terminated");
+        assert_eq!(outcome.truncated, recorded.truncated, "{context}: truncated");
     }
 
     #[test]
@@ -274,29 +255,16 @@ mod tests {
             for (index, recorded) in episode.steps.iter().enumerate() {
                 let before = from_bits(recorded.state_before_bits);
                 for (&exact, &decimal) in before.iter().zip(&recorded.state_before) {
-                    assert!(
-                        (exact - decimal).abs() <= 1e-12,
-                        "{}: bits and floats agree",
-                        episode.name
-                    );
+                    assert!((exact - decimal).abs() <= 1e-12, "{}: bits and floats agree", episode.name);
                 }
                 if recorded.after_termination {
                     // set_state starts a running episode; these steps follow on from the previous one.
-                    assert_eq!(
-                        env.state(),
-                        before,
-                        "{} step {index}: continuation",
-                        episode.name
-                    );
+                    assert_eq!(env.state(), before, "{} step {index}: continuation", episode.name);
                     assert_eq!(env.elapsed_steps(), recorded.elapsed_before);
                 } else {
                     env.set_state(before, recorded.elapsed_before);
                 }
-                check_step(
-                    &mut env,
-                    recorded,
-                    &format!("{} step {index}", episode.name),
-                );
+                check_step(&mut env, recorded, &format!("{} step {index}", episode.name));
                 checked += 1;
             }
         }
@@ -310,11 +278,7 @@ mod tests {
             let mut env = CartPole::new(0);
             env.set_state(from_bits(first.state_before_bits), first.elapsed_before);
             for (index, recorded) in episode.steps.iter().enumerate() {
-                check_step(
-                    &mut env,
-                    recorded,
-                    &format!("{} step {index} (replayed)", episode.name),
-                );
+                check_step(&mut env, recorded, &format!("{} step {index} (replayed)", episode.name));
             }
         }
     }
@@ -322,11 +286,7 @@ mod tests {
     #[test]
     fn env_cartpole_fixture_covers_every_way_an_episode_ends() {
         let fixture = fixture();
-        let endings: Vec<&str> = fixture
-            .episodes
-            .iter()
-            .map(|episode| episode.ending.as_str())
-            .collect();
+        let endings: Vec<&str> = fixture.episodes.iter().map(|episode| episode.ending.as_str()).collect();
         for ending in ["x", "theta", "truncated"] {
             assert!(endings.contains(&ending), "no episode ending by {ending}");
         }
@@ -338,20 +298,13 @@ mod tests {
             .iter()
             .find(|episode| episode.ending == "truncated" && episode.steps.len() == 500)
             .expect("an episode runs to the time limit");
-        assert!(
-            full_length
-                .steps
-                .iter()
-                .all(|step| step.reward == 1.0 && !step.terminated)
-        );
+        assert!(full_length.steps.iter().all(|step| step.reward == 1.0 && !step.terminated));
     }
 
     #[test]
     fn env_cartpole_observation_is_the_state_cast_to_f32() {
         for episode in fixture().episodes {
-            if let (Some(state), Some(observation)) =
-                (episode.reset_state, episode.reset_observation)
-            {
+            if let (Some(state), Some(observation)) = (episode.reset_state, episode.reset_observation) {
                 assert_eq!(state.map(|component| component as f32), observation);
             }
         }

@@ -63,9 +63,7 @@ pub enum EnvError {
     Unknown(String),
     #[error("expected one action per environment ({expected}), got {got}")]
     ActionCount { expected: usize, got: usize },
-    #[error(
-        "action {action} for environment {env_index} is out of range (actions are 0..{num_actions})"
-    )]
+    #[error("action {action} for environment {env_index} is out of range (actions are 0..{num_actions})")]
     BadAction {
         env_index: usize,
         action: usize,
@@ -95,9 +93,7 @@ mod tests {
 
     #[test]
     fn env_make_rejects_unknown_names() {
-        let error = make("CartPole-v0", 0)
-            .err()
-            .expect("unknown name must fail");
+        let error = make("CartPole-v0", 0).err().expect("unknown name must fail");
         assert!(matches!(&error, EnvError::Unknown(name) if name == "CartPole-v0"));
         assert!(error.to_string().contains("CartPole-v1"));
     }

@@ -60,11 +60,7 @@ pub struct FinishedEpisode {
 /// `env_index`-th output of SplitMix64 started at `seed`, so that vectors with
 /// nearby seeds do not share environments.
 pub fn env_seed(seed: u64, env_index: usize) -> u64 {
-    let mut z = seed.wrapping_add(
-        (env_index as u64)
-            .wrapping_add(1)
-            .wrapping_mul(0x9E37_79B9_7F4A_7C15),
-    );
+    let mut z = seed.wrapping_add((env_index as u64).wrapping_add(1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^ (z >> 31)
@@ -158,10 +154,7 @@ impl VecEnv {
                 got: actions.len(),
             });
         }
-        match actions
-            .iter()
-            .position(|&action| action >= self.num_actions)
-        {
+        match actions.iter().position(|&action| action >= self.num_actions) {
             Some(env_index) => Err(EnvError::BadAction {
                 env_index,
                 action: actions[env_index],
@@ -235,11 +228,7 @@ mod tests {
 
     /// Steps with a fixed action pattern and records, per environment, every
     /// observation's (is_first, is_last, reward) and the episodes finished.
-    fn run(
-        vec_env: &mut VecEnv,
-        steps: usize,
-        choose: impl Fn(usize, usize) -> usize,
-    ) -> Vec<StepReport> {
+    fn run(vec_env: &mut VecEnv, steps: usize, choose: impl Fn(usize, usize) -> usize) -> Vec<StepReport> {
         let mut actions = vec![0; vec_env.num_envs()];
         (0..steps)
             .map(|step| {
@@ -254,39 +243,21 @@ mod tests {
     #[test]
     fn env_vector_starts_with_first_observations_from_distinct_seeds() {
         let vec_env = VecEnv::new(NAME, 4, 9).unwrap();
-        assert_eq!(
-            (
-                vec_env.num_envs(),
-                vec_env.observation_size(),
-                vec_env.num_actions()
-            ),
-            (4, 4, 2)
-        );
+        assert_eq!((vec_env.num_envs(), vec_env.observation_size(), vec_env.num_actions()), (4, 4, 2));
         assert_eq!(vec_env.observations().len(), 16);
         assert!(vec_env.is_first().iter().all(|&first| first));
         assert!((0..4).all(|env_index| !vec_env.is_last(env_index)));
         assert!(vec_env.rewards().iter().all(|&reward| reward == 0.0));
-        assert!(
-            vec_env
-                .observations()
-                .iter()
-                .all(|value| value.abs() < 0.05)
-        );
+        assert!(vec_env.observations().iter().all(|value| value.abs() < 0.05));
         assert_ne!(vec_env.observation(0), vec_env.observation(1));
     }
 
     #[test]
     fn env_vector_episode_return_equals_its_number_of_actions() {
         let mut vec_env = VecEnv::new(NAME, 3, 1).unwrap();
-        let reports = run(&mut vec_env, 400, |step, env_index| {
-            (step * 7 + env_index * 3) % 5 % 2
-        });
+        let reports = run(&mut vec_env, 400, |step, env_index| (step * 7 + env_index * 3) % 5 % 2);
         let finished: Vec<_> = reports.iter().flat_map(|report| &report.finished).collect();
-        assert!(
-            finished.len() >= 6,
-            "only {} episodes ended",
-            finished.len()
-        );
+        assert!(finished.len() >= 6, "only {} episodes ended", finished.len());
         for episode in finished {
             assert_eq!(episode.episode_return, f64::from(episode.length));
             assert!(episode.length >= 1 && episode.length <= MAX_EPISODE_STEPS);
@@ -308,19 +279,11 @@ mod tests {
                     lasts_seen += 1;
                     assert_eq!(vec_env.rewards()[env_index], 0.0);
                     assert!(!vec_env.is_last(env_index));
-                    assert!(
-                        vec_env
-                            .observation(env_index)
-                            .iter()
-                            .all(|value| value.abs() < 0.05)
-                    );
+                    assert!(vec_env.observation(env_index).iter().all(|value| value.abs() < 0.05));
                 } else {
                     assert_eq!(vec_env.rewards()[env_index], 1.0);
                 }
-                let listed = report
-                    .finished
-                    .iter()
-                    .any(|episode| episode.env_index == env_index);
+                let listed = report.finished.iter().any(|episode| episode.env_index == env_index);
                 assert_eq!(listed, vec_env.is_last(env_index));
             }
         }
@@ -347,9 +310,7 @@ mod tests {
         let mut resets_expected = 0;
         let mut real_steps = 0;
         for _ in 0..200 {
-            let lasts = (0..4)
-                .filter(|&env_index| vec_env.is_last(env_index))
-                .count();
+            let lasts = (0..4).filter(|&env_index| vec_env.is_last(env_index)).count();
             let report = vec_env.step(&[1, 0, 1, 1]);
             assert_eq!(report.real_steps, 4 - lasts);
             real_steps += report.real_steps;
@@ -386,9 +347,7 @@ mod tests {
         let mut finished = Vec::new();
         while finished.is_empty() {
             let [_, _, theta, theta_dot]: [f32; 4] = vec_env.observation(0).try_into().unwrap();
-            finished = vec_env
-                .step(&[usize::from(theta + 0.5 * theta_dot > 0.0)])
-                .finished;
+            finished = vec_env.step(&[usize::from(theta + 0.5 * theta_dot > 0.0)]).finished;
         }
         assert_eq!(finished.len(), 1);
         let episode = finished[0];
@@ -404,10 +363,7 @@ mod tests {
         assert!(vec_env.validate_actions(&[0, 1]).is_ok());
         assert!(matches!(
             vec_env.validate_actions(&[0]),
-            Err(EnvError::ActionCount {
-                expected: 2,
-                got: 1
-            })
+            Err(EnvError::ActionCount { expected: 2, got: 1 })
         ));
         assert!(matches!(
             vec_env.validate_actions(&[0, 2]),
@@ -427,9 +383,6 @@ mod tests {
 
     #[test]
     fn env_vector_unknown_name_is_an_error() {
-        assert!(matches!(
-            VecEnv::new("Pong", 2, 0),
-            Err(EnvError::Unknown(_))
-        ));
+        assert!(matches!(VecEnv::new("Pong", 2, 0), Err(EnvError::Unknown(_))));
     }
 }
