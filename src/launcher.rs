@@ -173,13 +173,14 @@ pub async fn run(mut config: Config) -> Result<Outcome> {
     result
 }
 
-/// The progress loop.
+/// The progress loop: checks the stop conditions every second (or more
+/// often, with a shorter progress interval) and prints a line per interval.
 async fn supervise(config: &Config, processes: &mut [Process]) -> Result<Outcome> {
     let started = Instant::now();
     let interval = Duration::from_secs_f64(config.run.progress_interval_secs);
     let mut previous = Snapshot::default();
     let mut previous_at = started;
-    let mut tick = tokio::time::interval(interval);
+    let mut tick = tokio::time::interval(interval.min(Duration::from_secs(1)));
     tick.tick().await;
     loop {
         tokio::select! {
@@ -196,35 +197,39 @@ async fn supervise(config: &Config, processes: &mut [Process]) -> Result<Outcome
         }
         let now = Instant::now();
         let snapshot = Snapshot::scrape(processes, config.run.actors).await;
-        let rate = (snapshot.env_steps.saturating_sub(previous.env_steps)) as f64 / (now - previous_at).as_secs_f64();
-        let lag = snapshot.lag_mean_since(&previous);
-        println!(
-            "[{:>6.0}s] env steps {:>9}  {:>8.0} steps/s  mean return (last {} episodes) {}  learner updates {:>7}  policy lag {}",
-            (now - started).as_secs_f64(),
-            snapshot.env_steps,
-            rate,
-            RETURN_EPISODES,
-            snapshot.mean_return.map_or("   n/a".to_string(), |r| format!("{r:>6.1}")),
-            snapshot.updates,
-            lag.map_or("n/a".to_string(), |l| format!("{l:.2}")),
-        );
-        if let Some(mean_return) = snapshot.mean_return
-            && mean_return >= config.run.target_return
-        {
-            return Ok(Outcome::TargetReached {
-                mean_return,
-                env_steps: snapshot.env_steps,
-            });
+        let outcome = match snapshot.mean_return {
+            Some(mean_return) if mean_return >= config.run.target_return => {
+                Some(Outcome::TargetReached { mean_return, env_steps: snapshot.env_steps })
+            }
+            _ if snapshot.env_steps >= config.run.max_env_steps => {
+                Some(Outcome::BudgetExhausted { mean_return: snapshot.mean_return, env_steps: snapshot.env_steps })
+            }
+            _ => None,
+        };
+        if outcome.is_some() || now - previous_at >= interval {
+            print_progress(&snapshot, &previous, now - started, now - previous_at);
+            previous = snapshot;
+            previous_at = now;
         }
-        if snapshot.env_steps >= config.run.max_env_steps {
-            return Ok(Outcome::BudgetExhausted {
-                mean_return: snapshot.mean_return,
-                env_steps: snapshot.env_steps,
-            });
+        if let Some(outcome) = outcome {
+            return Ok(outcome);
         }
-        previous = snapshot;
-        previous_at = now;
     }
+}
+
+fn print_progress(snapshot: &Snapshot, previous: &Snapshot, elapsed: Duration, since_previous: Duration) {
+    let rate = snapshot.env_steps.saturating_sub(previous.env_steps) as f64 / since_previous.as_secs_f64().max(1e-9);
+    let lag = snapshot.lag_mean_since(previous);
+    println!(
+        "[{:>6.0}s] env steps {:>9}  {:>8.0} steps/s  mean return (last {} episodes) {}  learner updates {:>7}  policy lag {}",
+        elapsed.as_secs_f64(),
+        snapshot.env_steps,
+        rate,
+        RETURN_EPISODES,
+        snapshot.mean_return.map_or("   n/a".to_string(), |r| format!("{r:>6.1}")),
+        snapshot.updates,
+        lag.map_or("n/a".to_string(), |l| format!("{l:.2}")),
+    );
 }
 
 /// What the progress line needs, summed over the children's metrics.

@@ -53,7 +53,7 @@ impl Default for LearnerConfig {
             table: "queue".into(),
             prefetch_batches: 2,
             optimizer: OptimizerKind::Adam,
-            learning_rate: 1e-3,
+            learning_rate: 5e-4,
             adam_beta1: 0.9,
             adam_beta2: 0.999,
             adam_epsilon: 1e-8,
