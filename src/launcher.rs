@@ -198,12 +198,14 @@ async fn supervise(config: &Config, processes: &mut [Process]) -> Result<Outcome
         let now = Instant::now();
         let snapshot = Snapshot::scrape(processes, config.run.actors).await;
         let outcome = match snapshot.mean_return {
-            Some(mean_return) if mean_return >= config.run.target_return => {
-                Some(Outcome::TargetReached { mean_return, env_steps: snapshot.env_steps })
-            }
-            _ if snapshot.env_steps >= config.run.max_env_steps => {
-                Some(Outcome::BudgetExhausted { mean_return: snapshot.mean_return, env_steps: snapshot.env_steps })
-            }
+            Some(mean_return) if mean_return >= config.run.target_return => Some(Outcome::TargetReached {
+                mean_return,
+                env_steps: snapshot.env_steps,
+            }),
+            _ if snapshot.env_steps >= config.run.max_env_steps => Some(Outcome::BudgetExhausted {
+                mean_return: snapshot.mean_return,
+                env_steps: snapshot.env_steps,
+            }),
             _ => None,
         };
         if outcome.is_some() || now - previous_at >= interval {
