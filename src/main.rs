@@ -2,6 +2,7 @@
 //! parses flags, loads the config and hands over to the role's `run`.
 
 mod config;
+mod health;
 mod launcher;
 mod roles;
 mod telemetry;
@@ -66,6 +67,15 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:50051", env = "FLEET_REPLAY_ADDRESS")]
         replay: String,
     },
+    /// Check a fleet gRPC server's health (exit 0 when SERVING); for container health checks.
+    Health {
+        /// Server address (host:port).
+        #[arg(long, default_value = "127.0.0.1:50051")]
+        address: String,
+        /// Service to ask about; empty means the server as a whole.
+        #[arg(long, default_value = "")]
+        service: String,
+    },
     /// Act in environments and stream sequences to replay.
     Actor {
         /// Unique id of this actor (defaults to one derived from host name and process id).
@@ -121,6 +131,9 @@ fn default_actor_id() -> u64 {
 }
 
 async fn run(cli: Cli) -> Result<ExitCode> {
+    if let Command::Health { address, service } = &cli.command {
+        return health::check(address, service).await;
+    }
     let config = load_config(&cli)?;
     let wiring = Wiring {
         metrics_listen: cli.metrics_listen,
@@ -148,6 +161,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 Outcome::Interrupted => Ok(ExitCode::from(130)),
             }
         }
+        Command::Health { .. } => unreachable!("handled before loading the config"),
         Command::Replay { listen } => roles::replay(config, listen, wiring).await.map(|_| ExitCode::SUCCESS),
         Command::Learner { listen, replay } => roles::learner(config, listen, replay, wiring).await.map(|_| ExitCode::SUCCESS),
         Command::Actor { actor_id, replay, learner } => {

@@ -130,6 +130,21 @@ async fn every_server_reports_health_and_the_learner_chunks_large_weights() {
         assert_eq!(status, ServingStatus::Serving as i32, "{service}");
     }
 
+    // The same check from the command line, as a container health check runs it.
+    let healthy = tokio::process::Command::new(crate::support::FLEET)
+        .args(["health", "--address", &replay.grpc])
+        .output()
+        .await
+        .unwrap();
+    assert!(healthy.status.success(), "{}", String::from_utf8_lossy(&healthy.stderr));
+    assert!(String::from_utf8_lossy(&healthy.stdout).contains("SERVING"));
+    let closed = tokio::process::Command::new(crate::support::FLEET)
+        .args(["health", "--address", "127.0.0.1:1"])
+        .output()
+        .await
+        .unwrap();
+    assert!(!closed.status.success());
+
     let mut parameters = ParametersClient::connect(learner.grpc_uri()).await.unwrap();
     let mut stream = parameters
         .watch_weights(pb::WatchWeightsRequest { after_version: 0 })

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use candle_core::{Device, Tensor};
 use fleet_agent::{ActorCritic, EnvSpec, NetworkConfig, Weights};
 use fleet_proto::WeightsAssembler;
-use fleet_proto::connect::{Backoff, connect};
+use fleet_proto::connect::{Backoff, connect_or_stop, sleep_or_cancel};
 use fleet_proto::pb::{self, parameters_client::ParametersClient, replay_client::ReplayClient};
 use futures::StreamExt;
 use rand::SeedableRng;
@@ -110,17 +110,15 @@ fn act(
 
     // Act only with the learner's weights, so every behaviour version is real.
     tracing::info!(learner = %settings.learner_address, "waiting for the first weights");
-    let mut version = loop {
-        if shutdown.is_cancelled() {
-            return Ok(());
+    let first = tokio::runtime::Handle::current().block_on(async {
+        tokio::select! {
+            _ = shutdown.cancelled() => None,
+            weights = weights_rx.wait_for(Option::is_some) => weights.ok().and_then(|w| w.clone()),
         }
-        if let Some(w) = weights_rx.borrow_and_update().clone() {
-            w.load_into(&network)?;
-            break w.version;
-        }
-        // Blocking thread: wait on the watch channel through a small runtime-free poll.
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    };
+    });
+    let Some(first) = first else { return Ok(()) };
+    first.load_into(&network)?;
+    let mut version = first.version;
     metrics::gauge!(m::WEIGHTS_VERSION).set(version as f64);
     tracing::info!(version, num_envs = config.num_envs, "acting");
 
@@ -130,8 +128,10 @@ fn act(
     let return_recent = metrics::gauge!(m::EPISODE_RETURN_RECENT);
     let policy_lag = metrics::histogram!(m::POLICY_LAG);
     let mut recent_returns: VecDeque<f64> = VecDeque::with_capacity(config.return_window);
-    let mut actions = Vec::with_capacity(config.num_envs);
     let n = config.num_envs;
+    let mut actions = Vec::with_capacity(n);
+    let mut observations_before = vec![0f32; n * spec.observation_size];
+    let mut flags_before = Vec::with_capacity(n);
 
     while !shutdown.is_cancelled() {
         if weights_rx.has_changed().unwrap_or(false)
@@ -147,26 +147,19 @@ fn act(
         sample_actions(&logits, spec.num_actions, &mut rng, &mut actions);
 
         // Record x_t and its flags before stepping; the reward arrives with the step.
-        let before: Vec<(Vec<f32>, bool, bool, bool)> = (0..n)
-            .map(|i| {
-                (
-                    envs.observation(i).to_vec(),
-                    envs.is_first()[i],
-                    envs.terminated()[i],
-                    envs.truncated()[i],
-                )
-            })
-            .collect();
+        observations_before.copy_from_slice(envs.observations());
+        flags_before.clear();
+        flags_before.extend((0..n).map(|i| (envs.is_first()[i], envs.terminated()[i], envs.truncated()[i])));
         let report = envs.step(&actions);
         env_steps.increment(report.real_steps as u64);
-        for (i, (observation, is_first, terminated, truncated)) in before.iter().enumerate() {
+        for (i, &(is_first, terminated, truncated)) in flags_before.iter().enumerate() {
             let record = StepRecord {
-                observation,
+                observation: &observations_before[i * spec.observation_size..(i + 1) * spec.observation_size],
                 action: actions[i] as i64,
                 reward: envs.rewards()[i],
-                is_first: *is_first,
-                terminated: *terminated,
-                truncated: *truncated,
+                is_first,
+                terminated,
+                truncated,
                 behaviour_logits: &logits[i * spec.num_actions..(i + 1) * spec.num_actions],
                 behaviour_version: version,
             };
@@ -201,14 +194,8 @@ async fn follow_weights(
 ) {
     let limit = 1u64 << 32;
     loop {
-        let channel = match connect(&settings.learner_address, settings.backoff, &shutdown).await {
-            Ok(Some(channel)) => channel,
-            Ok(None) => return,
-            Err(error) => {
-                tracing::error!(%error, address = %settings.learner_address, "bad learner address");
-                shutdown.cancel();
-                return;
-            }
+        let Some(channel) = connect_or_stop(&settings.learner_address, settings.backoff, &shutdown).await else {
+            return;
         };
         metrics::counter!(m::RECONNECTS, "peer" => "learner").increment(1);
         let mut client = ParametersClient::new(channel).max_decoding_message_size(settings.max_message_bytes);
@@ -265,14 +252,8 @@ async fn stream_sequences(settings: ActorSettings, mut sequence_rx: mpsc::Receiv
     let sent = metrics::counter!(m::SEQUENCES_SENT);
     let acked = metrics::counter!(m::SEQUENCES_ACKED);
     loop {
-        let channel = match connect(&settings.replay_address, settings.backoff, &shutdown).await {
-            Ok(Some(channel)) => channel,
-            Ok(None) => return,
-            Err(error) => {
-                tracing::error!(%error, address = %settings.replay_address, "bad replay address");
-                shutdown.cancel();
-                return;
-            }
+        let Some(channel) = connect_or_stop(&settings.replay_address, settings.backoff, &shutdown).await else {
+            return;
         };
         metrics::counter!(m::RECONNECTS, "peer" => "replay").increment(1);
         let mut client = ReplayClient::new(channel)
@@ -338,12 +319,5 @@ async fn stream_sequences(settings: ActorSettings, mut sequence_rx: mpsc::Receiv
             }
         }
         sleep_or_cancel(settings.backoff.initial, &shutdown).await;
-    }
-}
-
-async fn sleep_or_cancel(duration: std::time::Duration, shutdown: &CancellationToken) {
-    tokio::select! {
-        _ = shutdown.cancelled() => {}
-        _ = tokio::time::sleep(duration) => {}
     }
 }

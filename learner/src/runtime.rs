@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fleet_agent::{EnvSpec, NetworkConfig, Weights, select_device};
-use fleet_proto::connect::{Backoff, connect};
+use fleet_proto::connect::{Backoff, connect_or_stop, sleep_or_cancel};
 use fleet_proto::pb::{self, parameters_server::ParametersServer, replay_client::ReplayClient};
 use futures::StreamExt;
 use tokio::net::TcpListener;
@@ -160,14 +160,8 @@ fn train(
 async fn prefetch_batches(settings: LearnerSettings, batch_tx: mpsc::Sender<HostBatch>, shutdown: CancellationToken) {
     let config = &settings.learner;
     'connect: loop {
-        let channel = match connect(&settings.replay_address, settings.backoff, &shutdown).await {
-            Ok(Some(channel)) => channel,
-            Ok(None) => return,
-            Err(error) => {
-                tracing::error!(%error, address = %settings.replay_address, "bad replay address");
-                shutdown.cancel();
-                return;
-            }
+        let Some(channel) = connect_or_stop(&settings.replay_address, settings.backoff, &shutdown).await else {
+            return;
         };
         let mut client = ReplayClient::new(channel)
             .max_decoding_message_size(settings.max_message_bytes)
@@ -222,12 +216,5 @@ async fn prefetch_batches(settings: LearnerSettings, batch_tx: mpsc::Sender<Host
                 }
             }
         }
-    }
-}
-
-async fn sleep_or_cancel(duration: Duration, shutdown: &CancellationToken) {
-    tokio::select! {
-        _ = shutdown.cancelled() => {}
-        _ = tokio::time::sleep(duration) => {}
     }
 }

@@ -65,6 +65,27 @@ pub async fn connect(address: &str, backoff: Backoff, shutdown: &CancellationTok
     }
 }
 
+/// [`connect`] for long-running clients: a malformed address is fatal to the
+/// process (logged, then `shutdown` is cancelled), so `None` means "stop".
+pub async fn connect_or_stop(address: &str, backoff: Backoff, shutdown: &CancellationToken) -> Option<Channel> {
+    match connect(address, backoff, shutdown).await {
+        Ok(channel) => channel,
+        Err(error) => {
+            tracing::error!(%error, %address, "invalid server address; stopping");
+            shutdown.cancel();
+            None
+        }
+    }
+}
+
+/// Sleeps for `duration` unless `shutdown` fires first.
+pub async fn sleep_or_cancel(duration: Duration, shutdown: &CancellationToken) {
+    tokio::select! {
+        _ = shutdown.cancelled() => {}
+        _ = tokio::time::sleep(duration) => {}
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
