@@ -136,7 +136,7 @@ fn act(
     while !shutdown.is_cancelled() {
         if weights_rx.has_changed().unwrap_or(false)
             && let Some(w) = weights_rx.borrow_and_update().clone()
-            && w.version > version
+            && w.version != version
         {
             w.load_into(&network)?;
             version = w.version;
@@ -199,7 +199,10 @@ async fn follow_weights(
         };
         metrics::counter!(m::RECONNECTS, "peer" => "learner").increment(1);
         let mut client = ParametersClient::new(channel).max_decoding_message_size(settings.max_message_bytes);
-        let after_version = newest_version.load(Ordering::Relaxed);
+        // Each new connection starts from the learner's current version, even
+        // an older one: a learner that restarted without a checkpoint is the
+        // only source of weights there is.
+        let after_version = 0;
         let stream = tokio::select! {
             _ = shutdown.cancelled() => return,
             r = client.watch_weights(pb::WatchWeightsRequest { after_version }) => r,
@@ -221,7 +224,7 @@ async fn follow_weights(
             match chunk {
                 Some(Ok(chunk)) => match assembler.push(chunk) {
                     Ok(Some((version, bytes))) => {
-                        newest_version.fetch_max(version, Ordering::Relaxed);
+                        newest_version.store(version, Ordering::Relaxed);
                         weights_tx.send_replace(Some(Arc::new(Weights { version, bytes })));
                     }
                     Ok(None) => {}
