@@ -82,3 +82,68 @@ async fn separate_role_processes_train_together_and_expose_their_metrics() {
 fn text_has_type(text: &str, name: &str, kind: &str) -> bool {
     text.lines().any(|l| l == format!("# TYPE {name} {kind}"))
 }
+
+#[tokio::test]
+async fn a_restarted_learner_resumes_from_its_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let checkpoint_dir = format!("learner.checkpoint_dir={}", dir.path().display());
+    let learner_args = |listen: &str, replay: &str| {
+        vec![
+            "learner".to_string(),
+            "--listen".into(),
+            listen.into(),
+            "--replay".into(),
+            replay.into(),
+            "--set".into(),
+            checkpoint_dir.clone(),
+            "--set".into(),
+            "learner.checkpoint_interval_secs=0.2".into(),
+        ]
+    };
+    let replay = Role::start(&["replay", "--listen", "127.0.0.1:0"]).await;
+    let args = learner_args("127.0.0.1:0", &replay.grpc);
+    let mut learner = Role::start(&args.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    let learner_address = learner.grpc.clone();
+    let actor = Role::start(&["actor", "--replay", &replay.grpc, "--learner", &learner_address]).await;
+
+    wait_for(&learner.metrics, "fleet_learner_checkpoints_total", 2.0).await;
+    let version_before = metric(&scrape(&learner.metrics).await.unwrap(), "fleet_learner_weights_version").unwrap();
+    // A graceful stop writes a final checkpoint.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(learner.child.id().unwrap() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(20), learner.child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "learner exit status {status}");
+
+    let args = learner_args(&learner_address, &replay.grpc);
+    let restarted = Role::start(&args.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    let resumed_version = wait_for(&restarted.metrics, "fleet_learner_weights_version", 1.0).await;
+    assert!(
+        resumed_version >= version_before,
+        "resumed at version {resumed_version}, had reached {version_before}"
+    );
+    // The actor reconnects by itself and acts with the resumed learner's newer weights.
+    wait_for(&actor.metrics, "fleet_actor_weights_version", resumed_version + 5.0).await;
+    wait_for(&restarted.metrics, "fleet_learner_updates_total", 5.0).await;
+}
+
+/// Polls a metric until it reaches `at_least` (60 s at most); returns its value.
+async fn wait_for(metrics: &str, name: &str, at_least: f64) -> f64 {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let text = scrape(metrics).await.unwrap_or_default();
+        if let Some(value) = metric(&text, name).filter(|v| *v >= at_least) {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{name} did not reach {at_least} within 60 s:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

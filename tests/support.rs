@@ -13,7 +13,7 @@ pub const FLEET: &str = env!("CARGO_BIN_EXE_fleet");
 /// A running role process and the addresses it reported.
 pub struct Role {
     /// Held so that dropping the guard kills the process.
-    pub _child: Child,
+    pub child: Child,
     pub grpc: String,
     pub metrics: String,
 }
@@ -52,7 +52,7 @@ impl Role {
         Role {
             grpc: field("grpc"),
             metrics: field("metrics"),
-            _child: child,
+            child,
         }
     }
 

@@ -120,6 +120,31 @@ impl HostBatch {
         Ok(batch)
     }
 
+    /// A random but well-formed batch (for tests and benchmarks): random
+    /// observations, actions and behaviour logits, reward 1 per step, and a
+    /// few episode ends, some by termination and some by truncation.
+    pub fn synthetic(spec: EnvSpec, steps: usize, batch_size: usize, seed: u64) -> Self {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let n = steps * batch_size;
+        let terminated: Vec<bool> = (0..n).map(|_| rng.random_bool(0.03)).collect();
+        let truncated: Vec<bool> = terminated.iter().map(|&t| !t && rng.random_bool(0.01)).collect();
+        HostBatch {
+            steps,
+            batch_size,
+            spec,
+            keys: (0..batch_size as u64).collect(),
+            importance_weights: vec![1.0; batch_size],
+            observations: (0..n * spec.observation_size).map(|_| rng.random_range(-1.0..1.0)).collect(),
+            actions: (0..n).map(|_| rng.random_range(0..spec.num_actions as u32)).collect(),
+            rewards: (0..n).map(|i| if terminated[i] || truncated[i] { 0.0 } else { 1.0 }).collect(),
+            terminated,
+            truncated,
+            behaviour_logits: (0..n * spec.num_actions).map(|_| rng.random_range(-0.5..0.5)).collect(),
+            behaviour_versions: vec![1; n],
+        }
+    }
+
     /// Environment steps this batch teaches (its learning steps that are real decisions).
     pub fn learning_frames(&self) -> u64 {
         let learning = (self.steps - 1) * self.batch_size;

@@ -3,11 +3,13 @@
 //! publishes versioned weights through the `Parameters` service.
 //!
 //! Layout: [`vtrace`] (targets and advantages), [`batch`] (sampled items to
-//! time-major tensors), [`loss`], [`optim`] (gradient clipping and Adam),
+//! time-major tensors), [`loss`], [`optim`] (gradient clipping, Adam and RMSProp),
+//! [`checkpoint`] (atomic on-disk checkpoints),
 //! [`learner`] (state and one update, no I/O), [`parameters`] (the weights
 //! service), [`runtime`] (the process), [`config`], [`metrics`].
 
 pub mod batch;
+pub mod checkpoint;
 pub mod config;
 pub mod learner;
 pub mod loss;

@@ -13,6 +13,9 @@ pub const POLICY_LAG: &str = "fleet_learner_policy_lag_versions";
 pub const BATCH_WAIT: &str = "fleet_learner_batch_wait_seconds";
 pub const FRAMES: &str = "fleet_learner_frames_total";
 pub const BAD_BATCHES: &str = "fleet_learner_bad_batches_total";
+pub const LEARNING_RATE: &str = "fleet_learner_learning_rate";
+pub const CHECKPOINTS: &str = "fleet_learner_checkpoints_total";
+pub const CHECKPOINT_TIME: &str = "fleet_learner_last_checkpoint_timestamp_seconds";
 
 pub const POLICY_LAG_BUCKETS: &[f64] = &[0.0, 1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 50.0, 100.0];
 pub const BATCH_WAIT_BUCKETS: &[f64] = &[0.0001, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0];
@@ -35,4 +38,10 @@ pub fn describe() {
     describe_histogram!(BATCH_WAIT, "Time the update loop waited for its next batch");
     describe_counter!(FRAMES, "Environment steps consumed by updates");
     describe_counter!(BAD_BATCHES, "Sampled batches refused as inconsistent");
+    describe_gauge!(LEARNING_RATE, "Learning rate of the latest update");
+    describe_counter!(CHECKPOINTS, "Checkpoints written");
+    describe_gauge!(
+        CHECKPOINT_TIME,
+        "Unix time of the newest checkpoint (checkpoint age = time() minus this)"
+    );
 }

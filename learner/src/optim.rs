@@ -1,45 +1,182 @@
-//! One optimisation step: gradients of the loss, global-norm clipping, Adam.
+//! One optimisation step: gradients of the loss, global-norm clipping, then
+//! Adam or RMSProp. Written here rather than taken from candle-nn because the
+//! optimiser state (moments, step count) must be saved in checkpoints and
+//! restored exactly, which candle-nn's optimisers keep private.
 
 use candle_core::backprop::GradStore;
-use candle_core::{Result, Tensor, Var};
-use candle_nn::{AdamW, Optimizer, ParamsAdamW};
+use candle_core::{DType, Result, Tensor, Var};
 
-use crate::config::LearnerConfig;
+/// Which update rule, and its settings.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum OptimizerConfig {
+    /// Adam (Kingma & Ba), bias-corrected, no weight decay.
+    Adam { beta1: f64, beta2: f64, epsilon: f64 },
+    /// RMSProp as IMPALA used it (TensorFlow's form: ε inside the square
+    /// root, no momentum): `ms ← ρ·ms + (1−ρ)·g²`, `θ ← θ − lr·g/√(ms + ε)`.
+    Rmsprop { decay: f64, epsilon: f64 },
+}
+
+impl Default for OptimizerConfig {
+    fn default() -> Self {
+        Self::Adam {
+            beta1: 0.9,
+            beta2: 0.999,
+            epsilon: 1e-8,
+        }
+    }
+}
+
+impl OptimizerConfig {
+    /// IMPALA's RMSProp settings (decay 0.99, ε 0.01).
+    pub fn impala_rmsprop() -> Self {
+        Self::Rmsprop {
+            decay: 0.99,
+            epsilon: 0.01,
+        }
+    }
+
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        let (rates, epsilon) = match *self {
+            Self::Adam { beta1, beta2, epsilon } => (vec![("adam_beta1", beta1), ("adam_beta2", beta2)], ("adam_epsilon", epsilon)),
+            Self::Rmsprop { decay, epsilon } => (vec![("rmsprop_decay", decay)], ("rmsprop_epsilon", epsilon)),
+        };
+        for (key, value) in rates {
+            if !(0.0..1.0).contains(&value) {
+                return Err(format!("learner.{key} must be in [0, 1), got {value}"));
+            }
+        }
+        if !(epsilon.1 > 0.0 && epsilon.1.is_finite()) {
+            return Err(format!("learner.{} must be positive, got {}", epsilon.0, epsilon.1));
+        }
+        Ok(())
+    }
+}
+
+/// Per-parameter state: Adam's two moments, or RMSProp's mean square.
+#[derive(Debug)]
+struct Slot {
+    var: Var,
+    first: Option<Tensor>,
+    second: Tensor,
+}
 
 #[derive(Debug)]
 pub struct Optimiser {
-    vars: Vec<Var>,
-    adam: AdamW,
+    config: OptimizerConfig,
+    slots: Vec<Slot>,
+    /// Updates applied so far (Adam's bias correction needs it).
+    steps: u64,
     max_grad_norm: f64,
 }
 
 impl Optimiser {
-    pub fn new(vars: Vec<Var>, config: &LearnerConfig) -> Result<Self> {
-        let params = ParamsAdamW {
-            lr: config.learning_rate,
-            beta1: config.adam_beta1,
-            beta2: config.adam_beta2,
-            eps: config.adam_epsilon,
-            weight_decay: 0.0,
-        };
+    pub fn new(vars: Vec<Var>, config: OptimizerConfig, max_grad_norm: f64) -> Result<Self> {
+        let slots = vars
+            .into_iter()
+            .map(|var| {
+                let zeros = Tensor::zeros(var.shape(), DType::F32, var.device())?;
+                let first = matches!(config, OptimizerConfig::Adam { .. }).then(|| zeros.clone());
+                Ok(Slot { var, first, second: zeros })
+            })
+            .collect::<Result<_>>()?;
         Ok(Self {
-            adam: AdamW::new(vars.clone(), params)?,
-            vars,
-            max_grad_norm: config.max_grad_norm,
+            config,
+            slots,
+            steps: 0,
+            max_grad_norm,
         })
     }
 
-    /// Backpropagates `loss`, clips the global gradient norm, applies Adam.
-    /// Returns the gradient norm before clipping. A non-finite norm skips the
-    /// update entirely (the parameters never see NaN).
-    pub fn step(&mut self, loss: &Tensor) -> Result<f64> {
+    pub fn steps(&self) -> u64 {
+        self.steps
+    }
+
+    /// Backpropagates `loss`, clips the global gradient norm, applies one
+    /// update with learning rate `lr`. Returns the gradient norm before
+    /// clipping. A non-finite norm skips the update entirely (the parameters
+    /// and the optimiser state never see NaN).
+    pub fn step(&mut self, loss: &Tensor, lr: f64) -> Result<f64> {
         let mut grads = loss.backward()?;
-        let norm = clip_global_norm(&mut grads, &self.vars, self.max_grad_norm)?;
+        let vars: Vec<Var> = self.slots.iter().map(|s| s.var.clone()).collect();
+        let norm = clip_global_norm(&mut grads, &vars, self.max_grad_norm)?;
         if !norm.is_finite() {
             return Ok(norm);
         }
-        self.adam.step(&grads)?;
+        self.steps += 1;
+        for slot in &mut self.slots {
+            let Some(g) = grads.get(slot.var.as_tensor()) else { continue };
+            let theta = slot.var.as_tensor();
+            let next = match self.config {
+                OptimizerConfig::Adam { beta1, beta2, epsilon } => {
+                    let t = self.steps as i32;
+                    let first = slot.first.as_ref().expect("Adam slots hold a first moment");
+                    let m = ((first * beta1)? + (g * (1.0 - beta1))?)?;
+                    let v = ((&slot.second * beta2)? + (g.sqr()? * (1.0 - beta2))?)?;
+                    let m_hat = (&m / (1.0 - beta1.powi(t)))?;
+                    let v_hat = (&v / (1.0 - beta2.powi(t)))?;
+                    let step = (m_hat / (v_hat.sqrt()? + epsilon)?)?;
+                    slot.first = Some(m);
+                    slot.second = v;
+                    (theta - (step * lr)?)?
+                }
+                OptimizerConfig::Rmsprop { decay, epsilon } => {
+                    let ms = ((&slot.second * decay)? + (g.sqr()? * (1.0 - decay))?)?;
+                    let step = (g / (&ms + epsilon)?.sqrt()?)?;
+                    slot.second = ms;
+                    (theta - (step * lr)?)?
+                }
+            };
+            slot.var.set(&next)?;
+        }
         Ok(norm)
+    }
+
+    /// The state as named tensors (`<param>.first`, `<param>.second`), given
+    /// the parameters' names in the order they were passed to [`Optimiser::new`].
+    pub fn state(&self, names: &[String]) -> Vec<(String, Tensor)> {
+        let mut out = Vec::new();
+        for (slot, name) in self.slots.iter().zip(names) {
+            if let Some(first) = &slot.first {
+                out.push((format!("{name}.first"), first.clone()));
+            }
+            out.push((format!("{name}.second"), slot.second.clone()));
+        }
+        out
+    }
+
+    /// Restores state written by [`Optimiser::state`]; every tensor must be
+    /// present with the parameter's shape, else nothing changes.
+    pub fn restore(
+        &mut self,
+        names: &[String],
+        mut state: std::collections::HashMap<String, Tensor>,
+        steps: u64,
+    ) -> std::result::Result<(), String> {
+        let mut take = |key: String, like: &Var| -> std::result::Result<Tensor, String> {
+            let t = state.remove(&key).ok_or_else(|| format!("optimizer state lacks `{key}`"))?;
+            if t.dims() != like.dims() {
+                return Err(format!(
+                    "optimizer state `{key}` has shape {:?}, expected {:?}",
+                    t.dims(),
+                    like.dims()
+                ));
+            }
+            t.to_device(like.device()).map_err(|e| e.to_string())
+        };
+        let mut restored = Vec::with_capacity(self.slots.len());
+        for (slot, name) in self.slots.iter().zip(names) {
+            let first = match slot.first {
+                Some(_) => Some(take(format!("{name}.first"), &slot.var)?),
+                None => None,
+            };
+            restored.push((first, take(format!("{name}.second"), &slot.var)?));
+        }
+        for (slot, (first, second)) in self.slots.iter_mut().zip(restored) {
+            slot.first = first;
+            slot.second = second;
+        }
+        self.steps = steps;
+        Ok(())
     }
 }
 
@@ -64,7 +201,7 @@ pub fn global_norm(grads: &GradStore, vars: &[Var]) -> Result<f64> {
     let mut total = 0f64;
     for var in vars {
         if let Some(g) = grads.get(var.as_tensor()) {
-            total += g.sqr()?.sum_all()?.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
+            total += g.sqr()?.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
         }
     }
     Ok(total.sqrt())
@@ -75,27 +212,80 @@ mod tests {
     use super::*;
     use candle_core::Device;
 
+    fn var(values: &[f32]) -> Var {
+        Var::from_tensor(&Tensor::new(values, &Device::Cpu).unwrap()).unwrap()
+    }
+
+    fn half_square(v: &Var) -> Tensor {
+        (v.as_tensor().sqr().unwrap().sum_all().unwrap() * 0.5).unwrap()
+    }
+
     #[test]
     fn clipping_scales_the_gradient_to_the_cap_and_only_above_it() {
-        let var = Var::from_tensor(&Tensor::new(&[3.0f32, 4.0], &Device::Cpu).unwrap()).unwrap();
-        let loss = (var.as_tensor().sqr().unwrap().sum_all().unwrap() * 0.5).unwrap();
-        let vars = std::slice::from_ref(&var);
-        let mut grads = loss.backward().unwrap();
+        let v = var(&[3.0, 4.0]);
+        let vars = std::slice::from_ref(&v);
+        let mut grads = half_square(&v).backward().unwrap();
         assert!((clip_global_norm(&mut grads, vars, 1.0).unwrap() - 5.0).abs() < 1e-6);
         assert!((global_norm(&grads, vars).unwrap() - 1.0).abs() < 1e-6);
-        let g = grads.get(var.as_tensor()).unwrap().to_vec1::<f32>().unwrap();
+        let g = grads.get(v.as_tensor()).unwrap().to_vec1::<f32>().unwrap();
         assert!((g[0] - 0.6).abs() < 1e-6 && (g[1] - 0.8).abs() < 1e-6, "{g:?}");
-        let mut grads = loss.backward().unwrap();
+        let mut grads = half_square(&v).backward().unwrap();
         clip_global_norm(&mut grads, vars, 10.0).unwrap();
         assert!((global_norm(&grads, vars).unwrap() - 5.0).abs() < 1e-6);
     }
 
     #[test]
-    fn non_finite_gradients_leave_parameters_alone() {
-        let var = Var::from_tensor(&Tensor::new(&[1.0f32], &Device::Cpu).unwrap()).unwrap();
-        let loss = (var.as_tensor() * f64::NAN).unwrap().sum_all().unwrap();
-        let mut opt = Optimiser::new(vec![var.clone()], &LearnerConfig::default()).unwrap();
-        assert!(opt.step(&loss).unwrap().is_nan());
-        assert_eq!(var.as_tensor().to_vec1::<f32>().unwrap(), vec![1.0]);
+    fn adam_matches_a_hand_computed_first_and_second_step() {
+        // Gradient of ½x² is x. Step 1: m = 0.1·3, v = 0.001·9; bias-corrected
+        // m̂ = 3, v̂ = 9, so x ← 3 − lr·3/(3 + ε).
+        let v = var(&[3.0]);
+        let mut opt = Optimiser::new(vec![v.clone()], OptimizerConfig::default(), 0.0).unwrap();
+        opt.step(&half_square(&v), 0.1).unwrap();
+        let x1 = 3.0 - 0.1 * 3.0 / (3.0 + 1e-8);
+        assert!((v.as_tensor().to_vec1::<f32>().unwrap()[0] as f64 - x1).abs() < 1e-6);
+        opt.step(&half_square(&v), 0.1).unwrap();
+        let (m, s) = (0.9 * 0.3 + 0.1 * x1, 0.999 * 0.009 + 0.001 * x1 * x1);
+        let (m_hat, s_hat) = (m / (1.0 - 0.81), s / (1.0 - 0.999f64.powi(2)));
+        let x2 = x1 - 0.1 * m_hat / (s_hat.sqrt() + 1e-8);
+        assert!((v.as_tensor().to_vec1::<f32>().unwrap()[0] as f64 - x2).abs() < 1e-5);
+    }
+
+    #[test]
+    fn rmsprop_matches_the_tensorflow_form() {
+        let v = var(&[2.0]);
+        let mut opt = Optimiser::new(vec![v.clone()], OptimizerConfig::impala_rmsprop(), 0.0).unwrap();
+        opt.step(&half_square(&v), 0.01).unwrap();
+        let ms = 0.01 * 4.0;
+        let expected = 2.0 - 0.01 * 2.0 / (ms + 0.01f64).sqrt();
+        assert!((v.as_tensor().to_vec1::<f32>().unwrap()[0] as f64 - expected).abs() < 1e-6);
+    }
+
+    #[test]
+    fn non_finite_gradients_leave_parameters_and_state_alone() {
+        let v = var(&[1.0]);
+        let loss = (v.as_tensor() * f64::NAN).unwrap().sum_all().unwrap();
+        let mut opt = Optimiser::new(vec![v.clone()], OptimizerConfig::default(), 40.0).unwrap();
+        assert!(opt.step(&loss, 0.1).unwrap().is_nan());
+        assert_eq!(v.as_tensor().to_vec1::<f32>().unwrap(), vec![1.0]);
+        assert_eq!(opt.steps(), 0);
+    }
+
+    #[test]
+    fn state_round_trips_and_bad_state_changes_nothing() {
+        let names = vec!["w".to_string()];
+        let v = var(&[3.0, -1.0]);
+        let mut opt = Optimiser::new(vec![v.clone()], OptimizerConfig::default(), 0.0).unwrap();
+        opt.step(&half_square(&v), 0.1).unwrap();
+        let state: std::collections::HashMap<_, _> = opt.state(&names).into_iter().collect();
+        let mut other = Optimiser::new(vec![v.clone()], OptimizerConfig::default(), 0.0).unwrap();
+        let mut broken = state.clone();
+        broken.remove("w.first");
+        assert!(other.restore(&names, broken, 1).unwrap_err().contains("w.first"));
+        assert_eq!(other.steps(), 0);
+        other.restore(&names, state.clone(), 1).unwrap();
+        let again: std::collections::HashMap<_, _> = other.state(&names).into_iter().collect();
+        for (k, t) in &state {
+            assert_eq!(t.to_vec1::<f32>().unwrap(), again[k].to_vec1::<f32>().unwrap(), "{k}");
+        }
     }
 }

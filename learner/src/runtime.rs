@@ -2,6 +2,7 @@
 //! through a prefetching task, and runs updates on a dedicated thread,
 //! publishing weights after every `publish_every` updates.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -26,7 +27,7 @@ pub enum LearnerError {
     Config(String),
     #[error(transparent)]
     Device(#[from] fleet_agent::DeviceError),
-    #[error(transparent)]
+    #[error("learner: {0}")]
     Update(#[from] UpdateError),
     #[error(transparent)]
     Weights(#[from] fleet_agent::WeightsError),
@@ -55,7 +56,16 @@ pub async fn run(settings: LearnerSettings, listener: TcpListener, shutdown: Can
     settings.learner.validate().map_err(LearnerError::Config)?;
     let device = select_device(&settings.learner.device)?;
     tracing::info!(device = ?device, "learner device");
-    let learner = Learner::new(settings.spec, &settings.network, settings.learner.clone(), settings.seed, device)?;
+    let mut learner = Learner::new(settings.spec, &settings.network, settings.learner.clone(), settings.seed, device)?;
+    let checkpoints = (!settings.learner.checkpoint_dir.is_empty()).then(|| PathBuf::from(&settings.learner.checkpoint_dir));
+    if let Some(dir) = &checkpoints {
+        match learner.restore_latest(dir)? {
+            Some(path) => {
+                tracing::info!(path = %path.display(), version = learner.version(), updates = learner.updates(), "resumed from checkpoint")
+            }
+            None => tracing::info!(dir = %dir.display(), "no checkpoint yet; starting fresh"),
+        }
+    }
     let (weights_tx, weights_rx) = watch::channel(Arc::new(learner.weights()?));
     metrics::gauge!(m::WEIGHTS_VERSION).set(learner.version() as f64);
 
@@ -75,8 +85,12 @@ pub async fn run(settings: LearnerSettings, listener: TcpListener, shutdown: Can
     let (batch_tx, batch_rx) = mpsc::channel(settings.learner.prefetch_batches);
     let sampler = tokio::spawn(prefetch_batches(settings.clone(), batch_tx, shutdown.clone()));
     let train_shutdown = shutdown.clone();
-    let publish_every = settings.learner.publish_every;
-    let training = tokio::task::spawn_blocking(move || train(learner, batch_rx, weights_tx, publish_every, train_shutdown));
+    let schedule = Schedule {
+        publish_every: settings.learner.publish_every,
+        checkpoints,
+        checkpoint_interval: Duration::from_secs_f64(settings.learner.checkpoint_interval_secs),
+    };
+    let training = tokio::task::spawn_blocking(move || train(learner, batch_rx, weights_tx, schedule, train_shutdown));
 
     let result = match training.await {
         Ok(result) => result,
@@ -91,14 +105,49 @@ pub async fn run(settings: LearnerSettings, listener: TcpListener, shutdown: Can
     result
 }
 
-/// The update loop: one batch in, one update, weights out.
+/// When the update loop publishes weights and writes checkpoints.
+struct Schedule {
+    publish_every: u64,
+    checkpoints: Option<PathBuf>,
+    checkpoint_interval: Duration,
+}
+
+/// The update loop, then a final checkpoint when it ends.
 fn train(
     mut learner: Learner,
-    mut batch_rx: mpsc::Receiver<HostBatch>,
+    batch_rx: mpsc::Receiver<HostBatch>,
     weights_tx: watch::Sender<Arc<Weights>>,
-    publish_every: u64,
+    schedule: Schedule,
     shutdown: CancellationToken,
 ) -> Result<(), LearnerError> {
+    let result = update_loop(&mut learner, batch_rx, weights_tx, &schedule, shutdown);
+    if let Some(dir) = &schedule.checkpoints {
+        save_checkpoint(&learner, dir)?;
+    }
+    result
+}
+
+fn save_checkpoint(learner: &Learner, dir: &std::path::Path) -> Result<(), LearnerError> {
+    let path = learner.save_checkpoint(dir)?;
+    metrics::counter!(m::CHECKPOINTS).increment(1);
+    metrics::gauge!(m::CHECKPOINT_TIME).set(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64()),
+    );
+    tracing::info!(path = %path.display(), version = learner.version(), "checkpoint written");
+    Ok(())
+}
+
+/// One batch in, one update, weights out.
+fn update_loop(
+    learner: &mut Learner,
+    mut batch_rx: mpsc::Receiver<HostBatch>,
+    weights_tx: watch::Sender<Arc<Weights>>,
+    schedule: &Schedule,
+    shutdown: CancellationToken,
+) -> Result<(), LearnerError> {
+    let mut last_checkpoint = Instant::now();
     let batch_wait = metrics::histogram!(m::BATCH_WAIT);
     let policy_lag = metrics::histogram!(m::POLICY_LAG);
     let frames = metrics::counter!(m::FRAMES);
@@ -146,7 +195,14 @@ fn train(
         metrics::gauge!(m::ENTROPY).set(stats.entropy as f64);
         metrics::gauge!(m::GRAD_NORM).set(stats.grad_norm);
         metrics::gauge!(m::CLIPPED_RHO).set(stats.clipped_rho_fraction as f64);
-        if learner.updates().is_multiple_of(publish_every) {
+        metrics::gauge!(m::LEARNING_RATE).set(stats.learning_rate);
+        if let Some(dir) = &schedule.checkpoints
+            && last_checkpoint.elapsed() >= schedule.checkpoint_interval
+        {
+            save_checkpoint(learner, dir)?;
+            last_checkpoint = Instant::now();
+        }
+        if learner.updates().is_multiple_of(schedule.publish_every) {
             weights_tx.send_replace(Arc::new(learner.weights()?));
             metrics::gauge!(m::WEIGHTS_VERSION).set(learner.version() as f64);
         }
