@@ -34,6 +34,7 @@ pub struct UpdateStats {
     pub entropy: f32,
     pub grad_norm: f64,
     pub clipped_rho_fraction: f32,
+    pub mean_abs_advantage: f32,
     pub learning_rate: f64,
     /// False when the gradient was not finite and the update was skipped.
     pub applied: bool,
@@ -168,6 +169,7 @@ impl Learner {
             entropy: loss.entropy,
             grad_norm,
             clipped_rho_fraction: loss.clipped_rho_fraction,
+            mean_abs_advantage: loss.mean_abs_advantage,
             learning_rate,
             applied,
         })

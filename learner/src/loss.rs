@@ -25,6 +25,8 @@ pub struct LossOutput {
     /// Mean policy entropy (the loss term is `−entropy_cost · entropy`).
     pub entropy: f32,
     pub clipped_rho_fraction: f32,
+    /// Mean |policy-gradient advantage| over real decisions.
+    pub mean_abs_advantage: f32,
     /// `[T, B]` V-trace target minus value, detached (for priorities).
     pub td_errors: Tensor,
 }
@@ -77,6 +79,7 @@ pub fn impala_loss(network: &ActorCritic, batch: &DeviceBatch, vtrace_params: &V
         baseline: baseline.to_scalar()?,
         entropy: entropy.to_scalar()?,
         clipped_rho_fraction: returns.clipped_rho_fraction,
+        mean_abs_advantage: ((returns.pg_advantages.abs()? * &batch.mask)?.sum_all()? / decisions)?.to_scalar()?,
         td_errors: td.detach(),
         total,
     })

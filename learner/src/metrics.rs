@@ -13,6 +13,7 @@ pub const POLICY_LAG: &str = "fleet_learner_policy_lag_versions";
 pub const BATCH_WAIT: &str = "fleet_learner_batch_wait_seconds";
 pub const FRAMES: &str = "fleet_learner_frames_total";
 pub const BAD_BATCHES: &str = "fleet_learner_bad_batches_total";
+pub const MEAN_ABS_ADVANTAGE: &str = "fleet_learner_mean_abs_advantage";
 pub const LEARNING_RATE: &str = "fleet_learner_learning_rate";
 pub const CHECKPOINTS: &str = "fleet_learner_checkpoints_total";
 pub const CHECKPOINT_TIME: &str = "fleet_learner_last_checkpoint_timestamp_seconds";
@@ -38,6 +39,7 @@ pub fn describe() {
     describe_histogram!(BATCH_WAIT, "Time the update loop waited for its next batch");
     describe_counter!(FRAMES, "Environment steps consumed by updates");
     describe_counter!(BAD_BATCHES, "Sampled batches refused as inconsistent");
+    describe_gauge!(MEAN_ABS_ADVANTAGE, "Mean absolute policy-gradient advantage over the latest batch");
     describe_gauge!(LEARNING_RATE, "Learning rate of the latest update");
     describe_counter!(CHECKPOINTS, "Checkpoints written");
     describe_gauge!(

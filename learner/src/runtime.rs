@@ -195,6 +195,7 @@ fn update_loop(
         metrics::gauge!(m::ENTROPY).set(stats.entropy as f64);
         metrics::gauge!(m::GRAD_NORM).set(stats.grad_norm);
         metrics::gauge!(m::CLIPPED_RHO).set(stats.clipped_rho_fraction as f64);
+        metrics::gauge!(m::MEAN_ABS_ADVANTAGE).set(stats.mean_abs_advantage as f64);
         metrics::gauge!(m::LEARNING_RATE).set(stats.learning_rate);
         if let Some(dir) = &schedule.checkpoints
             && last_checkpoint.elapsed() >= schedule.checkpoint_interval
