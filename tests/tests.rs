@@ -4,6 +4,7 @@
 mod support;
 
 mod cli;
+mod deploy;
 mod learning;
 mod protocol;
 mod roles;

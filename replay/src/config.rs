@@ -41,13 +41,34 @@ impl Default for ReplayConfig {
 }
 
 /// Configuration of one table.
+///
+/// # Full tables: block or evict
+///
+/// A table blocks inserts while it is full only if it is a *queue*: its
+/// sampler is `fifo` and `max_times_sampled >= 1`, so that every item leaves
+/// by being sampled and a waiting insert is sure to get room (backpressure on
+/// the actors, as Reverb's `Queue` limiter). Every other table (a `lifo`,
+/// `uniform` or `prioritized` sampler, or a `fifo` one whose items are never
+/// sampled out) admits every insert and, when full, first evicts its oldest
+/// item (the FIFO remover) — items there may never be sampled out, so waiting
+/// for room could wait forever.
+///
+/// # Sampling a batch
+///
+/// A batch waits (up to the request's timeout) until the table holds
+/// `min_size_to_sample` items and can serve all of its draws: a `fifo` table
+/// waits for as many items as the batch asks for; other tables draw with
+/// replacement, so a batch of `n` needs only enough draws left (any item
+/// when `max_times_sampled = 0`, otherwise `n` draws before items are
+/// sampled out) and may hold the same item more than once.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TableConfig {
     /// Name that insert and sample requests use.
     pub name: String,
     /// Most items the table holds; memory is bounded by this times the
-    /// largest sequence. A full FIFO table makes inserts wait (backpressure).
+    /// largest sequence. A full queue makes inserts wait (backpressure);
+    /// other tables evict their oldest item (see above).
     pub max_size: usize,
     /// Which item a sample returns.
     pub sampler: SamplerKind,
@@ -55,6 +76,21 @@ pub struct TableConfig {
     /// table a queue in which every sequence is learnt from exactly once
     /// (IMPALA).
     pub max_times_sampled: u32,
+    /// α of prioritised sampling, `P(i) = p_i^α / Σ_k p_k^α`: 0 treats every
+    /// positive priority alike, 1 samples in proportion to the priorities.
+    /// Used only by `prioritized` tables; 0.9 is R2D2's value.
+    pub priority_exponent: f64,
+    /// Samples wait until the table holds at least this many items, so that
+    /// the first batches are not drawn from a handful of sequences.
+    pub min_size_to_sample: usize,
+}
+
+impl TableConfig {
+    /// Whether inserts wait while the table is full (a queue) instead of
+    /// evicting the oldest item; see the type's docs.
+    pub fn blocks_inserts_when_full(&self) -> bool {
+        self.sampler == SamplerKind::Fifo && self.max_times_sampled >= 1
+    }
 }
 
 impl Default for TableConfig {
@@ -66,6 +102,8 @@ impl Default for TableConfig {
             max_size: 32,
             sampler: SamplerKind::Fifo,
             max_times_sampled: 1,
+            priority_exponent: 0.9,
+            min_size_to_sample: 1,
         }
     }
 }
@@ -74,10 +112,17 @@ impl Default for TableConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SamplerKind {
-    /// Oldest item first. Inserts wait while the table is full (a queue,
-    /// like Reverb's `Queue` rate limiter) rather than evicting.
+    /// Oldest item first. With `max_times_sampled >= 1` the table is a queue:
+    /// inserts wait while it is full rather than evicting.
     #[default]
     Fifo,
+    /// Newest item first.
+    Lifo,
+    /// Every item equally likely, drawn with replacement.
+    Uniform,
+    /// Item `i` with probability `p_i^α / Σ_k p_k^α` (prioritised experience
+    /// replay), drawn with replacement; uniform while every priority is 0.
+    Prioritized,
 }
 
 impl SamplerKind {
@@ -85,13 +130,17 @@ impl SamplerKind {
     pub fn as_str(self) -> &'static str {
         match self {
             SamplerKind::Fifo => "fifo",
+            SamplerKind::Lifo => "lifo",
+            SamplerKind::Uniform => "uniform",
+            SamplerKind::Prioritized => "prioritized",
         }
     }
 }
 
 impl ReplayConfig {
     /// Checks what serde cannot: at least one table, unique non-empty names,
-    /// positive sizes and timeouts, a bounded message size.
+    /// positive sizes and timeouts, a minimum sample size the table can
+    /// reach, a priority exponent in `[0, 1]`, a bounded message size.
     pub fn validate(&self) -> Result<(), String> {
         if self.tables.is_empty() {
             return Err("replay.tables is empty; at least one table is needed".to_owned());
@@ -106,6 +155,19 @@ impl ReplayConfig {
             }
             if table.max_size == 0 {
                 return Err(format!("replay.tables[{i}] ({:?}): max_size must be at least 1", table.name));
+            }
+            if !(1..=table.max_size).contains(&table.min_size_to_sample) {
+                return Err(format!(
+                    "replay.tables[{i}] ({:?}): min_size_to_sample is {}; it must be between 1 and max_size {}",
+                    table.name, table.min_size_to_sample, table.max_size
+                ));
+            }
+            // Above 1 a large priority to the power α could overflow the sums.
+            if !(0.0..=1.0).contains(&table.priority_exponent) {
+                return Err(format!(
+                    "replay.tables[{i}] ({:?}): priority_exponent is {}; it must be between 0 and 1",
+                    table.name, table.priority_exponent
+                ));
             }
         }
         if self.sample_timeout_ms == 0 {
@@ -134,6 +196,8 @@ mod tests {
         assert_eq!(table.max_size, 32);
         assert_eq!(table.sampler, SamplerKind::Fifo);
         assert_eq!(table.max_times_sampled, 1);
+        assert!(table.blocks_inserts_when_full());
+        assert_eq!((table.priority_exponent, table.min_size_to_sample), (0.9, 1));
         assert_eq!(config.sample_timeout_ms, 10_000);
         assert_eq!(config.max_message_bytes, 4 * 1024 * 1024);
         assert_eq!(config.validate(), Ok(()));
@@ -157,8 +221,55 @@ mod tests {
         assert_eq!(config.tables[0].max_times_sampled, 1);
 
         assert!(toml::from_str::<ReplayConfig>("sample_timout_ms = 5").is_err());
-        assert!(toml::from_str::<ReplayConfig>("[[tables]]\nsampler = \"lifo\"").is_err());
+        assert!(toml::from_str::<ReplayConfig>("[[tables]]\nsampler = \"random\"").is_err());
+        assert!(toml::from_str::<ReplayConfig>("[[tables]]\nsampler = \"Prioritized\"").is_err());
         assert!(toml::from_str::<ReplayConfig>("[[tables]]\nmax_sise = 3").is_err());
+    }
+
+    #[test]
+    fn samplers_and_their_fields_parse() {
+        let config: ReplayConfig = toml::from_str(
+            r#"
+            [[tables]]
+            name = "priority"
+            sampler = "prioritized"
+            max_size = 1000
+            max_times_sampled = 0
+            priority_exponent = 0.6
+            min_size_to_sample = 100
+            [[tables]]
+            name = "stack"
+            sampler = "lifo"
+            [[tables]]
+            name = "uniform"
+            sampler = "uniform"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(config.validate(), Ok(()));
+        let [priority, stack, uniform] = &config.tables[..] else {
+            panic!("three tables expected")
+        };
+        assert_eq!(priority.sampler, SamplerKind::Prioritized);
+        assert_eq!((priority.priority_exponent, priority.min_size_to_sample), (0.6, 100));
+        assert_eq!((stack.sampler, uniform.sampler), (SamplerKind::Lifo, SamplerKind::Uniform));
+        assert_eq!(SamplerKind::Prioritized.as_str(), "prioritized");
+    }
+
+    #[test]
+    fn only_fifo_tables_that_sample_items_out_block_when_full() {
+        let table = |sampler, max_times_sampled| TableConfig {
+            sampler,
+            max_times_sampled,
+            ..TableConfig::default()
+        };
+        assert!(table(SamplerKind::Fifo, 1).blocks_inserts_when_full());
+        assert!(table(SamplerKind::Fifo, 4).blocks_inserts_when_full());
+        assert!(!table(SamplerKind::Fifo, 0).blocks_inserts_when_full());
+        for sampler in [SamplerKind::Lifo, SamplerKind::Uniform, SamplerKind::Prioritized] {
+            assert!(!table(sampler, 1).blocks_inserts_when_full(), "{sampler:?}");
+            assert!(!table(sampler, 0).blocks_inserts_when_full(), "{sampler:?}");
+        }
     }
 
     #[test]
@@ -172,6 +283,11 @@ mod tests {
         assert!(bad(|c| c.tables[0].name = " ".into()).contains("name is empty"));
         assert!(bad(|c| c.tables.push(TableConfig::default())).contains("earlier table"));
         assert!(bad(|c| c.tables[0].max_size = 0).contains("max_size"));
+        assert!(bad(|c| c.tables[0].min_size_to_sample = 0).contains("min_size_to_sample"));
+        assert!(bad(|c| c.tables[0].min_size_to_sample = 33).contains("min_size_to_sample is 33"));
+        assert!(bad(|c| c.tables[0].priority_exponent = -0.1).contains("priority_exponent"));
+        assert!(bad(|c| c.tables[0].priority_exponent = 1.5).contains("priority_exponent"));
+        assert!(bad(|c| c.tables[0].priority_exponent = f64::NAN).contains("priority_exponent"));
         assert!(bad(|c| c.sample_timeout_ms = 0).contains("sample_timeout_ms"));
         assert!(bad(|c| c.max_message_bytes = usize::MAX).contains("max_message_bytes"));
     }

@@ -23,8 +23,13 @@ pub enum Error {
     InvalidSampleRequest(String),
     #[error("invalid priority update for key {key}: priority {priority} is not a finite number >= 0")]
     InvalidPriority { key: u64, priority: f64 },
-    #[error("table {table:?} did not have {wanted} items to sample within {waited:?}")]
-    SampleTimeout { table: String, wanted: usize, waited: Duration },
+    #[error("table {table:?} could not serve a batch of {wanted} items within {waited:?} (min_size_to_sample {min_size})")]
+    SampleTimeout {
+        table: String,
+        wanted: usize,
+        min_size: usize,
+        waited: Duration,
+    },
     #[error("timed out after {waited:?} waiting for room in full table {table:?}")]
     InsertTimeout { table: String, waited: Duration },
     #[error("the replay service is shutting down")]
@@ -69,6 +74,7 @@ mod tests {
         let timeout = Error::SampleTimeout {
             table: "q".into(),
             wanted: 3,
+            min_size: 1,
             waited: Duration::from_millis(5),
         };
         assert_eq!(status(timeout), Code::DeadlineExceeded);

@@ -7,8 +7,12 @@
 //!   serde, checked by [`ReplayConfig::validate`].
 //! - [`validate`]: the pure check of one incoming sequence, yielding the
 //!   [`Signature`] that all items of a table share.
-//! - [`table`]: one table — items, sampler, remover, `max_times_sampled`, and
-//!   the waiting that makes inserts and samples block (never poll).
+//! - [`sum_tree`]: the sum tree behind prioritised sampling (plain data
+//!   structure).
+//! - [`sampler`]: the sampling rules — fifo, lifo, uniform, prioritised.
+//! - [`table`]: one table — items, sampler, remover, `max_times_sampled`,
+//!   importance weights, and the waiting that makes inserts and samples block
+//!   (never poll).
 //! - [`service`]: the gRPC service over the tables, and [`serve`], which runs
 //!   it with the health service until shutdown.
 //! - [`metrics`]: metric names, descriptions and per-table handles.
@@ -20,7 +24,9 @@
 pub mod config;
 pub mod error;
 pub mod metrics;
+pub mod sampler;
 pub mod service;
+pub mod sum_tree;
 pub mod table;
 pub mod validate;
 

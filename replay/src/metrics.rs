@@ -21,6 +21,9 @@ pub const INSERT_BLOCKED_SECONDS_TOTAL: &str = "fleet_replay_insert_blocked_seco
 pub const SAMPLE_WAIT_SECONDS_TOTAL: &str = "fleet_replay_sample_wait_seconds_total";
 /// Priority updates for keys no longer in the table, per table.
 pub const MISSING_PRIORITY_UPDATES_TOTAL: &str = "fleet_replay_missing_priority_updates_total";
+/// Items removed to make room for an insert into a full table (tables that
+/// are not queues), per table.
+pub const EVICTIONS_TOTAL: &str = "fleet_replay_evictions_total";
 
 /// Registers descriptions and units with the installed recorder. Call once
 /// after installing it; harmless without one.
@@ -47,6 +50,11 @@ pub fn describe() {
         Unit::Count,
         "Priority updates ignored because their item had already left the table."
     );
+    describe_counter!(
+        EVICTIONS_TOTAL,
+        Unit::Count,
+        "Items evicted (oldest first) to make room for an insert into a full table."
+    );
 }
 
 /// Handles for one table's metrics, labelled with the table name.
@@ -58,6 +66,7 @@ pub(crate) struct TableMetrics {
     pub(crate) insert_blocked_seconds: Gauge,
     pub(crate) sample_wait_seconds: Gauge,
     pub(crate) missing_priority_updates: Counter,
+    pub(crate) evictions: Counter,
 }
 
 impl TableMetrics {
@@ -69,6 +78,7 @@ impl TableMetrics {
             insert_blocked_seconds: gauge!(INSERT_BLOCKED_SECONDS_TOTAL, "table" => table.to_owned()),
             sample_wait_seconds: gauge!(SAMPLE_WAIT_SECONDS_TOTAL, "table" => table.to_owned()),
             missing_priority_updates: counter!(MISSING_PRIORITY_UPDATES_TOTAL, "table" => table.to_owned()),
+            evictions: counter!(EVICTIONS_TOTAL, "table" => table.to_owned()),
         }
     }
 }

@@ -380,6 +380,7 @@ mod tests {
                 max_size,
                 sampler: SamplerKind::Fifo,
                 max_times_sampled: 1,
+                ..TableConfig::default()
             }],
             ..ReplayConfig::default()
         }
@@ -610,6 +611,97 @@ mod tests {
         assert_eq!(client.update_priorities(request).await.unwrap_err().code(), Code::InvalidArgument);
         let mut batches = client.sample(sample_request(1, 1, 1000)).await.unwrap().into_inner();
         assert_eq!(batches.message().await.unwrap().unwrap().items[0].priority, 4.0);
+        server.stop().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn prioritized_table_over_grpc() {
+        let config = ReplayConfig {
+            tables: vec![TableConfig {
+                name: "replay".into(),
+                max_size: 16,
+                sampler: SamplerKind::Prioritized,
+                max_times_sampled: 0,
+                priority_exponent: 1.0,
+                ..TableConfig::default()
+            }],
+            ..ReplayConfig::default()
+        };
+        let server = Server::start(config).await;
+        let mut client = server.client().await;
+        // Priority 0 asks for the largest seen so far: 3.
+        let requests = [1.0, 3.0, 0.0]
+            .iter()
+            .enumerate()
+            .map(|(seed, &priority)| InsertRequest {
+                table: "replay".into(),
+                sequence: Some(pb::Sequence {
+                    priority,
+                    ..cartpole_sequence(3, seed as u64)
+                }),
+            })
+            .collect();
+        assert_eq!(insert_all(&mut client, requests).await.unwrap(), vec![1, 2, 3]);
+
+        let sample = |beta| pb::SampleRequest {
+            table: "replay".into(),
+            batch_size: 16,
+            num_batches: 1,
+            timeout_ms: 1000,
+            beta,
+        };
+        let mut batches = client.sample(sample(0.5)).await.unwrap().into_inner();
+        let batch = batches.message().await.unwrap().unwrap();
+        assert_eq!(batches.message().await.unwrap(), None);
+        assert_eq!(batch.items.len(), 16, "draws with replacement from three items");
+        // P = 1/7, 3/7, 3/7 and N = 3: (N·P)^-0.5 normalised by the largest
+        // weight in the batch, that of key 1 when drawn: 1, 1/√3, 1/√3.
+        let key_1_drawn = batch.items.iter().any(|i| i.key == 1);
+        let mut times_sampled = HashMap::new();
+        for item in &batch.items {
+            let (priority, probability, weight) = match item.key {
+                1 => (1.0, 1.0 / 7.0, 1.0),
+                2 | 3 if key_1_drawn => (3.0, 3.0 / 7.0, 1.0 / 3f64.sqrt()),
+                2 | 3 => (3.0, 3.0 / 7.0, 1.0),
+                key => panic!("unexpected key {key}"),
+            };
+            assert_eq!((item.priority, item.table_size), (priority, 3), "{item:?}");
+            assert!((item.probability - probability).abs() < 1e-12, "{item:?}");
+            let seen = times_sampled.entry(item.key).or_insert(0);
+            *seen += 1;
+            assert_eq!(item.times_sampled, *seen);
+            assert_eq!(item.sequence.as_ref().unwrap().actor_id, item.key - 1);
+            assert!((item.weight - weight).abs() < 1e-12, "{item:?}");
+        }
+
+        let update = |key, priority| pb::PriorityUpdate { key, priority };
+        let request = pb::UpdatePrioritiesRequest {
+            table: "replay".into(),
+            updates: vec![update(1, 0.0), update(2, 4.0), update(99, 1.0)],
+        };
+        assert_eq!(client.update_priorities(request).await.unwrap().into_inner().missing, 1);
+        let request = pb::UpdatePrioritiesRequest {
+            table: "replay".into(),
+            updates: vec![update(1, 50.0), update(3, -1.0)],
+        };
+        assert_eq!(client.update_priorities(request).await.unwrap_err().code(), Code::InvalidArgument);
+
+        let mut batches = client.sample(sample(0.0)).await.unwrap().into_inner();
+        let batch = batches.message().await.unwrap().unwrap();
+        for item in &batch.items {
+            let (priority, probability) = match item.key {
+                2 => (4.0, 4.0 / 7.0),
+                3 => (3.0, 3.0 / 7.0),
+                key => panic!("key {key} has priority 0 and must not be drawn"),
+            };
+            assert_eq!((item.priority, item.weight), (priority, 1.0), "{item:?}");
+            assert!((item.probability - probability).abs() < 1e-12, "{item:?}");
+        }
+
+        let info = client.info(pb::InfoRequest {}).await.unwrap().into_inner();
+        let table = &info.tables[0];
+        assert_eq!((table.sampler.as_str(), table.remover.as_str()), ("prioritized", "fifo"));
+        assert_eq!((table.size, table.max_size, table.inserts, table.samples), (3, 16, 3, 32));
         server.stop().await.unwrap();
     }
 

@@ -1,16 +1,19 @@
 //! One replay table: items (validated sequences) under increasing `u64` keys,
 //! a [`Sampler`] that picks which item a sample returns, a [`Remover`] that
 //! picks which item leaves when a full table must make room, the
-//! `max_times_sampled` rule, and the rate limiting that makes callers wait.
+//! `max_times_sampled` rule, importance weights, and the waiting that makes
+//! callers block.
 //!
-//! The only limiter so far is Reverb's `Queue`: an insert waits while the
-//! table is full, a sample of `n` waits until `n` items are present. Waiting
-//! is on [`tokio::sync::Notify`] (never polling), bounded by a timeout and by
-//! the service's shutdown token. No gRPC here: callers get [`SampledItem`]s
-//! and [`TableStats`] and turn them into messages themselves.
+//! What blocks (see [`TableConfig`] for the rules): an insert into a full
+//! queue (a `fifo` table whose items are sampled out) waits for room, while
+//! any other full table evicts its oldest item instead; a sample waits until
+//! the table holds `min_size_to_sample` items and can serve the whole batch.
+//! A fuller rate limiter (samples per insert) is not here yet. Waiting is on
+//! [`tokio::sync::Notify`] (never polling), bounded by a timeout and by the
+//! service's shutdown token. No gRPC here: callers get [`SampledItem`]s and
+//! [`TableStats`] and turn them into messages themselves.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::fmt;
+use std::collections::BTreeMap;
 use std::pin::pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -24,74 +27,18 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{SamplerKind, TableConfig};
 use crate::error::Error;
 use crate::metrics::TableMetrics;
+use crate::sampler::sampler_for;
+pub use crate::sampler::{Choice, FifoSampler, LifoSampler, PrioritizedSampler, Sampler, UniformSampler};
 use crate::validate::{Signature, validate_sequence};
 
-/// Priority of an item inserted with priority 0 ("let the table choose").
+/// Priority of an item inserted with priority 0 ("let the table choose")
+/// before any priority has been seen; after that such items get the largest
+/// priority seen so far (inserted or updated), so that new items are sampled
+/// at least as eagerly as any other until the learner has scored them.
 pub const DEFAULT_PRIORITY: f64 = 1.0;
 
-/// One sampler decision: the key, and the probability that this draw picked it.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Choice {
-    pub key: u64,
-    pub probability: f64,
-}
-
-/// Chooses which item a sample returns. The table tells it about every key
-/// that enters, changes priority or leaves, so it can keep its own index
-/// (a queue of keys, later a sum tree).
-pub trait Sampler: Send + fmt::Debug {
-    /// Name reported by `Info`.
-    fn name(&self) -> &'static str;
-    fn insert(&mut self, key: u64, priority: f64);
-    fn update(&mut self, key: u64, priority: f64);
-    fn remove(&mut self, key: u64);
-    /// One draw, or `None` when the sampler holds no keys.
-    fn sample(&mut self) -> Option<Choice>;
-    /// Whether samples are biased and need importance weights
-    /// `(N·P(i))^-β / max_j w_j`; unbiased samplers report weight 1.
-    fn is_prioritised(&self) -> bool {
-        false
-    }
-}
-
-/// Oldest item first.
-///
-/// The reported probability is `1 / size` at the time of the draw, the
-/// probability a uniform draw would have had. The choice itself is
-/// deterministic, but with this value `(N·P)^-β = 1`, which agrees with the
-/// unit importance weight a FIFO item gets, so a learner that recomputes
-/// weights from probabilities treats FIFO items as unbiased.
-///
-/// With `max_times_sampled` other than 1 the oldest item is returned again
-/// until it has been sampled out.
-#[derive(Debug, Default)]
-pub struct FifoSampler {
-    keys: BTreeSet<u64>,
-}
-
-impl Sampler for FifoSampler {
-    fn name(&self) -> &'static str {
-        "fifo"
-    }
-    fn insert(&mut self, key: u64, _priority: f64) {
-        self.keys.insert(key);
-    }
-    fn update(&mut self, _key: u64, _priority: f64) {}
-    fn remove(&mut self, key: u64) {
-        self.keys.remove(&key);
-    }
-    fn sample(&mut self) -> Option<Choice> {
-        let key = *self.keys.first()?;
-        Some(Choice {
-            key,
-            probability: 1.0 / self.keys.len() as f64,
-        })
-    }
-}
-
-/// Chooses which item leaves when an insert is allowed into a full table.
-/// Under the `Queue` limiter inserts wait instead, so this only acts for
-/// limiters that let inserts into a full table.
+/// Chooses which item leaves when an insert comes into a full table that
+/// does not block (every table but a queue; see [`TableConfig`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Remover {
     /// The oldest item (smallest key) leaves first.
@@ -148,6 +95,8 @@ pub struct TableStats {
     pub inserts: u64,
     pub samples: u64,
     pub max_times_sampled: u32,
+    /// Items evicted to make room for inserts.
+    pub evictions: u64,
 }
 
 #[derive(Debug)]
@@ -161,6 +110,26 @@ struct State {
     next_key: u64,
     inserts: u64,
     samples: u64,
+    evictions: u64,
+    /// Priority for items inserted without one: the largest seen so far,
+    /// starting at [`DEFAULT_PRIORITY`].
+    max_priority_seen: f64,
+    /// With `max_times_sampled > 0`: draws the items present can still give
+    /// before they are sampled out, `Σ (max_times_sampled − times_sampled)`.
+    /// A batch drawn with replacement needs this many, not distinct items.
+    draws_left: u64,
+}
+
+impl State {
+    /// Removes `key` from the items and the sampler, keeping `draws_left`.
+    fn remove(&mut self, key: u64, max_times_sampled: u32) -> Option<Item> {
+        let item = self.items.remove(&key)?;
+        self.sampler.remove(key);
+        if max_times_sampled > 0 {
+            self.draws_left -= u64::from(max_times_sampled.saturating_sub(item.times_sampled));
+        }
+        Some(item)
+    }
 }
 
 /// A replay table. Shared between request handlers behind an `Arc`.
@@ -178,10 +147,15 @@ pub struct Table {
 }
 
 impl Table {
+    /// An empty table whose random samplers are seeded from the OS.
     pub fn new(config: TableConfig, shutdown: CancellationToken) -> Self {
-        let sampler: Box<dyn Sampler> = match config.sampler {
-            SamplerKind::Fifo => Box::new(FifoSampler::default()),
-        };
+        Self::with_seed(config, shutdown, rand::random())
+    }
+
+    /// An empty table whose random draws are fixed by `seed`, for tests and
+    /// reproducible runs.
+    pub fn with_seed(config: TableConfig, shutdown: CancellationToken, seed: u64) -> Self {
+        let sampler = sampler_for(&config, seed);
         let metrics = TableMetrics::new(&config.name);
         metrics.items.set(0.0);
         Self {
@@ -193,6 +167,9 @@ impl Table {
                 next_key: 1,
                 inserts: 0,
                 samples: 0,
+                evictions: 0,
+                max_priority_seen: DEFAULT_PRIORITY,
+                draws_left: 0,
             }),
             config,
             room: Notify::new(),
@@ -218,19 +195,20 @@ impl Table {
         self.len() == 0
     }
 
-    /// Validates `sequence` and stores it, waiting while the table is full
-    /// (up to `timeout` when given). Returns the new item's key. A rejected
-    /// sequence (invalid, or not matching the table's signature) changes
-    /// nothing. Dropping the future before it completes stores nothing.
+    /// Validates `sequence` and stores it with its priority (or, when that
+    /// is 0, the largest priority seen so far). A full queue makes it wait
+    /// (up to `timeout` when given); any other full table evicts its oldest
+    /// item instead, so the insert never waits. Returns the new item's key. A
+    /// rejected sequence (invalid, or not matching the table's signature)
+    /// changes nothing. Dropping the future before it completes stores
+    /// nothing.
     pub async fn insert(&self, sequence: pb::Sequence, timeout: Option<Duration>) -> Result<u64, Error> {
         let signature = validate_sequence(&sequence)?;
-        let priority = if sequence.priority > 0.0 {
-            sequence.priority
-        } else {
-            DEFAULT_PRIORITY
-        };
         let mut sequence = Some(sequence);
         let max_size = self.config.max_size;
+        let max_times_sampled = self.config.max_times_sampled;
+        let blocks_when_full = self.config.blocks_inserts_when_full();
+        let mut evicted = 0;
         let key = self
             .wait_for(
                 &self.room,
@@ -251,26 +229,32 @@ impl Table {
                         }
                         _ => {}
                     }
-                    // The Queue limiter: inserts wait while the table is full.
-                    if state.items.len() >= max_size {
+                    if blocks_when_full && state.items.len() >= max_size {
                         return Ok(None);
                     }
                     let Some(sequence) = sequence.take() else {
                         unreachable!("the sequence is taken only by the attempt that stores it")
                     };
-                    // Only reached by limiters that admit inserts into a full table.
                     while state.items.len() >= max_size {
                         let Some(victim) = state.remover.victim(&state.items) else {
                             break;
                         };
-                        state.items.remove(&victim);
-                        state.sampler.remove(victim);
+                        state.remove(victim, max_times_sampled);
+                        evicted += 1;
                     }
+                    state.evictions += evicted;
                     if state.signature.is_none() {
                         state.signature = Some(signature.clone());
                     }
+                    let priority = if sequence.priority > 0.0 {
+                        state.max_priority_seen = state.max_priority_seen.max(sequence.priority);
+                        sequence.priority
+                    } else {
+                        state.max_priority_seen
+                    };
                     let key = state.next_key;
                     state.next_key += 1;
+                    state.draws_left += u64::from(max_times_sampled);
                     state.items.insert(
                         key,
                         Item {
@@ -287,13 +271,19 @@ impl Table {
             )
             .await?;
         self.metrics.inserts.increment(1);
+        if evicted > 0 {
+            self.metrics.evictions.increment(evicted);
+        }
         self.arrivals.notify_waiters();
         Ok(key)
     }
 
-    /// Samples a batch of `n` items, waiting up to `timeout` until `n` are
-    /// present. Each draw counts towards the item's `max_times_sampled`; an
-    /// item that reaches it leaves the table. `beta` is the
+    /// Samples a batch of `n` draws, waiting up to `timeout` until the table
+    /// can serve it: at least `min_size_to_sample` items, and for a `fifo`
+    /// table `n` items, for other tables (which draw with replacement) `n`
+    /// draws before items are sampled out. Each draw counts towards the
+    /// item's `max_times_sampled`; an item that reaches it leaves the table
+    /// at once, so later draws of the batch cannot return it. `beta` is the
     /// importance-sampling exponent (ignored by unbiased samplers).
     pub async fn sample(&self, n: usize, beta: f64, timeout: Duration) -> Result<Vec<SampledItem>, Error> {
         self.check_sample_request(n, beta)?;
@@ -306,11 +296,11 @@ impl Table {
                 |waited| Error::SampleTimeout {
                     table: self.config.name.clone(),
                     wanted: n,
+                    min_size: self.config.min_size_to_sample,
                     waited,
                 },
                 |state| {
-                    // The Queue limiter: a batch waits until it can be served whole.
-                    if state.items.len() < n {
+                    if !self.can_serve(state, n) {
                         return Ok(None);
                     }
                     Ok(Some(draw(state, n, beta, max_times_sampled)))
@@ -324,8 +314,24 @@ impl Table {
         Ok(batch)
     }
 
+    /// Whether a batch of `n` can be drawn whole now.
+    fn can_serve(&self, state: &State, n: usize) -> bool {
+        let size = state.items.len();
+        if size < self.config.min_size_to_sample {
+            return false;
+        }
+        match (self.config.sampler, self.config.max_times_sampled) {
+            // A queue hands out a batch of distinct items, as it always has.
+            (SamplerKind::Fifo, _) => size >= n,
+            (_, 0) => size >= 1,
+            _ => state.draws_left >= n as u64,
+        }
+    }
+
     /// Rejects batch sizes that can never be served (0, or above `max_size`)
     /// and importance-sampling exponents that are negative or not finite.
+    /// Tables that draw with replacement could serve larger batches, but
+    /// `max_size` also bounds what one request can make the server allocate.
     pub fn check_sample_request(&self, n: usize, beta: f64) -> Result<(), Error> {
         if n == 0 || n > self.config.max_size {
             return Err(Error::InvalidSampleRequest(format!(
@@ -341,10 +347,10 @@ impl Table {
         Ok(())
     }
 
-    /// Sets new priorities. All are checked first: one negative or
-    /// non-finite priority rejects the whole update and changes nothing.
-    /// Keys no longer in the table are skipped and counted; the count is
-    /// returned.
+    /// Sets new priorities; a prioritised table samples with them from the
+    /// next draw on. All are checked first: one negative or non-finite
+    /// priority rejects the whole update and changes nothing. Keys no longer
+    /// in the table are skipped and counted; the count is returned.
     pub fn update_priorities(&self, updates: &[(u64, f64)]) -> Result<u64, Error> {
         if let Some(&(key, priority)) = updates.iter().find(|(_, p)| !(p.is_finite() && *p >= 0.0)) {
             return Err(Error::InvalidPriority { key, priority });
@@ -357,6 +363,7 @@ impl Table {
                 Some(item) => {
                     item.priority = priority;
                     state.sampler.update(key, priority);
+                    state.max_priority_seen = state.max_priority_seen.max(priority);
                 }
                 None => missing += 1,
             }
@@ -378,6 +385,7 @@ impl Table {
             inserts: state.inserts,
             samples: state.samples,
             max_times_sampled: self.config.max_times_sampled,
+            evictions: state.evictions,
         }
     }
 
@@ -432,15 +440,15 @@ impl Table {
     }
 }
 
-/// Draws `n` items under the lock (the caller has checked that `n` are
-/// present). Returns the batch and how many items left the table.
+/// Draws `n` items under the lock (the caller has checked that the table can
+/// serve them all). Returns the batch and how many items left the table.
 fn draw(state: &mut State, n: usize, beta: f64, max_times_sampled: u32) -> (Vec<SampledItem>, usize) {
     let mut batch = Vec::with_capacity(n);
     let mut removed = 0;
     for _ in 0..n {
         let table_size = state.items.len() as u64;
-        // Each draw removes at most one item, so with `n` present at the
-        // start every draw finds one.
+        // The caller checked that `n` draws are available, so every draw
+        // finds an item.
         let Some(choice) = state.sampler.sample() else {
             break;
         };
@@ -448,6 +456,9 @@ fn draw(state: &mut State, n: usize, beta: f64, max_times_sampled: u32) -> (Vec<
             unreachable!("sampler returned key {} that is not in the table", choice.key)
         };
         item.times_sampled += 1;
+        if max_times_sampled > 0 {
+            state.draws_left -= 1;
+        }
         batch.push(SampledItem {
             key: choice.key,
             priority: item.priority,
@@ -458,8 +469,7 @@ fn draw(state: &mut State, n: usize, beta: f64, max_times_sampled: u32) -> (Vec<
             sequence: Arc::clone(&item.sequence),
         });
         if max_times_sampled > 0 && item.times_sampled >= max_times_sampled {
-            state.items.remove(&choice.key);
-            state.sampler.remove(choice.key);
+            state.remove(choice.key, max_times_sampled);
             removed += 1;
         }
     }
@@ -471,15 +481,18 @@ fn draw(state: &mut State, n: usize, beta: f64, max_times_sampled: u32) -> (Vec<
 }
 
 /// `w_i = (N_i·P(i))^-β / max_j w_j` (PER), with `N_i` the table size at draw `i`.
+///
+/// Computed as `(N_i·P(i) / min_j N_j·P(j))^-β`, the same value, which stays
+/// in `(0, 1]` where the unnormalised weights of improbable items would
+/// overflow.
 fn set_importance_weights(batch: &mut [SampledItem], beta: f64) {
-    for item in batch.iter_mut() {
-        item.weight = (item.table_size as f64 * item.probability).powf(-beta);
+    let scaled = |item: &SampledItem| item.table_size as f64 * item.probability;
+    let smallest = batch.iter().map(scaled).fold(f64::INFINITY, f64::min);
+    if !(smallest > 0.0 && smallest.is_finite()) {
+        return;
     }
-    let max = batch.iter().map(|i| i.weight).fold(0.0, f64::max);
-    if max > 0.0 && max.is_finite() {
-        for item in batch.iter_mut() {
-            item.weight /= max;
-        }
+    for item in batch.iter_mut() {
+        item.weight = (scaled(item) / smallest).powf(-beta);
     }
 }
 
@@ -517,6 +530,7 @@ mod tests {
             max_size,
             sampler: SamplerKind::Fifo,
             max_times_sampled,
+            ..TableConfig::default()
         };
         Arc::new(Table::new(config, CancellationToken::new()))
     }
@@ -760,6 +774,272 @@ mod tests {
         // Stored, reported, and FIFO order unchanged; the rejected update changed nothing.
         assert_eq!((batch[0].key, batch[0].priority), (1, 3.0));
         assert_eq!((batch[1].key, batch[1].priority), (2, DEFAULT_PRIORITY));
+    }
+
+    /// A seeded table with `sampler`, `max_size`, `max_times_sampled` and α.
+    fn sampled_table(sampler: SamplerKind, max_size: usize, max_times_sampled: u32, priority_exponent: f64) -> Arc<Table> {
+        let config = TableConfig {
+            name: "t".into(),
+            max_size,
+            sampler,
+            max_times_sampled,
+            priority_exponent,
+            ..TableConfig::default()
+        };
+        Arc::new(Table::with_seed(config, CancellationToken::new(), 42))
+    }
+
+    /// Inserts one sequence per priority and returns the keys.
+    async fn fill_with_priorities(table: &Table, priorities: &[f64]) -> Vec<u64> {
+        let mut keys = vec![];
+        for (seed, &priority) in priorities.iter().enumerate() {
+            let mut sequence = cartpole_sequence(3, seed as u64);
+            sequence.priority = priority;
+            keys.push(table.insert(sequence, None).await.unwrap());
+        }
+        keys
+    }
+
+    /// How often each key came up in `batches` batches of `batch_size`, as
+    /// fractions of all draws.
+    async fn key_frequencies(table: &Table, batches: usize, batch_size: usize) -> BTreeMap<u64, f64> {
+        let mut counts = BTreeMap::new();
+        for _ in 0..batches {
+            for item in table.sample(batch_size, 0.0, LONG).await.unwrap() {
+                *counts.entry(item.key).or_insert(0.0) += 1.0;
+            }
+        }
+        let draws = (batches * batch_size) as f64;
+        counts.values_mut().for_each(|c| *c /= draws);
+        counts
+    }
+
+    #[tokio::test]
+    async fn prioritized_frequencies_follow_priorities_to_the_exponent() {
+        let table = sampled_table(SamplerKind::Prioritized, 50, 0, 0.5);
+        // p^0.5 = 1, 2, 3, 4: P = 0.1, 0.2, 0.3, 0.4.
+        let keys = fill_with_priorities(&table, &[1.0, 4.0, 9.0, 16.0]).await;
+        let expected = |key: u64| (keys.iter().position(|&k| k == key).unwrap() + 1) as f64 / 10.0;
+
+        let batch = table.sample(10, 0.0, LONG).await.unwrap();
+        for item in &batch {
+            assert!((item.probability - expected(item.key)).abs() < 1e-12, "{item:?}");
+            assert_eq!(item.table_size, 4);
+            assert_eq!(item.priority, [1.0, 4.0, 9.0, 16.0][item.key as usize - 1]);
+        }
+
+        // 20000 draws: the standard deviation of a frequency is at most 0.0035.
+        let frequencies = key_frequencies(&table, 400, 50).await;
+        for (&key, &frequency) in &frequencies {
+            assert!(
+                (frequency - expected(key)).abs() < 0.015,
+                "key {key}: {frequency:.4} vs {}",
+                expected(key)
+            );
+        }
+        assert_eq!(frequencies.len(), 4);
+        assert_eq!(table.len(), 4, "max_times_sampled = 0 keeps items");
+    }
+
+    #[tokio::test]
+    async fn importance_weights_by_hand() {
+        let table = sampled_table(SamplerKind::Prioritized, 8, 0, 1.0);
+        fill_with_priorities(&table, &[1.0, 3.0]).await;
+        // P = 0.25 and 0.75, N = 2: w = (2·0.25)^-0.5 = √2 and (2·0.75)^-0.5 = √(2/3);
+        // divided by the largest, √2: 1 and 1/√3.
+        let batch = table.sample(8, 0.5, LONG).await.unwrap();
+        assert!(batch.iter().any(|i| i.key == 1) && batch.iter().any(|i| i.key == 2), "{batch:?}");
+        for item in &batch {
+            let (probability, weight) = if item.key == 1 { (0.25, 1.0) } else { (0.75, 1.0 / 3f64.sqrt()) };
+            assert!((item.probability - probability).abs() < 1e-12, "{item:?}");
+            assert!((item.weight - weight).abs() < 1e-12, "{item:?}");
+        }
+        // β = 0: every weight is 1.
+        let batch = table.sample(8, 0.0, LONG).await.unwrap();
+        assert!(batch.iter().all(|i| i.weight == 1.0), "{batch:?}");
+        // A batch of only the likelier item: normalised, its weight is 1.
+        table.update_priorities(&[(1, 0.0)]).unwrap();
+        let batch = table.sample(4, 1.0, LONG).await.unwrap();
+        assert!(
+            batch.iter().all(|i| i.key == 2 && i.probability == 1.0 && i.weight == 1.0),
+            "{batch:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn priority_updates_change_the_distribution() {
+        let table = sampled_table(SamplerKind::Prioritized, 50, 0, 1.0);
+        fill_with_priorities(&table, &[1.0, 1.0]).await;
+        let frequencies = key_frequencies(&table, 100, 50).await;
+        assert!((frequencies[&1] - 0.5).abs() < 0.03, "{frequencies:?}");
+
+        assert_eq!(table.update_priorities(&[(1, 9.0)]).unwrap(), 0);
+        let frequencies = key_frequencies(&table, 100, 50).await;
+        assert!((frequencies[&1] - 0.9).abs() < 0.02, "{frequencies:?}");
+
+        // All or nothing: the invalid second update keeps the first from applying.
+        assert!(table.update_priorities(&[(2, 1000.0), (1, f64::INFINITY)]).is_err());
+        let frequencies = key_frequencies(&table, 100, 50).await;
+        assert!((frequencies[&1] - 0.9).abs() < 0.02, "{frequencies:?}");
+
+        table.update_priorities(&[(1, 0.0)]).unwrap();
+        let frequencies = key_frequencies(&table, 20, 50).await;
+        assert_eq!(frequencies.keys().collect::<Vec<_>>(), vec![&2], "{frequencies:?}");
+
+        // Every priority 0: uniform again.
+        table.update_priorities(&[(2, 0.0)]).unwrap();
+        let batch = table.sample(8, 1.0, LONG).await.unwrap();
+        assert!(batch.iter().all(|i| i.probability == 0.5 && i.weight == 1.0), "{batch:?}");
+        let frequencies = key_frequencies(&table, 100, 50).await;
+        assert!((frequencies[&1] - 0.5).abs() < 0.03, "{frequencies:?}");
+    }
+
+    #[tokio::test]
+    async fn new_items_get_the_largest_priority_seen() {
+        let table = sampled_table(SamplerKind::Prioritized, 8, 0, 1.0);
+        fill_with_priorities(&table, &[0.0, 0.5, 5.0, 0.0]).await;
+        table.update_priorities(&[(2, 7.0)]).unwrap();
+        fill_with_priorities(&table, &[0.0]).await;
+        // Missing keys do not count as seen.
+        table.update_priorities(&[(99, 100.0)]).unwrap();
+        fill_with_priorities(&table, &[0.0]).await;
+        let mut priorities = BTreeMap::new();
+        for _ in 0..20 {
+            for item in table.sample(8, 0.0, LONG).await.unwrap() {
+                priorities.insert(item.key, item.priority);
+            }
+        }
+        let expected = BTreeMap::from([(1, 1.0), (2, 7.0), (3, 5.0), (4, 5.0), (5, 7.0), (6, 7.0)]);
+        assert_eq!(priorities, expected);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn full_prioritized_table_evicts_the_oldest_and_never_blocks() {
+        let table = sampled_table(SamplerKind::Prioritized, 3, 1, 0.9);
+        for seed in 0..5u64 {
+            let insert = table.insert(cartpole_sequence(3, seed), None);
+            let key = tokio::time::timeout(Duration::from_millis(1), insert)
+                .await
+                .expect("insert blocked")
+                .unwrap();
+            assert_eq!(key, seed + 1);
+        }
+        let stats = table.stats();
+        assert_eq!((stats.size, stats.inserts, stats.evictions), (3, 5, 2));
+        assert_eq!((stats.sampler, stats.remover), ("prioritized", "fifo"));
+        // Evicted keys are missing for priority updates.
+        assert_eq!(table.update_priorities(&[(1, 2.0), (2, 2.0), (3, 2.0)]).unwrap(), 2);
+        // Evicted items' draws are gone too: the three left give exactly three.
+        let mut keys: Vec<u64> = table.sample(3, 0.0, LONG).await.unwrap().iter().map(|i| i.key).collect();
+        keys.sort_unstable();
+        assert_eq!(keys, vec![3, 4, 5]);
+        let err = table.sample(1, 0.0, Duration::from_millis(10)).await.unwrap_err();
+        assert!(matches!(err, Error::SampleTimeout { .. }), "{err}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn fifo_table_that_never_samples_out_evicts_instead_of_blocking() {
+        let table = table(2, 0);
+        for seed in 0..4 {
+            let insert = table.insert(cartpole_sequence(3, seed), None);
+            tokio::time::timeout(Duration::from_millis(1), insert)
+                .await
+                .expect("insert blocked")
+                .unwrap();
+        }
+        assert_eq!(table.stats().evictions, 2);
+        let batch = table.sample(2, 0.0, LONG).await.unwrap();
+        assert_eq!(batch.iter().map(|i| i.key).collect::<Vec<_>>(), vec![3, 3]);
+    }
+
+    #[tokio::test]
+    async fn uniform_sampler_hits_every_item() {
+        let table = sampled_table(SamplerKind::Uniform, 20, 0, 0.9);
+        let keys = fill(&table, 0..20).await;
+        let frequencies = key_frequencies(&table, 200, 20).await;
+        assert_eq!(frequencies.keys().copied().collect::<Vec<_>>(), keys);
+        // 4000 draws, 200 expected per key.
+        assert!(frequencies.values().all(|&f| (0.035..=0.065).contains(&f)), "{frequencies:?}");
+        let batch = table.sample(5, 1.0, LONG).await.unwrap();
+        assert!(batch.iter().all(|i| i.probability == 0.05 && i.weight == 1.0));
+        assert_eq!(table.stats().sampler, "uniform");
+    }
+
+    #[tokio::test]
+    async fn lifo_returns_newest_first() {
+        let table = sampled_table(SamplerKind::Lifo, 10, 1, 0.9);
+        fill(&table, [0, 1, 2, 3]).await;
+        let batch = table.sample(2, 0.0, LONG).await.unwrap();
+        assert_eq!(batch.iter().map(|i| i.key).collect::<Vec<_>>(), vec![4, 3]);
+        fill(&table, [4]).await;
+        let batch = table.sample(3, 0.0, LONG).await.unwrap();
+        assert_eq!(batch.iter().map(|i| i.key).collect::<Vec<_>>(), vec![5, 2, 1]);
+        assert!(table.is_empty());
+        assert_eq!(table.stats().sampler, "lifo");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn min_size_to_sample_blocks_then_releases() {
+        let config = TableConfig {
+            name: "t".into(),
+            max_size: 10,
+            sampler: SamplerKind::Prioritized,
+            max_times_sampled: 0,
+            min_size_to_sample: 3,
+            ..TableConfig::default()
+        };
+        let table = Arc::new(Table::with_seed(config, CancellationToken::new(), 1));
+        fill(&table, [0, 1]).await;
+        let err = table.sample(1, 0.0, Duration::from_millis(100)).await.unwrap_err();
+        assert!(matches!(err, Error::SampleTimeout { min_size: 3, .. }), "{err}");
+        assert!(err.to_string().contains("min_size_to_sample 3"), "{err}");
+
+        let waiting = tokio::spawn({
+            let table = Arc::clone(&table);
+            async move { table.sample(6, 0.0, LONG).await }
+        });
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        assert!(!waiting.is_finished(), "two items are below min_size_to_sample");
+        fill(&table, [2]).await;
+        let batch = tokio::time::timeout(Duration::from_secs(1), waiting)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        // Six draws from three items: with replacement, no wait for six.
+        assert_eq!(batch.len(), 6);
+        assert!(batch.iter().all(|i| (1..=3).contains(&i.key) && i.table_size == 3));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn batches_draw_with_replacement_until_items_are_sampled_out() {
+        let table = sampled_table(SamplerKind::Prioritized, 4, 0, 0.9);
+        fill(&table, [0]).await;
+        let batch = table.sample(4, 1.0, LONG).await.unwrap();
+        assert_eq!(
+            batch.iter().map(|i| (i.key, i.times_sampled)).collect::<Vec<_>>(),
+            vec![(1, 1), (1, 2), (1, 3), (1, 4)]
+        );
+
+        // max_times_sampled = 2: one item gives two draws, no more.
+        let table = sampled_table(SamplerKind::Prioritized, 4, 2, 0.9);
+        fill(&table, [0]).await;
+        let err = table.sample(3, 0.0, Duration::from_millis(10)).await.unwrap_err();
+        assert!(matches!(err, Error::SampleTimeout { wanted: 3, .. }), "{err}");
+        let batch = table.sample(2, 0.0, LONG).await.unwrap();
+        assert_eq!(
+            batch.iter().map(|i| (i.key, i.times_sampled)).collect::<Vec<_>>(),
+            vec![(1, 1), (1, 2)]
+        );
+        assert!(table.is_empty());
+        // Partly sampled items count only their remaining draws.
+        fill(&table, [1, 2]).await;
+        let first = table.sample(1, 0.0, LONG).await.unwrap();
+        assert_eq!(first[0].times_sampled, 1);
+        let err = table.sample(4, 0.0, Duration::from_millis(10)).await.unwrap_err();
+        assert!(matches!(err, Error::SampleTimeout { .. }), "{err}");
+        assert_eq!(table.sample(3, 0.0, LONG).await.unwrap().len(), 3);
+        assert!(table.is_empty());
     }
 
     #[test]

@@ -1,0 +1,348 @@
+//! The deployment files in `deploy/`: Prometheus' config and alert rules
+//! pass promtool, and the compose cluster comes up with scaled actors that
+//! Prometheus discovers on its own, with every Grafana panel's query answering.
+//!
+//! These need promtool and Docker; without them the tests say why and pass,
+//! unless `FLEET_REQUIRE_PROMETHEUS=1` / `FLEET_REQUIRE_DOCKER=1` (CI) demand them.
+
+use std::fmt::Write as _;
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::support::FLEET;
+
+const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+const COMPOSE_FILE: &str = "deploy/docker-compose.yml";
+const DASHBOARD: &str = "deploy/grafana/dashboards/fleet.json";
+/// Built by `scripts/ci-images.sh`.
+const FLEET_IMAGE: &str = "fleet:ci";
+const PROMETHEUS_IMAGE: &str = "fleet-prometheus:ci";
+const ACTORS: usize = 3;
+/// What the dashboard's `$__rate_interval` stands for here: a few 5 s scrapes.
+const RATE_INTERVAL: &str = "1m";
+
+/// Keeps the test cluster from starving the tests that run beside it.
+const TEST_OVERRIDE: &str = r#"
+services:
+  replay:
+    cpus: 0.25
+  learner:
+    cpus: 0.5
+  actor:
+    cpus: 0.2
+    environment:
+      FLEET_ACTOR__NUM_ENVS: "4"
+"#;
+
+/// Returns normally after printing why the test cannot run here, or panics
+/// when `require_var=1` says it must.
+fn skip(require_var: &str, reason: &str) {
+    if std::env::var(require_var).is_ok_and(|v| v == "1") {
+        panic!("{reason}, and {require_var}=1 requires this test to run");
+    }
+    eprintln!("skipped: {reason} (set {require_var}=1 to make this a failure)");
+}
+
+fn describe(output: &Output) -> String {
+    format!(
+        "{}\n{}{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+fn succeeds(program: &str, args: &[&str]) -> bool {
+    Command::new(program).args(args).output().is_ok_and(|o| o.status.success())
+}
+
+#[test]
+fn prometheus_config_and_rules_pass_promtool() {
+    if !succeeds("promtool", &["--version"]) {
+        return skip(
+            "FLEET_REQUIRE_PROMETHEUS",
+            "promtool is not installed (Debian package `prometheus`)",
+        );
+    }
+    for args in [
+        ["check", "config", "deploy/prometheus/prometheus.yml"],
+        ["check", "rules", "deploy/prometheus/alerts.yml"],
+    ] {
+        let output = Command::new("promtool").args(args).current_dir(ROOT).output().unwrap();
+        assert!(output.status.success(), "promtool {}: {}", args.join(" "), describe(&output));
+    }
+}
+
+/// A compose project, taken down with its volumes when dropped.
+struct Cluster {
+    /// `docker compose` or, where only v1 is installed, `docker-compose`.
+    compose: Vec<&'static str>,
+    project: String,
+    override_file: tempfile::NamedTempFile,
+    /// Every compose command run and its output, for failure messages.
+    transcript: String,
+}
+
+impl Cluster {
+    fn new(compose: Vec<&'static str>) -> Cluster {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos();
+        let override_file = tempfile::Builder::new().suffix(".yml").tempfile().unwrap();
+        std::fs::write(override_file.path(), TEST_OVERRIDE).unwrap();
+        Cluster {
+            compose,
+            project: format!("fleettest{}x{nanos}", std::process::id()),
+            override_file,
+            transcript: String::new(),
+        }
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(self.compose[0]);
+        command
+            .args(&self.compose[1..])
+            .args(["-p", &self.project, "-f", COMPOSE_FILE, "-f"])
+            .arg(self.override_file.path())
+            .args(args)
+            .current_dir(ROOT)
+            .env("FLEET_IMAGE", FLEET_IMAGE)
+            .env("PROMETHEUS_IMAGE", PROMETHEUS_IMAGE)
+            // Empty: Docker picks free host ports, so runs never collide.
+            .env("PROMETHEUS_PORT", "")
+            .env("GRAFANA_PORT", "");
+        command
+    }
+
+    fn run(&mut self, args: &[&str]) -> Output {
+        let output = self.command(args).output().expect("run docker compose");
+        let _ = writeln!(self.transcript, "$ compose {}\n{}", args.join(" "), describe(&output));
+        output
+    }
+
+    /// The compose transcript plus the state and recent logs of every container.
+    fn report(&mut self) -> String {
+        self.run(&["ps"]);
+        self.run(&["logs", "--no-color", "--tail", "30"]);
+        self.transcript.clone()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        // No panics here: this may run while a failed test unwinds.
+        match self.command(&["down", "--volumes", "--remove-orphans", "--timeout", "5"]).output() {
+            Ok(output) if output.status.success() => {}
+            Ok(output) => eprintln!("taking compose project {} down failed: {}", self.project, describe(&output)),
+            Err(error) => eprintln!("taking compose project {} down failed: {error}", self.project),
+        }
+    }
+}
+
+fn compose_command() -> Option<Vec<&'static str>> {
+    if succeeds("docker", &["compose", "version"]) {
+        Some(vec!["docker", "compose"])
+    } else if succeeds("docker-compose", &["version"]) {
+        Some(vec!["docker-compose"])
+    } else {
+        None
+    }
+}
+
+fn percent_encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Evaluates an instant query; returns the value of each series in the
+/// result (NaN where Prometheus says NaN or ±Inf).
+async fn query(prometheus: &str, promql: &str) -> Result<Vec<f64>, String> {
+    tokio::time::timeout(Duration::from_secs(10), query_once(prometheus, promql))
+        .await
+        .map_err(|_| "no answer within 10 s".to_string())?
+}
+
+async fn query_once(prometheus: &str, promql: &str) -> Result<Vec<f64>, String> {
+    let mut stream = TcpStream::connect(prometheus).await.map_err(|e| e.to_string())?;
+    let request = format!(
+        "GET /api/v1/query?query={} HTTP/1.0\r\nHost: prometheus\r\n\r\n",
+        percent_encode(promql)
+    );
+    stream.write_all(request.as_bytes()).await.map_err(|e| e.to_string())?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.map_err(|e| e.to_string())?;
+    let body = response.split_once("\r\n\r\n").map_or("", |(_, body)| body);
+    let compact: String = body.chars().filter(|c| !c.is_whitespace()).collect();
+    if !compact.contains(r#""status":"success""#) || !compact.contains(r#""resultType":"vector""#) {
+        return Err(format!("unexpected answer: {body}"));
+    }
+    // Each series is {"metric":{…},"value":[<time>,"<value>"]}.
+    Ok(compact
+        .split(r#""value":["#)
+        .skip(1)
+        .map(|rest| {
+            let value = rest.split_once(",\"").map_or("", |(_, v)| v.split('"').next().unwrap_or(""));
+            value.parse().unwrap_or(f64::NAN)
+        })
+        .collect())
+}
+
+/// Reads the JSON string literal at the start of `text` (after optional
+/// whitespace), undoing escapes.
+fn json_string(text: &str) -> Option<String> {
+    let mut chars = text.trim_start().strip_prefix('"')?.chars();
+    let mut out = String::new();
+    loop {
+        match chars.next()? {
+            '"' => return Some(out),
+            '\\' => match chars.next()? {
+                'n' => out.push('\n'),
+                't' => out.push('\t'),
+                'r' => out.push('\r'),
+                'b' => out.push('\u{8}'),
+                'f' => out.push('\u{c}'),
+                'u' => {
+                    let hex: String = chars.by_ref().take(4).collect();
+                    out.push(char::from_u32(u32::from_str_radix(&hex, 16).ok()?)?);
+                }
+                other => out.push(other),
+            },
+            c => out.push(c),
+        }
+    }
+}
+
+/// Every `targets[].expr` in the dashboard, in panel order.
+fn dashboard_expressions() -> Vec<String> {
+    let text = std::fs::read_to_string(Path::new(ROOT).join(DASHBOARD)).unwrap();
+    text.split(r#""expr""#)
+        .skip(1)
+        .map(|rest| {
+            let value = rest.trim_start().strip_prefix(':').expect("`\"expr\":` in the dashboard");
+            json_string(value).expect("a string after `\"expr\":`")
+        })
+        .collect()
+}
+
+#[test]
+fn every_dashboard_panel_has_a_query_on_the_provisioned_datasource() {
+    let text = std::fs::read_to_string(Path::new(ROOT).join(DASHBOARD)).unwrap();
+    let datasource = std::fs::read_to_string(Path::new(ROOT).join("deploy/grafana/provisioning/datasources/prometheus.yml")).unwrap();
+    assert!(
+        datasource.contains("uid: prometheus"),
+        "the datasource's uid is the one the dashboard names"
+    );
+    let panels = text.matches(r#""type": "timeseries""#).count();
+    let expressions = dashboard_expressions();
+    assert!(
+        panels >= 10 && expressions.len() >= panels,
+        "{panels} panels, {} queries",
+        expressions.len()
+    );
+    for expr in &expressions {
+        assert!(expr.contains("fleet_"), "query `{expr}` reads no fleet metric");
+    }
+    // Every panel and every target names the provisioned datasource.
+    let references = text.matches(r#""uid": "prometheus""#).count();
+    assert_eq!(references, panels + expressions.len(), "datasource references");
+}
+
+#[tokio::test]
+async fn compose_cluster_scales_actors_and_prometheus_sees_them() {
+    const REQUIRE: &str = "FLEET_REQUIRE_DOCKER";
+    if !succeeds("docker", &["info"]) {
+        return skip(REQUIRE, "`docker info` fails: no usable Docker engine");
+    }
+    let Some(compose) = compose_command() else {
+        return skip(REQUIRE, "neither `docker compose` nor `docker-compose` is installed");
+    };
+    if !succeeds("docker", &["image", "inspect", "debian:bookworm-slim"]) && !succeeds("mmdebstrap", &["--version"]) {
+        return skip(
+            REQUIRE,
+            "no debian:bookworm-slim image, and no mmdebstrap to build one (Debian package `mmdebstrap`)",
+        );
+    }
+    let started = Instant::now();
+
+    let images = Command::new(Path::new(ROOT).join("scripts/ci-images.sh"))
+        .arg(FLEET)
+        .current_dir(ROOT)
+        .output()
+        .expect("run scripts/ci-images.sh");
+    assert!(images.status.success(), "scripts/ci-images.sh: {}", describe(&images));
+    let images_built = started.elapsed();
+
+    let mut cluster = Cluster::new(compose);
+    let scale = format!("actor={ACTORS}");
+    let up = cluster.run(&["up", "-d", "--scale", &scale, "replay", "learner", "actor", "prometheus"]);
+    assert!(up.status.success(), "compose up failed:\n{}", cluster.report());
+    let port = cluster.run(&["port", "prometheus", "9090"]);
+    let published = String::from_utf8_lossy(&port.stdout).trim().to_string();
+    let prometheus = match published.rsplit_once(':') {
+        Some((_, port)) if port.parse::<u16>().is_ok() => format!("127.0.0.1:{port}"),
+        _ => panic!("no published Prometheus port:\n{}", cluster.report()),
+    };
+
+    let mut unmet = vec![
+        "increase(fleet_learner_updates_total[1m]) > 0".to_string(),
+        "fleet_learner_weights_version > 1".to_string(),
+        format!(r#"count(up{{role="actor"}} == 1) == {ACTORS}"#),
+        format!("count(fleet_actor_policy_lag_versions_count > 0) == {ACTORS}"),
+    ];
+    let deadline = Instant::now() + Duration::from_secs(180);
+    while !unmet.is_empty() && Instant::now() < deadline {
+        let mut still = Vec::new();
+        for condition in unmet {
+            if !query(&prometheus, &condition).await.is_ok_and(|values| !values.is_empty()) {
+                still.push(condition);
+            }
+        }
+        unmet = still;
+        if !unmet.is_empty() {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+    }
+    assert!(
+        unmet.is_empty(),
+        "within 180 s Prometheus never saw: {unmet:?}\n{}",
+        cluster.report()
+    );
+    let cluster_ready = started.elapsed();
+
+    // Rates need a window of samples; allow the panels a little longer.
+    let expressions = dashboard_expressions();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let mut empty: Vec<(String, String)> = Vec::new();
+    loop {
+        empty.clear();
+        for expr in &expressions {
+            let promql = expr.replace("$__rate_interval", RATE_INTERVAL);
+            match query(&prometheus, &promql).await {
+                Ok(values) if !values.is_empty() => {}
+                Ok(_) => empty.push((expr.clone(), "empty result".into())),
+                Err(error) => empty.push((expr.clone(), error)),
+            }
+        }
+        if empty.is_empty() || Instant::now() >= deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(3)).await;
+    }
+    assert!(empty.is_empty(), "dashboard queries without data: {empty:#?}\n{}", cluster.report());
+    eprintln!(
+        "compose test: images {:.0?}, cluster training and scraped {:.0?}, all {} panel queries answered {:.0?} (after start)",
+        images_built,
+        cluster_ready,
+        expressions.len(),
+        started.elapsed()
+    );
+}
