@@ -45,31 +45,53 @@ pub trait Sampler: Send + fmt::Debug {
 /// samplers that make any, so a table can be replayed exactly in tests.
 pub fn sampler_for(config: &TableConfig, seed: u64) -> Box<dyn Sampler> {
     match config.sampler {
-        SamplerKind::Fifo => Box::new(FifoSampler::default()),
-        SamplerKind::Lifo => Box::new(LifoSampler::default()),
+        SamplerKind::Fifo => Box::new(OrderedSampler::fifo()),
+        SamplerKind::Lifo => Box::new(OrderedSampler::lifo()),
         SamplerKind::Uniform => Box::new(UniformSampler::new(seed)),
         SamplerKind::Prioritized => Box::new(PrioritizedSampler::new(config.priority_exponent, config.max_size, seed)),
     }
 }
 
-/// Oldest item first.
+/// Items in insertion order (keys increase with insertion): the oldest
+/// first for a FIFO table, the newest first for a LIFO one.
 ///
 /// The reported probability is `1 / size` at the time of the draw, the
 /// probability a uniform draw would have had. The choice itself is
 /// deterministic, but with this value `(N·P)^-β = 1`, which agrees with the
-/// unit importance weight a FIFO item gets, so a learner that recomputes
-/// weights from probabilities treats FIFO items as unbiased.
+/// unit importance weight such an item gets, so a learner that recomputes
+/// weights from probabilities treats these items as unbiased.
 ///
-/// With `max_times_sampled` other than 1 the oldest item is returned again
+/// With `max_times_sampled` other than 1 the same item is returned again
 /// until it has been sampled out.
-#[derive(Debug, Default)]
-pub struct FifoSampler {
+#[derive(Debug)]
+pub struct OrderedSampler {
     keys: BTreeSet<u64>,
+    newest_first: bool,
 }
 
-impl Sampler for FifoSampler {
+impl OrderedSampler {
+    pub fn fifo() -> Self {
+        Self {
+            keys: BTreeSet::new(),
+            newest_first: false,
+        }
+    }
+
+    pub fn lifo() -> Self {
+        Self {
+            keys: BTreeSet::new(),
+            newest_first: true,
+        }
+    }
+}
+
+impl Sampler for OrderedSampler {
     fn name(&self) -> &'static str {
-        SamplerKind::Fifo.as_str()
+        if self.newest_first {
+            SamplerKind::Lifo.as_str()
+        } else {
+            SamplerKind::Fifo.as_str()
+        }
     }
     fn insert(&mut self, key: u64, _priority: f64) {
         self.keys.insert(key);
@@ -79,34 +101,11 @@ impl Sampler for FifoSampler {
         self.keys.remove(&key);
     }
     fn sample(&mut self) -> Option<Choice> {
-        let key = *self.keys.first()?;
-        Some(Choice {
-            key,
-            probability: 1.0 / self.keys.len() as f64,
-        })
-    }
-}
-
-/// Newest item first (keys increase with insertion). Probabilities are
-/// reported as for [`FifoSampler`].
-#[derive(Debug, Default)]
-pub struct LifoSampler {
-    keys: BTreeSet<u64>,
-}
-
-impl Sampler for LifoSampler {
-    fn name(&self) -> &'static str {
-        SamplerKind::Lifo.as_str()
-    }
-    fn insert(&mut self, key: u64, _priority: f64) {
-        self.keys.insert(key);
-    }
-    fn update(&mut self, _key: u64, _priority: f64) {}
-    fn remove(&mut self, key: u64) {
-        self.keys.remove(&key);
-    }
-    fn sample(&mut self) -> Option<Choice> {
-        let key = *self.keys.last()?;
+        let key = if self.newest_first {
+            *self.keys.last()?
+        } else {
+            *self.keys.first()?
+        };
         Some(Choice {
             key,
             probability: 1.0 / self.keys.len() as f64,
@@ -252,8 +251,8 @@ mod tests {
 
     #[test]
     fn fifo_and_lifo_ends() {
-        let mut fifo = FifoSampler::default();
-        let mut lifo = LifoSampler::default();
+        let mut fifo = OrderedSampler::fifo();
+        let mut lifo = OrderedSampler::lifo();
         for sampler in [&mut fifo as &mut dyn Sampler, &mut lifo] {
             assert_eq!(sampler.sample(), None);
             for key in [3, 1, 2] {

@@ -28,7 +28,7 @@ use crate::config::{SamplerKind, TableConfig};
 use crate::error::Error;
 use crate::metrics::TableMetrics;
 use crate::sampler::sampler_for;
-pub use crate::sampler::{Choice, FifoSampler, LifoSampler, PrioritizedSampler, Sampler, UniformSampler};
+pub use crate::sampler::{Choice, OrderedSampler, PrioritizedSampler, Sampler, UniformSampler};
 use crate::validate::{Signature, validate_sequence};
 
 /// Priority of an item inserted with priority 0 ("let the table choose")
