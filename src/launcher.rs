@@ -196,7 +196,7 @@ async fn supervise(config: &Config, processes: &mut [Process]) -> Result<Outcome
             }
         }
         let now = Instant::now();
-        let snapshot = Snapshot::scrape(processes, config.run.actors).await;
+        let snapshot = Snapshot::scrape(processes, config.actor.return_window).await;
         let outcome = match snapshot.mean_return {
             Some(mean_return) if mean_return >= config.run.target_return => Some(Outcome::TargetReached {
                 mean_return,
@@ -247,7 +247,8 @@ struct Snapshot {
 }
 
 impl Snapshot {
-    async fn scrape(processes: &[Process], actors: usize) -> Self {
+    /// `window`: episodes each actor averages over (its share of the last 100).
+    async fn scrape(processes: &[Process], window: usize) -> Self {
         let mut s = Snapshot::default();
         let (mut weighted, mut weight) = (0.0, 0.0);
         for p in processes {
@@ -262,7 +263,7 @@ impl Snapshot {
             s.lag_count += get("fleet_learner_policy_lag_versions_count");
             let episodes = get("fleet_actor_episodes_total");
             if episodes > 0.0 {
-                let w = episodes.min(RETURN_EPISODES.div_ceil(actors) as f64);
+                let w = episodes.min(window as f64);
                 weighted += w * get("fleet_actor_episode_return_recent");
                 weight += w;
             }

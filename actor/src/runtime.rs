@@ -30,8 +30,6 @@ pub enum ActorError {
     Env(#[from] crate::env::EnvError),
     #[error("network: {0}")]
     Candle(#[from] candle_core::Error),
-    #[error("invalid address: {0}")]
-    Address(#[from] tonic::transport::Error),
     #[error("weights from the learner do not fit this actor's network: {0}")]
     Weights(#[from] fleet_agent::WeightsError),
     #[error("compute thread failed: {0}")]

@@ -3,7 +3,7 @@
 //! and with the network. Built off the training thread; [`DeviceBatch`] then
 //! moves it onto the learner's device in one go.
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 use fleet_agent::EnvSpec;
 use fleet_proto::pb;
 
@@ -197,7 +197,7 @@ impl DeviceBatch {
             discounts: Tensor::from_vec(discounts, (t, b), device)?,
             mask: Tensor::from_vec(mask, (t, b), device)?,
             behaviour_logits: Tensor::from_slice(&batch.behaviour_logits[..learning * a], (t, b, a), device)?,
-            importance_weights: Tensor::from_slice(&batch.importance_weights, b, device)?.to_dtype(DType::F32)?,
+            importance_weights: Tensor::from_slice(&batch.importance_weights, b, device)?,
             steps: l,
             batch_size: b,
         })

@@ -20,6 +20,8 @@ pub enum UpdateError {
     #[error("batch does not fit the network: {0}")]
     Spec(String),
     #[error(transparent)]
+    Weights(#[from] WeightsError),
+    #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
     #[error("checkpoint {path} does not fit this learner: {message}")]
     Incompatible { path: PathBuf, message: String },
@@ -99,7 +101,7 @@ impl Learner {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
         };
-        let model = self.weights().map_err(|e| UpdateError::Spec(e.to_string()))?.bytes;
+        let model = self.weights()?.bytes;
         let state = self.optimiser.state(&self.param_names());
         let optimizer = safetensors::tensor::serialize(state.iter().map(|(n, t)| (n.as_str(), t)), None)
             .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
