@@ -15,6 +15,7 @@ use nix::unistd::Pid;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
+use tokio::signal::unix::{SignalKind, signal};
 
 use crate::config::Config;
 use crate::roles::READY_PREFIX;
@@ -50,6 +51,9 @@ impl Process {
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
+            // Its own process group: a terminal's Ctrl-C reaches only the
+            // launcher, which then stops the children in order.
+            .process_group(0)
             .kill_on_drop(true);
         if std::env::var_os("RUST_LOG").is_none() {
             command.env("RUST_LOG", "warn");
@@ -176,6 +180,10 @@ pub async fn run(mut config: Config) -> Result<Outcome> {
 /// The progress loop: checks the stop conditions every second (or more
 /// often, with a shorter progress interval) and prints a line per interval.
 async fn supervise(config: &Config, processes: &mut [Process]) -> Result<Outcome> {
+    // Installed once, before the loop: a signal that arrives while the loop
+    // is scraping is then still seen at the next select.
+    let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut terminate = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let started = Instant::now();
     let interval = Duration::from_secs_f64(config.run.progress_interval_secs);
     let mut previous = Snapshot::default();
@@ -184,8 +192,12 @@ async fn supervise(config: &Config, processes: &mut [Process]) -> Result<Outcome
     tick.tick().await;
     loop {
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => {
+            _ = interrupt.recv() => {
                 println!("interrupted; stopping");
+                return Ok(Outcome::Interrupted);
+            }
+            _ = terminate.recv() => {
+                println!("terminated; stopping");
                 return Ok(Outcome::Interrupted);
             }
             _ = tick.tick() => {}

@@ -67,11 +67,19 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:50051", env = "FLEET_REPLAY_ADDRESS")]
         replay: String,
     },
-    /// Check a fleet gRPC server's health (exit 0 when SERVING); for container health checks.
+    /// Print the effective config (default, file, environment, flags) as TOML
+    /// and exit; a bad key or value is an error naming it.
+    Config,
+    /// Check a fleet process's health (exit 0 when healthy); for container health checks.
+    ///
+    /// With --address: asks that gRPC server's health service for SERVING.
+    /// Without: checks this container's own fleet process, found from its
+    /// environment: the gRPC server on FLEET_LISTEN's port if set (replay,
+    /// learner), else the /metrics endpoint on FLEET_METRICS_LISTEN's (actor).
     Health {
-        /// Server address (host:port).
-        #[arg(long, default_value = "127.0.0.1:50051")]
-        address: String,
+        /// gRPC server address (host:port).
+        #[arg(long)]
+        address: Option<String>,
         /// Service to ask about; empty means the server as a whole.
         #[arg(long, default_value = "")]
         service: String,
@@ -132,7 +140,10 @@ fn default_actor_id() -> u64 {
 
 async fn run(cli: Cli) -> Result<ExitCode> {
     if let Command::Health { address, service } = &cli.command {
-        return health::check(address, service).await;
+        return match address {
+            Some(address) => health::check(address, service).await,
+            None => health::check_local(cli.metrics_listen, service).await,
+        };
     }
     let config = load_config(&cli)?;
     let wiring = Wiring {
@@ -140,6 +151,10 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         exit_with_stdin: cli.exit_with_stdin,
     };
     match cli.command {
+        Command::Config => {
+            print!("{}", config.to_toml()?);
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Run { .. } => {
             let target = config.run.target_return;
             let started = std::time::Instant::now();

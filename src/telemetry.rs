@@ -1,6 +1,8 @@
 //! Process telemetry: `tracing` logs to stderr (filtered by `RUST_LOG`), and
 //! the Prometheus endpoint — the `metrics` recorder rendered at `/metrics` on
-//! a listener the caller binds (so port 0 works and the real port is known).
+//! a listener the caller binds (so port 0 works and the real port is known),
+//! with the standard `process_*` metrics (CPU seconds, resident memory,
+//! threads, open files) read at each scrape.
 
 use std::time::Duration;
 
@@ -48,10 +50,13 @@ pub async fn serve_metrics(listener: TcpListener, handle: PrometheusHandle, shut
             }
         }
     });
+    let process = std::sync::Arc::new(metrics_process::Collector::default());
+    process.describe();
     let app = axum::Router::new().route(
         "/metrics",
         axum::routing::get(move || {
             let handle = handle.clone();
+            process.collect();
             async move { handle.render() }
         }),
     );

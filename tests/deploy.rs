@@ -1,6 +1,8 @@
 //! The deployment files in `deploy/`: Prometheus' config and alert rules
 //! pass promtool, and the compose cluster comes up with scaled actors that
-//! Prometheus discovers on its own, with every Grafana panel's query answering.
+//! Prometheus discovers on its own, with every Grafana panel's query
+//! answering, every container healthy, more actors on `--scale`, and a
+//! restarted learner resuming from its checkpoint.
 //!
 //! These need promtool and Docker; without them the tests say why and pass,
 //! unless `FLEET_REQUIRE_PROMETHEUS=1` / `FLEET_REQUIRE_DOCKER=1` (CI) demand them.
@@ -123,6 +125,32 @@ impl Cluster {
         let output = self.command(args).output().expect("run docker compose");
         let _ = writeln!(self.transcript, "$ compose {}\n{}", args.join(" "), describe(&output));
         output
+    }
+
+    /// `name: status` of each container of `services` whose health check
+    /// does not (yet) report healthy.
+    fn unhealthy(&mut self, services: &[&str]) -> Vec<String> {
+        let mut args = vec!["ps", "-q"];
+        args.extend_from_slice(services);
+        let ids = self.run(&args);
+        let ids: Vec<String> = String::from_utf8_lossy(&ids.stdout).split_whitespace().map(str::to_owned).collect();
+        if ids.is_empty() {
+            return vec!["no containers".into()];
+        }
+        let output = Command::new("docker")
+            .args([
+                "inspect",
+                "--format",
+                "{{.Name}}: {{if .State.Health}}{{.State.Health.Status}}{{else}}no health check{{end}}",
+            ])
+            .args(&ids)
+            .output()
+            .expect("run docker inspect");
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .filter(|line| !line.ends_with(": healthy"))
+            .map(str::to_owned)
+            .collect()
     }
 
     /// The compose transcript plus the state and recent logs of every container.
@@ -338,11 +366,89 @@ async fn compose_cluster_scales_actors_and_prometheus_sees_them() {
         tokio::time::sleep(Duration::from_secs(3)).await;
     }
     assert!(empty.is_empty(), "dashboard queries without data: {empty:#?}\n{}", cluster.report());
+    let panels_answered = started.elapsed();
+
+    // The image's HEALTHCHECK (`fleet health`) passes for every role.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let unhealthy = loop {
+        let unhealthy = cluster.unhealthy(&["replay", "learner", "actor"]);
+        if unhealthy.is_empty() || Instant::now() >= deadline {
+            break unhealthy;
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    };
+    assert!(unhealthy.is_empty(), "not healthy within 60 s: {unhealthy:?}\n{}", cluster.report());
+
+    // Scaling up adds actors that Prometheus finds with no other change.
+    const SCALED: usize = ACTORS + 2;
+    let scale = format!("actor={SCALED}");
+    let up = cluster.run(&["up", "-d", "--no-recreate", "--scale", &scale, "actor"]);
+    assert!(up.status.success(), "compose up --scale failed:\n{}", cluster.report());
+    let condition = format!(r#"count(up{{role="actor"}} == 1) == {SCALED}"#);
+    let found = wait_for(&prometheus, &condition, Duration::from_secs(90)).await;
+    assert!(found.is_some(), "Prometheus never saw {SCALED} actors up:\n{}", cluster.report());
+
+    // A restarted learner resumes from its checkpoint: the new process's
+    // first scraped version is at least the old one's last.
+    let before = query(&prometheus, "max(fleet_learner_weights_version)").await.unwrap_or_default();
+    let before = *before
+        .first()
+        .unwrap_or_else(|| panic!("no weights version:\n{}", cluster.report()));
+    let restarted_at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let restart = cluster.run(&["restart", "learner"]);
+    assert!(restart.status.success(), "compose restart learner failed:\n{}", cluster.report());
+    let new_process = format!(
+        r#"max(fleet_learner_weights_version and on() (process_start_time_seconds{{role="learner"}} > {:.0}))"#,
+        restarted_at - 1.0
+    );
+    let first = wait_for(&prometheus, &new_process, Duration::from_secs(90)).await;
+    let Some(first) = first else {
+        panic!("the restarted learner was never scraped:\n{}", cluster.report());
+    };
+    assert!(
+        first >= before,
+        "the restarted learner started at version {first}, below {before} before the restart:\n{}",
+        cluster.report()
+    );
+    let rising = format!("{new_process} > {first}");
+    assert!(
+        wait_for(&prometheus, &rising, Duration::from_secs(90)).await.is_some(),
+        "the restarted learner's version never rose past {first}:\n{}",
+        cluster.report()
+    );
+    let logs = cluster.run(&["logs", "--no-color", "learner"]);
+    assert!(
+        String::from_utf8_lossy(&logs.stdout).contains("resumed from checkpoint"),
+        "the learner's log does not say it resumed:\n{}",
+        cluster.report()
+    );
     eprintln!(
-        "compose test: images {:.0?}, cluster training and scraped {:.0?}, all {} panel queries answered {:.0?} (after start)",
+        "compose test: images {:.0?}, cluster training and scraped {:.0?}, all {} panel queries answered {:.0?}, \
+         scaled to {SCALED} actors and resumed the learner at version {first} (was {before}) {:.0?} (after start)",
         images_built,
         cluster_ready,
         expressions.len(),
+        panels_answered,
         started.elapsed()
     );
+}
+
+/// Polls an instant query until it returns a series; returns the first
+/// series' value, or `None` after `within`.
+async fn wait_for(prometheus: &str, promql: &str, within: Duration) -> Option<f64> {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Ok(values) = query(prometheus, promql).await
+            && let Some(value) = values.first()
+        {
+            return Some(*value);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
 }

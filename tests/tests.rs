@@ -5,6 +5,7 @@ mod support;
 
 mod cli;
 mod deploy;
+mod k8s;
 mod learning;
 mod protocol;
 mod roles;

@@ -70,6 +70,12 @@ pub struct TableConfig {
     /// largest sequence. A full queue makes inserts wait (backpressure);
     /// other tables evict their oldest item (see above).
     pub max_size: usize,
+    /// Byte budget: most bytes of stored sequences (their encoded size) the
+    /// table holds; 0 means no budget. Whichever of `max_size` and
+    /// `max_bytes` is reached first makes the table full, with the same
+    /// consequence (a queue waits, other tables evict). A sequence larger
+    /// than the whole budget is refused.
+    pub max_bytes: u64,
     /// Which item a sample returns.
     pub sampler: SamplerKind,
     /// An item sampled this many times is removed; 0 means never. 1 makes the
@@ -100,6 +106,7 @@ impl Default for TableConfig {
             // Small on purpose: every queued sequence is policy lag, and a
             // full queue makes actors wait instead of running ahead.
             max_size: 32,
+            max_bytes: 0,
             sampler: SamplerKind::Fifo,
             max_times_sampled: 1,
             priority_exponent: 0.9,

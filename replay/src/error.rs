@@ -30,6 +30,8 @@ pub enum Error {
         min_size: usize,
         waited: Duration,
     },
+    #[error("sequence of {bytes} bytes exceeds table {table:?}'s whole byte budget max_bytes = {max_bytes}")]
+    TooLarge { table: String, bytes: u64, max_bytes: u64 },
     #[error("timed out after {waited:?} waiting for room in full table {table:?}")]
     InsertTimeout { table: String, waited: Duration },
     #[error("the replay service is shutting down")]
@@ -48,6 +50,7 @@ impl From<Error> for tonic::Status {
             | Error::SignatureMismatch { .. }
             | Error::InvalidSampleRequest(_)
             | Error::InvalidPriority { .. } => Code::InvalidArgument,
+            Error::TooLarge { .. } => Code::ResourceExhausted,
             Error::SampleTimeout { .. } | Error::InsertTimeout { .. } => Code::DeadlineExceeded,
             Error::Shutdown => Code::Unavailable,
             Error::Transport(_) => Code::Internal,
@@ -79,6 +82,12 @@ mod tests {
         };
         assert_eq!(status(timeout), Code::DeadlineExceeded);
         assert_eq!(status(Error::Shutdown), Code::Unavailable);
+        let too_large = Error::TooLarge {
+            table: "q".into(),
+            bytes: 10,
+            max_bytes: 5,
+        };
+        assert_eq!(status(too_large), Code::ResourceExhausted);
         let message = tonic::Status::from(Error::InvalidSequence(ValidationError::Missing("actions")))
             .message()
             .to_owned();

@@ -11,6 +11,10 @@ use metrics::{Counter, Gauge, Unit, counter, describe_counter, describe_gauge, g
 
 /// Items currently stored, per table.
 pub const ITEMS: &str = "fleet_replay_items";
+/// Encoded bytes of the stored items, per table.
+pub const BYTES: &str = "fleet_replay_bytes";
+/// The table's byte budget (`max_bytes`; 0: none), per table.
+pub const MAX_BYTES: &str = "fleet_replay_max_bytes";
 /// Items inserted since start, per table.
 pub const INSERTS_TOTAL: &str = "fleet_replay_inserts_total";
 /// Items sampled since start (one per item in a batch), per table.
@@ -29,6 +33,12 @@ pub const EVICTIONS_TOTAL: &str = "fleet_replay_evictions_total";
 /// after installing it; harmless without one.
 pub fn describe() {
     describe_gauge!(ITEMS, Unit::Count, "Items currently stored in the replay table.");
+    describe_gauge!(BYTES, Unit::Bytes, "Encoded bytes of the items stored in the replay table.");
+    describe_gauge!(
+        MAX_BYTES,
+        Unit::Bytes,
+        "Byte budget of the replay table (max_bytes); 0 means no budget."
+    );
     describe_counter!(INSERTS_TOTAL, Unit::Count, "Items inserted into the replay table.");
     describe_counter!(
         SAMPLES_TOTAL,
@@ -61,6 +71,8 @@ pub fn describe() {
 #[derive(Debug)]
 pub(crate) struct TableMetrics {
     pub(crate) items: Gauge,
+    pub(crate) bytes: Gauge,
+    pub(crate) max_bytes: Gauge,
     pub(crate) inserts: Counter,
     pub(crate) samples: Counter,
     pub(crate) insert_blocked_seconds: Gauge,
@@ -73,6 +85,8 @@ impl TableMetrics {
     pub(crate) fn new(table: &str) -> Self {
         Self {
             items: gauge!(ITEMS, "table" => table.to_owned()),
+            bytes: gauge!(BYTES, "table" => table.to_owned()),
+            max_bytes: gauge!(MAX_BYTES, "table" => table.to_owned()),
             inserts: counter!(INSERTS_TOTAL, "table" => table.to_owned()),
             samples: counter!(SAMPLES_TOTAL, "table" => table.to_owned()),
             insert_blocked_seconds: gauge!(INSERT_BLOCKED_SECONDS_TOTAL, "table" => table.to_owned()),

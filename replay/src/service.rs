@@ -267,6 +267,9 @@ impl Replay for ReplayService {
                     inserts: stats.inserts,
                     samples: stats.samples,
                     max_times_sampled: stats.max_times_sampled,
+                    bytes: stats.bytes,
+                    max_bytes: stats.max_bytes,
+                    evictions: stats.evictions,
                 }
             })
             .collect();
@@ -325,6 +328,7 @@ mod tests {
     use std::net::SocketAddr;
 
     use fleet_proto::pb::replay_client::ReplayClient;
+    use prost::Message;
     use tokio::task::JoinHandle;
     use tonic::Code;
     use tonic::transport::Channel;
@@ -475,6 +479,9 @@ mod tests {
                 inserts: 4,
                 samples: 0,
                 max_times_sampled: 1,
+                bytes: good.iter().chain([&cartpole_sequence(21, 3)]).map(|s| s.encoded_len() as u64).sum(),
+                max_bytes: 0,
+                evictions: 0,
             }]
         );
 

@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use fleet_proto::pb;
 use metrics::Gauge;
+use prost::Message;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -66,6 +67,8 @@ struct Item {
     sequence: Arc<pb::Sequence>,
     priority: f64,
     times_sampled: u32,
+    /// Encoded size of `sequence`, what the byte budget counts.
+    bytes: u64,
 }
 
 /// One item of a sampled batch.
@@ -92,6 +95,9 @@ pub struct TableStats {
     pub remover: &'static str,
     pub size: u64,
     pub max_size: u64,
+    /// Bytes of the stored sequences, and the budget (0: none).
+    pub bytes: u64,
+    pub max_bytes: u64,
     pub inserts: u64,
     pub samples: u64,
     pub max_times_sampled: u32,
@@ -108,6 +114,8 @@ struct State {
     signature: Option<Signature>,
     /// Keys start at 1, so a priority update with an unset key (0) is simply missing.
     next_key: u64,
+    /// Sum of the items' `bytes`.
+    bytes: u64,
     inserts: u64,
     samples: u64,
     evictions: u64,
@@ -125,6 +133,7 @@ impl State {
     fn remove(&mut self, key: u64, max_times_sampled: u32) -> Option<Item> {
         let item = self.items.remove(&key)?;
         self.sampler.remove(key);
+        self.bytes -= item.bytes;
         if max_times_sampled > 0 {
             self.draws_left -= u64::from(max_times_sampled.saturating_sub(item.times_sampled));
         }
@@ -158,6 +167,8 @@ impl Table {
         let sampler = sampler_for(&config, seed);
         let metrics = TableMetrics::new(&config.name);
         metrics.items.set(0.0);
+        metrics.bytes.set(0.0);
+        metrics.max_bytes.set(config.max_bytes as f64);
         Self {
             state: Mutex::new(State {
                 items: BTreeMap::new(),
@@ -165,6 +176,7 @@ impl Table {
                 remover: Remover::Fifo,
                 signature: None,
                 next_key: 1,
+                bytes: 0,
                 inserts: 0,
                 samples: 0,
                 evictions: 0,
@@ -196,16 +208,27 @@ impl Table {
     }
 
     /// Validates `sequence` and stores it with its priority (or, when that
-    /// is 0, the largest priority seen so far). A full queue makes it wait
-    /// (up to `timeout` when given); any other full table evicts its oldest
-    /// item instead, so the insert never waits. Returns the new item's key. A
-    /// rejected sequence (invalid, or not matching the table's signature)
-    /// changes nothing. Dropping the future before it completes stores
-    /// nothing.
+    /// is 0, the largest priority seen so far). A full queue (at `max_size`
+    /// items, or without room for it in `max_bytes`) makes it wait (up to
+    /// `timeout` when given); any other full table evicts its oldest items
+    /// until it fits, so the insert never waits. Returns the new item's key.
+    /// A rejected sequence (invalid, larger than the whole byte budget, or
+    /// not matching the table's signature) changes nothing. Dropping the
+    /// future before it completes stores nothing.
     pub async fn insert(&self, sequence: pb::Sequence, timeout: Option<Duration>) -> Result<u64, Error> {
         let signature = validate_sequence(&sequence)?;
+        let bytes = sequence.encoded_len() as u64;
+        let max_bytes = self.config.max_bytes;
+        if max_bytes > 0 && bytes > max_bytes {
+            return Err(Error::TooLarge {
+                table: self.config.name.clone(),
+                bytes,
+                max_bytes,
+            });
+        }
+        // Whether `state` must lose an item before this sequence fits.
+        let full = move |state: &State| state.items.len() >= self.config.max_size || (max_bytes > 0 && state.bytes + bytes > max_bytes);
         let mut sequence = Some(sequence);
-        let max_size = self.config.max_size;
         let max_times_sampled = self.config.max_times_sampled;
         let blocks_when_full = self.config.blocks_inserts_when_full();
         let mut evicted = 0;
@@ -229,13 +252,13 @@ impl Table {
                         }
                         _ => {}
                     }
-                    if blocks_when_full && state.items.len() >= max_size {
+                    if blocks_when_full && full(state) {
                         return Ok(None);
                     }
                     let Some(sequence) = sequence.take() else {
                         unreachable!("the sequence is taken only by the attempt that stores it")
                     };
-                    while state.items.len() >= max_size {
+                    while full(state) {
                         let Some(victim) = state.remover.victim(&state.items) else {
                             break;
                         };
@@ -261,11 +284,13 @@ impl Table {
                             sequence: Arc::new(sequence),
                             priority,
                             times_sampled: 0,
+                            bytes,
                         },
                     );
+                    state.bytes += bytes;
                     state.sampler.insert(key, priority);
                     state.inserts += 1;
-                    self.metrics.items.set(state.items.len() as f64);
+                    self.publish_size(state);
                     Ok(Some(key))
                 },
             )
@@ -303,7 +328,9 @@ impl Table {
                     if !self.can_serve(state, n) {
                         return Ok(None);
                     }
-                    Ok(Some(draw(state, n, beta, max_times_sampled)))
+                    let drawn = draw(state, n, beta, max_times_sampled);
+                    self.publish_size(state);
+                    Ok(Some(drawn))
                 },
             )
             .await?;
@@ -382,11 +409,19 @@ impl Table {
             remover: state.remover.name(),
             size: state.items.len() as u64,
             max_size: self.config.max_size as u64,
+            bytes: state.bytes,
+            max_bytes: self.config.max_bytes,
             inserts: state.inserts,
             samples: state.samples,
             max_times_sampled: self.config.max_times_sampled,
             evictions: state.evictions,
         }
+    }
+
+    /// Sets the size gauges; called under the lock after every change.
+    fn publish_size(&self, state: &State) {
+        self.metrics.items.set(state.items.len() as f64);
+        self.metrics.bytes.set(state.bytes as f64);
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -611,6 +646,57 @@ mod tests {
         assert_eq!(table.stats().inserts, 1);
         assert_eq!(table.sample(1, 0.0, LONG).await.unwrap()[0].sequence.actor_id, 0);
         assert!(table.is_empty());
+    }
+
+    fn budgeted(sampler: SamplerKind, max_bytes: u64) -> Arc<Table> {
+        let config = TableConfig {
+            name: "t".into(),
+            max_size: 100,
+            max_bytes,
+            sampler,
+            max_times_sampled: 1,
+            ..TableConfig::default()
+        };
+        Arc::new(Table::new(config, CancellationToken::new()))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_byte_budget_blocks_a_queue_and_evicts_elsewhere() {
+        // cartpole_sequence(3, seed) has the same encoded size for seeds 1..=127.
+        let one = cartpole_sequence(3, 1).encoded_len() as u64;
+        let queue = budgeted(SamplerKind::Fifo, 2 * one + one / 2);
+        fill(&queue, [1, 2]).await;
+        assert_eq!((queue.stats().bytes, queue.stats().max_bytes), (2 * one, 2 * one + one / 2));
+        let err = queue
+            .insert(cartpole_sequence(3, 3), Some(Duration::from_secs(1)))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::InsertTimeout { .. }), "{err}");
+        queue.sample(1, 0.0, LONG).await.unwrap();
+        assert_eq!(queue.stats().bytes, one);
+        fill(&queue, [3]).await;
+        assert_eq!((queue.len(), queue.stats().bytes), (2, 2 * one));
+
+        let evicting = budgeted(SamplerKind::Uniform, 2 * one + one / 2);
+        fill(&evicting, [1, 2, 3, 4]).await;
+        let stats = evicting.stats();
+        assert_eq!((stats.size, stats.bytes, stats.evictions), (2, 2 * one, 2));
+        let batch = evicting.sample(2, 0.0, LONG).await.unwrap();
+        let mut actors: Vec<_> = batch.iter().map(|i| i.sequence.actor_id).collect();
+        actors.sort();
+        assert!(actors.iter().all(|a| *a >= 3), "the oldest items left first: {actors:?}");
+    }
+
+    #[tokio::test]
+    async fn a_sequence_larger_than_the_budget_is_refused_and_changes_nothing() {
+        let one = cartpole_sequence(3, 0).encoded_len() as u64;
+        let table = budgeted(SamplerKind::Uniform, one);
+        fill(&table, [0]).await;
+        let err = table.insert(cartpole_sequence(5, 1), None).await.unwrap_err();
+        assert!(matches!(err, Error::TooLarge { max_bytes, .. } if max_bytes == one), "{err}");
+        assert!(err.to_string().contains("\"t\""), "{err}");
+        let stats = table.stats();
+        assert_eq!((stats.size, stats.bytes, stats.inserts, stats.evictions), (1, one, 1, 0));
     }
 
     #[tokio::test]
@@ -1052,6 +1138,7 @@ mod tests {
                     sequence: Arc::new(pb::Sequence::default()),
                     priority: 1.0,
                     times_sampled: 0,
+                    bytes: 0,
                 },
             );
         }
