@@ -58,6 +58,10 @@ enum Command {
     Replay {
         #[arg(long, default_value = "0.0.0.0:50051", env = "FLEET_LISTEN")]
         listen: SocketAddr,
+        /// Start from the newest complete checkpoint under DIR (an error if
+        /// there is none); without it, from replay.checkpoint_dir's newest, if any.
+        #[arg(long, value_name = "DIR")]
+        restore: Option<PathBuf>,
     },
     /// Learn from replay and serve weights.
     Learner {
@@ -177,7 +181,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             }
         }
         Command::Health { .. } => unreachable!("handled before loading the config"),
-        Command::Replay { listen } => roles::replay(config, listen, wiring).await.map(|_| ExitCode::SUCCESS),
+        Command::Replay { listen, restore } => roles::replay(config, listen, restore, wiring).await.map(|_| ExitCode::SUCCESS),
         Command::Learner { listen, replay } => roles::learner(config, listen, replay, wiring).await.map(|_| ExitCode::SUCCESS),
         Command::Actor { actor_id, replay, learner } => {
             let id = actor_id.unwrap_or_else(default_actor_id);

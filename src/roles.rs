@@ -81,10 +81,11 @@ async fn start(role: &str, wiring: &Wiring, grpc: Option<&TcpListener>) -> Resul
     Ok(shutdown)
 }
 
-pub async fn replay(config: Config, listen: SocketAddr, wiring: Wiring) -> Result<()> {
+pub async fn replay(config: Config, listen: SocketAddr, restore: Option<std::path::PathBuf>, wiring: Wiring) -> Result<()> {
     let listener = bind(listen, "replay gRPC").await?;
     let shutdown = start("replay", &wiring, Some(&listener)).await?;
-    fleet_replay::serve(config.replay, listener, async move { shutdown.cancelled().await }).await?;
+    let restore = restore.map_or(fleet_replay::Restore::Auto, fleet_replay::Restore::From);
+    fleet_replay::serve(config.replay, restore, listener, async move { shutdown.cancelled().await }).await?;
     Ok(())
 }
 

@@ -2,7 +2,8 @@
 //! pass promtool, and the compose cluster comes up with scaled actors that
 //! Prometheus discovers on its own, with every Grafana panel's query
 //! answering, every container healthy, more actors on `--scale`, and a
-//! restarted learner resuming from its checkpoint.
+//! restarted learner resuming from its checkpoint and a restarted replay
+//! restoring its tables.
 //!
 //! These need promtool and Docker; without them the tests say why and pass,
 //! unless `FLEET_REQUIRE_PROMETHEUS=1` / `FLEET_REQUIRE_DOCKER=1` (CI) demand them.
@@ -277,7 +278,11 @@ fn every_dashboard_panel_has_a_query_on_the_provisioned_datasource() {
         expressions.len()
     );
     for expr in &expressions {
-        assert!(expr.contains("fleet_"), "query `{expr}` reads no fleet metric");
+        // fleet's own metrics, or the standard process metrics of its processes.
+        assert!(
+            expr.contains("fleet_") || expr.contains(r#"{job="fleet"}"#),
+            "query `{expr}` reads no fleet metric"
+        );
     }
     // Every panel and every target names the provisioned datasource.
     let references = text.matches(r#""uid": "prometheus""#).count();
@@ -425,9 +430,50 @@ async fn compose_cluster_scales_actors_and_prometheus_sees_them() {
         "the learner's log does not say it resumed:\n{}",
         cluster.report()
     );
+
+    // A restarted replay restores its tables: its insert count goes on from
+    // the checkpoint it wrote at shutdown, and training continues.
+    let inserts = r#"sum(fleet_replay_inserts_total{role="replay"})"#;
+    let inserts_before = query(&prometheus, inserts).await.unwrap_or_default();
+    let inserts_before = *inserts_before
+        .first()
+        .unwrap_or_else(|| panic!("no replay inserts:\n{}", cluster.report()));
+    let restarted_at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let restart = cluster.run(&["restart", "replay"]);
+    assert!(restart.status.success(), "compose restart replay failed:\n{}", cluster.report());
+    let new_replay = format!(
+        r#"{inserts} and on() (process_start_time_seconds{{role="replay"}} > {:.0})"#,
+        restarted_at - 1.0
+    );
+    let restored = wait_for(&prometheus, &new_replay, Duration::from_secs(90)).await;
+    let Some(restored) = restored else {
+        panic!("the restarted replay was never scraped:\n{}", cluster.report());
+    };
+    assert!(
+        restored >= inserts_before,
+        "the restarted replay counts {restored} inserts, below {inserts_before} before:\n{}",
+        cluster.report()
+    );
+    let updates_after = r#"increase(fleet_learner_updates_total[30s]) > 0
+        and on() (time() - max(process_start_time_seconds{role="replay"}) > 20)"#;
+    assert!(
+        wait_for(&prometheus, updates_after, Duration::from_secs(120)).await.is_some(),
+        "the learner stopped learning after replay restarted:\n{}",
+        cluster.report()
+    );
+    let logs = cluster.run(&["logs", "--no-color", "replay"]);
+    assert!(
+        String::from_utf8_lossy(&logs.stdout).contains("replay tables restored from checkpoint"),
+        "replay's log does not say it restored:\n{}",
+        cluster.report()
+    );
     eprintln!(
         "compose test: images {:.0?}, cluster training and scraped {:.0?}, all {} panel queries answered {:.0?}, \
-         scaled to {SCALED} actors and resumed the learner at version {first} (was {before}) {:.0?} (after start)",
+         scaled to {SCALED} actors, resumed the learner at version {first} (was {before}) and replay at {restored} inserts \
+         (was {inserts_before}) {:.0?} (after start)",
         images_built,
         cluster_ready,
         expressions.len(),

@@ -376,11 +376,13 @@ fn every_containers_environment_makes_a_valid_config() {
             String::from_utf8_lossy(&output.stderr)
         );
         let config: toml::Table = String::from_utf8(output.stdout).unwrap().parse().unwrap();
-        if role == ["learner"] {
+        if let ["replay" | "learner"] = role[..] {
             // The root filesystem is read-only: checkpoints must land on the volume.
-            let checkpoints = config["learner"]["checkpoint_dir"].as_str().unwrap();
-            let data = mount_of("data").expect("the learner mounts its data volume");
+            let checkpoints = config[role[0]]["checkpoint_dir"].as_str().unwrap();
+            let data = mount_of("data").expect("replay and the learner mount their data volume");
             assert!(checkpoints.starts_with(&format!("{data}/")), "{checkpoints} is not under {data}");
+        }
+        if role == ["learner"] {
             let device = if patch.is_some() { "cuda" } else { "cpu" };
             assert_eq!(config["learner"]["device"].as_str(), Some(device));
         }

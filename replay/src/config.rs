@@ -7,6 +7,8 @@ use serde::{Deserialize, Serialize};
 
 use fleet_proto::DEFAULT_MAX_MESSAGE_BYTES;
 
+use crate::rate_limiter::RateLimiter;
+
 /// Largest gRPC message a config may allow. A bound exists so that a typo
 /// cannot turn the limit off (`usize::MAX`) and let one peer exhaust memory.
 pub const MAX_MESSAGE_BYTES_LIMIT: usize = 1 << 30;
@@ -28,6 +30,14 @@ pub struct ReplayConfig {
     /// Bound on one gRPC message in either direction; inserts of larger
     /// sequences and batches larger than this fail instead of allocating.
     pub max_message_bytes: usize,
+    /// Where checkpoints of every table go, and where the service restores
+    /// the newest complete one from at start; empty turns checkpoints off.
+    pub checkpoint_dir: String,
+    /// Seconds between periodic checkpoints (0: only on request and at
+    /// shutdown).
+    pub checkpoint_interval_secs: f64,
+    /// Complete checkpoints kept; older ones are deleted.
+    pub keep_checkpoints: usize,
 }
 
 impl Default for ReplayConfig {
@@ -36,6 +46,9 @@ impl Default for ReplayConfig {
             tables: vec![TableConfig::default()],
             sample_timeout_ms: 10_000,
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+            checkpoint_dir: String::new(),
+            checkpoint_interval_secs: 300.0,
+            keep_checkpoints: 2,
         }
     }
 }
@@ -89,6 +102,16 @@ pub struct TableConfig {
     /// Samples wait until the table holds at least this many items, so that
     /// the first batches are not drawn from a handful of sequences.
     pub min_size_to_sample: usize,
+    /// Rate limiting (Reverb's `SampleToInsertRatio`): each item is sampled
+    /// this many times on average; samples wait when they would run ahead of
+    /// inserts, inserts wait when they would run ahead of samples, beyond
+    /// `error_buffer`. 0 turns the ratio off (only `min_size_to_sample`
+    /// holds samples back). See [`crate::rate_limiter`].
+    pub samples_per_insert: f64,
+    /// How many samples the cursor may drift either side of the ratio
+    /// before one side waits; at least `max(1, samples_per_insert)`, or the
+    /// limiter could block both sides.
+    pub error_buffer: f64,
 }
 
 impl TableConfig {
@@ -96,6 +119,15 @@ impl TableConfig {
     /// evicting the oldest item; see the type's docs.
     pub fn blocks_inserts_when_full(&self) -> bool {
         self.sampler == SamplerKind::Fifo && self.max_times_sampled >= 1
+    }
+
+    /// The rate limiter these settings describe.
+    pub fn rate_limiter(&self) -> RateLimiter {
+        if self.samples_per_insert > 0.0 {
+            RateLimiter::sample_to_insert_ratio(self.samples_per_insert, self.min_size_to_sample, self.error_buffer)
+        } else {
+            RateLimiter::min_size(self.min_size_to_sample)
+        }
     }
 }
 
@@ -111,6 +143,8 @@ impl Default for TableConfig {
             max_times_sampled: 1,
             priority_exponent: 0.9,
             min_size_to_sample: 1,
+            samples_per_insert: 0.0,
+            error_buffer: 0.0,
         }
     }
 }
@@ -169,6 +203,19 @@ impl ReplayConfig {
                     table.name, table.min_size_to_sample, table.max_size
                 ));
             }
+            if !(table.samples_per_insert.is_finite() && table.samples_per_insert >= 0.0) {
+                return Err(format!(
+                    "replay.tables[{i}] ({:?}): samples_per_insert is {}; it must be a finite number >= 0 (0: no ratio)",
+                    table.name, table.samples_per_insert
+                ));
+            }
+            let least_buffer = table.samples_per_insert.max(1.0);
+            if table.samples_per_insert > 0.0 && !(table.error_buffer >= least_buffer && table.error_buffer.is_finite()) {
+                return Err(format!(
+                    "replay.tables[{i}] ({:?}): error_buffer is {}; with samples_per_insert {} it must be at least {least_buffer}, or inserts and samples could both wait forever",
+                    table.name, table.error_buffer, table.samples_per_insert
+                ));
+            }
             // Above 1 a large priority to the power α could overflow the sums.
             if !(0.0..=1.0).contains(&table.priority_exponent) {
                 return Err(format!(
@@ -176,6 +223,15 @@ impl ReplayConfig {
                     table.name, table.priority_exponent
                 ));
             }
+        }
+        if !(self.checkpoint_interval_secs.is_finite() && self.checkpoint_interval_secs >= 0.0) {
+            return Err(format!(
+                "replay.checkpoint_interval_secs is {}; it must be a finite number >= 0 (0: no timer)",
+                self.checkpoint_interval_secs
+            ));
+        }
+        if self.keep_checkpoints == 0 {
+            return Err("replay.keep_checkpoints must be at least 1".to_owned());
         }
         if self.sample_timeout_ms == 0 {
             return Err("replay.sample_timeout_ms must be at least 1".to_owned());
@@ -296,6 +352,21 @@ mod tests {
         assert!(bad(|c| c.tables[0].priority_exponent = 1.5).contains("priority_exponent"));
         assert!(bad(|c| c.tables[0].priority_exponent = f64::NAN).contains("priority_exponent"));
         assert!(bad(|c| c.sample_timeout_ms = 0).contains("sample_timeout_ms"));
+        assert!(bad(|c| c.tables[0].samples_per_insert = -1.0).contains("samples_per_insert"));
+        assert!(bad(|c| c.tables[0].samples_per_insert = f64::INFINITY).contains("samples_per_insert"));
+        assert!(
+            bad(|c| {
+                c.tables[0].samples_per_insert = 4.0;
+                c.tables[0].error_buffer = 3.0;
+            })
+            .contains("error_buffer is 3; with samples_per_insert 4 it must be at least 4")
+        );
+        let mut ratio = ReplayConfig::default();
+        ratio.tables[0].samples_per_insert = 4.0;
+        ratio.tables[0].error_buffer = 4.0;
+        assert_eq!(ratio.validate(), Ok(()));
+        assert_eq!(ratio.tables[0].rate_limiter(), RateLimiter::sample_to_insert_ratio(4.0, 1, 4.0));
+        assert_eq!(ReplayConfig::default().tables[0].rate_limiter(), RateLimiter::min_size(1));
         assert!(bad(|c| c.max_message_bytes = usize::MAX).contains("max_message_bytes"));
     }
 }

@@ -34,6 +34,10 @@ pub enum Error {
     TooLarge { table: String, bytes: u64, max_bytes: u64 },
     #[error("timed out after {waited:?} waiting for room in full table {table:?}")]
     InsertTimeout { table: String, waited: Duration },
+    #[error("replay checkpoint: {0}")]
+    Checkpoint(String),
+    #[error("checkpoints are off: set replay.checkpoint_dir")]
+    CheckpointsDisabled,
     #[error("the replay service is shutting down")]
     Shutdown,
     #[error("gRPC server failed: {0}")]
@@ -52,6 +56,8 @@ impl From<Error> for tonic::Status {
             | Error::InvalidPriority { .. } => Code::InvalidArgument,
             Error::TooLarge { .. } => Code::ResourceExhausted,
             Error::SampleTimeout { .. } | Error::InsertTimeout { .. } => Code::DeadlineExceeded,
+            Error::Checkpoint(_) => Code::Internal,
+            Error::CheckpointsDisabled => Code::FailedPrecondition,
             Error::Shutdown => Code::Unavailable,
             Error::Transport(_) => Code::Internal,
         };

@@ -10,9 +10,12 @@
 //! - [`sum_tree`]: the sum tree behind prioritised sampling (plain data
 //!   structure).
 //! - [`sampler`]: the sampling rules — fifo, lifo, uniform, prioritised.
+//! - [`rate_limiter`]: Reverb's rate limiter — when inserts and samples may
+//!   proceed given the table's counters (a pure decision).
 //! - [`table`]: one table — items, sampler, remover, `max_times_sampled`,
 //!   importance weights, and the waiting that makes inserts and samples block
 //!   (never poll).
+//! - [`checkpoint`]: tables to and from disk, atomically, with checksums.
 //! - [`service`]: the gRPC service over the tables, and [`serve`], which runs
 //!   it with the health service until shutdown.
 //! - [`metrics`]: metric names, descriptions and per-table handles.
@@ -21,9 +24,11 @@
 //! Not here: the exporter for metrics and signal handling (the binary's job),
 //! and anything the learner or actors compute.
 
+pub mod checkpoint;
 pub mod config;
 pub mod error;
 pub mod metrics;
+pub mod rate_limiter;
 pub mod sampler;
 pub mod service;
 pub mod sum_tree;
@@ -32,6 +37,6 @@ pub mod validate;
 
 pub use config::{ReplayConfig, SamplerKind, TableConfig};
 pub use error::Error;
-pub use service::{ReplayService, serve};
+pub use service::{ReplayService, Restore, serve};
 pub use table::Table;
 pub use validate::{Signature, ValidationError, validate_sequence};

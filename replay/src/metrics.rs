@@ -29,6 +29,23 @@ pub const MISSING_PRIORITY_UPDATES_TOTAL: &str = "fleet_replay_missing_priority_
 /// are not queues), per table.
 pub const EVICTIONS_TOTAL: &str = "fleet_replay_evictions_total";
 
+/// Replay checkpoints written since start.
+pub const CHECKPOINTS_TOTAL: &str = "fleet_replay_checkpoints_total";
+/// Seconds the last checkpoint took to write.
+pub const CHECKPOINT_DURATION_SECONDS: &str = "fleet_replay_checkpoint_duration_seconds";
+/// Unix time at which the last checkpoint was complete.
+pub const CHECKPOINT_TIMESTAMP_SECONDS: &str = "fleet_replay_checkpoint_timestamp_seconds";
+
+/// Records a completed checkpoint that took `took`.
+pub(crate) fn checkpoint_written(took: std::time::Duration) {
+    counter!(CHECKPOINTS_TOTAL).increment(1);
+    gauge!(CHECKPOINT_DURATION_SECONDS).set(took.as_secs_f64());
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    gauge!(CHECKPOINT_TIMESTAMP_SECONDS).set(now.as_secs_f64());
+}
+
 /// Registers descriptions and units with the installed recorder. Call once
 /// after installing it; harmless without one.
 pub fn describe() {
@@ -38,6 +55,17 @@ pub fn describe() {
         MAX_BYTES,
         Unit::Bytes,
         "Byte budget of the replay table (max_bytes); 0 means no budget."
+    );
+    describe_counter!(CHECKPOINTS_TOTAL, Unit::Count, "Replay checkpoints written.");
+    describe_gauge!(
+        CHECKPOINT_DURATION_SECONDS,
+        Unit::Seconds,
+        "Seconds the last replay checkpoint took to write."
+    );
+    describe_gauge!(
+        CHECKPOINT_TIMESTAMP_SECONDS,
+        Unit::Seconds,
+        "Unix time at which the last replay checkpoint was complete."
     );
     describe_counter!(INSERTS_TOTAL, Unit::Count, "Items inserted into the replay table.");
     describe_counter!(

@@ -8,6 +8,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,6 +23,7 @@ use tonic::{Request, Response, Status, Streaming};
 use tonic_health::ServingStatus;
 use tracing::{Instrument, debug, info, info_span, warn};
 
+use crate::checkpoint;
 use crate::config::ReplayConfig;
 use crate::error::Error;
 use crate::table::{SampledItem, Table};
@@ -54,6 +56,21 @@ struct Inner {
     max_message_bytes: usize,
     /// Cancelled on shutdown; ends every stream and every wait.
     shutdown: CancellationToken,
+    /// `replay.checkpoint_dir`, when checkpoints are on.
+    checkpoint_dir: Option<PathBuf>,
+    keep_checkpoints: usize,
+    /// One checkpoint at a time (the timer, the RPC and shutdown may meet).
+    checkpointing: tokio::sync::Mutex<()>,
+}
+
+/// Where a starting service takes its items from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Restore {
+    /// The newest complete checkpoint under `replay.checkpoint_dir`, when it
+    /// is set and holds one; otherwise empty tables.
+    Auto,
+    /// The newest complete checkpoint under this directory; none is an error.
+    From(PathBuf),
 }
 
 impl ReplayService {
@@ -61,21 +78,83 @@ impl ReplayService {
     /// ends every blocked insert and sample with UNAVAILABLE.
     pub fn new(config: &ReplayConfig, shutdown: CancellationToken) -> Result<Self, Error> {
         config.validate().map_err(Error::Config)?;
-        let tables: Vec<Arc<Table>> = config
+        let tables = config
             .tables
             .iter()
             .map(|t| Arc::new(Table::new(t.clone(), shutdown.clone())))
             .collect();
+        Ok(Self::with_tables(config, tables, shutdown))
+    }
+
+    /// Like [`ReplayService::new`], with the tables restored as `restore`
+    /// says. Returns the checkpoint used, if any. Every table the checkpoint
+    /// holds must be in `config` (tables only in `config` start empty); any
+    /// problem with the checkpoint is an error naming it, and nothing is
+    /// served from half a checkpoint.
+    pub fn open(config: &ReplayConfig, shutdown: CancellationToken, restore: &Restore) -> Result<(Self, Option<PathBuf>), Error> {
+        config.validate().map_err(Error::Config)?;
+        let dir = match restore {
+            Restore::From(root) => Some(
+                checkpoint::newest(root)?.ok_or_else(|| Error::Checkpoint(format!("no complete checkpoint under {}", root.display())))?,
+            ),
+            Restore::Auto if config.checkpoint_dir.is_empty() => None,
+            Restore::Auto => checkpoint::newest(std::path::Path::new(&config.checkpoint_dir))?,
+        };
+        let Some(dir) = dir else {
+            return Ok((Self::new(config, shutdown)?, None));
+        };
+        let mut snapshots: HashMap<String, checkpoint::TableSnapshot> =
+            checkpoint::read(&dir)?.into_iter().map(|s| (s.header.name.clone(), s)).collect();
+        let mut tables = Vec::with_capacity(config.tables.len());
+        for table_config in &config.tables {
+            let table = match snapshots.remove(&table_config.name) {
+                Some(snapshot) => Table::restore(table_config.clone(), shutdown.clone(), snapshot),
+                None => Ok(Table::new(table_config.clone(), shutdown.clone())),
+            };
+            tables.push(Arc::new(table.map_err(|e| Error::Checkpoint(format!("{}: {e}", dir.display())))?));
+        }
+        if let Some(name) = snapshots.keys().next() {
+            return Err(Error::Checkpoint(format!(
+                "{} holds table {name:?}, which replay.tables does not declare",
+                dir.display()
+            )));
+        }
+        Ok((Self::with_tables(config, tables, shutdown), Some(dir)))
+    }
+
+    fn with_tables(config: &ReplayConfig, tables: Vec<Arc<Table>>, shutdown: CancellationToken) -> Self {
         let by_name = tables.iter().map(|t| (t.name().to_owned(), Arc::clone(t))).collect();
-        Ok(Self {
+        Self {
             inner: Arc::new(Inner {
                 tables,
                 by_name,
                 sample_timeout: Duration::from_millis(config.sample_timeout_ms),
                 max_message_bytes: config.max_message_bytes,
                 shutdown,
+                checkpoint_dir: (!config.checkpoint_dir.is_empty()).then(|| PathBuf::from(&config.checkpoint_dir)),
+                keep_checkpoints: config.keep_checkpoints,
+                checkpointing: tokio::sync::Mutex::new(()),
             }),
-        })
+        }
+    }
+
+    /// Writes every table to a new checkpoint under `replay.checkpoint_dir`.
+    /// Each table is locked only while its index is copied; the writing
+    /// happens off the lock (and off the async threads) while inserts and
+    /// samples go on.
+    pub async fn write_checkpoint(&self) -> Result<PathBuf, Error> {
+        let root = self.inner.checkpoint_dir.clone().ok_or(Error::CheckpointsDisabled)?;
+        let _one_at_a_time = self.inner.checkpointing.lock().await;
+        let started = std::time::Instant::now();
+        let snapshots: Vec<_> = self.inner.tables.iter().map(|t| t.snapshot()).collect();
+        let items: u64 = snapshots.iter().map(|s| s.header.items).sum();
+        let keep = self.inner.keep_checkpoints;
+        let path = tokio::task::spawn_blocking(move || checkpoint::write(&root, &snapshots, keep))
+            .await
+            .map_err(|e| Error::Checkpoint(format!("the writing task failed: {e}")))??;
+        crate::metrics::checkpoint_written(started.elapsed());
+        info!(path = %path.display(), items, seconds = started.elapsed().as_secs_f64(), "replay checkpoint written");
+        Ok(path)
     }
 
     /// The table called `name`.
@@ -251,6 +330,13 @@ impl Replay for ReplayService {
         Ok(Response::new(pb::UpdatePrioritiesResponse { missing }))
     }
 
+    async fn checkpoint(&self, _request: Request<pb::CheckpointRequest>) -> Result<Response<pb::CheckpointResponse>, Status> {
+        let path = self.write_checkpoint().await?;
+        Ok(Response::new(pb::CheckpointResponse {
+            path: path.display().to_string(),
+        }))
+    }
+
     async fn info(&self, _request: Request<pb::InfoRequest>) -> Result<Response<pb::InfoResponse>, Status> {
         let tables = self
             .inner
@@ -270,6 +356,10 @@ impl Replay for ReplayService {
                     bytes: stats.bytes,
                     max_bytes: stats.max_bytes,
                     evictions: stats.evictions,
+                    min_size_to_sample: stats.rate_limiter.min_size_to_sample as u64,
+                    samples_per_insert: stats.rate_limiter.samples_per_insert,
+                    min_diff: stats.rate_limiter.min_diff,
+                    max_diff: stats.rate_limiter.max_diff,
                 }
             })
             .collect();
@@ -281,14 +371,43 @@ impl Replay for ReplayService {
 /// `shutdown` completes. Health reports SERVING (for "" and
 /// `fleet.v1.Replay`) once the tables exist, NOT_SERVING once shutdown
 /// starts; blocked inserts and samples then end with UNAVAILABLE so that the
-/// server can drain promptly.
-pub async fn serve(config: ReplayConfig, listener: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), Error> {
+/// server can drain promptly. With `replay.checkpoint_dir` set, the tables
+/// come from a checkpoint as `restore` says, one is written every
+/// `checkpoint_interval_secs` and a last one once the server has stopped.
+pub async fn serve(
+    config: ReplayConfig,
+    restore: Restore,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), Error> {
     let token = CancellationToken::new();
     // Whatever ends this function (error, or the caller dropping it) releases
     // every waiter.
     let _release = token.clone().drop_guard();
-    let service = ReplayService::new(&config, token.clone())?;
+    let (service, restored) = ReplayService::open(&config, token.clone(), &restore)?;
+    match &restored {
+        Some(path) => info!(path = %path.display(), "replay tables restored from checkpoint"),
+        None if config.checkpoint_dir.is_empty() => {}
+        None => info!(dir = %config.checkpoint_dir, "no replay checkpoint yet; starting empty"),
+    }
     info!(addr = ?listener.local_addr().ok(), ?config, "replay service starting");
+    if service.inner.checkpoint_dir.is_some() && config.checkpoint_interval_secs > 0.0 {
+        let service = service.clone();
+        let token = token.clone();
+        let every = Duration::from_secs_f64(config.checkpoint_interval_secs);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+            loop {
+                tokio::select! {
+                    () = token.cancelled() => return,
+                    _ = tick.tick() => {}
+                }
+                if let Err(error) = service.write_checkpoint().await {
+                    warn!(%error, "periodic replay checkpoint failed");
+                }
+            }
+        });
+    }
 
     let (health, health_server) = tonic_health::server::health_reporter();
     health.set_serving::<ReplayServer<ReplayService>>().await;
@@ -316,9 +435,12 @@ pub async fn serve(config: ReplayConfig, listener: TcpListener, shutdown: impl F
     });
     tonic::transport::Server::builder()
         .add_service(health_server)
-        .add_service(service.into_server())
+        .add_service(service.clone().into_server())
         .serve_with_incoming_shutdown(incoming, stop)
         .await?;
+    if service.inner.checkpoint_dir.is_some() {
+        service.write_checkpoint().await?;
+    }
     info!("replay service stopped");
     Ok(())
 }
@@ -352,7 +474,7 @@ mod tests {
             let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
             let addr = listener.local_addr().unwrap();
             let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-            let task = tokio::spawn(serve(config, listener, async move {
+            let task = tokio::spawn(serve(config, Restore::Auto, listener, async move {
                 let _ = stopped.await;
             }));
             Self {
@@ -482,6 +604,10 @@ mod tests {
                 bytes: good.iter().chain([&cartpole_sequence(21, 3)]).map(|s| s.encoded_len() as u64).sum(),
                 max_bytes: 0,
                 evictions: 0,
+                min_size_to_sample: 1,
+                samples_per_insert: 1.0,
+                min_diff: f64::NEG_INFINITY,
+                max_diff: f64::INFINITY,
             }]
         );
 
@@ -820,7 +946,105 @@ mod tests {
             tables: vec![],
             ..ReplayConfig::default()
         };
-        let result = serve(config, listener, std::future::pending()).await;
+        let result = serve(config, Restore::Auto, listener, std::future::pending()).await;
         assert!(matches!(result, Err(Error::Config(_))), "{result:?}");
+    }
+    #[tokio::test]
+    async fn a_restarted_service_restores_items_priorities_and_counters() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("checkpoints");
+        let config = ReplayConfig {
+            checkpoint_dir: root.display().to_string(),
+            // No timer: the RPC and shutdown write the checkpoints.
+            checkpoint_interval_secs: 0.0,
+            ..config_with(16)
+        };
+        let server = Server::start(config.clone()).await;
+        let mut client = server.client().await;
+        let sent: Vec<pb::Sequence> = (1..=5).map(|seed| cartpole_sequence(9, seed)).collect();
+        insert_all(&mut client, sent.iter().cloned().map(insert_request).collect())
+            .await
+            .unwrap();
+        let first = client
+            .sample(sample_request(2, 1, 0))
+            .await
+            .unwrap()
+            .into_inner()
+            .message()
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(first.items.len(), 2);
+        let path = client.checkpoint(pb::CheckpointRequest {}).await.unwrap().into_inner().path;
+        assert!(path.starts_with(&root.display().to_string()), "{path}");
+        // Shutdown writes one more, which the restart takes.
+        insert_all(&mut client, vec![insert_request(cartpole_sequence(9, 6))])
+            .await
+            .unwrap();
+        let before = client.info(pb::InfoRequest {}).await.unwrap().into_inner();
+        server.stop().await.unwrap();
+        assert_eq!(
+            checkpoint::newest(&root)
+                .unwrap()
+                .map(|p| p.as_path() != std::path::Path::new(&path)),
+            Some(true)
+        );
+
+        let server = Server::start(config.clone()).await;
+        let mut client = server.client().await;
+        assert_eq!(client.info(pb::InfoRequest {}).await.unwrap().into_inner(), before);
+        let mut batches = client.sample(sample_request(4, 1, 0)).await.unwrap().into_inner();
+        let batch = batches.message().await.unwrap().unwrap();
+        let keys: Vec<u64> = batch.items.iter().map(|i| i.key).collect();
+        assert_eq!(keys, vec![3, 4, 5, 6], "FIFO order and keys survive");
+        for (item, expected) in batch.items.iter().zip(sent[2..].iter().chain([&cartpole_sequence(9, 6)])) {
+            assert_eq!(item.sequence.as_ref(), Some(expected));
+        }
+        let keys = insert_all(&mut client, vec![insert_request(cartpole_sequence(9, 7))])
+            .await
+            .unwrap();
+        assert_eq!(keys, vec![7], "keys continue after the restored ones");
+        server.stop().await.unwrap();
+
+        // A checkpoint holding a table the config lost is refused by name.
+        let renamed = ReplayConfig {
+            tables: vec![TableConfig {
+                name: "other".into(),
+                ..config.tables[0].clone()
+            }],
+            ..config.clone()
+        };
+        let err = ReplayService::open(&renamed, CancellationToken::new(), &Restore::Auto).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains(r#"holds table "queue", which replay.tables does not declare"#),
+            "{err}"
+        );
+        // An explicit restore needs a checkpoint to be there.
+        let empty = dir.path().join("empty");
+        let err = ReplayService::open(&config, CancellationToken::new(), &Restore::From(empty.clone())).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains(&format!("no complete checkpoint under {}", empty.display())),
+            "{err}"
+        );
+        // A corrupt newest checkpoint stops the start, naming the file.
+        let newest = checkpoint::newest(&root).unwrap().unwrap();
+        let file = newest.join("table-0.pb");
+        let bytes = std::fs::read(&file).unwrap();
+        std::fs::write(&file, &bytes[..bytes.len() / 2]).unwrap();
+        let err = ReplayService::open(&config, CancellationToken::new(), &Restore::Auto).unwrap_err();
+        assert!(err.to_string().contains(&format!("{} is corrupt", file.display())), "{err}");
+        assert_eq!(tonic::Status::from(err).code(), Code::Internal);
+    }
+
+    #[tokio::test]
+    async fn checkpoint_without_a_directory_is_a_failed_precondition() {
+        let server = Server::start(ReplayConfig::default()).await;
+        let mut client = server.client().await;
+        let status = client.checkpoint(pb::CheckpointRequest {}).await.unwrap_err();
+        assert_eq!(status.code(), Code::FailedPrecondition);
+        assert!(status.message().contains("replay.checkpoint_dir"), "{status:?}");
+        server.stop().await.unwrap();
     }
 }

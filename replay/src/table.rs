@@ -8,7 +8,8 @@
 //! queue (a `fifo` table whose items are sampled out) waits for room, while
 //! any other full table evicts its oldest item instead; a sample waits until
 //! the table holds `min_size_to_sample` items and can serve the whole batch.
-//! A fuller rate limiter (samples per insert) is not here yet. Waiting is on
+//! On top of that the table's [`RateLimiter`] (samples per insert with an
+//! error buffer) can make either side wait for the other. Waiting is on
 //! [`tokio::sync::Notify`] (never polling), bounded by a timeout and by the
 //! service's shutdown token. No gRPC here: callers get [`SampledItem`]s and
 //! [`TableStats`] and turn them into messages themselves.
@@ -25,9 +26,11 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::checkpoint::{ItemHeader, StoredItem, TableHeader, TableSnapshot};
 use crate::config::{SamplerKind, TableConfig};
 use crate::error::Error;
 use crate::metrics::TableMetrics;
+use crate::rate_limiter::{Counts, RateLimiter};
 use crate::sampler::sampler_for;
 pub use crate::sampler::{Choice, OrderedSampler, PrioritizedSampler, Sampler, UniformSampler};
 use crate::validate::{Signature, validate_sequence};
@@ -88,7 +91,7 @@ pub struct SampledItem {
 }
 
 /// A snapshot of a table for `Info`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct TableStats {
     pub name: String,
     pub sampler: &'static str,
@@ -103,6 +106,7 @@ pub struct TableStats {
     pub max_times_sampled: u32,
     /// Items evicted to make room for inserts.
     pub evictions: u64,
+    pub rate_limiter: RateLimiter,
 }
 
 #[derive(Debug)]
@@ -145,6 +149,8 @@ impl State {
 #[derive(Debug)]
 pub struct Table {
     config: TableConfig,
+    /// From `config`; decides when inserts and samples may go ahead.
+    limiter: RateLimiter,
     state: Mutex<State>,
     /// Woken whenever items leave, so that waiting inserts look again.
     room: Notify,
@@ -183,6 +189,7 @@ impl Table {
                 max_priority_seen: DEFAULT_PRIORITY,
                 draws_left: 0,
             }),
+            limiter: config.rate_limiter(),
             config,
             room: Notify::new(),
             arrivals: Notify::new(),
@@ -211,7 +218,8 @@ impl Table {
     /// is 0, the largest priority seen so far). A full queue (at `max_size`
     /// items, or without room for it in `max_bytes`) makes it wait (up to
     /// `timeout` when given); any other full table evicts its oldest items
-    /// until it fits, so the insert never waits. Returns the new item's key.
+    /// until it fits. Either also waits while the rate limiter holds inserts
+    /// back (they have run ahead of samples). Returns the new item's key.
     /// A rejected sequence (invalid, larger than the whole byte budget, or
     /// not matching the table's signature) changes nothing. Dropping the
     /// future before it completes stores nothing.
@@ -252,7 +260,7 @@ impl Table {
                         }
                         _ => {}
                     }
-                    if blocks_when_full && full(state) {
+                    if blocks_when_full && full(state) || !self.limiter.can_insert(counts(state)) {
                         return Ok(None);
                     }
                     let Some(sequence) = sequence.take() else {
@@ -304,7 +312,9 @@ impl Table {
     }
 
     /// Samples a batch of `n` draws, waiting up to `timeout` until the table
-    /// can serve it: at least `min_size_to_sample` items, and for a `fifo`
+    /// can serve it: the rate limiter allows `n` more samples (at least
+    /// `min_size_to_sample` items, and the samples-per-insert cursor stays
+    /// within its buffer), and for a `fifo`
     /// table `n` items, for other tables (which draw with replacement) `n`
     /// draws before items are sampled out. Each draw counts towards the
     /// item's `max_times_sampled`; an item that reaches it leaves the table
@@ -313,7 +323,7 @@ impl Table {
     pub async fn sample(&self, n: usize, beta: f64, timeout: Duration) -> Result<Vec<SampledItem>, Error> {
         self.check_sample_request(n, beta)?;
         let max_times_sampled = self.config.max_times_sampled;
-        let (batch, removed) = self
+        let batch = self
             .wait_for(
                 &self.arrivals,
                 Some(timeout),
@@ -335,16 +345,16 @@ impl Table {
             )
             .await?;
         self.metrics.samples.increment(n as u64);
-        if removed > 0 {
-            self.room.notify_waiters();
-        }
+        // Every sample moves the rate limiter's cursor, so inserts waiting
+        // on it (not only on room) must look again.
+        self.room.notify_waiters();
         Ok(batch)
     }
 
     /// Whether a batch of `n` can be drawn whole now.
     fn can_serve(&self, state: &State, n: usize) -> bool {
         let size = state.items.len();
-        if size < self.config.min_size_to_sample {
+        if !self.limiter.can_sample(counts(state), n) {
             return false;
         }
         match (self.config.sampler, self.config.max_times_sampled) {
@@ -415,7 +425,111 @@ impl Table {
             samples: state.samples,
             max_times_sampled: self.config.max_times_sampled,
             evictions: state.evictions,
+            rate_limiter: self.limiter,
         }
+    }
+
+    /// The table's items and counters now, taken under the lock in one
+    /// pass that copies bookkeeping and shares the sequences (no step data
+    /// is copied), so inserts and samples wait only that long.
+    pub fn snapshot(&self) -> TableSnapshot {
+        let state = self.lock();
+        TableSnapshot {
+            header: TableHeader {
+                name: self.config.name.clone(),
+                next_key: state.next_key,
+                inserts: state.inserts,
+                samples: state.samples,
+                evictions: state.evictions,
+                max_priority_seen: state.max_priority_seen,
+                items: state.items.len() as u64,
+            },
+            items: state
+                .items
+                .iter()
+                .map(|(&key, item)| StoredItem {
+                    meta: ItemHeader {
+                        key,
+                        priority: item.priority,
+                        times_sampled: item.times_sampled,
+                    },
+                    sequence: Arc::clone(&item.sequence),
+                })
+                .collect(),
+        }
+    }
+
+    /// A table under `config` holding a snapshot's items and counters. Every
+    /// item is checked as an insert would be (valid sequence, one signature,
+    /// finite priority, within `max_size` and `max_bytes`, keys increasing and
+    /// below the next key); the first problem is an error and no table is made.
+    pub fn restore(config: TableConfig, shutdown: CancellationToken, snapshot: TableSnapshot) -> Result<Self, Error> {
+        let table = Self::new(config, shutdown);
+        let name = table.config.name.clone();
+        let bad = |what: String| Error::Checkpoint(format!("table {name:?} in the checkpoint: {what}"));
+        let header = snapshot.header;
+        if snapshot.items.len() > table.config.max_size {
+            return Err(bad(format!(
+                "{} items, more than max_size {}",
+                snapshot.items.len(),
+                table.config.max_size
+            )));
+        }
+        let max_times_sampled = table.config.max_times_sampled;
+        {
+            let mut state = table.lock();
+            let state = &mut *state;
+            let mut previous = 0;
+            for StoredItem { meta, sequence } in snapshot.items {
+                let key = meta.key;
+                let signature = validate_sequence(&sequence).map_err(|e| bad(format!("item {key}: {e}")))?;
+                if let Some(expected) = &state.signature
+                    && *expected != signature
+                {
+                    return Err(bad(format!("item {key} holds {signature}, other items {expected}")));
+                }
+                state.signature.get_or_insert(signature);
+                if key <= previous || key >= header.next_key {
+                    return Err(bad(format!("item key {key} out of order (next key {})", header.next_key)));
+                }
+                previous = key;
+                if !(meta.priority.is_finite() && meta.priority >= 0.0) {
+                    return Err(bad(format!("item {key} has priority {}", meta.priority)));
+                }
+                let bytes = sequence.encoded_len() as u64;
+                state.bytes += bytes;
+                if table.config.max_bytes > 0 && state.bytes > table.config.max_bytes {
+                    return Err(bad(format!("items exceed max_bytes {}", table.config.max_bytes)));
+                }
+                if max_times_sampled > 0 {
+                    state.draws_left += u64::from(max_times_sampled.saturating_sub(meta.times_sampled));
+                }
+                state.sampler.insert(key, meta.priority);
+                state.items.insert(
+                    key,
+                    Item {
+                        sequence,
+                        priority: meta.priority,
+                        times_sampled: meta.times_sampled,
+                        bytes,
+                    },
+                );
+            }
+            state.next_key = header.next_key.max(1);
+            state.inserts = header.inserts;
+            state.samples = header.samples;
+            state.evictions = header.evictions;
+            if !(header.max_priority_seen.is_finite() && header.max_priority_seen >= 0.0) {
+                return Err(bad(format!("largest priority seen is {}", header.max_priority_seen)));
+            }
+            state.max_priority_seen = header.max_priority_seen;
+            table.publish_size(state);
+            // The counters go on from where they were, in metrics as in `Info`.
+            table.metrics.inserts.absolute(header.inserts);
+            table.metrics.samples.absolute(header.samples);
+            table.metrics.evictions.absolute(header.evictions);
+        }
+        Ok(table)
     }
 
     /// Sets the size gauges; called under the lock after every change.
@@ -475,11 +589,19 @@ impl Table {
     }
 }
 
+/// What the rate limiter decides on.
+fn counts(state: &State) -> Counts {
+    Counts {
+        size: state.items.len(),
+        inserts: state.inserts,
+        samples: state.samples,
+    }
+}
+
 /// Draws `n` items under the lock (the caller has checked that the table can
-/// serve them all). Returns the batch and how many items left the table.
-fn draw(state: &mut State, n: usize, beta: f64, max_times_sampled: u32) -> (Vec<SampledItem>, usize) {
+/// serve them all).
+fn draw(state: &mut State, n: usize, beta: f64, max_times_sampled: u32) -> Vec<SampledItem> {
     let mut batch = Vec::with_capacity(n);
-    let mut removed = 0;
     for _ in 0..n {
         let table_size = state.items.len() as u64;
         // The caller checked that `n` draws are available, so every draw
@@ -505,14 +627,13 @@ fn draw(state: &mut State, n: usize, beta: f64, max_times_sampled: u32) -> (Vec<
         });
         if max_times_sampled > 0 && item.times_sampled >= max_times_sampled {
             state.remove(choice.key, max_times_sampled);
-            removed += 1;
         }
     }
     state.samples += batch.len() as u64;
     if state.sampler.is_prioritised() {
         set_importance_weights(&mut batch, beta);
     }
-    (batch, removed)
+    batch
 }
 
 /// `w_i = (N_i·P(i))^-β / max_j w_j` (PER), with `N_i` the table size at draw `i`.
@@ -697,6 +818,67 @@ mod tests {
         assert!(err.to_string().contains("\"t\""), "{err}");
         let stats = table.stats();
         assert_eq!((stats.size, stats.bytes, stats.inserts, stats.evictions), (1, one, 1, 0));
+    }
+
+    /// A uniform table (items never sampled out) with a samples-per-insert limiter.
+    fn ratio_table(samples_per_insert: f64, min_size: usize, error_buffer: f64) -> Arc<Table> {
+        let config = TableConfig {
+            name: "t".into(),
+            max_size: 100,
+            sampler: SamplerKind::Uniform,
+            max_times_sampled: 0,
+            min_size_to_sample: min_size,
+            samples_per_insert,
+            error_buffer,
+            ..TableConfig::default()
+        };
+        Arc::new(Table::new(config, CancellationToken::new()))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_rate_limiter_makes_inserts_wait_for_samples_and_samples_for_inserts() {
+        // spi 2, min size 2, buffer 2: the cursor stays in [2, 6].
+        let table = ratio_table(2.0, 2, 2.0);
+        fill(&table, [1, 2, 3]).await; // cursor 6
+        let short = Some(Duration::from_millis(100));
+        let err = table.insert(cartpole_sequence(3, 4), short).await.unwrap_err();
+        assert!(matches!(err, Error::InsertTimeout { .. }), "cursor 8 > 6: {err}");
+        assert_eq!(tonic::Status::from(err).code(), tonic::Code::DeadlineExceeded);
+
+        let blocked = tokio::spawn({
+            let table = Arc::clone(&table);
+            async move { table.insert(cartpole_sequence(3, 5), None).await }
+        });
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert!(!blocked.is_finished(), "the insert waits for samples");
+        let err = table.sample(5, 0.0, Duration::from_millis(100)).await.unwrap_err();
+        assert!(matches!(err, Error::SampleTimeout { .. }), "cursor 6 − 5 < 2: {err}");
+        assert_eq!(table.sample(2, 0.0, LONG).await.unwrap().len(), 2); // cursor 4: 8 − 4 ≤ 6 admits the insert
+        let key = tokio::time::timeout(Duration::from_secs(1), blocked)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(key, 4, "the timed-out insert stored nothing");
+
+        // Cursor 6: four samples take it to 2, the fifth waits for an insert.
+        assert_eq!(table.sample(4, 0.0, LONG).await.unwrap().len(), 4);
+        let waiting = tokio::spawn({
+            let table = Arc::clone(&table);
+            async move { table.sample(1, 0.0, LONG).await }
+        });
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert!(!waiting.is_finished(), "the sample waits for inserts");
+        fill(&table, [6]).await;
+        let batch = tokio::time::timeout(Duration::from_secs(1), waiting)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(batch.len(), 1);
+        let stats = table.stats();
+        assert_eq!((stats.inserts, stats.samples), (5, 7));
+        assert_eq!(stats.rate_limiter, RateLimiter::sample_to_insert_ratio(2.0, 2, 2.0));
     }
 
     #[tokio::test]
