@@ -91,6 +91,9 @@ pub struct TableConfig {
     pub max_bytes: u64,
     /// Which item a sample returns.
     pub sampler: SamplerKind,
+    /// Which item leaves when a full table that does not block takes an
+    /// insert (any sampler kind; `fifo`, the oldest, by default).
+    pub remover: SamplerKind,
     /// An item sampled this many times is removed; 0 means never. 1 makes the
     /// table a queue in which every sequence is learnt from exactly once
     /// (IMPALA).
@@ -140,6 +143,7 @@ impl Default for TableConfig {
             max_size: 32,
             max_bytes: 0,
             sampler: SamplerKind::Fifo,
+            remover: SamplerKind::Fifo,
             max_times_sampled: 1,
             priority_exponent: 0.9,
             min_size_to_sample: 1,
@@ -164,6 +168,12 @@ pub enum SamplerKind {
     /// Item `i` with probability `p_i^α / Σ_k p_k^α` (prioritised experience
     /// replay), drawn with replacement; uniform while every priority is 0.
     Prioritized,
+    /// The highest priority first (ties: the oldest).
+    #[serde(rename = "max-heap")]
+    MaxHeap,
+    /// The lowest priority first (ties: the oldest).
+    #[serde(rename = "min-heap")]
+    MinHeap,
 }
 
 impl SamplerKind {
@@ -174,8 +184,19 @@ impl SamplerKind {
             SamplerKind::Lifo => "lifo",
             SamplerKind::Uniform => "uniform",
             SamplerKind::Prioritized => "prioritized",
+            SamplerKind::MaxHeap => "max-heap",
+            SamplerKind::MinHeap => "min-heap",
         }
     }
+
+    pub const ALL: [SamplerKind; 6] = [
+        SamplerKind::Fifo,
+        SamplerKind::Lifo,
+        SamplerKind::Uniform,
+        SamplerKind::Prioritized,
+        SamplerKind::MaxHeap,
+        SamplerKind::MinHeap,
+    ];
 }
 
 impl ReplayConfig {
@@ -306,13 +327,22 @@ mod tests {
             [[tables]]
             name = "uniform"
             sampler = "uniform"
+            [[tables]]
+            name = "heap"
+            sampler = "max-heap"
+            remover = "min-heap"
+            samples_per_insert = 8.0
+            error_buffer = 16.0
             "#,
         )
         .unwrap();
         assert_eq!(config.validate(), Ok(()));
-        let [priority, stack, uniform] = &config.tables[..] else {
-            panic!("three tables expected")
+        let [priority, stack, uniform, heap] = &config.tables[..] else {
+            panic!("four tables expected")
         };
+        assert_eq!((heap.sampler, heap.remover), (SamplerKind::MaxHeap, SamplerKind::MinHeap));
+        assert_eq!(heap.rate_limiter(), RateLimiter::sample_to_insert_ratio(8.0, 1, 16.0));
+        assert_eq!(priority.remover, SamplerKind::Fifo);
         assert_eq!(priority.sampler, SamplerKind::Prioritized);
         assert_eq!((priority.priority_exponent, priority.min_size_to_sample), (0.6, 100));
         assert_eq!((stack.sampler, uniform.sampler), (SamplerKind::Lifo, SamplerKind::Uniform));

@@ -1,8 +1,10 @@
 //! Samplers: the rule that decides which item of a table a draw returns —
-//! oldest first, newest first, uniform, or prioritised through a
-//! [`KeyedSumTree`]. Each keeps its own index of the table's keys (the table
-//! tells it about every key that enters, changes priority or leaves) and, if
-//! it draws at random, its own seeded generator.
+//! oldest first, newest first, uniform, prioritised through a
+//! [`KeyedSumTree`], or highest/lowest priority first. Each keeps its own
+//! index of the table's keys (the table tells it about every key that
+//! enters, changes priority or leaves) and, if it draws at random, its own
+//! seeded generator. A table's remover, which picks the item to evict, is a
+//! sampler too.
 //!
 //! Plain structs: no locking, waiting or gRPC; [`crate::table`] holds one
 //! sampler per table under the table's lock and decides when to draw.
@@ -43,12 +45,84 @@ pub trait Sampler: Send + fmt::Debug {
 
 /// The sampler `config` asks for. `seed` fixes the random draws of the
 /// samplers that make any, so a table can be replayed exactly in tests.
-pub fn sampler_for(config: &TableConfig, seed: u64) -> Box<dyn Sampler> {
-    match config.sampler {
+pub fn sampler_for(kind: SamplerKind, config: &TableConfig, seed: u64) -> Box<dyn Sampler> {
+    match kind {
         SamplerKind::Fifo => Box::new(OrderedSampler::fifo()),
         SamplerKind::Lifo => Box::new(OrderedSampler::lifo()),
         SamplerKind::Uniform => Box::new(UniformSampler::new(seed)),
         SamplerKind::Prioritized => Box::new(PrioritizedSampler::new(config.priority_exponent, config.max_size, seed)),
+        SamplerKind::MaxHeap => Box::new(HeapSampler::max_first()),
+        SamplerKind::MinHeap => Box::new(HeapSampler::min_first()),
+    }
+}
+
+/// The item of highest (max-heap) or lowest (min-heap) priority; among
+/// equal priorities the oldest. O(log n) per operation.
+///
+/// Deterministic, so, like [`OrderedSampler`], it reports `1 / size` as the
+/// probability (unit importance weight).
+#[derive(Debug)]
+pub struct HeapSampler {
+    /// `(priority bits, tie-break)`: the bits of a finite priority >= 0
+    /// order as the priorities do; the tie-break is the key for a min-heap
+    /// and `u64::MAX - key` for a max-heap, so the oldest wins either way.
+    order: BTreeSet<(u64, u64)>,
+    priorities: HashMap<u64, u64>,
+    max_first: bool,
+}
+
+impl HeapSampler {
+    pub fn max_first() -> Self {
+        Self {
+            order: BTreeSet::new(),
+            priorities: HashMap::new(),
+            max_first: true,
+        }
+    }
+
+    pub fn min_first() -> Self {
+        Self {
+            max_first: false,
+            ..Self::max_first()
+        }
+    }
+
+    fn entry(&self, key: u64, bits: u64) -> (u64, u64) {
+        (bits, if self.max_first { u64::MAX - key } else { key })
+    }
+}
+
+impl Sampler for HeapSampler {
+    fn name(&self) -> &'static str {
+        if self.max_first {
+            SamplerKind::MaxHeap.as_str()
+        } else {
+            SamplerKind::MinHeap.as_str()
+        }
+    }
+    fn insert(&mut self, key: u64, priority: f64) {
+        self.remove(key);
+        // + 0.0 turns -0.0 into 0.0, whose bits sort first.
+        let bits = (priority + 0.0).to_bits();
+        self.priorities.insert(key, bits);
+        self.order.insert(self.entry(key, bits));
+    }
+    fn update(&mut self, key: u64, priority: f64) {
+        if self.priorities.contains_key(&key) {
+            self.insert(key, priority);
+        }
+    }
+    fn remove(&mut self, key: u64) {
+        if let Some(bits) = self.priorities.remove(&key) {
+            self.order.remove(&self.entry(key, bits));
+        }
+    }
+    fn sample(&mut self) -> Option<Choice> {
+        let &(_, tie) = if self.max_first { self.order.last()? } else { self.order.first()? };
+        Some(Choice {
+            key: if self.max_first { u64::MAX - tie } else { tie },
+            probability: 1.0 / self.order.len() as f64,
+        })
     }
 }
 
@@ -361,13 +435,34 @@ mod tests {
     }
 
     #[test]
+    fn heaps_return_the_extreme_priority_oldest_first() {
+        let mut max = HeapSampler::max_first();
+        let mut min = HeapSampler::min_first();
+        for (key, priority) in [(1, 2.0), (2, 5.0), (3, 0.5), (4, 5.0), (5, 0.5), (6, 0.0)] {
+            max.insert(key, priority);
+            min.insert(key, priority);
+        }
+        assert_eq!(max.sample().map(|c| c.key), Some(2), "5.0, and older than 4");
+        assert_eq!(min.sample().map(|c| c.key), Some(6));
+        assert_eq!(max.sample().unwrap().probability, 1.0 / 6.0);
+        max.update(3, 9.0);
+        min.update(6, 3.0);
+        assert_eq!(max.sample().map(|c| c.key), Some(3));
+        assert_eq!(min.sample().map(|c| c.key), Some(3), "0.5 now the lowest; 5 is newer");
+        max.remove(3);
+        min.remove(3);
+        min.update(42, 0.0);
+        assert_eq!((max.sample().map(|c| c.key), min.sample().map(|c| c.key)), (Some(2), Some(5)));
+        for key in [1, 2, 4, 5, 6] {
+            max.remove(key);
+        }
+        assert_eq!(max.sample(), None);
+    }
+
+    #[test]
     fn names_match_the_config() {
-        for kind in [SamplerKind::Fifo, SamplerKind::Lifo, SamplerKind::Uniform, SamplerKind::Prioritized] {
-            let config = TableConfig {
-                sampler: kind,
-                ..TableConfig::default()
-            };
-            let sampler = sampler_for(&config, 0);
+        for kind in SamplerKind::ALL {
+            let sampler = sampler_for(kind, &TableConfig::default(), 0);
             assert_eq!(sampler.name(), kind.as_str());
             assert_eq!(sampler.is_prioritised(), kind == SamplerKind::Prioritized);
         }

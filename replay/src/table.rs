@@ -1,6 +1,6 @@
 //! One replay table: items (validated sequences) under increasing `u64` keys,
-//! a [`Sampler`] that picks which item a sample returns, a [`Remover`] that
-//! picks which item leaves when a full table must make room, the
+//! a [`Sampler`] that picks which item a sample returns, a second one (the
+//! remover) that picks which item leaves when a full table must make room, the
 //! `max_times_sampled` rule, importance weights, and the waiting that makes
 //! callers block.
 //!
@@ -40,28 +40,6 @@ use crate::validate::{Signature, validate_sequence};
 /// priority seen so far (inserted or updated), so that new items are sampled
 /// at least as eagerly as any other until the learner has scored them.
 pub const DEFAULT_PRIORITY: f64 = 1.0;
-
-/// Chooses which item leaves when an insert comes into a full table that
-/// does not block (every table but a queue; see [`TableConfig`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Remover {
-    /// The oldest item (smallest key) leaves first.
-    Fifo,
-}
-
-impl Remover {
-    pub fn name(self) -> &'static str {
-        match self {
-            Remover::Fifo => "fifo",
-        }
-    }
-
-    fn victim(self, items: &BTreeMap<u64, Item>) -> Option<u64> {
-        match self {
-            Remover::Fifo => items.keys().next().copied(),
-        }
-    }
-}
 
 /// One stored sequence and its bookkeeping.
 #[derive(Debug)]
@@ -113,7 +91,8 @@ pub struct TableStats {
 struct State {
     items: BTreeMap<u64, Item>,
     sampler: Box<dyn Sampler>,
-    remover: Remover,
+    /// Picks eviction victims; told about every key as `sampler` is.
+    remover: Box<dyn Sampler>,
     /// Fixed by the first item ever inserted; it outlives that item.
     signature: Option<Signature>,
     /// Keys start at 1, so a priority update with an unset key (0) is simply missing.
@@ -137,6 +116,7 @@ impl State {
     fn remove(&mut self, key: u64, max_times_sampled: u32) -> Option<Item> {
         let item = self.items.remove(&key)?;
         self.sampler.remove(key);
+        self.remover.remove(key);
         self.bytes -= item.bytes;
         if max_times_sampled > 0 {
             self.draws_left -= u64::from(max_times_sampled.saturating_sub(item.times_sampled));
@@ -170,7 +150,9 @@ impl Table {
     /// An empty table whose random draws are fixed by `seed`, for tests and
     /// reproducible runs.
     pub fn with_seed(config: TableConfig, shutdown: CancellationToken, seed: u64) -> Self {
-        let sampler = sampler_for(&config, seed);
+        let sampler = sampler_for(config.sampler, &config, seed);
+        // Its own stream of draws, so that removals do not shift the samples.
+        let remover = sampler_for(config.remover, &config, seed ^ 0x9e37_79b9_7f4a_7c15);
         let metrics = TableMetrics::new(&config.name);
         metrics.items.set(0.0);
         metrics.bytes.set(0.0);
@@ -179,7 +161,7 @@ impl Table {
             state: Mutex::new(State {
                 items: BTreeMap::new(),
                 sampler,
-                remover: Remover::Fifo,
+                remover,
                 signature: None,
                 next_key: 1,
                 bytes: 0,
@@ -267,7 +249,7 @@ impl Table {
                         unreachable!("the sequence is taken only by the attempt that stores it")
                     };
                     while full(state) {
-                        let Some(victim) = state.remover.victim(&state.items) else {
+                        let Some(Choice { key: victim, .. }) = state.remover.sample() else {
                             break;
                         };
                         state.remove(victim, max_times_sampled);
@@ -297,6 +279,7 @@ impl Table {
                     );
                     state.bytes += bytes;
                     state.sampler.insert(key, priority);
+                    state.remover.insert(key, priority);
                     state.inserts += 1;
                     self.publish_size(state);
                     Ok(Some(key))
@@ -400,6 +383,7 @@ impl Table {
                 Some(item) => {
                     item.priority = priority;
                     state.sampler.update(key, priority);
+                    state.remover.update(key, priority);
                     state.max_priority_seen = state.max_priority_seen.max(priority);
                 }
                 None => missing += 1,
@@ -505,6 +489,7 @@ impl Table {
                     state.draws_left += u64::from(max_times_sampled.saturating_sub(meta.times_sampled));
                 }
                 state.sampler.insert(key, meta.priority);
+                state.remover.insert(key, meta.priority);
                 state.items.insert(
                     key,
                     Item {
@@ -879,6 +864,40 @@ mod tests {
         let stats = table.stats();
         assert_eq!((stats.inserts, stats.samples), (5, 7));
         assert_eq!(stats.rate_limiter, RateLimiter::sample_to_insert_ratio(2.0, 2, 2.0));
+    }
+
+    #[tokio::test]
+    async fn a_min_heap_remover_evicts_the_lowest_priority_and_a_max_heap_samples_the_highest() {
+        let config = TableConfig {
+            name: "t".into(),
+            max_size: 3,
+            sampler: SamplerKind::MaxHeap,
+            remover: SamplerKind::MinHeap,
+            max_times_sampled: 0,
+            ..TableConfig::default()
+        };
+        let table = Table::new(config, CancellationToken::new());
+        for (seed, priority) in [(1, 4.0), (2, 1.0), (3, 9.0), (4, 2.0), (5, 0.5)] {
+            let mut sequence = cartpole_sequence(3, seed);
+            sequence.priority = priority;
+            table.insert(sequence, None).await.unwrap();
+        }
+        // Inserting 4 (2.0) evicted 2 (1.0); inserting 5 (0.5) evicted 4 (2.0).
+        let stats = table.stats();
+        assert_eq!(
+            (stats.size, stats.evictions, stats.sampler, stats.remover),
+            (3, 2, "max-heap", "min-heap")
+        );
+        let batch = table.sample(2, 0.0, LONG).await.unwrap();
+        assert_eq!(batch.iter().map(|i| i.key).collect::<Vec<_>>(), vec![3, 3]);
+        table.update_priorities(&[(3, 0.1), (5, 7.0)]).unwrap();
+        assert_eq!(table.sample(1, 0.0, LONG).await.unwrap()[0].key, 5);
+        let mut sequence = cartpole_sequence(3, 6);
+        sequence.priority = 3.0;
+        table.insert(sequence, None).await.unwrap();
+        let mut left: Vec<u64> = table.snapshot().items.iter().map(|i| i.meta.key).collect();
+        left.sort();
+        assert_eq!(left, vec![1, 5, 6], "3, now the lowest, was evicted");
     }
 
     #[tokio::test]
@@ -1308,24 +1327,6 @@ mod tests {
         assert!(matches!(err, Error::SampleTimeout { .. }), "{err}");
         assert_eq!(table.sample(3, 0.0, LONG).await.unwrap().len(), 3);
         assert!(table.is_empty());
-    }
-
-    #[test]
-    fn fifo_remover_picks_the_oldest() {
-        let mut items = BTreeMap::new();
-        for key in [7, 3, 9] {
-            items.insert(
-                key,
-                Item {
-                    sequence: Arc::new(pb::Sequence::default()),
-                    priority: 1.0,
-                    times_sampled: 0,
-                    bytes: 0,
-                },
-            );
-        }
-        assert_eq!(Remover::Fifo.victim(&items), Some(3));
-        assert_eq!(Remover::Fifo.victim(&BTreeMap::new()), None);
     }
 
     #[test]
