@@ -32,15 +32,16 @@ pub enum Outcome {
 }
 
 /// One child process and the addresses it reported.
-struct Process {
+pub(crate) struct Process {
     name: String,
-    child: Child,
-    grpc: String,
+    pub(crate) child: Child,
+    pub(crate) grpc: String,
     metrics: String,
 }
 
 impl Process {
-    async fn spawn(name: &str, config_path: &Path, args: &[String]) -> Result<Self> {
+    /// Starts `fleet --config CONFIG ARGS…` and waits for its ready line.
+    pub(crate) async fn spawn(name: &str, config_path: &Path, args: &[String]) -> Result<Self> {
         let exe = std::env::current_exe().context("locating the fleet binary")?;
         let mut command = Command::new(exe);
         command
@@ -90,7 +91,7 @@ impl Process {
     }
 
     /// SIGTERM, then SIGKILL if it has not exited within `grace`.
-    async fn stop(&mut self, grace: Duration) {
+    pub(crate) async fn stop(&mut self, grace: Duration) {
         if let Some(pid) = self.child.id() {
             let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
         }

@@ -1,6 +1,7 @@
 //! The `fleet` command: one binary, one role per subcommand. This file only
 //! parses flags, loads the config and hands over to the role's `run`.
 
+mod bench;
 mod config;
 mod health;
 mod launcher;
@@ -71,6 +72,11 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:50051", env = "FLEET_REPLAY_ADDRESS")]
         replay: String,
     },
+    /// Measure a part of fleet and print a table of numbers.
+    Bench {
+        #[command(subcommand)]
+        target: BenchTarget,
+    },
     /// Print the effective config (default, file, environment, flags) as TOML
     /// and exit; a bad key or value is an error naming it.
     Config,
@@ -97,6 +103,27 @@ enum Command {
         replay: String,
         #[arg(long, default_value = "127.0.0.1:50052", env = "FLEET_LEARNER_ADDRESS")]
         learner: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchTarget {
+    /// The replay service (its own process) under K inserting and M sampling
+    /// clients over loopback gRPC, for each item size.
+    Replay {
+        #[arg(long, default_value_t = 4)]
+        inserters: usize,
+        #[arg(long, default_value_t = 4)]
+        samplers: usize,
+        /// Sequences per sampled batch.
+        #[arg(long, default_value_t = 16)]
+        batch_size: u32,
+        /// Seconds per workload.
+        #[arg(long, default_value_t = 10.0)]
+        seconds: f64,
+        /// Only these workloads (1KiB, 100KiB, r2d2-80x84x84); all by default.
+        #[arg(long = "workload")]
+        workloads: Vec<String>,
     },
 }
 
@@ -155,6 +182,25 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         exit_with_stdin: cli.exit_with_stdin,
     };
     match cli.command {
+        Command::Bench {
+            target:
+                BenchTarget::Replay {
+                    inserters,
+                    samplers,
+                    batch_size,
+                    seconds,
+                    workloads,
+                },
+        } => {
+            let load = bench::Load {
+                inserters,
+                samplers,
+                batch_size,
+                seconds,
+            };
+            bench::replay(load, &workloads).await?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Config => {
             print!("{}", config.to_toml()?);
             Ok(ExitCode::SUCCESS)

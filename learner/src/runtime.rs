@@ -76,7 +76,7 @@ pub async fn run(settings: LearnerSettings, listener: TcpListener, shutdown: Can
         .max_decoding_message_size(settings.max_message_bytes);
     let server_shutdown = shutdown.clone();
     let server = tokio::spawn(
-        tonic::transport::Server::builder()
+        fleet_proto::connect::server()
             .add_service(health_service)
             .add_service(parameters)
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move { server_shutdown.cancelled().await }),

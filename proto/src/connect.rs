@@ -38,12 +38,36 @@ pub fn endpoint_uri(address: &str) -> String {
     }
 }
 
+/// HTTP/2 flow-control windows of every fleet connection, both ends. The
+/// HTTP/2 default of 64 KiB makes a sender of sequences or batches of
+/// hundreds of KB wait for a window update every 64 KiB; a larger start and
+/// adaptive (BDP-probing) windows let a message go out in one burst.
+pub const INITIAL_STREAM_WINDOW: u32 = 4 << 20;
+pub const INITIAL_CONNECTION_WINDOW: u32 = 16 << 20;
+
+/// The client end of a fleet connection to `address` (not yet connected).
+pub fn endpoint(address: &str) -> Result<Endpoint, tonic::transport::Error> {
+    Ok(Endpoint::from_shared(endpoint_uri(address))?
+        .connect_timeout(Duration::from_secs(5))
+        .tcp_nodelay(true)
+        .initial_stream_window_size(INITIAL_STREAM_WINDOW)
+        .initial_connection_window_size(INITIAL_CONNECTION_WINDOW)
+        .http2_adaptive_window(true))
+}
+
+/// The server end: a tonic server builder with the same windows.
+pub fn server() -> tonic::transport::Server {
+    tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .initial_stream_window_size(INITIAL_STREAM_WINDOW)
+        .initial_connection_window_size(INITIAL_CONNECTION_WINDOW)
+        .http2_adaptive_window(Some(true))
+}
+
 /// Connects to `address`, retrying with `backoff`. Returns `None` when
 /// `shutdown` fires first; a malformed address is an error at once.
 pub async fn connect(address: &str, backoff: Backoff, shutdown: &CancellationToken) -> Result<Option<Channel>, tonic::transport::Error> {
-    let endpoint = Endpoint::from_shared(endpoint_uri(address))?
-        .connect_timeout(Duration::from_secs(5))
-        .tcp_nodelay(true);
+    let endpoint = endpoint(address)?;
     let mut attempt = 0;
     loop {
         let result = tokio::select! {

@@ -433,7 +433,7 @@ pub async fn serve(
         }
         connection
     });
-    tonic::transport::Server::builder()
+    fleet_proto::connect::server()
         .add_service(health_server)
         .add_service(service.clone().into_server())
         .serve_with_incoming_shutdown(incoming, stop)

@@ -1,0 +1,336 @@
+//! `fleet bench replay`: a load generator for the replay service. It starts
+//! `fleet replay` as its own process with one prioritised table, then runs K
+//! inserting and M sampling clients against it over loopback gRPC for a fixed
+//! time per workload, and prints a table: inserts/s, sampled items/s, MB/s,
+//! p50/p99 latency of an insert (sent until acknowledged) and of a sampled
+//! batch (requested until received), and the server's peak resident memory.
+//!
+//! Clients are closed-loop (one request in flight each), as a Python client
+//! of Reverb is, so `bench/reverb_replay.py` measures the same thing.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow};
+use fleet_proto::pb::replay_client::ReplayClient;
+use fleet_proto::pb::{self, Tensor};
+use fleet_replay::{SamplerKind, TableConfig};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Channel;
+
+use crate::config::Config;
+use crate::launcher::Process;
+
+const TABLE: &str = "bench";
+/// Large enough for a batch of R2D2-shaped sequences.
+const MAX_MESSAGE_BYTES: usize = 64 << 20;
+
+/// One item shape to measure.
+#[derive(Debug, Clone, Copy)]
+pub struct Workload {
+    pub name: &'static str,
+    /// Steps per sequence, and the u8 observation shape of one step.
+    steps: usize,
+    frame: &'static [usize],
+    /// Table capacity: bounds the server's memory at a few hundred MB.
+    max_size: usize,
+}
+
+pub const WORKLOADS: [Workload; 3] = [
+    Workload {
+        name: "1KiB",
+        steps: 8,
+        frame: &[128],
+        max_size: 100_000,
+    },
+    Workload {
+        name: "100KiB",
+        steps: 8,
+        frame: &[12_800],
+        max_size: 4_000,
+    },
+    Workload {
+        name: "r2d2-80x84x84",
+        steps: 80,
+        frame: &[84, 84],
+        max_size: 500,
+    },
+];
+
+/// The load: clients, batch size and duration per workload.
+#[derive(Debug, Clone)]
+pub struct Load {
+    pub inserters: usize,
+    pub samplers: usize,
+    pub batch_size: u32,
+    pub seconds: f64,
+}
+
+/// A sequence of `workload`'s shape from `actor`, valid for the replay service.
+fn sequence(workload: &Workload, actor: u64) -> pb::Sequence {
+    let t = workload.steps;
+    let frame: usize = workload.frame.iter().product();
+    let mut shape = vec![t];
+    shape.extend_from_slice(workload.frame);
+    // Random bytes: incompressible, so no system gains from compressing them.
+    let mut rng = StdRng::seed_from_u64(actor);
+    let observations: Vec<u8> = (0..t * frame).map(|_| rng.random()).collect();
+    pb::Sequence {
+        observations: Some(Tensor::from_u8(&shape, observations)),
+        actions: Some(Tensor::from_i64(&[t], &vec![1; t])),
+        behaviour_logits: Some(Tensor::from_f32(&[t, 2], &vec![0.0; t * 2])),
+        rewards: vec![1.0; t],
+        is_first: (0..t).map(|i| i == 0).collect(),
+        terminated: vec![false; t],
+        truncated: vec![false; t],
+        behaviour_versions: vec![1; t],
+        actor_id: actor,
+        ..Default::default()
+    }
+}
+
+/// What one workload measured.
+#[derive(Debug)]
+pub struct Report {
+    pub workload: &'static str,
+    /// Observation bytes per item (what MB/s counts).
+    pub item_bytes: usize,
+    pub inserts_per_sec: f64,
+    pub samples_per_sec: f64,
+    pub insert_mb_per_sec: f64,
+    pub sample_mb_per_sec: f64,
+    pub insert_p50_ms: f64,
+    pub insert_p99_ms: f64,
+    pub sample_p50_ms: f64,
+    pub sample_p99_ms: f64,
+    pub server_peak_rss_mib: f64,
+}
+
+/// Runs every workload in `names` (all when empty) and prints the table.
+pub async fn replay(load: Load, names: &[String]) -> Result<()> {
+    println!(
+        "| workload | item bytes | inserts/s | samples/s | insert MB/s | sample MB/s | insert p50 / p99 ms | sample batch p50 / p99 ms | server peak RSS MiB |"
+    );
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    for workload in WORKLOADS.iter().filter(|w| names.is_empty() || names.iter().any(|n| n == w.name)) {
+        let r = run_workload(workload, &load)
+            .await
+            .with_context(|| format!("workload {}", workload.name))?;
+        println!(
+            "| {} | {} | {:.0} | {:.0} | {:.1} | {:.1} | {:.2} / {:.2} | {:.2} / {:.2} | {:.0} |",
+            r.workload,
+            r.item_bytes,
+            r.inserts_per_sec,
+            r.samples_per_sec,
+            r.insert_mb_per_sec,
+            r.sample_mb_per_sec,
+            r.insert_p50_ms,
+            r.insert_p99_ms,
+            r.sample_p50_ms,
+            r.sample_p99_ms,
+            r.server_peak_rss_mib
+        );
+    }
+    println!(
+        "\n{} inserting and {} sampling clients, batches of {}, {} s per workload; prioritised table (α 0.8, fifo remover).",
+        load.inserters, load.samplers, load.batch_size, load.seconds
+    );
+    Ok(())
+}
+
+async fn run_workload(workload: &Workload, load: &Load) -> Result<Report> {
+    let dir = tempfile::tempdir().context("creating a temporary directory")?;
+    let config_path = dir.path().join("bench.toml");
+    bench_config(workload)?.write_to(&config_path)?;
+    let mut server = Process::spawn(
+        "replay",
+        &config_path,
+        &[
+            "replay".into(),
+            "--listen".into(),
+            "127.0.0.1:0".into(),
+            "--metrics-listen".into(),
+            "127.0.0.1:0".into(),
+        ],
+    )
+    .await?;
+    let pid = server.child.id().ok_or_else(|| anyhow!("the replay process has no pid"))?;
+    let address = server.grpc.clone();
+    let result = drive(workload, load, &address).await;
+    let peak_rss = peak_rss_mib(pid);
+    server.stop(Duration::from_secs(10)).await;
+    let (inserts, samples, elapsed) = result?;
+    // The observation payload; each item also carries ~24 B per step of
+    // actions, logits, rewards and flags, which the figures leave out.
+    let item_bytes = workload.steps * workload.frame.iter().product::<usize>();
+    let secs = elapsed.as_secs_f64();
+    Ok(Report {
+        workload: workload.name,
+        item_bytes,
+        inserts_per_sec: inserts.count as f64 / secs,
+        samples_per_sec: samples.count as f64 / secs,
+        insert_mb_per_sec: (inserts.count * item_bytes) as f64 / secs / 1e6,
+        sample_mb_per_sec: (samples.count * item_bytes) as f64 / secs / 1e6,
+        insert_p50_ms: percentile(&inserts.latencies, 0.50),
+        insert_p99_ms: percentile(&inserts.latencies, 0.99),
+        sample_p50_ms: percentile(&samples.latencies, 0.50),
+        sample_p99_ms: percentile(&samples.latencies, 0.99),
+        server_peak_rss_mib: peak_rss?,
+    })
+}
+
+fn bench_config(workload: &Workload) -> Result<Config> {
+    let mut config = Config::load(&Default::default())?;
+    config.replay.max_message_bytes = MAX_MESSAGE_BYTES;
+    config.replay.tables = vec![TableConfig {
+        name: TABLE.into(),
+        max_size: workload.max_size,
+        sampler: SamplerKind::Prioritized,
+        priority_exponent: 0.8,
+        max_times_sampled: 0,
+        min_size_to_sample: 1,
+        ..TableConfig::default()
+    }];
+    // Roles read the tables by name from the config; keep it consistent.
+    config.actor.table = TABLE.into();
+    config.learner.table = TABLE.into();
+    config.validate()?;
+    Ok(config)
+}
+
+/// Completed operations of one kind and their latencies.
+#[derive(Debug, Default)]
+struct Tally {
+    /// Items (inserts) or sampled items.
+    count: usize,
+    latencies: Vec<Duration>,
+}
+
+impl Tally {
+    fn merge(&mut self, other: Tally) {
+        self.count += other.count;
+        self.latencies.extend(other.latencies);
+    }
+}
+
+async fn client(address: &str) -> Result<ReplayClient<Channel>> {
+    let channel = fleet_proto::connect::endpoint(address)?
+        .connect()
+        .await
+        .with_context(|| format!("connecting to {address}"))?;
+    Ok(ReplayClient::new(channel)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES))
+}
+
+async fn drive(workload: &Workload, load: &Load, address: &str) -> Result<(Tally, Tally, Duration)> {
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs_f64(load.seconds);
+    let mut inserters = Vec::new();
+    for actor in 0..load.inserters {
+        let mut replay = client(address).await?;
+        let item = sequence(workload, actor as u64 + 1);
+        inserters.push(tokio::spawn(async move {
+            let (requests, stream) = mpsc::channel(1);
+            let mut acks = replay.insert(ReceiverStream::new(stream)).await?.into_inner();
+            let mut tally = Tally::default();
+            while Instant::now() < deadline {
+                let sent = Instant::now();
+                let request = pb::InsertRequest {
+                    table: TABLE.into(),
+                    sequence: Some(item.clone()),
+                };
+                requests.send(request).await.map_err(|_| anyhow!("insert stream closed"))?;
+                acks.message().await?.ok_or_else(|| anyhow!("insert stream ended"))?;
+                tally.latencies.push(sent.elapsed());
+                tally.count += 1;
+            }
+            Ok::<_, anyhow::Error>(tally)
+        }));
+    }
+    let mut samplers = Vec::new();
+    for _ in 0..load.samplers {
+        let mut replay = client(address).await?;
+        let batch_size = load.batch_size;
+        samplers.push(tokio::spawn(async move {
+            let mut tally = Tally::default();
+            while Instant::now() < deadline {
+                let sent = Instant::now();
+                let request = pb::SampleRequest {
+                    table: TABLE.into(),
+                    batch_size,
+                    num_batches: 1,
+                    timeout_ms: 10_000,
+                    beta: 0.6,
+                };
+                let mut batches = replay.sample(request).await?.into_inner();
+                let batch = batches.message().await?.ok_or_else(|| anyhow!("sample stream ended"))?;
+                tally.latencies.push(sent.elapsed());
+                tally.count += batch.items.len();
+            }
+            Ok::<_, anyhow::Error>(tally)
+        }));
+    }
+    let (mut inserts, mut samples) = (Tally::default(), Tally::default());
+    for task in inserters {
+        inserts.merge(task.await??);
+    }
+    for task in samplers {
+        samples.merge(task.await??);
+    }
+    Ok((inserts, samples, started.elapsed()))
+}
+
+fn percentile(latencies: &[Duration], q: f64) -> f64 {
+    if latencies.is_empty() {
+        return f64::NAN;
+    }
+    let mut sorted = latencies.to_vec();
+    sorted.sort();
+    let index = ((sorted.len() - 1) as f64 * q).round() as usize;
+    sorted[index].as_secs_f64() * 1e3
+}
+
+/// `VmHWM` (peak resident set) of a process, from `/proc`.
+fn peak_rss_mib(pid: u32) -> Result<f64> {
+    let path = Path::new("/proc").join(pid.to_string()).join("status");
+    let status = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .ok_or_else(|| anyhow!("no VmHWM in {}", path.display()))?;
+    Ok(kib / 1024.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn workload_sequences_pass_replay_validation_at_their_size() {
+        for workload in &WORKLOADS {
+            let item = sequence(workload, 3);
+            fleet_replay::validate_sequence(&item).unwrap();
+            let frame: usize = workload.frame.iter().product();
+            let bytes = prost::Message::encoded_len(&item);
+            assert!(
+                bytes >= workload.steps * frame && bytes < workload.steps * frame + 2048,
+                "{}: {bytes}",
+                workload.name
+            );
+        }
+    }
+
+    #[test]
+    fn percentiles_pick_ranks() {
+        let ms = |v: u64| Duration::from_millis(v);
+        let latencies: Vec<Duration> = (1..=100).rev().map(ms).collect();
+        assert_eq!(percentile(&latencies, 0.5), 51.0);
+        assert_eq!(percentile(&latencies, 0.99), 99.0);
+        assert!(percentile(&[], 0.5).is_nan());
+    }
+}
