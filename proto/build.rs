@@ -3,6 +3,10 @@
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=fleet.proto");
     let descriptors = protox::compile(["fleet.proto"], ["."])?;
-    tonic_prost_build::configure().compile_fds(descriptors)?;
+    tonic_prost_build::configure()
+        // Step data as reference-counted `Bytes`: a sampled sequence shares
+        // its buffers with the stored one instead of copying them.
+        .bytes(".fleet.v1.Tensor.data")
+        .compile_fds(descriptors)?;
     Ok(())
 }

@@ -49,6 +49,13 @@ impl Tensor {
         Self::new(Dtype::I64, shape, data)
     }
 
+    /// Makes the tensor own exactly its bytes. A decoded tensor's data may be
+    /// a view into a larger receive buffer, which keeping the tensor would
+    /// keep alive; long-lived tensors (stored items) are compacted first.
+    pub fn compact(&mut self) {
+        self.data = prost::bytes::Bytes::copy_from_slice(&self.data);
+    }
+
     pub fn from_u8(shape: &[usize], values: Vec<u8>) -> Self {
         debug_assert_eq!(shape.iter().product::<usize>(), values.len());
         Self::new(Dtype::U8, shape, values)
@@ -58,7 +65,7 @@ impl Tensor {
         Tensor {
             dtype: dtype as i32,
             shape: shape.iter().map(|&d| d as u64).collect(),
-            data,
+            data: data.into(),
         }
     }
 
@@ -146,7 +153,7 @@ mod tests {
     #[test]
     fn wrong_byte_count_is_rejected() {
         let mut t = Tensor::from_f32(&[3], &[1.0, 2.0, 3.0]);
-        t.data.pop();
+        t.data.truncate(t.data.len() - 1);
         assert!(matches!(
             t.to_f32(),
             Err(TensorError::ByteCount {
@@ -171,7 +178,7 @@ mod tests {
         let t = Tensor {
             dtype: Dtype::F32 as i32,
             shape: vec![u64::MAX, 2],
-            data: vec![],
+            data: Default::default(),
         };
         assert!(matches!(t.check_bytes(), Err(TensorError::ShapeOverflow(_))));
     }

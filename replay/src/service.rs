@@ -562,7 +562,8 @@ mod tests {
         let mut short_rewards = cartpole_sequence(21, 7);
         short_rewards.rewards.pop();
         let mut short_bytes = cartpole_sequence(21, 8);
-        short_bytes.observations.as_mut().unwrap().data.pop();
+        let data = &mut short_bytes.observations.as_mut().unwrap().data;
+        data.truncate(data.len() - 1);
         let mut nan_reward = cartpole_sequence(21, 9);
         nan_reward.rewards[3] = f32::NAN;
         let cases = [

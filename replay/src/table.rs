@@ -218,7 +218,7 @@ impl Table {
         }
         // Whether `state` must lose an item before this sequence fits.
         let full = move |state: &State| state.items.len() >= self.config.max_size || (max_bytes > 0 && state.bytes + bytes > max_bytes);
-        let mut sequence = Some(sequence);
+        let mut sequence = Some(compact(sequence));
         let max_times_sampled = self.config.max_times_sampled;
         let blocks_when_full = self.config.blocks_inserts_when_full();
         let mut evicted = 0;
@@ -572,6 +572,21 @@ impl Table {
             }
         }
     }
+}
+
+/// `sequence` with every tensor owning exactly its bytes (see
+/// [`pb::Tensor::compact`]), so a stored item holds no receive buffer.
+fn compact(mut sequence: pb::Sequence) -> pb::Sequence {
+    let tensors = [
+        &mut sequence.observations,
+        &mut sequence.actions,
+        &mut sequence.behaviour_logits,
+        &mut sequence.initial_state,
+    ];
+    for tensor in tensors.into_iter().flatten() {
+        tensor.compact();
+    }
+    sequence
 }
 
 /// What the rate limiter decides on.

@@ -333,18 +333,21 @@ mod tests {
     #[test]
     fn wrong_byte_counts() {
         let message = rejected(|s| {
-            s.observations.as_mut().unwrap().data.pop();
+            let data = &mut s.observations.as_mut().unwrap().data;
+            data.truncate(data.len() - 1);
         });
         assert!(
             message.starts_with("observations: ") && message.contains("needs 80 bytes, got 79"),
             "{message}"
         );
         let message = rejected(|s| {
-            s.actions.as_mut().unwrap().data.extend([0; 8]);
+            let data = &mut s.actions.as_mut().unwrap().data;
+            *data = [&data[..], &[0; 8]].concat().into();
         });
         assert!(message.starts_with("actions: ") && message.contains("got 48"), "{message}");
         let message = rejected(|s| {
-            s.behaviour_logits.as_mut().unwrap().data.pop();
+            let data = &mut s.behaviour_logits.as_mut().unwrap().data;
+            data.truncate(data.len() - 1);
         });
         assert!(message.starts_with("behaviour_logits: "), "{message}");
         let message = rejected(|s| {
