@@ -22,7 +22,8 @@ pub fn init_logging() {
 /// Installs the global metrics recorder with histogram buckets set, so
 /// histograms render as real Prometheus histograms that aggregate across processes.
 pub fn install_recorder() -> Result<PrometheusHandle> {
-    let buckets: [(&str, &[f64]); 4] = [
+    let buckets: [(&str, &[f64]); 5] = [
+        (fleet_replay::metrics::SAMPLE_LATENCY, fleet_replay::metrics::SAMPLE_LATENCY_BUCKETS),
         (fleet_actor::metrics::EPISODE_RETURN, fleet_actor::metrics::EPISODE_RETURN_BUCKETS),
         (fleet_actor::metrics::POLICY_LAG, fleet_actor::metrics::POLICY_LAG_BUCKETS),
         (fleet_learner::metrics::POLICY_LAG, fleet_learner::metrics::POLICY_LAG_BUCKETS),

@@ -88,6 +88,8 @@ struct Cluster {
     override_file: tempfile::NamedTempFile,
     /// Every compose command run and its output, for failure messages.
     transcript: String,
+    /// Unix seconds at which the last `restart` began.
+    restarted_at: f64,
 }
 
 impl Cluster {
@@ -103,6 +105,7 @@ impl Cluster {
             project: format!("fleettest{}x{nanos}", std::process::id()),
             override_file,
             transcript: String::new(),
+            restarted_at: 0.0,
         }
     }
 
@@ -394,80 +397,32 @@ async fn compose_cluster_scales_actors_and_prometheus_sees_them() {
     assert!(found.is_some(), "Prometheus never saw {SCALED} actors up:\n{}", cluster.report());
 
     // A restarted learner resumes from its checkpoint: the new process's
-    // first scraped version is at least the old one's last.
-    let before = query(&prometheus, "max(fleet_learner_weights_version)").await.unwrap_or_default();
-    let before = *before
-        .first()
-        .unwrap_or_else(|| panic!("no weights version:\n{}", cluster.report()));
-    let restarted_at = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs_f64();
-    let restart = cluster.run(&["restart", "learner"]);
-    assert!(restart.status.success(), "compose restart learner failed:\n{}", cluster.report());
-    let new_process = format!(
-        r#"max(fleet_learner_weights_version and on() (process_start_time_seconds{{role="learner"}} > {:.0}))"#,
-        restarted_at - 1.0
-    );
-    let first = wait_for(&prometheus, &new_process, Duration::from_secs(90)).await;
-    let Some(first) = first else {
-        panic!("the restarted learner was never scraped:\n{}", cluster.report());
-    };
-    assert!(
-        first >= before,
-        "the restarted learner started at version {first}, below {before} before the restart:\n{}",
-        cluster.report()
-    );
-    let rising = format!("{new_process} > {first}");
+    // first scraped version is at least the old one's last, and rises.
+    let versions = "max(fleet_learner_weights_version{role=\"learner\"})";
+    let (before, first) = restart_and_compare(&mut cluster, &prometheus, "learner", versions, "resumed from checkpoint").await;
+    let rising = format!("{} > {first}", from_new_process(versions, "learner", first_scrape_after(&cluster)));
     assert!(
         wait_for(&prometheus, &rising, Duration::from_secs(90)).await.is_some(),
         "the restarted learner's version never rose past {first}:\n{}",
         cluster.report()
     );
-    let logs = cluster.run(&["logs", "--no-color", "learner"]);
-    assert!(
-        String::from_utf8_lossy(&logs.stdout).contains("resumed from checkpoint"),
-        "the learner's log does not say it resumed:\n{}",
-        cluster.report()
-    );
 
     // A restarted replay restores its tables: its insert count goes on from
     // the checkpoint it wrote at shutdown, and training continues.
-    let inserts = r#"sum(fleet_replay_inserts_total{role="replay"})"#;
-    let inserts_before = query(&prometheus, inserts).await.unwrap_or_default();
-    let inserts_before = *inserts_before
-        .first()
-        .unwrap_or_else(|| panic!("no replay inserts:\n{}", cluster.report()));
-    let restarted_at = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs_f64();
-    let restart = cluster.run(&["restart", "replay"]);
-    assert!(restart.status.success(), "compose restart replay failed:\n{}", cluster.report());
-    let new_replay = format!(
-        r#"{inserts} and on() (process_start_time_seconds{{role="replay"}} > {:.0})"#,
-        restarted_at - 1.0
-    );
-    let restored = wait_for(&prometheus, &new_replay, Duration::from_secs(90)).await;
-    let Some(restored) = restored else {
-        panic!("the restarted replay was never scraped:\n{}", cluster.report());
-    };
-    assert!(
-        restored >= inserts_before,
-        "the restarted replay counts {restored} inserts, below {inserts_before} before:\n{}",
-        cluster.report()
-    );
+    let inserts = "sum(fleet_replay_inserts_total{role=\"replay\"})";
+    let (inserts_before, restored) = restart_and_compare(
+        &mut cluster,
+        &prometheus,
+        "replay",
+        inserts,
+        "replay tables restored from checkpoint",
+    )
+    .await;
     let updates_after = r#"increase(fleet_learner_updates_total[30s]) > 0
         and on() (time() - max(process_start_time_seconds{role="replay"}) > 20)"#;
     assert!(
         wait_for(&prometheus, updates_after, Duration::from_secs(120)).await.is_some(),
         "the learner stopped learning after replay restarted:\n{}",
-        cluster.report()
-    );
-    let logs = cluster.run(&["logs", "--no-color", "replay"]);
-    assert!(
-        String::from_utf8_lossy(&logs.stdout).contains("replay tables restored from checkpoint"),
-        "replay's log does not say it restored:\n{}",
         cluster.report()
     );
     eprintln!(
@@ -480,6 +435,49 @@ async fn compose_cluster_scales_actors_and_prometheus_sees_them() {
         panels_answered,
         started.elapsed()
     );
+}
+
+/// `promql` restricted to the `role` process that started after `after`
+/// (Unix seconds).
+fn from_new_process(promql: &str, role: &str, after: f64) -> String {
+    format!(r#"{promql} and on() (process_start_time_seconds{{role="{role}"}} > {after:.0})"#)
+}
+
+/// When the last restart began, one second early for clock granularity.
+fn first_scrape_after(cluster: &Cluster) -> f64 {
+    cluster.restarted_at - 1.0
+}
+
+/// Restarts `service`, then returns `promql` just before the restart and its
+/// first value scraped from the new process, asserting that it did not go
+/// back and that the service's log contains `log_line`.
+async fn restart_and_compare(cluster: &mut Cluster, prometheus: &str, service: &str, promql: &str, log_line: &str) -> (f64, f64) {
+    let before = query(prometheus, promql).await.unwrap_or_default();
+    let before = *before
+        .first()
+        .unwrap_or_else(|| panic!("no value of {promql}:\n{}", cluster.report()));
+    cluster.restarted_at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let restart = cluster.run(&["restart", service]);
+    assert!(restart.status.success(), "compose restart {service} failed:\n{}", cluster.report());
+    let new_process = from_new_process(promql, service, first_scrape_after(cluster));
+    let Some(first) = wait_for(prometheus, &new_process, Duration::from_secs(90)).await else {
+        panic!("the restarted {service} was never scraped:\n{}", cluster.report());
+    };
+    assert!(
+        first >= before,
+        "the restarted {service} started with {promql} = {first}, below {before} before the restart:\n{}",
+        cluster.report()
+    );
+    let logs = cluster.run(&["logs", "--no-color", service]);
+    assert!(
+        String::from_utf8_lossy(&logs.stdout).contains(log_line),
+        "{service}'s log does not say `{log_line}`:\n{}",
+        cluster.report()
+    );
+    (before, first)
 }
 
 /// Polls an instant query until it returns a series; returns the first

@@ -14,6 +14,9 @@ const REQUIRED: &[(&str, &[&str])] = &[
             "fleet_replay_items{table=\"queue\"}",
             "fleet_replay_inserts_total",
             "fleet_replay_samples_total",
+            "fleet_replay_bytes{table=\"queue\"}",
+            "fleet_replay_sample_latency_seconds_bucket",
+            "process_resident_memory_bytes",
         ],
     ),
     (

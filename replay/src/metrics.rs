@@ -7,7 +7,7 @@
 //! increase: the `metrics` crate's counters count whole numbers, and waits are
 //! mostly fractions of a second. `rate()` works on them as on any counter.
 
-use metrics::{Counter, Gauge, Unit, counter, describe_counter, describe_gauge, gauge};
+use metrics::{Counter, Gauge, Histogram, Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
 
 /// Items currently stored, per table.
 pub const ITEMS: &str = "fleet_replay_items";
@@ -29,6 +29,13 @@ pub const MISSING_PRIORITY_UPDATES_TOTAL: &str = "fleet_replay_missing_priority_
 /// are not queues), per table.
 pub const EVICTIONS_TOTAL: &str = "fleet_replay_evictions_total";
 
+/// Seconds from a sample request reaching a table until its batch is drawn
+/// (waiting included), per table.
+pub const SAMPLE_LATENCY: &str = "fleet_replay_sample_latency_seconds";
+/// Buckets of [`SAMPLE_LATENCY`]: 50 µs to 10 s.
+pub const SAMPLE_LATENCY_BUCKETS: &[f64] = &[
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+];
 /// Replay checkpoints written since start.
 pub const CHECKPOINTS_TOTAL: &str = "fleet_replay_checkpoints_total";
 /// Seconds the last checkpoint took to write.
@@ -55,6 +62,11 @@ pub fn describe() {
         MAX_BYTES,
         Unit::Bytes,
         "Byte budget of the replay table (max_bytes); 0 means no budget."
+    );
+    describe_histogram!(
+        SAMPLE_LATENCY,
+        Unit::Seconds,
+        "Seconds from a sample request reaching the table until its batch is drawn, waiting included."
     );
     describe_counter!(CHECKPOINTS_TOTAL, Unit::Count, "Replay checkpoints written.");
     describe_gauge!(
@@ -107,6 +119,7 @@ pub(crate) struct TableMetrics {
     pub(crate) sample_wait_seconds: Gauge,
     pub(crate) missing_priority_updates: Counter,
     pub(crate) evictions: Counter,
+    pub(crate) sample_latency: Histogram,
 }
 
 impl TableMetrics {
@@ -121,6 +134,7 @@ impl TableMetrics {
             sample_wait_seconds: gauge!(SAMPLE_WAIT_SECONDS_TOTAL, "table" => table.to_owned()),
             missing_priority_updates: counter!(MISSING_PRIORITY_UPDATES_TOTAL, "table" => table.to_owned()),
             evictions: counter!(EVICTIONS_TOTAL, "table" => table.to_owned()),
+            sample_latency: histogram!(SAMPLE_LATENCY, "table" => table.to_owned()),
         }
     }
 }

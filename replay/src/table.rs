@@ -305,6 +305,7 @@ impl Table {
     /// importance-sampling exponent (ignored by unbiased samplers).
     pub async fn sample(&self, n: usize, beta: f64, timeout: Duration) -> Result<Vec<SampledItem>, Error> {
         self.check_sample_request(n, beta)?;
+        let requested = Instant::now();
         let max_times_sampled = self.config.max_times_sampled;
         let batch = self
             .wait_for(
@@ -328,6 +329,7 @@ impl Table {
             )
             .await?;
         self.metrics.samples.increment(n as u64);
+        self.metrics.sample_latency.record(requested.elapsed().as_secs_f64());
         // Every sample moves the rate limiter's cursor, so inserts waiting
         // on it (not only on room) must look again.
         self.room.notify_waiters();
