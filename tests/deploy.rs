@@ -443,9 +443,12 @@ fn from_new_process(promql: &str, role: &str, after: f64) -> String {
     format!(r#"{promql} and on() (process_start_time_seconds{{role="{role}"}} > {after:.0})"#)
 }
 
-/// When the last restart began, one second early for clock granularity.
+/// A start time only the restarted process can have: `process_start_time_seconds`
+/// is whole seconds and may read a second early, and a replay restarts within
+/// one, so the bound sits 10 s before the restart; the old process started
+/// minutes before it.
 fn first_scrape_after(cluster: &Cluster) -> f64 {
-    cluster.restarted_at - 1.0
+    cluster.restarted_at - 10.0
 }
 
 /// Restarts `service`, then returns `promql` just before the restart and its
