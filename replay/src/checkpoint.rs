@@ -153,16 +153,10 @@ fn write_table(path: &Path, snapshot: &TableSnapshot) -> std::io::Result<(u64, u
         hasher: crc32fast::Hasher::new(),
         bytes: 0,
     };
-    let mut buf = Vec::new();
-    let mut put = |message: &dyn Fn(&mut Vec<u8>) -> Result<(), prost::EncodeError>, out: &mut Crc32Writer| {
-        buf.clear();
-        message(&mut buf).map_err(std::io::Error::other)?;
-        out.write_all(&buf)
-    };
-    put(&|b| snapshot.header.encode_length_delimited(b), &mut out)?;
+    out.write_all(&snapshot.header.encode_length_delimited_to_vec())?;
     for item in &snapshot.items {
-        put(&|b| item.meta.encode_length_delimited(b), &mut out)?;
-        put(&|b| item.sequence.encode_length_delimited(b), &mut out)?;
+        out.write_all(&item.meta.encode_length_delimited_to_vec())?;
+        out.write_all(&item.sequence.encode_length_delimited_to_vec())?;
     }
     out.inner.flush()?;
     out.inner.get_ref().sync_all()?;
