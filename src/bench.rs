@@ -242,6 +242,7 @@ async fn drive(workload: &Workload, load: &Load, address: &str) -> Result<(Tally
                 let request = pb::InsertRequest {
                     table: TABLE.into(),
                     sequence: Some(item.clone()),
+                    ..Default::default()
                 };
                 requests.send(request).await.map_err(|_| anyhow!("insert stream closed"))?;
                 acks.message().await?.ok_or_else(|| anyhow!("insert stream ended"))?;

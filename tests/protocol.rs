@@ -32,6 +32,7 @@ async fn insert(client: &mut ReplayClient<tonic::transport::Channel>, sequences:
     let requests = sequences.into_iter().map(|s| pb::InsertRequest {
         table: "queue".into(),
         sequence: Some(s),
+        ..Default::default()
     });
     let mut acks = client.insert(tokio_stream::iter(requests)).await?.into_inner();
     let mut keys = Vec::new();
@@ -71,6 +72,7 @@ async fn malformed_sequences_are_refused_and_the_queue_is_untouched() {
         .insert(tokio_stream::iter([pb::InsertRequest {
             table: "nope".into(),
             sequence: Some(sequence(21, 6.0)),
+            ..Default::default()
         }]))
         .await
         .unwrap()

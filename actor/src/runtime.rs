@@ -4,7 +4,7 @@
 //! `WatchWeights` stream. tokio does the I/O; candle runs on the compute
 //! thread, fed and drained through bounded channels.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -22,7 +22,7 @@ use crate::ActorConfig;
 use crate::env::VecEnv;
 use crate::metrics as m;
 use crate::policy::sample_actions;
-use crate::sequence::{SequenceWriter, StepRecord};
+use crate::sequence::{Finished, SequenceWriter, StepRecord};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ActorError {
@@ -63,7 +63,7 @@ pub async fn run(settings: ActorSettings, shutdown: CancellationToken) -> Result
 
     let (weights_tx, weights_rx) = watch::channel::<Option<Arc<Weights>>>(None);
     let newest_version = Arc::new(AtomicU64::new(0));
-    let (sequence_tx, sequence_rx) = mpsc::channel::<pb::Sequence>(settings.actor.max_in_flight);
+    let (sequence_tx, sequence_rx) = mpsc::channel::<Finished>(settings.actor.max_in_flight);
 
     let weights_task = tokio::spawn(follow_weights(
         settings.clone(),
@@ -93,7 +93,7 @@ fn act(
     settings: ActorSettings,
     spec: EnvSpec,
     mut weights_rx: watch::Receiver<Option<Arc<Weights>>>,
-    sequence_tx: mpsc::Sender<pb::Sequence>,
+    sequence_tx: mpsc::Sender<Finished>,
     newest_version: Arc<AtomicU64>,
     shutdown: CancellationToken,
 ) -> Result<(), ActorError> {
@@ -103,7 +103,15 @@ fn act(
     let network = ActorCritic::new(spec, &settings.network, seed, &Device::Cpu)?;
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ 0xA5A5_A5A5);
     let mut writers: Vec<SequenceWriter> = (0..config.num_envs)
-        .map(|_| SequenceWriter::new(config.unroll_length + 1, spec.observation_size, spec.num_actions, settings.actor_id))
+        .map(|env| {
+            SequenceWriter::new(
+                config.unroll_length + 1,
+                spec.observation_size,
+                spec.num_actions,
+                settings.actor_id,
+                env as u64,
+            )
+        })
         .collect();
 
     // Act only with the learner's weights, so every behaviour version is real.
@@ -161,10 +169,10 @@ fn act(
                 behaviour_logits: &logits[i * spec.num_actions..(i + 1) * spec.num_actions],
                 behaviour_version: version,
             };
-            if let Some(sequence) = writers[i].push(&record) {
-                let oldest = sequence.behaviour_versions.iter().copied().min().unwrap_or(version);
+            if let Some(finished) = writers[i].push(&record) {
+                let oldest = finished.sequence.behaviour_versions.iter().copied().min().unwrap_or(version);
                 policy_lag.record(newest_version.load(Ordering::Relaxed).saturating_sub(oldest) as f64);
-                if sequence_tx.blocking_send(sequence).is_err() {
+                if sequence_tx.blocking_send(finished).is_err() {
                     return Ok(()); // the insert task has stopped: shutting down
                 }
             }
@@ -247,9 +255,11 @@ async fn follow_weights(
 
 /// Streams sequences to replay. At most `max_in_flight` are unacknowledged;
 /// those are resent after a reconnect, so a replay restart loses nothing.
-async fn stream_sequences(settings: ActorSettings, mut sequence_rx: mpsc::Receiver<pb::Sequence>, shutdown: CancellationToken) {
+/// Within one connection a sequence that continues its writer's previous one
+/// leaves out the steps they share (replay has them already).
+async fn stream_sequences(settings: ActorSettings, mut sequence_rx: mpsc::Receiver<Finished>, shutdown: CancellationToken) {
     let max_in_flight = settings.actor.max_in_flight;
-    let mut pending: VecDeque<pb::Sequence> = VecDeque::with_capacity(max_in_flight);
+    let mut pending: VecDeque<Finished> = VecDeque::with_capacity(max_in_flight);
     let sent = metrics::counter!(m::SEQUENCES_SENT);
     let acked = metrics::counter!(m::SEQUENCES_ACKED);
     loop {
@@ -261,13 +271,15 @@ async fn stream_sequences(settings: ActorSettings, mut sequence_rx: mpsc::Receiv
             .max_encoding_message_size(settings.max_message_bytes)
             .max_decoding_message_size(settings.max_message_bytes);
         let (request_tx, request_rx) = mpsc::channel::<pb::InsertRequest>(max_in_flight);
-        let request = |sequence: &pb::Sequence| pb::InsertRequest {
-            table: settings.actor.table.clone(),
-            sequence: Some(sequence.clone()),
+        // Writers that have sent a sequence on this connection.
+        let mut started: HashSet<u64> = HashSet::new();
+        let mut request = |finished: &Finished| {
+            let continued = !started.insert(finished.writer);
+            finished.request(&settings.actor.table, continued)
         };
         // Resend what the previous connection did not get acknowledged.
-        for sequence in &pending {
-            if request_tx.send(request(sequence)).await.is_err() {
+        for finished in &pending {
+            if request_tx.send(request(finished)).await.is_err() {
                 break;
             }
             sent.increment(1);
@@ -288,9 +300,9 @@ async fn stream_sequences(settings: ActorSettings, mut sequence_rx: mpsc::Receiv
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 sequence = sequence_rx.recv(), if pending.len() < max_in_flight => {
-                    let Some(sequence) = sequence else { return };
-                    let req = request(&sequence);
-                    pending.push_back(sequence);
+                    let Some(finished) = sequence else { return };
+                    let req = request(&finished);
+                    pending.push_back(finished);
                     if request_tx.send(req).await.is_err() {
                         break;
                     }

@@ -5,6 +5,7 @@
 //! service validates what it receives.
 
 pub mod connect;
+pub mod sequence;
 pub mod tensor;
 pub mod weights;
 

@@ -115,9 +115,71 @@ pub struct TableConfig {
     /// before one side waits; at least `max(1, samples_per_insert)`, or the
     /// limiter could block both sides.
     pub error_buffer: f64,
+    /// How the steps of new items are stored: `none`, `zstd` or `lz4`.
+    /// Sampling decompresses, so this trades CPU for memory (see
+    /// docs/BENCHMARKS.md for both on vector and image steps). An item
+    /// inserted into several tables is stored as its first table says.
+    pub compression: Codec,
+    /// zstd's level (1 fastest .. 22 smallest); ignored by the other codecs.
+    pub compression_level: i32,
+}
+
+/// How a chunk's steps are stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Codec {
+    #[default]
+    None,
+    Zstd,
+    Lz4,
+}
+
+impl Codec {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Codec::None => "none",
+            Codec::Zstd => "zstd",
+            Codec::Lz4 => "lz4",
+        }
+    }
+
+    /// The number a checkpoint records.
+    pub fn code(self) -> u32 {
+        match self {
+            Codec::None => 0,
+            Codec::Zstd => 1,
+            Codec::Lz4 => 2,
+        }
+    }
+
+    pub fn from_code(code: u32) -> Option<Self> {
+        [Codec::None, Codec::Zstd, Codec::Lz4].into_iter().find(|c| c.code() == code)
+    }
+}
+
+/// A codec and its level: how one table compresses new chunks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Compression {
+    pub codec: Codec,
+    pub level: i32,
+}
+
+impl Compression {
+    pub const NONE: Compression = Compression {
+        codec: Codec::None,
+        level: 0,
+    };
 }
 
 impl TableConfig {
+    /// How this table stores the steps of new items.
+    pub fn compression(&self) -> Compression {
+        Compression {
+            codec: self.compression,
+            level: self.compression_level,
+        }
+    }
+
     /// Whether inserts wait while the table is full (a queue) instead of
     /// evicting the oldest item; see the type's docs.
     pub fn blocks_inserts_when_full(&self) -> bool {
@@ -149,6 +211,8 @@ impl Default for TableConfig {
             min_size_to_sample: 1,
             samples_per_insert: 0.0,
             error_buffer: 0.0,
+            compression: Codec::None,
+            compression_level: 3,
         }
     }
 }
@@ -235,6 +299,14 @@ impl ReplayConfig {
                 return Err(format!(
                     "replay.tables[{i}] ({:?}): error_buffer is {}; with samples_per_insert {} it must be at least {least_buffer}, or inserts and samples could both wait forever",
                     table.name, table.error_buffer, table.samples_per_insert
+                ));
+            }
+            if table.compression == Codec::Zstd && !zstd::compression_level_range().contains(&table.compression_level) {
+                return Err(format!(
+                    "replay.tables[{i}] ({:?}): compression_level is {}; zstd takes {:?}",
+                    table.name,
+                    table.compression_level,
+                    zstd::compression_level_range()
                 ));
             }
             // Above 1 a large priority to the power α could overflow the sums.

@@ -19,6 +19,10 @@ pub enum Error {
         expected: Box<Signature>,
         found: Box<Signature>,
     },
+    #[error("invalid insert: {0}")]
+    InvalidInsert(String),
+    #[error("an insert stream may continue items for at most {0} writers")]
+    TooManyWriters(usize),
     #[error("invalid sample request: {0}")]
     InvalidSampleRequest(String),
     #[error("invalid priority update for key {key}: priority {priority} is not a finite number >= 0")]
@@ -36,6 +40,8 @@ pub enum Error {
     InsertTimeout { table: String, waited: Duration },
     #[error("replay checkpoint: {0}")]
     Checkpoint(String),
+    #[error("replay compression: {0}")]
+    Compression(String),
     #[error("checkpoints are off: set replay.checkpoint_dir")]
     CheckpointsDisabled,
     #[error("the replay service is shutting down")]
@@ -52,11 +58,12 @@ impl From<Error> for tonic::Status {
             Error::UnknownTable(_) => Code::NotFound,
             Error::InvalidSequence(_)
             | Error::SignatureMismatch { .. }
+            | Error::InvalidInsert(_)
             | Error::InvalidSampleRequest(_)
             | Error::InvalidPriority { .. } => Code::InvalidArgument,
-            Error::TooLarge { .. } => Code::ResourceExhausted,
+            Error::TooLarge { .. } | Error::TooManyWriters(_) => Code::ResourceExhausted,
             Error::SampleTimeout { .. } | Error::InsertTimeout { .. } => Code::DeadlineExceeded,
-            Error::Checkpoint(_) => Code::Internal,
+            Error::Checkpoint(_) | Error::Compression(_) => Code::Internal,
             Error::CheckpointsDisabled => Code::FailedPrecondition,
             Error::Shutdown => Code::Unavailable,
             Error::Transport(_) => Code::Internal,

@@ -7,6 +7,8 @@
 //!   serde, checked by [`ReplayConfig::validate`].
 //! - [`validate`]: the pure check of one incoming sequence, yielding the
 //!   [`Signature`] that all items of a table share.
+//! - [`chunk`]: step data stored once — reference-counted chunks that
+//!   overlapping items and several tables share, optionally compressed.
 //! - [`sum_tree`]: the sum tree behind prioritised sampling (plain data
 //!   structure).
 //! - [`sampler`]: the sampling rules — fifo, lifo, uniform, prioritised.
@@ -25,6 +27,7 @@
 //! and anything the learner or actors compute.
 
 pub mod checkpoint;
+pub mod chunk;
 pub mod config;
 pub mod error;
 pub mod metrics;
@@ -35,7 +38,7 @@ pub mod sum_tree;
 pub mod table;
 pub mod validate;
 
-pub use config::{ReplayConfig, SamplerKind, TableConfig};
+pub use config::{Codec, Compression, ReplayConfig, SamplerKind, TableConfig};
 pub use error::Error;
 pub use service::{ReplayService, Restore, serve};
 pub use table::Table;

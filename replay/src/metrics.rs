@@ -36,6 +36,12 @@ pub const SAMPLE_LATENCY: &str = "fleet_replay_sample_latency_seconds";
 pub const SAMPLE_LATENCY_BUCKETS: &[f64] = &[
     0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
 ];
+/// Chunks of step data held by the whole service (shared ones once).
+pub const CHUNKS: &str = "fleet_replay_chunks";
+/// Stored bytes of those chunks.
+pub const CHUNK_BYTES: &str = "fleet_replay_chunk_bytes";
+/// Steps the items of a table reference (each stored step once), per table.
+pub const STEPS: &str = "fleet_replay_steps";
 /// Replay checkpoints written since start.
 pub const CHECKPOINTS_TOTAL: &str = "fleet_replay_checkpoints_total";
 /// Seconds the last checkpoint took to write.
@@ -57,7 +63,11 @@ pub(crate) fn checkpoint_written(took: std::time::Duration) {
 /// after installing it; harmless without one.
 pub fn describe() {
     describe_gauge!(ITEMS, Unit::Count, "Items currently stored in the replay table.");
-    describe_gauge!(BYTES, Unit::Bytes, "Encoded bytes of the items stored in the replay table.");
+    describe_gauge!(
+        BYTES,
+        Unit::Bytes,
+        "Bytes the replay table's items keep alive: each chunk of steps they reference once, plus their stored states."
+    );
     describe_gauge!(
         MAX_BYTES,
         Unit::Bytes,
@@ -67,6 +77,21 @@ pub fn describe() {
         SAMPLE_LATENCY,
         Unit::Seconds,
         "Seconds from a sample request reaching the table until its batch is drawn, waiting included."
+    );
+    describe_gauge!(
+        CHUNKS,
+        Unit::Count,
+        "Chunks of step data held by the replay service; steps shared by several items or tables count once."
+    );
+    describe_gauge!(
+        CHUNK_BYTES,
+        Unit::Bytes,
+        "Stored (encoded, possibly compressed) bytes of the replay service's chunks."
+    );
+    describe_gauge!(
+        STEPS,
+        Unit::Count,
+        "Steps held by the replay table's items, each stored step counted once."
     );
     describe_counter!(CHECKPOINTS_TOTAL, Unit::Count, "Replay checkpoints written.");
     describe_gauge!(
@@ -112,6 +137,7 @@ pub fn describe() {
 pub(crate) struct TableMetrics {
     pub(crate) items: Gauge,
     pub(crate) bytes: Gauge,
+    pub(crate) steps: Gauge,
     pub(crate) max_bytes: Gauge,
     pub(crate) inserts: Counter,
     pub(crate) samples: Counter,
@@ -127,6 +153,7 @@ impl TableMetrics {
         Self {
             items: gauge!(ITEMS, "table" => table.to_owned()),
             bytes: gauge!(BYTES, "table" => table.to_owned()),
+            steps: gauge!(STEPS, "table" => table.to_owned()),
             max_bytes: gauge!(MAX_BYTES, "table" => table.to_owned()),
             inserts: counter!(INSERTS_TOTAL, "table" => table.to_owned()),
             samples: counter!(SAMPLES_TOTAL, "table" => table.to_owned()),

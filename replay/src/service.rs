@@ -24,6 +24,7 @@ use tonic_health::ServingStatus;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::checkpoint;
+use crate::chunk::{ChunkStore, ItemSteps};
 use crate::config::ReplayConfig;
 use crate::error::Error;
 use crate::table::{SampledItem, Table};
@@ -39,6 +40,10 @@ const INSERT_ACK_BUFFER: usize = 32;
 /// batch besides what is in flight.
 const SAMPLE_BUFFER: usize = 1;
 
+/// Writers one insert stream may continue items for; each keeps its previous
+/// item's chunks alive, so this bounds what a stream can pin.
+pub const MAX_WRITERS_PER_STREAM: usize = 4096;
+
 /// The Replay service: the tables and the service-wide settings. Cheap to
 /// clone (all clones share the tables).
 #[derive(Debug, Clone)]
@@ -50,6 +55,8 @@ pub struct ReplayService {
 struct Inner {
     /// In config order, for `Info`.
     tables: Vec<Arc<Table>>,
+    /// The step data of every table's items.
+    store: Arc<ChunkStore>,
     by_name: HashMap<String, Arc<Table>>,
     /// Used when a sample request does not set its own timeout.
     sample_timeout: Duration,
@@ -78,12 +85,13 @@ impl ReplayService {
     /// ends every blocked insert and sample with UNAVAILABLE.
     pub fn new(config: &ReplayConfig, shutdown: CancellationToken) -> Result<Self, Error> {
         config.validate().map_err(Error::Config)?;
+        let store = ChunkStore::new();
         let tables = config
             .tables
             .iter()
-            .map(|t| Arc::new(Table::new(t.clone(), shutdown.clone())))
+            .map(|t| Arc::new(Table::sharing(t.clone(), shutdown.clone(), Arc::clone(&store))))
             .collect();
-        Ok(Self::with_tables(config, tables, shutdown))
+        Ok(Self::with_tables(config, tables, store, shutdown))
     }
 
     /// Like [`ReplayService::new`], with the tables restored as `restore`
@@ -103,13 +111,16 @@ impl ReplayService {
         let Some(dir) = dir else {
             return Ok((Self::new(config, shutdown)?, None));
         };
-        let mut snapshots: HashMap<String, checkpoint::TableSnapshot> =
-            checkpoint::read(&dir)?.into_iter().map(|s| (s.header.name.clone(), s)).collect();
+        let store = ChunkStore::new();
+        let mut snapshots: HashMap<String, checkpoint::TableSnapshot> = checkpoint::read(&dir, &store)?
+            .into_iter()
+            .map(|s| (s.header.name.clone(), s))
+            .collect();
         let mut tables = Vec::with_capacity(config.tables.len());
         for table_config in &config.tables {
             let table = match snapshots.remove(&table_config.name) {
-                Some(snapshot) => Table::restore(table_config.clone(), shutdown.clone(), snapshot),
-                None => Ok(Table::new(table_config.clone(), shutdown.clone())),
+                Some(snapshot) => Table::restore(table_config.clone(), shutdown.clone(), Arc::clone(&store), snapshot),
+                None => Ok(Table::sharing(table_config.clone(), shutdown.clone(), Arc::clone(&store))),
             };
             tables.push(Arc::new(table.map_err(|e| Error::Checkpoint(format!("{}: {e}", dir.display())))?));
         }
@@ -119,14 +130,15 @@ impl ReplayService {
                 dir.display()
             )));
         }
-        Ok((Self::with_tables(config, tables, shutdown), Some(dir)))
+        Ok((Self::with_tables(config, tables, store, shutdown), Some(dir)))
     }
 
-    fn with_tables(config: &ReplayConfig, tables: Vec<Arc<Table>>, shutdown: CancellationToken) -> Self {
+    fn with_tables(config: &ReplayConfig, tables: Vec<Arc<Table>>, store: Arc<ChunkStore>, shutdown: CancellationToken) -> Self {
         let by_name = tables.iter().map(|t| (t.name().to_owned(), Arc::clone(t))).collect();
         Self {
             inner: Arc::new(Inner {
                 tables,
+                store,
                 by_name,
                 sample_timeout: Duration::from_millis(config.sample_timeout_ms),
                 max_message_bytes: config.max_message_bytes,
@@ -175,13 +187,15 @@ impl ReplayService {
     }
 
     /// Reads one insert stream until the client closes it, storing each
-    /// sequence and acknowledging it in order. Returns the error that ends
-    /// the stream, if any.
+    /// item and acknowledging it in order. Returns the error that ends the
+    /// stream, if any.
     async fn run_insert_stream(
         &self,
         requests: &mut Streaming<InsertRequest>,
         acks: &mpsc::Sender<Result<InsertResponse, Status>>,
     ) -> Result<(), Error> {
+        // Each writer's last stored item, which its next item may continue.
+        let mut previous: HashMap<u64, Arc<ItemSteps>> = HashMap::new();
         loop {
             let request = tokio::select! {
                 message = requests.message() => match message {
@@ -196,15 +210,59 @@ impl ReplayService {
                 () = acks.closed() => return Ok(()),
                 () = self.inner.shutdown.cancelled() => return Err(Error::Shutdown),
             };
-            let table = self.table(&request.table)?;
+            let tables = std::iter::once(&request.table)
+                .chain(&request.also_tables)
+                .map(|name| self.table(name))
+                .collect::<Result<Vec<_>, _>>()?;
+            if let Some(name) = request
+                .also_tables
+                .iter()
+                .enumerate()
+                .find_map(|(i, name)| (*name == request.table || request.also_tables[..i].contains(name)).then_some(name))
+            {
+                return Err(Error::InvalidInsert(format!("table {name:?} is named twice")));
+            }
+            if previous.len() >= MAX_WRITERS_PER_STREAM && !previous.contains_key(&request.writer) {
+                return Err(Error::TooManyWriters(MAX_WRITERS_PER_STREAM));
+            }
             let sequence = request.sequence.ok_or(ValidationError::Missing("sequence"))?;
-            // Waits while the table is full; that wait is the back-pressure
-            // actors feel. Stop waiting if the client goes away.
-            let key = tokio::select! {
-                key = table.insert(sequence, None) => key?,
-                () = acks.closed() => return Ok(()),
+            let priority = sequence.priority;
+            // New steps are stored as the first table says.
+            let compression = tables[0].config().compression();
+            let steps = match request.overlap as usize {
+                0 => self.inner.store.item(sequence, compression)?,
+                overlap => {
+                    let Some(before) = previous.get(&request.writer) else {
+                        return Err(ValidationError::Overlap(format!(
+                            "overlap is {overlap} steps but this stream has stored no item for writer {}",
+                            request.writer
+                        ))
+                        .into());
+                    };
+                    self.inner.store.continued_item(before, overlap, sequence, compression)?
+                }
             };
-            if acks.send(Ok(InsertResponse { key })).await.is_err() {
+            // Refuse before storing anywhere, so one item is in all its
+            // tables or in none.
+            for table in &tables {
+                table.check_signature(steps.signature())?;
+            }
+            let mut keys = Vec::with_capacity(tables.len());
+            for table in &tables {
+                // Waits while the table is full; that wait is the
+                // back-pressure actors feel. Stop waiting if the client goes away.
+                let key = tokio::select! {
+                    key = table.insert_item(Arc::clone(&steps), priority, None) => key?,
+                    () = acks.closed() => return Ok(()),
+                };
+                keys.push(key);
+            }
+            previous.insert(request.writer, steps);
+            let ack = InsertResponse {
+                key: keys[0],
+                also_keys: keys[1..].to_vec(),
+            };
+            if acks.send(Ok(ack)).await.is_err() {
                 return Ok(());
             }
         }
@@ -241,9 +299,15 @@ impl ReplayService {
             };
             match result {
                 Ok(batch) => {
-                    permit.send(Ok(SampleResponse {
-                        items: batch.into_iter().map(sampled_item_message).collect(),
-                    }));
+                    let items: Result<Vec<_>, Error> = batch.into_iter().map(sampled_item_message).collect();
+                    match items {
+                        Ok(items) => permit.send(Ok(SampleResponse { items })),
+                        Err(error) => {
+                            warn!(%error, "could not assemble a sampled item");
+                            permit.send(Err(error.into()));
+                            return;
+                        }
+                    }
                     sent += 1;
                 }
                 Err(error) => {
@@ -257,16 +321,17 @@ impl ReplayService {
     }
 }
 
-fn sampled_item_message(item: SampledItem) -> pb::SampledItem {
-    pb::SampledItem {
+/// The message for one sampled item, its steps assembled from their chunks.
+fn sampled_item_message(item: SampledItem) -> Result<pb::SampledItem, Error> {
+    Ok(pb::SampledItem {
+        sequence: Some(item.sequence()?),
         key: item.key,
         priority: item.priority,
         probability: item.probability,
         times_sampled: item.times_sampled,
         table_size: item.table_size,
         weight: item.weight,
-        sequence: Some(Arc::unwrap_or_clone(item.sequence)),
-    }
+    })
 }
 
 #[tonic::async_trait]
@@ -360,10 +425,17 @@ impl Replay for ReplayService {
                     samples_per_insert: stats.rate_limiter.samples_per_insert,
                     min_diff: stats.rate_limiter.min_diff,
                     max_diff: stats.rate_limiter.max_diff,
+                    steps: stats.steps,
+                    compression: stats.compression.as_str().to_owned(),
                 }
             })
             .collect();
-        Ok(Response::new(pb::InfoResponse { tables }))
+        let (chunks, chunk_bytes) = self.inner.store.totals();
+        Ok(Response::new(pb::InfoResponse {
+            tables,
+            chunks,
+            chunk_bytes,
+        }))
     }
 }
 
@@ -516,6 +588,7 @@ mod tests {
         InsertRequest {
             table: "queue".into(),
             sequence: Some(sequence),
+            ..Default::default()
         }
     }
 
@@ -602,13 +675,20 @@ mod tests {
                 inserts: 4,
                 samples: 0,
                 max_times_sampled: 1,
-                bytes: good.iter().chain([&cartpole_sequence(21, 3)]).map(|s| s.encoded_len() as u64).sum(),
+                // Each item's steps, without the actor id that stays with the item.
+                bytes: good
+                    .iter()
+                    .chain([&cartpole_sequence(21, 3)])
+                    .map(|s| pb::Sequence { actor_id: 0, ..s.clone() }.encoded_len() as u64)
+                    .sum(),
                 max_bytes: 0,
                 evictions: 0,
                 min_size_to_sample: 1,
                 samples_per_insert: 1.0,
                 min_diff: f64::NEG_INFINITY,
                 max_diff: f64::INFINITY,
+                steps: 4 * 21,
+                compression: "none".into(),
             }]
         );
 
@@ -634,6 +714,7 @@ mod tests {
         let request = InsertRequest {
             table: "nope".into(),
             sequence: Some(cartpole_sequence(3, 0)),
+            ..Default::default()
         };
         let status = insert_all(&mut client, vec![request]).await.unwrap_err();
         assert_eq!(status.code(), Code::NotFound);
@@ -665,6 +746,7 @@ mod tests {
             vec![InsertRequest {
                 table: "queue".into(),
                 sequence: None,
+                ..Default::default()
             }],
         )
         .await
@@ -773,6 +855,7 @@ mod tests {
                     priority,
                     ..cartpole_sequence(3, seed as u64)
                 }),
+                ..Default::default()
             })
             .collect();
         assert_eq!(insert_all(&mut client, requests).await.unwrap(), vec![1, 2, 3]);

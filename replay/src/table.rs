@@ -13,27 +13,31 @@
 //! [`tokio::sync::Notify`] (never polling), bounded by a timeout and by the
 //! service's shutdown token. No gRPC here: callers get [`SampledItem`]s and
 //! [`TableStats`] and turn them into messages themselves.
+//!
+//! Items hold their steps as shared chunks ([`crate::chunk`]); the table's
+//! byte count (and budget) counts each chunk its items reference once, so
+//! overlapping items cost little more than their new steps.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::pin::pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use fleet_proto::pb;
 use metrics::Gauge;
-use prost::Message;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::checkpoint::{ItemHeader, StoredItem, TableHeader, TableSnapshot};
-use crate::config::{SamplerKind, TableConfig};
+use crate::chunk::{ChunkStore, ItemSteps};
+use crate::config::{Codec, SamplerKind, TableConfig};
 use crate::error::Error;
 use crate::metrics::TableMetrics;
 use crate::rate_limiter::{Counts, RateLimiter};
 use crate::sampler::sampler_for;
 pub use crate::sampler::{Choice, OrderedSampler, PrioritizedSampler, Sampler, UniformSampler};
-use crate::validate::{Signature, validate_sequence};
+use crate::validate::{Signature, ValidationError};
 
 /// Priority of an item inserted with priority 0 ("let the table choose")
 /// before any priority has been seen; after that such items get the largest
@@ -41,15 +45,14 @@ use crate::validate::{Signature, validate_sequence};
 /// at least as eagerly as any other until the learner has scored them.
 pub const DEFAULT_PRIORITY: f64 = 1.0;
 
-/// One stored sequence and its bookkeeping.
+/// One stored item and its bookkeeping.
 #[derive(Debug)]
 struct Item {
-    /// Shared so that items sampled more than once are not copied under the lock.
-    sequence: Arc<pb::Sequence>,
+    /// Shared with other tables holding the same item, and with samples, so
+    /// nothing is copied under the lock.
+    steps: Arc<ItemSteps>,
     priority: f64,
     times_sampled: u32,
-    /// Encoded size of `sequence`, what the byte budget counts.
-    bytes: u64,
 }
 
 /// One item of a sampled batch.
@@ -65,7 +68,15 @@ pub struct SampledItem {
     pub table_size: u64,
     /// Importance weight normalised by the batch maximum; 1 for unbiased samplers.
     pub weight: f64,
-    pub sequence: Arc<pb::Sequence>,
+    pub steps: Arc<ItemSteps>,
+}
+
+impl SampledItem {
+    /// The item's steps as one sequence (assembled from its chunks, off the
+    /// table's lock).
+    pub fn sequence(&self) -> Result<pb::Sequence, Error> {
+        self.steps.to_sequence()
+    }
 }
 
 /// A snapshot of a table for `Info`.
@@ -76,9 +87,13 @@ pub struct TableStats {
     pub remover: &'static str,
     pub size: u64,
     pub max_size: u64,
-    /// Bytes of the stored sequences, and the budget (0: none).
+    /// Bytes the items keep alive (each referenced chunk once), and the
+    /// budget (0: none).
     pub bytes: u64,
     pub max_bytes: u64,
+    /// Steps of the chunks the items reference, each chunk once.
+    pub steps: u64,
+    pub compression: Codec,
     pub inserts: u64,
     pub samples: u64,
     pub max_times_sampled: u32,
@@ -97,8 +112,13 @@ struct State {
     signature: Option<Signature>,
     /// Keys start at 1, so a priority update with an unset key (0) is simply missing.
     next_key: u64,
-    /// Sum of the items' `bytes`.
+    /// Bytes of the chunks in `chunks` plus the items' own bytes.
     bytes: u64,
+    /// Steps of the chunks in `chunks`.
+    steps: u64,
+    /// Every chunk the items reference, by id, with how many item segments
+    /// reference it: a chunk counts towards `bytes` while that is above 0.
+    chunks: HashMap<u64, ChunkUse>,
     inserts: u64,
     samples: u64,
     evictions: u64,
@@ -111,13 +131,59 @@ struct State {
     draws_left: u64,
 }
 
+#[derive(Debug)]
+struct ChunkUse {
+    segments: u32,
+    bytes: u64,
+    steps: u64,
+}
+
 impl State {
-    /// Removes `key` from the items and the sampler, keeping `draws_left`.
+    /// Bytes that storing `steps` would add: its chunks not yet referenced
+    /// here, and its own bytes.
+    fn added_bytes(&self, steps: &ItemSteps) -> u64 {
+        new_bytes(steps, |id| self.chunks.contains_key(&id))
+    }
+
+    /// Stores `item` under `key` in the items, the sampler and the remover.
+    fn add(&mut self, key: u64, item: Item, max_times_sampled: u32) {
+        for segment in item.steps.segments() {
+            let chunk = &segment.chunk;
+            let usage = self.chunks.entry(chunk.id()).or_insert_with(|| ChunkUse {
+                segments: 0,
+                bytes: chunk.bytes(),
+                steps: chunk.steps() as u64,
+            });
+            if usage.segments == 0 {
+                self.bytes += usage.bytes;
+                self.steps += usage.steps;
+            }
+            usage.segments += 1;
+        }
+        self.bytes += item.steps.own_bytes();
+        self.draws_left += u64::from(max_times_sampled.saturating_sub(item.times_sampled));
+        self.sampler.insert(key, item.priority);
+        self.remover.insert(key, item.priority);
+        self.items.insert(key, item);
+    }
+
+    /// Removes `key` from the items and the sampler, keeping `draws_left`
+    /// and the chunk counts.
     fn remove(&mut self, key: u64, max_times_sampled: u32) -> Option<Item> {
         let item = self.items.remove(&key)?;
         self.sampler.remove(key);
         self.remover.remove(key);
-        self.bytes -= item.bytes;
+        for segment in item.steps.segments() {
+            let id = segment.chunk.id();
+            let usage = self.chunks.get_mut(&id).expect("a stored item's chunk is counted");
+            usage.segments -= 1;
+            if usage.segments == 0 {
+                self.bytes -= usage.bytes;
+                self.steps -= usage.steps;
+                self.chunks.remove(&id);
+            }
+        }
+        self.bytes -= item.steps.own_bytes();
         if max_times_sampled > 0 {
             self.draws_left -= u64::from(max_times_sampled.saturating_sub(item.times_sampled));
         }
@@ -138,6 +204,8 @@ pub struct Table {
     arrivals: Notify,
     /// Cancelled when the service shuts down: every wait ends with `Shutdown`.
     shutdown: CancellationToken,
+    /// Where [`Table::insert`] stores new steps; shared by the service's tables.
+    store: Arc<ChunkStore>,
     metrics: TableMetrics,
 }
 
@@ -150,6 +218,15 @@ impl Table {
     /// An empty table whose random draws are fixed by `seed`, for tests and
     /// reproducible runs.
     pub fn with_seed(config: TableConfig, shutdown: CancellationToken, seed: u64) -> Self {
+        Self::build(config, shutdown, seed, ChunkStore::new())
+    }
+
+    /// An empty table storing new steps in `store`, the service's shared one.
+    pub fn sharing(config: TableConfig, shutdown: CancellationToken, store: Arc<ChunkStore>) -> Self {
+        Self::build(config, shutdown, rand::random(), store)
+    }
+
+    fn build(config: TableConfig, shutdown: CancellationToken, seed: u64, store: Arc<ChunkStore>) -> Self {
         let sampler = sampler_for(config.sampler, &config, seed);
         // Its own stream of draws, so that removals do not shift the samples.
         let remover = sampler_for(config.remover, &config, seed ^ 0x9e37_79b9_7f4a_7c15);
@@ -165,6 +242,8 @@ impl Table {
                 signature: None,
                 next_key: 1,
                 bytes: 0,
+                steps: 0,
+                chunks: HashMap::new(),
                 inserts: 0,
                 samples: 0,
                 evictions: 0,
@@ -176,8 +255,14 @@ impl Table {
             room: Notify::new(),
             arrivals: Notify::new(),
             shutdown,
+            store,
             metrics,
         }
+    }
+
+    /// The chunk store this table's [`Table::insert`] stores steps in.
+    pub fn store(&self) -> &Arc<ChunkStore> {
+        &self.store
     }
 
     pub fn name(&self) -> &str {
@@ -196,29 +281,57 @@ impl Table {
         self.len() == 0
     }
 
-    /// Validates `sequence` and stores it with its priority (or, when that
-    /// is 0, the largest priority seen so far). A full queue (at `max_size`
-    /// items, or without room for it in `max_bytes`) makes it wait (up to
-    /// `timeout` when given); any other full table evicts its oldest items
-    /// until it fits. Either also waits while the rate limiter holds inserts
-    /// back (they have run ahead of samples). Returns the new item's key.
-    /// A rejected sequence (invalid, larger than the whole byte budget, or
-    /// not matching the table's signature) changes nothing. Dropping the
-    /// future before it completes stores nothing.
+    /// Validates `sequence`, stores its steps as a new chunk and inserts it
+    /// with its priority, as [`Table::insert_item`] does.
     pub async fn insert(&self, sequence: pb::Sequence, timeout: Option<Duration>) -> Result<u64, Error> {
-        let signature = validate_sequence(&sequence)?;
-        let bytes = sequence.encoded_len() as u64;
-        let max_bytes = self.config.max_bytes;
-        if max_bytes > 0 && bytes > max_bytes {
-            return Err(Error::TooLarge {
+        let priority = sequence.priority;
+        let steps = self.store.item(sequence, self.config.compression())?;
+        self.insert_item(steps, priority, timeout).await
+    }
+
+    /// Refuses an item whose signature differs from the one the table's
+    /// first item fixed.
+    pub fn check_signature(&self, signature: &Signature) -> Result<(), Error> {
+        match &self.lock().signature {
+            Some(expected) if expected != signature => Err(Error::SignatureMismatch {
                 table: self.config.name.clone(),
-                bytes,
-                max_bytes,
-            });
+                expected: Box::new(expected.clone()),
+                found: Box::new(signature.clone()),
+            }),
+            _ => Ok(()),
         }
-        // Whether `state` must lose an item before this sequence fits.
-        let full = move |state: &State| state.items.len() >= self.config.max_size || (max_bytes > 0 && state.bytes + bytes > max_bytes);
-        let mut sequence = Some(compact(sequence));
+    }
+
+    /// Stores an item with `priority` (or, when that is 0, the largest
+    /// priority seen so far). A full queue (at `max_size` items, or without
+    /// room for the item's new chunks in `max_bytes`) makes it wait (up to
+    /// `timeout` when given); any other full table evicts items (as its
+    /// remover picks) until it fits. Either also waits while the rate
+    /// limiter holds inserts back (they have run ahead of samples). Returns
+    /// the new item's key. A refused item (bad priority, larger than the
+    /// whole byte budget, or not matching the table's signature) changes
+    /// nothing. Dropping the future before it completes stores nothing.
+    pub async fn insert_item(&self, steps: Arc<ItemSteps>, priority: f64, timeout: Option<Duration>) -> Result<u64, Error> {
+        if !(priority.is_finite() && priority >= 0.0) {
+            return Err(ValidationError::Priority(priority).into());
+        }
+        let max_bytes = self.config.max_bytes;
+        if max_bytes > 0 {
+            let bytes = new_bytes(&steps, |_| false);
+            if bytes > max_bytes {
+                return Err(Error::TooLarge {
+                    table: self.config.name.clone(),
+                    bytes,
+                    max_bytes,
+                });
+            }
+        }
+        self.check_signature(steps.signature())?;
+        // Whether `state` must lose an item before this one fits.
+        let full = |state: &State, steps: &ItemSteps| {
+            state.items.len() >= self.config.max_size || (max_bytes > 0 && state.bytes + state.added_bytes(steps) > max_bytes)
+        };
+        let mut steps = Some(steps);
         let max_times_sampled = self.config.max_times_sampled;
         let blocks_when_full = self.config.blocks_inserts_when_full();
         let mut evicted = 0;
@@ -232,23 +345,21 @@ impl Table {
                     waited,
                 },
                 |state| {
-                    match &state.signature {
-                        Some(expected) if *expected != signature => {
-                            return Err(Error::SignatureMismatch {
-                                table: self.config.name.clone(),
-                                expected: Box::new(expected.clone()),
-                                found: Box::new(signature.clone()),
-                            });
-                        }
-                        _ => {}
+                    let pending = steps.as_ref().expect("the item is taken only by the attempt that stores it");
+                    if let Some(expected) = &state.signature
+                        && expected != pending.signature()
+                    {
+                        return Err(Error::SignatureMismatch {
+                            table: self.config.name.clone(),
+                            expected: Box::new(expected.clone()),
+                            found: Box::new(pending.signature().clone()),
+                        });
                     }
-                    if blocks_when_full && full(state) || !self.limiter.can_insert(counts(state)) {
+                    if blocks_when_full && full(state, pending) || !self.limiter.can_insert(counts(state)) {
                         return Ok(None);
                     }
-                    let Some(sequence) = sequence.take() else {
-                        unreachable!("the sequence is taken only by the attempt that stores it")
-                    };
-                    while full(state) {
+                    let steps = steps.take().expect("checked above");
+                    while full(state, &steps) {
                         let Some(Choice { key: victim, .. }) = state.remover.sample() else {
                             break;
                         };
@@ -257,29 +368,22 @@ impl Table {
                     }
                     state.evictions += evicted;
                     if state.signature.is_none() {
-                        state.signature = Some(signature.clone());
+                        state.signature = Some(steps.signature().clone());
                     }
-                    let priority = if sequence.priority > 0.0 {
-                        state.max_priority_seen = state.max_priority_seen.max(sequence.priority);
-                        sequence.priority
+                    let priority = if priority > 0.0 {
+                        state.max_priority_seen = state.max_priority_seen.max(priority);
+                        priority
                     } else {
                         state.max_priority_seen
                     };
                     let key = state.next_key;
                     state.next_key += 1;
-                    state.draws_left += u64::from(max_times_sampled);
-                    state.items.insert(
-                        key,
-                        Item {
-                            sequence: Arc::new(sequence),
-                            priority,
-                            times_sampled: 0,
-                            bytes,
-                        },
-                    );
-                    state.bytes += bytes;
-                    state.sampler.insert(key, priority);
-                    state.remover.insert(key, priority);
+                    let item = Item {
+                        steps,
+                        priority,
+                        times_sampled: 0,
+                    };
+                    state.add(key, item, max_times_sampled);
                     state.inserts += 1;
                     self.publish_size(state);
                     Ok(Some(key))
@@ -407,6 +511,8 @@ impl Table {
             max_size: self.config.max_size as u64,
             bytes: state.bytes,
             max_bytes: self.config.max_bytes,
+            steps: state.steps,
+            compression: self.config.compression,
             inserts: state.inserts,
             samples: state.samples,
             max_times_sampled: self.config.max_times_sampled,
@@ -439,18 +545,24 @@ impl Table {
                         priority: item.priority,
                         times_sampled: item.times_sampled,
                     },
-                    sequence: Arc::clone(&item.sequence),
+                    steps: Arc::clone(&item.steps),
                 })
                 .collect(),
         }
     }
 
-    /// A table under `config` holding a snapshot's items and counters. Every
-    /// item is checked as an insert would be (valid sequence, one signature,
-    /// finite priority, within `max_size` and `max_bytes`, keys increasing and
-    /// below the next key); the first problem is an error and no table is made.
-    pub fn restore(config: TableConfig, shutdown: CancellationToken, snapshot: TableSnapshot) -> Result<Self, Error> {
-        let table = Self::new(config, shutdown);
+    /// A table under `config` holding a snapshot's items and counters,
+    /// storing new steps in `store`. Every item is checked as an insert would
+    /// be (one signature, finite priority, within `max_size` and
+    /// `max_bytes`, keys increasing and below the next key); the first
+    /// problem is an error and no table is made.
+    pub fn restore(
+        config: TableConfig,
+        shutdown: CancellationToken,
+        store: Arc<ChunkStore>,
+        snapshot: TableSnapshot,
+    ) -> Result<Self, Error> {
+        let table = Self::sharing(config, shutdown, store);
         let name = table.config.name.clone();
         let bad = |what: String| Error::Checkpoint(format!("table {name:?} in the checkpoint: {what}"));
         let header = snapshot.header;
@@ -466,15 +578,15 @@ impl Table {
             let mut state = table.lock();
             let state = &mut *state;
             let mut previous = 0;
-            for StoredItem { meta, sequence } in snapshot.items {
+            for StoredItem { meta, steps } in snapshot.items {
                 let key = meta.key;
-                let signature = validate_sequence(&sequence).map_err(|e| bad(format!("item {key}: {e}")))?;
+                let signature = steps.signature();
                 if let Some(expected) = &state.signature
-                    && *expected != signature
+                    && expected != signature
                 {
                     return Err(bad(format!("item {key} holds {signature}, other items {expected}")));
                 }
-                state.signature.get_or_insert(signature);
+                state.signature.get_or_insert_with(|| signature.clone());
                 if key <= previous || key >= header.next_key {
                     return Err(bad(format!("item key {key} out of order (next key {})", header.next_key)));
                 }
@@ -482,25 +594,15 @@ impl Table {
                 if !(meta.priority.is_finite() && meta.priority >= 0.0) {
                     return Err(bad(format!("item {key} has priority {}", meta.priority)));
                 }
-                let bytes = sequence.encoded_len() as u64;
-                state.bytes += bytes;
+                let item = Item {
+                    steps,
+                    priority: meta.priority,
+                    times_sampled: meta.times_sampled,
+                };
+                state.add(key, item, max_times_sampled);
                 if table.config.max_bytes > 0 && state.bytes > table.config.max_bytes {
                     return Err(bad(format!("items exceed max_bytes {}", table.config.max_bytes)));
                 }
-                if max_times_sampled > 0 {
-                    state.draws_left += u64::from(max_times_sampled.saturating_sub(meta.times_sampled));
-                }
-                state.sampler.insert(key, meta.priority);
-                state.remover.insert(key, meta.priority);
-                state.items.insert(
-                    key,
-                    Item {
-                        sequence,
-                        priority: meta.priority,
-                        times_sampled: meta.times_sampled,
-                        bytes,
-                    },
-                );
             }
             state.next_key = header.next_key.max(1);
             state.inserts = header.inserts;
@@ -523,6 +625,7 @@ impl Table {
     fn publish_size(&self, state: &State) {
         self.metrics.items.set(state.items.len() as f64);
         self.metrics.bytes.set(state.bytes as f64);
+        self.metrics.steps.set(state.steps as f64);
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -576,19 +679,17 @@ impl Table {
     }
 }
 
-/// `sequence` with every tensor owning exactly its bytes (see
-/// [`pb::Tensor::compact`]), so a stored item holds no receive buffer.
-fn compact(mut sequence: pb::Sequence) -> pb::Sequence {
-    let tensors = [
-        &mut sequence.observations,
-        &mut sequence.actions,
-        &mut sequence.behaviour_logits,
-        &mut sequence.initial_state,
-    ];
-    for tensor in tensors.into_iter().flatten() {
-        tensor.compact();
-    }
-    sequence
+/// Bytes of `steps`' own data and of its chunks for which `known` is false,
+/// each chunk once.
+fn new_bytes(steps: &ItemSteps, known: impl Fn(u64) -> bool) -> u64 {
+    let segments = steps.segments();
+    let chunks: u64 = segments
+        .iter()
+        .enumerate()
+        .filter(|&(i, s)| !known(s.chunk.id()) && !segments[..i].iter().any(|p| p.chunk.id() == s.chunk.id()))
+        .map(|(_, s)| s.chunk.bytes())
+        .sum();
+    chunks + steps.own_bytes()
 }
 
 /// What the rate limiter decides on.
@@ -625,7 +726,7 @@ fn draw(state: &mut State, n: usize, beta: f64, max_times_sampled: u32) -> Vec<S
             times_sampled: item.times_sampled,
             table_size,
             weight: 1.0,
-            sequence: Arc::clone(&item.sequence),
+            steps: Arc::clone(&item.steps),
         });
         if max_times_sampled > 0 && item.times_sampled >= max_times_sampled {
             state.remove(choice.key, max_times_sampled);
@@ -708,7 +809,7 @@ mod tests {
         assert_eq!(keys, vec![1, 2, 3, 4]);
         let batch = table.sample(3, 0.4, LONG).await.unwrap();
         assert_eq!(batch.iter().map(|i| i.key).collect::<Vec<_>>(), vec![1, 2, 3]);
-        assert_eq!(batch.iter().map(|i| i.sequence.actor_id).collect::<Vec<_>>(), vec![10, 11, 12]);
+        assert_eq!(batch.iter().map(|i| i.steps.actor_id()).collect::<Vec<_>>(), vec![10, 11, 12]);
         assert_eq!(batch.iter().map(|i| i.table_size).collect::<Vec<_>>(), vec![4, 3, 2]);
         assert_eq!(batch[0].probability, 0.25);
         assert!(
@@ -716,7 +817,7 @@ mod tests {
                 .iter()
                 .all(|i| i.times_sampled == 1 && i.weight == 1.0 && i.priority == DEFAULT_PRIORITY)
         );
-        assert_eq!(*batch[1].sequence, cartpole_sequence(3, 11));
+        assert_eq!(batch[1].sequence().unwrap(), cartpole_sequence(3, 11));
         assert_eq!(table.len(), 1);
         let next = table.sample(1, 0.0, LONG).await.unwrap();
         assert_eq!(next[0].key, 4);
@@ -767,8 +868,15 @@ mod tests {
             .unwrap_err();
         assert!(matches!(err, Error::InsertTimeout { .. }), "{err}");
         assert_eq!(table.stats().inserts, 1);
-        assert_eq!(table.sample(1, 0.0, LONG).await.unwrap()[0].sequence.actor_id, 0);
+        assert_eq!(table.sample(1, 0.0, LONG).await.unwrap()[0].steps.actor_id(), 0);
         assert!(table.is_empty());
+    }
+
+    /// What an uncompressed item of `sequence` adds to a table's bytes: its
+    /// steps alone (the actor id stays with the item).
+    fn stored_bytes(mut sequence: pb::Sequence) -> u64 {
+        sequence.actor_id = 0;
+        prost::Message::encoded_len(&sequence) as u64
     }
 
     fn budgeted(sampler: SamplerKind, max_bytes: u64) -> Arc<Table> {
@@ -786,7 +894,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_byte_budget_blocks_a_queue_and_evicts_elsewhere() {
         // cartpole_sequence(3, seed) has the same encoded size for seeds 1..=127.
-        let one = cartpole_sequence(3, 1).encoded_len() as u64;
+        let one = stored_bytes(cartpole_sequence(3, 1));
         let queue = budgeted(SamplerKind::Fifo, 2 * one + one / 2);
         fill(&queue, [1, 2]).await;
         assert_eq!((queue.stats().bytes, queue.stats().max_bytes), (2 * one, 2 * one + one / 2));
@@ -805,14 +913,14 @@ mod tests {
         let stats = evicting.stats();
         assert_eq!((stats.size, stats.bytes, stats.evictions), (2, 2 * one, 2));
         let batch = evicting.sample(2, 0.0, LONG).await.unwrap();
-        let mut actors: Vec<_> = batch.iter().map(|i| i.sequence.actor_id).collect();
+        let mut actors: Vec<_> = batch.iter().map(|i| i.steps.actor_id()).collect();
         actors.sort();
         assert!(actors.iter().all(|a| *a >= 3), "the oldest items left first: {actors:?}");
     }
 
     #[tokio::test]
     async fn a_sequence_larger_than_the_budget_is_refused_and_changes_nothing() {
-        let one = cartpole_sequence(3, 0).encoded_len() as u64;
+        let one = stored_bytes(cartpole_sequence(3, 0));
         let table = budgeted(SamplerKind::Uniform, one);
         fill(&table, [0]).await;
         let err = table.insert(cartpole_sequence(5, 1), None).await.unwrap_err();
@@ -1348,6 +1456,7 @@ mod tests {
 
     #[test]
     fn importance_weights_are_normalised_by_the_batch_maximum() {
+        let store = ChunkStore::new();
         let item = |probability: f64| SampledItem {
             key: 0,
             priority: 1.0,
@@ -1355,7 +1464,7 @@ mod tests {
             times_sampled: 1,
             table_size: 4,
             weight: 0.0,
-            sequence: Arc::new(pb::Sequence::default()),
+            steps: store.item(cartpole_sequence(2, 0), crate::config::Compression::NONE).unwrap(),
         };
         let mut batch = vec![item(0.5), item(0.125)];
         set_importance_weights(&mut batch, 1.0);
@@ -1389,7 +1498,7 @@ mod tests {
                 let mut seen = vec![];
                 for _ in 0..batches {
                     let batch = table.sample(batch_size, 0.0, Duration::from_secs(20)).await.unwrap();
-                    seen.extend(batch.iter().map(|i| i.sequence.actor_id));
+                    seen.extend(batch.iter().map(|i| i.steps.actor_id()));
                 }
                 seen
             }));

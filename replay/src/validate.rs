@@ -54,8 +54,8 @@ pub enum ValidationError {
     ObservationDtype(Dtype),
     #[error("observations has shape [] (no time dimension)")]
     NoTimeDimension,
-    #[error("sequence has {0} steps; at least 2 are needed (steps to learn from plus a bootstrap step)")]
-    TooShort(usize),
+    #[error("sequence has {0} steps; at least {1} are needed (a whole item needs steps to learn from plus a bootstrap step)")]
+    TooShort(usize, usize),
     #[error("{field} has shape {found:?}; expected {expected}")]
     Shape {
         field: &'static str,
@@ -70,10 +70,19 @@ pub enum ValidationError {
     ActionOutOfRange { step: usize, value: i64, num_actions: usize },
     #[error("priority is {0}; expected a finite number >= 0")]
     Priority(f64),
+    #[error("{0}")]
+    Overlap(String),
 }
 
-/// Checks `sequence` and returns its signature.
+/// Checks a whole item's `sequence` (at least 2 steps) and returns its signature.
 pub fn validate_sequence(sequence: &pb::Sequence) -> Result<Signature, ValidationError> {
+    validate_steps(sequence, 2)
+}
+
+/// Checks `sequence` as [`validate_sequence`] does, but asks for only
+/// `min_steps` steps: the new steps that continue an item whose first steps
+/// the service already holds.
+pub fn validate_steps(sequence: &pb::Sequence, min_steps: usize) -> Result<Signature, ValidationError> {
     // Observations define T.
     let observations = sequence.observations.as_ref().ok_or(ValidationError::Missing("observations"))?;
     let observation_dtype = observations.checked_dtype().map_err(|source| ValidationError::Tensor {
@@ -89,8 +98,8 @@ pub fn validate_sequence(sequence: &pb::Sequence) -> Result<Signature, Validatio
     })?;
     let dims = observations.dims();
     let (&steps, observation_shape) = dims.split_first().ok_or(ValidationError::NoTimeDimension)?;
-    if steps < 2 {
-        return Err(ValidationError::TooShort(steps));
+    if steps < min_steps {
+        return Err(ValidationError::TooShort(steps, min_steps));
     }
 
     // Per-step scalars.
@@ -158,17 +167,7 @@ pub fn validate_sequence(sequence: &pb::Sequence) -> Result<Signature, Validatio
     let initial_state_shape = match &sequence.initial_state {
         None => None,
         Some(state) => {
-            let values = state.to_f32().map_err(|source| ValidationError::Tensor {
-                field: "initial_state",
-                source,
-            })?;
-            if let Some((i, value)) = first_non_finite(&values) {
-                return Err(ValidationError::NonFinite {
-                    field: "initial_state",
-                    location: format!("[{i}]"),
-                    value,
-                });
-            }
+            check_initial_state(state)?;
             Some(state.dims())
         }
     };
@@ -183,6 +182,22 @@ pub fn validate_sequence(sequence: &pb::Sequence) -> Result<Signature, Validatio
         num_actions,
         initial_state_shape,
     })
+}
+
+/// Checks a stored recurrent state: f32 of the right byte count, all finite.
+pub fn check_initial_state(state: &pb::Tensor) -> Result<(), ValidationError> {
+    let values = state.to_f32().map_err(|source| ValidationError::Tensor {
+        field: "initial_state",
+        source,
+    })?;
+    match first_non_finite(&values) {
+        Some((i, value)) => Err(ValidationError::NonFinite {
+            field: "initial_state",
+            location: format!("[{i}]"),
+            value,
+        }),
+        None => Ok(()),
+    }
 }
 
 /// Rejects the first non-finite value of a time-major buffer with
