@@ -17,11 +17,13 @@ import time
 import numpy as np
 
 TABLE = "bench"
-# name, steps, frame shape, table capacity: as fleet's bench/src WORKLOADS.
+# name, steps, frame shape, period, table capacity: as fleet's WORKLOADS
+# (src/bench/replay.rs). A period below the steps makes a writer's items
+# overlap: R2D2's windows of 80 steps every 40.
 WORKLOADS = [
-    ("1KiB", 8, (128,), 100_000),
-    ("100KiB", 8, (12_800,), 4_000),
-    ("r2d2-80x84x84", 80, (84, 84), 500),
+    ("1KiB", 8, (128,), 8, 100_000),
+    ("100KiB", 8, (12_800,), 8, 4_000),
+    ("r2d2-80x84x84", 80, (84, 84), 40, 500),
 ]
 
 
@@ -48,7 +50,7 @@ def sequence(steps, frame, actor):
     return rng.integers(0, 256, size=(steps,) + frame, dtype=np.uint8)
 
 
-def inserter(port, steps, frame, actor, seconds, start, results):
+def inserter(port, steps, frame, period, actor, seconds, start, results):
     import reverb
 
     client = reverb.Client(f"127.0.0.1:{port}")
@@ -56,13 +58,29 @@ def inserter(port, steps, frame, actor, seconds, start, results):
     latencies = []
     start.wait()
     deadline = time.monotonic() + seconds
-    with client.trajectory_writer(num_keep_alive_refs=1) as writer:
-        while time.monotonic() < deadline:
-            sent = time.perf_counter()
-            writer.append({"observations": item})
-            writer.create_item(TABLE, priority=1.0, trajectory={"observations": writer.history["observations"][-1]})
-            writer.flush()
-            latencies.append(time.perf_counter() - sent)
+    if period == steps:
+        # Independent items: the whole item as one step, one chunk per item.
+        with client.trajectory_writer(num_keep_alive_refs=1) as writer:
+            while time.monotonic() < deadline:
+                sent = time.perf_counter()
+                writer.append({"observations": item})
+                writer.create_item(TABLE, priority=1.0, trajectory={"observations": writer.history["observations"][-1]})
+                writer.flush()
+                latencies.append(time.perf_counter() - sent)
+    else:
+        # Overlapping windows: one step per frame; each item references the
+        # last `steps` of them, so only the `period` new frames are sent.
+        with client.trajectory_writer(num_keep_alive_refs=steps) as writer:
+            appended = 0
+            while time.monotonic() < deadline:
+                sent = time.perf_counter()
+                new = steps if appended == 0 else period
+                for t in range(new):
+                    writer.append({"observations": item[(appended + t) % steps]})
+                appended += new
+                writer.create_item(TABLE, priority=1.0, trajectory={"observations": writer.history["observations"][-steps:]})
+                writer.flush()
+                latencies.append(time.perf_counter() - sent)
     results.put(("insert", len(latencies), latencies))
 
 
@@ -98,14 +116,14 @@ def percentile_ms(latencies, q):
 
 
 def run(workload, args):
-    name, steps, frame, max_size = workload
+    name, steps, frame, period, max_size = workload
     ctx = mp.get_context("spawn")
     port_queue, stop, start, results = ctx.Queue(), ctx.Event(), ctx.Event(), ctx.Queue()
     server = ctx.Process(target=serve, args=(max_size, port_queue, stop))
     server.start()
     port = port_queue.get(timeout=120)
     clients = [
-        ctx.Process(target=inserter, args=(port, steps, frame, actor + 1, args.seconds, start, results))
+        ctx.Process(target=inserter, args=(port, steps, frame, period, actor + 1, args.seconds, start, results))
         for actor in range(args.inserters)
     ] + [ctx.Process(target=sampler, args=(port, args.batch_size, args.seconds, start, results)) for _ in range(args.samplers)]
     for client in clients:
@@ -132,7 +150,7 @@ def run(workload, args):
         f"| {name} | {item_bytes} | {inserts / elapsed:.0f} | {samples / elapsed:.0f} | "
         f"{inserts * item_bytes / elapsed / 1e6:.1f} | {samples * item_bytes / elapsed / 1e6:.1f} | "
         f"{percentile_ms(insert_latencies, 0.5):.2f} / {percentile_ms(insert_latencies, 0.99):.2f} | "
-        f"{percentile_ms(sample_latencies, 0.5):.2f} / {percentile_ms(sample_latencies, 0.99):.2f} | {peak:.0f} |",
+        f"{percentile_ms(sample_latencies, 0.5):.2f} / {percentile_ms(sample_latencies, 0.99):.2f} | {peak:.0f} | – |",
         flush=True,
     )
 
@@ -148,9 +166,9 @@ def main():
     args = parser.parse_args()
     print(
         "| workload | item bytes | inserts/s | samples/s | insert MB/s | sample MB/s | "
-        "insert p50 / p99 ms | sample batch p50 / p99 ms | server peak RSS MiB |"
+        "insert p50 / p99 ms | sample batch p50 / p99 ms | server peak RSS MiB | stored B/step |"
     )
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for workload in WORKLOADS:
         if not args.workload or workload[0] in args.workload:
             run(workload, args)

@@ -125,6 +125,13 @@ enum BenchTarget {
         #[arg(long = "workload")]
         workloads: Vec<String>,
     },
+    /// The replay codecs (none, lz4, zstd) on one item of CartPole vectors
+    /// and of 84×84 frames: ratio and the cost of storing and reading back.
+    Compression {
+        /// Items stored and read back per row.
+        #[arg(long, default_value_t = 200)]
+        reps: usize,
+    },
 }
 
 fn load_config(cli: &Cli) -> Result<Config> {
@@ -192,13 +199,19 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                     workloads,
                 },
         } => {
-            let load = bench::Load {
+            let load = bench::replay::Load {
                 inserters,
                 samplers,
                 batch_size,
                 seconds,
             };
-            bench::replay(load, &workloads).await?;
+            bench::replay::replay(load, &workloads).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench {
+            target: BenchTarget::Compression { reps },
+        } => {
+            bench::compression::compression(reps.max(1))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Config => {

@@ -10,6 +10,7 @@
 //! holds it: `Arc` counts the references, and dropping the last one frees
 //! the chunk and takes it out of the service's [`ChunkStore`] totals.
 
+use std::cell::RefCell;
 use std::fmt;
 use std::ops::Range;
 use std::sync::Arc;
@@ -233,7 +234,7 @@ impl Body {
         let encoded = || sequence.encode_to_vec();
         let data = match compression.codec {
             Codec::None => return Ok(Body::Plain(Arc::new(sequence))),
-            Codec::Zstd => zstd::bulk::compress(&encoded(), compression.level).map_err(|e| Error::Compression(format!("zstd: {e}")))?,
+            Codec::Zstd => zstd_compress(&encoded(), compression.level).map_err(|e| Error::Compression(format!("zstd: {e}")))?,
             Codec::Lz4 => lz4_flex::compress_prepend_size(&encoded()),
         };
         Ok(Body::Compressed {
@@ -253,9 +254,7 @@ impl Body {
     fn decode(&self) -> Result<Arc<pb::Sequence>, Error> {
         let plain = match self {
             Body::Plain(sequence) => return Ok(Arc::clone(sequence)),
-            Body::Compressed { codec: Codec::Zstd, data } => {
-                zstd::stream::decode_all(&data[..]).map_err(|e| Error::Compression(format!("zstd: {e}")))?
-            }
+            Body::Compressed { codec: Codec::Zstd, data } => zstd_decompress(data).map_err(|e| Error::Compression(format!("zstd: {e}")))?,
             Body::Compressed { codec: Codec::Lz4, data } => {
                 lz4_flex::decompress_size_prepended(data).map_err(|e| Error::Compression(format!("lz4: {e}")))?
             }
@@ -265,6 +264,38 @@ impl Body {
             pb::Sequence::decode(&plain[..]).map_err(|e| Error::Compression(format!("decoding a chunk: {e}")))?,
         ))
     }
+}
+
+thread_local! {
+    // zstd contexts cost more to make than small chunks cost to compress, so
+    // each thread keeps one of each.
+    static ZSTD_COMPRESSOR: RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> = const { RefCell::new(None) };
+    static ZSTD_DECOMPRESSOR: RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { RefCell::new(None) };
+}
+
+/// One zstd frame that records its content size.
+fn zstd_compress(data: &[u8], level: i32) -> std::io::Result<Vec<u8>> {
+    ZSTD_COMPRESSOR.with_borrow_mut(|slot| {
+        if slot.as_ref().is_none_or(|(l, _)| *l != level) {
+            *slot = Some((level, zstd::bulk::Compressor::new(level)?));
+        }
+        let (_, compressor) = slot.as_mut().expect("set above");
+        compressor.compress(data)
+    })
+}
+
+fn zstd_decompress(data: &[u8]) -> std::io::Result<Vec<u8>> {
+    let invalid = |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_owned());
+    let size = zstd::zstd_safe::get_frame_content_size(data)
+        .map_err(|_| invalid("not a zstd frame"))?
+        .ok_or_else(|| invalid("the frame does not record its size"))?;
+    let size = usize::try_from(size).map_err(|_| invalid("frame too large"))?;
+    ZSTD_DECOMPRESSOR.with_borrow_mut(|slot| {
+        if slot.is_none() {
+            *slot = Some(zstd::bulk::Decompressor::new()?);
+        }
+        slot.as_mut().expect("set above").decompress(data, size)
+    })
 }
 
 /// Steps `range` of one chunk.

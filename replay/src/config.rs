@@ -79,6 +79,13 @@ impl Default for ReplayConfig {
 pub struct TableConfig {
     /// Name that insert and sample requests use.
     pub name: String,
+    /// A shorthand that sets `sampler`, `remover` and `max_times_sampled`:
+    /// `queue` (fifo/fifo, every item sampled once: IMPALA) or `prioritized`
+    /// (prioritised with exponent `priority_exponent`, fifo remover, items
+    /// never sampled out: R2D2). Giving one of those keys a different value
+    /// beside a preset is an error.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub preset: Option<Preset>,
     /// Most items the table holds; memory is bounded by this times the
     /// largest sequence. A full queue makes inserts wait (backpressure);
     /// other tables evict their oldest item (see above).
@@ -122,6 +129,14 @@ pub struct TableConfig {
     pub compression: Codec,
     /// zstd's level (1 fastest .. 22 smallest); ignored by the other codecs.
     pub compression_level: i32,
+}
+
+/// Named table shapes; see [`TableConfig::preset`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Preset {
+    Queue,
+    Prioritized,
 }
 
 /// How a chunk's steps are stored.
@@ -172,6 +187,77 @@ impl Compression {
 }
 
 impl TableConfig {
+    /// A queue of `max_size` items, each sampled once in insertion order;
+    /// full, it makes inserts wait (IMPALA's queue).
+    pub fn queue(name: &str, max_size: usize) -> Self {
+        Self {
+            name: name.to_owned(),
+            max_size,
+            preset: Some(Preset::Queue),
+            ..Self::default()
+        }
+        .effective()
+    }
+
+    /// A prioritised table of `max_size` items, sampled with exponent
+    /// `alpha` and evicting the oldest when full (R2D2's replay).
+    pub fn prioritized(name: &str, max_size: usize, alpha: f64) -> Self {
+        Self {
+            name: name.to_owned(),
+            max_size,
+            priority_exponent: alpha,
+            preset: Some(Preset::Prioritized),
+            ..Self::default()
+        }
+        .effective()
+    }
+
+    /// The settings with the preset (if any) applied.
+    pub fn effective(&self) -> Self {
+        let (sampler, max_times_sampled) = match self.preset {
+            None => return self.clone(),
+            Some(Preset::Queue) => (SamplerKind::Fifo, 1),
+            Some(Preset::Prioritized) => (SamplerKind::Prioritized, 0),
+        };
+        Self {
+            sampler,
+            remover: SamplerKind::Fifo,
+            max_times_sampled,
+            ..self.clone()
+        }
+    }
+
+    /// A key set beside the preset to a value other than the preset's and
+    /// the default's: `(key, value, preset's value)`.
+    fn preset_conflict(&self) -> Option<(&'static str, String, String)> {
+        let effective = self.effective();
+        let default = Self::default();
+        let differs = |mine: String, preset: String, default: String| mine != preset && mine != default;
+        [
+            (
+                "sampler",
+                self.sampler.as_str().to_owned(),
+                effective.sampler.as_str().to_owned(),
+                default.sampler.as_str().to_owned(),
+            ),
+            (
+                "remover",
+                self.remover.as_str().to_owned(),
+                effective.remover.as_str().to_owned(),
+                default.remover.as_str().to_owned(),
+            ),
+            (
+                "max_times_sampled",
+                self.max_times_sampled.to_string(),
+                effective.max_times_sampled.to_string(),
+                default.max_times_sampled.to_string(),
+            ),
+        ]
+        .into_iter()
+        .find(|(_, mine, preset, default)| differs(mine.clone(), preset.clone(), default.clone()))
+        .map(|(key, mine, preset, _)| (key, mine, preset))
+    }
+
     /// How this table stores the steps of new items.
     pub fn compression(&self) -> Compression {
         Compression {
@@ -200,6 +286,7 @@ impl Default for TableConfig {
     fn default() -> Self {
         Self {
             name: "queue".to_owned(),
+            preset: None,
             // Small on purpose: every queued sequence is policy lag, and a
             // full queue makes actors wait instead of running ahead.
             max_size: 32,
@@ -272,11 +359,18 @@ impl ReplayConfig {
             return Err("replay.tables is empty; at least one table is needed".to_owned());
         }
         let mut seen = std::collections::HashSet::new();
-        for (i, table) in self.tables.iter().enumerate() {
+        for (i, given) in self.tables.iter().enumerate() {
+            if let (Some(preset), Some((key, value, expected))) = (given.preset, given.preset_conflict()) {
+                return Err(format!(
+                    "replay.tables[{i}] ({:?}): {key} = {value} contradicts preset {preset:?}, which sets {key} = {expected}; drop one of them",
+                    given.name
+                ));
+            }
+            let table = &given.effective();
             if table.name.trim().is_empty() {
                 return Err(format!("replay.tables[{i}].name is empty"));
             }
-            if !seen.insert(table.name.as_str()) {
+            if !seen.insert(given.name.as_str()) {
                 return Err(format!("replay.tables[{i}].name {:?} is used by an earlier table", table.name));
             }
             if table.max_size == 0 {
@@ -470,5 +564,51 @@ mod tests {
         assert_eq!(ratio.tables[0].rate_limiter(), RateLimiter::sample_to_insert_ratio(4.0, 1, 4.0));
         assert_eq!(ReplayConfig::default().tables[0].rate_limiter(), RateLimiter::min_size(1));
         assert!(bad(|c| c.max_message_bytes = usize::MAX).contains("max_message_bytes"));
+    }
+
+    #[test]
+    fn presets_set_the_sampling_rules_and_refuse_contradictions() {
+        let config: ReplayConfig = toml::from_str(
+            r#"
+            [[tables]]
+            name = "fresh"
+            preset = "queue"
+            max_size = 16
+            [[tables]]
+            name = "replay"
+            preset = "prioritized"
+            priority_exponent = 0.6
+            max_size = 1000
+            "#,
+        )
+        .unwrap();
+        assert_eq!(config.validate(), Ok(()));
+        let (queue, replay) = (config.tables[0].effective(), config.tables[1].effective());
+        assert_eq!(queue, TableConfig::queue("fresh", 16));
+        assert!(queue.blocks_inserts_when_full());
+        assert_eq!(replay, TableConfig::prioritized("replay", 1000, 0.6));
+        assert_eq!(
+            (replay.sampler, replay.remover, replay.max_times_sampled),
+            (SamplerKind::Prioritized, SamplerKind::Fifo, 0)
+        );
+
+        let contradicting: ReplayConfig = toml::from_str("[[tables]]\npreset = \"queue\"\nsampler = \"uniform\"").unwrap();
+        let message = contradicting.validate().unwrap_err();
+        assert!(
+            message.contains("sampler = uniform contradicts preset Queue, which sets sampler = fifo"),
+            "{message}"
+        );
+        let contradicting: ReplayConfig = toml::from_str("[[tables]]\npreset = \"prioritized\"\nmax_times_sampled = 3").unwrap();
+        assert!(contradicting.validate().unwrap_err().contains("max_times_sampled = 3"));
+    }
+
+    #[test]
+    fn zstd_levels_outside_its_range_are_refused() {
+        let mut config = ReplayConfig::default();
+        config.tables[0].compression = Codec::Zstd;
+        config.tables[0].compression_level = 99;
+        assert!(config.validate().unwrap_err().contains("compression_level is 99"));
+        config.tables[0].compression_level = 1;
+        assert_eq!(config.validate(), Ok(()));
     }
 }

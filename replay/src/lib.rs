@@ -38,7 +38,7 @@ pub mod sum_tree;
 pub mod table;
 pub mod validate;
 
-pub use config::{Codec, Compression, ReplayConfig, SamplerKind, TableConfig};
+pub use config::{Codec, Compression, Preset, ReplayConfig, SamplerKind, TableConfig};
 pub use error::Error;
 pub use service::{ReplayService, Restore, serve};
 pub use table::Table;

@@ -227,6 +227,7 @@ impl Table {
     }
 
     fn build(config: TableConfig, shutdown: CancellationToken, seed: u64, store: Arc<ChunkStore>) -> Self {
+        let config = config.effective();
         let sampler = sampler_for(config.sampler, &config, seed);
         // Its own stream of draws, so that removals do not shift the samples.
         let remover = sampler_for(config.remover, &config, seed ^ 0x9e37_79b9_7f4a_7c15);

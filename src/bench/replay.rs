@@ -6,7 +6,10 @@
 //! batch (requested until received), and the server's peak resident memory.
 //!
 //! Clients are closed-loop (one request in flight each), as a Python client
-//! of Reverb is, so `bench/reverb_replay.py` measures the same thing.
+//! of Reverb is, so `bench/reverb_replay.py` measures the same thing. In the
+//! R2D2 workload each inserter is one writer whose windows of 80 steps start
+//! every 40 steps; it sends the first whole and then only the 40 new steps of
+//! each, as actors do (Reverb's trajectory writer does the same).
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -35,6 +38,9 @@ pub struct Workload {
     /// Steps per sequence, and the u8 observation shape of one step.
     steps: usize,
     frame: &'static [usize],
+    /// Steps between the starts of consecutive items of one writer;
+    /// `steps` means the items do not overlap.
+    period: usize,
     /// Table capacity: bounds the server's memory at a few hundred MB.
     max_size: usize,
 }
@@ -44,18 +50,21 @@ pub const WORKLOADS: [Workload; 3] = [
         name: "1KiB",
         steps: 8,
         frame: &[128],
+        period: 8,
         max_size: 100_000,
     },
     Workload {
         name: "100KiB",
         steps: 8,
         frame: &[12_800],
+        period: 8,
         max_size: 4_000,
     },
     Workload {
         name: "r2d2-80x84x84",
         steps: 80,
         frame: &[84, 84],
+        period: 40,
         max_size: 500,
     },
 ];
@@ -107,20 +116,22 @@ pub struct Report {
     pub sample_p50_ms: f64,
     pub sample_p99_ms: f64,
     pub server_peak_rss_mib: f64,
+    /// The table's bytes per stored step at the end (Info).
+    pub stored_bytes_per_step: f64,
 }
 
 /// Runs every workload in `names` (all when empty) and prints the table.
 pub async fn replay(load: Load, names: &[String]) -> Result<()> {
     println!(
-        "| workload | item bytes | inserts/s | samples/s | insert MB/s | sample MB/s | insert p50 / p99 ms | sample batch p50 / p99 ms | server peak RSS MiB |"
+        "| workload | item bytes | inserts/s | samples/s | insert MB/s | sample MB/s | insert p50 / p99 ms | sample batch p50 / p99 ms | server peak RSS MiB | stored B/step |"
     );
-    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     for workload in WORKLOADS.iter().filter(|w| names.is_empty() || names.iter().any(|n| n == w.name)) {
         let r = run_workload(workload, &load)
             .await
             .with_context(|| format!("workload {}", workload.name))?;
         println!(
-            "| {} | {} | {:.0} | {:.0} | {:.1} | {:.1} | {:.2} / {:.2} | {:.2} / {:.2} | {:.0} |",
+            "| {} | {} | {:.0} | {:.0} | {:.1} | {:.1} | {:.2} / {:.2} | {:.2} / {:.2} | {:.0} | {:.0} |",
             r.workload,
             r.item_bytes,
             r.inserts_per_sec,
@@ -131,7 +142,8 @@ pub async fn replay(load: Load, names: &[String]) -> Result<()> {
             r.insert_p99_ms,
             r.sample_p50_ms,
             r.sample_p99_ms,
-            r.server_peak_rss_mib
+            r.server_peak_rss_mib,
+            r.stored_bytes_per_step
         );
     }
     println!(
@@ -160,6 +172,7 @@ async fn run_workload(workload: &Workload, load: &Load) -> Result<Report> {
     let pid = server.child.id().ok_or_else(|| anyhow!("the replay process has no pid"))?;
     let address = server.grpc.clone();
     let result = drive(workload, load, &address).await;
+    let stored = stored_bytes_per_step(&address).await;
     let peak_rss = peak_rss_mib(pid);
     server.stop(Duration::from_secs(10)).await;
     let (inserts, samples, elapsed) = result?;
@@ -179,7 +192,15 @@ async fn run_workload(workload: &Workload, load: &Load) -> Result<Report> {
         sample_p50_ms: percentile(&samples.latencies, 0.50),
         sample_p99_ms: percentile(&samples.latencies, 0.99),
         server_peak_rss_mib: peak_rss?,
+        stored_bytes_per_step: stored?,
     })
+}
+
+/// The bench table's bytes over its stored steps, from `Info`.
+async fn stored_bytes_per_step(address: &str) -> Result<f64> {
+    let info = client(address).await?.info(pb::InfoRequest {}).await?.into_inner();
+    let table = info.tables.first().ok_or_else(|| anyhow!("Info lists no table"))?;
+    Ok(table.bytes as f64 / table.steps.max(1) as f64)
 }
 
 fn bench_config(workload: &Workload) -> Result<Config> {
@@ -233,16 +254,27 @@ async fn drive(workload: &Workload, load: &Load, address: &str) -> Result<(Tally
     for actor in 0..load.inserters {
         let mut replay = client(address).await?;
         let item = sequence(workload, actor as u64 + 1);
+        // The steps after the overlap, which continue the writer's previous item.
+        let overlap = workload.steps - workload.period;
+        let continuation = (overlap > 0).then(|| item.slice_steps(overlap..workload.steps));
         inserters.push(tokio::spawn(async move {
             let (requests, stream) = mpsc::channel(1);
             let mut acks = replay.insert(ReceiverStream::new(stream)).await?.into_inner();
             let mut tally = Tally::default();
             while Instant::now() < deadline {
                 let sent = Instant::now();
-                let request = pb::InsertRequest {
-                    table: TABLE.into(),
-                    sequence: Some(item.clone()),
-                    ..Default::default()
+                let request = match &continuation {
+                    Some(steps) if tally.count > 0 => pb::InsertRequest {
+                        table: TABLE.into(),
+                        sequence: Some(steps.clone()),
+                        overlap: overlap as u32,
+                        ..Default::default()
+                    },
+                    _ => pb::InsertRequest {
+                        table: TABLE.into(),
+                        sequence: Some(item.clone()),
+                        ..Default::default()
+                    },
                 };
                 requests.send(request).await.map_err(|_| anyhow!("insert stream closed"))?;
                 acks.message().await?.ok_or_else(|| anyhow!("insert stream ended"))?;
