@@ -95,12 +95,8 @@ impl Config {
         for check in checks {
             check.map_err(|message| anyhow!("invalid config: {message}"))?;
         }
-        if !fleet_actor::env::ENVIRONMENTS.contains(&self.env.name.as_str()) {
-            bail!(
-                "invalid config: env.name `{}` is not one of {:?}",
-                self.env.name,
-                fleet_actor::env::ENVIRONMENTS
-            );
+        if let Err(error) = fleet_actor::env::check_name(&self.env.name) {
+            bail!("invalid config: env.name: {error}");
         }
         if self.run.actors == 0 {
             bail!("invalid config: run.actors must be at least 1");

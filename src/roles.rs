@@ -97,7 +97,10 @@ pub async fn learner(config: Config, listen: SocketAddr, replay_address: String,
         seed: config.seed,
         spec,
         network: config.network,
-        learner: config.learner,
+        learner: fleet_learner::LearnerConfig {
+            burn_in: config.actor.burn_in,
+            ..config.learner
+        },
         replay_address,
         max_message_bytes: config.replay.max_message_bytes,
         sample_timeout: Duration::from_millis(config.replay.sample_timeout_ms),

@@ -9,8 +9,17 @@ use serde::{Deserialize, Serialize};
 pub struct ActorConfig {
     /// Environments stepped together, one batched forward pass per step.
     pub num_envs: usize,
-    /// Learning steps per sequence; sequences hold `unroll_length + 1` steps.
+    /// Learning steps per sequence; sequences hold `burn_in + unroll_length
+    /// + 1` steps.
     pub unroll_length: usize,
+    /// Leading steps of each sequence that a recurrent learner only runs its
+    /// core over (no gradient) to warm the stored state up (R2D2's burn-in).
+    pub burn_in: usize,
+    /// Steps between the starts of consecutive sequences of one environment,
+    /// `1..=unroll_length`; 0 means `unroll_length` (learning steps tile the
+    /// stream). Consecutive sequences share `burn_in + unroll_length + 1 −
+    /// period` steps, which replay stores once.
+    pub period: usize,
     /// Replay table the sequences go to.
     pub table: String,
     /// Sequences sent but not yet acknowledged by replay; beyond this the
@@ -25,6 +34,8 @@ impl Default for ActorConfig {
         Self {
             num_envs: 16,
             unroll_length: 20,
+            burn_in: 0,
+            period: 0,
             table: "queue".into(),
             max_in_flight: 8,
             return_window: 100,
@@ -33,12 +44,28 @@ impl Default for ActorConfig {
 }
 
 impl ActorConfig {
+    /// Steps per sequence.
+    pub fn sequence_length(&self) -> usize {
+        self.burn_in + self.unroll_length + 1
+    }
+
+    /// Steps between sequence starts, with 0 resolved.
+    pub fn sequence_period(&self) -> usize {
+        if self.period == 0 { self.unroll_length } else { self.period }
+    }
+
     pub fn validate(&self) -> Result<(), String> {
         if self.num_envs == 0 {
             return Err("actor.num_envs must be at least 1".into());
         }
         if self.unroll_length == 0 {
             return Err("actor.unroll_length must be at least 1".into());
+        }
+        if self.period > self.unroll_length {
+            return Err(format!(
+                "actor.period is {}; it must be at most unroll_length {} (0: unroll_length), or some steps are never learnt from",
+                self.period, self.unroll_length
+            ));
         }
         if self.max_in_flight == 0 {
             return Err("actor.max_in_flight must be at least 1".into());

@@ -105,9 +105,11 @@ fn act(
     let mut writers: Vec<SequenceWriter> = (0..config.num_envs)
         .map(|env| {
             SequenceWriter::new(
-                config.unroll_length + 1,
+                config.sequence_length(),
+                config.sequence_period(),
                 spec.observation_size,
                 spec.num_actions,
+                2 * network.state_size(),
                 settings.actor_id,
                 env as u64,
             )
@@ -138,6 +140,11 @@ fn act(
     let mut actions = Vec::with_capacity(n);
     let mut observations_before = vec![0f32; n * spec.observation_size];
     let mut flags_before = Vec::with_capacity(n);
+    // With a recurrent core: the state per environment (reset by `step`
+    // where an episode starts) and, per step, what each acted from.
+    let mut state = network.initial_state(n)?;
+    let state_width = 2 * network.state_size();
+    let mut states_before: Vec<f32> = Vec::with_capacity(n * state_width);
 
     while !shutdown.is_cancelled() {
         if weights_rx.has_changed().unwrap_or(false)
@@ -149,7 +156,23 @@ fn act(
             metrics::gauge!(m::WEIGHTS_VERSION).set(version as f64);
         }
         let observations = Tensor::from_slice(envs.observations(), (n, spec.observation_size), &Device::Cpu)?;
-        let logits = network.forward(&observations)?.logits.flatten_all()?.to_vec1::<f32>()?;
+        let is_first: Vec<f32> = envs.is_first().iter().map(|&f| f32::from(u8::from(f))).collect();
+        let is_first = Tensor::from_vec(is_first, n, &Device::Cpu)?;
+        // The state each environment acts from, recorded with its step.
+        states_before.clear();
+        if network.is_recurrent() {
+            let (h, c) = (state.h.flatten_all()?.to_vec1::<f32>()?, state.c.flatten_all()?.to_vec1::<f32>()?);
+            let size = network.state_size();
+            for i in 0..n {
+                states_before.extend_from_slice(&h[i * size..(i + 1) * size]);
+                states_before.extend_from_slice(&c[i * size..(i + 1) * size]);
+            }
+        }
+        let (output, next_state) = network.step(&observations, &is_first, &state)?;
+        // Detached, or every step's state would keep the whole history of
+        // the episode's computation graph alive.
+        state = next_state.detach();
+        let logits = output.logits.flatten_all()?.to_vec1::<f32>()?;
         sample_actions(&logits, spec.num_actions, &mut rng, &mut actions);
 
         // Record x_t and its flags before stepping; the reward arrives with the step.
@@ -168,6 +191,7 @@ fn act(
                 truncated,
                 behaviour_logits: &logits[i * spec.num_actions..(i + 1) * spec.num_actions],
                 behaviour_version: version,
+                state: &states_before[i * state_width..(i + 1) * state_width],
             };
             if let Some(finished) = writers[i].push(&record) {
                 let oldest = finished.sequence.behaviour_versions.iter().copied().min().unwrap_or(version);

@@ -1,11 +1,13 @@
 //! Cutting one environment's stream of steps into fixed-length sequences.
 //!
-//! A sequence has `length = unroll_length + 1` steps; its last step is the
-//! bootstrap step and is kept as the first step of the next sequence, so
-//! consecutive sequences overlap by exactly one step. This is a plain data
-//! structure (no I/O): the actor feeds it one step at a time. A finished
-//! sequence knows its overlap with the previous one, so the insert stream can
-//! leave the shared steps out (replay stores them once).
+//! A sequence has `length = burn_in + unroll_length + 1` steps and a new one
+//! starts every `period` steps, so consecutive sequences share `length −
+//! period` steps (at least the bootstrap step, which opens the next one).
+//! With a recurrent core each sequence carries the state the actor had at
+//! its first step. This is a plain data structure (no I/O): the actor feeds
+//! it one step at a time. A finished sequence knows its overlap with the
+//! previous one, so the insert stream can leave the shared steps out (replay
+//! stores them once).
 
 use fleet_proto::pb;
 
@@ -20,6 +22,9 @@ pub struct StepRecord<'a> {
     pub truncated: bool,
     pub behaviour_logits: &'a [f32],
     pub behaviour_version: u64,
+    /// The recurrent state the policy acted from at this step (`h` then `c`;
+    /// empty without a core).
+    pub state: &'a [f32],
 }
 
 /// A sequence ready for replay, with what lets replay share its first steps
@@ -64,9 +69,13 @@ pub struct SequenceWriter {
     /// Sequences emitted so far; all but the first overlap their predecessor.
     emitted: u64,
     length: usize,
+    period: usize,
     observation_size: usize,
     num_actions: usize,
+    state_size: usize,
     actor_id: u64,
+    /// Per step, `state_size` values.
+    states: Vec<f32>,
     observations: Vec<f32>,
     actions: Vec<i64>,
     rewards: Vec<f32>,
@@ -78,17 +87,34 @@ pub struct SequenceWriter {
 }
 
 impl SequenceWriter {
-    /// `length` is the number of steps per sequence (unroll + 1), at least 2;
+    /// `length` is the number of steps per sequence (burn-in + unroll + 1),
+    /// at least 2; a sequence starts every `period` steps (`1..length`);
+    /// `state_size` values of recurrent state come with each step (0: none);
     /// `writer` names this environment's stream of sequences.
-    pub fn new(length: usize, observation_size: usize, num_actions: usize, actor_id: u64, writer: u64) -> Self {
+    pub fn new(
+        length: usize,
+        period: usize,
+        observation_size: usize,
+        num_actions: usize,
+        state_size: usize,
+        actor_id: u64,
+        writer: u64,
+    ) -> Self {
         assert!(length >= 2, "a sequence needs at least one learning step and a bootstrap step");
+        assert!(
+            (1..length).contains(&period),
+            "consecutive sequences must share at least the bootstrap step"
+        );
         Self {
             writer,
             emitted: 0,
             length,
+            period,
             observation_size,
             num_actions,
+            state_size,
             actor_id,
+            states: Vec::with_capacity(length * state_size),
             observations: Vec::with_capacity(length * observation_size),
             actions: Vec::with_capacity(length),
             rewards: Vec::with_capacity(length),
@@ -113,6 +139,8 @@ impl SequenceWriter {
     pub fn push(&mut self, step: &StepRecord<'_>) -> Option<Finished> {
         assert_eq!(step.observation.len(), self.observation_size, "observation size");
         assert_eq!(step.behaviour_logits.len(), self.num_actions, "logit count");
+        assert_eq!(step.state.len(), self.state_size, "state size");
+        self.states.extend_from_slice(step.state);
         self.observations.extend_from_slice(step.observation);
         self.actions.push(step.action);
         self.rewards.push(step.reward);
@@ -134,12 +162,12 @@ impl SequenceWriter {
             truncated: self.truncated.clone(),
             behaviour_logits: Some(pb::Tensor::from_f32(&[t, self.num_actions], &self.logits)),
             behaviour_versions: self.versions.clone(),
-            initial_state: None,
+            initial_state: (self.state_size > 0).then(|| pb::Tensor::from_f32(&[2, self.state_size / 2], &self.states[..self.state_size])),
             actor_id: self.actor_id,
             priority: 0.0,
         };
-        self.keep_last_step();
-        let overlap = if self.emitted == 0 { 0 } else { 1 };
+        self.drop_first_steps();
+        let overlap = if self.emitted == 0 { 0 } else { self.length - self.period };
         self.emitted += 1;
         Some(Finished {
             writer: self.writer,
@@ -148,17 +176,18 @@ impl SequenceWriter {
         })
     }
 
-    /// Drops all but the last step, which opens the next sequence.
-    fn keep_last_step(&mut self) {
-        let last = self.length - 1;
-        self.observations.drain(..last * self.observation_size);
-        self.logits.drain(..last * self.num_actions);
+    /// Drops the first `period` steps; the rest open the next sequence.
+    fn drop_first_steps(&mut self) {
+        let n = self.period;
+        self.observations.drain(..n * self.observation_size);
+        self.logits.drain(..n * self.num_actions);
+        self.states.drain(..n * self.state_size);
         for v in [&mut self.is_first, &mut self.terminated, &mut self.truncated] {
-            v.drain(..last);
+            v.drain(..n);
         }
-        self.actions.drain(..last);
-        self.rewards.drain(..last);
-        self.versions.drain(..last);
+        self.actions.drain(..n);
+        self.rewards.drain(..n);
+        self.versions.drain(..n);
     }
 }
 
@@ -178,12 +207,13 @@ mod tests {
             truncated: false,
             behaviour_logits: &logits,
             behaviour_version: i as u64 / 4,
+            state: &[],
         })
     }
 
     #[test]
     fn sequences_overlap_by_their_bootstrap_step() {
-        let mut w = SequenceWriter::new(5, 2, 3, 9, 4);
+        let mut w = SequenceWriter::new(5, 4, 2, 3, 0, 9, 4);
         let mut finished = Vec::new();
         for i in 0..13 {
             if let Some(s) = push_step(&mut w, i) {
@@ -222,7 +252,7 @@ mod request_tests {
 
     #[test]
     fn continued_requests_leave_out_the_overlap() {
-        let mut w = SequenceWriter::new(3, 1, 2, 0, 7);
+        let mut w = SequenceWriter::new(3, 2, 1, 2, 0, 0, 7);
         let mut finished = Vec::new();
         for i in 0..5 {
             let record = StepRecord {
@@ -234,6 +264,7 @@ mod request_tests {
                 truncated: false,
                 behaviour_logits: &[0.0, 0.0],
                 behaviour_version: 1,
+                state: &[],
             };
             finished.extend(w.push(&record));
         }
@@ -251,5 +282,59 @@ mod request_tests {
             vec![3.0, 4.0]
         );
         assert_eq!(finished[0].request("t", true).overlap, 0, "a first sequence has nothing to share");
+    }
+}
+
+#[cfg(test)]
+mod overlap_tests {
+    use super::*;
+
+    /// Burn-in 3, unroll 4, period 2: sequences of 8 steps every 2 steps,
+    /// each carrying exactly the state the actor had at its first step.
+    #[test]
+    fn overlapping_sequences_carry_the_state_at_their_first_step() {
+        let (length, period) = (3 + 4 + 1, 2);
+        let mut w = SequenceWriter::new(length, period, 1, 2, 4, 5, 0);
+        let state_at = |i: usize| -> Vec<f32> { (0..4).map(|k| (i * 10 + k) as f32).collect() };
+        let mut finished = Vec::new();
+        for i in 0..20 {
+            let state = state_at(i);
+            let record = StepRecord {
+                observation: &[i as f32],
+                action: (i % 2) as i64,
+                reward: i as f32,
+                is_first: i == 0 || i == 11,
+                terminated: i == 10,
+                truncated: false,
+                behaviour_logits: &[0.0, 1.0],
+                behaviour_version: i as u64,
+                state: &state,
+            };
+            finished.extend(w.push(&record));
+        }
+        // Sequences start at steps 0, 2, 4, ..., 12 (the last ends at 19).
+        assert_eq!(finished.len(), 7);
+        for (k, f) in finished.iter().enumerate() {
+            let first = k * period;
+            assert_eq!(f.overlap, if k == 0 { 0 } else { length - period });
+            assert_eq!(f.sequence.rewards, (first..first + length).map(|i| i as f32).collect::<Vec<_>>());
+            assert_eq!(
+                f.sequence.is_first,
+                (first..first + length).map(|i| i == 0 || i == 11).collect::<Vec<_>>()
+            );
+            assert_eq!(
+                f.sequence.terminated,
+                (first..first + length).map(|i| i == 10).collect::<Vec<_>>(),
+                "episode ends are marked, not cut"
+            );
+            let state = f.sequence.initial_state.as_ref().unwrap();
+            assert_eq!(state.dims(), vec![2, 2]);
+            assert_eq!(
+                state.to_f32().unwrap(),
+                state_at(first),
+                "sequence {k} stores the state at step {first}"
+            );
+        }
+        assert_eq!(w.len(), length - period);
     }
 }

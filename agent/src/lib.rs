@@ -12,6 +12,6 @@ pub mod spec;
 pub mod weights;
 
 pub use device::{DeviceError, select_device};
-pub use network::{Activation, ActorCritic, NetworkConfig, PolicyOutput};
+pub use network::{Activation, ActorCritic, Core, NetworkConfig, PolicyOutput, RecurrentState};
 pub use spec::EnvSpec;
 pub use weights::{Weights, WeightsError};

@@ -30,14 +30,25 @@ pub struct HostBatch {
     pub rewards: Vec<f32>,
     pub terminated: Vec<bool>,
     pub truncated: Vec<bool>,
+    /// `[L, B]`: where episodes start (a recurrent core resets there).
+    pub is_first: Vec<bool>,
     pub behaviour_logits: Vec<f32>,
     pub behaviour_versions: Vec<u64>,
+    /// `[B, state_width]`: each sequence's stored recurrent state (empty
+    /// when the sequences carry none).
+    pub initial_states: Vec<f32>,
+    pub state_width: usize,
 }
 
 impl HostBatch {
     pub fn from_items(items: &[pb::SampledItem], spec: EnvSpec) -> Result<Self, BatchError> {
         let first = items.first().ok_or(BatchError::Empty)?;
         let steps = first.sequence.as_ref().map(|s| s.rewards.len()).unwrap_or(0);
+        let state_width = first
+            .sequence
+            .as_ref()
+            .and_then(|s| s.initial_state.as_ref())
+            .map_or(0, |t| t.dims().iter().product());
         let b = items.len();
         let (o, a) = (spec.observation_size, spec.num_actions);
         let mut batch = HostBatch {
@@ -51,8 +62,11 @@ impl HostBatch {
             rewards: vec![0.0; steps * b],
             terminated: vec![false; steps * b],
             truncated: vec![false; steps * b],
+            is_first: vec![false; steps * b],
             behaviour_logits: vec![0.0; steps * b * a],
             behaviour_versions: vec![0; steps * b],
+            initial_states: Vec::with_capacity(b * state_width),
+            state_width,
         };
         for (j, item) in items.iter().enumerate() {
             let fail = |message: String| BatchError::Item {
@@ -88,9 +102,24 @@ impl HostBatch {
             if logits.len() != steps * a || actions.len() != steps {
                 return Err(fail(format!("actions/logits do not match {steps} steps of {a} actions")));
             }
-            if seq.terminated.len() != steps || seq.truncated.len() != steps || seq.behaviour_versions.len() != steps {
+            if seq.terminated.len() != steps
+                || seq.truncated.len() != steps
+                || seq.is_first.len() != steps
+                || seq.behaviour_versions.len() != steps
+            {
                 return Err(fail("per-step flags do not match the step count".into()));
             }
+            let state = match &seq.initial_state {
+                Some(state) => state.to_f32().map_err(|e| fail(format!("initial_state: {e}")))?,
+                None => Vec::new(),
+            };
+            if state.len() != state_width {
+                return Err(fail(format!(
+                    "stored state of {} values, the batch's first item has {state_width}",
+                    state.len()
+                )));
+            }
+            batch.initial_states.extend_from_slice(&state);
             batch.keys.push(item.key);
             batch
                 .importance_weights
@@ -107,6 +136,7 @@ impl HostBatch {
                 batch.rewards[at] = seq.rewards[t];
                 batch.terminated[at] = seq.terminated[t];
                 batch.truncated[at] = seq.truncated[t];
+                batch.is_first[at] = seq.is_first[t];
                 batch.behaviour_versions[at] = seq.behaviour_versions[t];
             }
         }
@@ -138,25 +168,41 @@ impl HostBatch {
             observations: (0..n * spec.observation_size).map(|_| rng.random_range(-1.0..1.0)).collect(),
             actions: (0..n).map(|_| rng.random_range(0..spec.num_actions as u32)).collect(),
             rewards: (0..n).map(|i| if terminated[i] || truncated[i] { 0.0 } else { 1.0 }).collect(),
+            is_first: (0..n)
+                .map(|i| i < batch_size || terminated[i - batch_size] || truncated[i - batch_size])
+                .collect(),
             terminated,
             truncated,
             behaviour_logits: (0..n * spec.num_actions).map(|_| rng.random_range(-0.5..0.5)).collect(),
             behaviour_versions: vec![1; n],
+            initial_states: Vec::new(),
+            state_width: 0,
         }
     }
 
-    /// Environment steps this batch teaches (its learning steps that are real decisions).
-    pub fn learning_frames(&self) -> u64 {
-        let learning = (self.steps - 1) * self.batch_size;
-        (0..learning).filter(|&i| !(self.terminated[i] || self.truncated[i])).count() as u64
+    /// Environment steps this batch teaches: the real decisions among its
+    /// learning steps (those after `burn_in`).
+    pub fn learning_frames(&self, burn_in: usize) -> u64 {
+        let (from, to) = (burn_in * self.batch_size, (self.steps - 1) * self.batch_size);
+        (from..to).filter(|&i| !(self.terminated[i] || self.truncated[i])).count() as u64
     }
 }
 
-/// The batch as tensors on the learner's device. `L = T + 1`.
+/// The batch as tensors on the learner's device, split into the burn-in
+/// steps and the `L = T + 1` steps after them (learning steps plus the
+/// bootstrap step), which everything but the burn-in fields describes.
 #[derive(Debug)]
 pub struct DeviceBatch {
+    /// `[burn_in·B, obs]` and `[burn_in·B]` f32 (1 where an episode starts).
+    pub burn_in_observations: Tensor,
+    pub burn_in_is_first: Tensor,
+    pub burn_in: usize,
+    /// `[B, state_width]`, when the sequences carry a stored state.
+    pub initial_states: Option<Tensor>,
     /// `[L·B, obs]`
     pub observations: Tensor,
+    /// `[L·B]` f32, 1 where an episode starts.
+    pub is_first: Tensor,
     /// `[T, B]` u32
     pub actions: Tensor,
     /// `[T, B]`
@@ -174,15 +220,27 @@ pub struct DeviceBatch {
 }
 
 impl DeviceBatch {
-    pub fn new(batch: &HostBatch, discount: f64, device: &Device) -> candle_core::Result<Self> {
-        let (l, b) = (batch.steps, batch.batch_size);
+    /// `burn_in` leading steps (fewer than `steps − 1`) go to the burn-in fields.
+    pub fn new(batch: &HostBatch, discount: f64, burn_in: usize, device: &Device) -> candle_core::Result<Self> {
+        if burn_in + 2 > batch.steps {
+            candle_core::bail!(
+                "burn-in of {burn_in} steps leaves nothing to learn from in sequences of {} steps",
+                batch.steps
+            );
+        }
+        let b = batch.batch_size;
+        let skip = burn_in * b;
+        let l = batch.steps - burn_in;
         let t = l - 1;
         let learning = t * b;
-        let is_last = |i: usize| batch.terminated[i] || batch.truncated[i];
+        let o = batch.spec.observation_size;
+        // Indices below are relative to the first step after the burn-in.
+        let is_last = |i: usize| batch.terminated[skip + i] || batch.truncated[skip + i];
+        let flags = |range: std::ops::Range<usize>| -> Vec<f32> { batch.is_first[range].iter().map(|&f| f32::from(u8::from(f))).collect() };
         let mask: Vec<f32> = (0..learning).map(|i| if is_last(i) { 0.0 } else { 1.0 }).collect();
         let discounts: Vec<f32> = (0..learning)
             .map(|i| {
-                if is_last(i) || batch.terminated[i + b] {
+                if is_last(i) || batch.terminated[skip + i + b] {
                     0.0
                 } else {
                     discount as f32
@@ -190,13 +248,21 @@ impl DeviceBatch {
             })
             .collect();
         let a = batch.spec.num_actions;
+        let learning_range = skip..skip + learning;
         Ok(Self {
-            observations: Tensor::from_slice(&batch.observations, (l * b, batch.spec.observation_size), device)?,
-            actions: Tensor::from_slice(&batch.actions[..learning], (t, b), device)?,
-            rewards: Tensor::from_slice(&batch.rewards[..learning], (t, b), device)?,
+            burn_in_observations: Tensor::from_slice(&batch.observations[..skip * o], (skip, o), device)?,
+            burn_in_is_first: Tensor::from_vec(flags(0..skip), skip, device)?,
+            burn_in,
+            initial_states: (batch.state_width > 0)
+                .then(|| Tensor::from_slice(&batch.initial_states, (b, batch.state_width), device))
+                .transpose()?,
+            observations: Tensor::from_slice(&batch.observations[skip * o..], (l * b, o), device)?,
+            is_first: Tensor::from_vec(flags(skip..skip + l * b), l * b, device)?,
+            actions: Tensor::from_slice(&batch.actions[learning_range.clone()], (t, b), device)?,
+            rewards: Tensor::from_slice(&batch.rewards[learning_range], (t, b), device)?,
             discounts: Tensor::from_vec(discounts, (t, b), device)?,
             mask: Tensor::from_vec(mask, (t, b), device)?,
-            behaviour_logits: Tensor::from_slice(&batch.behaviour_logits[..learning * a], (t, b, a), device)?,
+            behaviour_logits: Tensor::from_slice(&batch.behaviour_logits[skip * a..(skip + learning) * a], (t, b, a), device)?,
             importance_weights: Tensor::from_slice(&batch.importance_weights, b, device)?,
             steps: l,
             batch_size: b,

@@ -20,6 +20,16 @@ pub enum LearningRateSchedule {
     Linear,
 }
 
+/// Where a recurrent core's state starts at a sequence's first step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InitialState {
+    /// The state the actor stored with the sequence (R2D2).
+    Stored,
+    /// Zeros (for ablations).
+    Zero,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LearnerConfig {
@@ -64,6 +74,12 @@ pub struct LearnerConfig {
     pub checkpoint_interval_secs: f64,
     /// Checkpoints kept; older ones are deleted.
     pub keep_checkpoints: usize,
+    pub initial_state: InitialState,
+    /// Leading steps of each sequence that only warm the core's state up;
+    /// not a key of its own: the binary sets it from `actor.burn_in`, so
+    /// that the two cannot disagree.
+    #[serde(skip)]
+    pub burn_in: usize,
 }
 
 impl Default for LearnerConfig {
@@ -94,6 +110,8 @@ impl Default for LearnerConfig {
             checkpoint_dir: String::new(),
             checkpoint_interval_secs: 60.0,
             keep_checkpoints: 3,
+            initial_state: InitialState::Stored,
+            burn_in: 0,
         }
     }
 }

@@ -9,7 +9,7 @@ use fleet_agent::{ActorCritic, EnvSpec, NetworkConfig, Weights, WeightsError};
 
 use crate::batch::{DeviceBatch, HostBatch};
 use crate::checkpoint::{self, CheckpointError, CheckpointMeta};
-use crate::config::LearnerConfig;
+use crate::config::{InitialState, LearnerConfig};
 use crate::loss::{LossWeights, impala_loss};
 use crate::optim::Optimiser;
 
@@ -72,6 +72,11 @@ impl Learner {
 
     pub fn network(&self) -> &ActorCritic {
         &self.network
+    }
+
+    /// Leading steps of each sequence that only warm the core's state up.
+    pub fn burn_in(&self) -> usize {
+        self.config.burn_in
     }
 
     pub fn updates(&self) -> u64 {
@@ -150,19 +155,20 @@ impl Learner {
                 self.network.spec()
             )));
         }
-        let device_batch = DeviceBatch::new(batch, self.config.discount, &self.device)?;
+        let device_batch = DeviceBatch::new(batch, self.config.discount, self.config.burn_in, &self.device)?;
         let weights = LossWeights {
             baseline_cost: self.config.baseline_cost,
             entropy_cost: self.config.entropy_cost,
         };
-        let loss = impala_loss(&self.network, &device_batch, &self.config.vtrace(), weights)?;
+        let stored = self.config.initial_state == InitialState::Stored;
+        let loss = impala_loss(&self.network, &device_batch, &self.config.vtrace(), weights, stored)?;
         let learning_rate = self.config.learning_rate_at(self.frames);
         let grad_norm = self.optimiser.step(&loss.total, learning_rate)?;
         let applied = grad_norm.is_finite();
         if applied {
             self.updates += 1;
             self.version += 1;
-            self.frames += batch.learning_frames();
+            self.frames += batch.learning_frames(self.config.burn_in);
         }
         Ok(UpdateStats {
             total_loss: loss.total.to_scalar()?,

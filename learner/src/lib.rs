@@ -19,6 +19,6 @@ pub mod parameters;
 pub mod runtime;
 pub mod vtrace;
 
-pub use config::LearnerConfig;
+pub use config::{InitialState, LearnerConfig};
 pub use learner::{Learner, UpdateError, UpdateStats};
 pub use runtime::{LearnerError, LearnerSettings, run};

@@ -1,11 +1,13 @@
-//! The IMPALA loss on one batch: forward the network over every step, V-trace
-//! targets from the detached values, then policy-gradient, baseline and
-//! entropy terms averaged over the real decisions in the batch and weighted
-//! per sequence by the sampler's importance weights.
+//! The IMPALA loss on one batch: run the network over every step (a
+//! recurrent core from the stored or zero state, over the burn-in steps
+//! without gradient first), V-trace targets from the detached values, then
+//! policy-gradient, baseline and entropy terms averaged over the real
+//! decisions of the learning steps and weighted per sequence by the
+//! sampler's importance weights.
 
 use candle_core::{D, Result, Tensor};
 use candle_nn::ops::log_softmax;
-use fleet_agent::ActorCritic;
+use fleet_agent::{ActorCritic, RecurrentState};
 
 use crate::batch::DeviceBatch;
 use crate::vtrace::{VTraceInputs, VTraceParams, vtrace};
@@ -31,10 +33,46 @@ pub struct LossOutput {
     pub td_errors: Tensor,
 }
 
-pub fn impala_loss(network: &ActorCritic, batch: &DeviceBatch, vtrace_params: &VTraceParams, weights: LossWeights) -> Result<LossOutput> {
+/// The core's state at the first learning step: from the stored state (or
+/// zeros, when `stored` is off or the batch has none), run over the burn-in
+/// steps and cut off from the graph, so the burn-in gets no gradient.
+pub fn learning_start_state(network: &ActorCritic, batch: &DeviceBatch, stored: bool) -> Result<RecurrentState> {
+    let b = batch.batch_size;
+    let size = network.state_size();
+    let start = match &batch.initial_states {
+        Some(states) if stored && network.is_recurrent() => {
+            if states.dim(1)? != 2 * size {
+                candle_core::bail!(
+                    "stored states hold {} values; the network's core needs {}",
+                    states.dim(1)?,
+                    2 * size
+                );
+            }
+            RecurrentState {
+                h: states.narrow(1, 0, size)?,
+                c: states.narrow(1, size, size)?,
+            }
+        }
+        _ => network.initial_state(b)?,
+    };
+    if batch.burn_in == 0 || !network.is_recurrent() {
+        return Ok(start);
+    }
+    let (_, warmed) = network.unroll(&batch.burn_in_observations, &batch.burn_in_is_first, batch.burn_in, &start)?;
+    Ok(warmed.detach())
+}
+
+pub fn impala_loss(
+    network: &ActorCritic,
+    batch: &DeviceBatch,
+    vtrace_params: &VTraceParams,
+    weights: LossWeights,
+    stored_state: bool,
+) -> Result<LossOutput> {
     let (l, b) = (batch.steps, batch.batch_size);
     let t = l - 1;
-    let out = network.forward(&batch.observations)?;
+    let start = learning_start_state(network, batch, stored_state)?;
+    let (out, _) = network.unroll(&batch.observations, &batch.is_first, l, &start)?;
     let num_actions = out.logits.dim(1)?;
     let logits = out.logits.reshape((l, b, num_actions))?;
     let values = out.values.reshape((l, b))?;
@@ -83,4 +121,143 @@ pub fn impala_loss(network: &ActorCritic, batch: &DeviceBatch, vtrace_params: &V
         td_errors: td.detach(),
         total,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::Device;
+    use fleet_agent::{Core, EnvSpec, NetworkConfig};
+
+    use super::*;
+    use crate::batch::HostBatch;
+
+    const SPEC: EnvSpec = EnvSpec {
+        observation_size: 4,
+        num_actions: 2,
+    };
+    const STATE: usize = 6;
+
+    fn lstm() -> ActorCritic {
+        let config = NetworkConfig {
+            hidden: vec![8],
+            core: Core::Lstm,
+            lstm_size: STATE,
+            ..NetworkConfig::default()
+        };
+        ActorCritic::new(SPEC, &config, 5, &Device::Cpu).unwrap()
+    }
+
+    /// A synthetic batch of 4 sequences of 10 steps from the middle of
+    /// episodes (no episode starts), with stored states.
+    fn batch(seed: u64) -> HostBatch {
+        let mut batch = HostBatch::synthetic(SPEC, 10, 4, seed);
+        batch.is_first = vec![false; 40];
+        batch.terminated = vec![false; 40];
+        batch.truncated = vec![false; 40];
+        batch.state_width = 2 * STATE;
+        batch.initial_states = (0..4 * 2 * STATE).map(|i| ((i % 7) as f32 - 3.0) * 0.2).collect();
+        batch
+    }
+
+    fn weights() -> LossWeights {
+        LossWeights {
+            baseline_cost: 0.5,
+            entropy_cost: 0.01,
+        }
+    }
+
+    fn values(t: &Tensor) -> Vec<f32> {
+        t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+    }
+
+    /// The burn-in shapes the state the learning steps start from, yet no
+    /// gradient reaches a parameter through it: the gradients equal those of
+    /// the same loss with the warmed state handed in as a constant.
+    #[test]
+    fn burn_in_moves_the_state_but_carries_no_gradient() {
+        let net = lstm();
+        let host = batch(1);
+        let device_batch = DeviceBatch::new(&host, 0.99, 4, &Device::Cpu).unwrap();
+        let loss = impala_loss(&net, &device_batch, &VTraceParams::default(), weights(), true).unwrap();
+        let through_burn_in = loss.total.backward().unwrap();
+
+        let warmed = learning_start_state(&net, &device_batch, true).unwrap();
+        let constant = RecurrentState {
+            h: Tensor::from_vec(values(&warmed.h), (4, STATE), &Device::Cpu).unwrap(),
+            c: Tensor::from_vec(values(&warmed.c), (4, STATE), &Device::Cpu).unwrap(),
+        };
+        let (out, _) = net
+            .unroll(&device_batch.observations, &device_batch.is_first, device_batch.steps, &constant)
+            .unwrap();
+        let (again, _) = net
+            .unroll(&device_batch.observations, &device_batch.is_first, device_batch.steps, &warmed)
+            .unwrap();
+        assert_eq!(values(&out.logits), values(&again.logits));
+        // Recompute the loss from the constant state by zeroing the burn-in
+        // (a zero-step burn-in from the warmed state as the stored one).
+        let mut from_warmed = DeviceBatch::new(&host, 0.99, 4, &Device::Cpu).unwrap();
+        from_warmed.burn_in = 0;
+        from_warmed.initial_states = Some(Tensor::cat(&[&constant.h, &constant.c], 1).unwrap());
+        let direct = impala_loss(&net, &from_warmed, &VTraceParams::default(), weights(), true).unwrap();
+        assert!((direct.total.to_scalar::<f32>().unwrap() - loss.total.to_scalar::<f32>().unwrap()).abs() < 1e-6);
+        let direct = direct.total.backward().unwrap();
+        for (name, var) in net.params() {
+            let a = values(through_burn_in.get(var.as_tensor()).unwrap());
+            let b = values(direct.get(var.as_tensor()).unwrap());
+            assert!(
+                a.iter().zip(&b).all(|(x, y)| (x - y).abs() < 1e-6),
+                "{name} got gradient from the burn-in"
+            );
+        }
+
+        // And the burn-in matters: other burn-in observations, another start.
+        let mut other = host.clone();
+        for v in &mut other.observations[..4 * 4 * 4] {
+            *v = -*v;
+        }
+        let other = learning_start_state(&net, &DeviceBatch::new(&other, 0.99, 4, &Device::Cpu).unwrap(), true).unwrap();
+        assert_ne!(values(&other.h), values(&warmed.h));
+    }
+
+    /// An episode start inside the burn-in or inside the learning steps
+    /// wipes whatever state came before it.
+    #[test]
+    fn resets_inside_burn_in_and_unroll_forget_the_stored_state() {
+        let net = lstm();
+        let mut with_reset = batch(2);
+        // Sequence 0 starts an episode at burn-in step 2, sequence 1 at learning step 5 (absolute 8).
+        with_reset.is_first[2 * 4] = true;
+        with_reset.is_first[8 * 4 + 1] = true;
+        let mut other_state = with_reset.clone();
+        for v in &mut other_state.initial_states {
+            *v += 0.5;
+        }
+        let run = |host: &HostBatch| {
+            let batch = DeviceBatch::new(host, 0.99, 3, &Device::Cpu).unwrap();
+            let start = learning_start_state(&net, &batch, true).unwrap();
+            let (out, _) = net.unroll(&batch.observations, &batch.is_first, batch.steps, &start).unwrap();
+            (values(&start.h), values(&out.logits))
+        };
+        let (start_a, logits_a) = run(&with_reset);
+        let (start_b, logits_b) = run(&other_state);
+        assert_eq!(start_a[..STATE], start_b[..STATE], "reset in the burn-in");
+        assert_ne!(
+            start_a[STATE..2 * STATE],
+            start_b[STATE..2 * STATE],
+            "no reset: the stored state shows"
+        );
+        // Learning steps are 3..10 (7 of them); sequence 1 resets at learning step 5.
+        let row = |logits: &[f32], t: usize, j: usize| logits[(t * 4 + j) * 2..(t * 4 + j) * 2 + 2].to_vec();
+        assert_ne!(row(&logits_a, 4, 1), row(&logits_b, 4, 1));
+        for t in 5..7 {
+            assert_eq!(row(&logits_a, t, 1), row(&logits_b, t, 1), "reset in the unroll, step {t}");
+        }
+        // Zero instead of stored: the same as a stored state of zeros.
+        let batch = DeviceBatch::new(&other_state, 0.99, 3, &Device::Cpu).unwrap();
+        let zero = learning_start_state(&net, &batch, false).unwrap();
+        let mut zeros = other_state.clone();
+        zeros.initial_states.iter_mut().for_each(|v| *v = 0.0);
+        let stored_zeros = learning_start_state(&net, &DeviceBatch::new(&zeros, 0.99, 3, &Device::Cpu).unwrap(), true).unwrap();
+        assert_eq!(values(&zero.h), values(&stored_zeros.h));
+    }
 }

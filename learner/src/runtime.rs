@@ -162,8 +162,9 @@ fn update_loop(
             return Ok(());
         }
         let version = learner.version();
-        let learning = (batch.steps - 1) * batch.batch_size;
-        for (i, &behaviour) in batch.behaviour_versions[..learning].iter().enumerate() {
+        let learning = (learner.burn_in() * batch.batch_size)..(batch.steps - 1) * batch.batch_size;
+        for i in learning {
+            let behaviour = batch.behaviour_versions[i];
             if !(batch.terminated[i] || batch.truncated[i]) {
                 policy_lag.record(version.saturating_sub(behaviour) as f64);
             }
@@ -183,7 +184,7 @@ fn update_loop(
             continue;
         }
         updates.increment(1);
-        frames.increment(batch.learning_frames());
+        frames.increment(batch.learning_frames(learner.burn_in()));
         for (kind, value) in [
             ("policy", stats.policy_loss),
             ("baseline", stats.baseline_loss),

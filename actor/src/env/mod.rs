@@ -7,13 +7,18 @@
 //! policies, sequences and networking are not this module's business.
 
 pub mod cartpole;
+pub mod masked;
+pub mod memory_chain;
 pub mod vector;
 
 pub use cartpole::CartPole;
+pub use masked::MaskedCartPole;
+pub use memory_chain::MemoryChain;
 pub use vector::{FinishedEpisode, StepReport, VecEnv};
 
-/// Names accepted by [`make`].
-pub const ENVIRONMENTS: &[&str] = &[cartpole::NAME];
+/// Names accepted by [`make`]. Besides these, `memory-chain-N` picks the
+/// horizon of [`MemoryChain`]; [`check_name`] knows every accepted name.
+pub const ENVIRONMENTS: &[&str] = &[cartpole::NAME, masked::NAME, memory_chain::NAME];
 
 /// What one step of an environment produced besides the next observation.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -59,8 +64,18 @@ pub trait Environment: Send {
 /// Errors from building environments or feeding them actions.
 #[derive(Debug, thiserror::Error)]
 pub enum EnvError {
-    #[error("unknown environment `{0}` (known: CartPole-v1)")]
+    #[error(
+        "unknown environment `{0}` (known: {known}; {family}-N sets the horizon, N in 1..={max})",
+        known = ENVIRONMENTS.join(", "),
+        family = memory_chain::NAME,
+        max = memory_chain::MAX_HORIZON
+    )]
     Unknown(String),
+    #[error(
+        "environment `{name}`: horizon `{value}` is not an integer in 1..={max}",
+        max = memory_chain::MAX_HORIZON
+    )]
+    BadHorizon { name: String, value: String },
     #[error("expected one action per environment ({expected}), got {got}")]
     ActionCount { expected: usize, got: usize },
     #[error("action {action} for environment {env_index} is out of range (actions are 0..{num_actions})")]
@@ -75,7 +90,24 @@ pub enum EnvError {
 pub fn make(name: &str, seed: u64) -> Result<Box<dyn Environment>, EnvError> {
     match name {
         cartpole::NAME => Ok(Box::new(CartPole::new(seed))),
-        _ => Err(EnvError::Unknown(name.to_owned())),
+        masked::NAME => Ok(Box::new(MaskedCartPole::new(seed))),
+        _ => match memory_chain::horizon_from_name(name) {
+            Some(horizon) => Ok(Box::new(MemoryChain::new(horizon?, seed))),
+            None => Err(EnvError::Unknown(name.to_owned())),
+        },
+    }
+}
+
+/// Whether [`make`] accepts `name`, with the error it would give if not,
+/// without building anything. Unlike a lookup in [`ENVIRONMENTS`], this
+/// accepts every `memory-chain-N`.
+pub fn check_name(name: &str) -> Result<(), EnvError> {
+    if ENVIRONMENTS.contains(&name) {
+        return Ok(());
+    }
+    match memory_chain::horizon_from_name(name) {
+        Some(horizon) => horizon.map(drop),
+        None => Err(EnvError::Unknown(name.to_owned())),
     }
 }
 
@@ -95,6 +127,23 @@ mod tests {
     fn env_make_rejects_unknown_names() {
         let error = make("CartPole-v0", 0).err().expect("unknown name must fail");
         assert!(matches!(&error, EnvError::Unknown(name) if name == "CartPole-v0"));
-        assert!(error.to_string().contains("CartPole-v1"));
+        let message = error.to_string();
+        for name in ENVIRONMENTS {
+            assert!(message.contains(name), "{message} does not list {name}");
+        }
+    }
+
+    #[test]
+    fn env_check_name_agrees_with_make() {
+        for name in ENVIRONMENTS
+            .iter()
+            .copied()
+            .chain(["memory-chain-50", "memory-chain-0", "memory-chain-x", "Pong", "cartpole"])
+        {
+            assert_eq!(check_name(name).is_ok(), make(name, 0).is_ok(), "{name}");
+        }
+        assert!(check_name("memory-chain-50").is_ok());
+        assert!(matches!(check_name("memory-chain-0"), Err(EnvError::BadHorizon { .. })));
+        assert!(matches!(check_name("Pong"), Err(EnvError::Unknown(_))));
     }
 }
