@@ -94,6 +94,7 @@ async fn malformed_sequences_are_refused_and_the_queue_is_untouched() {
         num_batches: 1,
         timeout_ms: 2000,
         beta: 0.0,
+        in_flight: 1,
     };
     let batch = client.sample(request).await.unwrap().into_inner().next().await.unwrap().unwrap();
     let sampled: Vec<pb::Sequence> = batch.items.into_iter().map(|i| i.sequence.unwrap()).collect();

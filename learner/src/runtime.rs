@@ -231,6 +231,7 @@ async fn prefetch_batches(settings: LearnerSettings, batch_tx: mpsc::Sender<Host
                 num_batches: 1,
                 timeout_ms: settings.sample_timeout.as_millis() as u32,
                 beta: 0.0,
+                in_flight: 1,
             };
             let response = tokio::select! {
                 _ = shutdown.cancelled() => return,

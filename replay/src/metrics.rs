@@ -23,6 +23,8 @@ pub const SAMPLES_TOTAL: &str = "fleet_replay_samples_total";
 pub const INSERT_BLOCKED_SECONDS_TOTAL: &str = "fleet_replay_insert_blocked_seconds_total";
 /// Seconds sample requests spent waiting for enough items, per table.
 pub const SAMPLE_WAIT_SECONDS_TOTAL: &str = "fleet_replay_sample_wait_seconds_total";
+/// Priority updates applied (their key was in the table), per table.
+pub const PRIORITY_UPDATES_TOTAL: &str = "fleet_replay_priority_updates_total";
 /// Priority updates for keys no longer in the table, per table.
 pub const MISSING_PRIORITY_UPDATES_TOTAL: &str = "fleet_replay_missing_priority_updates_total";
 /// Items removed to make room for an insert into a full table (tables that
@@ -126,6 +128,11 @@ pub fn describe() {
         "Priority updates ignored because their item had already left the table."
     );
     describe_counter!(
+        PRIORITY_UPDATES_TOTAL,
+        Unit::Count,
+        "Priority updates applied to items in the replay table."
+    );
+    describe_counter!(
         EVICTIONS_TOTAL,
         Unit::Count,
         "Items evicted (oldest first) to make room for an insert into a full table."
@@ -144,6 +151,7 @@ pub(crate) struct TableMetrics {
     pub(crate) insert_blocked_seconds: Gauge,
     pub(crate) sample_wait_seconds: Gauge,
     pub(crate) missing_priority_updates: Counter,
+    pub(crate) priority_updates: Counter,
     pub(crate) evictions: Counter,
     pub(crate) sample_latency: Histogram,
 }
@@ -160,6 +168,7 @@ impl TableMetrics {
             insert_blocked_seconds: gauge!(INSERT_BLOCKED_SECONDS_TOTAL, "table" => table.to_owned()),
             sample_wait_seconds: gauge!(SAMPLE_WAIT_SECONDS_TOTAL, "table" => table.to_owned()),
             missing_priority_updates: counter!(MISSING_PRIORITY_UPDATES_TOTAL, "table" => table.to_owned()),
+            priority_updates: counter!(PRIORITY_UPDATES_TOTAL, "table" => table.to_owned()),
             evictions: counter!(EVICTIONS_TOTAL, "table" => table.to_owned()),
             sample_latency: histogram!(SAMPLE_LATENCY, "table" => table.to_owned()),
         }

@@ -35,10 +35,10 @@ use crate::validate::ValidationError;
 /// buffered for).
 const INSERT_ACK_BUFFER: usize = 32;
 
-/// Batches prepared ahead per sample stream. Items in this buffer have left
-/// the table, so it stays at one: a client that hangs up loses at most one
-/// batch besides what is in flight.
-const SAMPLE_BUFFER: usize = 1;
+/// Most batches a sample stream may prepare ahead of its client
+/// (`SampleRequest.in_flight`). Items in this buffer have left a queue
+/// table already, so a client that hangs up loses them; the default is one.
+pub const MAX_SAMPLE_IN_FLIGHT: u32 = 16;
 
 /// Writers one insert stream may continue items for; each keeps its previous
 /// item's chunks alive, so this bounds what a stream can pin.
@@ -377,7 +377,14 @@ impl Replay for ReplayService {
             batch_size = request.batch_size,
             num_batches = request.num_batches,
         );
-        let (batches, rx) = mpsc::channel(SAMPLE_BUFFER);
+        if request.in_flight > MAX_SAMPLE_IN_FLIGHT {
+            return Err(Error::InvalidSampleRequest(format!(
+                "in_flight is {}; at most {MAX_SAMPLE_IN_FLIGHT} batches may be prepared ahead",
+                request.in_flight
+            ))
+            .into());
+        }
+        let (batches, rx) = mpsc::channel(request.in_flight.max(1) as usize);
         let shutdown = self.inner.shutdown.clone();
         tokio::spawn(Self::run_sample_stream(table, request, timeout, shutdown, batches).instrument(span));
         Ok(Response::new(ReceiverStream::new(rx)))
@@ -599,6 +606,7 @@ mod tests {
             num_batches,
             timeout_ms,
             beta: 0.0,
+            in_flight: 1,
         }
     }
 
@@ -861,6 +869,7 @@ mod tests {
         assert_eq!(insert_all(&mut client, requests).await.unwrap(), vec![1, 2, 3]);
 
         let sample = |beta| pb::SampleRequest {
+            in_flight: 1,
             table: "replay".into(),
             batch_size: 16,
             num_batches: 1,

@@ -499,6 +499,7 @@ impl Table {
         if missing > 0 {
             self.metrics.missing_priority_updates.increment(missing);
         }
+        self.metrics.priority_updates.increment(updates.len() as u64 - missing);
         Ok(missing)
     }
 

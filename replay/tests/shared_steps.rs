@@ -133,6 +133,7 @@ async fn sample(client: &mut ReplayClient<Channel>, table: &str, batch_size: u32
         num_batches: 1,
         timeout_ms: 10_000,
         beta: 0.0,
+        in_flight: 1,
     };
     let mut stream = client.sample(request).await.unwrap().into_inner();
     stream.message().await.unwrap().unwrap().items
@@ -376,4 +377,30 @@ async fn many_streams_and_samplers_lose_no_acknowledged_item() {
         (info.tables[0].size, info.tables[0].inserts, info.tables[0].samples),
         (0, total as u64, total as u64)
     );
+}
+
+/// A sample stream may prepare several batches ahead, up to a bound.
+#[tokio::test]
+async fn sample_streams_keep_the_asked_batches_in_flight() {
+    let server = start(vec![table("replay", SamplerKind::Uniform, 10, 0)]).await;
+    let mut client = client(&server).await;
+    insert_all(&mut client, windows("replay", 0, 2, 5, 4, 4, true)).await.unwrap();
+    let request = |in_flight| pb::SampleRequest {
+        table: "replay".into(),
+        batch_size: 2,
+        num_batches: 6,
+        timeout_ms: 1000,
+        beta: 0.0,
+        in_flight,
+    };
+    let mut stream = client.sample(request(4)).await.unwrap().into_inner();
+    let mut batches = 0;
+    while let Some(batch) = stream.message().await.unwrap() {
+        assert_eq!(batch.items.len(), 2);
+        batches += 1;
+    }
+    assert_eq!(batches, 6);
+    let status = client.sample(request(17)).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(status.message().contains("in_flight is 17"), "{status:?}");
 }

@@ -298,6 +298,7 @@ async fn drive(workload: &Workload, load: &Load, address: &str) -> Result<(Tally
                     num_batches: 1,
                     timeout_ms: 10_000,
                     beta: 0.6,
+                    in_flight: 1,
                 };
                 let mut batches = replay.sample(request).await?.into_inner();
                 let batch = batches.message().await?.ok_or_else(|| anyhow!("sample stream ended"))?;
