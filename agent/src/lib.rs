@@ -2,8 +2,9 @@
 //! actor-critic network, and weights as versioned safetensors blobs.
 //!
 //! Layout: [`spec`] (observation/action spec), [`network`] (the actor-critic
-//! MLP and its parameters), [`weights`] (serialising parameters for the wire
-//! and for checkpoints), [`device`] (choosing a candle device at run time).
+//! network, feed-forward or with an LSTM core, and its parameters),
+//! [`weights`] (serialising parameters for the wire and for checkpoints),
+//! [`device`] (choosing a candle device at run time).
 //! Nothing here does I/O or knows about gRPC beyond the weight bytes.
 
 pub mod device;
