@@ -10,7 +10,7 @@ use fleet_agent::{ActorCritic, EnvSpec, NetworkConfig, Weights, WeightsError};
 use crate::batch::{DeviceBatch, HostBatch};
 use crate::checkpoint::{self, CheckpointError, CheckpointMeta};
 use crate::config::{InitialState, LearnerConfig};
-use crate::loss::{LossWeights, impala_loss};
+use crate::loss::{LossWeights, impala_loss, state_staleness};
 use crate::optim::Optimiser;
 
 #[derive(Debug, thiserror::Error)]
@@ -28,7 +28,7 @@ pub enum UpdateError {
 }
 
 /// What one update measured.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct UpdateStats {
     pub total_loss: f32,
     pub policy_loss: f32,
@@ -40,7 +40,15 @@ pub struct UpdateStats {
     pub learning_rate: f64,
     /// False when the gradient was not finite and the update was skipped.
     pub applied: bool,
+    /// Per sequence (value, policy) staleness, every [`STALENESS_EVERY`]th
+    /// update of a recurrent network with stored states; see
+    /// [`crate::loss::state_staleness`].
+    pub staleness: Vec<(f32, f32)>,
 }
+
+/// Updates between staleness measurements (each costs two extra forward
+/// passes over the batch).
+pub const STALENESS_EVERY: u64 = 10;
 
 #[derive(Debug)]
 pub struct Learner {
@@ -163,6 +171,11 @@ impl Learner {
         let stored = self.config.initial_state == InitialState::Stored;
         let loss = impala_loss(&self.network, &device_batch, &self.config.vtrace(), weights, stored)?;
         let learning_rate = self.config.learning_rate_at(self.frames);
+        let staleness = if self.updates.is_multiple_of(STALENESS_EVERY) {
+            state_staleness(&self.network, &device_batch)?
+        } else {
+            Vec::new()
+        };
         let grad_norm = self.optimiser.step(&loss.total, learning_rate)?;
         let applied = grad_norm.is_finite();
         if applied {
@@ -180,6 +193,7 @@ impl Learner {
             mean_abs_advantage: loss.mean_abs_advantage,
             learning_rate,
             applied,
+            staleness,
         })
     }
 }

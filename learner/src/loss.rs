@@ -62,6 +62,46 @@ pub fn learning_start_state(network: &ActorCritic, batch: &DeviceBatch, stored: 
     Ok(warmed.detach())
 }
 
+/// How much a batch's learning steps still depend on the state the stored
+/// state gave them, per sequence: the network runs the burn-in and learning
+/// steps once from the stored state and once from zeros, and the values
+/// `V` and policies `π` of the learning steps are compared —
+/// `mean_t |V_stored − V_zero| / max(mean_t |V_stored|, 1e-6)` and
+/// `mean_t TV(π_stored, π_zero)`. R2D2 compares the stored state with the
+/// state recomputed by the current network; the burn-in is that
+/// recomputation, and once it is long enough the start no longer shows (both
+/// near 0). Large values say the learning steps see a state the current
+/// network did not make: lengthen `actor.burn_in`. Empty for feed-forward
+/// networks or batches without stored states.
+pub fn state_staleness(network: &ActorCritic, batch: &DeviceBatch) -> Result<Vec<(f32, f32)>> {
+    if !network.is_recurrent() || batch.initial_states.is_none() {
+        return Ok(Vec::new());
+    }
+    let (l, b) = (batch.steps, batch.batch_size);
+    let t = l - 1;
+    let outputs = |stored: bool| -> Result<(Vec<f32>, Vec<f32>)> {
+        let start = learning_start_state(network, batch, stored)?;
+        let (out, _) = network.unroll(&batch.observations, &batch.is_first, l, &start)?;
+        let probs = candle_nn::ops::softmax(&out.logits.detach(), D::Minus1)?;
+        Ok((out.values.detach().to_vec1()?, probs.flatten_all()?.to_vec1()?))
+    };
+    let (stored_values, stored_probs) = outputs(true)?;
+    let (zero_values, zero_probs) = outputs(false)?;
+    let a = stored_probs.len() / (l * b);
+    Ok((0..b)
+        .map(|j| {
+            let rows = (0..t).map(|step| step * b + j);
+            let (mut gap, mut size, mut tv) = (0f32, 0f32, 0f32);
+            for i in rows {
+                gap += (stored_values[i] - zero_values[i]).abs();
+                size += stored_values[i].abs();
+                tv += 0.5 * (0..a).map(|k| (stored_probs[i * a + k] - zero_probs[i * a + k]).abs()).sum::<f32>();
+            }
+            (gap / size.max(1e-6), tv / t as f32)
+        })
+        .collect())
+}
+
 pub fn impala_loss(
     network: &ActorCritic,
     batch: &DeviceBatch,
@@ -259,5 +299,24 @@ mod tests {
         zeros.initial_states.iter_mut().for_each(|v| *v = 0.0);
         let stored_zeros = learning_start_state(&net, &DeviceBatch::new(&zeros, 0.99, 3, &Device::Cpu).unwrap(), true).unwrap();
         assert_eq!(values(&zero.h), values(&stored_zeros.h));
+    }
+
+    /// Staleness is 0 when the stored state is what a zero start gives, and
+    /// shrinks as the burn-in lengthens and washes the start out.
+    #[test]
+    fn staleness_falls_as_the_burn_in_grows() {
+        let net = lstm();
+        let host = batch(4);
+        let staleness = |burn_in| -> f32 {
+            let s = state_staleness(&net, &DeviceBatch::new(&host, 0.99, burn_in, &Device::Cpu).unwrap()).unwrap();
+            assert_eq!(s.len(), 4);
+            s.iter().map(|(v, _)| v).sum::<f32>() / 4.0
+        };
+        let (none, long) = (staleness(0), staleness(7));
+        assert!(none > 0.0 && long < none, "no burn-in {none}, 7 steps {long}");
+        let mut zeros = host.clone();
+        zeros.initial_states.iter_mut().for_each(|v| *v = 0.0);
+        let s = state_staleness(&net, &DeviceBatch::new(&zeros, 0.99, 2, &Device::Cpu).unwrap()).unwrap();
+        assert!(s.iter().all(|&(v, p)| v == 0.0 && p == 0.0), "{s:?}");
     }
 }

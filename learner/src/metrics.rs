@@ -18,6 +18,13 @@ pub const LEARNING_RATE: &str = "fleet_learner_learning_rate";
 pub const CHECKPOINTS: &str = "fleet_learner_checkpoints_total";
 pub const CHECKPOINT_TIME: &str = "fleet_learner_last_checkpoint_timestamp_seconds";
 
+/// Per sampled sequence of a recurrent agent: how far the values of its
+/// learning steps move when the burn-in starts from zeros instead of the
+/// stored state, relative to their size (see `loss::state_staleness`).
+pub const STATE_STALENESS: &str = "fleet_learner_state_staleness";
+/// The same for the policy: mean total-variation distance.
+pub const POLICY_STALENESS: &str = "fleet_learner_policy_staleness";
+pub const STALENESS_BUCKETS: &[f64] = &[0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0];
 pub const POLICY_LAG_BUCKETS: &[f64] = &[0.0, 1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 50.0, 100.0];
 pub const BATCH_WAIT_BUCKETS: &[f64] = &[0.0001, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0];
 
@@ -37,6 +44,14 @@ pub fn describe() {
         "Per learning step: learner version minus the behaviour policy's version"
     );
     describe_histogram!(BATCH_WAIT, "Time the update loop waited for its next batch");
+    describe_histogram!(
+        STATE_STALENESS,
+        "Per sampled sequence (recurrent core): relative change of the learning steps' values when the burn-in starts from zeros instead of the stored state; near 0 means the burn-in is long enough"
+    );
+    describe_histogram!(
+        POLICY_STALENESS,
+        "Per sampled sequence (recurrent core): mean total-variation distance of the learning steps' policies between the stored-state and zero-state burn-in"
+    );
     describe_counter!(FRAMES, "Environment steps consumed by updates");
     describe_counter!(BAD_BATCHES, "Sampled batches refused as inconsistent");
     describe_gauge!(MEAN_ABS_ADVANTAGE, "Mean absolute policy-gradient advantage over the latest batch");

@@ -198,6 +198,15 @@ fn update_loop(
         metrics::gauge!(m::CLIPPED_RHO).set(stats.clipped_rho_fraction as f64);
         metrics::gauge!(m::MEAN_ABS_ADVANTAGE).set(stats.mean_abs_advantage as f64);
         metrics::gauge!(m::LEARNING_RATE).set(stats.learning_rate);
+        for &(value, policy) in &stats.staleness {
+            metrics::histogram!(m::STATE_STALENESS).record(f64::from(value));
+            metrics::histogram!(m::POLICY_STALENESS).record(f64::from(policy));
+        }
+        if !stats.staleness.is_empty() {
+            let n = stats.staleness.len() as f32;
+            let (value, policy) = stats.staleness.iter().fold((0.0, 0.0), |(v, p), s| (v + s.0 / n, p + s.1 / n));
+            tracing::debug!(value, policy, burn_in = learner.burn_in(), "recurrent state staleness");
+        }
         if let Some(dir) = &schedule.checkpoints
             && last_checkpoint.elapsed() >= schedule.checkpoint_interval
         {
