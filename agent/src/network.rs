@@ -75,28 +75,6 @@ pub struct RecurrentState {
 }
 
 impl RecurrentState {
-    /// Row `i` as the wire's stored state: `[2, lstm_size]` values, `h` then `c`.
-    pub fn row(&self, i: usize) -> Result<Vec<f32>> {
-        let h = self.h.get(i)?.to_vec1::<f32>()?;
-        let c = self.c.get(i)?.to_vec1::<f32>()?;
-        Ok([h, c].concat())
-    }
-
-    /// States stacked from wire rows (`[2, lstm_size]` each) on `device`.
-    pub fn from_rows(rows: &[&[f32]], lstm_size: usize, device: &Device) -> Result<Self> {
-        let n = rows.len();
-        let mut h = Vec::with_capacity(n * lstm_size);
-        let mut c = Vec::with_capacity(n * lstm_size);
-        for row in rows {
-            h.extend_from_slice(&row[..lstm_size]);
-            c.extend_from_slice(&row[lstm_size..2 * lstm_size]);
-        }
-        Ok(Self {
-            h: Tensor::from_vec(h, (n, lstm_size), device)?,
-            c: Tensor::from_vec(c, (n, lstm_size), device)?,
-        })
-    }
-
     /// The same state cut off from the graph: no gradient flows into it.
     pub fn detach(&self) -> Self {
         Self {
@@ -468,9 +446,6 @@ mod tests {
         );
         assert!(!names.iter().any(|n| n.starts_with("value_tower")));
         let state = net.initial_state(2).unwrap();
-        let row = state.row(1).unwrap();
-        assert_eq!(row.len(), 16);
-        let back = RecurrentState::from_rows(&[&row, &row], 8, &Device::Cpu).unwrap();
-        assert_eq!(back.h.dims(), &[2, 8]);
+        assert_eq!((state.h.dims(), state.c.dims()), (&[2, 8][..], &[2, 8][..]));
     }
 }

@@ -10,7 +10,7 @@ use fleet_agent::{ActorCritic, EnvSpec, NetworkConfig, Weights, WeightsError};
 use crate::batch::{DeviceBatch, HostBatch};
 use crate::checkpoint::{self, CheckpointError, CheckpointMeta};
 use crate::config::{InitialState, LearnerConfig};
-use crate::loss::{LossWeights, impala_loss, state_staleness};
+use crate::loss::{LossWeights, impala_loss, learning_outputs, state_staleness};
 use crate::optim::Optimiser;
 
 #[derive(Debug, thiserror::Error)]
@@ -46,8 +46,8 @@ pub struct UpdateStats {
     pub staleness: Vec<(f32, f32)>,
 }
 
-/// Updates between staleness measurements (each costs two extra forward
-/// passes over the batch).
+/// Updates between staleness measurements (each costs one extra forward
+/// pass over the batch, two when the learner starts from zeros).
 pub const STALENESS_EVERY: u64 = 10;
 
 #[derive(Debug)]
@@ -172,7 +172,15 @@ impl Learner {
         let loss = impala_loss(&self.network, &device_batch, &self.config.vtrace(), weights, stored)?;
         let learning_rate = self.config.learning_rate_at(self.frames);
         let staleness = if self.updates.is_multiple_of(STALENESS_EVERY) {
-            state_staleness(&self.network, &device_batch)?
+            // The loss's outputs are the stored-state ones unless it learns from zeros.
+            let recomputed;
+            let from_stored = if stored {
+                &loss.outputs
+            } else {
+                recomputed = learning_outputs(&self.network, &device_batch, true)?;
+                &recomputed
+            };
+            state_staleness(&self.network, &device_batch, from_stored)?
         } else {
             Vec::new()
         };

@@ -7,7 +7,7 @@
 
 use candle_core::{D, Result, Tensor};
 use candle_nn::ops::log_softmax;
-use fleet_agent::{ActorCritic, RecurrentState};
+use fleet_agent::{ActorCritic, PolicyOutput, RecurrentState};
 
 use crate::batch::DeviceBatch;
 use crate::vtrace::{VTraceInputs, VTraceParams, vtrace};
@@ -31,6 +31,8 @@ pub struct LossOutput {
     pub mean_abs_advantage: f32,
     /// `[T, B]` V-trace target minus value, detached (for priorities).
     pub td_errors: Tensor,
+    /// The network's outputs on the learning and bootstrap steps.
+    pub outputs: PolicyOutput,
 }
 
 /// The core's state at the first learning step: from the stored state (or
@@ -73,20 +75,20 @@ pub fn learning_start_state(network: &ActorCritic, batch: &DeviceBatch, stored: 
 /// near 0). Large values say the learning steps see a state the current
 /// network did not make: lengthen `actor.burn_in`. Empty for feed-forward
 /// networks or batches without stored states.
-pub fn state_staleness(network: &ActorCritic, batch: &DeviceBatch) -> Result<Vec<(f32, f32)>> {
+/// `stored` is what [`learning_outputs`] gives from the stored state (the
+/// loss has computed it already when it learns from the stored state).
+pub fn state_staleness(network: &ActorCritic, batch: &DeviceBatch, stored: &PolicyOutput) -> Result<Vec<(f32, f32)>> {
     if !network.is_recurrent() || batch.initial_states.is_none() {
         return Ok(Vec::new());
     }
     let (l, b) = (batch.steps, batch.batch_size);
     let t = l - 1;
-    let outputs = |stored: bool| -> Result<(Vec<f32>, Vec<f32>)> {
-        let start = learning_start_state(network, batch, stored)?;
-        let (out, _) = network.unroll(&batch.observations, &batch.is_first, l, &start)?;
+    let host = |out: &PolicyOutput| -> Result<(Vec<f32>, Vec<f32>)> {
         let probs = candle_nn::ops::softmax(&out.logits.detach(), D::Minus1)?;
         Ok((out.values.detach().to_vec1()?, probs.flatten_all()?.to_vec1()?))
     };
-    let (stored_values, stored_probs) = outputs(true)?;
-    let (zero_values, zero_probs) = outputs(false)?;
+    let (stored_values, stored_probs) = host(stored)?;
+    let (zero_values, zero_probs) = host(&learning_outputs(network, batch, false)?)?;
     let a = stored_probs.len() / (l * b);
     Ok((0..b)
         .map(|j| {
@@ -102,6 +104,13 @@ pub fn state_staleness(network: &ActorCritic, batch: &DeviceBatch) -> Result<Vec
         .collect())
 }
 
+/// The network's outputs (`[L·B, …]`) on the steps after the burn-in, with
+/// the core started as [`learning_start_state`] says.
+pub fn learning_outputs(network: &ActorCritic, batch: &DeviceBatch, stored: bool) -> Result<PolicyOutput> {
+    let start = learning_start_state(network, batch, stored)?;
+    Ok(network.unroll(&batch.observations, &batch.is_first, batch.steps, &start)?.0)
+}
+
 pub fn impala_loss(
     network: &ActorCritic,
     batch: &DeviceBatch,
@@ -111,8 +120,7 @@ pub fn impala_loss(
 ) -> Result<LossOutput> {
     let (l, b) = (batch.steps, batch.batch_size);
     let t = l - 1;
-    let start = learning_start_state(network, batch, stored_state)?;
-    let (out, _) = network.unroll(&batch.observations, &batch.is_first, l, &start)?;
+    let out = learning_outputs(network, batch, stored_state)?;
     let num_actions = out.logits.dim(1)?;
     let logits = out.logits.reshape((l, b, num_actions))?;
     let values = out.values.reshape((l, b))?;
@@ -160,6 +168,7 @@ pub fn impala_loss(
         mean_abs_advantage: ((returns.pg_advantages.abs()? * &batch.mask)?.sum_all()? / decisions)?.to_scalar()?,
         td_errors: td.detach(),
         total,
+        outputs: out,
     })
 }
 
@@ -308,7 +317,8 @@ mod tests {
         let net = lstm();
         let host = batch(4);
         let staleness = |burn_in| -> f32 {
-            let s = state_staleness(&net, &DeviceBatch::new(&host, 0.99, burn_in, &Device::Cpu).unwrap()).unwrap();
+            let batch = DeviceBatch::new(&host, 0.99, burn_in, &Device::Cpu).unwrap();
+            let s = state_staleness(&net, &batch, &learning_outputs(&net, &batch, true).unwrap()).unwrap();
             assert_eq!(s.len(), 4);
             s.iter().map(|(v, _)| v).sum::<f32>() / 4.0
         };
@@ -316,7 +326,8 @@ mod tests {
         assert!(none > 0.0 && long < none, "no burn-in {none}, 7 steps {long}");
         let mut zeros = host.clone();
         zeros.initial_states.iter_mut().for_each(|v| *v = 0.0);
-        let s = state_staleness(&net, &DeviceBatch::new(&zeros, 0.99, 2, &Device::Cpu).unwrap()).unwrap();
+        let batch = DeviceBatch::new(&zeros, 0.99, 2, &Device::Cpu).unwrap();
+        let s = state_staleness(&net, &batch, &learning_outputs(&net, &batch, true).unwrap()).unwrap();
         assert!(s.iter().all(|&(v, p)| v == 0.0 && p == 0.0), "{s:?}");
     }
 }

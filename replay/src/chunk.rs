@@ -10,6 +10,7 @@
 //! holds it: `Arc` counts the references, and dropping the last one frees
 //! the chunk and takes it out of the service's [`ChunkStore`] totals.
 
+use std::borrow::Cow;
 use std::cell::RefCell;
 use std::fmt;
 use std::ops::Range;
@@ -417,19 +418,24 @@ impl ItemSteps {
     /// copied into one buffer per field.
     pub fn to_sequence(&self) -> Result<pb::Sequence, Error> {
         let decoded: Vec<Arc<pb::Sequence>> = self.segments.iter().map(|s| s.chunk.body.decode()).collect::<Result<_, _>>()?;
-        let parts: Vec<pb::Sequence> = self
+        // Whole chunks are read in place; only partial ones are cut out.
+        let mut parts: Vec<Cow<'_, pb::Sequence>> = self
             .segments
             .iter()
             .zip(&decoded)
             .map(|(segment, steps)| {
                 if segment.range == (0..segment.chunk.steps) {
-                    pb::Sequence::clone(steps)
+                    Cow::Borrowed(&**steps)
                 } else {
-                    steps.slice_steps(segment.range.clone())
+                    Cow::Owned(steps.slice_steps(segment.range.clone()))
                 }
             })
             .collect();
-        let mut sequence = pb::Sequence::concat_steps(&parts.iter().collect::<Vec<_>>());
+        let mut sequence = if parts.len() == 1 {
+            parts.pop().expect("one part").into_owned()
+        } else {
+            pb::Sequence::concat_steps(&parts.iter().map(AsRef::as_ref).collect::<Vec<_>>())
+        };
         sequence.initial_state = self.initial_state.clone();
         sequence.actor_id = self.actor_id;
         sequence.priority = 0.0;

@@ -230,32 +230,24 @@ impl TableConfig {
     /// A key set beside the preset to a value other than the preset's and
     /// the default's: `(key, value, preset's value)`.
     fn preset_conflict(&self) -> Option<(&'static str, String, String)> {
-        let effective = self.effective();
-        let default = Self::default();
-        let differs = |mine: String, preset: String, default: String| mine != preset && mine != default;
-        [
+        let (preset, default) = (self.effective(), Self::default());
+        let keys = [
             (
                 "sampler",
-                self.sampler.as_str().to_owned(),
-                effective.sampler.as_str().to_owned(),
-                default.sampler.as_str().to_owned(),
+                [self.sampler, preset.sampler, default.sampler].map(|s| s.as_str().to_owned()),
             ),
             (
                 "remover",
-                self.remover.as_str().to_owned(),
-                effective.remover.as_str().to_owned(),
-                default.remover.as_str().to_owned(),
+                [self.remover, preset.remover, default.remover].map(|s| s.as_str().to_owned()),
             ),
             (
                 "max_times_sampled",
-                self.max_times_sampled.to_string(),
-                effective.max_times_sampled.to_string(),
-                default.max_times_sampled.to_string(),
+                [self.max_times_sampled, preset.max_times_sampled, default.max_times_sampled].map(|n| n.to_string()),
             ),
-        ]
-        .into_iter()
-        .find(|(_, mine, preset, default)| differs(mine.clone(), preset.clone(), default.clone()))
-        .map(|(key, mine, preset, _)| (key, mine, preset))
+        ];
+        keys.into_iter()
+            .find(|(_, [mine, preset, default])| mine != preset && mine != default)
+            .map(|(key, [mine, preset, _])| (key, mine, preset))
     }
 
     /// How this table stores the steps of new items.

@@ -293,7 +293,11 @@ impl Table {
     /// Refuses an item whose signature differs from the one the table's
     /// first item fixed.
     pub fn check_signature(&self, signature: &Signature) -> Result<(), Error> {
-        match &self.lock().signature {
+        self.signature_matches(&self.lock(), signature)
+    }
+
+    fn signature_matches(&self, state: &State, signature: &Signature) -> Result<(), Error> {
+        match &state.signature {
             Some(expected) if expected != signature => Err(Error::SignatureMismatch {
                 table: self.config.name.clone(),
                 expected: Box::new(expected.clone()),
@@ -327,7 +331,6 @@ impl Table {
                 });
             }
         }
-        self.check_signature(steps.signature())?;
         // Whether `state` must lose an item before this one fits.
         let full = |state: &State, steps: &ItemSteps| {
             state.items.len() >= self.config.max_size || (max_bytes > 0 && state.bytes + state.added_bytes(steps) > max_bytes)
@@ -347,15 +350,7 @@ impl Table {
                 },
                 |state| {
                     let pending = steps.as_ref().expect("the item is taken only by the attempt that stores it");
-                    if let Some(expected) = &state.signature
-                        && expected != pending.signature()
-                    {
-                        return Err(Error::SignatureMismatch {
-                            table: self.config.name.clone(),
-                            expected: Box::new(expected.clone()),
-                            found: Box::new(pending.signature().clone()),
-                        });
-                    }
+                    self.signature_matches(state, pending.signature())?;
                     if blocks_when_full && full(state, pending) || !self.limiter.can_insert(counts(state)) {
                         return Ok(None);
                     }

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow};
 use fleet_proto::pb::replay_client::ReplayClient;
 use fleet_proto::pb::{self, Tensor};
-use fleet_replay::{SamplerKind, TableConfig};
+use fleet_replay::TableConfig;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio::sync::mpsc;
@@ -206,15 +206,7 @@ async fn stored_bytes_per_step(address: &str) -> Result<f64> {
 fn bench_config(workload: &Workload) -> Result<Config> {
     let mut config = Config::load(&Default::default())?;
     config.replay.max_message_bytes = MAX_MESSAGE_BYTES;
-    config.replay.tables = vec![TableConfig {
-        name: TABLE.into(),
-        max_size: workload.max_size,
-        sampler: SamplerKind::Prioritized,
-        priority_exponent: 0.8,
-        max_times_sampled: 0,
-        min_size_to_sample: 1,
-        ..TableConfig::default()
-    }];
+    config.replay.tables = vec![TableConfig::prioritized(TABLE, workload.max_size, 0.8)];
     // Roles read the tables by name from the config; keep it consistent.
     config.actor.table = TABLE.into();
     config.learner.table = TABLE.into();
