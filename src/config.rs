@@ -35,6 +35,8 @@ pub struct Config {
 #[serde(deny_unknown_fields)]
 pub struct EnvConfig {
     pub name: String,
+    /// Observations stacked into one along the channel axis (1: none).
+    pub frame_stack: usize,
 }
 
 /// Settings of `fleet run` (the single-machine launcher).
@@ -97,6 +99,13 @@ impl Config {
         }
         if let Err(error) = fleet_actor::env::check_name(&self.env.name) {
             bail!("invalid config: env.name: {error}");
+        }
+        if let Err(error) = fleet_actor::env::check_frame_stack(self.env.frame_stack) {
+            bail!("invalid config: env.frame_stack: {error}");
+        }
+        let spec = fleet_actor::env::make_stacked(&self.env.name, self.env.frame_stack, 0)?.spec();
+        if let Err(message) = self.network.check_spec(&spec) {
+            bail!("invalid config: {message} (env.name = `{}`)", self.env.name);
         }
         if self.run.actors == 0 {
             bail!("invalid config: run.actors must be at least 1");
@@ -262,6 +271,22 @@ mod tests {
         assert!(err.contains("env.name"), "{err}");
         let err = format!("{:#}", load(&[], &["seed"]).unwrap_err());
         assert!(err.contains("section.key=value"), "{err}");
+    }
+
+    #[test]
+    fn frame_stack_and_torso_are_checked_against_the_environment() {
+        let config = load(&[], &["env.name=catch", "env.frame_stack=4", "network.torso=deep_resnet"]).unwrap();
+        assert_eq!((config.env.frame_stack, config.network.torso), (4, fleet_agent::Torso::DeepResnet));
+        assert!(load(&[], &["env.name=catch", "network.torso=shallow_cnn"]).is_ok());
+        let err = format!("{:#}", load(&[], &["env.frame_stack=0"]).unwrap_err());
+        assert!(err.contains("env.frame_stack") && err.contains("frame stack of 0"), "{err}");
+        let err = format!("{:#}", load(&[], &["network.torso=shallow_cnn"]).unwrap_err());
+        assert!(
+            err.contains("network.torso") && err.contains("shallow_cnn") && err.contains("CartPole-v1"),
+            "{err}"
+        );
+        let err = format!("{:#}", load(&[], &["network.torso=resnet"]).unwrap_err());
+        assert!(err.contains("network.torso"), "{err}");
     }
 
     #[test]

@@ -116,6 +116,7 @@ pub async fn actor(config: Config, actor_id: u64, replay_address: String, learne
         actor_id,
         seed: config.seed,
         env_name: config.env.name,
+        frame_stack: config.env.frame_stack,
         network: config.network,
         actor: config.actor,
         replay_address,
@@ -129,9 +130,5 @@ pub async fn actor(config: Config, actor_id: u64, replay_address: String, learne
 
 /// The network's view of the configured environment.
 pub fn env_spec(config: &Config) -> Result<EnvSpec> {
-    let env = fleet_actor::env::make(&config.env.name, 0)?;
-    Ok(EnvSpec {
-        observation_size: env.observation_size(),
-        num_actions: env.num_actions(),
-    })
+    Ok(fleet_actor::env::make_stacked(&config.env.name, config.env.frame_stack, 0)?.spec())
 }

@@ -42,6 +42,8 @@ pub struct ActorSettings {
     pub actor_id: u64,
     pub seed: u64,
     pub env_name: String,
+    /// Observations stacked per step (`env.frame_stack`; 1: none).
+    pub frame_stack: usize,
     pub network: NetworkConfig,
     pub actor: ActorConfig,
     pub replay_address: String,
@@ -54,12 +56,7 @@ pub struct ActorSettings {
 pub async fn run(settings: ActorSettings, shutdown: CancellationToken) -> Result<(), ActorError> {
     m::describe();
     // Probe the environment up front so a bad name fails before connecting.
-    let probe = VecEnv::new(&settings.env_name, 1, 0)?;
-    let spec = EnvSpec {
-        observation_size: probe.observation_size(),
-        num_actions: probe.num_actions(),
-    };
-    drop(probe);
+    let spec = VecEnv::stacked(&settings.env_name, settings.frame_stack, 1, 0)?.spec();
 
     let (weights_tx, weights_rx) = watch::channel::<Option<Arc<Weights>>>(None);
     let newest_version = Arc::new(AtomicU64::new(0));
@@ -99,7 +96,7 @@ fn act(
 ) -> Result<(), ActorError> {
     let config = &settings.actor;
     let seed = settings.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(settings.actor_id);
-    let mut envs = VecEnv::new(&settings.env_name, config.num_envs, seed)?;
+    let mut envs = VecEnv::stacked(&settings.env_name, settings.frame_stack, config.num_envs, seed)?;
     let network = ActorCritic::new(spec, &settings.network, seed, &Device::Cpu)?;
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ 0xA5A5_A5A5);
     let mut writers: Vec<SequenceWriter> = (0..config.num_envs)
@@ -107,8 +104,7 @@ fn act(
             SequenceWriter::new(
                 config.sequence_length(),
                 config.sequence_period(),
-                spec.observation_size,
-                spec.num_actions,
+                spec,
                 2 * network.state_size(),
                 settings.actor_id,
                 env as u64,

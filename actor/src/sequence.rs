@@ -7,13 +7,17 @@
 //! its first step. This is a plain data structure (no I/O): the actor feeds
 //! it one step at a time. A finished sequence knows its overlap with the
 //! previous one, so the insert stream can leave the shared steps out (replay
-//! stores them once).
+//! stores them once). Image observations are kept and sent as u8 (`[L, C,
+//! H, W]`): their values are whole intensities, so this loses nothing and
+//! takes a quarter of the bytes; vectors stay f32 (`[L, observation_size]`).
 
+use fleet_agent::{EnvSpec, FrameShape};
 use fleet_proto::pb;
 
 /// Everything recorded about one step of one environment.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StepRecord<'a> {
+    /// For frames, intensities 0..=255 (whole numbers).
     pub observation: &'a [f32],
     pub action: i64,
     pub reward: f32,
@@ -71,12 +75,14 @@ pub struct SequenceWriter {
     length: usize,
     period: usize,
     observation_size: usize,
+    /// Set for image observations, which are kept as u8.
+    frame: Option<FrameShape>,
     num_actions: usize,
     state_size: usize,
     actor_id: u64,
     /// Per step, `state_size` values.
     states: Vec<f32>,
-    observations: Vec<f32>,
+    observations: ObservationBuffer,
     actions: Vec<i64>,
     rewards: Vec<f32>,
     is_first: Vec<bool>,
@@ -91,31 +97,29 @@ impl SequenceWriter {
     /// at least 2; a sequence starts every `period` steps (`1..length`);
     /// `state_size` values of recurrent state come with each step (0: none);
     /// `writer` names this environment's stream of sequences.
-    pub fn new(
-        length: usize,
-        period: usize,
-        observation_size: usize,
-        num_actions: usize,
-        state_size: usize,
-        actor_id: u64,
-        writer: u64,
-    ) -> Self {
+    pub fn new(length: usize, period: usize, spec: EnvSpec, state_size: usize, actor_id: u64, writer: u64) -> Self {
         assert!(length >= 2, "a sequence needs at least one learning step and a bootstrap step");
         assert!(
             (1..length).contains(&period),
             "consecutive sequences must share at least the bootstrap step"
         );
+        let (observation_size, num_actions) = (spec.observation_size, spec.num_actions);
+        let values = length * observation_size;
         Self {
             writer,
             emitted: 0,
             length,
             period,
             observation_size,
+            frame: spec.frame,
             num_actions,
             state_size,
             actor_id,
             states: Vec::with_capacity(length * state_size),
-            observations: Vec::with_capacity(length * observation_size),
+            observations: match spec.frame {
+                Some(_) => ObservationBuffer::U8(Vec::with_capacity(values)),
+                None => ObservationBuffer::F32(Vec::with_capacity(values)),
+            },
             actions: Vec::with_capacity(length),
             rewards: Vec::with_capacity(length),
             is_first: Vec::with_capacity(length),
@@ -141,7 +145,7 @@ impl SequenceWriter {
         assert_eq!(step.behaviour_logits.len(), self.num_actions, "logit count");
         assert_eq!(step.state.len(), self.state_size, "state size");
         self.states.extend_from_slice(step.state);
-        self.observations.extend_from_slice(step.observation);
+        self.observations.push(step.observation);
         self.actions.push(step.action);
         self.rewards.push(step.reward);
         self.is_first.push(step.is_first);
@@ -154,7 +158,7 @@ impl SequenceWriter {
         }
         let t = self.length;
         let sequence = pb::Sequence {
-            observations: Some(pb::Tensor::from_f32(&[t, self.observation_size], &self.observations)),
+            observations: Some(self.observations.tensor(t, self.observation_size, self.frame)),
             actions: Some(pb::Tensor::from_i64(&[t], &self.actions)),
             rewards: self.rewards.clone(),
             is_first: self.is_first.clone(),
@@ -179,7 +183,7 @@ impl SequenceWriter {
     /// Drops the first `period` steps; the rest open the next sequence.
     fn drop_first_steps(&mut self) {
         let n = self.period;
-        self.observations.drain(..n * self.observation_size);
+        self.observations.drop_first(n * self.observation_size);
         self.logits.drain(..n * self.num_actions);
         self.states.drain(..n * self.state_size);
         for v in [&mut self.is_first, &mut self.terminated, &mut self.truncated] {
@@ -188,6 +192,42 @@ impl SequenceWriter {
         self.actions.drain(..n);
         self.rewards.drain(..n);
         self.versions.drain(..n);
+    }
+}
+
+/// Observations as they are stored and sent.
+#[derive(Debug)]
+enum ObservationBuffer {
+    F32(Vec<f32>),
+    U8(Vec<u8>),
+}
+
+impl ObservationBuffer {
+    fn push(&mut self, observation: &[f32]) {
+        match self {
+            Self::F32(values) => values.extend_from_slice(observation),
+            Self::U8(values) => values.extend(observation.iter().map(|&v| {
+                debug_assert!(v == v.round() && (0.0..=255.0).contains(&v), "pixel intensity {v}");
+                v as u8
+            })),
+        }
+    }
+
+    /// The first `steps` steps as a tensor: `[steps, C, H, W]` u8 for
+    /// frames, `[steps, observation_size]` f32 otherwise.
+    fn tensor(&self, steps: usize, observation_size: usize, frame: Option<FrameShape>) -> pb::Tensor {
+        match (self, frame) {
+            (Self::U8(values), Some(f)) => pb::Tensor::from_u8(&[steps, f.channels, f.height, f.width], values.clone()),
+            (Self::U8(values), None) => pb::Tensor::from_u8(&[steps, observation_size], values.clone()),
+            (Self::F32(values), _) => pb::Tensor::from_f32(&[steps, observation_size], values),
+        }
+    }
+
+    fn drop_first(&mut self, values: usize) {
+        match self {
+            Self::F32(v) => drop(v.drain(..values)),
+            Self::U8(v) => drop(v.drain(..values)),
+        }
     }
 }
 
@@ -213,7 +253,7 @@ mod tests {
 
     #[test]
     fn sequences_overlap_by_their_bootstrap_step() {
-        let mut w = SequenceWriter::new(5, 4, 2, 3, 0, 9, 4);
+        let mut w = SequenceWriter::new(5, 4, EnvSpec::vector(2, 3), 0, 9, 4);
         let mut finished = Vec::new();
         for i in 0..13 {
             if let Some(s) = push_step(&mut w, i) {
@@ -252,7 +292,7 @@ mod request_tests {
 
     #[test]
     fn continued_requests_leave_out_the_overlap() {
-        let mut w = SequenceWriter::new(3, 2, 1, 2, 0, 0, 7);
+        let mut w = SequenceWriter::new(3, 2, EnvSpec::vector(1, 2), 0, 0, 7);
         let mut finished = Vec::new();
         for i in 0..5 {
             let record = StepRecord {
@@ -294,7 +334,7 @@ mod overlap_tests {
     #[test]
     fn overlapping_sequences_carry_the_state_at_their_first_step() {
         let (length, period) = (3 + 4 + 1, 2);
-        let mut w = SequenceWriter::new(length, period, 1, 2, 4, 5, 0);
+        let mut w = SequenceWriter::new(length, period, EnvSpec::vector(1, 2), 4, 5, 0);
         let state_at = |i: usize| -> Vec<f32> { (0..4).map(|k| (i * 10 + k) as f32).collect() };
         let mut finished = Vec::new();
         for i in 0..20 {
@@ -336,5 +376,62 @@ mod overlap_tests {
             );
         }
         assert_eq!(w.len(), length - period);
+    }
+}
+
+#[cfg(test)]
+mod frame_tests {
+    use super::*;
+
+    const FRAME: FrameShape = FrameShape {
+        channels: 2,
+        height: 3,
+        width: 2,
+    };
+
+    /// Every intensity 0..=255 appears somewhere, and each step's frame differs.
+    fn frame_at(i: usize) -> Vec<f32> {
+        (0..FRAME.size()).map(|k| ((i * 12 + k) % 256) as f32).collect()
+    }
+
+    #[test]
+    fn frames_are_stored_as_u8_and_round_trip_exactly() {
+        let (length, period) = (4, 2);
+        let mut w = SequenceWriter::new(length, period, EnvSpec::frames(FRAME, 3), 0, 1, 0);
+        let mut finished = Vec::new();
+        for i in 0..60 {
+            let frame = frame_at(i);
+            let record = StepRecord {
+                observation: &frame,
+                action: 0,
+                reward: 0.0,
+                is_first: i == 0,
+                terminated: false,
+                truncated: false,
+                behaviour_logits: &[0.0, 0.0, 0.0],
+                behaviour_version: 0,
+                state: &[],
+            };
+            finished.extend(w.push(&record));
+        }
+        let mut seen = [false; 256];
+        for (k, f) in finished.iter().enumerate() {
+            let observations = f.sequence.observations.as_ref().unwrap();
+            assert_eq!(observations.dims(), vec![length, 2, 3, 2]);
+            assert_eq!(observations.data.len(), length * FRAME.size(), "one byte per pixel");
+            let bytes = observations.as_u8().unwrap();
+            let expected: Vec<f32> = (k * period..k * period + length).flat_map(frame_at).collect();
+            let back: Vec<f32> = bytes.iter().map(|&b| f32::from(b)).collect();
+            assert_eq!(back, expected, "sequence {k}");
+            for &b in bytes {
+                seen[b as usize] = true;
+            }
+            // The overlap-free request slices the u8 steps too.
+            let rest = f.request("t", true).sequence.unwrap();
+            let rest_obs = rest.observations.unwrap();
+            assert_eq!(rest_obs.dims()[0], length - f.overlap);
+            assert_eq!(rest_obs.as_u8().unwrap(), &bytes[f.overlap * FRAME.size()..]);
+        }
+        assert!(seen.iter().all(|&s| s), "every intensity survives");
     }
 }

@@ -1,8 +1,9 @@
 //! What actor and learner share: the environment spec they agree on, the
 //! actor-critic network, and weights as versioned safetensors blobs.
 //!
-//! Layout: [`spec`] (observation/action spec), [`network`] (the actor-critic
-//! network, feed-forward or with an LSTM core, and its parameters),
+//! Layout: [`spec`] (observation/action spec, vectors or image frames),
+//! [`network`] (the actor-critic network: MLP or IMPALA CNN torso,
+//! feed-forward or with an LSTM core, and its parameters),
 //! [`weights`] (serialising parameters for the wire and for checkpoints),
 //! [`device`] (choosing a candle device at run time).
 //! Nothing here does I/O or knows about gRPC beyond the weight bytes.
@@ -13,6 +14,6 @@ pub mod spec;
 pub mod weights;
 
 pub use device::{DeviceError, select_device};
-pub use network::{Activation, ActorCritic, Core, NetworkConfig, PolicyOutput, RecurrentState};
-pub use spec::EnvSpec;
+pub use network::{Activation, ActorCritic, Core, NetworkConfig, PolicyOutput, RecurrentState, Torso};
+pub use spec::{EnvSpec, FrameShape};
 pub use weights::{Weights, WeightsError};

@@ -95,10 +95,7 @@ mod tests {
     use crate::{EnvSpec, NetworkConfig};
     use candle_core::Device;
 
-    const SPEC: EnvSpec = EnvSpec {
-        observation_size: 4,
-        num_actions: 2,
-    };
+    const SPEC: EnvSpec = EnvSpec::vector(4, 2);
 
     fn flat(net: &ActorCritic) -> Vec<f32> {
         net.params()
@@ -116,6 +113,40 @@ mod tests {
         assert_eq!(Weights::version_in(&w.bytes).unwrap(), Some(42));
         w.load_into(&b).unwrap();
         assert_eq!(flat(&a), flat(&b));
+    }
+
+    #[test]
+    fn round_trip_covers_the_cnn_torso() {
+        let spec = EnvSpec::frames(
+            crate::FrameShape {
+                channels: 2,
+                height: 20,
+                width: 20,
+            },
+            3,
+        );
+        let config = NetworkConfig {
+            torso: crate::Torso::DeepResnet,
+            ..Default::default()
+        };
+        let a = ActorCritic::new(spec, &config, 1, &Device::Cpu).unwrap();
+        let b = ActorCritic::new(spec, &config, 2, &Device::Cpu).unwrap();
+        assert!(a.params().iter().any(|(n, _)| n == "torso.section2.block1.conv1.weight"));
+        Weights::from_network(&a, 3).unwrap().load_into(&b).unwrap();
+        assert_eq!(flat(&a), flat(&b));
+        // A blob of another torso does not fit.
+        let shallow = ActorCritic::new(
+            spec,
+            &NetworkConfig {
+                torso: crate::Torso::ShallowCnn,
+                ..Default::default()
+            },
+            1,
+            &Device::Cpu,
+        )
+        .unwrap();
+        let w = Weights::from_network(&shallow, 1).unwrap();
+        assert!(matches!(w.load_into(&b), Err(WeightsError::Missing(_))));
     }
 
     #[test]

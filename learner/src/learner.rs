@@ -210,10 +210,7 @@ impl Learner {
 mod tests {
     use super::*;
 
-    const SPEC: EnvSpec = EnvSpec {
-        observation_size: 4,
-        num_actions: 2,
-    };
+    const SPEC: EnvSpec = EnvSpec::vector(4, 2);
 
     fn params(learner: &Learner) -> Vec<f32> {
         learner

@@ -180,10 +180,7 @@ mod tests {
     use super::*;
     use crate::batch::HostBatch;
 
-    const SPEC: EnvSpec = EnvSpec {
-        observation_size: 4,
-        num_actions: 2,
-    };
+    const SPEC: EnvSpec = EnvSpec::vector(4, 2);
     const STATE: usize = 6;
 
     fn lstm() -> ActorCritic {

@@ -123,6 +123,12 @@ impl Tensor {
             .collect())
     }
 
+    /// The bytes of a u8 tensor, borrowed (no copy).
+    pub fn as_u8(&self) -> Result<&[u8], TensorError> {
+        self.check(Dtype::U8)?;
+        Ok(&self.data)
+    }
+
     pub fn to_i64(&self) -> Result<Vec<i64>, TensorError> {
         self.check(Dtype::I64)?;
         Ok(self
@@ -148,6 +154,20 @@ mod tests {
     fn i64_round_trip() {
         let t = Tensor::from_i64(&[3, 1], &[0, -1, i64::MAX]);
         assert_eq!(t.to_i64().unwrap(), vec![0, -1, i64::MAX]);
+    }
+
+    #[test]
+    fn u8_round_trip_and_dtype_check() {
+        let t = Tensor::from_u8(&[2, 3], vec![0, 1, 127, 128, 254, 255]);
+        assert_eq!(t.as_u8().unwrap(), &[0, 1, 127, 128, 254, 255]);
+        assert!(matches!(t.to_f32(), Err(TensorError::Dtype { .. })));
+        assert!(matches!(
+            Tensor::from_f32(&[1], &[1.0]).as_u8(),
+            Err(TensorError::Dtype {
+                expected: Dtype::U8,
+                found: Dtype::F32
+            })
+        ));
     }
 
     #[test]

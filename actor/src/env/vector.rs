@@ -12,11 +12,14 @@
 //! Buffers are allocated once; stepping allocates only for episodes that end.
 //! Policies, sequences and transport are not handled here.
 
-use super::{EnvError, Environment, make};
+use fleet_agent::EnvSpec;
+
+use super::{EnvError, Environment, make_stacked};
 
 /// Environments of one name, their current observations and flags.
 pub struct VecEnv {
     envs: Vec<Box<dyn Environment>>,
+    spec: EnvSpec,
     observation_size: usize,
     num_actions: usize,
     /// Current observation of every environment, `[num_envs * observation_size]`.
@@ -71,14 +74,21 @@ impl VecEnv {
     /// [`env_seed`], and resets them all: every current observation is an
     /// `x_0` with `is_first` set.
     pub fn new(name: &str, num_envs: usize, seed: u64) -> Result<Self, EnvError> {
+        Self::stacked(name, 1, num_envs, seed)
+    }
+
+    /// [`VecEnv::new`] with each environment's last `frame_stack`
+    /// observations stacked into one ([`super::FrameStack`]).
+    pub fn stacked(name: &str, frame_stack: usize, num_envs: usize, seed: u64) -> Result<Self, EnvError> {
         let envs = (0..num_envs)
-            .map(|env_index| make(name, env_seed(seed, env_index)))
+            .map(|env_index| make_stacked(name, frame_stack, env_seed(seed, env_index)))
             .collect::<Result<Vec<_>, _>>()?;
         // Sizes come from a probe so that an empty vector still knows them.
-        let probe = make(name, seed)?;
+        let probe = make_stacked(name, frame_stack, seed)?;
         let observation_size = probe.observation_size();
         let mut vec_env = Self {
             envs,
+            spec: probe.spec(),
             observation_size,
             num_actions: probe.num_actions(),
             observations: vec![0.0; num_envs * observation_size],
@@ -102,6 +112,11 @@ impl VecEnv {
 
     pub fn observation_size(&self) -> usize {
         self.observation_size
+    }
+
+    /// What the network needs to know of these environments.
+    pub fn spec(&self) -> EnvSpec {
+        self.spec
     }
 
     pub fn num_actions(&self) -> usize {
