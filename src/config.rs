@@ -119,10 +119,23 @@ impl Config {
         if self.run.target_return.is_nan() {
             bail!("invalid config: run.target_return is NaN");
         }
-        for (key, table) in [("actor.table", &self.actor.table), ("learner.table", &self.learner.table)] {
+        let mut named = vec![("actor.table", &self.actor.table), ("learner.table", &self.learner.table)];
+        named.extend(self.actor.also_tables.iter().map(|t| ("actor.also_tables", t)));
+        if self.learner.replay_fraction > 0.0 {
+            named.push(("learner.replay_table", &self.learner.replay_table));
+        }
+        for (key, table) in named {
             if !self.replay.tables.iter().any(|t| &t.name == table) {
                 bail!("invalid config: {key} names table `{table}`, which replay.tables does not declare");
             }
+        }
+        let fed = |table: &String| &self.actor.table == table || self.actor.also_tables.contains(table);
+        if self.learner.replay_fraction > 0.0 && !fed(&self.learner.replay_table) {
+            bail!(
+                "invalid config: learner.replay_fraction is {} but the actors never insert into learner.replay_table `{}`: add it to actor.also_tables",
+                self.learner.replay_fraction,
+                self.learner.replay_table
+            );
         }
         Ok(())
     }

@@ -22,7 +22,7 @@ pub fn init_logging() {
 /// Installs the global metrics recorder with histogram buckets set, so
 /// histograms render as real Prometheus histograms that aggregate across processes.
 pub fn install_recorder() -> Result<PrometheusHandle> {
-    let buckets: [(&str, &[f64]); 7] = [
+    let buckets: [(&str, &[f64]); 8] = [
         (fleet_replay::metrics::SAMPLE_LATENCY, fleet_replay::metrics::SAMPLE_LATENCY_BUCKETS),
         (fleet_actor::metrics::EPISODE_RETURN, fleet_actor::metrics::EPISODE_RETURN_BUCKETS),
         (fleet_actor::metrics::POLICY_LAG, fleet_actor::metrics::POLICY_LAG_BUCKETS),
@@ -30,6 +30,10 @@ pub fn install_recorder() -> Result<PrometheusHandle> {
         (fleet_learner::metrics::BATCH_WAIT, fleet_learner::metrics::BATCH_WAIT_BUCKETS),
         (fleet_learner::metrics::STATE_STALENESS, fleet_learner::metrics::STALENESS_BUCKETS),
         (fleet_learner::metrics::POLICY_STALENESS, fleet_learner::metrics::STALENESS_BUCKETS),
+        (
+            fleet_learner::metrics::IMPORTANCE_WEIGHTS,
+            fleet_learner::metrics::IMPORTANCE_WEIGHT_BUCKETS,
+        ),
     ];
     let mut builder = PrometheusBuilder::new();
     for (name, values) in buckets {

@@ -150,3 +150,34 @@ async fn wait_for(metrics: &str, name: &str, at_least: f64) -> f64 {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// LASER's mix over real processes, with the shipped `config/laser.toml`:
+/// each batch takes half its sequences from the queue and half from a
+/// prioritised table the actors also feed, the
+/// replayed half carries importance weights, and its new priorities reach
+/// replay.
+#[tokio::test]
+async fn a_learner_mixes_fresh_and_replayed_sequences_and_sends_priorities_back() {
+    let config = concat!(env!("CARGO_MANIFEST_DIR"), "/config/laser.toml");
+    let replay = Role::start(&["replay", "--listen", "127.0.0.1:0", "--config", config]).await;
+    let learner = Role::start(&["learner", "--listen", "127.0.0.1:0", "--replay", &replay.grpc, "--config", config]).await;
+    let _actor = Role::start(&["actor", "--replay", &replay.grpc, "--learner", &learner.grpc, "--config", config]).await;
+
+    wait_for(&learner.metrics, "fleet_learner_updates_total", 20.0).await;
+    wait_for(&learner.metrics, "fleet_learner_priority_updates_total", 40.0).await;
+    let text = scrape(&learner.metrics).await.unwrap();
+    let online = metric(&text, "fleet_learner_sampled_sequences_total{source=\"online\"}").unwrap();
+    let replayed = metric(&text, "fleet_learner_sampled_sequences_total{source=\"replay\"}").unwrap();
+    assert!(replayed >= 160.0, "{replayed} replayed sequences");
+    // Every batch is 8 + 8; the two counters may be a batch apart when scraped.
+    assert!((online - replayed).abs() <= 8.0, "online {online}, replayed {replayed}");
+    let weights = metric(&text, "fleet_learner_importance_weights_count").unwrap();
+    assert!(
+        weights >= replayed - 8.0,
+        "{weights} importance weights for {replayed} replayed sequences"
+    );
+    let beta = metric(&text, "fleet_learner_importance_beta").unwrap();
+    assert!((0.6..=1.0).contains(&beta), "beta {beta}");
+    let applied = wait_for(&replay.metrics, "fleet_replay_priority_updates_total", 40.0).await;
+    assert!(applied >= 40.0);
+}

@@ -22,6 +22,9 @@ pub struct ActorConfig {
     pub period: usize,
     /// Replay table the sequences go to.
     pub table: String,
+    /// Further tables that get each sequence too, its steps stored once
+    /// (e.g. a prioritised table beside the queue, for LASER's mix).
+    pub also_tables: Vec<String>,
     /// Sequences sent but not yet acknowledged by replay; beyond this the
     /// actor waits (backpressure instead of a growing buffer).
     pub max_in_flight: usize,
@@ -37,6 +40,7 @@ impl Default for ActorConfig {
             burn_in: 0,
             period: 0,
             table: "queue".into(),
+            also_tables: Vec::new(),
             max_in_flight: 8,
             return_window: 100,
         }
@@ -75,6 +79,12 @@ impl ActorConfig {
         }
         if self.table.is_empty() {
             return Err("actor.table must not be empty".into());
+        }
+        if let Some(name) = self.also_tables.iter().find(|n| n.is_empty() || **n == self.table) {
+            return Err(format!(
+                "actor.also_tables names `{name}`: each must be a non-empty table other than actor.table (`{}`)",
+                self.table
+            ));
         }
         Ok(())
     }

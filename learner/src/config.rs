@@ -9,7 +9,20 @@ use crate::vtrace::VTraceParams;
 #[serde(rename_all = "lowercase")]
 pub enum OptimizerKind {
     Adam,
+    /// Adam with decoupled weight decay (`weight_decay`).
+    Adamw,
     Rmsprop,
+}
+
+/// How rewards are squashed before the loss sees them (IMPALA's options).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RewardClip {
+    None,
+    /// Clipped to [−1, 1].
+    AbsOne,
+    /// `5·tanh(r/5)`, with negative rewards scaled by a further 0.3.
+    SoftAsymmetric,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -37,8 +50,27 @@ pub struct LearnerConfig {
     pub device: String,
     /// Sequences per batch.
     pub batch_size: usize,
-    /// Replay table to sample from.
+    /// Table of fresh sequences (a queue: each used once); the part of each
+    /// batch not taken from `replay_table` comes from here.
     pub table: String,
+    /// Prioritised table the replayed part of each batch comes from, and
+    /// where new priorities go.
+    pub replay_table: String,
+    /// Share of each batch sampled from `replay_table` (LASER's replay
+    /// proportion): 0 is pure IMPALA, 1 learns from replay only.
+    pub replay_fraction: f64,
+    /// Prioritised replay's importance-sampling exponent β at the start...
+    pub beta: f64,
+    /// ...and after `beta_anneal_frames` env frames (linear in between).
+    pub beta_final: f64,
+    /// 0: β stays at `beta`.
+    pub beta_anneal_frames: u64,
+    /// A sequence's new priority is `η·max|δ| + (1−η)·mean|δ|` over its
+    /// learning steps (R2D2).
+    pub priority_eta: f64,
+    /// Priority updates are sent in requests of at most this many items, or
+    /// sooner when the learner pauses.
+    pub priority_batch: usize,
     /// Batches decoded ahead of the update loop.
     pub prefetch_batches: usize,
     pub optimizer: OptimizerKind,
@@ -46,6 +78,8 @@ pub struct LearnerConfig {
     pub adam_beta1: f64,
     pub adam_beta2: f64,
     pub adam_epsilon: f64,
+    /// AdamW's decoupled weight decay λ (only with `optimizer = "adamw"`).
+    pub weight_decay: f64,
     pub rmsprop_decay: f64,
     pub rmsprop_epsilon: f64,
     pub lr_schedule: LearningRateSchedule,
@@ -54,6 +88,7 @@ pub struct LearnerConfig {
     /// Global gradient-norm clip; 0 disables clipping.
     pub max_grad_norm: f64,
     pub discount: f64,
+    pub reward_clip: RewardClip,
     /// Weight of the baseline (value) loss.
     pub baseline_cost: f64,
     /// Weight of the entropy bonus.
@@ -88,18 +123,27 @@ impl Default for LearnerConfig {
             device: "cpu".into(),
             batch_size: 8,
             table: "queue".into(),
+            replay_table: "replay".into(),
+            replay_fraction: 0.0,
+            beta: 0.6,
+            beta_final: 1.0,
+            beta_anneal_frames: 0,
+            priority_eta: 0.9,
+            priority_batch: 256,
             prefetch_batches: 2,
             optimizer: OptimizerKind::Adam,
             learning_rate: 5e-4,
             adam_beta1: 0.9,
             adam_beta2: 0.999,
             adam_epsilon: 1e-8,
+            weight_decay: 0.0,
             rmsprop_decay: 0.99,
             rmsprop_epsilon: 0.01,
             lr_schedule: LearningRateSchedule::Constant,
             lr_decay_frames: 1_000_000,
             max_grad_norm: 40.0,
             discount: 0.99,
+            reward_clip: RewardClip::None,
             baseline_cost: 0.5,
             entropy_cost: 0.01,
             rho_bar: 1.0,
@@ -128,10 +172,15 @@ impl LearnerConfig {
 
     pub fn optimizer(&self) -> OptimizerConfig {
         match self.optimizer {
-            OptimizerKind::Adam => OptimizerConfig::Adam {
+            OptimizerKind::Adam | OptimizerKind::Adamw => OptimizerConfig::Adam {
                 beta1: self.adam_beta1,
                 beta2: self.adam_beta2,
                 epsilon: self.adam_epsilon,
+                weight_decay: if self.optimizer == OptimizerKind::Adamw {
+                    self.weight_decay
+                } else {
+                    0.0
+                },
             },
             OptimizerKind::Rmsprop => OptimizerConfig::Rmsprop {
                 decay: self.rmsprop_decay,
@@ -146,6 +195,20 @@ impl LearnerConfig {
             LearningRateSchedule::Constant => self.learning_rate,
             LearningRateSchedule::Linear => self.learning_rate * (1.0 - frames as f64 / self.lr_decay_frames as f64).max(0.0),
         }
+    }
+
+    /// β after `frames` env frames have been consumed.
+    pub fn beta_at(&self, frames: u64) -> f64 {
+        if self.beta_anneal_frames == 0 {
+            return self.beta;
+        }
+        let progress = (frames as f64 / self.beta_anneal_frames as f64).min(1.0);
+        self.beta + (self.beta_final - self.beta) * progress
+    }
+
+    /// Sequences per batch from the replay table; the rest come from `table`.
+    pub fn replayed_per_batch(&self) -> usize {
+        (self.replay_fraction * self.batch_size as f64).round() as usize
     }
 
     pub fn validate(&self) -> Result<(), String> {
@@ -182,6 +245,117 @@ impl LearnerConfig {
         if self.table.is_empty() {
             return Err("learner.table must not be empty".into());
         }
+        if self.weight_decay != 0.0 && self.optimizer != OptimizerKind::Adamw {
+            return Err(format!(
+                "learner.weight_decay = {} needs learner.optimizer = \"adamw\"",
+                self.weight_decay
+            ));
+        }
+        self.validate_replay()
+    }
+
+    fn validate_replay(&self) -> Result<(), String> {
+        if !(0.0..=1.0).contains(&self.replay_fraction) {
+            return Err(format!("learner.replay_fraction must be in [0, 1], got {}", self.replay_fraction));
+        }
+        for (key, value) in [
+            ("learner.beta", self.beta),
+            ("learner.beta_final", self.beta_final),
+            ("learner.priority_eta", self.priority_eta),
+        ] {
+            if !(0.0..=1.0).contains(&value) {
+                return Err(format!("{key} must be in [0, 1], got {value}"));
+            }
+        }
+        if self.priority_batch == 0 {
+            return Err("learner.priority_batch must be positive, got 0".into());
+        }
+        if self.replay_fraction == 0.0 {
+            return Ok(());
+        }
+        if self.replay_table.is_empty() || self.replay_table == self.table {
+            return Err(format!(
+                "learner.replay_table must name a table other than learner.table (`{}`) when learner.replay_fraction > 0, got `{}`",
+                self.table, self.replay_table
+            ));
+        }
+        let replayed = self.replayed_per_batch();
+        if replayed == 0 {
+            return Err(format!(
+                "learner.replay_fraction = {} of learner.batch_size = {} takes no sequence from replay; raise one of them",
+                self.replay_fraction, self.batch_size
+            ));
+        }
+        if self.replay_fraction < 1.0 && replayed == self.batch_size {
+            return Err(format!(
+                "learner.replay_fraction = {} of learner.batch_size = {} takes no fresh sequence; use 1 or a larger batch",
+                self.replay_fraction, self.batch_size
+            ));
+        }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn beta_anneals_linearly_and_then_holds() {
+        let config = LearnerConfig {
+            beta: 0.4,
+            beta_final: 1.0,
+            beta_anneal_frames: 1000,
+            ..Default::default()
+        };
+        assert_eq!(config.beta_at(0), 0.4);
+        assert!((config.beta_at(500) - 0.7).abs() < 1e-12);
+        assert_eq!(config.beta_at(5000), 1.0);
+        let constant = LearnerConfig {
+            beta_anneal_frames: 0,
+            ..config
+        };
+        assert_eq!(constant.beta_at(5000), 0.4);
+    }
+
+    #[test]
+    fn the_replay_mix_is_checked_against_the_batch() {
+        let mixed = |fraction: f64, batch_size: usize| LearnerConfig {
+            replay_fraction: fraction,
+            batch_size,
+            ..Default::default()
+        };
+        assert_eq!(mixed(0.25, 8).replayed_per_batch(), 2);
+        assert!(mixed(0.25, 8).validate().is_ok());
+        assert!(mixed(1.0, 8).validate().is_ok());
+        assert!(mixed(0.0, 8).validate().is_ok());
+        let error = mixed(0.05, 8).validate().unwrap_err();
+        assert!(
+            error.contains("learner.replay_fraction = 0.05") && error.contains("no sequence from replay"),
+            "{error}"
+        );
+        let error = mixed(0.95, 8).validate().unwrap_err();
+        assert!(error.contains("no fresh sequence"), "{error}");
+        assert!(mixed(1.5, 8).validate().unwrap_err().contains("[0, 1]"));
+        let same = LearnerConfig {
+            replay_table: "queue".into(),
+            ..mixed(0.5, 8)
+        };
+        assert!(same.validate().unwrap_err().contains("learner.replay_table"));
+    }
+
+    #[test]
+    fn weight_decay_belongs_to_adamw() {
+        let decayed = LearnerConfig {
+            weight_decay: 0.01,
+            ..Default::default()
+        };
+        assert!(decayed.validate().unwrap_err().contains("adamw"));
+        let adamw = LearnerConfig {
+            optimizer: OptimizerKind::Adamw,
+            ..decayed
+        };
+        assert!(adamw.validate().is_ok());
+        assert!(matches!(adamw.optimizer(), OptimizerConfig::Adam { weight_decay, .. } if weight_decay == 0.01));
     }
 }

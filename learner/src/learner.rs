@@ -10,7 +10,7 @@ use fleet_agent::{ActorCritic, EnvSpec, NetworkConfig, Weights, WeightsError};
 use crate::batch::{DeviceBatch, HostBatch};
 use crate::checkpoint::{self, CheckpointError, CheckpointMeta};
 use crate::config::{InitialState, LearnerConfig};
-use crate::loss::{LossWeights, impala_loss, learning_outputs, state_staleness};
+use crate::loss::{LossWeights, clip_rewards, impala_loss, learning_outputs, sequence_priorities, state_staleness};
 use crate::optim::Optimiser;
 
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +44,9 @@ pub struct UpdateStats {
     /// update of a recurrent network with stored states; see
     /// [`crate::loss::state_staleness`].
     pub staleness: Vec<(f32, f32)>,
+    /// Per sequence: the replay priority its learning steps' TD errors give
+    /// (see [`crate::loss::sequence_priorities`]).
+    pub priorities: Vec<f64>,
 }
 
 /// Updates between staleness measurements (each costs one extra forward
@@ -163,7 +166,8 @@ impl Learner {
                 self.network.spec()
             )));
         }
-        let device_batch = DeviceBatch::new(batch, self.config.discount, self.config.burn_in, &self.device)?;
+        let mut device_batch = DeviceBatch::new(batch, self.config.discount, self.config.burn_in, &self.device)?;
+        device_batch.rewards = clip_rewards(&device_batch.rewards, self.config.reward_clip)?;
         let weights = LossWeights {
             baseline_cost: self.config.baseline_cost,
             entropy_cost: self.config.entropy_cost,
@@ -184,6 +188,7 @@ impl Learner {
         } else {
             Vec::new()
         };
+        let priorities = sequence_priorities(&loss.td_errors, &device_batch.mask, self.config.priority_eta)?;
         let grad_norm = self.optimiser.step(&loss.total, learning_rate)?;
         let applied = grad_norm.is_finite();
         if applied {
@@ -202,6 +207,7 @@ impl Learner {
             learning_rate,
             applied,
             staleness,
+            priorities,
         })
     }
 }

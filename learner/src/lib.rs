@@ -3,10 +3,12 @@
 //! publishes versioned weights through the `Parameters` service.
 //!
 //! Layout: [`vtrace`] (targets and advantages), [`batch`] (sampled items to
-//! time-major tensors), [`loss`], [`optim`] (gradient clipping, Adam and RMSProp),
+//! time-major tensors), [`loss`], [`optim`] (gradient clipping, Adam/AdamW and RMSProp),
 //! [`checkpoint`] (atomic on-disk checkpoints),
 //! [`learner`] (state and one update, no I/O), [`parameters`] (the weights
-//! service), [`runtime`] (the process), [`config`], [`metrics`].
+//! service), [`prefetch`] (sampling the queue and the prioritised table
+//! into batches), [`priorities`] (new priorities back to replay, in the
+//! background), [`runtime`] (the process), [`config`], [`metrics`].
 
 pub mod batch;
 pub mod checkpoint;
@@ -16,6 +18,8 @@ pub mod loss;
 pub mod metrics;
 pub mod optim;
 pub mod parameters;
+pub mod prefetch;
+pub mod priorities;
 pub mod runtime;
 pub mod vtrace;
 

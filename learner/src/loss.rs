@@ -10,6 +10,7 @@ use candle_nn::ops::log_softmax;
 use fleet_agent::{ActorCritic, PolicyOutput, RecurrentState};
 
 use crate::batch::DeviceBatch;
+use crate::config::RewardClip;
 use crate::vtrace::{VTraceInputs, VTraceParams, vtrace};
 
 #[derive(Debug, Clone, Copy)]
@@ -109,6 +110,39 @@ pub fn state_staleness(network: &ActorCritic, batch: &DeviceBatch, stored: &Poli
 pub fn learning_outputs(network: &ActorCritic, batch: &DeviceBatch, stored: bool) -> Result<PolicyOutput> {
     let start = learning_start_state(network, batch, stored)?;
     Ok(network.unroll(&batch.observations, &batch.is_first, batch.steps, &start)?.0)
+}
+
+/// Each sequence's new replay priority from its `[T, B]` TD errors over
+/// the real decisions (`mask`): `η·max|δ| + (1−η)·mean|δ|` (R2D2's mix of
+/// the max, which keeps rare large errors visible, and the mean). A
+/// sequence without a real decision gets 0.
+pub fn sequence_priorities(td_errors: &Tensor, mask: &Tensor, eta: f64) -> Result<Vec<f64>> {
+    let abs = (td_errors.abs()? * mask)?;
+    let max = abs.max(0)?.to_vec1::<f32>()?;
+    let sum = abs.sum(0)?.to_vec1::<f32>()?;
+    let count = mask.sum(0)?.to_vec1::<f32>()?;
+    Ok((0..max.len())
+        .map(|j| {
+            if count[j] == 0.0 {
+                return 0.0;
+            }
+            let mean = f64::from(sum[j]) / f64::from(count[j]);
+            eta * f64::from(max[j]) + (1.0 - eta) * mean
+        })
+        .collect())
+}
+
+/// Rewards as the loss sees them under `clip`.
+pub fn clip_rewards(rewards: &Tensor, clip: RewardClip) -> Result<Tensor> {
+    match clip {
+        RewardClip::None => Ok(rewards.clone()),
+        RewardClip::AbsOne => rewards.clamp(-1f32, 1f32),
+        RewardClip::SoftAsymmetric => {
+            let squeezed = ((rewards / 5.0)?.tanh()? * 5.0)?;
+            let negative = rewards.lt(0f32)?;
+            negative.where_cond(&(&squeezed * 0.3)?, &squeezed)
+        }
+    }
 }
 
 pub fn impala_loss(
@@ -326,5 +360,37 @@ mod tests {
         let batch = DeviceBatch::new(&zeros, 0.99, 2, &Device::Cpu).unwrap();
         let s = state_staleness(&net, &batch, &learning_outputs(&net, &batch, true).unwrap()).unwrap();
         assert!(s.iter().all(|&(v, p)| v == 0.0 && p == 0.0), "{s:?}");
+    }
+
+    #[test]
+    fn priorities_mix_the_max_and_the_mean_over_real_decisions() {
+        // Two sequences of 3 steps; sequence 1's last step is masked out.
+        let td = Tensor::new(&[[1f32, -2.0], [-3.0, 4.0], [2.0, 100.0]], &Device::Cpu).unwrap();
+        let mask = Tensor::new(&[[1f32, 1.0], [1.0, 1.0], [1.0, 0.0]], &Device::Cpu).unwrap();
+        let p = sequence_priorities(&td, &mask, 0.9).unwrap();
+        assert!((p[0] - (0.9 * 3.0 + 0.1 * 2.0)).abs() < 1e-6, "{p:?}");
+        assert!((p[1] - (0.9 * 4.0 + 0.1 * 3.0)).abs() < 1e-6, "{p:?}");
+        let none = sequence_priorities(&td, &mask.zeros_like().unwrap(), 0.9).unwrap();
+        assert_eq!(none, vec![0.0, 0.0]);
+    }
+
+    #[test]
+    fn reward_clipping_follows_impala() {
+        let r = Tensor::new(&[-10f32, -0.5, 0.0, 0.5, 10.0], &Device::Cpu).unwrap();
+        let unit = clip_rewards(&r, RewardClip::AbsOne).unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(unit, vec![-1.0, -0.5, 0.0, 0.5, 1.0]);
+        let soft = clip_rewards(&r, RewardClip::SoftAsymmetric).unwrap().to_vec1::<f32>().unwrap();
+        let expected: Vec<f32> = [-10f32, -0.5, 0.0, 0.5, 10.0]
+            .iter()
+            .map(|&x| {
+                let s = 5.0 * (x / 5.0).tanh();
+                if x < 0.0 { 0.3 * s } else { s }
+            })
+            .collect();
+        assert!(soft.iter().zip(&expected).all(|(a, b)| (a - b).abs() < 1e-6), "{soft:?}");
+        assert_eq!(
+            clip_rewards(&r, RewardClip::None).unwrap().to_vec1::<f32>().unwrap(),
+            r.to_vec1::<f32>().unwrap()
+        );
     }
 }

@@ -17,6 +17,14 @@ pub const MEAN_ABS_ADVANTAGE: &str = "fleet_learner_mean_abs_advantage";
 pub const LEARNING_RATE: &str = "fleet_learner_learning_rate";
 pub const CHECKPOINTS: &str = "fleet_learner_checkpoints_total";
 pub const CHECKPOINT_TIME: &str = "fleet_learner_last_checkpoint_timestamp_seconds";
+/// Sequences taken into batches, by `source` = online | replay.
+pub const SAMPLED_SEQUENCES: &str = "fleet_learner_sampled_sequences_total";
+/// Per replayed sequence: the sampler's normalised importance weight.
+pub const IMPORTANCE_WEIGHTS: &str = "fleet_learner_importance_weights";
+pub const BETA: &str = "fleet_learner_importance_beta";
+pub const PRIORITY_UPDATES: &str = "fleet_learner_priority_updates_total";
+pub const PRIORITY_UPDATES_DROPPED: &str = "fleet_learner_priority_updates_dropped_total";
+pub const IMPORTANCE_WEIGHT_BUCKETS: &[f64] = &[0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9, 1.0];
 
 /// Per sampled sequence of a recurrent agent: how far the values of its
 /// learning steps move when the burn-in starts from zeros instead of the
@@ -57,6 +65,20 @@ pub fn describe() {
     describe_gauge!(MEAN_ABS_ADVANTAGE, "Mean absolute policy-gradient advantage over the latest batch");
     describe_gauge!(LEARNING_RATE, "Learning rate of the latest update");
     describe_counter!(CHECKPOINTS, "Checkpoints written");
+    describe_counter!(
+        SAMPLED_SEQUENCES,
+        "Sequences taken into batches (label source = online: the fresh-sequence queue, replay: the prioritised table)"
+    );
+    describe_histogram!(
+        IMPORTANCE_WEIGHTS,
+        "Per replayed sequence: importance weight (N·P)^-β normalised by its batch's maximum; it scales the sequence's loss"
+    );
+    describe_gauge!(BETA, "Importance-sampling exponent β of the latest replay sample request");
+    describe_counter!(PRIORITY_UPDATES, "Priority updates accepted by the replay table");
+    describe_counter!(
+        PRIORITY_UPDATES_DROPPED,
+        "Priority updates not delivered (sender behind, replay unreachable or refusing)"
+    );
     describe_gauge!(
         CHECKPOINT_TIME,
         "Unix time of the newest checkpoint (checkpoint age = time() minus this)"

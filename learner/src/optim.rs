@@ -1,5 +1,5 @@
 //! One optimisation step: gradients of the loss, global-norm clipping, then
-//! Adam or RMSProp. Written here rather than taken from candle-nn because the
+//! Adam (or AdamW) or RMSProp. Written here rather than taken from candle-nn because the
 //! optimiser state (moments, step count) must be saved in checkpoints and
 //! restored exactly, which candle-nn's optimisers keep private.
 
@@ -9,8 +9,15 @@ use candle_core::{DType, Result, Tensor, Var};
 /// Which update rule, and its settings.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum OptimizerConfig {
-    /// Adam (Kingma & Ba), bias-corrected, no weight decay.
-    Adam { beta1: f64, beta2: f64, epsilon: f64 },
+    /// Adam (Kingma & Ba), bias-corrected; with `weight_decay > 0` it is
+    /// AdamW (Loshchilov & Hutter): the decay is applied to the parameters
+    /// directly, `θ ← θ − lr·(m̂/(√v̂ + ε) + λ·θ)`, not added to the gradient.
+    Adam {
+        beta1: f64,
+        beta2: f64,
+        epsilon: f64,
+        weight_decay: f64,
+    },
     /// RMSProp as IMPALA used it (TensorFlow's form: ε inside the square
     /// root, no momentum): `ms ← ρ·ms + (1−ρ)·g²`, `θ ← θ − lr·g/√(ms + ε)`.
     Rmsprop { decay: f64, epsilon: f64 },
@@ -22,6 +29,7 @@ impl Default for OptimizerConfig {
             beta1: 0.9,
             beta2: 0.999,
             epsilon: 1e-8,
+            weight_decay: 0.0,
         }
     }
 }
@@ -37,7 +45,17 @@ impl OptimizerConfig {
 
     pub fn validate(&self) -> std::result::Result<(), String> {
         let (rates, epsilon) = match *self {
-            Self::Adam { beta1, beta2, epsilon } => (vec![("adam_beta1", beta1), ("adam_beta2", beta2)], ("adam_epsilon", epsilon)),
+            Self::Adam {
+                beta1,
+                beta2,
+                epsilon,
+                weight_decay,
+            } => {
+                if !(weight_decay >= 0.0 && weight_decay.is_finite()) {
+                    return Err(format!("learner.weight_decay must be a finite number ≥ 0, got {weight_decay}"));
+                }
+                (vec![("adam_beta1", beta1), ("adam_beta2", beta2)], ("adam_epsilon", epsilon))
+            }
             Self::Rmsprop { decay, epsilon } => (vec![("rmsprop_decay", decay)], ("rmsprop_epsilon", epsilon)),
         };
         for (key, value) in rates {
@@ -107,14 +125,22 @@ impl Optimiser {
             let Some(g) = grads.get(slot.var.as_tensor()) else { continue };
             let theta = slot.var.as_tensor();
             let next = match self.config {
-                OptimizerConfig::Adam { beta1, beta2, epsilon } => {
+                OptimizerConfig::Adam {
+                    beta1,
+                    beta2,
+                    epsilon,
+                    weight_decay,
+                } => {
                     let t = self.steps as i32;
                     let first = slot.first.as_ref().expect("Adam slots hold a first moment");
                     let m = ((first * beta1)? + (g * (1.0 - beta1))?)?;
                     let v = ((&slot.second * beta2)? + (g.sqr()? * (1.0 - beta2))?)?;
                     let m_hat = (&m / (1.0 - beta1.powi(t)))?;
                     let v_hat = (&v / (1.0 - beta2.powi(t)))?;
-                    let step = (m_hat / (v_hat.sqrt()? + epsilon)?)?;
+                    let mut step = (m_hat / (v_hat.sqrt()? + epsilon)?)?;
+                    if weight_decay > 0.0 {
+                        step = (step + (theta * weight_decay)?)?;
+                    }
                     slot.first = Some(m);
                     slot.second = v;
                     (theta - (step * lr)?)?
@@ -248,6 +274,24 @@ mod tests {
         let (m_hat, s_hat) = (m / (1.0 - 0.81), s / (1.0 - 0.999f64.powi(2)));
         let x2 = x1 - 0.1 * m_hat / (s_hat.sqrt() + 1e-8);
         assert!((v.as_tensor().to_vec1::<f32>().unwrap()[0] as f64 - x2).abs() < 1e-5);
+    }
+
+    #[test]
+    fn adamw_decays_the_parameters_apart_from_the_gradient() {
+        // Same first step as Adam, plus lr·λ·x: x ← 3 − lr·(3/(3 + ε) + λ·3).
+        let v = var(&[3.0]);
+        let adamw = |weight_decay| OptimizerConfig::Adam {
+            beta1: 0.9,
+            beta2: 0.999,
+            epsilon: 1e-8,
+            weight_decay,
+        };
+        let config = adamw(0.5);
+        let mut opt = Optimiser::new(vec![v.clone()], config, 0.0).unwrap();
+        opt.step(&half_square(&v), 0.1).unwrap();
+        let expected = 3.0 - 0.1 * (3.0 / (3.0 + 1e-8) + 0.5 * 3.0);
+        assert!((v.as_tensor().to_vec1::<f32>().unwrap()[0] as f64 - expected).abs() < 1e-6);
+        assert!(adamw(-1.0).validate().unwrap_err().contains("learner.weight_decay"));
     }
 
     #[test]

@@ -1,25 +1,27 @@
 //! The learner process: serves `Parameters`, pulls batches from replay
-//! through a prefetching task, and runs updates on a dedicated thread,
-//! publishing weights after every `publish_every` updates.
+//! through the prefetching tasks, runs updates on a dedicated thread,
+//! publishing weights after every `publish_every` updates, and sends
+//! replayed sequences' new priorities back in the background.
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use fleet_agent::{EnvSpec, NetworkConfig, Weights, select_device};
-use fleet_proto::connect::{Backoff, connect_or_stop, sleep_or_cancel};
-use fleet_proto::pb::{self, parameters_server::ParametersServer, replay_client::ReplayClient};
-use futures::StreamExt;
+use fleet_proto::connect::Backoff;
+use fleet_proto::pb::parameters_server::ParametersServer;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 
-use crate::batch::HostBatch;
 use crate::config::LearnerConfig;
 use crate::learner::{Learner, UpdateError};
 use crate::metrics as m;
 use crate::parameters::ParametersService;
+use crate::prefetch::{Prefetched, prefetch};
+use crate::priorities::{self, PrioritySender};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LearnerError {
@@ -82,15 +84,23 @@ pub async fn run(settings: LearnerSettings, listener: TcpListener, shutdown: Can
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move { server_shutdown.cancelled().await }),
     );
 
+    let frames = Arc::new(AtomicU64::new(learner.frames()));
     let (batch_tx, batch_rx) = mpsc::channel(settings.learner.prefetch_batches);
-    let sampler = tokio::spawn(prefetch_batches(settings.clone(), batch_tx, shutdown.clone()));
+    let sampler = tokio::spawn(prefetch(settings.clone(), frames.clone(), batch_tx, shutdown.clone()));
+    let (priority_tx, priority_rx) = priorities::channel();
+    let priority_sender = tokio::spawn(priorities::send_priorities(settings.clone(), priority_rx, shutdown.clone()));
     let train_shutdown = shutdown.clone();
     let schedule = Schedule {
         publish_every: settings.learner.publish_every,
         checkpoints,
         checkpoint_interval: Duration::from_secs_f64(settings.learner.checkpoint_interval_secs),
     };
-    let training = tokio::task::spawn_blocking(move || train(learner, batch_rx, weights_tx, schedule, train_shutdown));
+    let outputs = Outputs {
+        weights: weights_tx,
+        priorities: priority_tx,
+        frames,
+    };
+    let training = tokio::task::spawn_blocking(move || train(learner, batch_rx, outputs, schedule, train_shutdown));
 
     let result = match training.await {
         Ok(result) => result,
@@ -98,6 +108,7 @@ pub async fn run(settings: LearnerSettings, listener: TcpListener, shutdown: Can
     };
     shutdown.cancel();
     let _ = sampler.await;
+    let _ = priority_sender.await;
     match server.await {
         Ok(served) => served?,
         Err(join) => return Err(LearnerError::Thread(join.to_string())),
@@ -112,15 +123,23 @@ struct Schedule {
     checkpoint_interval: Duration,
 }
 
+/// Where the update loop's results go besides the learner itself.
+struct Outputs {
+    weights: watch::Sender<Arc<Weights>>,
+    priorities: PrioritySender,
+    /// Env frames consumed so far, for the samplers' β schedule.
+    frames: Arc<AtomicU64>,
+}
+
 /// The update loop, then a final checkpoint when it ends.
 fn train(
     mut learner: Learner,
-    batch_rx: mpsc::Receiver<HostBatch>,
-    weights_tx: watch::Sender<Arc<Weights>>,
+    batch_rx: mpsc::Receiver<Prefetched>,
+    outputs: Outputs,
     schedule: Schedule,
     shutdown: CancellationToken,
 ) -> Result<(), LearnerError> {
-    let result = update_loop(&mut learner, batch_rx, weights_tx, &schedule, shutdown);
+    let result = update_loop(&mut learner, batch_rx, outputs, &schedule, shutdown);
     if let Some(dir) = &schedule.checkpoints {
         save_checkpoint(&learner, dir)?;
     }
@@ -142,8 +161,8 @@ fn save_checkpoint(learner: &Learner, dir: &std::path::Path) -> Result<(), Learn
 /// One batch in, one update, weights out.
 fn update_loop(
     learner: &mut Learner,
-    mut batch_rx: mpsc::Receiver<HostBatch>,
-    weights_tx: watch::Sender<Arc<Weights>>,
+    mut batch_rx: mpsc::Receiver<Prefetched>,
+    outputs: Outputs,
     schedule: &Schedule,
     shutdown: CancellationToken,
 ) -> Result<(), LearnerError> {
@@ -154,9 +173,10 @@ fn update_loop(
     let updates = metrics::counter!(m::UPDATES);
     loop {
         let waited = Instant::now();
-        let Some(batch) = batch_rx.blocking_recv() else {
+        let Some(prefetched) = batch_rx.blocking_recv() else {
             return Ok(());
         };
+        let batch = &prefetched.batch;
         batch_wait.record(waited.elapsed().as_secs_f64());
         if shutdown.is_cancelled() {
             return Ok(());
@@ -169,7 +189,7 @@ fn update_loop(
                 policy_lag.record(version.saturating_sub(behaviour) as f64);
             }
         }
-        let stats = match learner.update(&batch) {
+        let stats = match learner.update(batch) {
             Ok(stats) => stats,
             Err(UpdateError::Spec(message)) => {
                 tracing::error!(%message, "refusing batch");
@@ -185,6 +205,10 @@ fn update_loop(
         }
         updates.increment(1);
         frames.increment(batch.learning_frames(learner.burn_in()));
+        outputs.frames.store(learner.frames(), Ordering::Relaxed);
+        outputs
+            .priorities
+            .send(prefetched.replayed_keys(), &stats.priorities[prefetched.replay_from..]);
         for (kind, value) in [
             ("policy", stats.policy_loss),
             ("baseline", stats.baseline_loss),
@@ -214,75 +238,8 @@ fn update_loop(
             last_checkpoint = Instant::now();
         }
         if learner.updates().is_multiple_of(schedule.publish_every) {
-            weights_tx.send_replace(Arc::new(learner.weights()?));
+            outputs.weights.send_replace(Arc::new(learner.weights()?));
             metrics::gauge!(m::WEIGHTS_VERSION).set(learner.version() as f64);
-        }
-    }
-}
-
-/// Keeps `prefetch_batches` decoded batches ready. Each `Sample` call asks
-/// for one batch: an open-ended stream would let replay hand over batches as
-/// fast as the transport buffers them, and every buffered batch is policy lag.
-/// Reconnects with backoff after failures.
-async fn prefetch_batches(settings: LearnerSettings, batch_tx: mpsc::Sender<HostBatch>, shutdown: CancellationToken) {
-    let config = &settings.learner;
-    'connect: loop {
-        let Some(channel) = connect_or_stop(&settings.replay_address, settings.backoff, &shutdown).await else {
-            return;
-        };
-        let mut client = ReplayClient::new(channel)
-            .max_decoding_message_size(settings.max_message_bytes)
-            .max_encoding_message_size(settings.max_message_bytes);
-        loop {
-            let request = pb::SampleRequest {
-                table: config.table.clone(),
-                batch_size: config.batch_size as u32,
-                num_batches: 1,
-                timeout_ms: settings.sample_timeout.as_millis() as u32,
-                beta: 0.0,
-                in_flight: 1,
-            };
-            let response = tokio::select! {
-                _ = shutdown.cancelled() => return,
-                r = client.sample(request) => r,
-            };
-            let mut stream = match response {
-                Ok(r) => r.into_inner(),
-                Err(status) => {
-                    tracing::warn!(%status, "Sample failed; reconnecting");
-                    sleep_or_cancel(settings.backoff.max, &shutdown).await;
-                    continue 'connect;
-                }
-            };
-            loop {
-                let next = tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    next = stream.next() => next,
-                };
-                match next {
-                    Some(Ok(response)) => match HostBatch::from_items(&response.items, settings.spec) {
-                        Ok(batch) => {
-                            if batch_tx.send(batch).await.is_err() {
-                                return;
-                            }
-                        }
-                        Err(error) => {
-                            tracing::error!(%error, "refusing sampled batch");
-                            metrics::counter!(m::BAD_BATCHES).increment(1);
-                        }
-                    },
-                    Some(Err(status)) if status.code() == tonic::Code::DeadlineExceeded => {
-                        tracing::debug!("no batch within the sample timeout; asking again");
-                        break;
-                    }
-                    Some(Err(status)) => {
-                        tracing::warn!(%status, "Sample stream failed; reconnecting");
-                        sleep_or_cancel(settings.backoff.initial, &shutdown).await;
-                        continue 'connect;
-                    }
-                    None => break,
-                }
-            }
         }
     }
 }

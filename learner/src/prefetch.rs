@@ -1,0 +1,200 @@
+//! The batch pipeline: one sampling task per replay table the batches draw
+//! from (the fresh-sequence queue and, with `replay_fraction > 0`, the
+//! prioritised table), and a task that joins their parts into one
+//! [`HostBatch`] and hands it to the update loop through a bounded channel.
+//! Decoding and stacking happen here, off the training thread.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use fleet_proto::connect::{connect_or_stop, sleep_or_cancel};
+use fleet_proto::pb::{self, replay_client::ReplayClient};
+use futures::StreamExt;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::batch::HostBatch;
+use crate::metrics as m;
+use crate::runtime::LearnerSettings;
+
+/// A batch ready for the update loop. Items `..replay_from` are fresh
+/// sequences from the queue; items `replay_from..` were replayed from the
+/// prioritised table and get new priorities after the update.
+#[derive(Debug)]
+pub struct Prefetched {
+    pub batch: HostBatch,
+    pub replay_from: usize,
+}
+
+impl Prefetched {
+    /// Keys of the replayed items.
+    pub fn replayed_keys(&self) -> &[u64] {
+        &self.batch.keys[self.replay_from..]
+    }
+}
+
+/// One table's share of every batch.
+#[derive(Debug, Clone)]
+struct Part {
+    table: String,
+    count: usize,
+    /// Whether the part comes from the prioritised table (β, priorities).
+    replayed: bool,
+}
+
+/// Keeps `prefetch_batches` batches ready until `shutdown` fires or the
+/// update loop hangs up. `frames` is the learner's consumed-frame count,
+/// which sets β.
+pub async fn prefetch(settings: LearnerSettings, frames: Arc<AtomicU64>, batch_tx: mpsc::Sender<Prefetched>, shutdown: CancellationToken) {
+    let config = &settings.learner;
+    let replayed = config.replayed_per_batch();
+    let parts = [
+        Part {
+            table: config.table.clone(),
+            count: config.batch_size - replayed,
+            replayed: false,
+        },
+        Part {
+            table: config.replay_table.clone(),
+            count: replayed,
+            replayed: true,
+        },
+    ];
+    // The samplers also stop when the update loop hangs up.
+    let stop = shutdown.child_token();
+    let mut receivers = Vec::new();
+    let mut samplers = Vec::new();
+    for part in parts.into_iter().filter(|p| p.count > 0) {
+        let (tx, rx) = mpsc::channel(settings.learner.prefetch_batches);
+        samplers.push(tokio::spawn(sample_part(
+            settings.clone(),
+            part.clone(),
+            frames.clone(),
+            tx,
+            stop.clone(),
+        )));
+        receivers.push((part, rx));
+    }
+    join_parts(&settings, receivers, batch_tx, &stop).await;
+    stop.cancel();
+    for sampler in samplers {
+        let _ = sampler.await;
+    }
+}
+
+/// Takes one part from each table in turn, fresh first, and stacks them.
+async fn join_parts(
+    settings: &LearnerSettings,
+    mut receivers: Vec<(Part, mpsc::Receiver<Vec<pb::SampledItem>>)>,
+    batch_tx: mpsc::Sender<Prefetched>,
+    shutdown: &CancellationToken,
+) {
+    let importance = metrics::histogram!(m::IMPORTANCE_WEIGHTS);
+    loop {
+        let mut items = Vec::with_capacity(settings.learner.batch_size);
+        let mut replay_from = None;
+        for (part, rx) in &mut receivers {
+            let next = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                next = rx.recv() => next,
+            };
+            let Some(part_items) = next else { return };
+            if part.replayed {
+                replay_from = Some(items.len());
+                for item in &part_items {
+                    importance.record(item.weight);
+                }
+            }
+            metrics::counter!(m::SAMPLED_SEQUENCES, "source" => if part.replayed { "replay" } else { "online" })
+                .increment(part_items.len() as u64);
+            items.extend(part_items);
+        }
+        match HostBatch::from_items(&items, settings.spec) {
+            Ok(batch) => {
+                let replay_from = replay_from.unwrap_or(batch.batch_size);
+                if batch_tx.send(Prefetched { batch, replay_from }).await.is_err() {
+                    return;
+                }
+            }
+            Err(error) => {
+                tracing::error!(%error, "refusing sampled batch");
+                metrics::counter!(m::BAD_BATCHES).increment(1);
+            }
+        }
+    }
+}
+
+/// Samples `part.count` items at a time from `part.table`. Each `Sample`
+/// call asks for one batch: an open-ended stream would let replay hand over
+/// batches as fast as the transport buffers them, and every buffered batch
+/// is policy lag. Reconnects with backoff after failures.
+async fn sample_part(
+    settings: LearnerSettings,
+    part: Part,
+    frames: Arc<AtomicU64>,
+    tx: mpsc::Sender<Vec<pb::SampledItem>>,
+    shutdown: CancellationToken,
+) {
+    let config = &settings.learner;
+    'connect: loop {
+        let Some(channel) = connect_or_stop(&settings.replay_address, settings.backoff, &shutdown).await else {
+            return;
+        };
+        let mut client = ReplayClient::new(channel)
+            .max_decoding_message_size(settings.max_message_bytes)
+            .max_encoding_message_size(settings.max_message_bytes);
+        loop {
+            let beta = if part.replayed {
+                config.beta_at(frames.load(Ordering::Relaxed))
+            } else {
+                0.0
+            };
+            if part.replayed {
+                metrics::gauge!(m::BETA).set(beta);
+            }
+            let request = pb::SampleRequest {
+                table: part.table.clone(),
+                batch_size: part.count as u32,
+                num_batches: 1,
+                timeout_ms: settings.sample_timeout.as_millis() as u32,
+                beta,
+                in_flight: 1,
+            };
+            let response = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                r = client.sample(request) => r,
+            };
+            let mut stream = match response {
+                Ok(r) => r.into_inner(),
+                Err(status) => {
+                    tracing::warn!(%status, table = %part.table, "Sample failed; reconnecting");
+                    sleep_or_cancel(settings.backoff.max, &shutdown).await;
+                    continue 'connect;
+                }
+            };
+            loop {
+                let next = tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    next = stream.next() => next,
+                };
+                match next {
+                    Some(Ok(response)) => {
+                        if tx.send(response.items).await.is_err() {
+                            return;
+                        }
+                    }
+                    Some(Err(status)) if status.code() == tonic::Code::DeadlineExceeded => {
+                        tracing::debug!(table = %part.table, "no batch within the sample timeout; asking again");
+                        break;
+                    }
+                    Some(Err(status)) => {
+                        tracing::warn!(%status, table = %part.table, "Sample stream failed; reconnecting");
+                        sleep_or_cancel(settings.backoff.initial, &shutdown).await;
+                        continue 'connect;
+                    }
+                    None => break,
+                }
+            }
+        }
+    }
+}
