@@ -132,6 +132,20 @@ enum BenchTarget {
         #[arg(long, default_value_t = 200)]
         reps: usize,
     },
+    /// Learner updates/s and frames/s on synthetic batches (32 × 20): the
+    /// CartPole MLP, the IMPALA shallow CNN on 84×84×4 frames, and that CNN
+    /// with an LSTM and burn-in 20.
+    Learner {
+        /// Seconds per workload.
+        #[arg(long, default_value_t = 10.0)]
+        seconds: f64,
+        /// Only these workloads (mlp, shallow_cnn, shallow_cnn_lstm); all by default.
+        #[arg(long = "workload")]
+        workloads: Vec<String>,
+        /// One JSON line per workload instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn load_config(cli: &Cli) -> Result<Config> {
@@ -212,6 +226,13 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             target: BenchTarget::Compression { reps },
         } => {
             bench::compression::compression(reps.max(1))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench {
+            target: BenchTarget::Learner { seconds, workloads, json },
+        } => {
+            // Candle's compute is synchronous: keep it off the async workers.
+            tokio::task::spawn_blocking(move || bench::learner::learner(seconds, &workloads, json)).await??;
             Ok(ExitCode::SUCCESS)
         }
         Command::Config => {

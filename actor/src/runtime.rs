@@ -295,7 +295,9 @@ async fn stream_sequences(settings: ActorSettings, mut sequence_rx: mpsc::Receiv
         let mut started: HashSet<u64> = HashSet::new();
         let mut request = |finished: &Finished| {
             let continued = !started.insert(finished.writer);
-            finished.request(&settings.actor.table, continued)
+            let mut request = finished.request(&settings.actor.table, continued);
+            request.also_tables.clone_from(&settings.actor.also_tables);
+            request
         };
         // Resend what the previous connection did not get acknowledged.
         for finished in &pending {
