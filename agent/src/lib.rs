@@ -5,9 +5,11 @@
 //! [`network`] (the actor-critic network: MLP or IMPALA CNN torso,
 //! feed-forward or with an LSTM core, and its parameters),
 //! [`weights`] (serialising parameters for the wire and for checkpoints),
-//! [`device`] (choosing a candle device at run time).
+//! [`device`] (choosing a candle device at run time), [`conv`] (a faster
+//! CPU conv2d whose backward can skip the input gradient).
 //! Nothing here does I/O or knows about gRPC beyond the weight bytes.
 
+pub mod conv;
 pub mod device;
 pub mod network;
 pub mod spec;

@@ -1,0 +1,101 @@
+//! Forward and backward time of `fleet_agent::conv::conv2d` against candle's
+//! `Tensor::conv2d` on the IMPALA shallow CNN's layers at the learner's
+//! batch (32 × 21 images). Prints the median of `CONV_BENCH_REPS` runs
+//! (default 5) per phase; set `RAYON_NUM_THREADS` to pin the thread count
+//! and `CONV_BENCH_ONLY` to a substring of the variants' labels to run only those.
+//!
+//! `cargo bench -p fleet-agent --bench conv`
+
+use std::time::{Duration, Instant};
+
+use candle_core::{Device, Result, Tensor, Var};
+use fleet_agent::conv::conv2d;
+
+struct Layer {
+    name: &'static str,
+    input: [usize; 4],
+    weight: [usize; 4],
+    stride: usize,
+    padding: usize,
+}
+
+const LAYERS: &[Layer] = &[
+    Layer {
+        name: "conv1 4→16 8×8/4 on 84×84",
+        input: [672, 4, 84, 84],
+        weight: [16, 4, 8, 8],
+        stride: 4,
+        padding: 0,
+    },
+    Layer {
+        name: "conv2 16→32 4×4/2 on 20×20",
+        input: [672, 16, 20, 20],
+        weight: [32, 16, 4, 4],
+        stride: 2,
+        padding: 0,
+    },
+];
+
+#[derive(Clone, Copy, PartialEq)]
+enum Impl {
+    Candle,
+    Ours { input_grad: bool },
+}
+
+/// One forward + backward of `(conv(x, w) * r).sum()`; returns both times.
+fn step(layer: &Layer, imp: Impl, x: &Var, w: &Var, r: &Tensor) -> Result<(Duration, Duration)> {
+    let t0 = Instant::now();
+    let y = match imp {
+        Impl::Candle => x.conv2d(w, layer.padding, layer.stride, 1, 1)?,
+        Impl::Ours { input_grad } => conv2d(x, w, layer.stride, layer.padding, input_grad)?,
+    };
+    let loss = (y * r)?.sum_all()?;
+    let fwd = t0.elapsed();
+    let t1 = Instant::now();
+    let grads = loss.backward()?;
+    assert!(grads.get(w).is_some());
+    Ok((fwd, t1.elapsed()))
+}
+
+fn median(mut v: Vec<Duration>) -> f64 {
+    v.sort();
+    v[v.len() / 2].as_secs_f64() * 1e3
+}
+
+fn main() -> Result<()> {
+    let reps: usize = std::env::var("CONV_BENCH_REPS").ok().and_then(|s| s.parse().ok()).unwrap_or(5);
+    let only = std::env::var("CONV_BENCH_ONLY").unwrap_or_default();
+    println!("rayon threads: {}, median of {reps}", rayon::current_num_threads());
+    let dev = Device::Cpu;
+    for layer in LAYERS {
+        let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, &layer.input, &dev)?)?;
+        let w = Var::from_tensor(&Tensor::randn(0f32, 0.1, &layer.weight, &dev)?)?;
+        let out = conv2d(&x, &w, layer.stride, layer.padding, true)?;
+        let r = Tensor::randn(0f32, 1.0, out.dims(), &dev)?;
+        println!("{}", layer.name);
+        for (label, imp) in [
+            ("candle", Impl::Candle),
+            ("fleet, input grad", Impl::Ours { input_grad: true }),
+            ("fleet, no input grad", Impl::Ours { input_grad: false }),
+        ] {
+            if !label.contains(only.as_str()) {
+                continue;
+            }
+            step(layer, imp, &x, &w, &r)?; // warm-up
+            let (mut fwd, mut bwd, mut total) = (vec![], vec![], vec![]);
+            for _ in 0..reps {
+                let (f, b) = step(layer, imp, &x, &w, &r)?;
+                fwd.push(f);
+                bwd.push(b);
+                total.push(f + b);
+            }
+            println!(
+                "  {label:<22} forward {:8.1} ms  backward {:8.1} ms  total {:8.1} ms",
+                median(fwd),
+                median(bwd),
+                median(total)
+            );
+        }
+    }
+    Ok(())
+}
