@@ -1,8 +1,9 @@
 //! Forward and backward time of `fleet_agent::conv::conv2d` against candle's
-//! `Tensor::conv2d` on the IMPALA shallow CNN's layers at the learner's
-//! batch (32 × 21 images). Prints the median of `CONV_BENCH_REPS` runs
-//! (default 5) per phase; set `RAYON_NUM_THREADS` to pin the thread count
-//! and `CONV_BENCH_ONLY` to a substring of the variants' labels to run only those.
+//! `Tensor::conv2d` on the IMPALA shallow CNN's layers, and one of the deep
+//! ResNet's 3×3 convs, at the learner's batch (32 × 21 images). Prints the
+//! median of `CONV_BENCH_REPS` runs (default 5) per phase; set
+//! `RAYON_NUM_THREADS` to pin the thread count and `CONV_BENCH_ONLY` to a
+//! substring of the variants' labels to run only those.
 //!
 //! `cargo bench -p fleet-agent --bench conv`
 
@@ -34,26 +35,40 @@ const LAYERS: &[Layer] = &[
         stride: 2,
         padding: 0,
     },
+    Layer {
+        name: "deep 16→32 3×3/1 pad 1 on 42×42",
+        input: [672, 16, 42, 42],
+        weight: [32, 16, 3, 3],
+        stride: 1,
+        padding: 1,
+    },
 ];
 
 #[derive(Clone, Copy, PartialEq)]
 enum Impl {
     Candle,
-    Ours { input_grad: bool },
+    Ours {
+        input_grad: bool,
+    },
+    /// No conv: the output is a variable itself, to time the loss's share
+    /// of the backward (the same for every conv).
+    LossOnly,
 }
 
-/// One forward + backward of `(conv(x, w) * r).sum()`; returns both times.
-fn step(layer: &Layer, imp: Impl, x: &Var, w: &Var, r: &Tensor) -> Result<(Duration, Duration)> {
+/// The conv's forward, then the backward of `(conv(x, w) * r).sum()`;
+/// returns both times.
+fn step(layer: &Layer, imp: Impl, x: &Var, w: &Var, y0: &Var, r: &Tensor) -> Result<(Duration, Duration)> {
     let t0 = Instant::now();
     let y = match imp {
         Impl::Candle => x.conv2d(w, layer.padding, layer.stride, 1, 1)?,
         Impl::Ours { input_grad } => conv2d(x, w, layer.stride, layer.padding, input_grad)?,
+        Impl::LossOnly => y0.as_tensor().clone(),
     };
-    let loss = (y * r)?.sum_all()?;
     let fwd = t0.elapsed();
+    let loss = (y * r)?.sum_all()?;
     let t1 = Instant::now();
     let grads = loss.backward()?;
-    assert!(grads.get(w).is_some());
+    assert!(imp == Impl::LossOnly || grads.get(w).is_some());
     Ok((fwd, t1.elapsed()))
 }
 
@@ -72,19 +87,21 @@ fn main() -> Result<()> {
         let w = Var::from_tensor(&Tensor::randn(0f32, 0.1, &layer.weight, &dev)?)?;
         let out = conv2d(&x, &w, layer.stride, layer.padding, true)?;
         let r = Tensor::randn(0f32, 1.0, out.dims(), &dev)?;
+        let y0 = Var::from_tensor(&out)?;
         println!("{}", layer.name);
         for (label, imp) in [
             ("candle", Impl::Candle),
             ("fleet, input grad", Impl::Ours { input_grad: true }),
             ("fleet, no input grad", Impl::Ours { input_grad: false }),
+            ("loss only", Impl::LossOnly),
         ] {
             if !label.contains(only.as_str()) {
                 continue;
             }
-            step(layer, imp, &x, &w, &r)?; // warm-up
+            step(layer, imp, &x, &w, &y0, &r)?; // warm-up
             let (mut fwd, mut bwd, mut total) = (vec![], vec![], vec![]);
             for _ in 0..reps {
-                let (f, b) = step(layer, imp, &x, &w, &r)?;
+                let (f, b) = step(layer, imp, &x, &w, &y0, &r)?;
                 fwd.push(f);
                 bwd.push(b);
                 total.push(f + b);

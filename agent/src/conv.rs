@@ -4,8 +4,9 @@
 //! candle's own CPU conv is several times slower than PyTorch's, and its
 //! backward always computes the input gradient — pure waste for a first
 //! layer whose input is the observation. Here each image is unfolded into a
-//! `[C·kh·kw, oh·ow]` column matrix in a per-task buffer and multiplied with
-//! the `gemm` crate, the batch split across the current rayon pool:
+//! `[C·kh·kw, oh·ow]` column matrix in a per-task buffer (stored transposed
+//! for strides above 1, see [`ColsLayout`]) and multiplied with the `gemm`
+//! crate, the batch split across the current rayon pool:
 //! - forward: `y_b = W · cols_b`;
 //! - weight gradient: `dW = Σ_b dy_b · cols_bᵀ` (columns rebuilt, not
 //!   stored: a batch of them would not fit in cache, nor comfortably in RAM);
@@ -125,6 +126,11 @@ impl Geometry {
             ColsLayout::PerTap => (k, p, p, 1),
             ColsLayout::PerPixel => (k, p, 1, k),
         }
+    }
+
+    /// Nothing to compute (and no chunks to split the batch into).
+    fn is_empty(&self) -> bool {
+        self.n == 0 || self.in_len() == 0 || self.out_len() == 0
     }
 
     /// 1×1, stride 1, no padding: an image already is its column matrix.
@@ -441,6 +447,9 @@ fn f32_data<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> 
 }
 
 fn forward(g: &Geometry, x: &[f32], w: &[f32]) -> Vec<f32> {
+    if g.is_empty() {
+        return vec![0.0; g.n * g.out_len()];
+    }
     let (k, p, o) = (g.k(), g.p(), g.o);
     let (imgs, par) = (g.images_per_task(), g.gemm_parallelism());
     let mut y = vec![0.0f32; g.n * g.out_len()];
@@ -470,6 +479,9 @@ fn forward(g: &Geometry, x: &[f32], w: &[f32]) -> Vec<f32> {
 }
 
 fn weight_grad(g: &Geometry, x: &[f32], dy: &[f32]) -> Vec<f32> {
+    if g.is_empty() {
+        return vec![0.0; g.o * g.k()];
+    }
     let (k, p, o) = (g.k(), g.p(), g.o);
     let (imgs, par) = (g.images_per_task(), g.gemm_parallelism());
     // One partial sum per task, each `[K, O]`: gemm accumulates faster into
@@ -508,6 +520,9 @@ fn weight_grad(g: &Geometry, x: &[f32], dy: &[f32]) -> Vec<f32> {
 }
 
 fn input_grad(g: &Geometry, dy: &[f32], w: &[f32]) -> Vec<f32> {
+    if g.is_empty() {
+        return vec![0.0; g.n * g.in_len()];
+    }
     let (k, p, o) = (g.k(), g.p(), g.o);
     let (imgs, par) = (g.images_per_task(), g.gemm_parallelism());
     let mut dx = vec![0.0f32; g.n * g.in_len()];
@@ -802,6 +817,18 @@ mod tests {
             let err = rel_err(ours.get(w).unwrap(), theirs.get(w).unwrap());
             assert!(err < 1e-4, "weight gradient relative error {err}");
         }
+    }
+
+    #[test]
+    fn empty_batch() {
+        let x = Var::from_tensor(&Tensor::zeros((0, 4, 84, 84), DType::F32, &Device::Cpu).unwrap()).unwrap();
+        let w = Var::from_tensor(&random(&[16, 4, 8, 8], 1)).unwrap();
+        let y = conv2d(&x, &w, 4, 0, true).unwrap();
+        assert_eq!(y.dims(), [0, 16, 20, 20]);
+        let g = y.sum_all().unwrap().backward().unwrap();
+        assert_eq!(g.get(&x).unwrap().dims(), [0, 4, 84, 84]);
+        let dw = g.get(&w).unwrap().abs().unwrap().sum_all().unwrap();
+        assert_eq!(dw.to_scalar::<f32>().unwrap(), 0.0);
     }
 
     #[test]
