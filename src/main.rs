@@ -19,6 +19,9 @@ use crate::config::{Config, ConfigSources};
 use crate::launcher::Outcome;
 use crate::roles::Wiring;
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Debug, Parser)]
 #[command(name = "fleet", version, about = "Distributed actor-learner reinforcement learning")]
 struct Cli {

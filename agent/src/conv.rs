@@ -32,7 +32,7 @@ use rayon::prelude::*;
 /// ignored.
 pub fn conv2d(input: &Tensor, weight: &Tensor, stride: usize, padding: usize, input_grad: bool) -> Result<Tensor> {
     if !input.device().is_cpu() || input.dtype() != DType::F32 || weight.dtype() != DType::F32 {
-        return input.conv2d(weight, padding, stride, 1, 1);
+        return candle_conv2d(input, weight, stride, padding);
     }
     // Shape errors surface here, before the op is built.
     Geometry::new(input.dims(), weight.dims(), stride, padding)?;
@@ -44,6 +44,26 @@ pub fn conv2d(input: &Tensor, weight: &Tensor, stride: usize, padding: usize, in
             input_grad,
         },
     )
+}
+
+/// candle's `conv2d`, on an input cropped to the pixels the kernel reaches.
+///
+/// candle's conv backward sizes the input gradient from the height's
+/// remainder alone, which fails when the stride leaves a different one along
+/// the width. Cropping an unpadded input changes nothing else and leaves no
+/// remainder.
+fn candle_conv2d(input: &Tensor, weight: &Tensor, stride: usize, padding: usize) -> Result<Tensor> {
+    let mut input = input.clone();
+    if padding == 0 && stride > 0 {
+        for (dim, kernel) in [(2, weight.dim(2)?), (3, weight.dim(3)?)] {
+            let size = input.dim(dim)?;
+            let reached = size.saturating_sub(kernel) / stride * stride + kernel;
+            if reached < size {
+                input = input.narrow(dim, 0, reached)?;
+            }
+        }
+    }
+    input.conv2d(weight, padding, stride, 1, 1)
 }
 
 /// Sizes of one convolution.

@@ -8,7 +8,8 @@
 //! of IMPALA (`shallow_cnn`, `deep_resnet`) read image frames and are always
 //! one torso shared by both heads, as in IMPALA: two towers would double the
 //! cost of the most expensive part. Frames arrive as their 0..=255
-//! intensities and are scaled by 1/255 at the input, whatever the torso.
+//! intensities and are scaled by 1/255 at the input, whatever the torso (a
+//! CNN folds the factor into its first convolution's weight).
 //!
 //! Parameters are candle `Var`s held in plain fields (so the model is `Send`)
 //! and initialised from a seed, so the same seed gives the same network on
@@ -68,6 +69,9 @@ impl Torso {
 
 /// Width of the CNN torsos' last fully connected layer (IMPALA's).
 const CNN_FEATURES: usize = 256;
+
+/// What frames' 0..=255 intensities are multiplied by on the way in.
+const FRAME_SCALE: f64 = 1.0 / 255.0;
 
 /// Shape of the network; the environment spec comes separately.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -184,7 +188,18 @@ struct LstmCell {
 
 impl LstmCell {
     fn step(&self, x: &Tensor, state: &RecurrentState) -> Result<RecurrentState> {
-        let gates = (self.input.forward(x)? + self.recurrent.forward(&state.h)?)?;
+        self.step_projected(&self.project(x)?, state)
+    }
+
+    /// The gates' input part, `x W_ihᵀ + b_ih`, for any number of rows: an
+    /// unroll projects all its steps in one matrix product.
+    fn project(&self, x: &Tensor) -> Result<Tensor> {
+        self.input.forward(x)
+    }
+
+    /// One step from the input's [`LstmCell::project`]ion.
+    fn step_projected(&self, projected: &Tensor, state: &RecurrentState) -> Result<RecurrentState> {
+        let gates = (projected + self.recurrent.forward(&state.h)?)?;
         let chunk = |k: usize| gates.narrow(1, k * self.size, self.size);
         let i = candle_nn::ops::sigmoid(&chunk(0)?)?;
         let f = candle_nn::ops::sigmoid(&chunk(1)?)?;
@@ -245,6 +260,13 @@ struct Conv2d {
     bias: Var,
     stride: usize,
     padding: usize,
+    /// Whether the backward computes the input's gradient; a first layer,
+    /// fed with observations, has no use for it.
+    input_grad: bool,
+    /// A factor on the input, applied to the weight instead: the same
+    /// product for a first layer that scales frames, on a few thousand
+    /// weights rather than every pixel.
+    input_scale: f64,
 }
 
 impl Conv2d {
@@ -266,27 +288,18 @@ impl Conv2d {
             bias,
             stride,
             padding,
+            input_grad: true,
+            input_scale: 1.0,
         };
         Ok((conv, named))
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        // candle's conv backward sizes the input gradient from the height's
-        // remainder alone, which fails when the stride leaves a different one
-        // along the width. Cropping an unpadded input to the pixels the
-        // kernel reaches changes nothing else and leaves no remainder.
-        let mut x = x.clone();
-        if self.padding == 0 {
-            let kernel = self.weight.dim(2)?;
-            for dim in [2, 3] {
-                let size = x.dim(dim)?;
-                let reached = size.saturating_sub(kernel) / self.stride * self.stride + kernel;
-                if reached < size {
-                    x = x.narrow(dim, 0, reached)?;
-                }
-            }
+        let mut weight = self.weight.as_tensor().clone();
+        if self.input_scale != 1.0 {
+            weight = weight.affine(self.input_scale, 0.0)?;
         }
-        let y = x.conv2d(self.weight.as_tensor(), self.padding, self.stride, 1, 1)?;
+        let y = crate::conv::conv2d(x, &weight, self.stride, self.padding, self.input_grad)?;
         y.broadcast_add(&self.bias.as_tensor().reshape((1, self.bias.dim(0)?, 1, 1))?)
     }
 }
@@ -340,7 +353,10 @@ impl ConvTorso {
         };
         let (layers, channels) = match torso {
             Torso::ShallowCnn => {
-                let first = conv("torso.conv0", frame.channels, 16, 8, 4, 0)?;
+                let mut first = conv("torso.conv0", frame.channels, 16, 8, 4, 0)?;
+                // The observation needs no gradient, and arrives unscaled.
+                first.input_grad = false;
+                first.input_scale = FRAME_SCALE;
                 let second = conv("torso.conv1", 16, 32, 4, 2, 0)?;
                 (ConvLayers::Shallow { first, second }, 32)
             }
@@ -348,7 +364,12 @@ impl ConvTorso {
                 let mut sections = Vec::new();
                 let mut c_in = frame.channels;
                 for (s, c_out) in [16, 32, 32].into_iter().enumerate() {
-                    let section_conv = conv(&format!("torso.section{s}.conv"), c_in, c_out, 3, 1, 1)?;
+                    let mut section_conv = conv(&format!("torso.section{s}.conv"), c_in, c_out, 3, 1, 1)?;
+                    if s == 0 {
+                        // The observation needs no gradient, and arrives unscaled.
+                        section_conv.input_grad = false;
+                        section_conv.input_scale = FRAME_SCALE;
+                    }
                     let mut blocks = Vec::new();
                     for b in 0..2 {
                         let prefix = format!("torso.section{s}.block{b}");
@@ -602,8 +623,8 @@ impl ActorCritic {
     /// `T` steps of `B` sequences, time-major: `observations` `[T·B,
     /// observation_size]`, `is_first` `[T·B]`, `state` the state before the
     /// first step. Returns outputs `[T·B, …]` in the same order and the
-    /// state after the last step. The torso runs on all steps at once; only
-    /// the LSTM goes step by step.
+    /// state after the last step. The torso and the LSTM's input projection
+    /// run on all steps at once; only the recurrence goes step by step.
     pub fn unroll(
         &self,
         observations: &Tensor,
@@ -619,13 +640,13 @@ impl ActorCritic {
             candle_core::bail!("{total} rows do not split into {steps} steps");
         }
         let b = total / steps;
-        let features = self.core_input(observations)?;
+        let projected = lstm.project(&self.core_input(observations)?)?;
         let keep = (1.0 - is_first.to_dtype(DType::F32)?)?.unsqueeze(1)?;
         let mut state = state.clone();
         let mut hs = Vec::with_capacity(steps);
         for t in 0..steps {
             state = state.masked(&keep.narrow(0, t * b, b)?)?;
-            state = lstm.step(&features.narrow(0, t * b, b)?, &state)?;
+            state = lstm.step_projected(&projected.narrow(0, t * b, b)?, &state)?;
             hs.push(state.h.clone());
         }
         let h = Tensor::cat(&hs, 0)?;
@@ -634,11 +655,12 @@ impl ActorCritic {
         Ok((PolicyOutput { logits, values }, state))
     }
 
-    /// Frames scaled to 0..=1; vector observations as they are.
+    /// Frames scaled to 0..=1 for an MLP (a CNN's first layer scales its
+    /// weight instead); vector observations as they are.
     fn scaled(&self, observations: &Tensor) -> Result<Tensor> {
-        match self.spec.frame {
-            Some(_) => observations.affine(1.0 / 255.0, 0.0),
-            None => Ok(observations.clone()),
+        match (&self.body, self.spec.frame) {
+            (Body::Towers { .. }, Some(_)) => observations.affine(FRAME_SCALE, 0.0),
+            _ => Ok(observations.clone()),
         }
     }
 
@@ -945,6 +967,47 @@ mod cnn_tests {
         let a = on_frames.forward(&pixels).unwrap().values.to_vec1::<f32>().unwrap();
         let b = on_vectors.forward(&unit).unwrap().values.to_vec1::<f32>().unwrap();
         assert!((a[0] - b[0]).abs() < 1e-6, "{a:?} vs {b:?}");
+    }
+
+    /// A convolution that folds a scale into its weight equals the plain one
+    /// on the scaled input, values and weight gradients.
+    #[test]
+    fn a_scaled_convolution_equals_the_convolution_of_the_scaled_input() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+        let (mut scaled, _) = Conv2d::new("c", 2, 3, 3, 2, 1, &mut rng, &Device::Cpu).unwrap();
+        scaled.input_scale = FRAME_SCALE;
+        scaled.input_grad = false;
+        let plain = Conv2d {
+            weight: scaled.weight.clone(),
+            bias: scaled.bias.clone(),
+            input_scale: 1.0,
+            ..scaled
+        };
+        let x = frames(
+            FrameShape {
+                channels: 2,
+                height: 7,
+                width: 6,
+            },
+            3,
+            9,
+        )
+        .reshape((3, 2, 7, 6))
+        .unwrap();
+        let ys = scaled.forward(&x).unwrap();
+        let yp = plain.forward(&x.affine(FRAME_SCALE, 0.0).unwrap()).unwrap();
+        let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let near = |a: Vec<f32>, b: Vec<f32>| {
+            assert_eq!(a.len(), b.len());
+            for (x, y) in a.iter().zip(&b) {
+                assert!((x - y).abs() <= 1e-4 * (1.0 + y.abs()), "{x} vs {y}");
+            }
+        };
+        near(flat(&ys), flat(&yp));
+        let gs = ys.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+        let gp = yp.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+        let w = scaled.weight.as_tensor();
+        near(flat(gs.get(w).unwrap()), flat(gp.get(w).unwrap()));
     }
 
     #[test]
