@@ -7,6 +7,7 @@ use std::path::Path;
 
 use anyhow::{Context, Result, anyhow, bail};
 use fleet_actor::ActorConfig;
+use fleet_actor::env::EnvConfig;
 use fleet_agent::NetworkConfig;
 use fleet_learner::LearnerConfig;
 use fleet_replay::ReplayConfig;
@@ -29,14 +30,6 @@ pub struct Config {
     pub replay: ReplayConfig,
     pub learner: LearnerConfig,
     pub run: RunConfig,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct EnvConfig {
-    pub name: String,
-    /// Observations stacked into one along the channel axis (1: none).
-    pub frame_stack: usize,
 }
 
 /// Settings of `fleet run` (the single-machine launcher).
@@ -103,7 +96,13 @@ impl Config {
         if let Err(error) = fleet_actor::env::check_frame_stack(self.env.frame_stack) {
             bail!("invalid config: env.frame_stack: {error}");
         }
-        let spec = fleet_actor::env::make_stacked(&self.env.name, self.env.frame_stack, 0)?.spec();
+        let spec = match self.env.make(0) {
+            Ok(env) => env.spec(),
+            Err(error @ fleet_actor::env::EnvError::NormalizedFrames(_)) => {
+                bail!("invalid config: env.normalize_observations: {error}")
+            }
+            Err(error) => bail!("invalid config: env: {error}"),
+        };
         if let Err(message) = self.network.check_spec(&spec) {
             bail!("invalid config: {message} (env.name = `{}`)", self.env.name);
         }
@@ -293,6 +292,12 @@ mod tests {
         assert!(load(&[], &["env.name=catch", "network.torso=shallow_cnn"]).is_ok());
         let err = format!("{:#}", load(&[], &["env.frame_stack=0"]).unwrap_err());
         assert!(err.contains("env.frame_stack") && err.contains("frame stack of 0"), "{err}");
+        let err = format!(
+            "{:#}",
+            load(&[], &["env.name=catch", "env.normalize_observations=true"]).unwrap_err()
+        );
+        assert!(err.contains("env.normalize_observations") && err.contains("catch"), "{err}");
+        assert!(load(&[], &["env.name=cartpole-masked", "env.normalize_observations=true"]).is_ok());
         let err = format!("{:#}", load(&[], &["network.torso=shallow_cnn"]).unwrap_err());
         assert!(
             err.contains("network.torso") && err.contains("shallow_cnn") && err.contains("CartPole-v1"),

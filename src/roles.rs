@@ -115,8 +115,7 @@ pub async fn actor(config: Config, actor_id: u64, replay_address: String, learne
     let settings = fleet_actor::ActorSettings {
         actor_id,
         seed: config.seed,
-        env_name: config.env.name,
-        frame_stack: config.env.frame_stack,
+        env: config.env,
         network: config.network,
         actor: config.actor,
         replay_address,
@@ -130,5 +129,5 @@ pub async fn actor(config: Config, actor_id: u64, replay_address: String, learne
 
 /// The network's view of the configured environment.
 pub fn env_spec(config: &Config) -> Result<EnvSpec> {
-    Ok(fleet_actor::env::make_stacked(&config.env.name, config.env.frame_stack, 0)?.spec())
+    Ok(config.env.make(0)?.spec())
 }

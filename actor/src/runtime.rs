@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::ActorConfig;
-use crate::env::VecEnv;
+use crate::env::{EnvConfig, VecEnv};
 use crate::metrics as m;
 use crate::policy::sample_actions;
 use crate::sequence::{Finished, SequenceWriter, StepRecord};
@@ -41,9 +41,7 @@ pub enum ActorError {
 pub struct ActorSettings {
     pub actor_id: u64,
     pub seed: u64,
-    pub env_name: String,
-    /// Observations stacked per step (`env.frame_stack`; 1: none).
-    pub frame_stack: usize,
+    pub env: EnvConfig,
     pub network: NetworkConfig,
     pub actor: ActorConfig,
     pub replay_address: String,
@@ -56,7 +54,7 @@ pub struct ActorSettings {
 pub async fn run(settings: ActorSettings, shutdown: CancellationToken) -> Result<(), ActorError> {
     m::describe();
     // Probe the environment up front so a bad name fails before connecting.
-    let spec = VecEnv::stacked(&settings.env_name, settings.frame_stack, 1, 0)?.spec();
+    let spec = VecEnv::from_config(&settings.env, 1, 0)?.spec();
 
     let (weights_tx, weights_rx) = watch::channel::<Option<Arc<Weights>>>(None);
     let newest_version = Arc::new(AtomicU64::new(0));
@@ -96,7 +94,7 @@ fn act(
 ) -> Result<(), ActorError> {
     let config = &settings.actor;
     let seed = settings.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(settings.actor_id);
-    let mut envs = VecEnv::stacked(&settings.env_name, settings.frame_stack, config.num_envs, seed)?;
+    let mut envs = VecEnv::from_config(&settings.env, config.num_envs, seed)?;
     let network = ActorCritic::new(spec, &settings.network, seed, &Device::Cpu)?;
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ 0xA5A5_A5A5);
     let mut writers: Vec<SequenceWriter> = (0..config.num_envs)

@@ -3,8 +3,10 @@
 //!
 //! An [`Environment`] writes flat `f32` observations into a buffer the caller
 //! owns, so stepping allocates nothing; image environments write pixel
-//! intensities 0..=255 and report their frame shape. [`frame_stack`] wraps
-//! any environment to stack its last k observations. Episode bookkeeping across many
+//! intensities 0..=255 and report their frame shape. [`EnvConfig`] (the
+//! `[env]` config section) names one and the wrappers around it:
+//! [`normalize`] scales observations by their running moments, [`frame_stack`]
+//! stacks the last k of them. Episode bookkeeping across many
 //! environments (first/last flags, auto-reset, returns) lives in [`vector`];
 //! policies, sequences and networking are not this module's business.
 
@@ -13,6 +15,7 @@ pub mod catch;
 pub mod frame_stack;
 pub mod masked;
 pub mod memory_chain;
+pub mod normalize;
 pub mod vector;
 
 pub use cartpole::CartPole;
@@ -20,9 +23,11 @@ pub use catch::Catch;
 pub use frame_stack::{FrameStack, check_frame_stack};
 pub use masked::MaskedCartPole;
 pub use memory_chain::MemoryChain;
+pub use normalize::NormalizeObservation;
 pub use vector::{FinishedEpisode, StepReport, VecEnv};
 
 use fleet_agent::{EnvSpec, FrameShape};
+use serde::{Deserialize, Serialize};
 
 /// Names accepted by [`make`]. Besides these, `memory-chain-N` picks the
 /// horizon of [`MemoryChain`]; [`check_name`] knows every accepted name.
@@ -100,6 +105,8 @@ pub enum EnvError {
     BadHorizon { name: String, value: String },
     #[error("frame stack of {0}: it must be in 1..={max}", max = frame_stack::MAX_FRAME_STACK)]
     BadFrameStack(usize),
+    #[error("environment `{0}` observes image frames, which stay 0..=255 intensities: only vector observations can be normalised")]
+    NormalizedFrames(String),
     #[error("expected one action per environment ({expected}), got {got}")]
     ActionCount { expected: usize, got: usize },
     #[error("action {action} for environment {env_index} is out of range (actions are 0..{num_actions})")]
@@ -123,16 +130,51 @@ pub fn make(name: &str, seed: u64) -> Result<Box<dyn Environment>, EnvError> {
     }
 }
 
-/// [`make`], with the last `frame_stack` observations stacked into one
-/// (1: the environment as it is).
-pub fn make_stacked(name: &str, frame_stack: usize, seed: u64) -> Result<Box<dyn Environment>, EnvError> {
-    check_frame_stack(frame_stack)?;
-    let env = make(name, seed)?;
-    Ok(if frame_stack == 1 {
-        env
-    } else {
-        Box::new(FrameStack::new(env, frame_stack))
-    })
+/// The `[env]` config section: an environment from the registry and the
+/// wrappers around it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EnvConfig {
+    /// Registry name (see [`make`]).
+    pub name: String,
+    /// Last observations stacked into one along the channel axis (1: none).
+    pub frame_stack: usize,
+    /// Observations scaled by their running mean and deviation (vector
+    /// observations only), before any stacking.
+    pub normalize_observations: bool,
+}
+
+impl Default for EnvConfig {
+    fn default() -> Self {
+        Self::named(cartpole::NAME)
+    }
+}
+
+impl EnvConfig {
+    /// The environment `name` without wrappers.
+    pub fn named(name: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            frame_stack: 1,
+            normalize_observations: false,
+        }
+    }
+
+    /// Builds the configured environment, its randomness seeded by `seed`.
+    pub fn make(&self, seed: u64) -> Result<Box<dyn Environment>, EnvError> {
+        check_frame_stack(self.frame_stack)?;
+        let mut env = make(&self.name, seed)?;
+        if self.normalize_observations {
+            if env.frame().is_some() {
+                return Err(EnvError::NormalizedFrames(self.name.clone()));
+            }
+            env = Box::new(NormalizeObservation::new(env));
+        }
+        if self.frame_stack > 1 {
+            env = Box::new(FrameStack::new(env, self.frame_stack));
+        }
+        Ok(env)
+    }
 }
 
 /// Whether [`make`] accepts `name`, with the error it would give if not,
@@ -166,7 +208,11 @@ mod tests {
         let spec = make("catch", 0).unwrap().spec();
         assert_eq!(spec.frame, Some(catch::FRAME));
         assert_eq!(make("CartPole-v1", 0).unwrap().spec().frame, None);
-        let stacked = make_stacked("catch", 4, 0).unwrap().spec();
+        let stacked_catch = EnvConfig {
+            frame_stack: 4,
+            ..EnvConfig::named("catch")
+        };
+        let stacked = stacked_catch.make(0).unwrap().spec();
         assert_eq!(
             stacked.frame,
             Some(FrameShape {
@@ -175,8 +221,30 @@ mod tests {
             })
         );
         assert_eq!(stacked.observation_size, 4 * catch::FRAME.size());
-        assert_eq!(make_stacked("CartPole-v1", 2, 0).unwrap().observation_size(), 8);
-        assert!(matches!(make_stacked("catch", 0, 0), Err(EnvError::BadFrameStack(0))));
+        let stacked_cartpole = EnvConfig {
+            frame_stack: 2,
+            ..EnvConfig::named("CartPole-v1")
+        };
+        assert_eq!(stacked_cartpole.make(0).unwrap().observation_size(), 8);
+        let unstacked = EnvConfig {
+            frame_stack: 0,
+            ..EnvConfig::named("catch")
+        };
+        assert!(matches!(unstacked.make(0), Err(EnvError::BadFrameStack(0))));
+    }
+
+    #[test]
+    fn only_vector_observations_are_normalised() {
+        let normalized = |name: &str| EnvConfig {
+            normalize_observations: true,
+            frame_stack: 2,
+            ..EnvConfig::named(name)
+        };
+        let env = normalized("cartpole-masked").make(0).unwrap();
+        assert_eq!((env.observation_size(), env.frame()), (4, None));
+        let error = normalized("catch").make(0).err().expect("frames are not normalised");
+        assert!(matches!(&error, EnvError::NormalizedFrames(name) if name == "catch"), "{error}");
+        assert!(error.to_string().contains("catch"));
     }
 
     #[test]

@@ -14,7 +14,7 @@
 
 use fleet_agent::EnvSpec;
 
-use super::{EnvError, Environment, make_stacked};
+use super::{EnvConfig, EnvError, Environment};
 
 /// Environments of one name, their current observations and flags.
 pub struct VecEnv {
@@ -74,17 +74,16 @@ impl VecEnv {
     /// [`env_seed`], and resets them all: every current observation is an
     /// `x_0` with `is_first` set.
     pub fn new(name: &str, num_envs: usize, seed: u64) -> Result<Self, EnvError> {
-        Self::stacked(name, 1, num_envs, seed)
+        Self::from_config(&EnvConfig::named(name), num_envs, seed)
     }
 
-    /// [`VecEnv::new`] with each environment's last `frame_stack`
-    /// observations stacked into one ([`super::FrameStack`]).
-    pub fn stacked(name: &str, frame_stack: usize, num_envs: usize, seed: u64) -> Result<Self, EnvError> {
+    /// [`VecEnv::new`] with the configured wrappers around each environment.
+    pub fn from_config(config: &EnvConfig, num_envs: usize, seed: u64) -> Result<Self, EnvError> {
         let envs = (0..num_envs)
-            .map(|env_index| make_stacked(name, frame_stack, env_seed(seed, env_index)))
+            .map(|env_index| config.make(env_seed(seed, env_index)))
             .collect::<Result<Vec<_>, _>>()?;
         // Sizes come from a probe so that an empty vector still knows them.
-        let probe = make_stacked(name, frame_stack, seed)?;
+        let probe = config.make(seed)?;
         let observation_size = probe.observation_size();
         let mut vec_env = Self {
             envs,
