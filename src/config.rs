@@ -232,6 +232,24 @@ mod tests {
     }
 
     #[test]
+    fn every_shipped_config_file_loads_and_validates() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/config");
+        let mut checked = 0;
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                let config = Config::load(&ConfigSources {
+                    file: Some(path.clone()),
+                    ..ConfigSources::default()
+                });
+                assert!(config.is_ok(), "{}: {:#}", path.display(), config.unwrap_err());
+                checked += 1;
+            }
+        }
+        assert!(checked >= 3, "expected default.toml and the example configs in {dir}");
+    }
+
+    #[test]
     fn layers_apply_in_order() {
         let config = load(
             &[

@@ -6,9 +6,11 @@
 //! feed-forward or with an LSTM core, and its parameters),
 //! [`weights`] (serialising parameters for the wire and for checkpoints),
 //! [`device`] (choosing a candle device at run time), [`conv`] (a faster
-//! CPU conv2d whose backward can skip the input gradient).
+//! CPU conv2d whose backward can skip the input gradient), [`activation`]
+//! (vectorised CPU tanh and sigmoid).
 //! Nothing here does I/O or knows about gRPC beyond the weight bytes.
 
+pub mod activation;
 pub mod conv;
 pub mod device;
 pub mod network;

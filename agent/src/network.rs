@@ -20,6 +20,7 @@ use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
 use crate::EnvSpec;
+use crate::activation;
 use crate::spec::FrameShape;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -86,6 +87,10 @@ pub struct NetworkConfig {
     pub core: Core,
     /// Width of the LSTM's state `h` (and `c`).
     pub lstm_size: usize,
+    /// Initial bias of the LSTM's forget gate (the other gates' start at
+    /// 0): 1 keeps the cell state through the first updates, as Jozefowicz
+    /// et al. (2015) recommend; 0 is PyTorch's initialisation.
+    pub lstm_forget_bias: f64,
 }
 
 impl Default for NetworkConfig {
@@ -96,6 +101,7 @@ impl Default for NetworkConfig {
             activation: Activation::Tanh,
             core: Core::None,
             lstm_size: 64,
+            lstm_forget_bias: 0.0,
         }
     }
 }
@@ -107,6 +113,9 @@ impl NetworkConfig {
         }
         if self.core == Core::Lstm && self.lstm_size == 0 {
             return Err("network.lstm_size must be positive with core = \"lstm\"".to_owned());
+        }
+        if !self.lstm_forget_bias.is_finite() {
+            return Err(format!("network.lstm_forget_bias must be finite, got {}", self.lstm_forget_bias));
         }
         Ok(())
     }
@@ -201,12 +210,12 @@ impl LstmCell {
     fn step_projected(&self, projected: &Tensor, state: &RecurrentState) -> Result<RecurrentState> {
         let gates = (projected + self.recurrent.forward(&state.h)?)?;
         let chunk = |k: usize| gates.narrow(1, k * self.size, self.size);
-        let i = candle_nn::ops::sigmoid(&chunk(0)?)?;
-        let f = candle_nn::ops::sigmoid(&chunk(1)?)?;
-        let g = chunk(2)?.tanh()?;
-        let o = candle_nn::ops::sigmoid(&chunk(3)?)?;
+        let i = activation::sigmoid(&chunk(0)?)?;
+        let f = activation::sigmoid(&chunk(1)?)?;
+        let g = activation::tanh(&chunk(2)?)?;
+        let o = activation::sigmoid(&chunk(3)?)?;
         let c = ((f * &state.c)? + (i * g)?)?;
-        let h = (o * c.tanh()?)?;
+        let h = (o * activation::tanh(&c)?)?;
         Ok(RecurrentState { h, c })
     }
 }
@@ -518,6 +527,13 @@ impl ActorCritic {
                 let size = config.lstm_size;
                 let (input, named) = Dense::new("lstm.input", torso_width, 4 * size, 1.0, &mut rng, device)?;
                 params.extend(named);
+                if config.lstm_forget_bias != 0.0 {
+                    // Gates are laid out [i, f, g, o]: the second block is the forget gate's.
+                    let bias: Vec<f32> = (0..4 * size)
+                        .map(|k| if k / size == 1 { config.lstm_forget_bias as f32 } else { 0.0 })
+                        .collect();
+                    input.bias.set(&Tensor::from_vec(bias, 4 * size, device)?)?;
+                }
                 let (recurrent, named) = Dense::new("lstm.recurrent", size, 4 * size, 1.0, &mut rng, device)?;
                 params.extend(named);
                 (Some(LstmCell { input, recurrent, size }), size, size)
@@ -678,7 +694,7 @@ impl ActorCritic {
         for layer in layers {
             x = layer.forward(&x)?;
             x = match self.config.activation {
-                Activation::Tanh => x.tanh()?,
+                Activation::Tanh => activation::tanh(&x)?,
                 Activation::Relu => x.relu()?,
             };
         }
@@ -779,6 +795,31 @@ mod tests {
         // Before the reset, the carried state mattered.
         let (from_zero, _) = net.unroll(&obs, &is_first, steps, &net.initial_state(b).unwrap()).unwrap();
         assert!(!close(&values(&from_zero.logits)[2..4], &all[2..4]));
+    }
+
+    #[test]
+    fn the_forget_bias_sets_only_the_forget_gate_block() {
+        let config = NetworkConfig {
+            hidden: vec![16],
+            core: Core::Lstm,
+            lstm_size: 8,
+            lstm_forget_bias: 1.0,
+            ..NetworkConfig::default()
+        };
+        let net = ActorCritic::new(SPEC, &config, 3, &Device::Cpu).unwrap();
+        let bias = net.params().iter().find(|(name, _)| name == "lstm.input.bias").unwrap();
+        let bias = values(bias.1.as_tensor());
+        let expected: Vec<f32> = (0..32).map(|k| if (8..16).contains(&k) { 1.0 } else { 0.0 }).collect();
+        assert_eq!(bias, expected);
+        // The rest of the initialisation is the same as without the bias.
+        let plain = lstm();
+        let weight = |net: &ActorCritic| values(net.params().iter().find(|(n, _)| n == "lstm.input.weight").unwrap().1.as_tensor());
+        assert_eq!(weight(&net), weight(&plain));
+        let bad = NetworkConfig {
+            lstm_forget_bias: f64::NAN,
+            ..config
+        };
+        assert!(bad.validate().unwrap_err().contains("network.lstm_forget_bias"));
     }
 
     #[test]
