@@ -16,8 +16,9 @@
 //! (CUDA, other dtypes) goes to candle's `Tensor::conv2d`, which always
 //! computes the input gradient. Gradients of gradients are not supported.
 
-use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor, bail};
+
+use crate::cpu::contiguous_f32;
 use gemm::Parallelism;
 use rayon::prelude::*;
 
@@ -456,16 +457,6 @@ fn matmul(
 }
 
 /// The contiguous f32 data of a custom op argument.
-fn f32_data<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
-    let CpuStorage::F32(data) = s else {
-        bail!("conv2d: {what} must be f32, got {:?}", s.dtype());
-    };
-    match l.contiguous_offsets() {
-        Some((start, end)) => Ok(&data[start..end]),
-        None => bail!("conv2d: {what} must be contiguous"),
-    }
-}
-
 fn forward(g: &Geometry, x: &[f32], w: &[f32]) -> Vec<f32> {
     if g.is_empty() {
         return vec![0.0; g.n * g.out_len()];
@@ -577,7 +568,11 @@ impl CustomOp2 for Conv2d {
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         let g = Geometry::new(l1.dims(), l2.dims(), self.stride, self.padding)?;
-        let y = forward(&g, f32_data(s1, l1, "input")?, f32_data(s2, l2, "weight")?);
+        let y = forward(
+            &g,
+            contiguous_f32(s1, l1, "conv2d input")?,
+            contiguous_f32(s2, l2, "conv2d weight")?,
+        );
         Ok((CpuStorage::F32(y), Shape::from((g.n, g.o, g.oh, g.ow))))
     }
 
@@ -630,7 +625,11 @@ impl CustomOp2 for WeightGrad {
         if l2.dims() != [g.n, g.o, g.oh, g.ow] {
             bail!("conv2d: output gradient {:?} does not match the conv", l2.dims());
         }
-        let dw = weight_grad(&g, f32_data(s1, l1, "input")?, f32_data(s2, l2, "output gradient")?);
+        let dw = weight_grad(
+            &g,
+            contiguous_f32(s1, l1, "conv2d input")?,
+            contiguous_f32(s2, l2, "conv2d output gradient")?,
+        );
         Ok((CpuStorage::F32(dw), Shape::from((g.o, g.c, g.kh, g.kw))))
     }
 }
@@ -654,7 +653,11 @@ impl CustomOp2 for InputGrad {
         if l1.dims() != [g.n, g.o, g.oh, g.ow] {
             bail!("conv2d: output gradient {:?} does not match the conv", l1.dims());
         }
-        let dx = input_grad(&g, f32_data(s1, l1, "output gradient")?, f32_data(s2, l2, "weight")?);
+        let dx = input_grad(
+            &g,
+            contiguous_f32(s1, l1, "conv2d output gradient")?,
+            contiguous_f32(s2, l2, "conv2d weight")?,
+        );
         Ok((CpuStorage::F32(dx), Shape::from((g.n, g.c, g.h, g.w))))
     }
 }

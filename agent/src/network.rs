@@ -20,8 +20,8 @@ use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
 use crate::EnvSpec;
-use crate::activation;
 use crate::spec::FrameShape;
+use crate::{activation, bias};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -209,14 +209,11 @@ impl LstmCell {
     /// One step from the input's [`LstmCell::project`]ion.
     fn step_projected(&self, projected: &Tensor, state: &RecurrentState) -> Result<RecurrentState> {
         let gates = (projected + self.recurrent.forward(&state.h)?)?;
-        let chunk = |k: usize| gates.narrow(1, k * self.size, self.size);
-        let i = activation::sigmoid(&chunk(0)?)?;
-        let f = activation::sigmoid(&chunk(1)?)?;
-        let g = activation::tanh(&chunk(2)?)?;
-        let o = activation::sigmoid(&chunk(3)?)?;
-        let c = ((f * &state.c)? + (i * g)?)?;
-        let h = (o * activation::tanh(&c)?)?;
-        Ok(RecurrentState { h, c })
+        let hc = activation::lstm_cell(&gates, &state.c)?;
+        Ok(RecurrentState {
+            h: hc.narrow(1, 0, self.size)?,
+            c: hc.narrow(1, self.size, self.size)?,
+        })
     }
 }
 
@@ -257,7 +254,8 @@ impl Dense {
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        x.matmul(&self.weight.as_tensor().t()?)?.broadcast_add(self.bias.as_tensor())
+        let y = x.matmul(&self.weight.as_tensor().t()?)?;
+        bias::add_bias(&y, self.bias.as_tensor(), y.rank() - 1)
     }
 }
 
@@ -309,7 +307,7 @@ impl Conv2d {
             weight = weight.affine(self.input_scale, 0.0)?;
         }
         let y = crate::conv::conv2d(x, &weight, self.stride, self.padding, self.input_grad)?;
-        y.broadcast_add(&self.bias.as_tensor().reshape((1, self.bias.dim(0)?, 1, 1))?)
+        bias::add_bias(&y, self.bias.as_tensor(), 1)
     }
 }
 
