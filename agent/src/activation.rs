@@ -1,6 +1,6 @@
-//! tanh, sigmoid and the LSTM cell's gate arithmetic for the CPU learner
-//! and actors: branch-free kernels the compiler vectorises, as candle custom
-//! ops whose backward is one pass.
+//! tanh and the LSTM cell's gate arithmetic for the CPU learner and actors:
+//! branch-free kernels the compiler vectorises, as candle custom ops whose
+//! backward is one pass.
 //!
 //! candle's CPU `tanh` calls the C library's scalar `tanhf` per element and
 //! its backward takes three more passes (square, affine, product), each
@@ -9,34 +9,21 @@
 //! reduction to `[-ln2/2, ln2/2]` and a degree-7 Taylor polynomial) further
 //! out, with selects instead of branches, so a loop over a slice becomes
 //! SIMD code. The absolute error is below 2.5e-7 (about 2 ULP of 1), the
-//! relative error near zero below 1e-6. sigmoid is `(1 + tanh(x/2)) / 2`.
-//! [`lstm_cell`] applies the four gate activations and the state update in
+//! relative error near zero below 1e-6. [`lstm_cell`] applies the four gate
+//! activations (sigmoid as `(1 + tanh(x/2)) / 2`) and the state update in
 //! one pass where candle ops would take ten, each allocating.
 //!
 //! Only f32 tensors on the CPU take this path; anything else (CUDA, other
 //! dtypes) uses candle's own ops. Gradients of gradients are not supported.
 
 use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor, bail};
 
 use crate::cpu::contiguous_f32;
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor, bail};
 
 /// `tanh(x)`, elementwise.
 pub fn tanh(x: &Tensor) -> Result<Tensor> {
-    if takes_fast_path(x) {
-        x.apply_op1(Pointwise::Tanh)
-    } else {
-        x.tanh()
-    }
-}
-
-/// `1 / (1 + e^{-x})`, elementwise.
-pub fn sigmoid(x: &Tensor) -> Result<Tensor> {
-    if takes_fast_path(x) {
-        x.apply_op1(Pointwise::Sigmoid)
-    } else {
-        candle_nn::ops::sigmoid(x)
-    }
+    if takes_fast_path(x) { x.apply_op1(Tanh) } else { x.tanh() }
 }
 
 /// The LSTM cell after its matrix products: `gates` `[B, 4H]` are the
@@ -49,8 +36,15 @@ pub fn lstm_cell(gates: &Tensor, c_prev: &Tensor) -> Result<Tensor> {
         bail!("lstm_cell: gates {:?} for a cell state {:?}", gates.dims(), c_prev.dims());
     }
     if takes_fast_path(gates) && c_prev.dtype() == DType::F32 {
-        return gates.contiguous()?.apply_op2(&c_prev.contiguous()?, LstmCell);
+        gates.contiguous()?.apply_op2(&c_prev.contiguous()?, LstmCell)
+    } else {
+        lstm_cell_unfused(gates, c_prev)
     }
+}
+
+/// [`lstm_cell`] from candle ops, off the CPU fast path.
+fn lstm_cell_unfused(gates: &Tensor, c_prev: &Tensor) -> Result<Tensor> {
+    let size = c_prev.dim(1)?;
     let gate = |k: usize| gates.narrow(1, k * size, size);
     let (i, f) = (candle_nn::ops::sigmoid(&gate(0)?)?, candle_nn::ops::sigmoid(&gate(1)?)?);
     let (g, o) = (gate(2)?.tanh()?, candle_nn::ops::sigmoid(&gate(3)?)?);
@@ -123,9 +117,8 @@ fn sigmoid_f32(x: f32) -> f32 {
 }
 
 /// `f` over every element of `s` as `l` lays it out: a contiguous tensor
-/// as one slice (the loop the compiler vectorises), any other layout (an
-/// LSTM's gates are column blocks of one matrix) through candle's strided
-/// iteration rather than a copy.
+/// as one slice (the loop the compiler vectorises), any other layout
+/// through candle's strided iteration rather than a copy.
 fn map(s: &CpuStorage, l: &Layout, op: &str, f: impl Fn(f32) -> f32) -> Result<(CpuStorage, Shape)> {
     let CpuStorage::F32(data) = s else {
         bail!("{op}: expected f32, got {:?}", s.dtype());
@@ -137,45 +130,28 @@ fn map(s: &CpuStorage, l: &Layout, op: &str, f: impl Fn(f32) -> f32) -> Result<(
     Ok((CpuStorage::F32(out), l.shape().clone()))
 }
 
-/// The elementwise functions, each with a derivative that is a function of
-/// its output. The kernels are picked by a `match` outside the loops, so
-/// each loop is compiled (and vectorised) for its own function; a function
-/// pointer would be an opaque call per element.
-#[derive(Clone, Copy)]
-enum Pointwise {
-    Tanh,
-    Sigmoid,
-}
+struct Tanh;
 
-impl CustomOp1 for Pointwise {
+impl CustomOp1 for Tanh {
     fn name(&self) -> &'static str {
-        match self {
-            Pointwise::Tanh => "fleet-tanh",
-            Pointwise::Sigmoid => "fleet-sigmoid",
-        }
+        "fleet-tanh"
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        match self {
-            Pointwise::Tanh => map(s, l, self.name(), tanh_f32),
-            Pointwise::Sigmoid => map(s, l, self.name(), sigmoid_f32),
-        }
+        map(s, l, self.name(), tanh_f32)
     }
 
     fn bwd(&self, _arg: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        Ok(Some(grad.contiguous()?.apply_op2_no_bwd(res, &PointwiseGrad(*self))?))
+        Ok(Some(grad.contiguous()?.apply_op2_no_bwd(res, &TanhGrad)?))
     }
 }
 
-/// `(grad, y) -> grad · f'(y)`, one pass.
-struct PointwiseGrad(Pointwise);
+/// `(grad, y = tanh x) -> grad · (1 - y²)`, one pass.
+struct TanhGrad;
 
-impl CustomOp2 for PointwiseGrad {
+impl CustomOp2 for TanhGrad {
     fn name(&self) -> &'static str {
-        match self.0 {
-            Pointwise::Tanh => "fleet-tanh-grad",
-            Pointwise::Sigmoid => "fleet-sigmoid-grad",
-        }
+        "fleet-tanh-grad"
     }
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
@@ -183,13 +159,7 @@ impl CustomOp2 for PointwiseGrad {
         if g.len() != y.len() {
             bail!("{}: gradient of {} values for an output of {}", self.name(), g.len(), y.len());
         }
-        fn times(g: &[f32], y: &[f32], derivative: impl Fn(f32) -> f32) -> Vec<f32> {
-            g.iter().zip(y).map(|(&g, &y)| g * derivative(y)).collect()
-        }
-        let out = match self.0 {
-            Pointwise::Tanh => times(g, y, |y| 1.0 - y * y),
-            Pointwise::Sigmoid => times(g, y, |y| y * (1.0 - y)),
-        };
+        let out = g.iter().zip(y).map(|(&g, &y)| g * (1.0 - y * y)).collect();
         Ok((CpuStorage::F32(out), l2.shape().clone()))
     }
 }
@@ -245,7 +215,7 @@ struct LstmCellGrad {
     of_gates: bool,
 }
 
-impl candle_core::CustomOp3 for LstmCellGrad {
+impl CustomOp3 for LstmCellGrad {
     fn name(&self) -> &'static str {
         "fleet-lstm-cell-grad"
     }
@@ -351,15 +321,7 @@ mod tests {
             let out = if fused {
                 lstm_cell(gates.as_tensor(), c_prev.as_tensor()).unwrap()
             } else {
-                // The unfused ops lstm_cell falls back to off the CPU.
-                let g = |k: usize| gates.as_tensor().narrow(1, k * size, size).unwrap();
-                let (i, f, o) = (
-                    candle_nn::ops::sigmoid(&g(0)).unwrap(),
-                    candle_nn::ops::sigmoid(&g(1)).unwrap(),
-                    candle_nn::ops::sigmoid(&g(3)).unwrap(),
-                );
-                let c = ((f * c_prev.as_tensor()).unwrap() + (i * g(2).tanh().unwrap()).unwrap()).unwrap();
-                Tensor::cat(&[(o * c.tanh().unwrap()).unwrap(), c], 1).unwrap()
+                lstm_cell_unfused(gates.as_tensor(), c_prev.as_tensor()).unwrap()
             };
             let grads = (&out * &weights).unwrap().sum_all().unwrap().backward().unwrap();
             (
@@ -397,7 +359,7 @@ mod tests {
     }
 
     #[test]
-    fn the_ops_and_their_gradients_match_candles_on_any_layout() {
+    fn tanh_and_its_gradient_match_candles_on_any_layout() {
         let device = Device::Cpu;
         let values: Vec<f32> = (0..600).map(|i| (i as f32 - 300.0) * 0.037).collect();
         let x = Var::from_tensor(&Tensor::from_vec(values, (20, 30), &device).unwrap()).unwrap();
@@ -411,38 +373,36 @@ mod tests {
             w.reshape(t.shape()).unwrap()
         };
         type Op = fn(&Tensor) -> Result<Tensor>;
-        let pairs: [(Op, Op); 2] = [(tanh, |x| x.tanh()), (sigmoid, candle_nn::ops::sigmoid)];
-        for (fast, reference) in pairs {
-            let mut outputs = Vec::new();
-            let mut grads = Vec::new();
-            for op in [fast, reference] {
-                let t = x.as_tensor();
-                // Contiguous, column blocks (as an LSTM's gates are) and transposed.
-                let views = [t.clone(), t.narrow(1, 10, 20).unwrap(), t.t().unwrap()];
-                let mut loss = Tensor::zeros((), DType::F32, &device).unwrap();
-                let mut out = Vec::new();
-                for view in &views {
-                    let y = op(view).unwrap();
-                    loss = (loss + (&y * weights(&y)).unwrap().sum_all().unwrap()).unwrap();
-                    out.extend(y.flatten_all().unwrap().to_vec1::<f32>().unwrap());
-                }
-                let grad = loss.backward().unwrap().get(t).unwrap().clone();
-                outputs.push(out);
-                grads.push(grad.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+        let (fast, reference): (Op, Op) = (tanh, |x| x.tanh());
+        let mut outputs = Vec::new();
+        let mut grads = Vec::new();
+        for op in [fast, reference] {
+            let t = x.as_tensor();
+            // Contiguous, column blocks and transposed.
+            let views = [t.clone(), t.narrow(1, 10, 20).unwrap(), t.t().unwrap()];
+            let mut loss = Tensor::zeros((), DType::F32, &device).unwrap();
+            let mut out = Vec::new();
+            for view in &views {
+                let y = op(view).unwrap();
+                loss = (loss + (&y * weights(&y)).unwrap().sum_all().unwrap()).unwrap();
+                out.extend(y.flatten_all().unwrap().to_vec1::<f32>().unwrap());
             }
-            // Both backwards compute the derivative from their own output.
-            let worst = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
-            assert_eq!(outputs[0].len(), outputs[1].len());
-            assert!(
-                worst(&outputs[0], &outputs[1]) <= 3e-7,
-                "outputs differ by {}",
-                worst(&outputs[0], &outputs[1])
-            );
-            assert!(
-                worst(&grads[0], &grads[1]) <= 3e-6,
-                "gradients differ by {}",
-                worst(&grads[0], &grads[1])
-            );
+            let grad = loss.backward().unwrap().get(t).unwrap().clone();
+            outputs.push(out);
+            grads.push(grad.flatten_all().unwrap().to_vec1::<f32>().unwrap());
         }
+        // Both backwards compute the derivative from their own output.
+        let worst = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+        assert_eq!(outputs[0].len(), outputs[1].len());
+        assert!(
+            worst(&outputs[0], &outputs[1]) <= 3e-7,
+            "outputs differ by {}",
+            worst(&outputs[0], &outputs[1])
+        );
+        assert!(
+            worst(&grads[0], &grads[1]) <= 3e-6,
+            "gradients differ by {}",
+            worst(&grads[0], &grads[1])
+        );
     }
 }

@@ -33,12 +33,10 @@ pub fn add_bias(x: &Tensor, bias: &Tensor, channel_dim: usize) -> Result<Tensor>
     }
 }
 
-/// `(outer, C, inner)`: `x`'s dimensions before, at and after `channel_dim`.
-fn split(shape: &Shape, channel_dim: usize) -> (usize, usize, usize) {
+/// `(C, inner)`: the size of `channel_dim` and of the dimensions after it.
+fn channels_and_inner(shape: &Shape, channel_dim: usize) -> (usize, usize) {
     let dims = shape.dims();
-    let outer = dims[..channel_dim].iter().product();
-    let inner = dims[channel_dim + 1..].iter().product();
-    (outer, dims[channel_dim], inner)
+    (dims[channel_dim], dims[channel_dim + 1..].iter().product())
 }
 
 struct AddBias {
@@ -52,7 +50,7 @@ impl CustomOp2 for AddBias {
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         let (x, bias) = (contiguous_f32(s1, l1, "add_bias input")?, contiguous_f32(s2, l2, "add_bias bias")?);
-        let (_, channels, inner) = split(l1.shape(), self.channel_dim);
+        let (channels, inner) = channels_and_inner(l1.shape(), self.channel_dim);
         let mut y = x.to_vec();
         for block in y.chunks_exact_mut(channels * inner) {
             if inner == 1 {
@@ -89,7 +87,7 @@ impl CustomOp1 for SumToChannels {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let grad = contiguous_f32(s, l, "add_bias gradient")?;
-        let (_, channels, inner) = split(l.shape(), self.channel_dim);
+        let (channels, inner) = channels_and_inner(l.shape(), self.channel_dim);
         let mut sums = vec![0f32; channels];
         for block in grad.chunks_exact(channels * inner) {
             if inner == 1 {

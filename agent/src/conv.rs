@@ -17,10 +17,10 @@
 //! computes the input gradient. Gradients of gradients are not supported.
 
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor, bail};
-
-use crate::cpu::contiguous_f32;
 use gemm::Parallelism;
 use rayon::prelude::*;
+
+use crate::cpu::contiguous_f32;
 
 /// `conv2d(input [N, C, H, W], weight [O, C, kh, kw]) -> [N, O, oh, ow]`
 /// with the given stride and symmetric zero padding (dilation 1, one group,
@@ -456,7 +456,6 @@ fn matmul(
     }
 }
 
-/// The contiguous f32 data of a custom op argument.
 fn forward(g: &Geometry, x: &[f32], w: &[f32]) -> Vec<f32> {
     if g.is_empty() {
         return vec![0.0; g.n * g.out_len()];

@@ -7,7 +7,7 @@
 //! [`weights`] (serialising parameters for the wire and for checkpoints),
 //! [`device`] (choosing a candle device at run time), [`conv`] (a faster
 //! CPU conv2d whose backward can skip the input gradient), [`activation`]
-//! (vectorised CPU tanh and sigmoid), [`bias`] (a bias add whose gradient
+//! (vectorised CPU tanh and a fused LSTM cell), [`bias`] (a bias add whose gradient
 //! is one contiguous pass).
 //! Nothing here does I/O or knows about gRPC beyond the weight bytes.
 

@@ -87,7 +87,7 @@ pub struct NetworkConfig {
     pub core: Core,
     /// Width of the LSTM's state `h` (and `c`).
     pub lstm_size: usize,
-    /// Initial bias of the LSTM's forget gate (the other gates' start at
+    /// Initial bias of the LSTM's forget gate (the other gates start at
     /// 0): 1 keeps the cell state through the first updates, as Jozefowicz
     /// et al. (2015) recommend; 0 is PyTorch's initialisation.
     pub lstm_forget_bias: f64,
