@@ -9,10 +9,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use candle_core::{Device, Tensor};
-use fleet_agent::{ActorCritic, EnvSpec, NetworkConfig, Weights};
+use fleet_agent::{ActorCritic, EnvSpec, NetworkConfig, Weights, observations_tensor};
 use fleet_proto::WeightsAssembler;
 use fleet_proto::connect::{Backoff, connect_or_stop, sleep_or_cancel};
 use fleet_proto::pb::{self, parameters_client::ParametersClient, replay_client::ReplayClient};
+use fleet_trajectory::Observations;
 use futures::StreamExt;
 use rand::SeedableRng;
 use tokio::sync::{mpsc, watch};
@@ -103,7 +104,7 @@ fn act(
                 config.sequence_length(),
                 config.sequence_period(),
                 spec,
-                2 * network.state_size(),
+                network.state_spec(),
                 settings.actor_id,
                 env as u64,
             )
@@ -132,12 +133,13 @@ fn act(
     let mut recent_returns: VecDeque<f64> = VecDeque::with_capacity(config.return_window);
     let n = config.num_envs;
     let mut actions = Vec::with_capacity(n);
-    let mut observations_before = vec![0f32; n * spec.observation_size];
+    let o = spec.observation_size();
+    let mut observations_before = Observations::zeros(&spec.observation, n * o);
     let mut flags_before = Vec::with_capacity(n);
     // With a recurrent core: the state per environment (reset by `step`
     // where an episode starts) and, per step, what each acted from.
     let mut state = network.initial_state(n)?;
-    let state_width = 2 * network.state_size();
+    let state_width = network.state_spec().map_or(0, |s| s.width());
     let mut states_before: Vec<f32> = Vec::with_capacity(n * state_width);
 
     while !shutdown.is_cancelled() {
@@ -149,41 +151,37 @@ fn act(
             version = w.version;
             metrics::gauge!(m::WEIGHTS_VERSION).set(version as f64);
         }
-        let observations = Tensor::from_slice(envs.observations(), (n, spec.observation_size), &Device::Cpu)?;
+        let observations = observations_tensor(envs.observations(), n, o, &Device::Cpu)?;
         let is_first: Vec<f32> = envs.is_first().iter().map(|&f| f32::from(u8::from(f))).collect();
         let is_first = Tensor::from_vec(is_first, n, &Device::Cpu)?;
         // The state each environment acts from, recorded with its step.
         states_before.clear();
         if network.is_recurrent() {
-            let (h, c) = (state.h.flatten_all()?.to_vec1::<f32>()?, state.c.flatten_all()?.to_vec1::<f32>()?);
-            let size = network.state_size();
-            for i in 0..n {
-                states_before.extend_from_slice(&h[i * size..(i + 1) * size]);
-                states_before.extend_from_slice(&c[i * size..(i + 1) * size]);
-            }
+            states_before.extend(state.to_flat()?.flatten_all()?.to_vec1::<f32>()?);
         }
         let (output, next_state) = network.step(&observations, &is_first, &state)?;
         // Detached, or every step's state would keep the whole history of
         // the episode's computation graph alive.
         state = next_state.detach();
         let logits = output.logits.flatten_all()?.to_vec1::<f32>()?;
-        sample_actions(&logits, spec.num_actions, &mut rng, &mut actions);
+        let num_actions = spec.policy_width();
+        sample_actions(&logits, num_actions, &mut rng, &mut actions);
 
         // Record x_t and its flags before stepping; the reward arrives with the step.
-        observations_before.copy_from_slice(envs.observations());
+        observations_before.as_mut().copy_from(envs.observations());
         flags_before.clear();
         flags_before.extend((0..n).map(|i| (envs.is_first()[i], envs.terminated()[i], envs.truncated()[i])));
         let report = envs.step(&actions);
         env_steps.increment(report.real_steps as u64);
         for (i, &(is_first, terminated, truncated)) in flags_before.iter().enumerate() {
             let record = StepRecord {
-                observation: &observations_before[i * spec.observation_size..(i + 1) * spec.observation_size],
+                observation: observations_before.slice(i * o..(i + 1) * o),
                 action: actions[i] as i64,
                 reward: envs.rewards()[i],
                 is_first,
                 terminated,
                 truncated,
-                behaviour_logits: &logits[i * spec.num_actions..(i + 1) * spec.num_actions],
+                behaviour_logits: &logits[i * num_actions..(i + 1) * num_actions],
                 behaviour_version: version,
                 state: &states_before[i * state_width..(i + 1) * state_width],
             };

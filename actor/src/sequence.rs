@@ -7,18 +7,18 @@
 //! its first step. This is a plain data structure (no I/O): the actor feeds
 //! it one step at a time. A finished sequence knows its overlap with the
 //! previous one, so the insert stream can leave the shared steps out (replay
-//! stores them once). Image observations are kept and sent as u8 (`[L, C,
-//! H, W]`): their values are whole intensities, so this loses nothing and
-//! takes a quarter of the bytes; vectors stay f32 (`[L, observation_size]`).
+//! stores them once). Observations are kept and sent in the type the
+//! environment wrote them in, as the trajectory contract says: u8 frames
+//! (`[L, C, H, W]`), f32 vectors (`[L, observation_size]`).
 
-use fleet_agent::{EnvSpec, FrameShape};
+use fleet_agent::EnvSpec;
 use fleet_proto::pb;
+use fleet_trajectory::{Observations, ObservationsRef, StateSpec};
 
 /// Everything recorded about one step of one environment.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StepRecord<'a> {
-    /// For frames, intensities 0..=255 (whole numbers).
-    pub observation: &'a [f32],
+    pub observation: ObservationsRef<'a>,
     pub action: i64,
     pub reward: f32,
     pub is_first: bool,
@@ -26,8 +26,8 @@ pub struct StepRecord<'a> {
     pub truncated: bool,
     pub behaviour_logits: &'a [f32],
     pub behaviour_version: u64,
-    /// The recurrent state the policy acted from at this step (`h` then `c`;
-    /// empty without a core).
+    /// The recurrent state the policy acted from at this step, in the
+    /// contract's flat layout (empty without a core).
     pub state: &'a [f32],
 }
 
@@ -74,15 +74,13 @@ pub struct SequenceWriter {
     emitted: u64,
     length: usize,
     period: usize,
-    observation_size: usize,
-    /// Set for image observations, which are kept as u8.
-    frame: Option<FrameShape>,
-    num_actions: usize,
-    state_size: usize,
+    spec: EnvSpec,
+    /// What a stored state is, `None` without a recurrent core.
+    state: Option<StateSpec>,
     actor_id: u64,
-    /// Per step, `state_size` values.
+    /// Per step, `state.width()` values.
     states: Vec<f32>,
-    observations: ObservationBuffer,
+    observations: Observations,
     actions: Vec<i64>,
     rewards: Vec<f32>,
     is_first: Vec<bool>,
@@ -95,37 +93,30 @@ pub struct SequenceWriter {
 impl SequenceWriter {
     /// `length` is the number of steps per sequence (burn-in + unroll + 1),
     /// at least 2; a sequence starts every `period` steps (`1..length`);
-    /// `state_size` values of recurrent state come with each step (0: none);
-    /// `writer` names this environment's stream of sequences.
-    pub fn new(length: usize, period: usize, spec: EnvSpec, state_size: usize, actor_id: u64, writer: u64) -> Self {
+    /// each step comes with a recurrent state of `state`'s layout (`None`:
+    /// no state); `writer` names this environment's stream of sequences.
+    pub fn new(length: usize, period: usize, spec: EnvSpec, state: Option<StateSpec>, actor_id: u64, writer: u64) -> Self {
         assert!(length >= 2, "a sequence needs at least one learning step and a bootstrap step");
         assert!(
             (1..length).contains(&period),
             "consecutive sequences must share at least the bootstrap step"
         );
-        let (observation_size, num_actions) = (spec.observation_size, spec.num_actions);
-        let values = length * observation_size;
         Self {
             writer,
             emitted: 0,
             length,
             period,
-            observation_size,
-            frame: spec.frame,
-            num_actions,
-            state_size,
+            spec,
+            state,
             actor_id,
-            states: Vec::with_capacity(length * state_size),
-            observations: match spec.frame {
-                Some(_) => ObservationBuffer::U8(Vec::with_capacity(values)),
-                None => ObservationBuffer::F32(Vec::with_capacity(values)),
-            },
+            states: Vec::with_capacity(length * state.map_or(0, |s| s.width())),
+            observations: Observations::with_capacity(&spec.observation, length * spec.observation_size()),
             actions: Vec::with_capacity(length),
             rewards: Vec::with_capacity(length),
             is_first: Vec::with_capacity(length),
             terminated: Vec::with_capacity(length),
             truncated: Vec::with_capacity(length),
-            logits: Vec::with_capacity(length * num_actions),
+            logits: Vec::with_capacity(length * spec.policy_width()),
             versions: Vec::with_capacity(length),
         }
     }
@@ -141,11 +132,11 @@ impl SequenceWriter {
 
     /// Appends a step; returns a finished sequence when this step completes one.
     pub fn push(&mut self, step: &StepRecord<'_>) -> Option<Finished> {
-        assert_eq!(step.observation.len(), self.observation_size, "observation size");
-        assert_eq!(step.behaviour_logits.len(), self.num_actions, "logit count");
-        assert_eq!(step.state.len(), self.state_size, "state size");
+        assert_eq!(step.observation.len(), self.spec.observation_size(), "observation size");
+        assert_eq!(step.behaviour_logits.len(), self.spec.policy_width(), "logit count");
+        assert_eq!(step.state.len(), self.state_width(), "state size");
         self.states.extend_from_slice(step.state);
-        self.observations.push(step.observation);
+        self.observations.extend_from(step.observation);
         self.actions.push(step.action);
         self.rewards.push(step.reward);
         self.is_first.push(step.is_first);
@@ -157,16 +148,19 @@ impl SequenceWriter {
             return None;
         }
         let t = self.length;
+        let observation_shape: Vec<usize> = [t].into_iter().chain(self.spec.observation.shape()).collect();
         let sequence = pb::Sequence {
-            observations: Some(self.observations.tensor(t, self.observation_size, self.frame)),
+            observations: Some(pb::Tensor::from_observations(&observation_shape, self.observations.as_ref())),
             actions: Some(pb::Tensor::from_i64(&[t], &self.actions)),
             rewards: self.rewards.clone(),
             is_first: self.is_first.clone(),
             terminated: self.terminated.clone(),
             truncated: self.truncated.clone(),
-            behaviour_logits: Some(pb::Tensor::from_f32(&[t, self.num_actions], &self.logits)),
+            behaviour_logits: Some(pb::Tensor::from_f32(&[t, self.spec.policy_width()], &self.logits)),
             behaviour_versions: self.versions.clone(),
-            initial_state: (self.state_size > 0).then(|| pb::Tensor::from_f32(&[2, self.state_size / 2], &self.states[..self.state_size])),
+            initial_state: self
+                .state
+                .map(|state| pb::Tensor::from_f32(&state.shape(), &self.states[..state.width()])),
             actor_id: self.actor_id,
             priority: 0.0,
         };
@@ -180,54 +174,22 @@ impl SequenceWriter {
         })
     }
 
+    fn state_width(&self) -> usize {
+        self.state.map_or(0, |s| s.width())
+    }
+
     /// Drops the first `period` steps; the rest open the next sequence.
     fn drop_first_steps(&mut self) {
         let n = self.period;
-        self.observations.drop_first(n * self.observation_size);
-        self.logits.drain(..n * self.num_actions);
-        self.states.drain(..n * self.state_size);
+        self.observations.drain_front(n * self.spec.observation_size());
+        self.logits.drain(..n * self.spec.policy_width());
+        self.states.drain(..n * self.state_width());
         for v in [&mut self.is_first, &mut self.terminated, &mut self.truncated] {
             v.drain(..n);
         }
         self.actions.drain(..n);
         self.rewards.drain(..n);
         self.versions.drain(..n);
-    }
-}
-
-/// Observations as they are stored and sent.
-#[derive(Debug)]
-enum ObservationBuffer {
-    F32(Vec<f32>),
-    U8(Vec<u8>),
-}
-
-impl ObservationBuffer {
-    fn push(&mut self, observation: &[f32]) {
-        match self {
-            Self::F32(values) => values.extend_from_slice(observation),
-            Self::U8(values) => values.extend(observation.iter().map(|&v| {
-                debug_assert!(v == v.round() && (0.0..=255.0).contains(&v), "pixel intensity {v}");
-                v as u8
-            })),
-        }
-    }
-
-    /// The first `steps` steps as a tensor: `[steps, C, H, W]` u8 for
-    /// frames, `[steps, observation_size]` f32 otherwise.
-    fn tensor(&self, steps: usize, observation_size: usize, frame: Option<FrameShape>) -> pb::Tensor {
-        match (self, frame) {
-            (Self::U8(values), Some(f)) => pb::Tensor::from_u8(&[steps, f.channels, f.height, f.width], values.clone()),
-            (Self::U8(values), None) => pb::Tensor::from_u8(&[steps, observation_size], values.clone()),
-            (Self::F32(values), _) => pb::Tensor::from_f32(&[steps, observation_size], values),
-        }
-    }
-
-    fn drop_first(&mut self, values: usize) {
-        match self {
-            Self::F32(v) => drop(v.drain(..values)),
-            Self::U8(v) => drop(v.drain(..values)),
-        }
     }
 }
 
@@ -239,7 +201,7 @@ mod tests {
         let obs = [i as f32, -(i as f32)];
         let logits = [0.1 * i as f32, 0.0, 1.0];
         w.push(&StepRecord {
-            observation: &obs,
+            observation: ObservationsRef::F32(&obs),
             action: (i % 3) as i64,
             reward: i as f32,
             is_first: i.is_multiple_of(7),
@@ -253,7 +215,7 @@ mod tests {
 
     #[test]
     fn sequences_overlap_by_their_bootstrap_step() {
-        let mut w = SequenceWriter::new(5, 4, EnvSpec::vector(2, 3), 0, 9, 4);
+        let mut w = SequenceWriter::new(5, 4, EnvSpec::vector(2, 3), None, 9, 4);
         let mut finished = Vec::new();
         for i in 0..13 {
             if let Some(s) = push_step(&mut w, i) {
@@ -292,11 +254,11 @@ mod request_tests {
 
     #[test]
     fn continued_requests_leave_out_the_overlap() {
-        let mut w = SequenceWriter::new(3, 2, EnvSpec::vector(1, 2), 0, 0, 7);
+        let mut w = SequenceWriter::new(3, 2, EnvSpec::vector(1, 2), None, 0, 7);
         let mut finished = Vec::new();
         for i in 0..5 {
             let record = StepRecord {
-                observation: &[i as f32],
+                observation: ObservationsRef::F32(&[i as f32]),
                 action: 0,
                 reward: i as f32,
                 is_first: i == 0,
@@ -334,13 +296,13 @@ mod overlap_tests {
     #[test]
     fn overlapping_sequences_carry_the_state_at_their_first_step() {
         let (length, period) = (3 + 4 + 1, 2);
-        let mut w = SequenceWriter::new(length, period, EnvSpec::vector(1, 2), 4, 5, 0);
+        let mut w = SequenceWriter::new(length, period, EnvSpec::vector(1, 2), Some(StateSpec::Lstm { hidden: 2 }), 5, 0);
         let state_at = |i: usize| -> Vec<f32> { (0..4).map(|k| (i * 10 + k) as f32).collect() };
         let mut finished = Vec::new();
         for i in 0..20 {
             let state = state_at(i);
             let record = StepRecord {
-                observation: &[i as f32],
+                observation: ObservationsRef::F32(&[i as f32]),
                 action: (i % 2) as i64,
                 reward: i as f32,
                 is_first: i == 0 || i == 11,
@@ -381,6 +343,8 @@ mod overlap_tests {
 
 #[cfg(test)]
 mod frame_tests {
+    use fleet_trajectory::FrameShape;
+
     use super::*;
 
     const FRAME: FrameShape = FrameShape {
@@ -390,19 +354,19 @@ mod frame_tests {
     };
 
     /// Every intensity 0..=255 appears somewhere, and each step's frame differs.
-    fn frame_at(i: usize) -> Vec<f32> {
-        (0..FRAME.size()).map(|k| ((i * 12 + k) % 256) as f32).collect()
+    fn frame_at(i: usize) -> Vec<u8> {
+        (0..FRAME.size()).map(|k| ((i * 12 + k) % 256) as u8).collect()
     }
 
     #[test]
     fn frames_are_stored_as_u8_and_round_trip_exactly() {
         let (length, period) = (4, 2);
-        let mut w = SequenceWriter::new(length, period, EnvSpec::frames(FRAME, 3), 0, 1, 0);
+        let mut w = SequenceWriter::new(length, period, EnvSpec::frames(FRAME, 3), None, 1, 0);
         let mut finished = Vec::new();
         for i in 0..60 {
             let frame = frame_at(i);
             let record = StepRecord {
-                observation: &frame,
+                observation: ObservationsRef::U8(&frame),
                 action: 0,
                 reward: 0.0,
                 is_first: i == 0,
@@ -420,9 +384,8 @@ mod frame_tests {
             assert_eq!(observations.dims(), vec![length, 2, 3, 2]);
             assert_eq!(observations.data.len(), length * FRAME.size(), "one byte per pixel");
             let bytes = observations.as_u8().unwrap();
-            let expected: Vec<f32> = (k * period..k * period + length).flat_map(frame_at).collect();
-            let back: Vec<f32> = bytes.iter().map(|&b| f32::from(b)).collect();
-            assert_eq!(back, expected, "sequence {k}");
+            let expected: Vec<u8> = (k * period..k * period + length).flat_map(frame_at).collect();
+            assert_eq!(bytes, expected, "sequence {k}");
             for &b in bytes {
                 seen[b as usize] = true;
             }

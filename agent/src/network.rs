@@ -20,7 +20,7 @@ use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
 use crate::EnvSpec;
-use crate::spec::FrameShape;
+use crate::FrameShape;
 use crate::{activation, bias};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -120,18 +120,22 @@ impl NetworkConfig {
         Ok(())
     }
 
-    /// Whether the torso can read `spec`'s observations: a CNN torso needs
-    /// frames, large enough for its convolutions; an MLP reads anything.
+    /// Whether the network can act in `spec`: its policy head is
+    /// categorical (discrete actions), a CNN torso needs frames large enough
+    /// for its convolutions, an MLP reads any observation.
     pub fn check_spec(&self, spec: &EnvSpec) -> std::result::Result<(), String> {
+        if spec.action.num_discrete().is_none() {
+            return Err(format!("the policy head is categorical: it cannot act with {}", spec.action));
+        }
         let torso = self.torso;
         if torso == Torso::Mlp {
             return Ok(());
         }
-        let Some(frame) = spec.frame else {
+        let Some(frame) = spec.frame() else {
             return Err(format!(
                 "network.torso = \"{}\" needs image observations, but the environment's are a flat vector of {} values (use torso = \"mlp\")",
                 torso.name(),
-                spec.observation_size
+                spec.observation_size()
             ));
         };
         if torso == Torso::ShallowCnn && conv_torso_output(torso, frame).is_none() {
@@ -491,11 +495,12 @@ impl ActorCritic {
     /// (see [`NetworkConfig::check_spec`]).
     pub fn new(spec: EnvSpec, config: &NetworkConfig, seed: u64, device: &Device) -> Result<Self> {
         config.check_spec(&spec).map_err(candle_core::Error::msg)?;
+        let num_actions = spec.policy_width();
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
         let mut params = Vec::new();
         let tower = |prefix: &str, rng: &mut rand_chacha::ChaCha8Rng, params: &mut Vec<(String, Var)>| -> Result<(Vec<Dense>, usize)> {
             let mut layers = Vec::new();
-            let mut width = spec.observation_size;
+            let mut width = spec.observation_size();
             for (i, &out) in config.hidden.iter().enumerate() {
                 let (layer, named) = Dense::new(&format!("{prefix}.{i}"), width, out, 1.0, rng, device)?;
                 layers.push(layer);
@@ -504,7 +509,7 @@ impl ActorCritic {
             }
             Ok((layers, width))
         };
-        let (body, torso_width, value_width) = match (config.torso, spec.frame) {
+        let (body, torso_width, value_width) = match (config.torso, spec.frame()) {
             (Torso::Mlp, _) => {
                 let (policy, torso_width) = tower("policy_tower", &mut rng, &mut params)?;
                 let (value, value_width) = match config.core {
@@ -538,7 +543,7 @@ impl ActorCritic {
             }
         };
         // A small policy head starts near-uniform, which keeps early exploration broad.
-        let (policy_head, named) = Dense::new("policy", policy_width, spec.num_actions, 0.01, &mut rng, device)?;
+        let (policy_head, named) = Dense::new("policy", policy_width, num_actions, 0.01, &mut rng, device)?;
         params.extend(named);
         let (value_head, named) = Dense::new("value", value_width, 1, 1.0, &mut rng, device)?;
         params.extend(named);
@@ -672,7 +677,7 @@ impl ActorCritic {
     /// Frames scaled to 0..=1 for an MLP (a CNN's first layer scales its
     /// weight instead); vector observations as they are.
     fn scaled(&self, observations: &Tensor) -> Result<Tensor> {
-        match (&self.body, self.spec.frame) {
+        match (&self.body, self.spec.frame()) {
             (Body::Towers { .. }, Some(_)) => observations.affine(FRAME_SCALE, 0.0),
             _ => Ok(observations.clone()),
         }

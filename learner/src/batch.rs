@@ -1,13 +1,19 @@
 //! Turning sampled sequences into one time-major batch: host arrays shaped
-//! `[L, B, …]` (L steps per sequence), checked for agreement with each other
-//! and with the network. Built off the training thread; [`DeviceBatch`] then
-//! moves it onto the learner's device in one go. Image observations stay u8
-//! up to the device, which turns them into f32 there: the copy is a quarter
-//! of the size.
+//! `[L, B, …]` (L steps per sequence). Built off the training thread;
+//! [`DeviceBatch`] then moves it onto the learner's device in one go. Image
+//! observations stay u8 up to the device, which turns them into f32 there:
+//! the copy is a quarter of the size.
+//!
+//! The replay service validated every item when it arrived and every item
+//! of a table shares its signature, so the only checks here are that the
+//! table's signature is the one the network expects (an actor running
+//! another environment or network would break it) and that the items agree
+//! on their length; the rest are debug assertions.
 
-use candle_core::{DType, Device, Tensor};
-use fleet_agent::EnvSpec;
-use fleet_proto::pb::{self, Dtype};
+use candle_core::{Device, Tensor};
+use fleet_agent::{EnvSpec, observations_tensor};
+use fleet_proto::pb;
+use fleet_trajectory::{ActionSpec, Observations, Signature, StateSpec, is_decision};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BatchError {
@@ -15,76 +21,6 @@ pub enum BatchError {
     Empty,
     #[error("item {index} (key {key}): {message}")]
     Item { index: usize, key: u64, message: String },
-}
-
-/// Observations `[L, B, observation_size]` in the dtype they travel in: u8
-/// for image frames, f32 for vectors.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Observations {
-    F32(Vec<f32>),
-    U8(Vec<u8>),
-}
-
-impl Observations {
-    /// `len` zeros of the dtype `spec` observations travel in.
-    fn zeros(spec: &EnvSpec, len: usize) -> Self {
-        match spec.observation_dtype() {
-            Dtype::U8 => Self::U8(vec![0; len]),
-            _ => Self::F32(vec![0.0; len]),
-        }
-    }
-
-    pub fn len(&self) -> usize {
-        match self {
-            Self::F32(v) => v.len(),
-            Self::U8(v) => v.len(),
-        }
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    pub fn dtype(&self) -> Dtype {
-        match self {
-            Self::F32(_) => Dtype::F32,
-            Self::U8(_) => Dtype::U8,
-        }
-    }
-
-    /// Values `range` as a `rows × width` f32 tensor on `device`; u8 goes
-    /// over as u8 and is converted there.
-    fn to_device(&self, range: std::ops::Range<usize>, rows: usize, width: usize, device: &Device) -> candle_core::Result<Tensor> {
-        match self {
-            Self::F32(v) => Tensor::from_slice(&v[range], (rows, width), device),
-            Self::U8(v) => Tensor::from_slice(&v[range], (rows, width), device)?.to_dtype(DType::F32),
-        }
-    }
-}
-
-/// f32 observations index like the vector they are, which keeps code that
-/// edits f32 batches in place simple.
-///
-/// # Panics
-/// On u8 observations.
-impl<I: std::slice::SliceIndex<[f32]>> std::ops::Index<I> for Observations {
-    type Output = I::Output;
-
-    fn index(&self, index: I) -> &Self::Output {
-        match self {
-            Self::F32(v) => &v[index],
-            Self::U8(_) => panic!("u8 observations are not f32 values; match on Observations::U8"),
-        }
-    }
-}
-
-impl<I: std::slice::SliceIndex<[f32]>> std::ops::IndexMut<I> for Observations {
-    fn index_mut(&mut self, index: I) -> &mut Self::Output {
-        match self {
-            Self::F32(v) => &mut v[index],
-            Self::U8(_) => panic!("u8 observations are not f32 values; match on Observations::U8"),
-        }
-    }
 }
 
 /// A batch on the host, time-major.
@@ -107,30 +43,36 @@ pub struct HostBatch {
     pub is_first: Vec<bool>,
     pub behaviour_logits: Vec<f32>,
     pub behaviour_versions: Vec<u64>,
-    /// `[B, state_width]`: each sequence's stored recurrent state (empty
+    /// The stored state's layout, `None` when the sequences carry none.
+    pub state: Option<StateSpec>,
+    /// `[B, state.width()]`: each sequence's stored recurrent state (empty
     /// when the sequences carry none).
     pub initial_states: Vec<f32>,
-    pub state_width: usize,
 }
 
 impl HostBatch {
-    pub fn from_items(items: &[pb::SampledItem], spec: EnvSpec) -> Result<Self, BatchError> {
+    /// Stacks `items`, which must all have signature `expected`.
+    pub fn from_items(items: &[pb::SampledItem], expected: Signature) -> Result<Self, BatchError> {
         let first = items.first().ok_or(BatchError::Empty)?;
-        let steps = first.sequence.as_ref().map(|s| s.rewards.len()).unwrap_or(0);
-        let state_width = first
-            .sequence
-            .as_ref()
-            .and_then(|s| s.initial_state.as_ref())
-            .map_or(0, |t| t.dims().iter().product());
+        let steps = first.sequence.as_ref().map_or(0, pb::Sequence::num_steps);
+        let spec = expected.env;
+        let ActionSpec::Discrete { num_actions: a } = spec.action else {
+            return Err(BatchError::Item {
+                index: 0,
+                key: first.key,
+                message: format!("the network has no policy head for {}", spec.action),
+            });
+        };
         let b = items.len();
-        let (o, a) = (spec.observation_size, spec.num_actions);
+        let o = spec.observation_size();
+        let width = expected.state.map_or(0, |s| s.width());
         let mut batch = HostBatch {
             steps,
             batch_size: b,
             spec,
             keys: Vec::with_capacity(b),
             importance_weights: Vec::with_capacity(b),
-            observations: Observations::zeros(&spec, steps * b * o),
+            observations: Observations::zeros(&spec.observation, steps * b * o),
             actions: vec![0; steps * b],
             rewards: vec![0.0; steps * b],
             terminated: vec![false; steps * b],
@@ -138,8 +80,8 @@ impl HostBatch {
             is_first: vec![false; steps * b],
             behaviour_logits: vec![0.0; steps * b * a],
             behaviour_versions: vec![0; steps * b],
-            initial_states: Vec::with_capacity(b * state_width),
-            state_width,
+            state: expected.state,
+            initial_states: Vec::with_capacity(b * width),
         };
         for (j, item) in items.iter().enumerate() {
             let fail = |message: String| BatchError::Item {
@@ -148,85 +90,47 @@ impl HostBatch {
                 message,
             };
             let seq = item.sequence.as_ref().ok_or_else(|| fail("no sequence".into()))?;
-            if seq.rewards.len() != steps {
-                return Err(fail(format!("{} steps, the batch has {steps}", seq.rewards.len())));
-            }
-            let obs = seq.observations.as_ref().ok_or_else(|| fail("no observations".into()))?;
-            let expected = spec.observation_dtype();
-            let found = obs.checked_dtype().map_err(|e| fail(e.to_string()))?;
+            let (found_steps, found) = fleet_proto::signature(seq).map_err(|e| fail(e.to_string()))?;
             if found != expected {
-                let name = |dtype| match dtype {
-                    Dtype::U8 => "u8",
-                    Dtype::F32 => "f32",
-                    Dtype::I64 => "i64",
-                    Dtype::Unspecified => "unspecified",
-                };
-                let kind = if spec.frame.is_some() {
-                    "image frames, sent as"
-                } else {
-                    "vectors, sent as"
-                };
-                return Err(fail(format!(
-                    "observations are {}, but the environment's are {kind} {}",
-                    name(found),
-                    name(expected)
-                )));
+                return Err(fail(format!("the table holds {found}; the learner's network expects {expected}")));
             }
-            let values = obs.num_elements().map_err(|e| fail(e.to_string()))?;
-            if values != steps * o {
-                return Err(fail(format!("observations hold {values} values, expected {steps}×{o}")));
+            if found_steps != steps {
+                return Err(fail(format!("{found_steps} steps, the batch's first item has {steps}")));
             }
+            let missing = || fail("a tensor is missing".into());
+            let observations = seq.observations.as_ref().ok_or_else(missing)?;
             match &mut batch.observations {
                 Observations::F32(dst) => {
-                    scatter_steps(dst, &obs.to_f32().map_err(|e| fail(e.to_string()))?, steps, b, j, o);
+                    scatter_steps(dst, &observations.to_f32().map_err(|e| fail(e.to_string()))?, steps, b, j, o);
                 }
-                Observations::U8(dst) => scatter_steps(dst, obs.as_u8().map_err(|e| fail(e.to_string()))?, steps, b, j, o),
+                Observations::U8(dst) => scatter_steps(dst, observations.as_u8().map_err(|e| fail(e.to_string()))?, steps, b, j, o),
             }
             let actions = seq
                 .actions
                 .as_ref()
-                .ok_or_else(|| fail("no actions".into()))?
+                .ok_or_else(missing)?
                 .to_i64()
                 .map_err(|e| fail(e.to_string()))?;
             let logits = seq
                 .behaviour_logits
                 .as_ref()
-                .ok_or_else(|| fail("no behaviour logits".into()))?
+                .ok_or_else(missing)?
                 .to_f32()
                 .map_err(|e| fail(e.to_string()))?;
-            if logits.len() != steps * a || actions.len() != steps {
-                return Err(fail(format!("actions/logits do not match {steps} steps of {a} actions")));
+            scatter_steps(&mut batch.behaviour_logits, &logits, steps, b, j, a);
+            if let Some(state) = &seq.initial_state {
+                batch
+                    .initial_states
+                    .extend_from_slice(&state.to_f32().map_err(|e| fail(format!("initial_state: {e}")))?);
             }
-            if seq.terminated.len() != steps
-                || seq.truncated.len() != steps
-                || seq.is_first.len() != steps
-                || seq.behaviour_versions.len() != steps
-            {
-                return Err(fail("per-step flags do not match the step count".into()));
-            }
-            let state = match &seq.initial_state {
-                Some(state) => state.to_f32().map_err(|e| fail(format!("initial_state: {e}")))?,
-                None => Vec::new(),
-            };
-            if state.len() != state_width {
-                return Err(fail(format!(
-                    "stored state of {} values, the batch's first item has {state_width}",
-                    state.len()
-                )));
-            }
-            batch.initial_states.extend_from_slice(&state);
             batch.keys.push(item.key);
             batch
                 .importance_weights
                 .push(if item.weight > 0.0 { item.weight as f32 } else { 1.0 });
             for t in 0..steps {
                 let at = t * b + j;
-                batch.behaviour_logits[at * a..(at + 1) * a].copy_from_slice(&logits[t * a..(t + 1) * a]);
-                let action = actions[t];
-                if action < 0 || action as usize >= a {
-                    return Err(fail(format!("action {action} at step {t} is outside 0..{a}")));
-                }
-                batch.actions[at] = action as u32;
+                debug_assert!((0..a as i64).contains(&actions[t]), "replay validated the actions");
+                batch.actions[at] = actions[t] as u32;
                 batch.rewards[at] = seq.rewards[t];
                 batch.terminated[at] = seq.terminated[t];
                 batch.truncated[at] = seq.truncated[t];
@@ -234,6 +138,7 @@ impl HostBatch {
                 batch.behaviour_versions[at] = seq.behaviour_versions[t];
             }
         }
+        debug_assert_eq!(batch.initial_states.len(), b * width);
         if steps < 2 {
             return Err(BatchError::Item {
                 index: 0,
@@ -254,14 +159,12 @@ impl HostBatch {
         let n = steps * batch_size;
         let terminated: Vec<bool> = (0..n).map(|_| rng.random_bool(0.03)).collect();
         let truncated: Vec<bool> = terminated.iter().map(|&t| !t && rng.random_bool(0.01)).collect();
-        let observations = match spec.observation_dtype() {
-            Dtype::U8 => {
-                let mut pixels = vec![0u8; n * spec.observation_size];
-                rng.fill(pixels.as_mut_slice());
-                Observations::U8(pixels)
-            }
-            _ => Observations::F32((0..n * spec.observation_size).map(|_| rng.random_range(-1.0..1.0)).collect()),
-        };
+        let mut observations = Observations::zeros(&spec.observation, n * spec.observation_size());
+        match &mut observations {
+            Observations::U8(pixels) => rng.fill(pixels.as_mut_slice()),
+            Observations::F32(values) => values.iter_mut().for_each(|v| *v = rng.random_range(-1.0..1.0)),
+        }
+        let num_actions = spec.policy_width();
         HostBatch {
             steps,
             batch_size,
@@ -269,17 +172,17 @@ impl HostBatch {
             keys: (0..batch_size as u64).collect(),
             importance_weights: vec![1.0; batch_size],
             observations,
-            actions: (0..n).map(|_| rng.random_range(0..spec.num_actions as u32)).collect(),
+            actions: (0..n).map(|_| rng.random_range(0..num_actions as u32)).collect(),
             rewards: (0..n).map(|i| if terminated[i] || truncated[i] { 0.0 } else { 1.0 }).collect(),
             is_first: (0..n)
                 .map(|i| i < batch_size || terminated[i - batch_size] || truncated[i - batch_size])
                 .collect(),
             terminated,
             truncated,
-            behaviour_logits: (0..n * spec.num_actions).map(|_| rng.random_range(-0.5..0.5)).collect(),
+            behaviour_logits: (0..n * num_actions).map(|_| rng.random_range(-0.5..0.5)).collect(),
             behaviour_versions: vec![1; n],
+            state: None,
             initial_states: Vec::new(),
-            state_width: 0,
         }
     }
 
@@ -287,7 +190,7 @@ impl HostBatch {
     /// learning steps (those after `burn_in`).
     pub fn learning_frames(&self, burn_in: usize) -> u64 {
         let (from, to) = (burn_in * self.batch_size, (self.steps - 1) * self.batch_size);
-        (from..to).filter(|&i| !(self.terminated[i] || self.truncated[i])).count() as u64
+        (from..to).filter(|&i| is_decision(self.terminated[i], self.truncated[i])).count() as u64
     }
 }
 
@@ -310,7 +213,7 @@ pub struct DeviceBatch {
     pub burn_in_observations: Tensor,
     pub burn_in_is_first: Tensor,
     pub burn_in: usize,
-    /// `[B, state_width]`, when the sequences carry a stored state.
+    /// `[B, state.width()]`, when the sequences carry a stored state.
     pub initial_states: Option<Tensor>,
     /// `[L·B, obs]`
     pub observations: Tensor,
@@ -346,30 +249,31 @@ impl DeviceBatch {
         let l = batch.steps - burn_in;
         let t = l - 1;
         let learning = t * b;
-        let o = batch.spec.observation_size;
+        let o = batch.spec.observation_size();
         // Indices below are relative to the first step after the burn-in.
-        let is_last = |i: usize| batch.terminated[skip + i] || batch.truncated[skip + i];
+        let decision = |i: usize| is_decision(batch.terminated[skip + i], batch.truncated[skip + i]);
         let flags = |range: std::ops::Range<usize>| -> Vec<f32> { batch.is_first[range].iter().map(|&f| f32::from(u8::from(f))).collect() };
-        let mask: Vec<f32> = (0..learning).map(|i| if is_last(i) { 0.0 } else { 1.0 }).collect();
+        let mask: Vec<f32> = (0..learning).map(|i| if decision(i) { 1.0 } else { 0.0 }).collect();
         let discounts: Vec<f32> = (0..learning)
             .map(|i| {
-                if is_last(i) || batch.terminated[skip + i + b] {
-                    0.0
-                } else {
+                if decision(i) && !batch.terminated[skip + i + b] {
                     discount as f32
+                } else {
+                    0.0
                 }
             })
             .collect();
-        let a = batch.spec.num_actions;
+        let a = batch.spec.policy_width();
         let learning_range = skip..skip + learning;
         Ok(Self {
-            burn_in_observations: batch.observations.to_device(0..skip * o, skip, o, device)?,
+            burn_in_observations: observations_tensor(batch.observations.slice(0..skip * o), skip, o, device)?,
             burn_in_is_first: Tensor::from_vec(flags(0..skip), skip, device)?,
             burn_in,
-            initial_states: (batch.state_width > 0)
-                .then(|| Tensor::from_slice(&batch.initial_states, (b, batch.state_width), device))
+            initial_states: batch
+                .state
+                .map(|state| Tensor::from_slice(&batch.initial_states, (b, state.width()), device))
                 .transpose()?,
-            observations: batch.observations.to_device(skip * o..batch.observations.len(), l * b, o, device)?,
+            observations: observations_tensor(batch.observations.slice(skip * o..batch.observations.len()), l * b, o, device)?,
             is_first: Tensor::from_vec(flags(skip..skip + l * b), l * b, device)?,
             actions: Tensor::from_slice(&batch.actions[learning_range.clone()], (t, b), device)?,
             rewards: Tensor::from_slice(&batch.rewards[learning_range], (t, b), device)?,
@@ -385,7 +289,7 @@ impl DeviceBatch {
 
 #[cfg(test)]
 mod tests {
-    use fleet_agent::FrameShape;
+    use fleet_trajectory::{Dtype, FrameShape};
 
     use super::*;
 
@@ -399,7 +303,7 @@ mod tests {
     /// Sequence `j` of a batch: its i-th pixel (over all steps) is
     /// `(7·j + 11·i) % 256`, which reaches both 0 and 255.
     fn item(j: usize, spec: &EnvSpec, as_u8: bool) -> pb::SampledItem {
-        let o = spec.observation_size;
+        let o = spec.observation_size();
         let pixels: Vec<u8> = (0..STEPS * o).map(|i| ((7 * j + 11 * i) % 256) as u8).collect();
         let observations = if as_u8 {
             pb::Tensor::from_u8(&[STEPS, FRAME.channels, FRAME.height, FRAME.width], pixels)
@@ -424,11 +328,15 @@ mod tests {
         }
     }
 
+    fn signature(env: EnvSpec) -> Signature {
+        Signature { env, state: None }
+    }
+
     #[test]
     fn u8_frames_stay_u8_in_the_host_batch_and_land_time_major() {
         let spec = EnvSpec::frames(FRAME, 2);
         let items: Vec<pb::SampledItem> = (0..3).map(|j| item(j, &spec, true)).collect();
-        let batch = HostBatch::from_items(&items, spec).unwrap();
+        let batch = HostBatch::from_items(&items, signature(spec)).unwrap();
         let Observations::U8(pixels) = &batch.observations else {
             panic!("frames became {:?}", batch.observations.dtype());
         };
@@ -443,28 +351,44 @@ mod tests {
     }
 
     #[test]
-    fn observations_of_the_wrong_dtype_are_refused() {
+    fn items_of_another_signature_are_refused() {
         let frames = EnvSpec::frames(FRAME, 2);
         let items = [item(0, &frames, true), item(1, &frames, false)];
-        let err = HostBatch::from_items(&items, frames).unwrap_err().to_string();
-        assert!(err.contains("item 1") && err.contains("f32") && err.contains("u8"), "{err}");
+        let err = HostBatch::from_items(&items, signature(frames)).unwrap_err().to_string();
+        assert!(
+            err.starts_with("item 1 (key 1): the table holds f32 observations [24]") && err.contains("expects u8 observations [2, 3, 4]"),
+            "{err}"
+        );
         let vectors = EnvSpec::vector(FRAME.size(), 2);
-        let err = HostBatch::from_items(&[item(0, &frames, true)], vectors).unwrap_err().to_string();
-        assert!(err.contains("observations are u8") && err.contains("vectors"), "{err}");
-        assert!(HostBatch::from_items(&[item(0, &frames, false)], vectors).is_ok());
+        let err = HostBatch::from_items(&[item(0, &frames, true)], signature(vectors))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("the table holds u8 observations"), "{err}");
+        assert!(HostBatch::from_items(&[item(0, &frames, false)], signature(vectors)).is_ok());
+        let recurrent = Signature {
+            env: vectors,
+            state: Some(StateSpec::Lstm { hidden: 4 }),
+        };
+        let err = HostBatch::from_items(&[item(0, &frames, false)], recurrent)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.ends_with("expects f32 observations [24], 2 discrete actions, an LSTM state of 4 units"),
+            "{err}"
+        );
     }
 
     #[test]
     fn the_device_batch_turns_u8_into_exactly_the_same_f32() {
         let spec = EnvSpec::frames(FRAME, 2);
         let items: Vec<pb::SampledItem> = (0..4).map(|j| item(j, &spec, true)).collect();
-        let batch = HostBatch::from_items(&items, spec).unwrap();
+        let batch = HostBatch::from_items(&items, signature(spec)).unwrap();
         let Observations::U8(pixels) = &batch.observations else {
             unreachable!()
         };
         let burn_in = 1;
         let device = DeviceBatch::new(&batch, 0.99, burn_in, &Device::Cpu).unwrap();
-        assert_eq!(device.observations.dtype(), DType::F32);
+        assert_eq!(device.observations.dtype(), candle_core::DType::F32);
         assert_eq!(device.observations.dims(), &[(STEPS - burn_in) * 4, FRAME.size()]);
         assert_eq!(device.burn_in_observations.dims(), &[burn_in * 4, FRAME.size()]);
         let on_device: Vec<f32> = [&device.burn_in_observations, &device.observations]
@@ -491,6 +415,6 @@ mod tests {
         assert!(max > 200.0 && max <= 255.0, "{max}");
         let vectors = HostBatch::synthetic(EnvSpec::vector(4, 2), 3, 2, 0);
         assert_eq!(vectors.observations.dtype(), Dtype::F32);
-        assert!(vectors.observations[..].iter().all(|v| (-1.0..1.0).contains(v)));
+        assert!(vectors.observations.as_ref().f32().iter().all(|v| (-1.0..1.0).contains(v)));
     }
 }

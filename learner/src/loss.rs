@@ -41,21 +41,8 @@ pub struct LossOutput {
 /// steps and cut off from the graph, so the burn-in gets no gradient.
 pub fn learning_start_state(network: &ActorCritic, batch: &DeviceBatch, stored: bool) -> Result<RecurrentState> {
     let b = batch.batch_size;
-    let size = network.state_size();
-    let start = match &batch.initial_states {
-        Some(states) if stored && network.is_recurrent() => {
-            if states.dim(1)? != 2 * size {
-                candle_core::bail!(
-                    "stored states hold {} values; the network's core needs {}",
-                    states.dim(1)?,
-                    2 * size
-                );
-            }
-            RecurrentState {
-                h: states.narrow(1, 0, size)?,
-                c: states.narrow(1, size, size)?,
-            }
-        }
+    let start = match (&batch.initial_states, network.state_spec()) {
+        (Some(states), Some(spec)) if stored => RecurrentState::from_flat(states, spec)?,
         _ => network.initial_state(b)?,
     };
     if batch.burn_in == 0 || !network.is_recurrent() {
@@ -234,7 +221,7 @@ mod tests {
         batch.is_first = vec![false; 40];
         batch.terminated = vec![false; 40];
         batch.truncated = vec![false; 40];
-        batch.state_width = 2 * STATE;
+        batch.state = Some(fleet_trajectory::StateSpec::Lstm { hidden: STATE });
         batch.initial_states = (0..4 * 2 * STATE).map(|i| ((i % 7) as f32 - 3.0) * 0.2).collect();
         batch
     }
@@ -277,7 +264,7 @@ mod tests {
         // (a zero-step burn-in from the warmed state as the stored one).
         let mut from_warmed = DeviceBatch::new(&host, 0.99, 4, &Device::Cpu).unwrap();
         from_warmed.burn_in = 0;
-        from_warmed.initial_states = Some(Tensor::cat(&[&constant.h, &constant.c], 1).unwrap());
+        from_warmed.initial_states = Some(constant.to_flat().unwrap());
         let direct = impala_loss(&net, &from_warmed, &VTraceParams::default(), weights(), true).unwrap();
         assert!((direct.total.to_scalar::<f32>().unwrap() - loss.total.to_scalar::<f32>().unwrap()).abs() < 1e-6);
         let direct = direct.total.backward().unwrap();
@@ -292,7 +279,7 @@ mod tests {
 
         // And the burn-in matters: other burn-in observations, another start.
         let mut other = host.clone();
-        for v in &mut other.observations[..4 * 4 * 4] {
+        for v in other.observations.slice_mut(0..4 * 4 * 4).f32() {
             *v = -*v;
         }
         let other = learning_start_state(&net, &DeviceBatch::new(&other, 0.99, 4, &Device::Cpu).unwrap(), true).unwrap();

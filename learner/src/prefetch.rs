@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use fleet_proto::connect::{connect_or_stop, sleep_or_cancel};
 use fleet_proto::pb::{self, replay_client::ReplayClient};
+use fleet_trajectory::Signature;
 use futures::StreamExt;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -90,6 +91,10 @@ async fn join_parts(
     shutdown: &CancellationToken,
 ) {
     let importance = metrics::histogram!(m::IMPORTANCE_WEIGHTS);
+    let signature = Signature {
+        env: settings.spec,
+        state: settings.network.state_spec(),
+    };
     loop {
         let mut items = Vec::with_capacity(settings.learner.batch_size);
         let mut replay_from = None;
@@ -109,7 +114,7 @@ async fn join_parts(
                 .increment(part_items.len() as u64);
             items.extend(part_items);
         }
-        match HostBatch::from_items(&items, settings.spec) {
+        match HostBatch::from_items(&items, signature) {
             Ok(batch) => {
                 let replay_from = replay_from.unwrap_or(batch.batch_size);
                 if batch_tx.send(Prefetched { batch, replay_from }).await.is_err() {

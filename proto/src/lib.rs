@@ -1,12 +1,16 @@
 //! fleet's wire protocol: the generated `fleet.v1` messages and services (in
 //! [`pb`]), plus the small conversions every side needs — typed slices to and
 //! from [`pb::Tensor`], and cutting weight blobs into bounded chunks and
-//! joining them again. No validation of whole messages lives here; each
+//! joining them again, and the trajectory contract's types on the wire
+//! ([`trajectory`]). No validation of whole messages lives here; each
 //! service validates what it receives.
+
+#![forbid(unsafe_code)]
 
 pub mod connect;
 pub mod sequence;
 pub mod tensor;
+pub mod trajectory;
 pub mod weights;
 
 /// Generated code for package `fleet.v1`.
@@ -15,6 +19,7 @@ pub mod pb {
 }
 
 pub use tensor::TensorError;
+pub use trajectory::{SignatureError, signature};
 pub use weights::{MAX_CHUNK_BYTES, WeightsAssembler, WeightsError, chunk_weights};
 
 /// Default bound on one gRPC message, both directions (4 MiB, tonic's default).

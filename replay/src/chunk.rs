@@ -100,10 +100,7 @@ impl ChunkStore {
         sequence.actor_id = 0;
         compact(&mut sequence);
         let steps = sequence.num_steps();
-        let step_signature = Signature {
-            initial_state_shape: None,
-            ..signature.clone()
-        };
+        let step_signature = Signature { state: None, ..signature };
         let chunk = self.store(sequence, step_signature, compression)?;
         let mut segments = overlap.map(|(previous, n)| previous.tail(n)).unwrap_or_default();
         segments.push(Segment { chunk, range: 0..steps });
@@ -319,8 +316,7 @@ pub struct ItemSteps {
 }
 
 impl ItemSteps {
-    fn new(segments: Vec<Segment>, initial_state: Option<pb::Tensor>, actor_id: u64, mut signature: Signature) -> Self {
-        signature.initial_state_shape = initial_state.as_ref().map(pb::Tensor::dims);
+    fn new(segments: Vec<Segment>, initial_state: Option<pb::Tensor>, actor_id: u64, signature: Signature) -> Self {
         let len = segments.iter().map(|s| s.range.len()).sum();
         Self {
             segments,
@@ -337,7 +333,7 @@ impl ItemSteps {
         let Some(first) = segments.first() else {
             return Err(ValidationError::Overlap("an item without steps".to_owned()));
         };
-        let signature = first.chunk.signature.clone();
+        let mut signature = first.chunk.signature;
         for segment in &segments {
             if segment.range.is_empty() || segment.range.end > segment.chunk.steps {
                 return Err(ValidationError::Overlap(format!(
@@ -353,6 +349,10 @@ impl ItemSteps {
             }
         }
         if let Some(state) = &mut initial_state {
+            signature.state = Some(
+                fleet_trajectory::StateSpec::from_shape(&state.dims())
+                    .ok_or_else(|| ValidationError::Overlap(format!("a stored state of shape {:?}; expected [2, hidden]", state.shape)))?,
+            );
             crate::validate::check_initial_state(state)?;
             state.compact();
         }

@@ -301,7 +301,7 @@ impl Table {
             Some(expected) if expected != signature => Err(Error::SignatureMismatch {
                 table: self.config.name.clone(),
                 expected: Box::new(expected.clone()),
-                found: Box::new(signature.clone()),
+                found: Box::new(*signature),
             }),
             _ => Ok(()),
         }
@@ -364,7 +364,7 @@ impl Table {
                     }
                     state.evictions += evicted;
                     if state.signature.is_none() {
-                        state.signature = Some(steps.signature().clone());
+                        state.signature = Some(*steps.signature());
                     }
                     let priority = if priority > 0.0 {
                         state.max_priority_seen = state.max_priority_seen.max(priority);
@@ -583,7 +583,7 @@ impl Table {
                 {
                     return Err(bad(format!("item {key} holds {signature}, other items {expected}")));
                 }
-                state.signature.get_or_insert_with(|| signature.clone());
+                state.signature.get_or_insert(*signature);
                 if key <= previous || key >= header.next_key {
                     return Err(bad(format!("item key {key} out of order (next key {})", header.next_key)));
                 }

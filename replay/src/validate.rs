@@ -1,67 +1,31 @@
-//! Checks one incoming [`pb::Sequence`] before anything of it is stored:
-//! shapes, dtypes and byte counts agree with the step count `T`, every float
-//! the learner will compute with is finite, actions index a logit. The result
-//! is the sequence's [`Signature`], which a table compares with the one its
-//! first item fixed.
+//! Checks one incoming [`pb::Sequence`] before anything of it is stored,
+//! the one place a sequence is validated: its tensors describe an item of
+//! the trajectory contract (its [`Signature`], which a table compares with
+//! the one its first item fixed), byte counts and per-step lengths agree
+//! with the step count `T`, every float the learner will compute with is
+//! finite, and discrete actions index a logit. Downstream code (the
+//! learner's batches) trusts what passed here.
 //!
 //! This is a pure function of the message. It does not check the meaning of
 //! step flags across steps (episode boundaries are the learner's business);
 //! `terminated` and `truncated` may both be set.
 
-use std::fmt;
-
-use fleet_proto::TensorError;
-use fleet_proto::pb::{self, Dtype};
-
-/// What every item of one table must agree on, so that the learner can stack
-/// items into one batch.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Signature {
-    /// Observation shape after the time dimension.
-    pub observation_shape: Vec<usize>,
-    /// F32 or U8.
-    pub observation_dtype: Dtype,
-    /// Width of the behaviour logits: the size of the discrete action space.
-    pub num_actions: usize,
-    /// Shape of the stored recurrent state, or `None` for feed-forward agents.
-    pub initial_state_shape: Option<Vec<usize>>,
-}
-
-impl fmt::Display for Signature {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "observations {:?} {}, {} actions, ",
-            self.observation_shape,
-            dtype_name(self.observation_dtype),
-            self.num_actions
-        )?;
-        match &self.initial_state_shape {
-            Some(shape) => write!(f, "initial state {shape:?}"),
-            None => write!(f, "no initial state"),
-        }
-    }
-}
+use fleet_proto::pb;
+use fleet_proto::{SignatureError, TensorError};
+pub use fleet_trajectory::Signature;
+use fleet_trajectory::{ActionSpec, Dtype};
 
 /// Why a sequence was rejected. Every message names the field at fault.
 #[derive(Debug, PartialEq, thiserror::Error)]
 pub enum ValidationError {
     #[error("{0} is missing")]
     Missing(&'static str),
+    #[error("{0}")]
+    Shape(#[from] SignatureError),
     #[error("{field}: {source}")]
     Tensor { field: &'static str, source: TensorError },
-    #[error("observations has dtype {}; expected f32 or u8", dtype_name(*.0))]
-    ObservationDtype(Dtype),
-    #[error("observations has shape [] (no time dimension)")]
-    NoTimeDimension,
     #[error("sequence has {0} steps; at least {1} are needed (a whole item needs steps to learn from plus a bootstrap step)")]
     TooShort(usize, usize),
-    #[error("{field} has shape {found:?}; expected {expected}")]
-    Shape {
-        field: &'static str,
-        found: Vec<u64>,
-        expected: String,
-    },
     #[error("{field} has {found} entries but observations have {steps} steps")]
     Length { field: &'static str, found: usize, steps: usize },
     #[error("{field}{location} is {value}")]
@@ -83,24 +47,18 @@ pub fn validate_sequence(sequence: &pb::Sequence) -> Result<Signature, Validatio
 /// `min_steps` steps: the new steps that continue an item whose first steps
 /// the service already holds.
 pub fn validate_steps(sequence: &pb::Sequence, min_steps: usize) -> Result<Signature, ValidationError> {
-    // Observations define T.
-    let observations = sequence.observations.as_ref().ok_or(ValidationError::Missing("observations"))?;
-    let observation_dtype = observations.checked_dtype().map_err(|source| ValidationError::Tensor {
-        field: "observations",
-        source,
-    })?;
-    if !matches!(observation_dtype, Dtype::F32 | Dtype::U8) {
-        return Err(ValidationError::ObservationDtype(observation_dtype));
-    }
-    observations.check_bytes().map_err(|source| ValidationError::Tensor {
-        field: "observations",
-        source,
-    })?;
-    let dims = observations.dims();
-    let (&steps, observation_shape) = dims.split_first().ok_or(ValidationError::NoTimeDimension)?;
+    let (steps, signature) = fleet_proto::signature(sequence)?;
     if steps < min_steps {
         return Err(ValidationError::TooShort(steps, min_steps));
     }
+    let present = |field: &'static str, t: &Option<pb::Tensor>| -> Result<pb::Tensor, ValidationError> {
+        let t = t.clone().ok_or(SignatureError::Missing(field))?;
+        t.check_bytes().map_err(|source| ValidationError::Tensor { field, source })?;
+        Ok(t)
+    };
+    let observations = present("observations", &sequence.observations)?;
+    let actions = present("actions", &sequence.actions)?;
+    let logits = present("behaviour_logits", &sequence.behaviour_logits)?;
 
     // Per-step scalars.
     let lengths = [
@@ -116,75 +74,45 @@ pub fn validate_steps(sequence: &pb::Sequence, min_steps: usize) -> Result<Signa
         }
     }
 
-    // Behaviour logits: [T, A], A >= 1.
-    let logits = sequence
-        .behaviour_logits
-        .as_ref()
-        .ok_or(ValidationError::Missing("behaviour_logits"))?;
-    let logit_values = logits.to_f32().map_err(|source| ValidationError::Tensor {
-        field: "behaviour_logits",
-        source,
-    })?;
-    let num_actions = match logits.shape.as_slice() {
-        &[t, a] if t == steps as u64 && a >= 1 => a as usize,
-        found => {
-            return Err(ValidationError::Shape {
-                field: "behaviour_logits",
-                found: found.to_vec(),
-                expected: format!("[{steps}, num_actions >= 1]"),
-            });
+    // Actions: discrete ones index a logit (padding at last steps included,
+    // so the learner can gather without special cases); continuous ones are
+    // finite.
+    let f32_values = |field: &'static str, t: &pb::Tensor| t.to_f32().map_err(|source| ValidationError::Tensor { field, source });
+    match signature.env.action {
+        ActionSpec::Discrete { num_actions } => {
+            let values = actions
+                .to_i64()
+                .map_err(|source| ValidationError::Tensor { field: "actions", source })?;
+            if let Some((step, &value)) = values.iter().enumerate().find(|&(_, &a)| a < 0 || a >= num_actions as i64) {
+                return Err(ValidationError::ActionOutOfRange { step, value, num_actions });
+            }
         }
-    };
-
-    // Actions: [T] i64, each a valid index into the logits (padding at last
-    // steps included, so the learner can gather without special cases).
-    let actions = sequence.actions.as_ref().ok_or(ValidationError::Missing("actions"))?;
-    let action_values = actions
-        .to_i64()
-        .map_err(|source| ValidationError::Tensor { field: "actions", source })?;
-    if actions.shape != [steps as u64] {
-        return Err(ValidationError::Shape {
-            field: "actions",
-            found: actions.shape.clone(),
-            expected: format!("[{steps}]"),
-        });
-    }
-    if let Some((step, &value)) = action_values.iter().enumerate().find(|&(_, &a)| a < 0 || a >= num_actions as i64) {
-        return Err(ValidationError::ActionOutOfRange { step, value, num_actions });
+        ActionSpec::Continuous { dims } => check_finite_steps("actions", &f32_values("actions", &actions)?, dims)?,
     }
 
     // Finiteness of everything the learner computes with.
     check_finite_steps("rewards", &sequence.rewards, 1)?;
-    check_finite_steps("behaviour_logits", &logit_values, num_actions)?;
-    if observation_dtype == Dtype::F32 {
-        let values = observations.to_f32().map_err(|source| ValidationError::Tensor {
-            field: "observations",
-            source,
-        })?;
-        check_finite_steps("observations", &values, observation_shape.iter().product())?;
+    check_finite_steps(
+        "behaviour_logits",
+        &f32_values("behaviour_logits", &logits)?,
+        signature.env.policy_width(),
+    )?;
+    if signature.env.observation_dtype() == Dtype::F32 {
+        let values = f32_values("observations", &observations)?;
+        check_finite_steps("observations", &values, signature.env.observation_size())?;
     }
-
-    let initial_state_shape = match &sequence.initial_state {
-        None => None,
-        Some(state) => {
-            check_initial_state(state)?;
-            Some(state.dims())
-        }
-    };
+    if let Some(state) = &sequence.initial_state {
+        check_initial_state(state)?;
+    }
 
     if !(sequence.priority.is_finite() && sequence.priority >= 0.0) {
         return Err(ValidationError::Priority(sequence.priority));
     }
-
-    Ok(Signature {
-        observation_shape: observation_shape.to_vec(),
-        observation_dtype,
-        num_actions,
-        initial_state_shape,
-    })
+    Ok(signature)
 }
 
-/// Checks a stored recurrent state: f32 of the right byte count, all finite.
+/// Checks a stored recurrent state's bytes and values: f32 of the right
+/// byte count, all finite (its shape is part of the signature).
 pub fn check_initial_state(state: &pb::Tensor) -> Result<(), ValidationError> {
     let values = state.to_f32().map_err(|source| ValidationError::Tensor {
         field: "initial_state",
@@ -217,15 +145,6 @@ fn check_finite_steps(field: &'static str, values: &[f32], per_step: usize) -> R
 
 fn first_non_finite(values: &[f32]) -> Option<(usize, f32)> {
     values.iter().copied().enumerate().find(|(_, v)| !v.is_finite())
-}
-
-fn dtype_name(dtype: Dtype) -> &'static str {
-    match dtype {
-        Dtype::Unspecified => "unspecified",
-        Dtype::F32 => "f32",
-        Dtype::U8 => "u8",
-        Dtype::I64 => "i64",
-    }
 }
 
 /// Valid sequences for tests in this crate.
@@ -275,26 +194,33 @@ mod tests {
         assert_eq!(
             signature,
             Signature {
-                observation_shape: vec![4],
-                observation_dtype: Dtype::F32,
-                num_actions: 2,
-                initial_state_shape: None
+                env: fleet_trajectory::EnvSpec::vector(4, 2),
+                state: None
             }
         );
-        assert_eq!(signature.to_string(), "observations [4] f32, 2 actions, no initial state");
+        assert_eq!(signature.to_string(), "f32 observations [4], 2 discrete actions, no stored state");
     }
 
     #[test]
-    fn u8_observations_and_initial_state_are_accepted() {
+    fn u8_frames_and_initial_state_are_accepted() {
         let mut sequence = cartpole_sequence(3, 0);
-        sequence.observations = Some(pb::Tensor::from_u8(&[3, 2, 2], vec![7; 12]));
+        sequence.observations = Some(pb::Tensor::from_u8(&[3, 1, 2, 2], vec![7; 12]));
         sequence.initial_state = Some(pb::Tensor::from_f32(&[2, 8], &[0.5; 16]));
         sequence.terminated[2] = true;
         sequence.truncated[2] = true;
         let signature = validate_sequence(&sequence).unwrap();
-        assert_eq!(signature.observation_shape, vec![2, 2]);
-        assert_eq!(signature.observation_dtype, Dtype::U8);
-        assert_eq!(signature.initial_state_shape, Some(vec![2, 8]));
+        assert_eq!(signature.env.observation.shape(), vec![1, 2, 2]);
+        assert_eq!(signature.env.observation_dtype(), Dtype::U8);
+        assert_eq!(signature.state, Some(fleet_trajectory::StateSpec::Lstm { hidden: 8 }));
+    }
+
+    #[test]
+    fn continuous_actions_must_be_finite() {
+        let mut sequence = cartpole_sequence(3, 0);
+        sequence.actions = Some(pb::Tensor::from_f32(&[3, 1], &[0.5, -0.25, 1.0]));
+        assert!(validate_sequence(&sequence).is_ok());
+        sequence.actions = Some(pb::Tensor::from_f32(&[3, 1], &[0.5, f32::NAN, 1.0]));
+        assert_eq!(validate_sequence(&sequence).unwrap_err().to_string(), "actions[1] is NaN");
     }
 
     #[test]
@@ -309,7 +235,7 @@ mod tests {
         let message = validate_sequence(&cartpole_sequence(1, 0)).unwrap_err().to_string();
         assert!(message.contains("1 steps; at least 2"), "{message}");
         let message = rejected(|s| s.observations = Some(pb::Tensor::from_f32(&[], &[1.0])));
-        assert!(message.contains("no time dimension"), "{message}");
+        assert!(message.contains("expected f32 [steps, size]"), "{message}");
     }
 
     #[test]
@@ -338,7 +264,7 @@ mod tests {
             .starts_with("behaviour_versions has 4")
         );
         let message = rejected(|s| s.actions = Some(pb::Tensor::from_i64(&[4], &[0; 4])));
-        assert_eq!(message, "actions has shape [4]; expected [5]");
+        assert!(message.starts_with("actions are i64 of shape [4]; expected i64 [5]"), "{message}");
         let message = rejected(|s| s.behaviour_logits = Some(pb::Tensor::from_f32(&[4, 2], &[0.0; 8])));
         assert!(message.starts_with("behaviour_logits has shape [4, 2]"), "{message}");
         let message = rejected(|s| s.behaviour_logits = Some(pb::Tensor::from_f32(&[5, 0], &[])));
@@ -366,7 +292,7 @@ mod tests {
         });
         assert!(message.starts_with("behaviour_logits: "), "{message}");
         let message = rejected(|s| {
-            let mut state = pb::Tensor::from_f32(&[4], &[0.0; 4]);
+            let mut state = pb::Tensor::from_f32(&[2, 2], &[0.0; 4]);
             state.data.truncate(12);
             s.initial_state = Some(state);
         });
@@ -376,13 +302,15 @@ mod tests {
     #[test]
     fn wrong_dtypes() {
         let message = rejected(|s| s.observations = Some(pb::Tensor::from_i64(&[5, 4], &[0; 20])));
-        assert_eq!(message, "observations has dtype i64; expected f32 or u8");
+        assert!(message.starts_with("observations are i64 of shape [5, 4]"), "{message}");
         let message = rejected(|s| s.actions = Some(pb::Tensor::from_f32(&[5], &[0.0; 5])));
-        assert!(message.starts_with("actions: ") && message.contains("dtype"), "{message}");
+        assert!(message.starts_with("actions are f32 of shape [5]"), "{message}");
         let message = rejected(|s| s.behaviour_logits = Some(pb::Tensor::from_u8(&[5, 2], vec![0; 10])));
         assert!(message.starts_with("behaviour_logits: "), "{message}");
         let message = rejected(|s| s.initial_state = Some(pb::Tensor::from_u8(&[4], vec![0; 4])));
-        assert!(message.starts_with("initial_state: "), "{message}");
+        assert!(message.starts_with("initial_state is u8 of shape [4]"), "{message}");
+        let message = rejected(|s| s.initial_state = Some(pb::Tensor::from_f32(&[3, 4], &[0.0; 12])));
+        assert!(message.contains("expected f32 [2, hidden]"), "{message}");
         let message = rejected(|s| s.observations.as_mut().unwrap().dtype = 42);
         assert!(
             message.starts_with("observations: ") && message.contains("unknown dtype"),
@@ -411,7 +339,7 @@ mod tests {
             "behaviour_logits[3][1] is inf"
         );
         assert_eq!(
-            rejected(|s| s.initial_state = Some(pb::Tensor::from_f32(&[3], &[0.0, f32::NAN, 0.0]))),
+            rejected(|s| s.initial_state = Some(pb::Tensor::from_f32(&[2, 2], &[0.0, f32::NAN, 0.0, 0.0]))),
             "initial_state[1] is NaN"
         );
     }

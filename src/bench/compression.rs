@@ -88,7 +88,7 @@ fn cartpole(seed: u64) -> Result<pb::Sequence> {
     let mut env = env::make("CartPole-v1", seed)?;
     let mut rng = StdRng::seed_from_u64(seed);
     let mut observation = vec![0f32; env.observation_size()];
-    env.reset(&mut observation);
+    env.reset(fleet_trajectory::ObservationsMut::F32(&mut observation));
     let mut sequence = empty(STEPS);
     let (mut observations, mut actions, mut logits) = (Vec::new(), Vec::new(), Vec::new());
     let mut is_first = true;
@@ -98,14 +98,14 @@ fn cartpole(seed: u64) -> Result<pb::Sequence> {
         actions.push(action as i64);
         let left: f32 = rng.random_range(-1.0..1.0);
         logits.extend_from_slice(&[left, -left]);
-        let outcome = env.step(action, &mut observation);
+        let outcome = env.step(action, fleet_trajectory::ObservationsMut::F32(&mut observation));
         sequence.rewards.push(outcome.reward);
         sequence.is_first.push(is_first);
         sequence.terminated.push(false);
         sequence.truncated.push(false);
         is_first = false;
         if outcome.is_last() {
-            env.reset(&mut observation);
+            env.reset(fleet_trajectory::ObservationsMut::F32(&mut observation));
             is_first = true;
         }
     }

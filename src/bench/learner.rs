@@ -100,8 +100,9 @@ pub fn measure(workload: &Workload, seconds: f64, seed: u64) -> Result<Measured>
     if workload.network.core == Core::Lstm {
         // Stored (h, c) per sequence, as actors send them.
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-        batch.state_width = 2 * LSTM;
-        batch.initial_states = (0..BATCH * 2 * LSTM).map(|_| rng.random_range(-0.5..0.5)).collect();
+        let state = workload.network.state_spec().expect("an LSTM carries a state");
+        batch.state = Some(state);
+        batch.initial_states = (0..BATCH * state.width()).map(|_| rng.random_range(-0.5..0.5)).collect();
     }
     let frames = batch.learning_frames(workload.burn_in);
     for _ in 0..2 {

@@ -13,6 +13,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use super::{Environment, StepOutcome};
+use fleet_trajectory::ObservationsMut;
 
 /// Registry name.
 pub const NAME: &str = "CartPole-v1";
@@ -148,16 +149,16 @@ impl Environment for CartPole {
         NUM_ACTIONS
     }
 
-    fn reset(&mut self, observation: &mut [f32]) {
+    fn reset(&mut self, observation: ObservationsMut<'_>) {
         for component in &mut self.state {
             *component = self.rng.random_range(-RESET_BOUND..RESET_BOUND);
         }
         self.elapsed_steps = 0;
         self.has_terminated = false;
-        self.write_observation(observation);
+        self.write_observation(observation.f32());
     }
 
-    fn step(&mut self, action: usize, observation: &mut [f32]) -> StepOutcome {
+    fn step(&mut self, action: usize, observation: ObservationsMut<'_>) -> StepOutcome {
         assert!(
             action < NUM_ACTIONS,
             "CartPole-v1 action must be 0 (push left) or 1 (push right), got {action}"
@@ -167,7 +168,7 @@ impl Environment for CartPole {
         let terminated = self.out_of_bounds();
         let reward = if self.has_terminated { 0.0 } else { 1.0 };
         self.has_terminated |= terminated;
-        self.write_observation(observation);
+        self.write_observation(observation.f32());
         StepOutcome {
             reward,
             terminated,
@@ -228,7 +229,7 @@ mod tests {
     /// the rest exactly.
     fn check_step(env: &mut CartPole, recorded: &RecordedStep, context: &str) {
         let mut observation = [0.0f32; 4];
-        let outcome = env.step(recorded.action, &mut observation);
+        let outcome = env.step(recorded.action, ObservationsMut::F32(&mut observation));
         let state = env.state();
         for (component, (&ours, &theirs)) in state.iter().zip(&recorded.state_after).enumerate() {
             assert!((ours - theirs).abs() <= 1e-12, "{context}: state[{component}] {ours} vs {theirs}");
@@ -310,10 +311,10 @@ mod tests {
         }
         let mut env = CartPole::new(3);
         let mut observation = [0.0f32; 4];
-        env.reset(&mut observation);
+        env.reset(ObservationsMut::F32(&mut observation));
         for _ in 0..20 {
             assert_eq!(observation, env.state().map(|component| component as f32));
-            env.step(1, &mut observation);
+            env.step(1, ObservationsMut::F32(&mut observation));
         }
     }
 
@@ -328,7 +329,7 @@ mod tests {
     fn step_from_rest(x: f64, theta: f64) -> StepOutcome {
         let mut env = CartPole::new(0);
         env.set_state([x, 0.0, theta, 0.0], 0);
-        let outcome = env.step(0, &mut [0.0; 4]);
+        let outcome = env.step(0, ObservationsMut::F32(&mut [0.0; 4]));
         assert_eq!((env.state()[0], env.state()[2]), (x, theta));
         outcome
     }
@@ -348,7 +349,7 @@ mod tests {
         let mut env = CartPole::new(0);
         env.set_state([X_THRESHOLD, 1.0, 0.0, 0.0], 7);
         let mut observation = [0.0; 4];
-        let ending = env.step(1, &mut observation);
+        let ending = env.step(1, ObservationsMut::F32(&mut observation));
         assert_eq!(
             ending,
             StepOutcome {
@@ -357,7 +358,7 @@ mod tests {
                 truncated: false
             }
         );
-        let after = env.step(1, &mut observation);
+        let after = env.step(1, ObservationsMut::F32(&mut observation));
         assert_eq!(
             after,
             StepOutcome {
@@ -366,19 +367,19 @@ mod tests {
                 truncated: false
             }
         );
-        env.reset(&mut observation);
-        assert_eq!(env.step(1, &mut observation).reward, 1.0);
+        env.reset(ObservationsMut::F32(&mut observation));
+        assert_eq!(env.step(1, ObservationsMut::F32(&mut observation)).reward, 1.0);
     }
 
     #[test]
     fn env_cartpole_truncates_at_500_steps_without_terminating() {
         let mut env = CartPole::new(0);
         let mut observation = [0.0; 4];
-        env.reset(&mut observation);
+        env.reset(ObservationsMut::F32(&mut observation));
         for step in 1..=MAX_EPISODE_STEPS {
             let [_, _, theta, theta_dot] = env.state();
             let balancing_action = usize::from(theta + 0.5 * theta_dot > 0.0);
-            let outcome = env.step(balancing_action, &mut observation);
+            let outcome = env.step(balancing_action, ObservationsMut::F32(&mut observation));
             assert!(!outcome.terminated, "terminated at step {step}");
             assert_eq!(outcome.truncated, step == MAX_EPISODE_STEPS, "step {step}");
             assert_eq!(outcome.reward, 1.0);
@@ -390,7 +391,7 @@ mod tests {
     fn env_cartpole_reports_both_flags_when_the_last_allowed_step_terminates() {
         let mut env = CartPole::new(0);
         env.set_state([X_THRESHOLD, 1.0, 0.0, 0.0], MAX_EPISODE_STEPS - 1);
-        let outcome = env.step(1, &mut [0.0; 4]);
+        let outcome = env.step(1, ObservationsMut::F32(&mut [0.0; 4]));
         assert_eq!(
             outcome,
             StepOutcome {
@@ -407,7 +408,7 @@ mod tests {
         let mut observation = [0.0f32; 4];
         let (mut low, mut high) = ([f64::MAX; 4], [f64::MIN; 4]);
         for _ in 0..10_000 {
-            env.reset(&mut observation);
+            env.reset(ObservationsMut::F32(&mut observation));
             assert_eq!(env.elapsed_steps(), 0);
             for (component, value) in env.state().into_iter().enumerate() {
                 assert!((-RESET_BOUND..RESET_BOUND).contains(&value), "{value}");
@@ -428,7 +429,7 @@ mod tests {
             let mut observation = [0.0f32; 4];
             (0..5)
                 .map(|_| {
-                    env.reset(&mut observation);
+                    env.reset(ObservationsMut::F32(&mut observation));
                     env.state()
                 })
                 .collect::<Vec<_>>()
@@ -440,6 +441,6 @@ mod tests {
     #[test]
     #[should_panic(expected = "action must be 0 (push left) or 1 (push right), got 2")]
     fn env_cartpole_rejects_out_of_range_actions() {
-        CartPole::new(0).step(2, &mut [0.0; 4]);
+        CartPole::new(0).step(2, ObservationsMut::F32(&mut [0.0; 4]));
     }
 }

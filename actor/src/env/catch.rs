@@ -19,6 +19,8 @@ use fleet_agent::FrameShape;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+use fleet_trajectory::ObservationsMut;
+
 use super::{Environment, StepOutcome};
 
 pub const NAME: &str = "catch";
@@ -35,7 +37,7 @@ pub const FRAME: FrameShape = FrameShape {
 };
 const NUM_ACTIONS: usize = 3;
 /// Intensity of the ball and the paddle.
-const LIT: f32 = 255.0;
+const LIT: u8 = 255;
 
 /// One game of Catch. A new environment has no ball in play; call
 /// [`Environment::reset`] to begin an episode. Steps after the landing pay
@@ -58,9 +60,9 @@ impl Catch {
         }
     }
 
-    fn render(&self, observation: &mut [f32]) {
+    fn render(&self, observation: &mut [u8]) {
         assert_eq!(observation.len(), FRAME.size(), "catch observation size");
-        observation.fill(0.0);
+        observation.fill(0);
         for (row, column) in [(self.ball_row, self.ball_column), (ROWS - 1, self.paddle_column)] {
             for y in row * CELL_PIXELS..(row + 1) * CELL_PIXELS {
                 let line = y * FRAME.width;
@@ -83,14 +85,15 @@ impl Environment for Catch {
         Some(FRAME)
     }
 
-    fn reset(&mut self, observation: &mut [f32]) {
+    fn reset(&mut self, observation: ObservationsMut<'_>) {
         self.ball_row = 0;
         self.ball_column = self.rng.random_range(0..COLUMNS);
         self.paddle_column = COLUMNS / 2;
-        self.render(observation);
+        self.render(observation.u8());
     }
 
-    fn step(&mut self, action: usize, observation: &mut [f32]) -> StepOutcome {
+    fn step(&mut self, action: usize, observation: ObservationsMut<'_>) -> StepOutcome {
+        let observation = observation.u8();
         assert!(action < NUM_ACTIONS, "catch action {action} out of range");
         if self.ball_row == ROWS - 1 {
             self.render(observation);
@@ -124,19 +127,19 @@ mod tests {
 
     /// The lit cells of a frame, as (row, column), checking that every cell
     /// is uniformly 0 or 255.
-    fn lit_cells(frame: &[f32]) -> Vec<(usize, usize)> {
+    fn lit_cells(frame: &[u8]) -> Vec<(usize, usize)> {
         let mut lit = Vec::new();
         for row in 0..ROWS {
             for column in 0..COLUMNS {
                 let pixel = |dy: usize, dx: usize| frame[(row * CELL_PIXELS + dy) * FRAME.width + column * CELL_PIXELS + dx];
                 let first = pixel(0, 0);
-                assert!(first == 0.0 || first == 255.0, "pixel value {first}");
+                assert!(first == 0 || first == 255, "pixel value {first}");
                 for dy in 0..CELL_PIXELS {
                     for dx in 0..CELL_PIXELS {
                         assert_eq!(pixel(dy, dx), first, "cell ({row}, {column}) is not one block");
                     }
                 }
-                if first == 255.0 {
+                if first == 255 {
                     lit.push((row, column));
                 }
             }
@@ -147,16 +150,16 @@ mod tests {
     #[test]
     fn the_ball_falls_one_row_per_step_and_the_paddle_follows_the_actions() {
         let mut env = Catch::new(3);
-        let mut frame = vec![0.0; FRAME.size()];
+        let mut frame = vec![0u8; FRAME.size()];
         assert_eq!((FRAME.height, FRAME.width, env.num_actions()), (40, 20, 3));
-        env.reset(&mut frame);
+        env.reset(ObservationsMut::U8(&mut frame));
         let column = env.ball_column;
         assert_eq!(lit_cells(&frame), vec![(0, column), (ROWS - 1, 2)]);
         // Left, left, left (clamped at 0), right, stay, ...
         let actions = [0, 0, 0, 2, 1, 1, 1, 1];
         let paddle = [1, 0, 0, 1, 1, 1, 1, 1];
         for (t, (&action, &paddle)) in actions.iter().zip(&paddle).enumerate() {
-            let outcome = env.step(action, &mut frame);
+            let outcome = env.step(action, ObservationsMut::U8(&mut frame));
             assert_eq!(outcome, StepOutcome::default_step(), "step {t}");
             assert_eq!(lit_cells(&frame), vec![(t + 1, column), (ROWS - 1, paddle)], "step {t}");
         }
@@ -165,8 +168,8 @@ mod tests {
     /// Plays an episode moving the paddle to `target`; returns the return
     /// and the number of steps.
     fn play_to(env: &mut Catch, target: usize) -> (f32, u32) {
-        let mut frame = vec![0.0; FRAME.size()];
-        env.reset(&mut frame);
+        let mut frame = vec![0u8; FRAME.size()];
+        env.reset(ObservationsMut::U8(&mut frame));
         let (mut total, mut steps) = (0.0, 0);
         loop {
             let action = match env.paddle_column.cmp(&target) {
@@ -174,7 +177,7 @@ mod tests {
                 std::cmp::Ordering::Equal => 1,
                 std::cmp::Ordering::Greater => 0,
             };
-            let outcome = env.step(action, &mut frame);
+            let outcome = env.step(action, ObservationsMut::U8(&mut frame));
             total += outcome.reward;
             steps += 1;
             if outcome.terminated {
@@ -201,8 +204,8 @@ mod tests {
         }
         assert!(columns.iter().all(|&seen| seen), "the ball starts in every column");
         // Past the landing nothing more is paid.
-        let mut frame = vec![0.0; FRAME.size()];
-        let outcome = env.step(1, &mut frame);
+        let mut frame = vec![0u8; FRAME.size()];
+        let outcome = env.step(1, ObservationsMut::U8(&mut frame));
         assert!(outcome.terminated && outcome.reward == 0.0);
     }
 
@@ -210,10 +213,10 @@ mod tests {
     fn same_seed_same_balls() {
         let starts = |seed| {
             let mut env = Catch::new(seed);
-            let mut frame = vec![0.0; FRAME.size()];
+            let mut frame = vec![0u8; FRAME.size()];
             (0..20)
                 .map(|_| {
-                    env.reset(&mut frame);
+                    env.reset(ObservationsMut::U8(&mut frame));
                     env.ball_column
                 })
                 .collect::<Vec<_>>()

@@ -7,7 +7,7 @@
 //! Gymnasium's `FrameStackObservation` with `padding_type = "reset"` does),
 //! so a stacked observation never shows a blank that the game never drew.
 
-use fleet_agent::FrameShape;
+use fleet_trajectory::{FrameShape, Observations, ObservationsMut};
 
 use super::{EnvError, Environment, StepOutcome};
 
@@ -25,12 +25,12 @@ pub fn check_frame_stack(frames: usize) -> Result<(), EnvError> {
 }
 
 /// An environment whose observation is the last `frames` observations of
-/// `inner`, oldest first.
+/// `inner`, oldest first, in the element type `inner` writes.
 pub struct FrameStack {
     inner: Box<dyn Environment>,
     frames: usize,
     /// The stacked observation, `frames` times the inner observation.
-    stack: Vec<f32>,
+    stack: Observations,
 }
 
 impl FrameStack {
@@ -41,12 +41,20 @@ impl FrameStack {
         if let Err(error) = check_frame_stack(frames) {
             panic!("{error}");
         }
-        let size = inner.observation_size();
+        let spec = inner.spec().observation;
         Self {
             inner,
             frames,
-            stack: vec![0.0; frames * size],
+            stack: Observations::zeros(&spec, frames * spec.size()),
         }
+    }
+}
+
+/// Copies the first `size` values of `stack` into every later slot.
+fn repeat_first<T: Copy>(stack: &mut [T], size: usize) {
+    let (first, rest) = stack.split_at_mut(size);
+    for slot in rest.chunks_exact_mut(size) {
+        slot.copy_from_slice(first);
     }
 }
 
@@ -66,22 +74,25 @@ impl Environment for FrameStack {
         })
     }
 
-    fn reset(&mut self, observation: &mut [f32]) {
+    fn reset(&mut self, observation: ObservationsMut<'_>) {
         let size = self.inner.observation_size();
-        let (first, rest) = self.stack.split_at_mut(size);
-        self.inner.reset(first);
-        for slot in rest.chunks_exact_mut(size) {
-            slot.copy_from_slice(first);
+        self.inner.reset(self.stack.slice_mut(0..size));
+        match &mut self.stack {
+            Observations::F32(stack) => repeat_first(stack, size),
+            Observations::U8(stack) => repeat_first(stack, size),
         }
-        observation.copy_from_slice(&self.stack);
+        observation.copy_from(self.stack.as_ref());
     }
 
-    fn step(&mut self, action: usize, observation: &mut [f32]) -> StepOutcome {
+    fn step(&mut self, action: usize, observation: ObservationsMut<'_>) -> StepOutcome {
         let size = self.inner.observation_size();
-        self.stack.copy_within(size.., 0);
+        match &mut self.stack {
+            Observations::F32(stack) => stack.copy_within(size.., 0),
+            Observations::U8(stack) => stack.copy_within(size.., 0),
+        }
         let newest = self.stack.len() - size;
-        let outcome = self.inner.step(action, &mut self.stack[newest..]);
-        observation.copy_from_slice(&self.stack);
+        let outcome = self.inner.step(action, self.stack.slice_mut(newest..self.stack.len()));
+        observation.copy_from(self.stack.as_ref());
         outcome
     }
 }
@@ -90,10 +101,10 @@ impl Environment for FrameStack {
 mod tests {
     use super::*;
 
-    /// Observes `[episode, t]`, with t the steps since reset.
+    /// Observes `[episode, t]` as a 1×2 frame, with t the steps since reset.
     struct Counter {
-        episode: f32,
-        t: f32,
+        episode: u8,
+        t: u8,
     }
 
     impl Environment for Counter {
@@ -110,14 +121,14 @@ mod tests {
                 width: 2,
             })
         }
-        fn reset(&mut self, observation: &mut [f32]) {
-            self.episode += 1.0;
-            self.t = 0.0;
-            observation.copy_from_slice(&[self.episode, self.t]);
+        fn reset(&mut self, observation: ObservationsMut<'_>) {
+            self.episode += 1;
+            self.t = 0;
+            observation.u8().copy_from_slice(&[self.episode, self.t]);
         }
-        fn step(&mut self, _: usize, observation: &mut [f32]) -> StepOutcome {
-            self.t += 1.0;
-            observation.copy_from_slice(&[self.episode, self.t]);
+        fn step(&mut self, _: usize, observation: ObservationsMut<'_>) -> StepOutcome {
+            self.t += 1;
+            observation.u8().copy_from_slice(&[self.episode, self.t]);
             StepOutcome {
                 reward: 0.0,
                 terminated: false,
@@ -128,7 +139,7 @@ mod tests {
 
     #[test]
     fn frames_stack_oldest_first_and_reset_repeats_the_first_frame() {
-        let mut env = FrameStack::new(Box::new(Counter { episode: 0.0, t: 0.0 }), 3);
+        let mut env = FrameStack::new(Box::new(Counter { episode: 0, t: 0 }), 3);
         assert_eq!(env.observation_size(), 6);
         assert_eq!(
             env.frame(),
@@ -138,27 +149,27 @@ mod tests {
                 width: 2
             })
         );
-        let mut obs = vec![-1.0; 6];
-        env.reset(&mut obs);
-        assert_eq!(obs, [1.0, 0.0, 1.0, 0.0, 1.0, 0.0]);
-        env.step(0, &mut obs);
-        assert_eq!(obs, [1.0, 0.0, 1.0, 0.0, 1.0, 1.0]);
-        env.step(0, &mut obs);
-        assert_eq!(obs, [1.0, 0.0, 1.0, 1.0, 1.0, 2.0]);
-        env.step(0, &mut obs);
-        assert_eq!(obs, [1.0, 1.0, 1.0, 2.0, 1.0, 3.0]);
+        let mut obs = vec![9u8; 6];
+        env.reset(ObservationsMut::U8(&mut obs));
+        assert_eq!(obs, [1, 0, 1, 0, 1, 0]);
+        env.step(0, ObservationsMut::U8(&mut obs));
+        assert_eq!(obs, [1, 0, 1, 0, 1, 1]);
+        env.step(0, ObservationsMut::U8(&mut obs));
+        assert_eq!(obs, [1, 0, 1, 1, 1, 2]);
+        env.step(0, ObservationsMut::U8(&mut obs));
+        assert_eq!(obs, [1, 1, 1, 2, 1, 3]);
         // A new episode forgets the old one's frames.
-        env.reset(&mut obs);
-        assert_eq!(obs, [2.0, 0.0, 2.0, 0.0, 2.0, 0.0]);
+        env.reset(ObservationsMut::U8(&mut obs));
+        assert_eq!(obs, [2, 0, 2, 0, 2, 0]);
     }
 
     #[test]
     fn a_stack_of_one_is_the_environment_itself() {
-        let mut env = FrameStack::new(Box::new(Counter { episode: 0.0, t: 0.0 }), 1);
-        let mut obs = vec![0.0; 2];
-        env.reset(&mut obs);
-        env.step(0, &mut obs);
-        assert_eq!(obs, [1.0, 1.0]);
+        let mut env = FrameStack::new(Box::new(Counter { episode: 0, t: 0 }), 1);
+        let mut obs = vec![0u8; 2];
+        env.reset(ObservationsMut::U8(&mut obs));
+        env.step(0, ObservationsMut::U8(&mut obs));
+        assert_eq!(obs, [1, 1]);
         assert_eq!(env.frame().unwrap().channels, 1);
     }
 

@@ -6,6 +6,7 @@
 //! the observation is cut down to `[x, theta]`.
 
 use super::{CartPole, Environment, StepOutcome};
+use fleet_trajectory::ObservationsMut;
 
 /// Registry name.
 pub const NAME: &str = "cartpole-masked";
@@ -61,14 +62,14 @@ impl Environment for MaskedCartPole {
         self.inner.num_actions()
     }
 
-    fn reset(&mut self, observation: &mut [f32]) {
-        self.inner.reset(&mut self.full);
-        self.write_observation(observation);
+    fn reset(&mut self, observation: ObservationsMut<'_>) {
+        self.inner.reset(ObservationsMut::F32(&mut self.full));
+        self.write_observation(observation.f32());
     }
 
-    fn step(&mut self, action: usize, observation: &mut [f32]) -> StepOutcome {
-        let outcome = self.inner.step(action, &mut self.full);
-        self.write_observation(observation);
+    fn step(&mut self, action: usize, observation: ObservationsMut<'_>) -> StepOutcome {
+        let outcome = self.inner.step(action, ObservationsMut::F32(&mut self.full));
+        self.write_observation(observation.f32());
         outcome
     }
 }
@@ -90,20 +91,20 @@ mod tests {
             let mut masked = MaskedCartPole::new(seed);
             let mut plain = CartPole::new(seed);
             let (mut seen, mut full) = ([0.0f32; 2], [0.0f32; 4]);
-            masked.reset(&mut seen);
-            plain.reset(&mut full);
+            masked.reset(ObservationsMut::F32(&mut seen));
+            plain.reset(ObservationsMut::F32(&mut full));
             assert_eq!(seen, [full[0], full[2]], "seed {seed}: reset");
             let mut episodes = 0;
             for step in 0..3000 {
-                let ours = masked.step(action(step), &mut seen);
-                let theirs = plain.step(action(step), &mut full);
+                let ours = masked.step(action(step), ObservationsMut::F32(&mut seen));
+                let theirs = plain.step(action(step), ObservationsMut::F32(&mut full));
                 assert_eq!(ours, theirs, "seed {seed} step {step}: outcome");
                 assert_eq!(seen, [full[0], full[2]], "seed {seed} step {step}: observation");
                 assert_eq!(masked.inner().state(), plain.state());
                 if ours.is_last() {
                     episodes += 1;
-                    masked.reset(&mut seen);
-                    plain.reset(&mut full);
+                    masked.reset(ObservationsMut::F32(&mut seen));
+                    plain.reset(ObservationsMut::F32(&mut full));
                     assert_eq!(seen, [full[0], full[2]], "seed {seed} step {step}: reset");
                 }
             }
@@ -115,11 +116,11 @@ mod tests {
     fn env_masked_keeps_the_time_limit() {
         let mut masked = MaskedCartPole::new(0);
         let mut seen = [0.0f32; 2];
-        masked.reset(&mut seen);
+        masked.reset(ObservationsMut::F32(&mut seen));
         for step in 1..=MAX_EPISODE_STEPS {
             // Balances with the hidden velocities, which only the wrapped CartPole knows.
             let [_, _, theta, theta_dot] = masked.inner().observation();
-            let outcome = masked.step(usize::from(theta + 0.5 * theta_dot > 0.0), &mut seen);
+            let outcome = masked.step(usize::from(theta + 0.5 * theta_dot > 0.0), ObservationsMut::F32(&mut seen));
             assert!(!outcome.terminated, "step {step}");
             assert_eq!(outcome.truncated, step == MAX_EPISODE_STEPS, "step {step}");
         }
@@ -130,15 +131,15 @@ mod tests {
         let mut env = make(NAME, 3).unwrap();
         assert_eq!((env.observation_size(), env.num_actions()), (2, 2));
         let mut seen = [0.0f32; 2];
-        env.reset(&mut seen);
+        env.reset(ObservationsMut::F32(&mut seen));
         let mut full = [0.0f32; 4];
-        CartPole::new(3).reset(&mut full);
+        CartPole::new(3).reset(ObservationsMut::F32(&mut full));
         assert_eq!(seen, [full[0], full[2]]);
     }
 
     #[test]
     #[should_panic(expected = "2 components")]
     fn env_masked_rejects_a_full_size_observation_buffer() {
-        MaskedCartPole::new(0).reset(&mut [0.0; 4]);
+        MaskedCartPole::new(0).reset(ObservationsMut::F32(&mut [0.0; 4]));
     }
 }

@@ -9,6 +9,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use super::{EnvError, Environment, StepOutcome};
+use fleet_trajectory::ObservationsMut;
 
 /// Registry name of the default horizon; `memory-chain-N` picks horizon N.
 pub const NAME: &str = "memory-chain";
@@ -120,13 +121,13 @@ impl Environment for MemoryChain {
         NUM_ACTIONS
     }
 
-    fn reset(&mut self, observation: &mut [f32]) {
+    fn reset(&mut self, observation: ObservationsMut<'_>) {
         self.cue = self.rng.random_range(0..NUM_ACTIONS);
         self.elapsed_steps = 0;
-        self.write_observation(observation);
+        self.write_observation(observation.f32());
     }
 
-    fn step(&mut self, action: usize, observation: &mut [f32]) -> StepOutcome {
+    fn step(&mut self, action: usize, observation: ObservationsMut<'_>) -> StepOutcome {
         assert!(action < NUM_ACTIONS, "{NAME} action must be 0 or 1, got {action}");
         let reward = if self.elapsed_steps != self.horizon {
             0.0
@@ -136,7 +137,7 @@ impl Environment for MemoryChain {
             -1.0
         };
         self.elapsed_steps = self.elapsed_steps.saturating_add(1);
-        self.write_observation(observation);
+        self.write_observation(observation.f32());
         StepOutcome {
             reward,
             terminated: self.elapsed_steps > self.horizon,
@@ -154,12 +155,12 @@ mod tests {
     /// every observation and outcome.
     fn play(env: &mut MemoryChain, choose: impl Fn(u32, usize) -> usize) -> (Vec<[f32; 4]>, Vec<StepOutcome>) {
         let mut observation = [0.0f32; 4];
-        env.reset(&mut observation);
+        env.reset(ObservationsMut::F32(&mut observation));
         let (mut observations, mut outcomes) = (vec![observation], Vec::new());
         while !outcomes.last().is_some_and(StepOutcome::is_last) {
             assert!(outcomes.len() <= 2 * env.horizon() as usize, "the episode does not end");
             let action = choose(outcomes.len() as u32, env.cue());
-            outcomes.push(env.step(action, &mut observation));
+            outcomes.push(env.step(action, ObservationsMut::F32(&mut observation)));
             observations.push(observation);
         }
         (observations, outcomes)
@@ -237,7 +238,7 @@ mod tests {
         let first_cues: Vec<usize> = (0..64)
             .map(|seed| {
                 let mut env = MemoryChain::new(3, seed);
-                env.reset(&mut [0.0; 4]);
+                env.reset(ObservationsMut::F32(&mut [0.0; 4]));
                 env.cue()
             })
             .collect();
@@ -247,7 +248,7 @@ mod tests {
         let mut env = MemoryChain::new(3, 0);
         let resets: Vec<usize> = (0..64)
             .map(|_| {
-                env.reset(&mut [0.0; 4]);
+                env.reset(ObservationsMut::F32(&mut [0.0; 4]));
                 env.cue()
             })
             .collect();
@@ -263,7 +264,7 @@ mod tests {
             while episodes < 4000 {
                 for (env_index, cue) in cues.iter_mut().enumerate() {
                     if vec_env.is_first()[env_index] {
-                        let observation = vec_env.observation(env_index);
+                        let observation = vec_env.observation(env_index).f32();
                         *cue = usize::from(observation[1] == 1.0);
                     }
                 }
@@ -289,7 +290,7 @@ mod tests {
         play(&mut env, |_, cue| cue);
         let mut observation = [0.0f32; 4];
         for _ in 0..3 {
-            let outcome = env.step(env.cue(), &mut observation);
+            let outcome = env.step(env.cue(), ObservationsMut::F32(&mut observation));
             assert_eq!((outcome.reward, outcome.terminated), (0.0, true));
             assert_eq!(observation, [0.0, 0.0, 1.0, 0.0]);
         }
@@ -309,11 +310,11 @@ mod tests {
         }
         let mut observation = [0.0f32; 4];
         let mut env = make("memory-chain-7", 0).unwrap();
-        env.reset(&mut observation);
+        env.reset(ObservationsMut::F32(&mut observation));
         for _ in 0..7 {
-            assert_eq!(env.step(0, &mut observation).reward, 0.0);
+            assert_eq!(env.step(0, ObservationsMut::F32(&mut observation)).reward, 0.0);
         }
-        assert!(env.step(0, &mut observation).terminated);
+        assert!(env.step(0, ObservationsMut::F32(&mut observation)).terminated);
     }
 
     #[test]

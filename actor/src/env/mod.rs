@@ -1,9 +1,10 @@
 //! Environments the actor runs natively, behind one small trait, and the
 //! registry that builds them by Gymnasium name.
 //!
-//! An [`Environment`] writes flat `f32` observations into a buffer the caller
-//! owns, so stepping allocates nothing; image environments write pixel
-//! intensities 0..=255 and report their frame shape. [`EnvConfig`] (the
+//! An [`Environment`] writes its observations into a buffer the caller
+//! owns, so stepping allocates nothing: vector environments write `f32`,
+//! image environments write `u8` intensities and report their frame shape.
+//! The values then travel unconverted to the network's input. [`EnvConfig`] (the
 //! `[env]` config section) names one and the wrappers around it:
 //! [`normalize`] scales observations by their running moments, [`frame_stack`]
 //! stacks the last k of them. Episode bookkeeping across many
@@ -27,6 +28,7 @@ pub use normalize::NormalizeObservation;
 pub use vector::{FinishedEpisode, StepReport, VecEnv};
 
 use fleet_agent::{EnvSpec, FrameShape};
+use fleet_trajectory::ObservationsMut;
 use serde::{Deserialize, Serialize};
 
 /// Names accepted by [`make`]. Besides these, `memory-chain-N` picks the
@@ -51,7 +53,8 @@ impl StepOutcome {
     }
 }
 
-/// A single-agent environment with a flat `f32` observation and discrete actions.
+/// A single-agent environment with discrete actions and one observation
+/// tensor: `f32` values, or `u8` frames when [`frame`](Self::frame) says so.
 pub trait Environment: Send {
     /// Length of the observation slices passed to [`reset`](Self::reset) and [`step`](Self::step).
     fn observation_size(&self) -> usize;
@@ -76,8 +79,9 @@ pub trait Environment: Send {
     /// Starts a new episode and writes its first observation.
     ///
     /// # Panics
-    /// If `observation.len() != self.observation_size()`.
-    fn reset(&mut self, observation: &mut [f32]);
+    /// If `observation` is not `observation_size()` values of the spec's
+    /// element type.
+    fn reset(&mut self, observation: ObservationsMut<'_>);
 
     /// Applies `action` and writes the next observation.
     ///
@@ -85,7 +89,7 @@ pub trait Environment: Send {
     /// If `action >= self.num_actions()` or the observation slice has the wrong
     /// length; both are programming errors, checked in release builds too.
     /// [`VecEnv::validate_actions`] checks actions without panicking.
-    fn step(&mut self, action: usize, observation: &mut [f32]) -> StepOutcome;
+    fn step(&mut self, action: usize, observation: ObservationsMut<'_>) -> StepOutcome;
 }
 
 /// Errors from building environments or feeding them actions.
@@ -199,28 +203,28 @@ mod tests {
         for name in ENVIRONMENTS {
             let env = make(name, 0).expect("listed environments can be built");
             assert!(env.observation_size() > 0 && env.num_actions() > 0);
-            assert_eq!(env.spec().observation_size, env.observation_size());
+            assert_eq!(env.spec().observation_size(), env.observation_size());
         }
     }
 
     #[test]
     fn image_environments_report_their_frames_and_stacks_multiply_channels() {
         let spec = make("catch", 0).unwrap().spec();
-        assert_eq!(spec.frame, Some(catch::FRAME));
-        assert_eq!(make("CartPole-v1", 0).unwrap().spec().frame, None);
+        assert_eq!(spec.frame(), Some(catch::FRAME));
+        assert_eq!(make("CartPole-v1", 0).unwrap().spec().frame(), None);
         let stacked_catch = EnvConfig {
             frame_stack: 4,
             ..EnvConfig::named("catch")
         };
         let stacked = stacked_catch.make(0).unwrap().spec();
         assert_eq!(
-            stacked.frame,
+            stacked.frame(),
             Some(FrameShape {
                 channels: 4,
                 ..catch::FRAME
             })
         );
-        assert_eq!(stacked.observation_size, 4 * catch::FRAME.size());
+        assert_eq!(stacked.observation_size(), 4 * catch::FRAME.size());
         let stacked_cartpole = EnvConfig {
             frame_stack: 2,
             ..EnvConfig::named("CartPole-v1")

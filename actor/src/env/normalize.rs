@@ -11,6 +11,7 @@
 //! variance of zero. Scaled values are clipped to ±[`CLIP`].
 
 use super::{Environment, StepOutcome};
+use fleet_trajectory::ObservationsMut;
 
 /// Bound on a scaled component: one wild early observation cannot saturate
 /// the network.
@@ -97,13 +98,15 @@ impl Environment for NormalizeObservation {
     // Frames keep no shape here: scaled pixels are no longer intensities,
     // and the registry refuses to normalise image environments.
 
-    fn reset(&mut self, observation: &mut [f32]) {
-        self.inner.reset(observation);
+    fn reset(&mut self, observation: ObservationsMut<'_>) {
+        let observation = observation.f32();
+        self.inner.reset(ObservationsMut::F32(&mut *observation));
         self.observe(observation);
     }
 
-    fn step(&mut self, action: usize, observation: &mut [f32]) -> StepOutcome {
-        let outcome = self.inner.step(action, observation);
+    fn step(&mut self, action: usize, observation: ObservationsMut<'_>) -> StepOutcome {
+        let observation = observation.f32();
+        let outcome = self.inner.step(action, ObservationsMut::F32(&mut *observation));
         self.observe(observation);
         outcome
     }
@@ -147,11 +150,11 @@ mod tests {
     fn the_wrapper_scales_a_small_component_up_to_unit_spread() {
         let mut env = NormalizeObservation::new(Box::new(super::super::MaskedCartPole::new(3)));
         let mut observation = [0.0_f32; 2];
-        env.reset(&mut observation);
+        env.reset(ObservationsMut::F32(&mut observation));
         let mut angles = Vec::new();
         for t in 0..5000 {
-            if env.step(t % 2, &mut observation).is_last() {
-                env.reset(&mut observation);
+            if env.step(t % 2, ObservationsMut::F32(&mut observation)).is_last() {
+                env.reset(ObservationsMut::F32(&mut observation));
             }
             angles.push(observation[1]);
         }

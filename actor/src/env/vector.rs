@@ -13,6 +13,7 @@
 //! Policies, sequences and transport are not handled here.
 
 use fleet_agent::EnvSpec;
+use fleet_trajectory::{Observations, ObservationsRef};
 
 use super::{EnvConfig, EnvError, Environment};
 
@@ -22,8 +23,9 @@ pub struct VecEnv {
     spec: EnvSpec,
     observation_size: usize,
     num_actions: usize,
-    /// Current observation of every environment, `[num_envs * observation_size]`.
-    observations: Vec<f32>,
+    /// Current observation of every environment, `[num_envs * observation_size]`,
+    /// in the element type the environments write.
+    observations: Observations,
     /// Reward of the action that led to the current observation (0 after a reset).
     rewards: Vec<f32>,
     /// The current observation starts an episode.
@@ -85,12 +87,13 @@ impl VecEnv {
         // Sizes come from a probe so that an empty vector still knows them.
         let probe = config.make(seed)?;
         let observation_size = probe.observation_size();
+        let spec = probe.spec();
         let mut vec_env = Self {
             envs,
-            spec: probe.spec(),
+            spec,
             observation_size,
             num_actions: probe.num_actions(),
-            observations: vec![0.0; num_envs * observation_size],
+            observations: Observations::zeros(&spec.observation, num_envs * observation_size),
             rewards: vec![0.0; num_envs],
             is_first: vec![true; num_envs],
             terminated: vec![false; num_envs],
@@ -100,7 +103,7 @@ impl VecEnv {
         };
         for env_index in 0..num_envs {
             let observation = vec_env.observation_slot(env_index);
-            vec_env.envs[env_index].reset(&mut vec_env.observations[observation]);
+            vec_env.envs[env_index].reset(vec_env.observations.slice_mut(observation));
         }
         Ok(vec_env)
     }
@@ -123,13 +126,13 @@ impl VecEnv {
     }
 
     /// Current observation of every environment, row-major `[num_envs, observation_size]`.
-    pub fn observations(&self) -> &[f32] {
-        &self.observations
+    pub fn observations(&self) -> ObservationsRef<'_> {
+        self.observations.as_ref()
     }
 
     /// Current observation of environment `env_index`.
-    pub fn observation(&self, env_index: usize) -> &[f32] {
-        &self.observations[self.observation_slot(env_index)]
+    pub fn observation(&self, env_index: usize) -> ObservationsRef<'_> {
+        self.observations.slice(self.observation_slot(env_index))
     }
 
     /// Reward of the action that led to each current observation; 0 where the
@@ -196,7 +199,7 @@ impl VecEnv {
         let mut report = StepReport::default();
         for (env_index, &action) in actions.iter().enumerate() {
             let slot = self.observation_slot(env_index);
-            let observation = &mut self.observations[slot];
+            let observation = self.observations.slice_mut(slot);
             if self.terminated[env_index] || self.truncated[env_index] {
                 self.envs[env_index].reset(observation);
                 self.rewards[env_index] = 0.0;
@@ -258,12 +261,12 @@ mod tests {
     fn env_vector_starts_with_first_observations_from_distinct_seeds() {
         let vec_env = VecEnv::new(NAME, 4, 9).unwrap();
         assert_eq!((vec_env.num_envs(), vec_env.observation_size(), vec_env.num_actions()), (4, 4, 2));
-        assert_eq!(vec_env.observations().len(), 16);
+        assert_eq!(vec_env.observations().f32().len(), 16);
         assert!(vec_env.is_first().iter().all(|&first| first));
         assert!((0..4).all(|env_index| !vec_env.is_last(env_index)));
         assert!(vec_env.rewards().iter().all(|&reward| reward == 0.0));
-        assert!(vec_env.observations().iter().all(|value| value.abs() < 0.05));
-        assert_ne!(vec_env.observation(0), vec_env.observation(1));
+        assert!(vec_env.observations().f32().iter().all(|value| value.abs() < 0.05));
+        assert_ne!(vec_env.observation(0).f32(), vec_env.observation(1).f32());
     }
 
     #[test]
@@ -293,7 +296,7 @@ mod tests {
                     lasts_seen += 1;
                     assert_eq!(vec_env.rewards()[env_index], 0.0);
                     assert!(!vec_env.is_last(env_index));
-                    assert!(vec_env.observation(env_index).iter().all(|value| value.abs() < 0.05));
+                    assert!(vec_env.observation(env_index).f32().iter().all(|value| value.abs() < 0.05));
                 } else {
                     assert_eq!(vec_env.rewards()[env_index], 1.0);
                 }
@@ -313,7 +316,7 @@ mod tests {
             }
             vec_env.step(&[action_at_last]);
             assert!(vec_env.is_first()[0]);
-            (vec_env.observation(0).to_vec(), vec_env.rewards()[0])
+            (vec_env.observation(0).f32().to_vec(), vec_env.rewards()[0])
         };
         assert_eq!(run_until_first_end(0), run_until_first_end(1));
     }
@@ -339,7 +342,7 @@ mod tests {
         let trace = |seed| {
             let mut vec_env = VecEnv::new(NAME, 3, seed).unwrap();
             let reports = run(&mut vec_env, 100, |step, env_index| (step + env_index) % 2);
-            (vec_env.observations().to_vec(), reports)
+            (vec_env.observations().f32().to_vec(), reports)
         };
         assert_eq!(trace(42), trace(42));
         assert_ne!(trace(42).0, trace(43).0);
@@ -351,8 +354,8 @@ mod tests {
         let vec_env = VecEnv::new(NAME, 3, 77).unwrap();
         let mut single = CartPole::new(env_seed(77, 2));
         let mut observation = [0.0f32; 4];
-        single.reset(&mut observation);
-        assert_eq!(vec_env.observation(2), observation);
+        single.reset(fleet_trajectory::ObservationsMut::F32(&mut observation));
+        assert_eq!(vec_env.observation(2).f32(), observation);
     }
 
     #[test]
@@ -360,7 +363,7 @@ mod tests {
         let mut vec_env = VecEnv::new(NAME, 1, 0).unwrap();
         let mut finished = Vec::new();
         while finished.is_empty() {
-            let [_, _, theta, theta_dot]: [f32; 4] = vec_env.observation(0).try_into().unwrap();
+            let [_, _, theta, theta_dot]: [f32; 4] = vec_env.observation(0).f32().try_into().unwrap();
             finished = vec_env.step(&[usize::from(theta + 0.5 * theta_dot > 0.0)]).finished;
         }
         assert_eq!(finished.len(), 1);
