@@ -5,16 +5,11 @@
 //! [`network`] (the actor-critic network: MLP or IMPALA CNN torso,
 //! feed-forward or with an LSTM core, and its parameters),
 //! [`weights`] (serialising parameters for the wire and for checkpoints),
-//! [`device`] (choosing a candle device at run time), [`conv`] (a faster
-//! CPU conv2d whose backward can skip the input gradient), [`activation`]
-//! (vectorised CPU tanh and a fused LSTM cell), [`bias`] (a bias add whose gradient
-//! is one contiguous pass).
+//! [`device`] (choosing a candle device at run time). The network's CPU
+//! kernels (convolution, tanh, the LSTM cell, bias add) live in the
+//! `fleet-kernels` crate.
 //! Nothing here does I/O or knows about gRPC beyond the weight bytes.
 
-pub mod activation;
-pub mod bias;
-pub mod conv;
-mod cpu;
 pub mod device;
 pub mod network;
 pub mod spec;

@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::EnvSpec;
 use crate::spec::FrameShape;
-use crate::{activation, bias};
+use fleet_kernels::{activation, bias};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -306,7 +306,7 @@ impl Conv2d {
         if self.input_scale != 1.0 {
             weight = weight.affine(self.input_scale, 0.0)?;
         }
-        let y = crate::conv::conv2d(x, &weight, self.stride, self.padding, self.input_grad)?;
+        let y = fleet_kernels::conv::conv2d(x, &weight, self.stride, self.padding, self.input_grad)?;
         bias::add_bias(&y, self.bias.as_tensor(), 1)
     }
 }
