@@ -10,6 +10,8 @@
 //! `fleet-kernels` crate.
 //! Nothing here does I/O or knows about gRPC beyond the weight bytes.
 
+#![forbid(unsafe_code)]
+
 pub mod device;
 pub mod network;
 pub mod spec;

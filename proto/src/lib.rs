@@ -4,6 +4,8 @@
 //! joining them again. No validation of whole messages lives here; each
 //! service validates what it receives.
 
+#![forbid(unsafe_code)]
+
 pub mod connect;
 pub mod sequence;
 pub mod tensor;
