@@ -3,7 +3,9 @@
 //!
 //! Layout: [`spec`] (observation/action spec, vectors or image frames),
 //! [`network`] (the actor-critic network: MLP or IMPALA CNN torso,
-//! feed-forward or with an LSTM core, and its parameters),
+//! feed-forward or with an LSTM core, and its parameters; one file per
+//! part under `network/`: its config, the MLP, the CNN torsos, the LSTM
+//! core, the heads),
 //! [`weights`] (serialising parameters for the wire and for checkpoints),
 //! [`device`] (choosing a candle device at run time). The network's CPU
 //! kernels (convolution, tanh, the LSTM cell, bias add) live in the
