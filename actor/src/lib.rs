@@ -8,6 +8,8 @@
 //! [`runtime`] (the process: compute thread plus gRPC tasks), [`config`],
 //! [`metrics`].
 
+#![forbid(unsafe_code)]
+
 pub mod config;
 pub mod env;
 pub mod metrics;

@@ -4,19 +4,18 @@
 //! Layout: the observation/action spec is the trajectory contract's
 //! ([`EnvSpec`], from `fleet-trajectory`),
 //! [`network`] (the actor-critic network: MLP or IMPALA CNN torso,
-//! feed-forward or with an LSTM core, and its parameters),
+//! feed-forward or with an LSTM core, and its parameters; one file per
+//! part under `network/`: its config, the MLP, the CNN torsos, the LSTM
+//! core, the heads),
 //! [`weights`] (serialising parameters for the wire and for checkpoints),
-//! [`device`] (choosing a candle device at run time), [`conv`] (a faster
-//! CPU conv2d whose backward can skip the input gradient), [`activation`]
-//! (vectorised CPU tanh and a fused LSTM cell), [`bias`] (a bias add whose gradient
-//! is one contiguous pass), and [`trajectory`] (observations and the recurrent
-//! state's flat layout as candle tensors).
+//! [`device`] (choosing a candle device at run time), and [`trajectory`]
+//! (observations and the recurrent state's flat layout as candle tensors).
+//! The network's CPU kernels (convolution, tanh, the LSTM cell, bias add)
+//! live in the `fleet-kernels` crate.
 //! Nothing here does I/O or knows about gRPC beyond the weight bytes.
 
-pub mod activation;
-pub mod bias;
-pub mod conv;
-mod cpu;
+#![forbid(unsafe_code)]
+
 pub mod device;
 pub mod network;
 pub mod trajectory;

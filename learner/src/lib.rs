@@ -10,6 +10,8 @@
 //! into batches), [`priorities`] (new priorities back to replay, in the
 //! background), [`runtime`] (the process), [`config`], [`metrics`].
 
+#![forbid(unsafe_code)]
+
 pub mod batch;
 pub mod checkpoint;
 pub mod config;

@@ -26,6 +26,8 @@
 //! Not here: the exporter for metrics and signal handling (the binary's job),
 //! and anything the learner or actors compute.
 
+#![forbid(unsafe_code)]
+
 pub mod checkpoint;
 pub mod chunk;
 pub mod config;

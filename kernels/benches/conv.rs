@@ -1,16 +1,16 @@
-//! Forward and backward time of `fleet_agent::conv::conv2d` against candle's
+//! Forward and backward time of `fleet_kernels::conv::conv2d` against candle's
 //! `Tensor::conv2d` on the IMPALA shallow CNN's layers, and one of the deep
 //! ResNet's 3×3 convs, at the learner's batch (32 × 21 images). Prints the
 //! median of `CONV_BENCH_REPS` runs (default 5) per phase; set
 //! `RAYON_NUM_THREADS` to pin the thread count and `CONV_BENCH_ONLY` to a
 //! substring of the variants' labels to run only those.
 //!
-//! `cargo bench -p fleet-agent --bench conv`
+//! `cargo bench -p fleet-kernels --bench conv`
 
 use std::time::{Duration, Instant};
 
 use candle_core::{Device, Result, Tensor, Var};
-use fleet_agent::conv::conv2d;
+use fleet_kernels::conv::conv2d;
 
 struct Layer {
     name: &'static str,

@@ -1,0 +1,456 @@
+//! IMPALA's convolutional torsos on image frames: the shallow model (two
+//! convolutions) and the deep ResNet (three sections of a convolution, a
+//! max-pool and two residual blocks), both ending in a fully connected
+//! layer; the 3×3 stride-2 max-pool they need; and the geometry that says
+//! whether a frame is large enough for them. The convolutions and bias adds
+//! are the kernels crate's.
+
+use candle_core::{Device, Result, Tensor, Var};
+use fleet_kernels::{bias, conv};
+use rand::Rng;
+
+use super::FRAME_SCALE;
+use super::config::Torso;
+use super::mlp::{Dense, NamedVars, weight_and_bias};
+use crate::FrameShape;
+
+/// Width of the CNN torsos' last fully connected layer (IMPALA's).
+pub(super) const CNN_FEATURES: usize = 256;
+
+/// `(height, width)` of a CNN torso's last feature map, or `None` when the
+/// frame is too small for its convolutions.
+pub(super) fn conv_torso_output(torso: Torso, frame: FrameShape) -> Option<(usize, usize)> {
+    let conv = |size: usize, kernel: usize, stride: usize| (size >= kernel).then(|| (size - kernel) / stride + 1);
+    match torso {
+        Torso::Mlp => None,
+        Torso::ShallowCnn => {
+            let side = |size| conv(conv(size, 8, 4)?, 4, 2);
+            Some((side(frame.height)?, side(frame.width)?))
+        }
+        // Same-padded convs keep the size; each max-pool halves it, rounding up.
+        Torso::DeepResnet => {
+            let side = |size: usize| (0..3).fold(size, |s, _| s.div_ceil(2));
+            Some((side(frame.height), side(frame.width)))
+        }
+    }
+}
+
+/// One square convolution over `[N, C, H, W]`, weight `[out, in, k, k]`.
+#[derive(Debug)]
+struct Conv2d {
+    weight: Var,
+    /// `[1, out, 1, 1]`, broadcast over the batch and the pixels.
+    bias: Var,
+    stride: usize,
+    padding: usize,
+    /// Whether the backward computes the input's gradient; a first layer,
+    /// fed with observations, has no use for it.
+    input_grad: bool,
+    /// A factor on the input, applied to the weight instead: the same
+    /// product for a first layer that scales frames, on a few thousand
+    /// weights rather than every pixel.
+    input_scale: f64,
+}
+
+impl Conv2d {
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        name: &str,
+        in_channels: usize,
+        out_channels: usize,
+        kernel: usize,
+        stride: usize,
+        padding: usize,
+        rng: &mut impl Rng,
+        device: &Device,
+    ) -> Result<(Self, NamedVars)> {
+        let shape = [out_channels, in_channels, kernel, kernel];
+        let (weight, bias, named) = weight_and_bias(name, &shape, in_channels * kernel * kernel, 1.0, rng, device)?;
+        let conv = Self {
+            weight,
+            bias,
+            stride,
+            padding,
+            input_grad: true,
+            input_scale: 1.0,
+        };
+        Ok((conv, named))
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let mut weight = self.weight.as_tensor().clone();
+        if self.input_scale != 1.0 {
+            weight = weight.affine(self.input_scale, 0.0)?;
+        }
+        let y = conv::conv2d(x, &weight, self.stride, self.padding, self.input_grad)?;
+        bias::add_bias(&y, self.bias.as_tensor(), 1)
+    }
+}
+
+/// IMPALA's residual block: `x + conv(relu(conv(relu(x))))`, 3×3 same-padded.
+#[derive(Debug)]
+struct ResidualBlock {
+    first: Conv2d,
+    second: Conv2d,
+}
+
+impl ResidualBlock {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let y = self.first.forward(&x.relu()?)?;
+        let y = self.second.forward(&y.relu()?)?;
+        x + y
+    }
+}
+
+/// One section of the deep torso: conv, max-pool, two residual blocks.
+#[derive(Debug)]
+struct ResidualSection {
+    conv: Conv2d,
+    blocks: Vec<ResidualBlock>,
+}
+
+#[derive(Debug)]
+enum ConvLayers {
+    Shallow { first: Conv2d, second: Conv2d },
+    Deep(Vec<ResidualSection>),
+}
+
+/// A convolutional torso: frames `[N, C·H·W]` (already scaled) to features
+/// `[N, 256]`.
+#[derive(Debug)]
+pub(super) struct ConvTorso {
+    frame: FrameShape,
+    layers: ConvLayers,
+    fc: Dense,
+}
+
+impl ConvTorso {
+    pub(super) fn new(
+        torso: Torso,
+        frame: FrameShape,
+        rng: &mut impl Rng,
+        device: &Device,
+        params: &mut Vec<(String, Var)>,
+    ) -> Result<Self> {
+        let Some((height, width)) = conv_torso_output(torso, frame) else {
+            candle_core::bail!("a {} torso cannot read {frame:?} frames", torso.name());
+        };
+        let mut conv = |name: &str, c_in, c_out, kernel, stride, padding| -> Result<Conv2d> {
+            let (conv, named) = Conv2d::new(name, c_in, c_out, kernel, stride, padding, rng, device)?;
+            params.extend(named);
+            Ok(conv)
+        };
+        let (layers, channels) = match torso {
+            Torso::ShallowCnn => {
+                let mut first = conv("torso.conv0", frame.channels, 16, 8, 4, 0)?;
+                // The observation needs no gradient, and arrives unscaled.
+                first.input_grad = false;
+                first.input_scale = FRAME_SCALE;
+                let second = conv("torso.conv1", 16, 32, 4, 2, 0)?;
+                (ConvLayers::Shallow { first, second }, 32)
+            }
+            _ => {
+                let mut sections = Vec::new();
+                let mut c_in = frame.channels;
+                for (s, c_out) in [16, 32, 32].into_iter().enumerate() {
+                    let mut section_conv = conv(&format!("torso.section{s}.conv"), c_in, c_out, 3, 1, 1)?;
+                    if s == 0 {
+                        // The observation needs no gradient, and arrives unscaled.
+                        section_conv.input_grad = false;
+                        section_conv.input_scale = FRAME_SCALE;
+                    }
+                    let mut blocks = Vec::new();
+                    for b in 0..2 {
+                        let prefix = format!("torso.section{s}.block{b}");
+                        let first = conv(&format!("{prefix}.conv0"), c_out, c_out, 3, 1, 1)?;
+                        let second = conv(&format!("{prefix}.conv1"), c_out, c_out, 3, 1, 1)?;
+                        blocks.push(ResidualBlock { first, second });
+                    }
+                    sections.push(ResidualSection {
+                        conv: section_conv,
+                        blocks,
+                    });
+                    c_in = c_out;
+                }
+                (ConvLayers::Deep(sections), c_in)
+            }
+        };
+        let (fc, named) = Dense::new("torso.fc", channels * height * width, CNN_FEATURES, 1.0, rng, device)?;
+        params.extend(named);
+        Ok(Self { frame, layers, fc })
+    }
+
+    pub(super) fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let FrameShape { channels, height, width } = self.frame;
+        let x = x.reshape((x.dim(0)?, channels, height, width))?;
+        let x = match &self.layers {
+            ConvLayers::Shallow { first, second } => second.forward(&first.forward(&x)?.relu()?)?.relu()?,
+            ConvLayers::Deep(sections) => {
+                let mut x = x;
+                for section in sections {
+                    x = max_pool_3x3_stride_2(&section.conv.forward(&x)?)?;
+                    for block in &section.blocks {
+                        x = block.forward(&x)?;
+                    }
+                }
+                x.relu()?
+            }
+        };
+        self.fc.forward(&x.flatten_from(1)?)?.relu()
+    }
+}
+
+/// Max-pooling `[N, C, H, W]` with a 3×3 window, stride 2 and padding 1
+/// (output `⌈H/2⌉ × ⌈W/2⌉`), one axis at a time. candle's own max-pool has
+/// no backward pass when the stride differs from the window, so this is
+/// built from slices and elementwise maxima, which have one.
+fn max_pool_3x3_stride_2(x: &Tensor) -> Result<Tensor> {
+    max_pool_axis(&max_pool_axis(x, 2)?, 3)
+}
+
+/// The 3-wide, stride-2, padding-1 max along `dim`.
+fn max_pool_axis(x: &Tensor, dim: usize) -> Result<Tensor> {
+    let size = x.dim(dim)?;
+    let out = size.div_ceil(2);
+    // Padding by repeating the edge value is exact for a max: every window
+    // that reaches into the padding also holds the edge. Padding to 2·out + 2
+    // makes every window start a reshape away.
+    let padded = x.pad_with_same(dim, 1, 2 * out + 1 - size)?;
+    let mut pooled: Option<Tensor> = None;
+    for offset in 0..3 {
+        // Elements offset, offset + 2, …: pairs along `dim`, first of each.
+        let mut pairs = padded.dims().to_vec();
+        pairs[dim] = out;
+        pairs.insert(dim + 1, 2);
+        let picked = padded
+            .narrow(dim, offset, 2 * out)?
+            .reshape(pairs)?
+            .narrow(dim + 1, 0, 1)?
+            .squeeze(dim + 1)?;
+        pooled = Some(match pooled {
+            None => picked,
+            Some(best) => best.maximum(&picked)?,
+        });
+    }
+    Ok(pooled.expect("three offsets"))
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::DType;
+    use rand::SeedableRng;
+
+    use super::*;
+    use crate::EnvSpec;
+    use crate::network::{ActorCritic, Core, NetworkConfig};
+
+    const ATARI: FrameShape = FrameShape {
+        channels: 4,
+        height: 84,
+        width: 84,
+    };
+    /// Catch's frame: 10×5 cells of 4×4 pixels.
+    const CATCH: FrameShape = FrameShape {
+        channels: 1,
+        height: 40,
+        width: 20,
+    };
+
+    fn config(torso: Torso) -> NetworkConfig {
+        NetworkConfig {
+            torso,
+            ..NetworkConfig::default()
+        }
+    }
+
+    /// `n` frames of pseudo-random intensities 0..=255.
+    fn frames(frame: FrameShape, n: usize, seed: u64) -> Tensor {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        let v: Vec<f32> = (0..n * frame.size()).map(|_| f32::from(rng.random::<u8>())).collect();
+        Tensor::from_vec(v, (n, frame.size()), &Device::Cpu).unwrap()
+    }
+
+    fn conv_weights(net: &ActorCritic) -> Vec<&str> {
+        net.params()
+            .iter()
+            .filter(|(_, v)| v.dims().len() == 4)
+            .map(|(n, _)| n.as_str())
+            .collect()
+    }
+
+    #[test]
+    fn cnn_torsos_shape_their_outputs_on_atari_and_catch_frames() {
+        for torso in [Torso::ShallowCnn, Torso::DeepResnet] {
+            for (frame, actions) in [(ATARI, 6), (CATCH, 3)] {
+                let net = ActorCritic::new(EnvSpec::frames(frame, actions), &config(torso), 0, &Device::Cpu).unwrap();
+                let out = net.forward(&frames(frame, 2, 1)).unwrap();
+                assert_eq!(out.logits.dims(), &[2, actions], "{torso:?} on {frame:?}");
+                assert_eq!(out.values.dims(), &[2], "{torso:?} on {frame:?}");
+                assert!(
+                    out.logits
+                        .flatten_all()
+                        .unwrap()
+                        .to_vec1::<f32>()
+                        .unwrap()
+                        .iter()
+                        .all(|v| v.is_finite())
+                );
+            }
+        }
+        // The fully connected layer reads what the convolutions leave:
+        // 32×9×9 after the shallow torso on 84×84, 32×11×11 after the deep one.
+        let fc_inputs = |torso| {
+            let net = ActorCritic::new(EnvSpec::frames(ATARI, 6), &config(torso), 0, &Device::Cpu).unwrap();
+            let (_, fc) = net.params().iter().find(|(n, _)| n == "torso.fc.weight").unwrap();
+            fc.dims().to_vec()
+        };
+        assert_eq!(fc_inputs(Torso::ShallowCnn), vec![256, 32 * 9 * 9]);
+        assert_eq!(fc_inputs(Torso::DeepResnet), vec![256, 32 * 11 * 11]);
+    }
+
+    #[test]
+    fn the_deep_torso_has_fifteen_conv_layers_and_the_shallow_two() {
+        let deep = ActorCritic::new(EnvSpec::frames(ATARI, 6), &config(Torso::DeepResnet), 0, &Device::Cpu).unwrap();
+        let convs = conv_weights(&deep);
+        assert_eq!(convs.len(), 15, "{convs:?}");
+        let channels: Vec<usize> = deep
+            .params()
+            .iter()
+            .filter(|(_, v)| v.dims().len() == 4)
+            .map(|(_, v)| v.dims()[0])
+            .collect();
+        assert_eq!(channels, [[16; 5], [32; 5], [32; 5]].concat());
+        let shallow = ActorCritic::new(EnvSpec::frames(ATARI, 6), &config(Torso::ShallowCnn), 0, &Device::Cpu).unwrap();
+        let shapes: Vec<Vec<usize>> = shallow
+            .params()
+            .iter()
+            .filter(|(_, v)| v.dims().len() == 4)
+            .map(|(_, v)| v.dims().to_vec())
+            .collect();
+        assert_eq!(shapes, vec![vec![16, 4, 8, 8], vec![32, 16, 4, 4]]);
+        // One torso for both heads: no value tower.
+        assert!(!deep.params().iter().any(|(n, _)| n.contains("tower")));
+    }
+
+    /// A loss on both heads reaches every parameter, feed-forward and
+    /// through an LSTM core.
+    #[test]
+    fn gradients_reach_every_cnn_parameter() {
+        for torso in [Torso::ShallowCnn, Torso::DeepResnet] {
+            for core in [Core::None, Core::Lstm] {
+                let config = NetworkConfig {
+                    torso,
+                    core,
+                    lstm_size: 16,
+                    ..NetworkConfig::default()
+                };
+                let net = ActorCritic::new(EnvSpec::frames(CATCH, 3), &config, 2, &Device::Cpu).unwrap();
+                let (steps, b) = (2, 3);
+                let is_first = Tensor::zeros(steps * b, DType::F32, &Device::Cpu).unwrap();
+                let (out, _) = net
+                    .unroll(&frames(CATCH, steps * b, 3), &is_first, steps, &net.initial_state(b).unwrap())
+                    .unwrap();
+                let pick = Tensor::new(&[1f32, -2.0, 0.5], &Device::Cpu).unwrap();
+                let policy_loss = out.logits.broadcast_mul(&pick).unwrap().sum_all().unwrap();
+                let value_loss = out.values.sqr().unwrap().mean_all().unwrap();
+                let grads = (policy_loss + value_loss).unwrap().backward().unwrap();
+                for (name, var) in net.params() {
+                    let grad = grads
+                        .get(var.as_tensor())
+                        .unwrap_or_else(|| panic!("{torso:?}/{core:?}: no gradient for {name}"));
+                    let norm = grad.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
+                    assert!(norm > 0.0 && norm.is_finite(), "{torso:?}/{core:?}: gradient of {name} is {norm}");
+                }
+            }
+        }
+    }
+
+    /// The pool against its definition: the max over each 3×3 window at
+    /// stride 2 of the input padded by one with −∞.
+    #[test]
+    fn max_pool_matches_the_padded_window_maximum() {
+        for (h, w) in [(5, 4), (6, 7), (1, 2), (84, 84)] {
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64((h * 100 + w) as u64);
+            let (n, c) = (2, 3);
+            let v: Vec<f32> = (0..n * c * h * w).map(|_| rng.random_range(-1.0..1.0)).collect();
+            let x = Tensor::from_vec(v.clone(), (n, c, h, w), &Device::Cpu).unwrap();
+            let pooled = max_pool_3x3_stride_2(&x).unwrap();
+            let (ho, wo) = (h.div_ceil(2), w.div_ceil(2));
+            assert_eq!(pooled.dims(), &[n, c, ho, wo]);
+            let got = pooled.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let mut expected = Vec::new();
+            for plane in v.chunks(h * w) {
+                for i in 0..ho {
+                    for j in 0..wo {
+                        let mut best = f32::NEG_INFINITY;
+                        for y in (2 * i).saturating_sub(1)..(2 * i + 2).min(h) {
+                            for x in (2 * j).saturating_sub(1)..(2 * j + 2).min(w) {
+                                best = best.max(plane[y * w + x]);
+                            }
+                        }
+                        expected.push(best);
+                    }
+                }
+            }
+            assert_eq!(got, expected, "{h}×{w}");
+        }
+    }
+
+    /// A convolution that folds a scale into its weight equals the plain one
+    /// on the scaled input, values and weight gradients.
+    #[test]
+    fn a_scaled_convolution_equals_the_convolution_of_the_scaled_input() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+        let (mut scaled, _) = Conv2d::new("c", 2, 3, 3, 2, 1, &mut rng, &Device::Cpu).unwrap();
+        scaled.input_scale = FRAME_SCALE;
+        scaled.input_grad = false;
+        let plain = Conv2d {
+            weight: scaled.weight.clone(),
+            bias: scaled.bias.clone(),
+            input_scale: 1.0,
+            ..scaled
+        };
+        let x = frames(
+            FrameShape {
+                channels: 2,
+                height: 7,
+                width: 6,
+            },
+            3,
+            9,
+        )
+        .reshape((3, 2, 7, 6))
+        .unwrap();
+        let ys = scaled.forward(&x).unwrap();
+        let yp = plain.forward(&x.affine(FRAME_SCALE, 0.0).unwrap()).unwrap();
+        let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let near = |a: Vec<f32>, b: Vec<f32>| {
+            assert_eq!(a.len(), b.len());
+            for (x, y) in a.iter().zip(&b) {
+                assert!((x - y).abs() <= 1e-4 * (1.0 + y.abs()), "{x} vs {y}");
+            }
+        };
+        near(flat(&ys), flat(&yp));
+        let gs = ys.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+        let gp = yp.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+        let w = scaled.weight.as_tensor();
+        near(flat(gs.get(w).unwrap()), flat(gp.get(w).unwrap()));
+    }
+
+    #[test]
+    fn a_cnn_torso_refuses_vector_observations_and_too_small_frames() {
+        let err = config(Torso::ShallowCnn).check_spec(&EnvSpec::vector(4, 2)).unwrap_err();
+        assert!(err.contains("network.torso") && err.contains("shallow_cnn"), "{err}");
+        assert!(ActorCritic::new(EnvSpec::vector(4, 2), &config(Torso::DeepResnet), 0, &Device::Cpu).is_err());
+        let tiny = FrameShape {
+            channels: 1,
+            height: 16,
+            width: 40,
+        };
+        let err = config(Torso::ShallowCnn).check_spec(&EnvSpec::frames(tiny, 2)).unwrap_err();
+        assert!(err.contains("16×40"), "{err}");
+        assert!(config(Torso::DeepResnet).check_spec(&EnvSpec::frames(tiny, 2)).is_ok());
+        assert!(NetworkConfig::default().check_spec(&EnvSpec::frames(CATCH, 3)).is_ok());
+        assert!(config(Torso::ShallowCnn).check_spec(&EnvSpec::frames(CATCH, 3)).is_ok());
+    }
+}

@@ -1,0 +1,128 @@
+//! The network's shape as the config file gives it: [`NetworkConfig`] and
+//! the choices in it (torso, activation, core), with the checks that a
+//! config is sound and that its torso can read an environment's
+//! observations. What the choices build lives in the sibling modules.
+
+use serde::{Deserialize, Serialize};
+
+use super::cnn::conv_torso_output;
+use crate::EnvSpec;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Activation {
+    Tanh,
+    Relu,
+}
+
+/// What sits between the torso and the heads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Core {
+    /// Feed-forward: each step sees only its own observation.
+    #[default]
+    None,
+    /// An LSTM whose state carries memory across the steps of an episode.
+    Lstm,
+}
+
+/// What turns an observation into features.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Torso {
+    /// Fully connected layers of `hidden` widths, on any observation.
+    #[default]
+    Mlp,
+    /// IMPALA's shallow model, on frames: conv 16×8×8 stride 4, ReLU, conv
+    /// 32×4×4 stride 2, ReLU, fully connected 256, ReLU.
+    ShallowCnn,
+    /// IMPALA's deep model, on frames: three sections of 16, 32, 32
+    /// channels, each a 3×3 conv, a 3×3 stride-2 max-pool and two residual
+    /// blocks (15 conv layers in all), then ReLU, fully connected 256, ReLU.
+    DeepResnet,
+}
+
+impl Torso {
+    /// The name the config uses.
+    pub fn name(self) -> &'static str {
+        match self {
+            Torso::Mlp => "mlp",
+            Torso::ShallowCnn => "shallow_cnn",
+            Torso::DeepResnet => "deep_resnet",
+        }
+    }
+}
+
+/// Shape of the network; the environment spec comes separately.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NetworkConfig {
+    pub torso: Torso,
+    /// Widths of each MLP tower's hidden layers (of the one torso with a
+    /// core). The CNN torsos end in their own fully connected layer instead.
+    pub hidden: Vec<usize>,
+    /// Between the MLP layers (the CNN torsos use ReLU throughout).
+    pub activation: Activation,
+    pub core: Core,
+    /// Width of the LSTM's state `h` (and `c`).
+    pub lstm_size: usize,
+    /// Initial bias of the LSTM's forget gate (the other gates start at
+    /// 0): 1 keeps the cell state through the first updates, as Jozefowicz
+    /// et al. (2015) recommend; 0 is PyTorch's initialisation.
+    pub lstm_forget_bias: f64,
+}
+
+impl Default for NetworkConfig {
+    fn default() -> Self {
+        Self {
+            torso: Torso::Mlp,
+            hidden: vec![64, 64],
+            activation: Activation::Tanh,
+            core: Core::None,
+            lstm_size: 64,
+            lstm_forget_bias: 0.0,
+        }
+    }
+}
+
+impl NetworkConfig {
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        if self.hidden.contains(&0) {
+            return Err(format!("hidden layer widths must be positive, got {:?}", self.hidden));
+        }
+        if self.core == Core::Lstm && self.lstm_size == 0 {
+            return Err("network.lstm_size must be positive with core = \"lstm\"".to_owned());
+        }
+        if !self.lstm_forget_bias.is_finite() {
+            return Err(format!("network.lstm_forget_bias must be finite, got {}", self.lstm_forget_bias));
+        }
+        Ok(())
+    }
+
+    /// Whether the network can act in `spec`: its policy head is
+    /// categorical (discrete actions), a CNN torso needs frames large enough
+    /// for its convolutions, an MLP reads any observation.
+    pub fn check_spec(&self, spec: &EnvSpec) -> std::result::Result<(), String> {
+        if spec.action.num_discrete().is_none() {
+            return Err(format!("the policy head is categorical: it cannot act with {}", spec.action));
+        }
+        let torso = self.torso;
+        if torso == Torso::Mlp {
+            return Ok(());
+        }
+        let Some(frame) = spec.frame() else {
+            return Err(format!(
+                "network.torso = \"{}\" needs image observations, but the environment's are a flat vector of {} values (use torso = \"mlp\")",
+                torso.name(),
+                spec.observation_size()
+            ));
+        };
+        if torso == Torso::ShallowCnn && conv_torso_output(torso, frame).is_none() {
+            return Err(format!(
+                "network.torso = \"shallow_cnn\" needs frames of at least 20×20 pixels, but the environment's are {}×{}",
+                frame.height, frame.width
+            ));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,23 @@
+//! CPU kernels for fleet's networks, as candle custom ops: the operations
+//! where candle's own CPU implementation cost the learner most, each with a
+//! forward and a one-pass backward, and each falling back to candle's own
+//! ops for tensors it does not handle (off the CPU, other dtypes). It knows nothing of networks, specs or
+//! RL: `agent` builds its layers from these.
+//!
+//! Layout: [`conv`] (im2col + gemm 2-D convolution whose backward can skip
+//! the input gradient), [`activation`] (vectorised tanh and a fused LSTM
+//! cell), [`bias`] (a bias add whose gradient is one contiguous pass), and
+//! a private `cpu` module (reading a tensor's storage as f32 values).
+//!
+//! Every `unsafe` block of the project lives here, so that the other crates
+//! can forbid `unsafe` outright. There is one: in [`conv`], the call into
+//! the `gemm` crate's matrix product, which takes raw pointers and strides
+//! (that is what lets it multiply strided views of the column buffers in
+//! place). Every view is bounds-checked against its slice just before the
+//! call, under the one `#[allow(unsafe_code)]` that the workspace's
+//! `unsafe_code = "deny"` lint requires.
+
+pub mod activation;
+pub mod bias;
+pub mod conv;
+mod cpu;
