@@ -27,7 +27,8 @@ pub enum Outcome {
     Interrupted,
 }
 
-/// Runs the system until it ends; returns how.
+/// Runs the system until it ends; returns how. The children are this same
+/// executable, so only the `fleet` binary can call this.
 pub async fn run(mut config: Config) -> Result<Outcome> {
     let actors = config.run.actors;
     // Each actor averages its share of the last 100 episodes.
