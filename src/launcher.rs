@@ -5,20 +5,16 @@
 //! the target return is reached, the step budget runs out, a child dies, or
 //! the user interrupts.
 
-use std::path::Path;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, anyhow, bail};
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
-use tokio::process::{Child, Command};
+use anyhow::{Context, Result, bail};
+use fleet_actor::metrics as actor_metrics;
+use fleet_learner::metrics as learner_metrics;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::config::Config;
-use crate::roles::READY_PREFIX;
+use crate::process::Process;
+use crate::scrape::{Samples, scrape};
 
 /// Episodes the success criterion averages over, across all actors.
 const RETURN_EPISODES: usize = 100;
@@ -31,78 +27,8 @@ pub enum Outcome {
     Interrupted,
 }
 
-/// One child process and the addresses it reported.
-pub(crate) struct Process {
-    name: String,
-    pub(crate) child: Child,
-    pub(crate) grpc: String,
-    metrics: String,
-}
-
-impl Process {
-    /// Starts `fleet --config CONFIG ARGS…` and waits for its ready line.
-    pub(crate) async fn spawn(name: &str, config_path: &Path, args: &[String]) -> Result<Self> {
-        let exe = std::env::current_exe().context("locating the fleet binary")?;
-        let mut command = Command::new(exe);
-        command
-            .arg("--config")
-            .arg(config_path)
-            .args(args)
-            .arg("--exit-with-stdin")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            // Its own process group: a terminal's Ctrl-C reaches only the
-            // launcher, which then stops the children in order.
-            .process_group(0)
-            .kill_on_drop(true);
-        if std::env::var_os("RUST_LOG").is_none() {
-            command.env("RUST_LOG", "warn");
-        }
-        let mut child = command.spawn().with_context(|| format!("starting {name}"))?;
-        let stdout = child.stdout.take().ok_or_else(|| anyhow!("{name}: no stdout"))?;
-        let mut lines = BufReader::new(stdout).lines();
-        let ready = tokio::time::timeout(Duration::from_secs(60), async {
-            while let Some(line) = lines.next_line().await? {
-                if line.starts_with(READY_PREFIX) {
-                    return Ok::<_, std::io::Error>(Some(line));
-                }
-            }
-            Ok(None)
-        })
-        .await
-        .map_err(|_| anyhow!("{name} did not report ready within 60 s"))??
-        .ok_or_else(|| anyhow!("{name} exited before reporting ready"))?;
-        // Keep draining stdout so a chatty child never blocks on a full pipe.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        let field = |key: &str| {
-            ready
-                .split_whitespace()
-                .find_map(|w| w.strip_prefix(&format!("{key}=")))
-                .map(str::to_string)
-                .ok_or_else(|| anyhow!("{name}: malformed ready line `{ready}`"))
-        };
-        Ok(Self {
-            name: name.to_string(),
-            grpc: field("grpc")?,
-            metrics: field("metrics")?,
-            child,
-        })
-    }
-
-    /// SIGTERM, then SIGKILL if it has not exited within `grace`.
-    pub(crate) async fn stop(&mut self, grace: Duration) {
-        if let Some(pid) = self.child.id() {
-            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
-        }
-        if tokio::time::timeout(grace, self.child.wait()).await.is_err() {
-            tracing::warn!(process = %self.name, "did not stop in time; killing");
-            let _ = self.child.kill().await;
-        }
-    }
-}
-
-/// Runs the system until it ends; returns how.
+/// Runs the system until it ends; returns how. The children are this same
+/// executable, so only the `fleet` binary can call this.
 pub async fn run(mut config: Config) -> Result<Outcome> {
     let actors = config.run.actors;
     // Each actor averages its share of the last 100 episodes.
@@ -114,7 +40,7 @@ pub async fn run(mut config: Config) -> Result<Outcome> {
 
     let loopback = "127.0.0.1:0".to_string();
     let mut processes = Vec::new();
-    let replay = Process::spawn(
+    let replay = Process::spawn_child(
         "replay",
         &config_path,
         &[
@@ -128,7 +54,7 @@ pub async fn run(mut config: Config) -> Result<Outcome> {
     .await?;
     let replay_grpc = replay.grpc.clone();
     processes.push(replay);
-    let learner = Process::spawn(
+    let learner = Process::spawn_child(
         "learner",
         &config_path,
         &[
@@ -156,7 +82,7 @@ pub async fn run(mut config: Config) -> Result<Outcome> {
             "--learner".into(),
             learner_grpc.clone(),
         ];
-        processes.push(Process::spawn(&format!("actor-{id}"), &config_path, &args).await?);
+        processes.push(Process::spawn_child(&format!("actor-{id}"), &config_path, &args).await?);
     }
     println!(
         "replay   gRPC {}  metrics http://{}/metrics",
@@ -268,16 +194,15 @@ impl Snapshot {
             let Ok(text) = scrape(&p.metrics).await else {
                 continue;
             };
-            let samples = parse_prometheus(&text);
-            let get = |name: &str| samples.iter().filter(|(n, _)| n == name).map(|(_, v)| v).sum::<f64>();
-            s.env_steps += get("fleet_actor_env_steps_total") as u64;
-            s.updates += get("fleet_learner_updates_total") as u64;
-            s.lag_sum += get("fleet_learner_policy_lag_versions_sum");
-            s.lag_count += get("fleet_learner_policy_lag_versions_count");
-            let episodes = get("fleet_actor_episodes_total");
+            let samples = Samples::parse(&text);
+            s.env_steps += samples.sum(actor_metrics::ENV_STEPS) as u64;
+            s.updates += samples.sum(learner_metrics::UPDATES) as u64;
+            s.lag_sum += samples.sum(&format!("{}_sum", learner_metrics::POLICY_LAG));
+            s.lag_count += samples.sum(&format!("{}_count", learner_metrics::POLICY_LAG));
+            let episodes = samples.sum(actor_metrics::EPISODES);
             if episodes > 0.0 {
                 let w = episodes.min(window as f64);
-                weighted += w * get("fleet_actor_episode_return_recent");
+                weighted += w * samples.sum(actor_metrics::EPISODE_RETURN_RECENT);
                 weight += w;
             }
         }
@@ -290,53 +215,5 @@ impl Snapshot {
     fn lag_mean_since(&self, previous: &Snapshot) -> Option<f64> {
         let count = self.lag_count - previous.lag_count;
         (count > 0.0).then(|| (self.lag_sum - previous.lag_sum) / count)
-    }
-}
-
-/// One HTTP/1.0 GET of `/metrics`.
-async fn scrape(address: &str) -> Result<String> {
-    let mut stream = tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(address)).await??;
-    stream
-        .write_all(format!("GET /metrics HTTP/1.0\r\nHost: {address}\r\n\r\n").as_bytes())
-        .await?;
-    let mut response = String::new();
-    tokio::time::timeout(Duration::from_secs(5), stream.read_to_string(&mut response)).await??;
-    let (head, body) = response
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| anyhow!("malformed HTTP response from {address}"))?;
-    if !head.starts_with("HTTP/1.1 200") && !head.starts_with("HTTP/1.0 200") {
-        bail!("{address}/metrics answered `{}`", head.lines().next().unwrap_or(""));
-    }
-    Ok(body.to_string())
-}
-
-/// `(name, value)` for every sample line of a Prometheus text exposition.
-fn parse_prometheus(text: &str) -> Vec<(String, f64)> {
-    text.lines()
-        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
-        .filter_map(|line| {
-            let (series, value) = line.rsplit_once(' ')?;
-            let name = series.split('{').next()?.trim();
-            Some((name.to_string(), value.trim().parse().ok()?))
-        })
-        .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_samples_with_and_without_labels() {
-        let text = "# HELP x\n# TYPE x counter\nfleet_a_total 12\nfleet_b{kind=\"policy\"} -0.5\nfleet_c_bucket{le=\"+Inf\"} 3\n\n";
-        let samples = parse_prometheus(text);
-        assert_eq!(
-            samples,
-            vec![
-                ("fleet_a_total".into(), 12.0),
-                ("fleet_b".into(), -0.5),
-                ("fleet_c_bucket".into(), 3.0)
-            ]
-        );
     }
 }

@@ -1,12 +1,9 @@
 //! The `fleet` command: one binary, one role per subcommand. This file only
-//! parses flags, loads the config and hands over to the role's `run`.
+//! parses flags, loads the config, binds the listeners and hands them with a
+//! shutdown future to the library's `run` for the role; everything else is
+//! in the `fleet` library.
 
-mod bench;
-mod config;
-mod health;
-mod launcher;
-mod roles;
-mod telemetry;
+#![forbid(unsafe_code)]
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -14,10 +11,9 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
-
-use crate::config::{Config, ConfigSources};
-use crate::launcher::Outcome;
-use crate::roles::Wiring;
+use fleet::config::{Config, ConfigSources};
+use fleet::launcher::Outcome;
+use fleet::{bench, cli, health, launcher};
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -201,10 +197,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         };
     }
     let config = load_config(&cli)?;
-    let wiring = Wiring {
-        metrics_listen: cli.metrics_listen,
-        exit_with_stdin: cli.exit_with_stdin,
-    };
+    let (metrics_listen, exit_with_stdin) = (cli.metrics_listen, cli.exit_with_stdin);
     match cli.command {
         Command::Bench {
             target:
@@ -264,17 +257,36 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             }
         }
         Command::Health { .. } => unreachable!("handled before loading the config"),
-        Command::Replay { listen, restore } => roles::replay(config, listen, restore, wiring).await.map(|_| ExitCode::SUCCESS),
-        Command::Learner { listen, replay } => roles::learner(config, listen, replay, wiring).await.map(|_| ExitCode::SUCCESS),
+        Command::Replay { listen, restore } => {
+            let grpc = cli::bind(listen, "replay gRPC").await?;
+            let shutdown = cli::shutdown_signal(exit_with_stdin)?;
+            let metrics = cli::bind(metrics_listen, "metrics").await?;
+            cli::announce_ready("replay", Some(&grpc), &metrics)?;
+            fleet::replay::run(config, restore, grpc, metrics, shutdown).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Learner { listen, replay } => {
+            let grpc = cli::bind(listen, "learner gRPC").await?;
+            let shutdown = cli::shutdown_signal(exit_with_stdin)?;
+            let metrics = cli::bind(metrics_listen, "metrics").await?;
+            cli::announce_ready("learner", Some(&grpc), &metrics)?;
+            fleet::learner::run(config, replay, grpc, metrics, shutdown).await?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Actor { actor_id, replay, learner } => {
             let id = actor_id.unwrap_or_else(default_actor_id);
-            roles::actor(config, id, replay, learner, wiring).await.map(|_| ExitCode::SUCCESS)
+            let shutdown = cli::shutdown_signal(exit_with_stdin)?;
+            let metrics = cli::bind(metrics_listen, "metrics").await?;
+            cli::announce_ready("actor", None, &metrics)?;
+            let peers = fleet::actor::Peers { replay, learner };
+            fleet::actor::run(config, id, peers, metrics, shutdown).await?;
+            Ok(ExitCode::SUCCESS)
         }
     }
 }
 
 fn main() -> ExitCode {
-    telemetry::init_logging();
+    cli::init_logging();
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
         Ok(runtime) => runtime,

@@ -1,9 +1,10 @@
-//! Process telemetry: `tracing` logs to stderr (filtered by `RUST_LOG`), and
-//! the Prometheus endpoint — the `metrics` recorder rendered at `/metrics` on
-//! a listener the caller binds (so port 0 works and the real port is known),
-//! with the standard `process_*` metrics (CPU seconds, resident memory,
-//! threads, open files) read at each scrape.
+//! The Prometheus endpoint of a role: the `metrics` recorder rendered at
+//! `/metrics` on a listener the caller binds (so port 0 works and the real
+//! port is known), with the standard `process_*` metrics (CPU seconds,
+//! resident memory, threads, open files) read at each scrape. Logging is set
+//! up by the binary (`cli`), not here.
 
+use std::sync::Mutex;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -11,17 +12,24 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-pub fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+/// The recorder installed in this process, if any: the recorder is global,
+/// and a process that runs more than one role (a test) shares it.
+static RECORDER: Mutex<Option<PrometheusHandle>> = Mutex::new(None);
+
+/// The global metrics recorder, installed on first use with histogram
+/// buckets set, so histograms render as real Prometheus histograms that
+/// aggregate across processes.
+pub fn install_recorder() -> Result<PrometheusHandle> {
+    let mut installed = RECORDER.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    if let Some(handle) = installed.as_ref() {
+        return Ok(handle.clone());
+    }
+    let handle = build_recorder()?;
+    *installed = Some(handle.clone());
+    Ok(handle)
 }
 
-/// Installs the global metrics recorder with histogram buckets set, so
-/// histograms render as real Prometheus histograms that aggregate across processes.
-pub fn install_recorder() -> Result<PrometheusHandle> {
+fn build_recorder() -> Result<PrometheusHandle> {
     let buckets: [(&str, &[f64]); 8] = [
         (fleet_replay::metrics::SAMPLE_LATENCY, fleet_replay::metrics::SAMPLE_LATENCY_BUCKETS),
         (fleet_actor::metrics::EPISODE_RETURN, fleet_actor::metrics::EPISODE_RETURN_BUCKETS),

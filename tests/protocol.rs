@@ -7,7 +7,7 @@ use futures::StreamExt;
 use prost::Message;
 use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
 
-use crate::support::{Role, metric, scrape};
+use crate::support::{metric, scrape, series, start};
 
 fn sequence(steps: usize, seed: f32) -> pb::Sequence {
     let obs: Vec<f32> = (0..steps * 4).map(|i| seed + i as f32 * 0.01).collect();
@@ -48,7 +48,7 @@ async fn insert(client: &mut ReplayClient<tonic::transport::Channel>, sequences:
 
 #[tokio::test]
 async fn malformed_sequences_are_refused_and_the_queue_is_untouched() {
-    let replay = Role::start(&["replay", "--listen", "127.0.0.1:0"]).await;
+    let replay = start(&["replay", "--listen", "127.0.0.1:0"]).await;
     let mut client = ReplayClient::connect(replay.grpc_uri()).await.unwrap();
     let good = vec![sequence(21, 1.0), sequence(21, 2.0)];
     assert_eq!(insert(&mut client, good.clone()).await.unwrap().len(), 2);
@@ -86,7 +86,11 @@ async fn malformed_sequences_are_refused_and_the_queue_is_untouched() {
     let info = client.info(pb::InfoRequest {}).await.unwrap().into_inner();
     assert_eq!(info.tables[0].size, 2);
     let metrics = scrape(&replay.metrics).await.unwrap();
-    assert_eq!(metric(&metrics, "fleet_replay_items{table=\"queue\"}"), Some(2.0), "{metrics}");
+    assert_eq!(
+        metric(&metrics, &series(fleet_replay::metrics::ITEMS, &[("table", "queue")])),
+        Some(2.0),
+        "{metrics}"
+    );
 
     let request = pb::SampleRequest {
         table: "queue".into(),
@@ -105,9 +109,9 @@ async fn malformed_sequences_are_refused_and_the_queue_is_untouched() {
 
 #[tokio::test]
 async fn every_server_reports_health_and_the_learner_chunks_large_weights() {
-    let replay = Role::start(&["replay", "--listen", "127.0.0.1:0"]).await;
+    let replay = start(&["replay", "--listen", "127.0.0.1:0"]).await;
     // About 8.4 MB of weights: several chunks.
-    let learner = Role::start(&[
+    let learner = start(&[
         "learner",
         "--listen",
         "127.0.0.1:0",

@@ -5,62 +5,71 @@
 
 use std::time::Duration;
 
-use crate::support::{Role, metric, scrape};
+use fleet_actor::metrics as actor_metrics;
+use fleet_learner::metrics as learner_metrics;
+use fleet_replay::metrics as replay_metrics;
 
-const REQUIRED: &[(&str, &[&str])] = &[
-    (
-        "replay",
-        &[
-            "fleet_replay_items{table=\"queue\"}",
-            "fleet_replay_inserts_total",
-            "fleet_replay_samples_total",
-            "fleet_replay_bytes{table=\"queue\"}",
-            "fleet_replay_sample_latency_seconds_bucket",
-            "process_resident_memory_bytes",
-        ],
-    ),
-    (
-        "learner",
-        &[
-            "fleet_learner_updates_total",
-            "fleet_learner_loss{kind=\"policy\"}",
-            "fleet_learner_loss{kind=\"baseline\"}",
-            "fleet_learner_loss{kind=\"entropy\"}",
-            "fleet_learner_loss{kind=\"total\"}",
-            "fleet_learner_weights_version",
-        ],
-    ),
-    (
-        "actor",
-        &[
-            "fleet_actor_env_steps_total",
-            "fleet_actor_episodes_total",
-            "fleet_actor_episode_return_bucket",
-            "fleet_actor_policy_lag_versions_bucket",
-        ],
-    ),
-];
+use crate::support::{metric, scrape, series, start};
+
+/// The series each role must expose, for dashboards and alerts.
+fn required() -> [(&'static str, Vec<String>); 3] {
+    let queue = [("table", "queue")];
+    let loss = |kind| series(learner_metrics::LOSS, &[("kind", kind)]);
+    [
+        (
+            "replay",
+            vec![
+                series(replay_metrics::ITEMS, &queue),
+                replay_metrics::INSERTS_TOTAL.into(),
+                replay_metrics::SAMPLES_TOTAL.into(),
+                series(replay_metrics::BYTES, &queue),
+                format!("{}_bucket", replay_metrics::SAMPLE_LATENCY),
+                "process_resident_memory_bytes".into(),
+            ],
+        ),
+        (
+            "learner",
+            vec![
+                learner_metrics::UPDATES.into(),
+                loss("policy"),
+                loss("baseline"),
+                loss("entropy"),
+                loss("total"),
+                learner_metrics::WEIGHTS_VERSION.into(),
+            ],
+        ),
+        (
+            "actor",
+            vec![
+                actor_metrics::ENV_STEPS.into(),
+                actor_metrics::EPISODES.into(),
+                format!("{}_bucket", actor_metrics::EPISODE_RETURN),
+                format!("{}_bucket", actor_metrics::POLICY_LAG),
+            ],
+        ),
+    ]
+}
 
 #[tokio::test]
 async fn separate_role_processes_train_together_and_expose_their_metrics() {
-    let replay = Role::start(&["replay", "--listen", "127.0.0.1:0"]).await;
+    let replay = start(&["replay", "--listen", "127.0.0.1:0"]).await;
     // The actor starts before the learner exists: it must keep retrying and
     // connect once the learner comes up on the address it was given.
     let learner_address = {
         let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         probe.local_addr().unwrap().to_string()
     };
-    let actor = Role::start(&["actor", "--actor-id", "4", "--replay", &replay.grpc, "--learner", &learner_address]).await;
+    let actor = start(&["actor", "--actor-id", "4", "--replay", &replay.grpc, "--learner", &learner_address]).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let learner = Role::start(&["learner", "--listen", &learner_address, "--replay", &replay.grpc]).await;
+    let learner = start(&["learner", "--listen", &learner_address, "--replay", &replay.grpc]).await;
 
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     let (learner_text, actor_text) = loop {
         let learner_text = scrape(&learner.metrics).await.unwrap();
         let actor_text = scrape(&actor.metrics).await.unwrap();
-        let updates = metric(&learner_text, "fleet_learner_updates_total").unwrap_or(0.0);
-        let acting_version = metric(&actor_text, "fleet_actor_weights_version").unwrap_or(0.0);
-        let episodes = metric(&actor_text, "fleet_actor_episodes_total").unwrap_or(0.0);
+        let updates = metric(&learner_text, learner_metrics::UPDATES).unwrap_or(0.0);
+        let acting_version = metric(&actor_text, actor_metrics::WEIGHTS_VERSION).unwrap_or(0.0);
+        let episodes = metric(&actor_text, actor_metrics::EPISODES).unwrap_or(0.0);
         if updates >= 20.0 && acting_version > 1.0 && episodes > 0.0 {
             break (learner_text, actor_text);
         }
@@ -71,15 +80,16 @@ async fn separate_role_processes_train_together_and_expose_their_metrics() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     let replay_text = scrape(&replay.metrics).await.unwrap();
+    let required = required();
     for (role, text) in [("replay", &replay_text), ("learner", &learner_text), ("actor", &actor_text)] {
-        let names = REQUIRED.iter().find(|(r, _)| *r == role).unwrap().1;
+        let names = &required.iter().find(|(r, _)| *r == role).unwrap().1;
         for name in names {
             assert!(metric(text, name).is_some(), "{role} lacks {name}:\n{text}");
         }
         assert!(text.contains("# TYPE"), "{role} serves Prometheus text");
     }
-    assert!(text_has_type(&actor_text, "fleet_actor_episode_return", "histogram"));
-    assert!(metric(&replay_text, "fleet_replay_inserts_total").unwrap() > 0.0);
+    assert!(text_has_type(&actor_text, actor_metrics::EPISODE_RETURN, "histogram"));
+    assert!(metric(&replay_text, replay_metrics::INSERTS_TOTAL).unwrap() > 0.0);
 }
 
 fn text_has_type(text: &str, name: &str, kind: &str) -> bool {
@@ -103,11 +113,11 @@ async fn a_restarted_learner_resumes_from_its_checkpoint() {
             "learner.checkpoint_interval_secs=0.2".into(),
         ]
     };
-    let replay = Role::start(&["replay", "--listen", "127.0.0.1:0"]).await;
+    let replay = start(&["replay", "--listen", "127.0.0.1:0"]).await;
     let args = learner_args("127.0.0.1:0", &replay.grpc);
-    let mut learner = Role::start(&args.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    let mut learner = start(&args.iter().map(String::as_str).collect::<Vec<_>>()).await;
     let learner_address = learner.grpc.clone();
-    let actor = Role::start(&["actor", "--replay", &replay.grpc, "--learner", &learner_address]).await;
+    let actor = start(&["actor", "--replay", &replay.grpc, "--learner", &learner_address]).await;
 
     wait_for(&learner.metrics, "fleet_learner_checkpoints_total", 2.0).await;
     let version_before = metric(&scrape(&learner.metrics).await.unwrap(), "fleet_learner_weights_version").unwrap();
@@ -124,7 +134,7 @@ async fn a_restarted_learner_resumes_from_its_checkpoint() {
     assert!(status.success(), "learner exit status {status}");
 
     let args = learner_args(&learner_address, &replay.grpc);
-    let restarted = Role::start(&args.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    let restarted = start(&args.iter().map(String::as_str).collect::<Vec<_>>()).await;
     let resumed_version = wait_for(&restarted.metrics, "fleet_learner_weights_version", 1.0).await;
     assert!(
         resumed_version >= version_before,
@@ -159,25 +169,25 @@ async fn wait_for(metrics: &str, name: &str, at_least: f64) -> f64 {
 #[tokio::test]
 async fn a_learner_mixes_fresh_and_replayed_sequences_and_sends_priorities_back() {
     let config = concat!(env!("CARGO_MANIFEST_DIR"), "/config/laser.toml");
-    let replay = Role::start(&["replay", "--listen", "127.0.0.1:0", "--config", config]).await;
-    let learner = Role::start(&["learner", "--listen", "127.0.0.1:0", "--replay", &replay.grpc, "--config", config]).await;
-    let _actor = Role::start(&["actor", "--replay", &replay.grpc, "--learner", &learner.grpc, "--config", config]).await;
+    let replay = start(&["replay", "--listen", "127.0.0.1:0", "--config", config]).await;
+    let learner = start(&["learner", "--listen", "127.0.0.1:0", "--replay", &replay.grpc, "--config", config]).await;
+    let _actor = start(&["actor", "--replay", &replay.grpc, "--learner", &learner.grpc, "--config", config]).await;
 
-    wait_for(&learner.metrics, "fleet_learner_updates_total", 20.0).await;
-    wait_for(&learner.metrics, "fleet_learner_priority_updates_total", 40.0).await;
+    wait_for(&learner.metrics, learner_metrics::UPDATES, 20.0).await;
+    wait_for(&learner.metrics, learner_metrics::PRIORITY_UPDATES, 40.0).await;
     let text = scrape(&learner.metrics).await.unwrap();
-    let online = metric(&text, "fleet_learner_sampled_sequences_total{source=\"online\"}").unwrap();
-    let replayed = metric(&text, "fleet_learner_sampled_sequences_total{source=\"replay\"}").unwrap();
+    let online = metric(&text, &series(learner_metrics::SAMPLED_SEQUENCES, &[("source", "online")])).unwrap();
+    let replayed = metric(&text, &series(learner_metrics::SAMPLED_SEQUENCES, &[("source", "replay")])).unwrap();
     assert!(replayed >= 160.0, "{replayed} replayed sequences");
     // Every batch is 8 + 8; the two counters may be a batch apart when scraped.
     assert!((online - replayed).abs() <= 8.0, "online {online}, replayed {replayed}");
-    let weights = metric(&text, "fleet_learner_importance_weights_count").unwrap();
+    let weights = metric(&text, &format!("{}_count", learner_metrics::IMPORTANCE_WEIGHTS)).unwrap();
     assert!(
         weights >= replayed - 8.0,
         "{weights} importance weights for {replayed} replayed sequences"
     );
-    let beta = metric(&text, "fleet_learner_importance_beta").unwrap();
+    let beta = metric(&text, learner_metrics::BETA).unwrap();
     assert!((0.6..=1.0).contains(&beta), "beta {beta}");
-    let applied = wait_for(&replay.metrics, "fleet_replay_priority_updates_total", 40.0).await;
+    let applied = wait_for(&replay.metrics, replay_metrics::PRIORITY_UPDATES_TOTAL, 40.0).await;
     assert!(applied >= 40.0);
 }

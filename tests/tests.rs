@@ -1,5 +1,6 @@
-//! End-to-end tests of the `fleet` binary: real processes on loopback ports,
-//! real gRPC clients, real `/metrics` scrapes.
+//! End-to-end tests of the `fleet` binary and of its roles as library
+//! functions: real processes (or in-process roles) on loopback ports, real
+//! gRPC clients, real `/metrics` scrapes.
 
 mod support;
 
@@ -7,5 +8,6 @@ mod cli;
 mod deploy;
 mod k8s;
 mod learning;
+mod library;
 mod protocol;
 mod roles;

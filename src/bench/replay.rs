@@ -25,7 +25,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 
 use crate::config::Config;
-use crate::launcher::Process;
+use crate::process::Process;
 
 const TABLE: &str = "bench";
 /// Large enough for a batch of R2D2-shaped sequences.
@@ -157,7 +157,7 @@ async fn run_workload(workload: &Workload, load: &Load) -> Result<Report> {
     let dir = tempfile::tempdir().context("creating a temporary directory")?;
     let config_path = dir.path().join("bench.toml");
     bench_config(workload)?.write_to(&config_path)?;
-    let mut server = Process::spawn(
+    let mut server = Process::spawn_child(
         "replay",
         &config_path,
         &[

@@ -1,0 +1,42 @@
+//! `fleet learner` as a library function: learns from the replay service at
+//! an address and serves its weights over gRPC on a listener the caller
+//! bound, with `/metrics` on another, until the caller's shutdown future
+//! fires. Batching, V-trace and the `Parameters` service live in the
+//! `fleet-learner` crate; this only builds its settings from the config.
+
+use std::future::Future;
+use std::time::Duration;
+
+use anyhow::Result;
+use fleet_proto::connect::Backoff;
+use tokio::net::TcpListener;
+
+use crate::config::Config;
+use crate::role;
+
+/// Learns from replay at `replay_address` (host:port), serves weights on
+/// `grpc` and metrics on `metrics` until `shutdown` fires, then stops
+/// gracefully (writing a final checkpoint if configured) and returns.
+pub async fn run(
+    config: Config,
+    replay_address: String,
+    grpc: TcpListener,
+    metrics: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<()> {
+    let spec = config.env.make(0)?.spec();
+    let settings = fleet_learner::LearnerSettings {
+        seed: config.seed,
+        spec,
+        network: config.network,
+        learner: fleet_learner::LearnerConfig {
+            burn_in: config.actor.burn_in,
+            ..config.learner
+        },
+        replay_address,
+        max_message_bytes: config.replay.max_message_bytes,
+        sample_timeout: Duration::from_millis(config.replay.sample_timeout_ms),
+        backoff: Backoff::default(),
+    };
+    role::serve(metrics, shutdown, |token| fleet_learner::run(settings, grpc, token)).await
+}

@@ -1,0 +1,39 @@
+//! fleet: distributed actor–learner reinforcement learning. This library is
+//! the application layer over the member crates (`fleet-replay`,
+//! `fleet-learner`, `fleet-actor`): each role is a function that takes its
+//! config, already-bound listeners and a shutdown future, and returns once
+//! the role has stopped, so the `fleet` binary, the tests and the benchmarks
+//! all run the same code. It holds no algorithms (those live in the member
+//! crates) and installs no signal handlers of its own except in [`cli`],
+//! which only the binary calls. Errors are `anyhow` with context, as the
+//! binary reports them.
+//!
+//! # Layout
+//!
+//! - [`replay`], [`learner`], [`actor`]: the roles, each a
+//!   `run(config, …, listener(s), shutdown)`; `role` is what they share
+//!   (the `/metrics` server and the shutdown token).
+//! - [`config`]: the layered TOML config (default, file, environment, flags).
+//! - [`telemetry`]: the Prometheus recorder and the `/metrics` endpoint.
+//! - [`launcher`]: `fleet run`, every role as a child process on one machine.
+//! - [`process`]: spawning a `fleet` child, its ready line, killing it on drop.
+//! - [`scrape`]: reading and parsing a process's `/metrics`.
+//! - [`health`]: `fleet health`, for container health checks.
+//! - [`cli`]: what the binary does around a role: logging, binding, signals,
+//!   the ready line.
+//! - [`bench`]: `fleet bench`, measurements that print tables.
+
+#![forbid(unsafe_code)]
+
+pub mod actor;
+pub mod bench;
+pub mod cli;
+pub mod config;
+pub mod health;
+pub mod launcher;
+pub mod learner;
+pub mod process;
+pub mod replay;
+mod role;
+pub mod scrape;
+pub mod telemetry;

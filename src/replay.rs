@@ -1,0 +1,32 @@
+//! `fleet replay` as a library function: the replay tables served over gRPC
+//! on a listener the caller bound, with `/metrics` on another, until the
+//! caller's shutdown future fires. The tables, sampling and the service
+//! itself live in the `fleet-replay` crate; this only wires the config to it.
+
+use std::future::Future;
+use std::path::PathBuf;
+
+use anyhow::Result;
+use tokio::net::TcpListener;
+
+use crate::config::Config;
+use crate::role;
+
+/// Serves replay on `grpc` and its metrics on `metrics` until `shutdown`
+/// fires, then stops gracefully (checkpointing if configured) and returns.
+/// `restore`: start from the newest complete checkpoint under this directory
+/// (an error if there is none); `None` starts from `replay.checkpoint_dir`'s
+/// newest, if any.
+pub async fn run(
+    config: Config,
+    restore: Option<PathBuf>,
+    grpc: TcpListener,
+    metrics: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<()> {
+    let restore = restore.map_or(fleet_replay::Restore::Auto, fleet_replay::Restore::From);
+    role::serve(metrics, shutdown, |token| {
+        fleet_replay::serve(config.replay, restore, grpc, token.cancelled_owned())
+    })
+    .await
+}
