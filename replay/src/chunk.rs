@@ -527,7 +527,7 @@ mod tests {
             "{err}"
         );
         let mut other = cartpole_sequence(2, 1);
-        other.initial_state = Some(pb::Tensor::from_f32(&[1], &[0.0]));
+        other.initial_state = Some(pb::Tensor::from_f32(&[2, 1], &[0.0; 2]));
         let err = store.continued_item(&first, 1, other, Compression::NONE).unwrap_err();
         assert!(err.to_string().contains("the writer's previous item"), "{err}");
         assert_eq!(store.totals().0, 1, "refused steps are not stored");

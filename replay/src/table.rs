@@ -1135,16 +1135,16 @@ mod tests {
         let err = table.insert(other, None).await.unwrap_err();
         assert!(matches!(err, Error::SignatureMismatch { .. }), "{err}");
         assert!(
-            err.to_string().contains("2 actions") && err.to_string().contains("3 actions"),
+            err.to_string().contains("2 discrete actions") && err.to_string().contains("3 discrete actions"),
             "{err}"
         );
 
         let mut other = cartpole_sequence(3, 1);
-        other.initial_state = Some(pb::Tensor::from_f32(&[2], &[0.0; 2]));
+        other.initial_state = Some(pb::Tensor::from_f32(&[2, 1], &[0.0; 2]));
         assert!(matches!(table.insert(other, None).await, Err(Error::SignatureMismatch { .. })));
 
         let mut other = cartpole_sequence(3, 1);
-        other.observations = Some(pb::Tensor::from_u8(&[3, 4], vec![0; 12]));
+        other.observations = Some(pb::Tensor::from_u8(&[3, 1, 2, 2], vec![0; 12]));
         assert!(matches!(table.insert(other, None).await, Err(Error::SignatureMismatch { .. })));
 
         // The signature survives the table emptying; a longer sequence of the

@@ -62,7 +62,7 @@ fn steps(writer: u64, range: std::ops::Range<usize>, side: usize) -> pb::Sequenc
         .flat_map(|i| (0..frame).map(move |j| (i * 31 + j * 7 + writer as usize) as u8))
         .collect();
     pb::Sequence {
-        observations: Some(pb::Tensor::from_u8(&[t, side, side], observations)),
+        observations: Some(pb::Tensor::from_u8(&[t, 1, side, side], observations)),
         actions: Some(pb::Tensor::from_i64(
             &[t],
             &range.clone().map(|i| (i % 3) as i64).collect::<Vec<_>>(),

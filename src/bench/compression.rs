@@ -140,7 +140,7 @@ fn frames(seed: u64, random: bool) -> pb::Sequence {
         paint((t * 5) % 80, (t * 7) % 80, 2, 2, 236);
     }
     let mut sequence = empty(STEPS);
-    sequence.observations = Some(Tensor::from_u8(&[STEPS, SIDE, SIDE], data));
+    sequence.observations = Some(Tensor::from_u8(&[STEPS, 1, SIDE, SIDE], data));
     sequence.actions = Some(Tensor::from_i64(&[STEPS], &(0..STEPS).map(|t| (t % 6) as i64).collect::<Vec<_>>()));
     sequence.behaviour_logits = Some(Tensor::from_f32(
         &[STEPS, 6],
