@@ -6,7 +6,7 @@ use crate::optim::OptimizerConfig;
 use crate::vtrace::VTraceParams;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "snake_case")]
 pub enum OptimizerKind {
     Adam,
     /// Adam with decoupled weight decay (`weight_decay`).
@@ -26,7 +26,7 @@ pub enum RewardClip {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "snake_case")]
 pub enum LearningRateSchedule {
     Constant,
     /// Linear decay to zero over `lr_decay_frames` env frames consumed.
@@ -35,7 +35,7 @@ pub enum LearningRateSchedule {
 
 /// Where a recurrent core's state starts at a sequence's first step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "snake_case")]
 pub enum InitialState {
     /// The state the actor stored with the sequence (R2D2).
     Stored,

@@ -8,7 +8,7 @@ use candle_core::Device;
 use fleet_agent::{ActorCritic, EnvSpec, NetworkConfig, Weights, WeightsError};
 
 use crate::batch::{DeviceBatch, HostBatch};
-use crate::checkpoint::{self, CheckpointError, CheckpointMeta};
+use crate::checkpoint::{self, CheckpointMeta};
 use crate::config::{InitialState, LearnerConfig};
 use crate::loss::{LossWeights, clip_rewards, impala_loss, learning_outputs, sequence_priorities, state_staleness};
 use crate::optim::Optimiser;
@@ -22,7 +22,7 @@ pub enum UpdateError {
     #[error(transparent)]
     Weights(#[from] WeightsError),
     #[error(transparent)]
-    Checkpoint(#[from] CheckpointError),
+    Checkpoint(#[from] fleet_checkpoint::Error),
     #[error("checkpoint {path} does not fit this learner: {message}")]
     Incompatible { path: PathBuf, message: String },
 }
@@ -113,9 +113,6 @@ impl Learner {
             updates: self.updates,
             frames: self.frames,
             optimizer_steps: self.optimiser.steps(),
-            written_at: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs()),
         };
         let model = self.weights()?.bytes;
         let state = self.optimiser.state(&self.param_names());
@@ -254,6 +251,8 @@ mod tests {
             for batch in &batches[..5] {
                 assert!(original.update(batch).unwrap().applied);
             }
+            let saved = (original.version(), original.updates(), original.frames());
+            assert_eq!((saved.0, saved.1), (6, 5));
             original.save_checkpoint(dir.path()).unwrap();
             let uninterrupted = original.update(&batches[5]).unwrap();
 
@@ -262,7 +261,11 @@ mod tests {
             assert_ne!(params(&resumed), params(&original));
             let restored = resumed.restore_latest(dir.path()).unwrap();
             assert!(restored.is_some());
-            assert_eq!((resumed.version(), resumed.updates()), (6, 5));
+            assert_eq!(
+                (resumed.version(), resumed.updates(), resumed.frames()),
+                saved,
+                "the checkpointed version, update step and frames, exactly"
+            );
             let after_resume = resumed.update(&batches[5]).unwrap();
             assert!(
                 (after_resume.total_loss - uninterrupted.total_loss).abs() <= 1e-6 * uninterrupted.total_loss.abs().max(1.0),
@@ -294,7 +297,7 @@ mod tests {
         let mut other = learner(3, &LearnerConfig::default());
         let before = params(&other);
         let err = other.restore_latest(dir.path()).unwrap_err().to_string();
-        assert!(err.contains("ckpt-"), "{err}");
+        assert!(err.contains(checkpoint::KIND), "{err}");
         assert_eq!(params(&other), before);
         assert_eq!(other.version(), 1);
     }

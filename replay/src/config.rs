@@ -97,9 +97,11 @@ pub struct TableConfig {
     /// than the whole budget is refused.
     pub max_bytes: u64,
     /// Which item a sample returns.
+    #[serde(deserialize_with = "sampler")]
     pub sampler: SamplerKind,
     /// Which item leaves when a full table that does not block takes an
     /// insert (any sampler kind; `fifo`, the oldest, by default).
+    #[serde(deserialize_with = "remover")]
     pub remover: SamplerKind,
     /// An item sampled this many times is removed; 0 means never. 1 makes the
     /// table a queue in which every sequence is learnt from exactly once
@@ -133,7 +135,7 @@ pub struct TableConfig {
 
 /// Named table shapes; see [`TableConfig::preset`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "snake_case")]
 pub enum Preset {
     Queue,
     Prioritized,
@@ -141,7 +143,7 @@ pub enum Preset {
 
 /// How a chunk's steps are stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "snake_case")]
 pub enum Codec {
     #[default]
     None,
@@ -296,9 +298,11 @@ impl Default for TableConfig {
     }
 }
 
-/// The sampling rule of a table.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+/// The sampling rule of a table. Config files spell it in snake_case;
+/// earlier spellings are refused with the new one named (see
+/// [`SamplerKind::parse`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum SamplerKind {
     /// Oldest item first. With `max_times_sampled >= 1` the table is a queue:
     /// inserts wait while it is full rather than evicting.
@@ -312,10 +316,8 @@ pub enum SamplerKind {
     /// replay), drawn with replacement; uniform while every priority is 0.
     Prioritized,
     /// The highest priority first (ties: the oldest).
-    #[serde(rename = "max-heap")]
     MaxHeap,
     /// The lowest priority first (ties: the oldest).
-    #[serde(rename = "min-heap")]
     MinHeap,
 }
 
@@ -327,8 +329,8 @@ impl SamplerKind {
             SamplerKind::Lifo => "lifo",
             SamplerKind::Uniform => "uniform",
             SamplerKind::Prioritized => "prioritized",
-            SamplerKind::MaxHeap => "max-heap",
-            SamplerKind::MinHeap => "min-heap",
+            SamplerKind::MaxHeap => "max_heap",
+            SamplerKind::MinHeap => "min_heap",
         }
     }
 
@@ -340,6 +342,32 @@ impl SamplerKind {
         SamplerKind::MaxHeap,
         SamplerKind::MinHeap,
     ];
+
+    /// Spellings that config files once used, with what replaced them.
+    const RENAMED: [(&'static str, SamplerKind); 2] = [("max-heap", SamplerKind::MaxHeap), ("min-heap", SamplerKind::MinHeap)];
+
+    /// The kind a config value names; `key` (`sampler`, `remover`) goes into
+    /// the error, which names the new spelling of an old one.
+    pub fn parse(key: &str, value: &str) -> Result<Self, String> {
+        if let Some(kind) = Self::ALL.into_iter().find(|k| k.as_str() == value) {
+            return Ok(kind);
+        }
+        if let Some((_, kind)) = Self::RENAMED.iter().find(|(old, _)| *old == value) {
+            return Err(format!("{key} `{value}` is now spelled `{}`", kind.as_str()));
+        }
+        let known: Vec<&str> = Self::ALL.iter().map(|k| k.as_str()).collect();
+        Err(format!("{key} `{value}` is not one of {}", known.join(", ")))
+    }
+}
+
+fn sampler<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<SamplerKind, D::Error> {
+    let value = String::deserialize(deserializer)?;
+    SamplerKind::parse("sampler", &value).map_err(serde::de::Error::custom)
+}
+
+fn remover<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<SamplerKind, D::Error> {
+    let value = String::deserialize(deserializer)?;
+    SamplerKind::parse("remover", &value).map_err(serde::de::Error::custom)
 }
 
 impl ReplayConfig {
@@ -469,6 +497,29 @@ mod tests {
     }
 
     #[test]
+    fn old_sampler_spellings_are_refused_naming_the_new_one() {
+        for (key, old, new) in [("sampler", "max-heap", "max_heap"), ("remover", "min-heap", "min_heap")] {
+            let message = toml::from_str::<ReplayConfig>(&format!("[[tables]]\n{key} = \"{old}\""))
+                .unwrap_err()
+                .to_string();
+            assert!(message.contains(&format!("{key} `{old}` is now spelled `{new}`")), "{message}");
+        }
+        let message = toml::from_str::<ReplayConfig>("[[tables]]\nsampler = \"random\"")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            message.contains("sampler `random` is not one of fifo, lifo, uniform, prioritized, max_heap, min_heap"),
+            "{message}"
+        );
+        for kind in SamplerKind::ALL {
+            let config: ReplayConfig = toml::from_str(&format!("[[tables]]\nremover = \"{}\"", kind.as_str())).unwrap();
+            assert_eq!(config.tables[0].remover, kind);
+            let written = toml::to_string(&config).unwrap();
+            assert!(written.contains(&format!("remover = \"{}\"", kind.as_str())), "{written}");
+        }
+    }
+
+    #[test]
     fn samplers_and_their_fields_parse() {
         let config: ReplayConfig = toml::from_str(
             r#"
@@ -487,8 +538,8 @@ mod tests {
             sampler = "uniform"
             [[tables]]
             name = "heap"
-            sampler = "max-heap"
-            remover = "min-heap"
+            sampler = "max_heap"
+            remover = "min_heap"
             samples_per_insert = 8.0
             error_buffer = 16.0
             "#,

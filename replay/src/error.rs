@@ -40,6 +40,10 @@ pub enum Error {
     InsertTimeout { table: String, waited: Duration },
     #[error("replay checkpoint: {0}")]
     Checkpoint(String),
+    /// A checkpoint's files on disk: writing them, or reading them back
+    /// against their manifest.
+    #[error("replay checkpoint: {0}")]
+    CheckpointFiles(#[from] fleet_checkpoint::Error),
     #[error("replay compression: {0}")]
     Compression(String),
     #[error("checkpoints are off: set replay.checkpoint_dir")]
@@ -63,7 +67,7 @@ impl From<Error> for tonic::Status {
             | Error::InvalidPriority { .. } => Code::InvalidArgument,
             Error::TooLarge { .. } | Error::TooManyWriters(_) => Code::ResourceExhausted,
             Error::SampleTimeout { .. } | Error::InsertTimeout { .. } => Code::DeadlineExceeded,
-            Error::Checkpoint(_) | Error::Compression(_) => Code::Internal,
+            Error::Checkpoint(_) | Error::CheckpointFiles(_) | Error::Compression(_) => Code::Internal,
             Error::CheckpointsDisabled => Code::FailedPrecondition,
             Error::Shutdown => Code::Unavailable,
             Error::Transport(_) => Code::Internal,

@@ -1008,7 +1008,7 @@ mod tests {
         let stats = table.stats();
         assert_eq!(
             (stats.size, stats.evictions, stats.sampler, stats.remover),
-            (3, 2, "max-heap", "min-heap")
+            (3, 2, "max_heap", "min_heap")
         );
         let batch = table.sample(2, 0.0, LONG).await.unwrap();
         assert_eq!(batch.iter().map(|i| i.key).collect::<Vec<_>>(), vec![3, 3]);
