@@ -133,12 +133,47 @@ async fn a_restarted_learner_resumes_from_its_checkpoint() {
         .unwrap();
     assert!(status.success(), "learner exit status {status}");
 
+    // What the final checkpoint holds.
+    let read_latest = || {
+        fleet_learner::checkpoint::latest(dir.path(), &candle_core::Device::Cpu)
+            .unwrap()
+            .expect("the learner wrote a checkpoint")
+            .meta
+    };
+    let saved = read_latest();
+    assert!(saved.updates >= 1 && saved.version as f64 >= version_before, "{saved:?}");
+
+    // Restarted against an empty replay the learner cannot train, so what it
+    // serves is exactly what it restored: the checkpointed weights version,
+    // and, in the checkpoint it writes when stopped, the same update step,
+    // frames and optimiser steps.
+    let empty_replay = Role::start(&["replay", "--listen", "127.0.0.1:0"]).await;
+    let args = learner_args("127.0.0.1:0", &empty_replay.grpc);
+    let mut idle = Role::start(&args.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    let restored_version = wait_for(&idle.metrics, "fleet_learner_weights_version", 1.0).await;
+    assert_eq!(restored_version, saved.version as f64, "restored weights version");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(idle.child.id().unwrap() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(20), idle.child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "idle learner exit status {status}");
+    let text = scrape(&empty_replay.metrics).await.unwrap();
+    assert_eq!(metric(&text, "fleet_replay_samples_total").unwrap_or(0.0), 0.0, "{text}");
+    assert_eq!(read_latest(), saved, "restored version, update step, frames and optimiser steps");
+
+    // Restarted on its old address and replay, it trains on from there.
     let args = learner_args(&learner_address, &replay.grpc);
     let restarted = start(&args.iter().map(String::as_str).collect::<Vec<_>>()).await;
     let resumed_version = wait_for(&restarted.metrics, "fleet_learner_weights_version", 1.0).await;
     assert!(
-        resumed_version >= version_before,
-        "resumed at version {resumed_version}, had reached {version_before}"
+        resumed_version >= saved.version as f64,
+        "resumed at version {resumed_version}, had checkpointed {}",
+        saved.version
     );
     // The actor reconnects by itself and acts with the resumed learner's newer weights.
     wait_for(&actor.metrics, "fleet_actor_weights_version", resumed_version + 5.0).await;

@@ -4,7 +4,7 @@
 //!
 //! Layout: [`vtrace`] (targets and advantages), [`batch`] (sampled items to
 //! time-major tensors), [`loss`], [`optim`] (gradient clipping, Adam/AdamW and RMSProp),
-//! [`checkpoint`] (atomic on-disk checkpoints),
+//! [`checkpoint`] (what a checkpoint holds; `fleet_checkpoint` writes it),
 //! [`learner`] (state and one update, no I/O), [`parameters`] (the weights
 //! service), [`prefetch`] (sampling the queue and the prioritised table
 //! into batches), [`priorities`] (new priorities back to replay, in the

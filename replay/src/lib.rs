@@ -17,7 +17,8 @@
 //! - [`table`]: one table — items, sampler, remover, `max_times_sampled`,
 //!   importance weights, and the waiting that makes inserts and samples block
 //!   (never poll).
-//! - [`checkpoint`]: tables to and from disk, atomically, with checksums.
+//! - [`checkpoint`]: what a checkpoint of the tables holds and how it
+//!   decodes (`fleet_checkpoint` writes and checks the files).
 //! - [`service`]: the gRPC service over the tables, and [`serve`], which runs
 //!   it with the health service until shutdown.
 //! - [`metrics`]: metric names, descriptions and per-table handles.
