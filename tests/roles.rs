@@ -119,8 +119,8 @@ async fn a_restarted_learner_resumes_from_its_checkpoint() {
     let learner_address = learner.grpc.clone();
     let actor = start(&["actor", "--replay", &replay.grpc, "--learner", &learner_address]).await;
 
-    wait_for(&learner.metrics, "fleet_learner_checkpoints_total", 2.0).await;
-    let version_before = metric(&scrape(&learner.metrics).await.unwrap(), "fleet_learner_weights_version").unwrap();
+    wait_for(&learner.metrics, learner_metrics::CHECKPOINTS, 2.0).await;
+    let version_before = metric(&scrape(&learner.metrics).await.unwrap(), learner_metrics::WEIGHTS_VERSION).unwrap();
     // A graceful stop writes a final checkpoint.
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(learner.child.id().unwrap() as i32),
@@ -150,7 +150,7 @@ async fn a_restarted_learner_resumes_from_its_checkpoint() {
     let empty_replay = Role::start(&["replay", "--listen", "127.0.0.1:0"]).await;
     let args = learner_args("127.0.0.1:0", &empty_replay.grpc);
     let mut idle = Role::start(&args.iter().map(String::as_str).collect::<Vec<_>>()).await;
-    let restored_version = wait_for(&idle.metrics, "fleet_learner_weights_version", 1.0).await;
+    let restored_version = wait_for(&idle.metrics, learner_metrics::WEIGHTS_VERSION, 1.0).await;
     assert_eq!(restored_version, saved.version as f64, "restored weights version");
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(idle.child.id().unwrap() as i32),
@@ -163,21 +163,21 @@ async fn a_restarted_learner_resumes_from_its_checkpoint() {
         .unwrap();
     assert!(status.success(), "idle learner exit status {status}");
     let text = scrape(&empty_replay.metrics).await.unwrap();
-    assert_eq!(metric(&text, "fleet_replay_samples_total").unwrap_or(0.0), 0.0, "{text}");
+    assert_eq!(metric(&text, replay_metrics::SAMPLES_TOTAL).unwrap_or(0.0), 0.0, "{text}");
     assert_eq!(read_latest(), saved, "restored version, update step, frames and optimiser steps");
 
     // Restarted on its old address and replay, it trains on from there.
     let args = learner_args(&learner_address, &replay.grpc);
     let restarted = start(&args.iter().map(String::as_str).collect::<Vec<_>>()).await;
-    let resumed_version = wait_for(&restarted.metrics, "fleet_learner_weights_version", 1.0).await;
+    let resumed_version = wait_for(&restarted.metrics, learner_metrics::WEIGHTS_VERSION, 1.0).await;
     assert!(
         resumed_version >= saved.version as f64,
         "resumed at version {resumed_version}, had checkpointed {}",
         saved.version
     );
     // The actor reconnects by itself and acts with the resumed learner's newer weights.
-    wait_for(&actor.metrics, "fleet_actor_weights_version", resumed_version + 5.0).await;
-    wait_for(&restarted.metrics, "fleet_learner_updates_total", 5.0).await;
+    wait_for(&actor.metrics, actor_metrics::WEIGHTS_VERSION, resumed_version + 5.0).await;
+    wait_for(&restarted.metrics, learner_metrics::UPDATES, 5.0).await;
 }
 
 /// Polls a metric until it reaches `at_least` (60 s at most); returns its value.

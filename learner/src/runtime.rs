@@ -185,7 +185,7 @@ fn update_loop(
         let learning = (learner.burn_in() * batch.batch_size)..(batch.steps - 1) * batch.batch_size;
         for i in learning {
             let behaviour = batch.behaviour_versions[i];
-            if !(batch.terminated[i] || batch.truncated[i]) {
+            if fleet_trajectory::is_decision(batch.terminated[i], batch.truncated[i]) {
                 policy_lag.record(version.saturating_sub(behaviour) as f64);
             }
         }

@@ -47,9 +47,10 @@ pub struct StepOutcome {
 }
 
 impl StepOutcome {
-    /// Whether the observation this step produced is the episode's last one.
+    /// Whether the observation this step produced is the episode's last one
+    /// (the action taken there is no decision, see `fleet_trajectory::is_decision`).
     pub fn is_last(&self) -> bool {
-        self.terminated || self.truncated
+        !fleet_trajectory::is_decision(self.terminated, self.truncated)
     }
 }
 

@@ -158,7 +158,7 @@ impl VecEnv {
 
     /// Whether the current observation of `env_index` is its episode's last.
     pub fn is_last(&self, env_index: usize) -> bool {
-        self.terminated[env_index] || self.truncated[env_index]
+        !fleet_trajectory::is_decision(self.terminated[env_index], self.truncated[env_index])
     }
 
     /// Checks that there is one action per environment and each is in range.
@@ -198,9 +198,10 @@ impl VecEnv {
         }
         let mut report = StepReport::default();
         for (env_index, &action) in actions.iter().enumerate() {
+            let is_last = self.is_last(env_index);
             let slot = self.observation_slot(env_index);
             let observation = self.observations.slice_mut(slot);
-            if self.terminated[env_index] || self.truncated[env_index] {
+            if is_last {
                 self.envs[env_index].reset(observation);
                 self.rewards[env_index] = 0.0;
                 self.is_first[env_index] = true;
