@@ -147,9 +147,9 @@ async fn a_restarted_learner_resumes_from_its_checkpoint() {
     // serves is exactly what it restored: the checkpointed weights version,
     // and, in the checkpoint it writes when stopped, the same update step,
     // frames and optimiser steps.
-    let empty_replay = Role::start(&["replay", "--listen", "127.0.0.1:0"]).await;
+    let empty_replay = start(&["replay", "--listen", "127.0.0.1:0"]).await;
     let args = learner_args("127.0.0.1:0", &empty_replay.grpc);
-    let mut idle = Role::start(&args.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    let mut idle = start(&args.iter().map(String::as_str).collect::<Vec<_>>()).await;
     let restored_version = wait_for(&idle.metrics, learner_metrics::WEIGHTS_VERSION, 1.0).await;
     assert_eq!(restored_version, saved.version as f64, "restored weights version");
     nix::sys::signal::kill(
