@@ -304,14 +304,13 @@ fn unpad_into(g: &Geometry, padded: &[f32], dx: &mut [f32]) {
 /// `[P, K]` columns from `src`, the image already padded (`[C, hp, wp]`).
 fn im2col_per_pixel<const KW: usize>(g: &Geometry, src: &[f32], cols: &mut [f32]) {
     let kw = if KW == 0 { g.kw } else { KW };
-    let ((hp, wp), s) = (g.padded(), g.stride);
-    let mut runs = cols.chunks_exact_mut(kw);
+    let ((hp, wp), s, k) = (g.padded(), g.stride, g.c * g.kh * kw);
     for oy in 0..g.oh {
         for ox in 0..g.ow {
-            for ci in 0..g.c {
-                for i in 0..g.kh {
+            let pixel = &mut cols[(oy * g.ow + ox) * k..][..k];
+            for (ci, taps) in pixel.chunks_exact_mut(g.kh * kw).enumerate() {
+                for (i, run) in taps.chunks_exact_mut(kw).enumerate() {
                     let at = (ci * hp + oy * s + i) * wp + ox * s;
-                    let run = runs.next().expect("cols holds P·K entries");
                     run.copy_from_slice(&src[at..at + kw]);
                 }
             }
@@ -322,14 +321,13 @@ fn im2col_per_pixel<const KW: usize>(g: &Geometry, src: &[f32], cols: &mut [f32]
 /// Adjoint of [`im2col_per_pixel`], adding into `dst` (`[C, hp, wp]`).
 fn col2im_per_pixel<const KW: usize>(g: &Geometry, cols: &[f32], dst: &mut [f32]) {
     let kw = if KW == 0 { g.kw } else { KW };
-    let ((hp, wp), s) = (g.padded(), g.stride);
-    let mut runs = cols.chunks_exact(kw);
+    let ((hp, wp), s, k) = (g.padded(), g.stride, g.c * g.kh * kw);
     for oy in 0..g.oh {
         for ox in 0..g.ow {
-            for ci in 0..g.c {
-                for i in 0..g.kh {
+            let pixel = &cols[(oy * g.ow + ox) * k..][..k];
+            for (ci, taps) in pixel.chunks_exact(g.kh * kw).enumerate() {
+                for (i, run) in taps.chunks_exact(kw).enumerate() {
                     let at = (ci * hp + oy * s + i) * wp + ox * s;
-                    let run = runs.next().expect("cols holds P·K entries");
                     for (d, v) in dst[at..at + kw].iter_mut().zip(run) {
                         *d += *v;
                     }
@@ -344,13 +342,13 @@ fn col2im_per_pixel<const KW: usize>(g: &Geometry, cols: &[f32], dst: &mut [f32]
 /// the same geometry writes the same positions.
 fn im2col_per_tap(g: &Geometry, x: &[f32], cols: &mut [f32]) {
     debug_assert_eq!(g.stride, 1);
-    let mut rows = cols.chunks_exact_mut(g.p());
-    for plane in x.chunks_exact(g.h * g.w) {
-        for i in 0..g.kh {
+    debug_assert_eq!(cols.len(), g.k() * g.p());
+    let channel_rows = cols.chunks_exact_mut(g.kh * g.kw * g.p());
+    for (plane, taps) in x.chunks_exact(g.h * g.w).zip(channel_rows) {
+        for (i, tap_row) in taps.chunks_exact_mut(g.kw * g.p()).enumerate() {
             let (y_lo, y_hi) = g.valid(i, g.h, g.oh);
-            for j in 0..g.kw {
+            for (j, row) in tap_row.chunks_exact_mut(g.p()).enumerate() {
                 let (x_lo, x_hi) = g.valid(j, g.w, g.ow);
-                let row = rows.next().expect("cols holds K·P entries");
                 for oy in y_lo..y_hi {
                     let src = &plane[(oy + i - g.pad) * g.w + x_lo + j - g.pad..][..x_hi - x_lo];
                     row[oy * g.ow..][x_lo..x_hi].copy_from_slice(src);
@@ -362,13 +360,13 @@ fn im2col_per_tap(g: &Geometry, x: &[f32], cols: &mut [f32]) {
 
 /// Adjoint of [`im2col_per_tap`], adding into `dx` (`[C, H, W]`).
 fn col2im_per_tap(g: &Geometry, cols: &[f32], dx: &mut [f32]) {
-    let mut rows = cols.chunks_exact(g.p());
-    for plane in dx.chunks_exact_mut(g.h * g.w) {
-        for i in 0..g.kh {
+    debug_assert_eq!(cols.len(), g.k() * g.p());
+    let channel_rows = cols.chunks_exact(g.kh * g.kw * g.p());
+    for (plane, taps) in dx.chunks_exact_mut(g.h * g.w).zip(channel_rows) {
+        for (i, tap_row) in taps.chunks_exact(g.kw * g.p()).enumerate() {
             let (y_lo, y_hi) = g.valid(i, g.h, g.oh);
-            for j in 0..g.kw {
+            for (j, row) in tap_row.chunks_exact(g.p()).enumerate() {
                 let (x_lo, x_hi) = g.valid(j, g.w, g.ow);
-                let row = rows.next().expect("cols holds K·P entries");
                 for oy in y_lo..y_hi {
                     let src = &row[oy * g.ow..][x_lo..x_hi];
                     let dst = &mut plane[(oy + i - g.pad) * g.w + x_lo + j - g.pad..];

@@ -127,10 +127,10 @@ impl HostBatch {
             batch
                 .importance_weights
                 .push(if item.weight > 0.0 { item.weight as f32 } else { 1.0 });
-            for t in 0..steps {
+            for (t, &action) in actions[..steps].iter().enumerate() {
                 let at = t * b + j;
-                debug_assert!((0..a as i64).contains(&actions[t]), "replay validated the actions");
-                batch.actions[at] = actions[t] as u32;
+                debug_assert!((0..a as i64).contains(&action), "replay validated the actions");
+                batch.actions[at] = action as u32;
                 batch.rewards[at] = seq.rewards[t];
                 batch.terminated[at] = seq.terminated[t];
                 batch.truncated[at] = seq.truncated[t];

@@ -132,8 +132,12 @@ impl Optimiser {
                     weight_decay,
                 } => {
                     let t = self.steps as i32;
-                    let first = slot.first.as_ref().expect("Adam slots hold a first moment");
-                    let m = ((first * beta1)? + (g * (1.0 - beta1))?)?;
+                    // Adam slots start with a zero first moment; one
+                    // missing would be zero too, and contributes nothing.
+                    let m = match &slot.first {
+                        Some(first) => ((first * beta1)? + (g * (1.0 - beta1))?)?,
+                        None => (g * (1.0 - beta1))?,
+                    };
                     let v = ((&slot.second * beta2)? + (g.sqr()? * (1.0 - beta2))?)?;
                     let m_hat = (&m / (1.0 - beta1.powi(t)))?;
                     let v_hat = (&v / (1.0 - beta2.powi(t)))?;

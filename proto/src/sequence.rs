@@ -40,17 +40,17 @@ impl Tensor {
         }
     }
 
-    /// The time-major tensors `parts` one after the other (same dtype and
-    /// per-step shape, which the caller has checked). One part is shared,
-    /// not copied.
-    pub fn concat_steps(parts: &[&Tensor]) -> Tensor {
-        let (first, rest) = parts.split_first().expect("at least one tensor to join");
+    /// The time-major tensors `first` then `rest` one after the other (same
+    /// dtype and per-step shape, which the caller has checked). One part is
+    /// shared, not copied.
+    pub fn concat_steps(first: &Tensor, rest: &[&Tensor]) -> Tensor {
         if rest.is_empty() {
-            return (*first).clone();
+            return first.clone();
         }
-        let mut data = BytesMut::with_capacity(parts.iter().map(|t| t.data.len()).sum());
+        let parts = || std::iter::once(first).chain(rest.iter().copied());
+        let mut data = BytesMut::with_capacity(parts().map(|t| t.data.len()).sum());
         let mut steps = 0;
-        for part in parts {
+        for part in parts() {
             data.extend_from_slice(&part.data);
             steps += part.shape.first().copied().unwrap_or(0);
         }
@@ -92,29 +92,29 @@ impl Sequence {
         }
     }
 
-    /// The per-step fields of `parts` one after the other; the per-item
-    /// fields come from the first part.
-    ///
-    /// # Panics
-    /// If `parts` is empty.
-    pub fn concat_steps(parts: &[&Sequence]) -> Sequence {
-        let first = parts.first().expect("at least one sequence to join");
+    /// The per-step fields of `first` then `rest` one after the other; the
+    /// per-item fields come from `first`.
+    pub fn concat_steps(first: &Sequence, rest: &[&Sequence]) -> Sequence {
         let tensors = |field: fn(&Sequence) -> &Option<Tensor>| {
-            let tensors: Option<Vec<&Tensor>> = parts.iter().map(|p| field(p).as_ref()).collect();
-            tensors.map(|t| Tensor::concat_steps(&t))
+            let first = field(first).as_ref()?;
+            let rest: Option<Vec<&Tensor>> = rest.iter().map(|p| field(p).as_ref()).collect();
+            Some(Tensor::concat_steps(first, &rest?))
         };
-        fn joined<T: Clone>(parts: &[&Sequence], field: fn(&Sequence) -> &Vec<T>) -> Vec<T> {
-            parts.iter().flat_map(|p| field(p).iter().cloned()).collect()
+        fn joined<T: Clone>(first: &Sequence, rest: &[&Sequence], field: fn(&Sequence) -> &Vec<T>) -> Vec<T> {
+            std::iter::once(first)
+                .chain(rest.iter().copied())
+                .flat_map(|p| field(p).iter().cloned())
+                .collect()
         }
         Sequence {
             observations: tensors(|s| &s.observations),
             actions: tensors(|s| &s.actions),
-            rewards: joined(parts, |s| &s.rewards),
-            is_first: joined(parts, |s| &s.is_first),
-            terminated: joined(parts, |s| &s.terminated),
-            truncated: joined(parts, |s| &s.truncated),
+            rewards: joined(first, rest, |s| &s.rewards),
+            is_first: joined(first, rest, |s| &s.is_first),
+            terminated: joined(first, rest, |s| &s.terminated),
+            truncated: joined(first, rest, |s| &s.truncated),
             behaviour_logits: tensors(|s| &s.behaviour_logits),
-            behaviour_versions: joined(parts, |s| &s.behaviour_versions),
+            behaviour_versions: joined(first, rest, |s| &s.behaviour_versions),
             initial_state: first.initial_state.clone(),
             actor_id: first.actor_id,
             priority: first.priority,
@@ -154,7 +154,7 @@ mod tests {
         let parts = [whole.slice_steps(0..4), whole.slice_steps(4..5), whole.slice_steps(5..9)];
         assert_eq!(parts[0], sequence(10, 4));
         assert_eq!(parts[2], sequence(15, 4));
-        assert_eq!(Sequence::concat_steps(&parts.iter().collect::<Vec<_>>()), whole);
+        assert_eq!(Sequence::concat_steps(&parts[0], &[&parts[1], &parts[2]]), whole);
     }
 
     #[test]

@@ -131,11 +131,8 @@ impl Tensor {
 
     pub fn to_i64(&self) -> Result<Vec<i64>, TensorError> {
         self.check(Dtype::I64)?;
-        Ok(self
-            .data
-            .chunks_exact(8)
-            .map(|b| i64::from_le_bytes(b.try_into().expect("chunks_exact(8)")))
-            .collect())
+        let (words, _) = self.data.as_chunks::<8>();
+        Ok(words.iter().map(|b| i64::from_le_bytes(*b)).collect())
     }
 }
 

@@ -101,8 +101,9 @@ impl WeightsAssembler {
             return Err(error);
         }
         if chunk.last {
-            let (version, _, buf) = self.current.take().expect("set above");
-            return Ok(Some((version, buf)));
+            let blob = (*version, std::mem::take(buf));
+            self.current = None;
+            return Ok(Some(blob));
         }
         Ok(None)
     }

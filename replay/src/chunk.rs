@@ -274,10 +274,10 @@ thread_local! {
 /// One zstd frame that records its content size.
 fn zstd_compress(data: &[u8], level: i32) -> std::io::Result<Vec<u8>> {
     ZSTD_COMPRESSOR.with_borrow_mut(|slot| {
-        if slot.as_ref().is_none_or(|(l, _)| *l != level) {
-            *slot = Some((level, zstd::bulk::Compressor::new(level)?));
-        }
-        let (_, compressor) = slot.as_mut().expect("set above");
+        let compressor = match slot {
+            Some((l, compressor)) if *l == level => compressor,
+            _ => &mut slot.insert((level, zstd::bulk::Compressor::new(level)?)).1,
+        };
         compressor.compress(data)
     })
 }
@@ -289,10 +289,11 @@ fn zstd_decompress(data: &[u8]) -> std::io::Result<Vec<u8>> {
         .ok_or_else(|| invalid("the frame does not record its size"))?;
     let size = usize::try_from(size).map_err(|_| invalid("frame too large"))?;
     ZSTD_DECOMPRESSOR.with_borrow_mut(|slot| {
-        if slot.is_none() {
-            *slot = Some(zstd::bulk::Decompressor::new()?);
-        }
-        slot.as_mut().expect("set above").decompress(data, size)
+        let decompressor = match slot {
+            Some(decompressor) => decompressor,
+            None => slot.insert(zstd::bulk::Decompressor::new()?),
+        };
+        decompressor.decompress(data, size)
     })
 }
 
@@ -419,22 +420,21 @@ impl ItemSteps {
     pub fn to_sequence(&self) -> Result<pb::Sequence, Error> {
         let decoded: Vec<Arc<pb::Sequence>> = self.segments.iter().map(|s| s.chunk.body.decode()).collect::<Result<_, _>>()?;
         // Whole chunks are read in place; only partial ones are cut out.
-        let mut parts: Vec<Cow<'_, pb::Sequence>> = self
-            .segments
-            .iter()
-            .zip(&decoded)
-            .map(|(segment, steps)| {
-                if segment.range == (0..segment.chunk.steps) {
-                    Cow::Borrowed(&**steps)
-                } else {
-                    Cow::Owned(steps.slice_steps(segment.range.clone()))
-                }
-            })
-            .collect();
-        let mut sequence = if parts.len() == 1 {
-            parts.pop().expect("one part").into_owned()
+        let mut parts = self.segments.iter().zip(&decoded).map(|(segment, steps)| {
+            if segment.range == (0..segment.chunk.steps) {
+                Cow::Borrowed(&**steps)
+            } else {
+                Cow::Owned(steps.slice_steps(segment.range.clone()))
+            }
+        });
+        let Some(first) = parts.next() else {
+            unreachable!("an item has at least one segment: assemble adds one, from_parts refuses none")
+        };
+        let rest: Vec<Cow<'_, pb::Sequence>> = parts.collect();
+        let mut sequence = if rest.is_empty() {
+            first.into_owned()
         } else {
-            pb::Sequence::concat_steps(&parts.iter().map(AsRef::as_ref).collect::<Vec<_>>())
+            pb::Sequence::concat_steps(&first, &rest.iter().map(AsRef::as_ref).collect::<Vec<_>>())
         };
         sequence.initial_state = self.initial_state.clone();
         sequence.actor_id = self.actor_id;

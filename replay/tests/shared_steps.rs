@@ -2,6 +2,10 @@
 //! previous item, items in several tables, and many insert streams and
 //! samplers at once.
 
+// Test helpers outside `#[test]` functions (servers, clients, fixtures) may
+// unwrap too: clippy.toml's test allowances do not reach them.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::collections::HashSet;
 use std::time::Duration;
 

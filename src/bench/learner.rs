@@ -97,10 +97,9 @@ pub fn measure(workload: &Workload, seconds: f64, seed: u64) -> Result<Measured>
     };
     let mut learner = Learner::new(workload.spec, &workload.network, config, seed, Device::Cpu)?;
     let mut batch = HostBatch::synthetic(workload.spec, workload.burn_in + UNROLL + 1, BATCH, seed);
-    if workload.network.core == Core::Lstm {
+    if let Some(state) = workload.network.state_spec() {
         // Stored (h, c) per sequence, as actors send them.
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-        let state = workload.network.state_spec().expect("an LSTM carries a state");
         batch.state = Some(state);
         batch.initial_states = (0..BATCH * state.width()).map(|_| rng.random_range(-0.5..0.5)).collect();
     }

@@ -216,23 +216,22 @@ fn max_pool_axis(x: &Tensor, dim: usize) -> Result<Tensor> {
     // that reaches into the padding also holds the edge. Padding to 2·out + 2
     // makes every window start a reshape away.
     let padded = x.pad_with_same(dim, 1, 2 * out + 1 - size)?;
-    let mut pooled: Option<Tensor> = None;
-    for offset in 0..3 {
-        // Elements offset, offset + 2, …: pairs along `dim`, first of each.
+    // Elements offset, offset + 2, …: pairs along `dim`, first of each.
+    let pick = |offset: usize| -> Result<Tensor> {
         let mut pairs = padded.dims().to_vec();
         pairs[dim] = out;
         pairs.insert(dim + 1, 2);
-        let picked = padded
+        padded
             .narrow(dim, offset, 2 * out)?
             .reshape(pairs)?
             .narrow(dim + 1, 0, 1)?
-            .squeeze(dim + 1)?;
-        pooled = Some(match pooled {
-            None => picked,
-            Some(best) => best.maximum(&picked)?,
-        });
+            .squeeze(dim + 1)
+    };
+    let mut pooled = pick(0)?;
+    for offset in 1..3 {
+        pooled = pooled.maximum(&pick(offset)?)?;
     }
-    Ok(pooled.expect("three offsets"))
+    Ok(pooled)
 }
 
 #[cfg(test)]
