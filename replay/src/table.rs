@@ -175,7 +175,9 @@ impl State {
         self.remover.remove(key);
         for segment in item.steps.segments() {
             let id = segment.chunk.id();
-            let usage = self.chunks.get_mut(&id).expect("a stored item's chunk is counted");
+            let Some(usage) = self.chunks.get_mut(&id) else {
+                unreachable!("chunk {id} of stored item {key} is not counted");
+            };
             usage.segments -= 1;
             if usage.segments == 0 {
                 self.bytes -= usage.bytes;
@@ -300,7 +302,7 @@ impl Table {
         match &state.signature {
             Some(expected) if expected != signature => Err(Error::SignatureMismatch {
                 table: self.config.name.clone(),
-                expected: Box::new(expected.clone()),
+                expected: Box::new(*expected),
                 found: Box::new(*signature),
             }),
             _ => Ok(()),
@@ -349,12 +351,16 @@ impl Table {
                     waited,
                 },
                 |state| {
-                    let pending = steps.as_ref().expect("the item is taken only by the attempt that stores it");
+                    let Some(pending) = steps.as_ref() else {
+                        unreachable!("the item is taken only by the attempt that stores it");
+                    };
                     self.signature_matches(state, pending.signature())?;
                     if blocks_when_full && full(state, pending) || !self.limiter.can_insert(counts(state)) {
                         return Ok(None);
                     }
-                    let steps = steps.take().expect("checked above");
+                    let Some(steps) = steps.take() else {
+                        unreachable!("the item was there a moment ago, under the same lock");
+                    };
                     while full(state, &steps) {
                         let Some(Choice { key: victim, .. }) = state.remover.sample() else {
                             break;
@@ -628,7 +634,10 @@ impl Table {
     fn lock(&self) -> MutexGuard<'_, State> {
         // Nothing that can panic runs under this lock except on a bug; a
         // poisoned lock means the table's invariants may be broken.
-        self.state.lock().expect("replay table lock poisoned")
+        match self.state.lock() {
+            Ok(state) => state,
+            Err(_) => panic!("replay table lock poisoned: a panic under it may have broken the table's invariants"),
+        }
     }
 
     /// Runs `attempt` under the lock until it yields a value or an error,
