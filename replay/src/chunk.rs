@@ -350,11 +350,14 @@ impl ItemSteps {
             }
         }
         if let Some(state) = &mut initial_state {
-            signature.state = Some(
-                fleet_trajectory::StateSpec::from_shape(&state.dims())
-                    .ok_or_else(|| ValidationError::Overlap(format!("a stored state of shape {:?}; expected [2, hidden]", state.shape)))?,
-            );
             crate::validate::check_initial_state(state)?;
+            signature.state =
+                Some(
+                    fleet_trajectory::StateSpec::from_shape(&state.dims()).ok_or_else(|| fleet_proto::SignatureError::State {
+                        dtype: fleet_trajectory::Dtype::F32,
+                        shape: state.shape.clone(),
+                    })?,
+                );
             state.compact();
         }
         let item = Self::new(segments, initial_state, actor_id, signature);

@@ -51,14 +51,9 @@ pub fn validate_steps(sequence: &pb::Sequence, min_steps: usize) -> Result<Signa
     if steps < min_steps {
         return Err(ValidationError::TooShort(steps, min_steps));
     }
-    let present = |field: &'static str, t: &Option<pb::Tensor>| -> Result<pb::Tensor, ValidationError> {
-        let t = t.clone().ok_or(SignatureError::Missing(field))?;
-        t.check_bytes().map_err(|source| ValidationError::Tensor { field, source })?;
-        Ok(t)
-    };
-    let observations = present("observations", &sequence.observations)?;
-    let actions = present("actions", &sequence.actions)?;
-    let logits = present("behaviour_logits", &sequence.behaviour_logits)?;
+    let observations = with_whole_bytes("observations", &sequence.observations)?;
+    let actions = with_whole_bytes("actions", &sequence.actions)?;
+    let logits = with_whole_bytes("behaviour_logits", &sequence.behaviour_logits)?;
 
     // Per-step scalars.
     let lengths = [
@@ -87,18 +82,18 @@ pub fn validate_steps(sequence: &pb::Sequence, min_steps: usize) -> Result<Signa
                 return Err(ValidationError::ActionOutOfRange { step, value, num_actions });
             }
         }
-        ActionSpec::Continuous { dims } => check_finite_steps("actions", &f32_values("actions", &actions)?, dims)?,
+        ActionSpec::Continuous { dims } => check_finite_steps("actions", &f32_values("actions", actions)?, dims)?,
     }
 
     // Finiteness of everything the learner computes with.
     check_finite_steps("rewards", &sequence.rewards, 1)?;
     check_finite_steps(
         "behaviour_logits",
-        &f32_values("behaviour_logits", &logits)?,
+        &f32_values("behaviour_logits", logits)?,
         signature.env.policy_width(),
     )?;
     if signature.env.observation_dtype() == Dtype::F32 {
-        let values = f32_values("observations", &observations)?;
+        let values = f32_values("observations", observations)?;
         check_finite_steps("observations", &values, signature.env.observation_size())?;
     }
     if let Some(state) = &sequence.initial_state {
@@ -109,6 +104,13 @@ pub fn validate_steps(sequence: &pb::Sequence, min_steps: usize) -> Result<Signa
         return Err(ValidationError::Priority(sequence.priority));
     }
     Ok(signature)
+}
+
+/// The tensor `field`, whose byte count must match its shape.
+fn with_whole_bytes<'a>(field: &'static str, tensor: &'a Option<pb::Tensor>) -> Result<&'a pb::Tensor, ValidationError> {
+    let tensor = tensor.as_ref().ok_or(SignatureError::Missing(field))?;
+    tensor.check_bytes().map_err(|source| ValidationError::Tensor { field, source })?;
+    Ok(tensor)
 }
 
 /// Checks a stored recurrent state's bytes and values: f32 of the right

@@ -152,22 +152,19 @@ impl<'a> ObservationsRef<'a> {
             Self::F32(_) => panic!("expected u8 frames, got f32 observations"),
         }
     }
-
-    /// The values as f32, copied (frames become whole intensities 0..=255).
-    pub fn to_f32_vec(self) -> Vec<f32> {
-        match self {
-            Self::F32(v) => v.to_vec(),
-            Self::U8(v) => v.iter().map(|&p| f32::from(p)).collect(),
-        }
-    }
 }
 
 impl<'a> ObservationsMut<'a> {
-    pub fn len(&self) -> usize {
+    /// The same values, borrowed to read.
+    pub fn as_ref(&self) -> ObservationsRef<'_> {
         match self {
-            Self::F32(v) => v.len(),
-            Self::U8(v) => v.len(),
+            Self::F32(v) => ObservationsRef::F32(v),
+            Self::U8(v) => ObservationsRef::U8(v),
         }
+    }
+
+    pub fn len(&self) -> usize {
+        self.as_ref().len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -175,10 +172,7 @@ impl<'a> ObservationsMut<'a> {
     }
 
     pub fn dtype(&self) -> Dtype {
-        match self {
-            Self::F32(_) => Dtype::F32,
-            Self::U8(_) => Dtype::U8,
-        }
+        self.as_ref().dtype()
     }
 
     /// The f32 slots.
@@ -200,14 +194,6 @@ impl<'a> ObservationsMut<'a> {
         match self {
             Self::U8(v) => v,
             Self::F32(_) => panic!("expected a u8 frame buffer, got an f32 one"),
-        }
-    }
-
-    /// Reborrows, so one buffer can be handed on more than once.
-    pub fn reborrow(&mut self) -> ObservationsMut<'_> {
-        match self {
-            Self::F32(v) => ObservationsMut::F32(v),
-            Self::U8(v) => ObservationsMut::U8(v),
         }
     }
 
@@ -241,7 +227,7 @@ mod tests {
         buffer.extend_from(ObservationsRef::U8(&[1, 2, 3, 4]));
         buffer.drain_front(4);
         assert_eq!(buffer, Observations::U8(vec![1, 2, 3, 4]));
-        assert_eq!(buffer.slice(1..3).to_f32_vec(), vec![2.0, 3.0]);
+        assert_eq!(buffer.slice(1..3).u8(), [2, 3]);
         let vectors = Observations::zeros(&ObservationSpec::Vector { size: 3 }, 3);
         assert_eq!(vectors.dtype(), Dtype::F32);
     }

@@ -143,22 +143,6 @@ impl ActionSpec {
         }
     }
 
-    /// Element type of a stored action.
-    pub const fn dtype(&self) -> Dtype {
-        match self {
-            Self::Discrete { .. } => Dtype::I64,
-            Self::Continuous { .. } => Dtype::F32,
-        }
-    }
-
-    /// Shape of one step's action: `[]` for an index, `[dims]` for a vector.
-    pub fn shape(&self) -> Vec<usize> {
-        match self {
-            Self::Discrete { .. } => Vec::new(),
-            Self::Continuous { dims } => vec![*dims],
-        }
-    }
-
     /// The number of discrete actions, or `None` for continuous ones.
     pub const fn num_discrete(&self) -> Option<usize> {
         match self {
@@ -262,11 +246,9 @@ mod tests {
     #[test]
     fn continuous_actions_record_a_mean_and_a_log_std_per_dimension() {
         let action = ActionSpec::Continuous { dims: 3 };
-        assert_eq!((action.policy_width(), action.dtype(), action.shape()), (6, Dtype::F32, vec![3]));
-        assert_eq!(action.num_discrete(), None);
+        assert_eq!((action.policy_width(), action.num_discrete()), (6, None));
         let discrete = ActionSpec::Discrete { num_actions: 5 };
-        assert_eq!((discrete.policy_width(), discrete.dtype()), (5, Dtype::I64));
-        assert!(discrete.shape().is_empty());
+        assert_eq!((discrete.policy_width(), discrete.num_discrete()), (5, Some(5)));
         assert_eq!(discrete.to_string(), "5 discrete actions");
     }
 }
