@@ -39,6 +39,11 @@ pub struct RunConfig {
     pub actors: usize,
     pub target_return: f64,
     pub max_env_steps: u64,
+    /// Env steps to keep training after the target is first reached (0:
+    /// stop there); the run then succeeds only if the return never fell
+    /// below `hold_min_return` meanwhile.
+    pub hold_env_steps: u64,
+    pub hold_min_return: f64,
     pub progress_interval_secs: f64,
 }
 
@@ -115,8 +120,8 @@ impl Config {
                 self.run.progress_interval_secs
             );
         }
-        if self.run.target_return.is_nan() {
-            bail!("invalid config: run.target_return is NaN");
+        if self.run.target_return.is_nan() || self.run.hold_min_return.is_nan() {
+            bail!("invalid config: run.target_return and run.hold_min_return must be numbers, not NaN");
         }
         let mut named = vec![("actor.table", &self.actor.table), ("learner.table", &self.learner.table)];
         named.extend(self.actor.also_tables.iter().map(|t| ("actor.also_tables", t)));

@@ -16,14 +16,32 @@ use crate::config::Config;
 use crate::process::Process;
 use crate::scrape::{Samples, scrape};
 
-/// Episodes the success criterion averages over, across all actors.
+/// Episodes in the per-episode mean, across all actors.
 const RETURN_EPISODES: usize = 100;
+/// Env steps whose episodes make up the step-weighted mean the target is
+/// judged on, across all actors.
+const RETURN_STEPS: u64 = 50_000;
 
-/// How a run ended.
+/// How a run ended. Returns are step-weighted means (see `RETURN_STEPS`).
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
-    TargetReached { mean_return: f64, env_steps: u64 },
-    BudgetExhausted { mean_return: Option<f64>, env_steps: u64 },
+    /// The target was reached and, with `run.hold_env_steps`, held:
+    /// `lowest` is the lowest return seen while holding.
+    TargetReached {
+        step_return: f64,
+        env_steps: u64,
+        lowest: Option<f64>,
+    },
+    /// After reaching the target, the return fell below `run.hold_min_return`.
+    Collapsed {
+        reached_at: u64,
+        step_return: f64,
+        env_steps: u64,
+    },
+    BudgetExhausted {
+        step_return: Option<f64>,
+        env_steps: u64,
+    },
     Interrupted,
 }
 
@@ -31,8 +49,9 @@ pub enum Outcome {
 /// executable, so only the `fleet` binary can call this.
 pub async fn run(mut config: Config) -> Result<Outcome> {
     let actors = config.run.actors;
-    // Each actor averages its share of the last 100 episodes.
+    // Each actor averages its share of the last 100 episodes and 50,000 steps.
     config.actor.return_window = RETURN_EPISODES.div_ceil(actors);
+    config.actor.return_window_steps = RETURN_STEPS.div_ceil(actors as u64);
     let dir = tempfile::tempdir().context("creating a temporary directory")?;
     let config_path = dir.path().join("effective.toml");
     config.write_to(&config_path)?;
@@ -104,6 +123,14 @@ pub async fn run(mut config: Config) -> Result<Outcome> {
     result
 }
 
+/// Where a run stands against its target: not yet reached, or reached at
+/// some env step and held since.
+#[derive(Debug, Clone, Copy)]
+struct Hold {
+    reached_at: u64,
+    lowest: f64,
+}
+
 /// The progress loop: checks the stop conditions every second (or more
 /// often, with a shorter progress interval) and prints a line per interval.
 async fn supervise(config: &Config, processes: &mut [Process]) -> Result<Outcome> {
@@ -115,6 +142,7 @@ async fn supervise(config: &Config, processes: &mut [Process]) -> Result<Outcome
     let interval = Duration::from_secs_f64(config.run.progress_interval_secs);
     let mut previous = Snapshot::default();
     let mut previous_at = started;
+    let mut hold: Option<Hold> = None;
     let mut tick = tokio::time::interval(interval.min(Duration::from_secs(1)));
     tick.tick().await;
     loop {
@@ -136,17 +164,7 @@ async fn supervise(config: &Config, processes: &mut [Process]) -> Result<Outcome
         }
         let now = Instant::now();
         let snapshot = Snapshot::scrape(processes, config.actor.return_window).await;
-        let outcome = match snapshot.mean_return {
-            Some(mean_return) if mean_return >= config.run.target_return => Some(Outcome::TargetReached {
-                mean_return,
-                env_steps: snapshot.env_steps,
-            }),
-            _ if snapshot.env_steps >= config.run.max_env_steps => Some(Outcome::BudgetExhausted {
-                mean_return: snapshot.mean_return,
-                env_steps: snapshot.env_steps,
-            }),
-            _ => None,
-        };
+        let outcome = judge(&config.run, &snapshot, &mut hold);
         if outcome.is_some() || now - previous_at >= interval {
             print_progress(&snapshot, &previous, now - started, now - previous_at);
             previous = snapshot;
@@ -158,16 +176,66 @@ async fn supervise(config: &Config, processes: &mut [Process]) -> Result<Outcome
     }
 }
 
+/// The run's outcome once `snapshot` decides it, updating `hold`.
+fn judge(run: &crate::config::RunConfig, snapshot: &Snapshot, hold: &mut Option<Hold>) -> Option<Outcome> {
+    let env_steps = snapshot.env_steps;
+    if hold.is_none()
+        && let Some(step_return) = snapshot.step_return
+        && step_return >= run.target_return
+    {
+        if run.hold_env_steps == 0 {
+            return Some(Outcome::TargetReached {
+                step_return,
+                env_steps,
+                lowest: None,
+            });
+        }
+        println!(
+            "target {} reached after {env_steps} env steps; holding it for {} more",
+            run.target_return, run.hold_env_steps
+        );
+        *hold = Some(Hold {
+            reached_at: env_steps,
+            lowest: step_return,
+        });
+    }
+    match hold {
+        Some(held) => {
+            let step_return = snapshot.step_return.unwrap_or(held.lowest);
+            held.lowest = held.lowest.min(step_return);
+            if step_return < run.hold_min_return {
+                return Some(Outcome::Collapsed {
+                    reached_at: held.reached_at,
+                    step_return,
+                    env_steps,
+                });
+            }
+            (env_steps >= held.reached_at + run.hold_env_steps).then_some(Outcome::TargetReached {
+                step_return,
+                env_steps,
+                lowest: Some(held.lowest),
+            })
+        }
+        None => (env_steps >= run.max_env_steps).then_some(Outcome::BudgetExhausted {
+            step_return: snapshot.step_return,
+            env_steps,
+        }),
+    }
+}
+
 fn print_progress(snapshot: &Snapshot, previous: &Snapshot, elapsed: Duration, since_previous: Duration) {
     let rate = snapshot.env_steps.saturating_sub(previous.env_steps) as f64 / since_previous.as_secs_f64().max(1e-9);
     let lag = snapshot.lag_mean_since(previous);
+    let value = |r: Option<f64>| r.map_or("   n/a".to_string(), |r| format!("{r:>6.1}"));
     println!(
-        "[{:>6.0}s] env steps {:>9}  {:>8.0} steps/s  mean return (last {} episodes) {}  learner updates {:>7}  policy lag {}",
+        "[{:>6.0}s] env steps {:>9}  {:>8.0} steps/s  return {} (step-weighted)  {} (last {} of {} episodes)  learner updates {:>7}  policy lag {}",
         elapsed.as_secs_f64(),
         snapshot.env_steps,
         rate,
+        value(snapshot.step_return),
+        value(snapshot.episode_return),
         RETURN_EPISODES,
-        snapshot.mean_return.map_or("   n/a".to_string(), |r| format!("{r:>6.1}")),
+        snapshot.episodes,
         snapshot.updates,
         lag.map_or("n/a".to_string(), |l| format!("{l:.2}")),
     );
@@ -177,10 +245,14 @@ fn print_progress(snapshot: &Snapshot, previous: &Snapshot, elapsed: Duration, s
 #[derive(Debug, Default, Clone)]
 struct Snapshot {
     env_steps: u64,
+    episodes: u64,
     updates: u64,
+    /// Step-weighted mean return over the episodes that fill the fleet's
+    /// last `RETURN_STEPS` env steps, once they are filled.
+    step_return: Option<f64>,
     /// Mean return over the fleet's last `RETURN_EPISODES` episodes, once
     /// that many have finished.
-    mean_return: Option<f64>,
+    episode_return: Option<f64>,
     lag_sum: f64,
     lag_count: f64,
 }
@@ -190,6 +262,7 @@ impl Snapshot {
     async fn scrape(processes: &[Process], window: usize) -> Self {
         let mut s = Snapshot::default();
         let (mut weighted, mut weight) = (0.0, 0.0);
+        let (mut step_weighted, mut steps) = (0.0, 0.0);
         for p in processes {
             let Ok(text) = scrape(&p.metrics).await else {
                 continue;
@@ -200,14 +273,21 @@ impl Snapshot {
             s.lag_sum += samples.sum(&format!("{}_sum", learner_metrics::POLICY_LAG));
             s.lag_count += samples.sum(&format!("{}_count", learner_metrics::POLICY_LAG));
             let episodes = samples.sum(actor_metrics::EPISODES);
+            s.episodes += episodes as u64;
             if episodes > 0.0 {
                 let w = episodes.min(window as f64);
                 weighted += w * samples.sum(actor_metrics::EPISODE_RETURN_RECENT);
                 weight += w;
+                let window_steps = samples.sum(actor_metrics::RETURN_WINDOW_STEPS);
+                step_weighted += window_steps * samples.sum(actor_metrics::EPISODE_RETURN_STEP_WEIGHTED);
+                steps += window_steps;
             }
         }
         if weight >= RETURN_EPISODES as f64 {
-            s.mean_return = Some(weighted / weight);
+            s.episode_return = Some(weighted / weight);
+        }
+        if steps >= RETURN_STEPS as f64 {
+            s.step_return = Some(step_weighted / steps);
         }
         s
     }

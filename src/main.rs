@@ -47,7 +47,7 @@ enum Command {
         /// Actor processes (config key `run.actors`).
         #[arg(long)]
         actors: Option<usize>,
-        /// Succeed once the mean return of the last 100 episodes reaches this (`run.target_return`).
+        /// Succeed once the step-weighted return of the last 50,000 env steps reaches this (`run.target_return`).
         #[arg(long)]
         target_return: Option<f64>,
         /// Fail once this many env steps pass without success (`run.max_env_steps`).
@@ -237,19 +237,36 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Run { .. } => {
             let target = config.run.target_return;
+            let hold_min_return = config.run.hold_min_return;
             let started = std::time::Instant::now();
             match launcher::run(config).await? {
-                Outcome::TargetReached { mean_return, env_steps } => {
+                Outcome::TargetReached {
+                    step_return,
+                    env_steps,
+                    lowest,
+                } => {
+                    let held = lowest.map_or(String::new(), |lowest| format!(", held (lowest {lowest:.1})"));
                     println!(
-                        "target reached: mean return {mean_return:.1} ≥ {target} over the last 100 episodes after {env_steps} env steps in {:.0} s",
+                        "target reached: return {step_return:.1} ≥ {target} (step-weighted) after {env_steps} env steps in {:.0} s{held}",
                         started.elapsed().as_secs_f64()
                     );
                     Ok(ExitCode::SUCCESS)
                 }
-                Outcome::BudgetExhausted { mean_return, env_steps } => {
+                Outcome::Collapsed {
+                    reached_at,
+                    step_return,
+                    env_steps,
+                } => {
                     eprintln!(
-                        "error: env step budget exhausted: {env_steps} steps without reaching mean return {target} (last: {})",
-                        mean_return.map_or("n/a".into(), |r| format!("{r:.1}"))
+                        "error: the return fell to {step_return:.1} < {} after {env_steps} env steps, having reached {target} at {reached_at}",
+                        hold_min_return
+                    );
+                    Ok(ExitCode::from(1))
+                }
+                Outcome::BudgetExhausted { step_return, env_steps } => {
+                    eprintln!(
+                        "error: env step budget exhausted: {env_steps} steps without reaching return {target} (last: {})",
+                        step_return.map_or("n/a".into(), |r| format!("{r:.1}"))
                     );
                     Ok(ExitCode::from(1))
                 }

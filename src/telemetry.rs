@@ -30,11 +30,12 @@ pub fn install_recorder() -> Result<PrometheusHandle> {
 }
 
 fn build_recorder() -> Result<PrometheusHandle> {
-    let buckets: [(&str, &[f64]); 8] = [
+    let buckets: [(&str, &[f64]); 9] = [
         (fleet_replay::metrics::SAMPLE_LATENCY, fleet_replay::metrics::SAMPLE_LATENCY_BUCKETS),
         (fleet_actor::metrics::EPISODE_RETURN, fleet_actor::metrics::EPISODE_RETURN_BUCKETS),
         (fleet_actor::metrics::POLICY_LAG, fleet_actor::metrics::POLICY_LAG_BUCKETS),
         (fleet_learner::metrics::POLICY_LAG, fleet_learner::metrics::POLICY_LAG_BUCKETS),
+        (fleet_learner::metrics::SEQUENCE_AGE, fleet_learner::metrics::POLICY_LAG_BUCKETS),
         (fleet_learner::metrics::BATCH_WAIT, fleet_learner::metrics::BATCH_WAIT_BUCKETS),
         (fleet_learner::metrics::STATE_STALENESS, fleet_learner::metrics::STALENESS_BUCKETS),
         (fleet_learner::metrics::POLICY_STALENESS, fleet_learner::metrics::STALENESS_BUCKETS),

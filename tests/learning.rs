@@ -1,6 +1,6 @@
 //! Does the whole system learn? `fleet run` on CartPole-v1, seeded, with a
 //! bounded step budget: it must reach the return threshold before the budget
-//! runs out. A broken learning signal (e.g. a flipped advantage sign) leaves
+//! runs out, and keep it while training goes on. A broken learning signal (e.g. a flipped advantage sign) leaves
 //! the return near that of a random policy (≈ 20) and fails this test. And
 //! on a task that needs memory, a recurrent agent with overlapping sequences
 //! and stored state must solve what a feed-forward one cannot.
@@ -11,20 +11,30 @@ use tokio::process::Command;
 
 use crate::support::FLEET;
 
+/// CartPole on the default config reaches the target within the budget and
+/// holds it: training goes on for 300,000 env steps past the target, and
+/// the step-weighted return must not fall below 200 meanwhile. Before the
+/// clipped-ratio surrogate and the one-version weights fetch, about half of
+/// the seeds collapsed to an always-push-one-way policy (return ≈ 9, for
+/// good in some runs) within a minute of solving; since then the lowest
+/// seen after solving is 333 (docs/RESULTS.md).
 #[tokio::test]
-async fn cartpole_reaches_the_threshold_within_the_step_budget() {
+async fn cartpole_reaches_the_target_and_holds_it() {
     let (solved, output) = run(&[
         "--seed",
         "1",
-        "--actors",
-        "2",
         "--target-return",
-        "400",
+        "475",
         "--max-env-steps",
         "1500000",
+        "--set",
+        "run.hold_env_steps=300000",
+        "--set",
+        "run.hold_min_return=200",
     ])
     .await;
-    assert!(solved, "fleet run did not reach the target:\n{output}");
+    assert!(solved, "fleet run did not reach and hold the target:\n{output}");
+    assert!(output.contains("held (lowest"), "{output}");
 }
 
 /// `fleet run` with `args`; whether it reached its target, and its output.
@@ -59,20 +69,28 @@ async fn a_recurrent_agent_solves_a_memory_task_only_from_its_stored_state() {
     let common = [
         "--seed",
         "3",
-        "--max-env-steps",
-        "300000",
         "--set",
         "env.name=memory-chain-4",
         "--set",
         "actor.unroll_length=3",
         "--set",
         "actor.period=3",
+        "--set",
+        "learner.learning_rate=0.0005",
     ];
     let lstm = [&common[..], &["--set", "network.core=lstm", "--set", "network.lstm_size=32"]].concat();
-    let (solved, output) = run(&[&lstm[..], &["--target-return", "0.9"]].concat()).await;
+    // It usually solves in 200-300K env steps; the budget leaves room for the
+    // spread between runs. The negative controls get 300K.
+    let (solved, output) = run(&[&lstm[..], &["--target-return", "0.9", "--max-env-steps", "800000"]].concat()).await;
     assert!(solved, "the LSTM agent did not solve memory-chain-4:\n{output}");
 
-    let zero_state = [&lstm[..], &["--target-return", "0.5", "--set", "learner.initial_state=zero"]].concat();
+    let budget = ["--max-env-steps", "300000"];
+    let zero_state = [
+        &lstm[..],
+        &budget,
+        &["--target-return", "0.5", "--set", "learner.initial_state=zero"],
+    ]
+    .concat();
     let (solved, output) = run(&zero_state).await;
     assert!(
         !solved,
@@ -80,7 +98,7 @@ async fn a_recurrent_agent_solves_a_memory_task_only_from_its_stored_state() {
     );
     assert!(output.contains("env step budget exhausted"), "{output}");
 
-    let (solved, output) = run(&[&common[..], &["--target-return", "0.5"]].concat()).await;
+    let (solved, output) = run(&[&common[..], &budget, &["--target-return", "0.5"]].concat()).await;
     assert!(!solved, "a feed-forward agent cannot remember the cue, yet:\n{output}");
     assert!(output.contains("env step budget exhausted"), "{output}");
 }

@@ -30,6 +30,9 @@ pub struct ActorConfig {
     pub max_in_flight: usize,
     /// Episodes in the moving mean reported as `fleet_actor_episode_return_recent`.
     pub return_window: usize,
+    /// Env steps whose episodes make up the step-weighted mean reported as
+    /// `fleet_actor_episode_return_step_weighted`.
+    pub return_window_steps: u64,
 }
 
 impl Default for ActorConfig {
@@ -43,6 +46,7 @@ impl Default for ActorConfig {
             also_tables: Vec::new(),
             max_in_flight: 8,
             return_window: 100,
+            return_window_steps: 50_000,
         }
     }
 }
@@ -76,6 +80,9 @@ impl ActorConfig {
         }
         if self.return_window == 0 {
             return Err("actor.return_window must be at least 1".into());
+        }
+        if self.return_window_steps == 0 {
+            return Err("actor.return_window_steps must be at least 1".into());
         }
         if self.table.is_empty() {
             return Err("actor.table must not be empty".into());

@@ -14,6 +14,7 @@ pub mod config;
 pub mod env;
 pub mod metrics;
 pub mod policy;
+pub mod returns;
 pub mod runtime;
 pub mod sequence;
 

@@ -6,6 +6,8 @@ pub const ENV_STEPS: &str = "fleet_actor_env_steps_total";
 pub const EPISODES: &str = "fleet_actor_episodes_total";
 pub const EPISODE_RETURN: &str = "fleet_actor_episode_return";
 pub const EPISODE_RETURN_RECENT: &str = "fleet_actor_episode_return_recent";
+pub const EPISODE_RETURN_STEP_WEIGHTED: &str = "fleet_actor_episode_return_step_weighted";
+pub const RETURN_WINDOW_STEPS: &str = "fleet_actor_episode_return_window_steps";
 pub const POLICY_LAG: &str = "fleet_actor_policy_lag_versions";
 pub const SEQUENCES_SENT: &str = "fleet_actor_sequences_sent_total";
 pub const SEQUENCES_ACKED: &str = "fleet_actor_sequences_acked_total";
@@ -24,6 +26,14 @@ pub fn describe() {
     describe_gauge!(
         EPISODE_RETURN_RECENT,
         "Mean return of this actor's most recent episodes (actor.return_window)"
+    );
+    describe_gauge!(
+        EPISODE_RETURN_STEP_WEIGHTED,
+        "Mean return of this actor's episodes that fill its last actor.return_window_steps env steps, each weighted by its length"
+    );
+    describe_gauge!(
+        RETURN_WINDOW_STEPS,
+        "Env steps in the episodes behind fleet_actor_episode_return_step_weighted (to weight it across actors)"
     );
     describe_histogram!(
         POLICY_LAG,

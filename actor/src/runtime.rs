@@ -23,6 +23,7 @@ use crate::ActorConfig;
 use crate::env::{EnvConfig, VecEnv};
 use crate::metrics as m;
 use crate::policy::sample_actions;
+use crate::returns::RecentReturns;
 use crate::sequence::{Finished, SequenceWriter, StepRecord};
 
 #[derive(Debug, thiserror::Error)]
@@ -129,8 +130,10 @@ fn act(
     let episodes = metrics::counter!(m::EPISODES);
     let episode_return = metrics::histogram!(m::EPISODE_RETURN);
     let return_recent = metrics::gauge!(m::EPISODE_RETURN_RECENT);
+    let return_step_weighted = metrics::gauge!(m::EPISODE_RETURN_STEP_WEIGHTED);
+    let return_window_steps = metrics::gauge!(m::RETURN_WINDOW_STEPS);
     let policy_lag = metrics::histogram!(m::POLICY_LAG);
-    let mut recent_returns: VecDeque<f64> = VecDeque::with_capacity(config.return_window);
+    let mut recent_returns = RecentReturns::new(config.return_window, config.return_window_steps);
     let n = config.num_envs;
     let mut actions = Vec::with_capacity(n);
     let o = spec.observation_size();
@@ -196,11 +199,11 @@ fn act(
         for episode in &report.finished {
             episodes.increment(1);
             episode_return.record(episode.episode_return);
-            if recent_returns.len() == config.return_window {
-                recent_returns.pop_front();
-            }
-            recent_returns.push_back(episode.episode_return);
-            return_recent.set(recent_returns.iter().sum::<f64>() / recent_returns.len() as f64);
+            recent_returns.push(episode.episode_return, u64::from(episode.length));
+            return_recent.set(recent_returns.episode_mean().unwrap_or(0.0));
+            let (_, steps) = recent_returns.step_weighted();
+            return_step_weighted.set(recent_returns.step_weighted_mean().unwrap_or(0.0));
+            return_window_steps.set(steps as f64);
         }
     }
     Ok(())
@@ -208,6 +211,14 @@ fn act(
 
 /// Follows the learner's weights: reconnects with backoff, assembles chunks
 /// and publishes each complete newer version to the compute thread.
+///
+/// Each `WatchWeights` call is read for one version only, then dropped and
+/// made again after it: the learner then sends whatever is newest when the
+/// actor is ready for it. A stream left open would carry every version the
+/// learner publishes, and once the actor fell behind, the versions queued
+/// in the connection's buffers would reach it tens of updates late (the
+/// policy lag of one actor then climbed to 60–80 versions while the other's
+/// stayed at 10).
 async fn follow_weights(
     settings: ActorSettings,
     weights_tx: watch::Sender<Option<Arc<Weights>>>,
@@ -224,48 +235,58 @@ async fn follow_weights(
         // Each new connection starts from the learner's current version, even
         // an older one: a learner that restarted without a checkpoint is the
         // only source of weights there is.
-        let after_version = 0;
-        let stream = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            r = client.watch_weights(pb::WatchWeightsRequest { after_version }) => r,
-        };
-        let mut stream = match stream {
-            Ok(response) => response.into_inner(),
-            Err(status) => {
-                tracing::warn!(%status, "WatchWeights failed; reconnecting");
-                sleep_or_cancel(settings.backoff.max, &shutdown).await;
-                continue;
-            }
-        };
-        let mut assembler = WeightsAssembler::new(limit);
+        let mut after_version = 0;
         loop {
-            let chunk = tokio::select! {
+            let stream = tokio::select! {
                 _ = shutdown.cancelled() => return,
-                chunk = stream.next() => chunk,
+                r = client.watch_weights(pb::WatchWeightsRequest { after_version }) => r,
             };
-            match chunk {
-                Some(Ok(chunk)) => match assembler.push(chunk) {
-                    Ok(Some((version, bytes))) => {
-                        newest_version.store(version, Ordering::Relaxed);
-                        weights_tx.send_replace(Some(Arc::new(Weights { version, bytes })));
-                    }
-                    Ok(None) => {}
-                    Err(error) => {
-                        tracing::warn!(%error, "bad weights stream; reconnecting");
-                        break;
-                    }
-                },
-                Some(Err(status)) => {
-                    tracing::warn!(%status, "weights stream ended; reconnecting");
+            let mut stream = match stream {
+                Ok(response) => response.into_inner(),
+                Err(status) => {
+                    tracing::warn!(%status, "WatchWeights failed; reconnecting");
+                    sleep_or_cancel(settings.backoff.max, &shutdown).await;
                     break;
                 }
-                None => {
-                    tracing::info!("learner closed the weights stream; reconnecting");
+            };
+            match next_version(&mut stream, limit, &shutdown).await {
+                Ok(Some((version, bytes))) => {
+                    newest_version.store(version, Ordering::Relaxed);
+                    weights_tx.send_replace(Some(Arc::new(Weights { version, bytes })));
+                    after_version = version;
+                }
+                Ok(None) => return,
+                Err(reason) => {
+                    tracing::warn!(%reason, "weights stream failed; reconnecting");
+                    sleep_or_cancel(settings.backoff.initial, &shutdown).await;
                     break;
                 }
             }
         }
-        sleep_or_cancel(settings.backoff.initial, &shutdown).await;
+    }
+}
+
+/// Reads chunks until one whole version is assembled; `None` on shutdown.
+async fn next_version(
+    stream: &mut tonic::Streaming<pb::WeightsChunk>,
+    limit: u64,
+    shutdown: &CancellationToken,
+) -> Result<Option<(u64, Vec<u8>)>, String> {
+    let mut assembler = WeightsAssembler::new(limit);
+    loop {
+        let chunk = tokio::select! {
+            _ = shutdown.cancelled() => return Ok(None),
+            chunk = stream.next() => chunk,
+        };
+        match chunk {
+            Some(Ok(chunk)) => match assembler.push(chunk) {
+                Ok(Some(version)) => return Ok(Some(version)),
+                Ok(None) => {}
+                Err(error) => return Err(format!("bad weights stream: {error}")),
+            },
+            Some(Err(status)) => return Err(status.to_string()),
+            None => return Err("the learner closed the weights stream".into()),
+        }
     }
 }
 

@@ -31,6 +31,8 @@ pub struct HostBatch {
     pub batch_size: usize,
     pub spec: EnvSpec,
     pub keys: Vec<u64>,
+    /// The actor that wrote each sequence.
+    pub actor_ids: Vec<u64>,
     /// Sampler importance weights, one per sequence.
     pub importance_weights: Vec<f32>,
     /// `[L, B, observation_size]`, u8 when the spec has frames.
@@ -71,6 +73,7 @@ impl HostBatch {
             batch_size: b,
             spec,
             keys: Vec::with_capacity(b),
+            actor_ids: Vec::with_capacity(b),
             importance_weights: Vec::with_capacity(b),
             observations: Observations::zeros(&spec.observation, steps * b * o),
             actions: vec![0; steps * b],
@@ -124,6 +127,7 @@ impl HostBatch {
                     .extend_from_slice(&state.to_f32().map_err(|e| fail(format!("initial_state: {e}")))?);
             }
             batch.keys.push(item.key);
+            batch.actor_ids.push(seq.actor_id);
             batch
                 .importance_weights
                 .push(if item.weight > 0.0 { item.weight as f32 } else { 1.0 });
@@ -170,6 +174,7 @@ impl HostBatch {
             batch_size,
             spec,
             keys: (0..batch_size as u64).collect(),
+            actor_ids: vec![0; batch_size],
             importance_weights: vec![1.0; batch_size],
             observations,
             actions: (0..n).map(|_| rng.random_range(0..num_actions as u32)).collect(),
@@ -191,6 +196,61 @@ impl HostBatch {
     pub fn learning_frames(&self, burn_in: usize) -> u64 {
         let (from, to) = (burn_in * self.batch_size, (self.steps - 1) * self.batch_size);
         (from..to).filter(|&i| is_decision(self.terminated[i], self.truncated[i])).count() as u64
+    }
+
+    /// Each sequence's age at learner version `version`: how many versions
+    /// older than it is the oldest policy that made one of its learning
+    /// decisions (0 for a sequence without one).
+    pub fn sequence_ages(&self, version: u64, burn_in: usize) -> Vec<u64> {
+        let b = self.batch_size;
+        (0..b)
+            .map(|j| {
+                (burn_in..self.steps - 1)
+                    .map(|t| t * b + j)
+                    .filter(|&i| is_decision(self.terminated[i], self.truncated[i]))
+                    .map(|i| version.saturating_sub(self.behaviour_versions[i]))
+                    .max()
+                    .unwrap_or(0)
+            })
+            .collect()
+    }
+
+    /// The batch of sequences `columns` (in that order), e.g. without those
+    /// too stale to learn from.
+    pub fn select(&self, columns: &[usize]) -> HostBatch {
+        let (b, n) = (self.batch_size, columns.len());
+        let o = self.spec.observation_size();
+        let a = self.spec.policy_width();
+        let width = self.state.map_or(0, |s| s.width());
+        let rows = |t: usize| columns.iter().map(move |&j| t * b + j);
+        let gather = |values: &[bool]| -> Vec<bool> { (0..self.steps).flat_map(rows).map(|i| values[i]).collect() };
+        let mut observations = Observations::with_capacity(&self.spec.observation, self.steps * n * o);
+        let mut behaviour_logits = Vec::with_capacity(self.steps * n * a);
+        for i in (0..self.steps).flat_map(rows) {
+            observations.extend_from(self.observations.slice(i * o..(i + 1) * o));
+            behaviour_logits.extend_from_slice(&self.behaviour_logits[i * a..(i + 1) * a]);
+        }
+        HostBatch {
+            steps: self.steps,
+            batch_size: n,
+            spec: self.spec,
+            keys: columns.iter().map(|&j| self.keys[j]).collect(),
+            actor_ids: columns.iter().map(|&j| self.actor_ids[j]).collect(),
+            importance_weights: columns.iter().map(|&j| self.importance_weights[j]).collect(),
+            observations,
+            actions: (0..self.steps).flat_map(rows).map(|i| self.actions[i]).collect(),
+            rewards: (0..self.steps).flat_map(rows).map(|i| self.rewards[i]).collect(),
+            terminated: gather(&self.terminated),
+            truncated: gather(&self.truncated),
+            is_first: gather(&self.is_first),
+            behaviour_logits,
+            behaviour_versions: (0..self.steps).flat_map(rows).map(|i| self.behaviour_versions[i]).collect(),
+            state: self.state,
+            initial_states: columns
+                .iter()
+                .flat_map(|&j| self.initial_states[j * width..(j + 1) * width].iter().copied())
+                .collect(),
+        }
     }
 }
 
@@ -398,6 +458,55 @@ mod tests {
         let expected: Vec<f32> = pixels.iter().map(|&p| f32::from(p)).collect();
         assert_eq!(on_device, expected);
         assert!(expected.contains(&255.0) && expected.contains(&0.0));
+    }
+
+    /// Selecting columns keeps each kept sequence whole, every field in
+    /// step, and the ages follow the oldest learning decision.
+    #[test]
+    fn selecting_sequences_keeps_them_whole_and_ages_count_learning_decisions() {
+        let spec = EnvSpec::vector(3, 2);
+        let mut batch = HostBatch::synthetic(spec, 6, 4, 9);
+        batch.state = Some(StateSpec::Lstm { hidden: 1 });
+        batch.initial_states = (0..8).map(|v| v as f32).collect();
+        batch.terminated = vec![false; 24];
+        batch.truncated = vec![false; 24];
+        for t in 0..6 {
+            for j in 0..4 {
+                batch.behaviour_versions[t * 4 + j] = 100 + 10 * j as u64 + t as u64;
+            }
+        }
+        // Sequence 3's burn-in step is older still, and does not count.
+        batch.behaviour_versions[3] = 1;
+        assert_eq!(batch.sequence_ages(130, 1), vec![29, 19, 9, 0]);
+        // The last step is only bootstrapped: a sequence whose learning steps
+        // are all episode ends has no decision and age 0.
+        let mut ended = batch.clone();
+        for t in 1..5 {
+            ended.truncated[t * 4] = true;
+        }
+        assert_eq!(ended.sequence_ages(130, 1)[0], 0);
+
+        let picked = batch.select(&[3, 1]);
+        assert_eq!((picked.batch_size, picked.steps, picked.keys.clone()), (2, 6, vec![3, 1]));
+        assert_eq!(picked.initial_states, vec![6.0, 7.0, 2.0, 3.0]);
+        let o = 3;
+        for t in 0..6 {
+            for (k, j) in [3usize, 1].into_iter().enumerate() {
+                let (at, from) = (t * 2 + k, t * 4 + j);
+                assert_eq!(picked.actions[at], batch.actions[from]);
+                assert_eq!(picked.behaviour_versions[at], batch.behaviour_versions[from]);
+                assert_eq!(picked.is_first[at], batch.is_first[from]);
+                assert_eq!(
+                    picked.behaviour_logits[at * 2..at * 2 + 2],
+                    batch.behaviour_logits[from * 2..from * 2 + 2]
+                );
+                assert_eq!(
+                    picked.observations.slice(at * o..(at + 1) * o).f32(),
+                    batch.observations.slice(from * o..(from + 1) * o).f32()
+                );
+            }
+        }
+        assert_eq!(picked.learning_frames(1), 8);
     }
 
     #[test]

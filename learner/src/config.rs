@@ -93,6 +93,12 @@ pub struct LearnerConfig {
     pub baseline_cost: f64,
     /// Weight of the entropy bonus.
     pub entropy_cost: f64,
+    /// ε of the clipped-ratio policy surrogate, a trust region around the
+    /// behaviour policy: `min(ρ·A, clip(ρ, 1−ε, 1+ε)·A)` with ρ = π/μ and
+    /// the V-trace advantage A (Sample Factory's and RLlib APPO's form).
+    /// 0: IMPALA's `min(ρ̄_pg, ρ)·A·∇log π`, which lets a run of positive
+    /// advantages drive an action's probability all the way to 1.
+    pub ratio_clip: f64,
     /// V-trace ρ̄.
     pub rho_bar: f32,
     /// V-trace c̄.
@@ -103,6 +109,16 @@ pub struct LearnerConfig {
     pub lambda: f32,
     /// Publish weights every this many updates.
     pub publish_every: u64,
+    /// Fresh sequences whose oldest learning decision is more than this
+    /// many weights versions behind the learner are dropped unlearnt and
+    /// counted (Sample Factory's bound); 0: no bound. Replayed sequences
+    /// are old by design and never dropped.
+    pub max_policy_lag: u64,
+    /// A JSON line of diagnostics every `stats_every` updates (losses,
+    /// entropy, logit gaps, importance ratios, per-layer gradient and step
+    /// norms, sequence ages); empty: none.
+    pub stats_file: String,
+    pub stats_every: u64,
     /// Directory for checkpoints; empty disables them.
     pub checkpoint_dir: String,
     /// Seconds between checkpoints (one is also written at shutdown).
@@ -132,7 +148,7 @@ impl Default for LearnerConfig {
             priority_batch: 256,
             prefetch_batches: 2,
             optimizer: OptimizerKind::Adam,
-            learning_rate: 5e-4,
+            learning_rate: 2e-3,
             adam_beta1: 0.9,
             adam_beta2: 0.999,
             adam_epsilon: 1e-8,
@@ -146,11 +162,15 @@ impl Default for LearnerConfig {
             reward_clip: RewardClip::None,
             baseline_cost: 0.5,
             entropy_cost: 0.01,
+            ratio_clip: 0.2,
             rho_bar: 1.0,
             c_bar: 1.0,
             pg_rho_bar: 1.0,
             lambda: 1.0,
             publish_every: 1,
+            max_policy_lag: 100,
+            stats_file: String::new(),
+            stats_every: 1,
             checkpoint_dir: String::new(),
             checkpoint_interval_secs: 60.0,
             keep_checkpoints: 3,
@@ -218,6 +238,7 @@ impl LearnerConfig {
             ("learner.learning_rate", self.learning_rate),
             ("learner.adam_epsilon", self.adam_epsilon),
             ("learner.publish_every", self.publish_every as f64),
+            ("learner.stats_every", self.stats_every as f64),
             ("learner.rmsprop_epsilon", self.rmsprop_epsilon),
             ("learner.lr_decay_frames", self.lr_decay_frames as f64),
             ("learner.checkpoint_interval_secs", self.checkpoint_interval_secs),
@@ -235,6 +256,7 @@ impl LearnerConfig {
         for (key, value) in [
             ("learner.baseline_cost", self.baseline_cost),
             ("learner.entropy_cost", self.entropy_cost),
+            ("learner.ratio_clip", self.ratio_clip),
             ("learner.max_grad_norm", self.max_grad_norm),
         ] {
             if !(value >= 0.0 && value.is_finite()) {

@@ -10,8 +10,8 @@ use fleet_agent::{ActorCritic, EnvSpec, NetworkConfig, Weights, WeightsError};
 use crate::batch::{DeviceBatch, HostBatch};
 use crate::checkpoint::{self, CheckpointMeta};
 use crate::config::{InitialState, LearnerConfig};
-use crate::loss::{LossWeights, clip_rewards, impala_loss, learning_outputs, sequence_priorities, state_staleness};
-use crate::optim::Optimiser;
+use crate::loss::{LossDiagnostics, LossWeights, clip_rewards, impala_loss, learning_outputs, sequence_priorities, state_staleness};
+use crate::optim::{Optimiser, StepReport};
 
 #[derive(Debug, thiserror::Error)]
 pub enum UpdateError {
@@ -34,12 +34,13 @@ pub struct UpdateStats {
     pub policy_loss: f32,
     pub baseline_loss: f32,
     pub entropy: f32,
-    pub grad_norm: f64,
     pub clipped_rho_fraction: f32,
     pub mean_abs_advantage: f32,
+    pub diagnostics: LossDiagnostics,
     pub learning_rate: f64,
-    /// False when the gradient was not finite and the update was skipped.
-    pub applied: bool,
+    /// Gradient and step norms; `step.applied()` is false when the gradient
+    /// was not finite and the update was skipped.
+    pub step: StepReport,
     /// Per sequence (value, policy) staleness, every [`STALENESS_EVERY`]th
     /// update of a recurrent network with stored states; see
     /// [`crate::loss::state_staleness`].
@@ -102,7 +103,8 @@ impl Learner {
         self.frames
     }
 
-    fn param_names(&self) -> Vec<String> {
+    /// The parameters' names, in the order of [`StepReport`]'s per-variable norms.
+    pub fn param_names(&self) -> Vec<String> {
         self.network.params().iter().map(|(name, _)| name.clone()).collect()
     }
 
@@ -168,6 +170,7 @@ impl Learner {
         let weights = LossWeights {
             baseline_cost: self.config.baseline_cost,
             entropy_cost: self.config.entropy_cost,
+            ratio_clip: self.config.ratio_clip,
         };
         let stored = self.config.initial_state == InitialState::Stored;
         let loss = impala_loss(&self.network, &device_batch, &self.config.vtrace(), weights, stored)?;
@@ -186,9 +189,8 @@ impl Learner {
             Vec::new()
         };
         let priorities = sequence_priorities(&loss.td_errors, &device_batch.mask, self.config.priority_eta)?;
-        let grad_norm = self.optimiser.step(&loss.total, learning_rate)?;
-        let applied = grad_norm.is_finite();
-        if applied {
+        let step = self.optimiser.step(&loss.total, learning_rate)?;
+        if step.applied() {
             self.updates += 1;
             self.version += 1;
             self.frames += batch.learning_frames(self.config.burn_in);
@@ -198,11 +200,11 @@ impl Learner {
             policy_loss: loss.policy,
             baseline_loss: loss.baseline,
             entropy: loss.entropy,
-            grad_norm,
             clipped_rho_fraction: loss.clipped_rho_fraction,
             mean_abs_advantage: loss.mean_abs_advantage,
+            diagnostics: loss.diagnostics,
             learning_rate,
-            applied,
+            step,
             staleness,
             priorities,
         })
@@ -249,7 +251,7 @@ mod tests {
 
             let mut original = learner(1, &config);
             for batch in &batches[..5] {
-                assert!(original.update(batch).unwrap().applied);
+                assert!(original.update(batch).unwrap().step.applied());
             }
             let saved = (original.version(), original.updates(), original.frames());
             assert_eq!((saved.0, saved.1), (6, 5));
@@ -309,6 +311,13 @@ mod tests {
             0,
             &LearnerConfig {
                 entropy_cost: 0.0,
+                // The V-trace targets move with the policy; 200 updates on
+                // one batch keep them still enough to fit only at a small
+                // rate and with the plain policy gradient (the clipped
+                // surrogate leaves the policy jittering at its trust region's
+                // edge, and the targets with it).
+                learning_rate: 5e-4,
+                ratio_clip: 0.0,
                 ..Default::default()
             },
         );
@@ -320,6 +329,52 @@ mod tests {
         assert!(last < 0.5 * first, "baseline loss went from {first} to {last}");
     }
 
+    /// The clipped-ratio surrogate is a trust region around the behaviour
+    /// policy: on a bandit whose better arm already has π/μ above 1 + ε the
+    /// policy gets no gradient at all, while inside the region the same
+    /// batch raises the better arm, as the plain policy gradient does.
+    #[test]
+    fn the_ratio_clip_stops_the_policy_at_the_edge_of_its_trust_region() {
+        let spec = EnvSpec::vector(1, 2);
+        let config = LearnerConfig {
+            learning_rate: 0.01,
+            entropy_cost: 0.0,
+            ratio_clip: 0.2,
+            ..Default::default()
+        };
+        let observation = Tensor::new(&[[1f32]], &Device::Cpu).unwrap();
+        let policy = |learner: &Learner| -> Vec<f32> {
+            let logits = learner.network().forward(&observation).unwrap().logits;
+            values(&candle_nn::ops::softmax_last_dim(&logits).unwrap())
+        };
+        // Every pull is of the better arm, which pays 1; the behaviour
+        // policy's logits are the current ones shifted by `shift` on arm 0.
+        let run = |shift: f32| -> (Vec<f32>, Vec<f32>) {
+            let mut learner = Learner::new(spec, &NetworkConfig::default(), config.clone(), 3, Device::Cpu).unwrap();
+            let mut logits = values(&learner.network().forward(&observation).unwrap().logits);
+            logits[0] += shift;
+            let pulls = 16;
+            let mut batch = HostBatch::synthetic(spec, 2, pulls, 0);
+            batch.observations = Observations::F32(vec![1.0; 2 * pulls]);
+            batch.behaviour_logits = logits.iter().copied().cycle().take(2 * pulls * 2).collect();
+            for j in 0..pulls {
+                (batch.actions[j], batch.rewards[j]) = (1, 1.0);
+                (batch.is_first[j], batch.terminated[j], batch.truncated[j]) = (true, false, false);
+                (batch.actions[pulls + j], batch.rewards[pulls + j]) = (0, 0.0);
+                (batch.is_first[pulls + j], batch.terminated[pulls + j], batch.truncated[pulls + j]) = (false, true, false);
+            }
+            let before = policy(&learner);
+            learner.update(&batch).unwrap();
+            (before, policy(&learner))
+        };
+        // μ(arm 1) well below π(arm 1): ρ > 1.2, outside the region.
+        let (before, after) = run(2.0);
+        assert_eq!(before, after, "the policy moved outside its trust region");
+        // μ = π: ρ = 1, inside; the better arm gains.
+        let (before, after) = run(0.0);
+        assert!(after[1] > before[1] + 1e-3, "P(better arm) went from {} to {}", before[1], after[1]);
+    }
+
     /// One update on a two-armed bandit must raise the better arm's
     /// probability. Both arms are pulled equally often, on-policy, from one
     /// observation; arm 1 pays 1 and arm 0 pays 0, and the episode ends
@@ -327,10 +382,17 @@ mod tests {
     /// this catches that in milliseconds rather than in a learning run.
     #[test]
     fn one_update_on_a_bandit_raises_the_better_arms_probability() {
+        for ratio_clip in [0.0, 0.2] {
+            bandit_update_raises_the_better_arm(ratio_clip);
+        }
+    }
+
+    fn bandit_update_raises_the_better_arm(ratio_clip: f64) {
         let spec = EnvSpec::vector(1, 2);
         let config = LearnerConfig {
             learning_rate: 0.01,
             entropy_cost: 0.0,
+            ratio_clip,
             ..Default::default()
         };
         let mut learner = Learner::new(spec, &NetworkConfig::default(), config, 3, Device::Cpu).unwrap();
@@ -359,7 +421,7 @@ mod tests {
         let after = policy(&learner);
         assert!(
             after[1] > before[1] + 1e-3,
-            "P(better arm) went from {} to {} in one update",
+            "ratio clip {ratio_clip}: P(better arm) went from {} to {} in one update",
             before[1],
             after[1]
         );

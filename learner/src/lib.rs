@@ -23,6 +23,7 @@ pub mod parameters;
 pub mod prefetch;
 pub mod priorities;
 pub mod runtime;
+pub mod stats_log;
 pub mod vtrace;
 
 pub use config::{InitialState, LearnerConfig};

@@ -10,6 +10,15 @@ pub const GRAD_NORM: &str = "fleet_learner_grad_norm";
 pub const CLIPPED_RHO: &str = "fleet_learner_clipped_rho_fraction";
 pub const WEIGHTS_VERSION: &str = "fleet_learner_weights_version";
 pub const POLICY_LAG: &str = "fleet_learner_policy_lag_versions";
+/// Per sampled fresh sequence: versions between the learner and the oldest
+/// policy that made one of its learning decisions.
+pub const SEQUENCE_AGE: &str = "fleet_learner_sequence_age_versions";
+pub const STALE_DROPPED: &str = "fleet_learner_stale_sequences_dropped_total";
+pub const LOGIT_GAP: &str = "fleet_learner_logit_gap";
+pub const RHO: &str = "fleet_learner_importance_ratio";
+pub const VALUE_MEAN: &str = "fleet_learner_value_mean";
+pub const RELATIVE_STEP: &str = "fleet_learner_relative_step";
+pub const LAYER_GRAD_NORM: &str = "fleet_learner_layer_grad_norm";
 pub const BATCH_WAIT: &str = "fleet_learner_batch_wait_seconds";
 pub const FRAMES: &str = "fleet_learner_frames_total";
 pub const BAD_BATCHES: &str = "fleet_learner_bad_batches_total";
@@ -33,7 +42,7 @@ pub const STATE_STALENESS: &str = "fleet_learner_state_staleness";
 /// The same for the policy: mean total-variation distance.
 pub const POLICY_STALENESS: &str = "fleet_learner_policy_staleness";
 pub const STALENESS_BUCKETS: &[f64] = &[0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0];
-pub const POLICY_LAG_BUCKETS: &[f64] = &[0.0, 1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 50.0, 100.0];
+pub const POLICY_LAG_BUCKETS: &[f64] = &[0.0, 1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0];
 pub const BATCH_WAIT_BUCKETS: &[f64] = &[0.0001, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0];
 
 pub fn describe() {
@@ -50,6 +59,31 @@ pub fn describe() {
     describe_histogram!(
         POLICY_LAG,
         "Per learning step: learner version minus the behaviour policy's version"
+    );
+    describe_histogram!(
+        SEQUENCE_AGE,
+        "Per sampled sequence from the fresh-sequence table: learner version minus the oldest behaviour version among its learning decisions"
+    );
+    describe_counter!(
+        STALE_DROPPED,
+        "Fresh sequences dropped unlearnt because their age exceeded learner.max_policy_lag"
+    );
+    describe_gauge!(
+        LOGIT_GAP,
+        "Highest minus lowest logit of the latest batch's decisions (label stat = mean|max); above ~12 the policy is deterministic"
+    );
+    describe_gauge!(
+        RHO,
+        "Importance ratio pi/mu of the latest batch's taken actions before clipping (label stat = mean|max)"
+    );
+    describe_gauge!(VALUE_MEAN, "Mean value estimate over the latest batch's decisions");
+    describe_gauge!(
+        RELATIVE_STEP,
+        "Norm of the latest update's parameter change over the parameters' norm"
+    );
+    describe_gauge!(
+        LAYER_GRAD_NORM,
+        "Gradient norm of each parameter tensor in the latest update, before clipping (label layer)"
     );
     describe_histogram!(BATCH_WAIT, "Time the update loop waited for its next batch");
     describe_histogram!(

@@ -70,6 +70,31 @@ impl OptimizerConfig {
     }
 }
 
+/// What one step did, per variable in the order given to [`Optimiser::new`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepReport {
+    /// Global gradient norm before clipping; not finite when the step was skipped.
+    pub grad_norm: f64,
+    /// ‖g‖ per variable, before clipping.
+    pub layer_grad_norms: Vec<f64>,
+    /// ‖Δθ‖ per variable: the optimiser's effective step (0 when skipped).
+    pub layer_step_norms: Vec<f64>,
+    /// ‖θ‖ per variable after the step (0 when skipped).
+    pub layer_param_norms: Vec<f64>,
+}
+
+impl StepReport {
+    pub fn applied(&self) -> bool {
+        self.grad_norm.is_finite()
+    }
+
+    /// ‖Δθ‖ / ‖θ‖ over all variables: how far one step moved the network.
+    pub fn relative_step(&self) -> f64 {
+        let square = |v: &[f64]| v.iter().map(|n| n * n).sum::<f64>();
+        (square(&self.layer_step_norms) / square(&self.layer_param_norms).max(f64::MIN_POSITIVE)).sqrt()
+    }
+}
+
 /// Per-parameter state: Adam's two moments, or RMSProp's mean square.
 #[derive(Debug)]
 struct Slot {
@@ -110,18 +135,24 @@ impl Optimiser {
     }
 
     /// Backpropagates `loss`, clips the global gradient norm, applies one
-    /// update with learning rate `lr`. Returns the gradient norm before
-    /// clipping. A non-finite norm skips the update entirely (the parameters
-    /// and the optimiser state never see NaN).
-    pub fn step(&mut self, loss: &Tensor, lr: f64) -> Result<f64> {
+    /// update with learning rate `lr`. A non-finite norm skips the update
+    /// entirely (the parameters and the optimiser state never see NaN).
+    pub fn step(&mut self, loss: &Tensor, lr: f64) -> Result<StepReport> {
         let mut grads = loss.backward()?;
         let vars: Vec<Var> = self.slots.iter().map(|s| s.var.clone()).collect();
-        let norm = clip_global_norm(&mut grads, &vars, self.max_grad_norm)?;
-        if !norm.is_finite() {
-            return Ok(norm);
+        let layer_grad_norms = clip_global_norm(&mut grads, &vars, self.max_grad_norm)?;
+        let grad_norm = layer_grad_norms.iter().map(|n| n * n).sum::<f64>().sqrt();
+        let mut report = StepReport {
+            grad_norm,
+            layer_grad_norms,
+            layer_step_norms: vec![0.0; self.slots.len()],
+            layer_param_norms: vec![0.0; self.slots.len()],
+        };
+        if !grad_norm.is_finite() {
+            return Ok(report);
         }
         self.steps += 1;
-        for slot in &mut self.slots {
+        for (i, slot) in self.slots.iter_mut().enumerate() {
             let Some(g) = grads.get(slot.var.as_tensor()) else { continue };
             let theta = slot.var.as_tensor();
             let next = match self.config {
@@ -156,9 +187,13 @@ impl Optimiser {
                     (theta - (step * lr)?)?
                 }
             };
+            let change = (&next - theta)?;
+            let norms = Tensor::stack(&[change.sqr()?.sum_all()?, next.sqr()?.sum_all()?], 0)?.to_vec1::<f32>()?;
+            report.layer_step_norms[i] = f64::from(norms[0]).sqrt();
+            report.layer_param_norms[i] = f64::from(norms[1]).sqrt();
             slot.var.set(&next)?;
         }
-        Ok(norm)
+        Ok(report)
     }
 
     /// The state as named tensors (`<param>.first`, `<param>.second`), given
@@ -211,10 +246,12 @@ impl Optimiser {
 }
 
 /// Scales the gradients so their global norm is at most `max_norm` (0: no
-/// clipping). Returns the norm before clipping; non-finite norms are returned
+/// clipping). Returns each variable's gradient norm before clipping (0 for
+/// one without a gradient); a non-finite global norm leaves the gradients
 /// untouched for the caller to refuse.
-pub fn clip_global_norm(grads: &mut GradStore, vars: &[Var], max_norm: f64) -> Result<f64> {
-    let norm = global_norm(grads, vars)?;
+pub fn clip_global_norm(grads: &mut GradStore, vars: &[Var], max_norm: f64) -> Result<Vec<f64>> {
+    let norms = layer_norms(grads, vars)?;
+    let norm = norms.iter().map(|n| n * n).sum::<f64>().sqrt();
     if norm.is_finite() && max_norm > 0.0 && norm > max_norm {
         let scale = max_norm / norm;
         for var in vars {
@@ -223,18 +260,22 @@ pub fn clip_global_norm(grads: &mut GradStore, vars: &[Var], max_norm: f64) -> R
             }
         }
     }
-    Ok(norm)
+    Ok(norms)
 }
 
-/// √(Σ‖g‖²) over the given variables' gradients.
-pub fn global_norm(grads: &GradStore, vars: &[Var]) -> Result<f64> {
-    let mut total = 0f64;
-    for var in vars {
-        if let Some(g) = grads.get(var.as_tensor()) {
-            total += g.sqr()?.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-        }
+/// ‖g‖ of each variable's gradient (0 without one), in one host read.
+fn layer_norms(grads: &GradStore, vars: &[Var]) -> Result<Vec<f64>> {
+    let squares = vars
+        .iter()
+        .map(|var| match grads.get(var.as_tensor()) {
+            Some(g) => g.sqr()?.sum_all()?.to_dtype(DType::F64),
+            None => Tensor::zeros((), DType::F64, var.device()),
+        })
+        .collect::<Result<Vec<_>>>()?;
+    if squares.is_empty() {
+        return Ok(Vec::new());
     }
-    Ok(total.sqrt())
+    Ok(Tensor::stack(&squares, 0)?.to_vec1::<f64>()?.into_iter().map(f64::sqrt).collect())
 }
 
 #[cfg(test)]
@@ -255,13 +296,33 @@ mod tests {
         let v = var(&[3.0, 4.0]);
         let vars = std::slice::from_ref(&v);
         let mut grads = half_square(&v).backward().unwrap();
-        assert!((clip_global_norm(&mut grads, vars, 1.0).unwrap() - 5.0).abs() < 1e-6);
-        assert!((global_norm(&grads, vars).unwrap() - 1.0).abs() < 1e-6);
+        assert!((clip_global_norm(&mut grads, vars, 1.0).unwrap()[0] - 5.0).abs() < 1e-6);
+        assert!((layer_norms(&grads, vars).unwrap()[0] - 1.0).abs() < 1e-6);
         let g = grads.get(v.as_tensor()).unwrap().to_vec1::<f32>().unwrap();
         assert!((g[0] - 0.6).abs() < 1e-6 && (g[1] - 0.8).abs() < 1e-6, "{g:?}");
         let mut grads = half_square(&v).backward().unwrap();
         clip_global_norm(&mut grads, vars, 10.0).unwrap();
-        assert!((global_norm(&grads, vars).unwrap() - 5.0).abs() < 1e-6);
+        assert!((layer_norms(&grads, vars).unwrap()[0] - 5.0).abs() < 1e-6);
+    }
+
+    /// The report names each variable's gradient, step and size: ½x² on
+    /// x = [3, 4] and y = [1] has gradients [3, 4] and [1]; Adam's first step
+    /// moves every coordinate by lr (m̂/√v̂ = ±1).
+    #[test]
+    fn the_step_report_measures_each_variable() {
+        let (x, y) = (var(&[3.0, 4.0]), var(&[1.0]));
+        let loss = (half_square(&x) + half_square(&y)).unwrap();
+        let mut opt = Optimiser::new(vec![x, y], OptimizerConfig::default(), 0.0).unwrap();
+        let report = opt.step(&loss, 0.1).unwrap();
+        assert!(report.applied());
+        let close = |a: &[f64], b: &[f64]| a.iter().zip(b).all(|(a, b)| (a - b).abs() < 1e-5);
+        assert!(close(&report.layer_grad_norms, &[5.0, 1.0]), "{report:?}");
+        assert!((report.grad_norm - 26f64.sqrt()).abs() < 1e-5);
+        assert!(close(&report.layer_step_norms, &[0.1 * 2f64.sqrt(), 0.1]), "{report:?}");
+        let after = [(2.9f64 * 2.9 + 3.9 * 3.9).sqrt(), 0.9];
+        assert!(close(&report.layer_param_norms, &after), "{report:?}");
+        let expected = (0.03f64 / (after[0] * after[0] + 0.81)).sqrt();
+        assert!((report.relative_step() - expected).abs() < 1e-6, "{report:?}");
     }
 
     #[test]
@@ -313,7 +374,8 @@ mod tests {
         let v = var(&[1.0]);
         let loss = (v.as_tensor() * f64::NAN).unwrap().sum_all().unwrap();
         let mut opt = Optimiser::new(vec![v.clone()], OptimizerConfig::default(), 40.0).unwrap();
-        assert!(opt.step(&loss, 0.1).unwrap().is_nan());
+        let report = opt.step(&loss, 0.1).unwrap();
+        assert!(report.grad_norm.is_nan() && !report.applied());
         assert_eq!(v.as_tensor().to_vec1::<f32>().unwrap(), vec![1.0]);
         assert_eq!(opt.steps(), 0);
     }

@@ -32,6 +32,25 @@ impl Prefetched {
     pub fn replayed_keys(&self) -> &[u64] {
         &self.batch.keys[self.replay_from..]
     }
+
+    /// The batch without its fresh sequences older than `max_lag` versions
+    /// (`ages` as [`HostBatch::sequence_ages`] gives them; `max_lag` 0: no
+    /// bound), and how many were dropped. Replayed sequences all stay.
+    /// `None` when nothing is left.
+    pub fn without_stale(self, ages: &[u64], max_lag: u64) -> (Option<Prefetched>, usize) {
+        let b = self.batch.batch_size;
+        if max_lag == 0 || ages[..self.replay_from].iter().all(|&age| age <= max_lag) {
+            return (Some(self), 0);
+        }
+        let keep: Vec<usize> = (0..b).filter(|&j| j >= self.replay_from || ages[j] <= max_lag).collect();
+        let dropped = b - keep.len();
+        if keep.is_empty() {
+            return (None, dropped);
+        }
+        let replay_from = self.replay_from - dropped;
+        let batch = self.batch.select(&keep);
+        (Some(Prefetched { batch, replay_from }), dropped)
+    }
 }
 
 /// One table's share of every batch.
@@ -201,5 +220,32 @@ async fn sample_part(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use fleet_agent::EnvSpec;
+
+    use super::*;
+
+    #[test]
+    fn only_fresh_sequences_past_the_bound_are_dropped() {
+        let batch = HostBatch::synthetic(EnvSpec::vector(2, 2), 3, 5, 0);
+        let prefetched = |replay_from| Prefetched {
+            batch: batch.clone(),
+            replay_from,
+        };
+        // Sequences 0..3 fresh, 3..5 replayed; ages 0, 9, 10, 50, 50.
+        let ages = [0, 9, 10, 50, 50];
+        let (kept, dropped) = prefetched(3).without_stale(&ages, 9);
+        let kept = kept.unwrap();
+        assert_eq!((dropped, kept.replay_from, kept.batch.keys.clone()), (1, 2, vec![0, 1, 3, 4]));
+        assert_eq!(kept.replayed_keys(), &[3, 4]);
+        let (kept, dropped) = prefetched(3).without_stale(&ages, 0);
+        assert_eq!((dropped, kept.unwrap().batch.batch_size), (0, 5), "0 is no bound");
+        let (kept, dropped) = prefetched(5).without_stale(&[20; 5], 10);
+        assert!(kept.is_none());
+        assert_eq!(dropped, 5);
     }
 }

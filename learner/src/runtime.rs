@@ -17,11 +17,12 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::LearnerConfig;
-use crate::learner::{Learner, UpdateError};
+use crate::learner::{Learner, UpdateError, UpdateStats};
 use crate::metrics as m;
 use crate::parameters::ParametersService;
 use crate::prefetch::{Prefetched, prefetch};
 use crate::priorities::{self, PrioritySender};
+use crate::stats_log::{BatchFacts, StatsLog};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LearnerError {
@@ -35,6 +36,8 @@ pub enum LearnerError {
     Weights(#[from] fleet_agent::WeightsError),
     #[error("gRPC server: {0}")]
     Server(#[from] tonic::transport::Error),
+    #[error("learner.stats_file: {0}")]
+    StatsFile(String),
     #[error("update thread failed: {0}")]
     Thread(String),
 }
@@ -92,6 +95,11 @@ pub async fn run(settings: LearnerSettings, listener: TcpListener, shutdown: Can
     let train_shutdown = shutdown.clone();
     let schedule = Schedule {
         publish_every: settings.learner.publish_every,
+        max_policy_lag: settings.learner.max_policy_lag,
+        stats_log: StatsLogTarget {
+            path: (!settings.learner.stats_file.is_empty()).then(|| PathBuf::from(&settings.learner.stats_file)),
+            every: settings.learner.stats_every,
+        },
         checkpoints,
         checkpoint_interval: Duration::from_secs_f64(settings.learner.checkpoint_interval_secs),
     };
@@ -116,11 +124,29 @@ pub async fn run(settings: LearnerSettings, listener: TcpListener, shutdown: Can
     result
 }
 
-/// When the update loop publishes weights and writes checkpoints.
+/// When the update loop publishes weights, writes checkpoints and
+/// diagnostics, and which sequences it refuses as stale.
 struct Schedule {
     publish_every: u64,
+    max_policy_lag: u64,
+    stats_log: StatsLogTarget,
     checkpoints: Option<PathBuf>,
     checkpoint_interval: Duration,
+}
+
+/// Where the diagnostics log goes, if anywhere.
+struct StatsLogTarget {
+    path: Option<PathBuf>,
+    every: u64,
+}
+
+impl StatsLogTarget {
+    fn open(&self, layers: &[String]) -> Result<Option<StatsLog>, LearnerError> {
+        let Some(path) = &self.path else { return Ok(None) };
+        StatsLog::open(path, self.every, layers.to_vec())
+            .map(Some)
+            .map_err(|e| LearnerError::StatsFile(format!("{}: {e}", path.display())))
+    }
 }
 
 /// Where the update loop's results go besides the learner itself.
@@ -169,19 +195,41 @@ fn update_loop(
     let mut last_checkpoint = Instant::now();
     let batch_wait = metrics::histogram!(m::BATCH_WAIT);
     let policy_lag = metrics::histogram!(m::POLICY_LAG);
+    let sequence_age = metrics::histogram!(m::SEQUENCE_AGE);
+    let stale_dropped = metrics::counter!(m::STALE_DROPPED);
     let frames = metrics::counter!(m::FRAMES);
     let updates = metrics::counter!(m::UPDATES);
+    let layers = learner.param_names();
+    let mut stats_log = schedule.stats_log.open(&layers)?;
     loop {
         let waited = Instant::now();
         let Some(prefetched) = batch_rx.blocking_recv() else {
-            return Ok(());
+            return flush(stats_log.as_mut());
         };
-        let batch = &prefetched.batch;
         batch_wait.record(waited.elapsed().as_secs_f64());
         if shutdown.is_cancelled() {
-            return Ok(());
+            return flush(stats_log.as_mut());
         }
         let version = learner.version();
+        let ages = prefetched.batch.sequence_ages(version, learner.burn_in());
+        let fresh = &ages[..prefetched.replay_from];
+        for &age in fresh {
+            sequence_age.record(age as f64);
+        }
+        let mut facts = BatchFacts {
+            age_min: fresh.iter().copied().min().unwrap_or(0),
+            age_mean: fresh.iter().sum::<u64>() as f64 / fresh.len().max(1) as f64,
+            age_max: fresh.iter().copied().max().unwrap_or(0),
+            age_by_actor: ages_by_actor(&prefetched.batch.actor_ids[..fresh.len()], fresh),
+            ..BatchFacts::default()
+        };
+        let (kept, dropped) = prefetched.without_stale(&ages, schedule.max_policy_lag);
+        stale_dropped.increment(dropped as u64);
+        let Some(prefetched) = kept else { continue };
+        let batch = &prefetched.batch;
+        facts.dropped_stale = dropped;
+        facts.sequences = batch.batch_size;
+        facts.actors = batch.actor_ids.iter().collect::<std::collections::HashSet<_>>().len();
         let learning = (learner.burn_in() * batch.batch_size)..(batch.steps - 1) * batch.batch_size;
         for i in learning {
             let behaviour = batch.behaviour_versions[i];
@@ -198,8 +246,8 @@ fn update_loop(
             }
             Err(error) => return Err(error.into()),
         };
-        if !stats.applied {
-            tracing::warn!(grad_norm = stats.grad_norm, "non-finite gradient; update skipped");
+        if !stats.step.applied() {
+            tracing::warn!(grad_norm = stats.step.grad_norm, "non-finite gradient; update skipped");
             metrics::counter!(m::SKIPPED_UPDATES).increment(1);
             continue;
         }
@@ -209,23 +257,11 @@ fn update_loop(
         outputs
             .priorities
             .send(prefetched.replayed_keys(), &stats.priorities[prefetched.replay_from..]);
-        for (kind, value) in [
-            ("policy", stats.policy_loss),
-            ("baseline", stats.baseline_loss),
-            ("entropy", -stats.entropy),
-            ("total", stats.total_loss),
-        ] {
-            metrics::gauge!(m::LOSS, "kind" => kind).set(value as f64);
+        if let Some(log) = stats_log.as_mut() {
+            log.record(learner.updates(), learner.version(), learner.frames(), &stats, &facts)
+                .map_err(|e| LearnerError::StatsFile(e.to_string()))?;
         }
-        metrics::gauge!(m::ENTROPY).set(stats.entropy as f64);
-        metrics::gauge!(m::GRAD_NORM).set(stats.grad_norm);
-        metrics::gauge!(m::CLIPPED_RHO).set(stats.clipped_rho_fraction as f64);
-        metrics::gauge!(m::MEAN_ABS_ADVANTAGE).set(stats.mean_abs_advantage as f64);
-        metrics::gauge!(m::LEARNING_RATE).set(stats.learning_rate);
-        for &(value, policy) in &stats.staleness {
-            metrics::histogram!(m::STATE_STALENESS).record(f64::from(value));
-            metrics::histogram!(m::POLICY_STALENESS).record(f64::from(policy));
-        }
+        record_metrics(&stats, &layers);
         if !stats.staleness.is_empty() {
             let n = stats.staleness.len() as f32;
             let (value, policy) = stats.staleness.iter().fold((0.0, 0.0), |(v, p), s| (v + s.0 / n, p + s.1 / n));
@@ -241,5 +277,53 @@ fn update_loop(
             outputs.weights.send_replace(Arc::new(learner.weights()?));
             metrics::gauge!(m::WEIGHTS_VERSION).set(learner.version() as f64);
         }
+    }
+}
+
+/// Mean age per actor, in actor order.
+fn ages_by_actor(actors: &[u64], ages: &[u64]) -> Vec<(u64, f64)> {
+    let mut sums: std::collections::BTreeMap<u64, (u64, u64)> = std::collections::BTreeMap::new();
+    for (&actor, &age) in actors.iter().zip(ages) {
+        let entry = sums.entry(actor).or_default();
+        *entry = (entry.0 + age, entry.1 + 1);
+    }
+    sums.into_iter().map(|(actor, (sum, n))| (actor, sum as f64 / n as f64)).collect()
+}
+
+fn flush(log: Option<&mut StatsLog>) -> Result<(), LearnerError> {
+    match log {
+        Some(log) => log.flush().map_err(|e| LearnerError::StatsFile(e.to_string())),
+        None => Ok(()),
+    }
+}
+
+/// The latest update's gauges and histograms.
+fn record_metrics(stats: &UpdateStats, layers: &[String]) {
+    for (kind, value) in [
+        ("policy", stats.policy_loss),
+        ("baseline", stats.baseline_loss),
+        ("entropy", -stats.entropy),
+        ("total", stats.total_loss),
+    ] {
+        metrics::gauge!(m::LOSS, "kind" => kind).set(value as f64);
+    }
+    let d = &stats.diagnostics;
+    metrics::gauge!(m::ENTROPY).set(stats.entropy as f64);
+    metrics::gauge!(m::GRAD_NORM).set(stats.step.grad_norm);
+    metrics::gauge!(m::RELATIVE_STEP).set(stats.step.relative_step());
+    for (layer, &norm) in layers.iter().zip(&stats.step.layer_grad_norms) {
+        metrics::gauge!(m::LAYER_GRAD_NORM, "layer" => layer.clone()).set(norm);
+    }
+    metrics::gauge!(m::CLIPPED_RHO).set(stats.clipped_rho_fraction as f64);
+    metrics::gauge!(m::RHO, "stat" => "mean").set(d.rho_mean as f64);
+    metrics::gauge!(m::RHO, "stat" => "max").set(d.rho_max as f64);
+    metrics::gauge!(m::LOGIT_GAP, "stat" => "mean").set(d.logit_gap_mean as f64);
+    metrics::gauge!(m::LOGIT_GAP, "stat" => "max").set(d.logit_gap_max as f64);
+    metrics::gauge!(m::VALUE_MEAN).set(d.value_mean as f64);
+    metrics::gauge!(m::MEAN_ABS_ADVANTAGE).set(stats.mean_abs_advantage as f64);
+    metrics::gauge!(m::LEARNING_RATE).set(stats.learning_rate);
+    for &(value, policy) in &stats.staleness {
+        metrics::histogram!(m::STATE_STALENESS).record(f64::from(value));
+        metrics::histogram!(m::POLICY_STALENESS).record(f64::from(policy));
     }
 }

@@ -86,6 +86,9 @@ pub struct VTraceReturns {
     pub vs: Tensor,
     /// `[T, B]` min(ρ̄_pg, ρ_s)·(r_s + γ_s v_{s+1} − V(x_s)), zero where masked.
     pub pg_advantages: Tensor,
+    /// `[T, B]` r_s + γ_s v_{s+1} − V(x_s) without the importance weight,
+    /// zero where masked (for a clipped-ratio surrogate, which applies its own).
+    pub advantages: Tensor,
     /// Share of masked-in steps whose ρ_t is strictly above ρ̄ (a diagnostic
     /// for how far the behaviour policy lags); 0 when no step is masked in.
     pub clipped_rho_fraction: f32,
@@ -192,7 +195,8 @@ pub fn vtrace(inputs: &VTraceInputs<'_>, params: &VTraceParams) -> Result<VTrace
 
     let vs_tp1 = shift_in(&vs, &bootstrap, t_len)?;
     let pg_td = ((&rewards + discounts.mul(&vs_tp1)?)? - &values)?;
-    let pg_advantages = rhos.minimum(params.pg_rho_bar)?.mul(&pg_td)?.mul(&mask)?;
+    let advantages = pg_td.mul(&mask)?;
+    let pg_advantages = rhos.minimum(params.pg_rho_bar)?.mul(&advantages)?;
 
     let decided = mask.gt(0f32)?.to_dtype(DType::F32)?;
     let clipped = rhos.gt(params.rho_bar)?.to_dtype(DType::F32)?.mul(&decided)?;
@@ -203,6 +207,7 @@ pub fn vtrace(inputs: &VTraceInputs<'_>, params: &VTraceParams) -> Result<VTrace
     Ok(VTraceReturns {
         vs,
         pg_advantages,
+        advantages,
         clipped_rho_fraction,
     })
 }
