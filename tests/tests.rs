@@ -10,6 +10,7 @@ mod support;
 
 mod cli;
 mod deploy;
+mod env_bridge;
 mod k8s;
 mod learning;
 mod library;

@@ -161,7 +161,7 @@ impl Default for LearnerConfig {
             discount: 0.99,
             reward_clip: RewardClip::None,
             baseline_cost: 0.5,
-            entropy_cost: 0.01,
+            entropy_cost: 0.0,
             ratio_clip: 0.2,
             rho_bar: 1.0,
             c_bar: 1.0,
