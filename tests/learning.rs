@@ -78,6 +78,10 @@ async fn a_recurrent_agent_solves_a_memory_task_only_from_its_stored_state() {
         "actor.period=3",
         "--set",
         "learner.learning_rate=0.0005",
+        // Exploration matters here: without the bonus a seed can settle on
+        // a wrong deterministic answer before the memory forms.
+        "--set",
+        "learner.entropy_cost=0.01",
     ];
     let lstm = [&common[..], &["--set", "network.core=lstm", "--set", "network.lstm_size=32"]].concat();
     // It usually solves in 200-300K env steps; the budget leaves room for the
