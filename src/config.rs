@@ -85,6 +85,25 @@ impl Config {
         Ok(config)
     }
 
+    /// The environment's spec, asking the env bridge for a bridged one
+    /// (unless `env.spec` gives it), checked against the network.
+    pub async fn resolved_env_spec(&self) -> Result<fleet_agent::EnvSpec> {
+        let spec = self
+            .env
+            .resolve_spec(self.replay.max_message_bytes)
+            .await
+            .map_err(|error| anyhow!("env `{}`: {error}", self.env.name))?;
+        self.check_network_fits(&spec)?;
+        Ok(spec)
+    }
+
+    fn check_network_fits(&self, spec: &fleet_agent::EnvSpec) -> Result<()> {
+        if let Err(message) = self.network.check_spec(spec) {
+            bail!("invalid config: {message} (env.name = `{}`)", self.env.name);
+        }
+        Ok(())
+    }
+
     pub fn validate(&self) -> Result<()> {
         let checks = [
             self.network.validate(),
@@ -95,21 +114,27 @@ impl Config {
         for check in checks {
             check.map_err(|message| anyhow!("invalid config: {message}"))?;
         }
-        if let Err(error) = fleet_actor::env::check_name(&self.env.name) {
-            bail!("invalid config: env.name: {error}");
-        }
         if let Err(error) = fleet_actor::env::check_frame_stack(self.env.frame_stack) {
             bail!("invalid config: env.frame_stack: {error}");
         }
-        let spec = match self.env.make(0) {
-            Ok(env) => env.spec(),
-            Err(error @ fleet_actor::env::EnvError::NormalizedFrames(_)) => {
-                bail!("invalid config: env.normalize_observations: {error}")
+        if let Err(error) = self.env.check() {
+            bail!("invalid config: env.name: {error}");
+        }
+        // A bridged environment's spec is known once the bridge answers
+        // (see `resolved_env_spec`); a native one's now.
+        let spec = if self.env.is_bridged() {
+            self.env.spec
+        } else {
+            match self.env.make(0) {
+                Ok(env) => Some(env.spec()),
+                Err(error @ fleet_actor::env::EnvError::NormalizedFrames(_)) => {
+                    bail!("invalid config: env.normalize_observations: {error}")
+                }
+                Err(error) => bail!("invalid config: env: {error}"),
             }
-            Err(error) => bail!("invalid config: env: {error}"),
         };
-        if let Err(message) = self.network.check_spec(&spec) {
-            bail!("invalid config: {message} (env.name = `{}`)", self.env.name);
+        if let Some(spec) = spec {
+            self.check_network_fits(&spec)?;
         }
         if self.run.actors == 0 {
             bail!("invalid config: run.actors must be at least 1");
@@ -161,11 +186,30 @@ fn merge(dst: &mut Table, src: Table, path: &mut Vec<String>) -> Result<()> {
         match (dst.get_mut(&key), value) {
             (Some(Value::Table(d)), Value::Table(s)) => merge(d, s, path)?,
             (Some(slot), value) => *slot = value,
+            (None, value) if is_free_form(&path[..path.len() - 1]) => {
+                dst.insert(key, value);
+            }
             (None, _) => bail!("unknown config key `{}`", path.join(".")),
         }
         path.pop();
     }
     Ok(())
+}
+
+/// Whether the table at `path` is free-form (its keys are not fleet's):
+/// the default config leaves it an empty table, as `env.options`.
+fn is_free_form<S: AsRef<str>>(path: &[S]) -> bool {
+    let Ok(mut table) = DEFAULT_TOML.parse::<Table>() else {
+        return false;
+    };
+    for (i, section) in path.iter().enumerate() {
+        match table.remove(section.as_ref()) {
+            Some(Value::Table(inner)) if i + 1 == path.len() => return inner.is_empty(),
+            Some(Value::Table(inner)) => table = inner,
+            _ => return false,
+        }
+    }
+    false
 }
 
 /// Maps `FLEET_SECTION__KEY` to `section.key`; a name without `__` counts
@@ -193,6 +237,9 @@ fn set_key(doc: &mut Table, key: &str, raw: &str) -> Result<()> {
             Some(Value::Table(t)) => t,
             _ => bail!("unknown config key `{}`", parts[..=i].join(".")),
         };
+    }
+    if table.get(*last).is_none() && is_free_form(&parts[..parts.len() - 1]) {
+        table.insert((*last).to_owned(), Value::String(String::new()));
     }
     let slot = table.get_mut(*last).ok_or_else(|| anyhow!("unknown config key `{key}`"))?;
     if slot.is_table() {
@@ -234,6 +281,78 @@ mod tests {
         assert_eq!(config.actor, ActorConfig::default());
         assert_eq!(config.replay, ReplayConfig::default());
         assert_eq!(config.learner, LearnerConfig::default());
+        assert_eq!(config.env, fleet_actor::env::EnvConfig::default());
+    }
+
+    #[test]
+    fn bridged_env_options_and_spec_load_and_survive_the_effective_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pong.toml");
+        std::fs::write(
+            &file,
+            "[env]\nname = \"gym:ALE/Pong-v5\"\noptions = { frameskip = 4, full_action_space = false, mode = \"x\" }\n\
+             [env.spec]\nobservation = { frames = { channels = 4, height = 84, width = 84 } }\n\
+             action = { discrete = { num_actions = 6 } }\n[network]\ntorso = \"shallow_cnn\"\n",
+        )
+        .unwrap();
+        let config = Config::load(&ConfigSources {
+            file: Some(file.clone()),
+            env: Vec::new(),
+            overrides: vec!["env.options.repeat_action_probability=0.25".into()],
+        })
+        .unwrap();
+        let options: Vec<(&str, &str)> = config.env.options.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        assert_eq!(
+            options,
+            [
+                ("frameskip", "4"),
+                ("full_action_space", "false"),
+                ("mode", "x"),
+                ("repeat_action_probability", "0.25")
+            ]
+        );
+        let spec = config.env.spec.expect("env.spec was given");
+        assert_eq!((spec.observation_size(), spec.policy_width()), (4 * 84 * 84, 6));
+        // What `fleet run` writes for its children reads back the same.
+        let effective = dir.path().join("effective.toml");
+        config.write_to(&effective).unwrap();
+        let reread = Config::load(&ConfigSources {
+            file: Some(effective),
+            ..ConfigSources::default()
+        })
+        .unwrap();
+        assert_eq!(reread.env, config.env);
+        // A bridged env's spec, when given, is checked against the network
+        // before anything starts; when not, once the bridge answers.
+        let not_yet_known = load(&[], &["env.name=gym:ALE/Pong-v5", "network.torso=deep_resnet"]).unwrap();
+        assert!(not_yet_known.env.spec.is_none());
+        let vectors = dir.path().join("vectors.toml");
+        std::fs::write(
+            &vectors,
+            "[env]\nname = \"gym:CartPole-v1\"\n[env.spec]\nobservation = { vector = { size = 4 } }\n\
+             action = { discrete = { num_actions = 2 } }\n[network]\ntorso = \"shallow_cnn\"\n",
+        )
+        .unwrap();
+        let error = Config::load(&ConfigSources {
+            file: Some(vectors),
+            ..ConfigSources::default()
+        })
+        .unwrap_err();
+        assert!(format!("{error:#}").contains("needs image observations"), "{error:#}");
+    }
+
+    #[test]
+    fn native_wrappers_on_a_bridged_env_are_refused_naming_them() {
+        let error = load(&[], &["env.name=gym:CartPole-v1", "env.frame_stack=4"]).unwrap_err();
+        assert!(
+            format!("{error:#}").contains("env.frame_stack applies to native environments only"),
+            "{error:#}"
+        );
+        let error = load(&[], &["env.name=envpool:", "env.remote=localhost:1"]).unwrap_err();
+        assert!(format!("{error:#}").contains("names no environment"), "{error:#}");
+        let remote = load(&[], &["env.name=MyEnv-v0", "env.remote=envbridge:50070"]).unwrap();
+        assert!(remote.env.is_bridged());
+        assert!(!load(&[], &[]).unwrap().env.is_bridged());
     }
 
     #[test]

@@ -12,7 +12,7 @@ use fleet_actor::metrics as actor_metrics;
 use fleet_learner::metrics as learner_metrics;
 use tokio::signal::unix::{SignalKind, signal};
 
-use crate::config::Config;
+use crate::config::{self, Config};
 use crate::process::Process;
 use crate::scrape::{Samples, scrape};
 
@@ -52,6 +52,27 @@ pub async fn run(mut config: Config) -> Result<Outcome> {
     // Each actor averages its share of the last 100 episodes and 50,000 steps.
     config.actor.return_window = RETURN_EPISODES.div_ceil(actors);
     config.actor.return_window_steps = RETURN_STEPS.div_ceil(actors as u64);
+    if config.env.is_bridged() {
+        // Ask the bridge once, here, so the learner needs none and every
+        // actor checks its environments against the same spec.
+        let asked = fleet_actor::env::EnvConfig {
+            spec: None,
+            ..config.env.clone()
+        };
+        let spec = config::Config {
+            env: asked,
+            ..config.clone()
+        }
+        .resolved_env_spec()
+        .await?;
+        if let Some(expected) = config.env.spec
+            && expected != spec
+        {
+            bail!("env `{}` has {spec}, but env.spec says {expected}", config.env.name);
+        }
+        println!("env      {} via the env bridge: {spec}", config.env.name);
+        config.env.spec = Some(spec);
+    }
     let dir = tempfile::tempdir().context("creating a temporary directory")?;
     let config_path = dir.path().join("effective.toml");
     config.write_to(&config_path)?;

@@ -24,7 +24,7 @@ pub async fn run(
     metrics: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
-    let spec = config.env.make(0)?.spec();
+    let spec = config.resolved_env_spec().await?;
     let settings = fleet_learner::LearnerSettings {
         seed: config.seed,
         spec,

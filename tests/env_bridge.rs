@@ -1,24 +1,67 @@
-//! The Python env bridge (`envbridge/`): its own test suite, run with the
-//! Python that has it installed (`FLEET_PYTHON`, default `python3`). It
-//! serves CartPole over the `Env` service and compares every step with
-//! Gymnasium stepped directly, and checks the refusals. The test skips, with
-//! the reason, when that Python lacks the package or pytest;
+//! The env bridge (`envbridge/`, served by Python): its own test suite, and
+//! `fleet run` training through it. The Python that has the package
+//! installed is `FLEET_PYTHON` (default `python3`); the tests skip, with
+//! the reason, when it lacks the package (or pytest), and
 //! `FLEET_REQUIRE_PYTHON=1` (CI) makes that a failure.
+//!
+//! Through the bridge, `fleet run` solves Gymnasium's own CartPole-v1; a
+//! killed server is restarted while training goes on; a bad id, a space
+//! fleet cannot act in, and a spec other than the one expected stop it at
+//! start with a message naming the cause.
 
-use std::process::Command;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+use crate::support::FLEET;
+
+/// `FLEET_PYTHON` if it can import `modules`; `None` (a printed skip) if
+/// not, unless `FLEET_REQUIRE_PYTHON=1`.
+fn python_with(modules: &str) -> Option<String> {
+    let python = std::env::var("FLEET_PYTHON").unwrap_or_else(|_| "python3".into());
+    let probe = Command::new(&python).args(["-c", &format!("import {modules}")]).output();
+    if probe.as_ref().is_ok_and(|o| o.status.success()) {
+        return Some(python);
+    }
+    let reason = format!("{python} cannot import {modules} (pip install ./envbridge pytest)");
+    if std::env::var("FLEET_REQUIRE_PYTHON").is_ok_and(|v| v == "1") {
+        panic!("{reason}, and FLEET_REQUIRE_PYTHON=1 requires this test to run");
+    }
+    eprintln!("skipped: {reason} (set FLEET_REQUIRE_PYTHON=1 to make this a failure)");
+    None
+}
+
+/// The `--set` flag that makes actors start the bridge with `python`.
+fn bridge_command(python: &str) -> String {
+    format!(r#"env.bridge_command=["{python}", "-m", "fleet_envbridge.cli", "--log-level", "WARNING"]"#)
+}
+
+/// `fleet run ARGS` through the bridge, with its combined output.
+async fn fleet_run(python: &str, args: &[&str]) -> (std::process::ExitStatus, String) {
+    let out = tokio::time::timeout(
+        Duration::from_secs(600),
+        tokio::process::Command::new(FLEET)
+            .arg("run")
+            .args(["--set", &bridge_command(python), "--set", "run.progress_interval_secs=1"])
+            .args(args)
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("fleet run finished within 10 minutes")
+    .unwrap();
+    let output = format!("{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status, output)
+}
 
 #[test]
 fn the_env_bridge_serves_gymnasium_vectors_as_gymnasium_steps_them() {
-    let python = std::env::var("FLEET_PYTHON").unwrap_or_else(|_| "python3".into());
-    let probe = Command::new(&python).args(["-c", "import fleet_envbridge, pytest"]).output();
-    if !probe.as_ref().is_ok_and(|o| o.status.success()) {
-        let reason = format!("{python} cannot import fleet_envbridge and pytest (pip install ./envbridge pytest)");
-        if std::env::var("FLEET_REQUIRE_PYTHON").is_ok_and(|v| v == "1") {
-            panic!("{reason}, and FLEET_REQUIRE_PYTHON=1 requires this test to run");
-        }
-        eprintln!("skipped: {reason} (set FLEET_REQUIRE_PYTHON=1 to make this a failure)");
+    let Some(python) = python_with("fleet_envbridge, pytest") else {
         return;
-    }
+    };
     let output = Command::new(&python)
         .args(["-m", "pytest", "-q", "-p", "no:cacheprovider", "envbridge/tests"])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
@@ -31,4 +74,181 @@ fn the_env_bridge_serves_gymnasium_vectors_as_gymnasium_steps_them() {
     );
     assert!(output.status.success(), "the env bridge's tests failed:\n{report}");
     assert!(report.contains(" passed"), "{report}");
+}
+
+/// Gymnasium's CartPole-v1, stepped in Python, solved by the default agent:
+/// the same bar as the native CartPole's learning test.
+#[tokio::test]
+async fn fleet_run_solves_gymnasium_cartpole_through_the_bridge() {
+    let Some(python) = python_with("fleet_envbridge") else { return };
+    let (status, output) = fleet_run(
+        &python,
+        &[
+            "--seed",
+            "1",
+            "--set",
+            "env.name=gym:CartPole-v1",
+            "--target-return",
+            "475",
+            "--max-env-steps",
+            "1500000",
+        ],
+    )
+    .await;
+    assert!(status.success() && output.contains("target reached"), "{output}");
+    assert!(
+        output.contains("gym:CartPole-v1 via the env bridge: f32 observations [4], 2 discrete actions"),
+        "{output}"
+    );
+}
+
+#[tokio::test]
+async fn a_bad_env_id_or_an_unsupported_space_stops_fleet_run_naming_it() {
+    let Some(python) = python_with("fleet_envbridge") else { return };
+    for (name, expected) in [
+        ("gym:NoSuchEnv-v9", "NoSuchEnv-v9"),
+        ("gym:Pendulum-v1", "continuous actions"),
+        ("gym:Blackjack-v1", "Tuple"),
+    ] {
+        let (status, output) = fleet_run(&python, &["--set", &format!("env.name={name}")]).await;
+        assert!(!status.success(), "{name}: {output}");
+        assert!(
+            output.contains(expected) && output.contains(name.trim_start_matches("gym:")),
+            "{name}: {output}"
+        );
+        assert!(!output.contains("env steps"), "{name}: training must not start:\n{output}");
+    }
+}
+
+/// `env.spec` pins what the learner's network is built for; an environment
+/// with other actions stops `fleet run` before any process starts, and an
+/// actor started on its own refuses it too.
+#[tokio::test]
+async fn a_spec_mismatch_fails_at_start_naming_both_specs() {
+    let Some(python) = python_with("fleet_envbridge") else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("six-actions.toml");
+    std::fs::write(
+        &config,
+        "[env]\nname = \"gym:CartPole-v1\"\n[env.spec]\nobservation = { vector = { size = 4 } }\naction = { discrete = { num_actions = 6 } }\n",
+    )
+    .unwrap();
+    let config = config.to_str().unwrap();
+    let (status, output) = fleet_run(&python, &["--config", config]).await;
+    assert!(!status.success(), "{output}");
+    assert!(
+        output.contains("2 discrete actions") && output.contains("6 discrete actions"),
+        "{output}"
+    );
+
+    let actor = tokio::time::timeout(
+        Duration::from_secs(120),
+        tokio::process::Command::new(FLEET)
+            .args(["--config", config, "--set", &bridge_command(&python)])
+            .args(["actor", "--metrics-listen", "127.0.0.1:0"])
+            .args(["--replay", "127.0.0.1:9", "--learner", "127.0.0.1:9"])
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("the actor stopped within 2 minutes")
+    .unwrap();
+    let output = String::from_utf8_lossy(&actor.stderr);
+    assert!(!actor.status.success(), "{output}");
+    assert!(
+        output.contains("gym:CartPole-v1") && output.contains("6 discrete actions"),
+        "{output}"
+    );
+}
+
+/// Kills an actor's bridge server mid-run: the actor cuts the episodes in
+/// flight, restarts the server, and the run still reaches its target.
+#[tokio::test]
+async fn a_killed_bridge_server_is_restarted_and_training_goes_on() {
+    let Some(python) = python_with("fleet_envbridge") else { return };
+    let mut child = tokio::process::Command::new(FLEET)
+        .arg("run")
+        .args(["--set", &bridge_command(&python), "--set", "run.progress_interval_secs=1"])
+        .args(["--seed", "2", "--set", "env.name=gym:CartPole-v1"])
+        .args(["--target-return", "475", "--max-env-steps", "3000000"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let run_pid = child.id().unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut seen = String::new();
+    tokio::time::timeout(Duration::from_secs(120), async {
+        while let Some(line) = stdout.next_line().await.unwrap() {
+            seen.push_str(&line);
+            seen.push('\n');
+            if line.starts_with('[') {
+                return; // training is under way
+            }
+        }
+        panic!("fleet run ended before its first progress line:\n{seen}");
+    })
+    .await
+    .expect("a progress line within 2 minutes");
+    let servers: Vec<u32> = descendants(run_pid)
+        .into_iter()
+        .filter(|&pid| cmdline(pid).contains("fleet_envbridge.cli"))
+        .collect();
+    assert_eq!(servers.len(), 2, "one bridge server per actor");
+    kill(Pid::from_raw(servers[0] as i32), Signal::SIGKILL).unwrap();
+
+    let stderr = child.stderr.take().unwrap();
+    let logs = tokio::spawn(async move {
+        let mut text = String::new();
+        let mut lines = BufReader::new(stderr).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            text.push_str(&line);
+            text.push('\n');
+        }
+        text
+    });
+    let rest = tokio::time::timeout(Duration::from_secs(300), async {
+        while let Some(line) = stdout.next_line().await.unwrap() {
+            seen.push_str(&line);
+            seen.push('\n');
+        }
+        child.wait().await.unwrap()
+    })
+    .await
+    .expect("fleet run finished within 5 minutes");
+    let logs = logs.await.unwrap();
+    assert!(rest.success() && seen.contains("target reached"), "{seen}\n{logs}");
+    assert!(logs.contains("env bridge lost; episodes in flight end truncated"), "{logs}");
+    assert!(logs.contains("env bridge reopened"), "{logs}");
+    let replaced = descendants(run_pid);
+    assert!(!replaced.contains(&servers[0]));
+}
+
+/// Every process below `pid`, from `/proc`.
+fn descendants(pid: u32) -> Vec<u32> {
+    let parents: Vec<(u32, u32)> = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|child| {
+            let stat = std::fs::read_to_string(format!("/proc/{child}/stat")).ok()?;
+            // The command name may hold spaces; the parent follows the state after the last ')'.
+            let parent = stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()?;
+            Some((child, parent))
+        })
+        .collect();
+    let mut found = vec![pid];
+    let mut index = 0;
+    while index < found.len() {
+        let parent = found[index];
+        found.extend(parents.iter().filter(|&&(_, p)| p == parent).map(|&(c, _)| c));
+        index += 1;
+    }
+    found.split_off(1)
+}
+
+fn cmdline(pid: u32) -> String {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|bytes| String::from_utf8_lossy(&bytes).replace('\0', " "))
+        .unwrap_or_default()
 }

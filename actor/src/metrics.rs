@@ -14,6 +14,7 @@ pub const SEQUENCES_ACKED: &str = "fleet_actor_sequences_acked_total";
 pub const SEQUENCES_REJECTED: &str = "fleet_actor_sequences_rejected_total";
 pub const WEIGHTS_VERSION: &str = "fleet_actor_weights_version";
 pub const RECONNECTS: &str = "fleet_actor_reconnects_total";
+pub const ENV_BRIDGE_RESTARTS: &str = "fleet_actor_env_bridge_restarts_total";
 
 /// Histogram buckets, so histograms aggregate across actors.
 pub const EPISODE_RETURN_BUCKETS: &[f64] = &[10.0, 25.0, 50.0, 100.0, 200.0, 300.0, 400.0, 450.0, 475.0, 500.0, 1000.0];
@@ -44,4 +45,8 @@ pub fn describe() {
     describe_counter!(SEQUENCES_REJECTED, "Sequences replay refused as invalid");
     describe_gauge!(WEIGHTS_VERSION, "Version of the weights the policy acts with");
     describe_counter!(RECONNECTS, "Connections (re)established to replay or the learner");
+    describe_counter!(
+        ENV_BRIDGE_RESTARTS,
+        "Attempts to reopen a bridged environment vector after its server was lost"
+    );
 }

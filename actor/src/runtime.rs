@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use candle_core::{Device, Tensor};
-use fleet_agent::{ActorCritic, EnvSpec, NetworkConfig, Weights, observations_tensor};
+use fleet_agent::{ActorCritic, NetworkConfig, Weights, observations_tensor};
 use fleet_proto::WeightsAssembler;
 use fleet_proto::connect::{Backoff, connect_or_stop, sleep_or_cancel};
 use fleet_proto::pb::{self, parameters_client::ParametersClient, replay_client::ReplayClient};
@@ -20,7 +20,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::ActorConfig;
-use crate::env::{EnvConfig, VecEnv};
+use crate::env::{BatchEnv, BridgedEnvs, EnvConfig, EnvError, NativeEnvs, VecEnv};
 use crate::metrics as m;
 use crate::policy::sample_actions;
 use crate::returns::RecentReturns;
@@ -36,6 +36,8 @@ pub enum ActorError {
     Weights(#[from] fleet_agent::WeightsError),
     #[error("compute thread failed: {0}")]
     Thread(String),
+    #[error("{0} (env.name = `{1}`)")]
+    NetworkSpec(String, String),
 }
 
 /// Everything one actor process needs.
@@ -55,9 +57,6 @@ pub struct ActorSettings {
 /// Runs one actor until `shutdown` fires or a fatal error occurs.
 pub async fn run(settings: ActorSettings, shutdown: CancellationToken) -> Result<(), ActorError> {
     m::describe();
-    // Probe the environment up front so a bad name fails before connecting.
-    let spec = VecEnv::from_config(&settings.env, 1, 0)?.spec();
-
     let (weights_tx, weights_rx) = watch::channel::<Option<Arc<Weights>>>(None);
     let newest_version = Arc::new(AtomicU64::new(0));
     let (sequence_tx, sequence_rx) = mpsc::channel::<Finished>(settings.actor.max_in_flight);
@@ -72,8 +71,7 @@ pub async fn run(settings: ActorSettings, shutdown: CancellationToken) -> Result
 
     let compute_settings = settings.clone();
     let compute_shutdown = shutdown.clone();
-    let compute =
-        tokio::task::spawn_blocking(move || act(compute_settings, spec, weights_rx, sequence_tx, newest_version, compute_shutdown));
+    let compute = tokio::task::spawn_blocking(move || act(compute_settings, weights_rx, sequence_tx, newest_version, compute_shutdown));
     let result = match compute.await {
         Ok(result) => result,
         Err(join) => Err(ActorError::Thread(join.to_string())),
@@ -85,10 +83,35 @@ pub async fn run(settings: ActorSettings, shutdown: CancellationToken) -> Result
     result
 }
 
+/// Builds the configured vector of environments: native, or served by the
+/// env bridge. Blocks on the runtime, so it runs on the compute thread.
+fn make_envs(settings: &ActorSettings, seed: u64, shutdown: &CancellationToken) -> Result<VecEnv, ActorError> {
+    let config = &settings.env;
+    config.check()?;
+    let envs: Box<dyn BatchEnv> = if config.is_bridged() {
+        Box::new(BridgedEnvs::open(
+            config,
+            settings.actor.num_envs,
+            seed,
+            settings.max_message_bytes,
+            tokio::runtime::Handle::current(),
+            shutdown.clone(),
+        )?)
+    } else {
+        Box::new(NativeEnvs::new(config, settings.actor.num_envs, seed)?)
+    };
+    let envs = VecEnv::start(envs)?;
+    let spec = envs.spec();
+    settings
+        .network
+        .check_spec(&spec)
+        .map_err(|message| ActorError::NetworkSpec(message, config.name.clone()))?;
+    Ok(envs)
+}
+
 /// The compute loop: act in every environment, write sequences, hand them on.
 fn act(
     settings: ActorSettings,
-    spec: EnvSpec,
     mut weights_rx: watch::Receiver<Option<Arc<Weights>>>,
     sequence_tx: mpsc::Sender<Finished>,
     newest_version: Arc<AtomicU64>,
@@ -96,7 +119,12 @@ fn act(
 ) -> Result<(), ActorError> {
     let config = &settings.actor;
     let seed = settings.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(settings.actor_id);
-    let mut envs = VecEnv::from_config(&settings.env, config.num_envs, seed)?;
+    let mut envs = match make_envs(&settings, seed, &shutdown) {
+        Err(ActorError::Env(EnvError::Stopped)) => return Ok(()),
+        made => made?,
+    };
+    let spec = envs.spec();
+    tracing::info!(env = %settings.env.name, %spec, "environments ready");
     let network = ActorCritic::new(spec, &settings.network, seed, &Device::Cpu)?;
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ 0xA5A5_A5A5);
     let mut writers: Vec<SequenceWriter> = (0..config.num_envs)
@@ -174,7 +202,10 @@ fn act(
         observations_before.as_mut().copy_from(envs.observations());
         flags_before.clear();
         flags_before.extend((0..n).map(|i| (envs.is_first()[i], envs.terminated()[i], envs.truncated()[i])));
-        let report = envs.step(&actions);
+        let report = match envs.step(&actions) {
+            Err(EnvError::Stopped) => return Ok(()),
+            report => report?,
+        };
         env_steps.increment(report.real_steps as u64);
         for (i, &(is_first, terminated, truncated)) in flags_before.iter().enumerate() {
             let record = StepRecord {

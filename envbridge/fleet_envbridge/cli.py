@@ -37,8 +37,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=DEFAULT_MAX_STREAMS,
         help="environment vectors served at once; more are refused (default %(default)s)",
     )
+    parser.add_argument(
+        "--exit-with-stdin",
+        action="store_true",
+        help="stop when stdin closes, i.e. when the parent process that started the server dies",
+    )
     parser.add_argument("--log-level", default="INFO", help="logging level on stderr (default %(default)s)")
     return parser.parse_args(argv)
+
+
+def wait_for_stdin_to_close(stop: threading.Event) -> None:
+    """Sets `stop` once stdin reaches end of file."""
+    while sys.stdin.buffer.read(4096):
+        pass
+    stop.set()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,6 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     stop = threading.Event()
     for signal_number in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signal_number, lambda *_: stop.set())
+    if args.exit_with_stdin:
+        threading.Thread(target=wait_for_stdin_to_close, args=(stop,), name="stdin-watch", daemon=True).start()
     # The one line a parent process waits for.
     print(f"listening on {address}", flush=True)
     stop.wait()

@@ -1,4 +1,5 @@
-"""The fleet-envbridge command announces its address, serves, and stops on SIGTERM."""
+"""The fleet-envbridge command announces its address, serves, and stops on SIGTERM
+(or, when asked, once its parent closes its stdin)."""
 
 from __future__ import annotations
 
@@ -18,10 +19,11 @@ from conftest import EnvClient, observations_of
 STARTUP_TIMEOUT_SECONDS = 60
 
 
-def run_bridge(listen: str):
+def run_bridge(listen: str, *flags: str):
     """Starts the command; returns it and the address from its first line."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "fleet_envbridge.cli", "--listen", listen, "--log-level", "WARNING"],
+        [sys.executable, "-m", "fleet_envbridge.cli", "--listen", listen, "--log-level", "WARNING", *flags],
+        stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -56,6 +58,18 @@ def test_cli_announces_serves_and_stops(listen, tmp_path):
             assert list(timestep.rewards) == [1.0, 1.0]
             client.close()
         process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def test_cli_with_exit_with_stdin_stops_when_its_parent_goes():
+    process, _ = run_bridge("127.0.0.1:0", "--exit-with-stdin")
+    try:
+        assert process.poll() is None
+        process.stdin.close()
         assert process.wait(timeout=30) == 0
     finally:
         if process.poll() is None:

@@ -223,7 +223,7 @@ mod tests {
             let mut vec_env = VecEnv::new(name, 3, 0).unwrap();
             let mut finished = Vec::new();
             for step in 0..200 {
-                finished.extend(vec_env.step(&[0, 1, step % 2]).finished);
+                finished.extend(vec_env.step(&[0, 1, step % 2]).unwrap().finished);
             }
             assert!(finished.len() >= 9, "{name}: only {} episodes", finished.len());
             for episode in finished {
@@ -269,7 +269,7 @@ mod tests {
                     }
                 }
                 let actions: Vec<usize> = cues.iter().map(|&cue| if remember { cue } else { guess }).collect();
-                for episode in vec_env.step(&actions).finished {
+                for episode in vec_env.step(&actions).unwrap().finished {
                     total += episode.episode_return;
                     episodes += 1;
                 }

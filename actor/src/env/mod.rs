@@ -1,5 +1,6 @@
-//! Environments the actor runs natively, behind one small trait, and the
-//! registry that builds them by Gymnasium name.
+//! Environments the actor runs natively, behind one small trait, the
+//! registry that builds them by Gymnasium name, and the bridge to
+//! environments served by another process.
 //!
 //! An [`Environment`] writes its observations into a buffer the caller
 //! owns, so stepping allocates nothing: vector environments write `f32`,
@@ -8,9 +9,13 @@
 //! `[env]` config section) names one and the wrappers around it:
 //! [`normalize`] scales observations by their running moments, [`frame_stack`]
 //! stacks the last k of them. Episode bookkeeping across many
-//! environments (first/last flags, auto-reset, returns) lives in [`vector`];
-//! policies, sequences and networking are not this module's business.
+//! environments (first/last flags, auto-reset, returns) lives in [`vector`],
+//! over a [`BatchEnv`] that steps them all at once: natively, or through
+//! [`bridge`] when `env.name` is `gym:…` or `envpool:…` or `env.remote`
+//! is set. Policies, sequences and the learner's network are not this
+//! module's business.
 
+pub mod bridge;
 pub mod cartpole;
 pub mod catch;
 pub mod frame_stack;
@@ -19,17 +24,28 @@ pub mod memory_chain;
 pub mod normalize;
 pub mod vector;
 
+pub use bridge::BridgedEnvs;
 pub use cartpole::CartPole;
 pub use catch::Catch;
 pub use frame_stack::{FrameStack, check_frame_stack};
 pub use masked::MaskedCartPole;
 pub use memory_chain::MemoryChain;
 pub use normalize::NormalizeObservation;
-pub use vector::{FinishedEpisode, StepReport, VecEnv};
+pub use vector::{BatchEnv, FinishedEpisode, NativeEnvs, StepReport, Timestep, VecEnv};
+
+use std::collections::BTreeMap;
 
 use fleet_agent::{EnvSpec, FrameShape};
 use fleet_trajectory::ObservationsMut;
 use serde::{Deserialize, Serialize};
+
+/// Prefixes of environment names served by the env bridge: `gym:` (any
+/// Gymnasium id; envpool serves it where installed and known) and
+/// `envpool:` (an envpool task).
+pub const BRIDGE_PREFIXES: &[&str] = &["gym:", "envpool:"];
+
+/// The server `env.bridge_command` starts by default (`pip install ./envbridge`).
+pub const DEFAULT_BRIDGE_COMMAND: &str = "fleet-envbridge";
 
 /// Names accepted by [`make`]. Besides these, `memory-chain-N` picks the
 /// horizon of [`MemoryChain`]; [`check_name`] knows every accepted name.
@@ -112,6 +128,14 @@ pub enum EnvError {
     BadFrameStack(usize),
     #[error("environment `{0}` observes image frames, which stay 0..=255 intensities: only vector observations can be normalised")]
     NormalizedFrames(String),
+    #[error("env.{0} applies to native environments only; a bridged environment `{1}` gets its wrappers on the bridge")]
+    BridgedWrapper(&'static str, String),
+    #[error("env bridge: {0}")]
+    Bridge(String),
+    #[error("environment `{name}` has {found}, but {expected} was expected (env.spec, or the learner's network)")]
+    SpecMismatch { name: String, expected: EnvSpec, found: EnvSpec },
+    #[error("stopped")]
+    Stopped,
     #[error("expected one action per environment ({expected}), got {got}")]
     ActionCount { expected: usize, got: usize },
     #[error("action {action} for environment {env_index} is out of range (actions are 0..{num_actions})")]
@@ -136,17 +160,73 @@ pub fn make(name: &str, seed: u64) -> Result<Box<dyn Environment>, EnvError> {
 }
 
 /// The `[env]` config section: an environment from the registry and the
-/// wrappers around it.
+/// wrappers around it, or one the env bridge serves.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct EnvConfig {
-    /// Registry name (see [`make`]).
+    /// Registry name (see [`make`]), or a bridged id: `gym:ALE/Pong-v5`,
+    /// `envpool:Pong-v5`, or any id with `remote` set.
     pub name: String,
     /// Last observations stacked into one along the channel axis (1: none).
     pub frame_stack: usize,
     /// Observations scaled by their running mean and deviation (vector
     /// observations only), before any stacking.
     pub normalize_observations: bool,
+    /// `host:port` of an env bridge server that is already running (a
+    /// sidecar); empty, the actor starts its own from `bridge_command`.
+    pub remote: String,
+    /// The env bridge server's program and leading arguments; the actor
+    /// adds `--listen`, `--exit-with-stdin` and `--max-message-bytes`.
+    pub bridge_command: Vec<String>,
+    /// Constructor keyword arguments of a bridged environment
+    /// (`gymnasium.make_vec` or `envpool.make`), e.g. `{ max_episode_steps = 200 }`.
+    #[serde(deserialize_with = "option_values")]
+    pub options: BTreeMap<String, String>,
+    /// The spec a bridged environment must have. `fleet run` fills it in
+    /// from the bridge for its processes; a learner started alone with it
+    /// set needs no bridge of its own. An empty table means unset.
+    #[serde(deserialize_with = "optional_spec", skip_serializing_if = "Option::is_none")]
+    pub spec: Option<EnvSpec>,
+}
+
+/// Reads `env.options` values of any TOML scalar type as the strings the
+/// bridge protocol carries (the server reads them back as JSON).
+fn option_values<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<BTreeMap<String, String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Scalar {
+        Bool(bool),
+        Int(i64),
+        Float(f64),
+        Text(String),
+    }
+    let values = BTreeMap::<String, Scalar>::deserialize(deserializer)?;
+    Ok(values
+        .into_iter()
+        .map(|(key, value)| {
+            let text = match value {
+                Scalar::Bool(b) => b.to_string(),
+                Scalar::Int(i) => i.to_string(),
+                Scalar::Float(f) => f.to_string(),
+                Scalar::Text(t) => t,
+            };
+            (key, text)
+        })
+        .collect())
+}
+
+/// Reads `env.spec`, where the empty table the default config holds means unset.
+fn optional_spec<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<EnvSpec>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum MaybeSpec {
+        Spec(EnvSpec),
+        Unset {},
+    }
+    Ok(match Option::<MaybeSpec>::deserialize(deserializer)? {
+        Some(MaybeSpec::Spec(spec)) => Some(spec),
+        Some(MaybeSpec::Unset {}) | None => None,
+    })
 }
 
 impl Default for EnvConfig {
@@ -162,10 +242,58 @@ impl EnvConfig {
             name: name.to_owned(),
             frame_stack: 1,
             normalize_observations: false,
+            remote: String::new(),
+            bridge_command: vec![DEFAULT_BRIDGE_COMMAND.to_owned()],
+            options: BTreeMap::new(),
+            spec: None,
         }
     }
 
-    /// Builds the configured environment, its randomness seeded by `seed`.
+    /// Whether the env bridge serves this environment.
+    pub fn is_bridged(&self) -> bool {
+        !self.remote.is_empty() || BRIDGE_PREFIXES.iter().any(|prefix| self.name.starts_with(prefix))
+    }
+
+    /// Checks what can be checked without building anything: the name, the
+    /// wrappers, and for bridged environments that no native wrapper is asked for.
+    pub fn check(&self) -> Result<(), EnvError> {
+        check_frame_stack(self.frame_stack)?;
+        if !self.is_bridged() {
+            return check_name(&self.name);
+        }
+        if self.frame_stack > 1 {
+            return Err(EnvError::BridgedWrapper("frame_stack", self.name.clone()));
+        }
+        if self.normalize_observations {
+            return Err(EnvError::BridgedWrapper("normalize_observations", self.name.clone()));
+        }
+        let id = BRIDGE_PREFIXES
+            .iter()
+            .find_map(|prefix| self.name.strip_prefix(prefix))
+            .unwrap_or(&self.name);
+        if id.is_empty() {
+            return Err(EnvError::Bridge(format!(
+                "env.name `{}` names no environment after its prefix",
+                self.name
+            )));
+        }
+        Ok(())
+    }
+
+    /// The spec of the configured environment: built natively, taken from
+    /// `spec`, or asked of the bridge.
+    pub async fn resolve_spec(&self, max_message_bytes: usize) -> Result<EnvSpec, EnvError> {
+        self.check()?;
+        if !self.is_bridged() {
+            return Ok(self.make(0)?.spec());
+        }
+        match self.spec {
+            Some(spec) => Ok(spec),
+            None => bridge::probe_spec(self, max_message_bytes).await,
+        }
+    }
+
+    /// Builds the configured native environment, its randomness seeded by `seed`.
     pub fn make(&self, seed: u64) -> Result<Box<dyn Environment>, EnvError> {
         check_frame_stack(self.frame_stack)?;
         let mut env = make(&self.name, seed)?;

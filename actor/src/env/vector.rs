@@ -1,42 +1,167 @@
-//! A vector of environments of one kind stepped in lockstep, with the episode
+//! A vector of environments stepped as one unit, with the episode
 //! bookkeeping the sequence format relies on.
 //!
 //! An episode of N actions has N + 1 observations `x_0 ..= x_N`, and every one
 //! of them is a step of its own: `x_0` carries `is_first`, `x_N` carries
 //! `terminated` and/or `truncated`. So when an environment's current
-//! observation is a last one, the next [`VecEnv::step`] does not act in it; it
+//! observation is a last one, the next step does not act in it; it
 //! resets it, ignoring the action given, and the new current observation is an
 //! `x_0`. The action taken at `x_N` is therefore meaningless, and its reward is
 //! 0. This is the same layout as Gymnasium's "next-step" vector auto-reset.
 //!
-//! Buffers are allocated once; stepping allocates only for episodes that end.
-//! Policies, sequences and transport are not handled here.
+//! A [`BatchEnv`] steps all N environments in one call: natively
+//! ([`NativeEnvs`], a loop over [`Environment`]s) or in another process
+//! (the env bridge, one round trip per step). [`VecEnv`] wraps either with
+//! what every backend shares: checking actions, counting steps and
+//! reporting finished episodes. Buffers are allocated once; stepping
+//! allocates only for episodes that end. Policies, sequences and transport
+//! are not handled here.
 
 use fleet_agent::EnvSpec;
 use fleet_trajectory::{Observations, ObservationsRef};
 
 use super::{EnvConfig, EnvError, Environment};
 
-/// Environments of one name, their current observations and flags.
-pub struct VecEnv {
+/// Every environment's current step: observation, reward and flags.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Timestep {
+    /// `[num_envs * observation_size]`, in the element type of the spec.
+    pub observations: Observations,
+    /// Reward of the action that led to the current observation (0 after a reset).
+    pub rewards: Vec<f32>,
+    /// The current observation starts an episode.
+    pub is_first: Vec<bool>,
+    /// The current observation is terminal.
+    pub terminated: Vec<bool>,
+    /// The current observation ends an episode cut short by a time limit
+    /// (or by the loss of the process that stepped it).
+    pub truncated: Vec<bool>,
+}
+
+impl Timestep {
+    /// `num_envs` first observations of zeros.
+    pub fn new(spec: &EnvSpec, num_envs: usize) -> Self {
+        Self {
+            observations: Observations::zeros(&spec.observation, num_envs * spec.observation_size()),
+            rewards: vec![0.0; num_envs],
+            is_first: vec![true; num_envs],
+            terminated: vec![false; num_envs],
+            truncated: vec![false; num_envs],
+        }
+    }
+
+    pub fn num_envs(&self) -> usize {
+        self.rewards.len()
+    }
+
+    /// Whether the current observation of `env_index` is its episode's last.
+    pub fn is_last(&self, env_index: usize) -> bool {
+        !fleet_trajectory::is_decision(self.terminated[env_index], self.truncated[env_index])
+    }
+
+    /// Marks environment `env_index`'s current observation as a first one.
+    pub fn set_first(&mut self, env_index: usize) {
+        self.rewards[env_index] = 0.0;
+        self.is_first[env_index] = true;
+        self.terminated[env_index] = false;
+        self.truncated[env_index] = false;
+    }
+}
+
+/// A vector of environments stepped as one unit, with next-step auto-reset
+/// (see the module documentation).
+pub trait BatchEnv: Send {
+    /// What every environment of the vector observes and accepts.
+    fn spec(&self) -> EnvSpec;
+
+    fn num_envs(&self) -> usize;
+
+    /// Starts a new episode in every environment: first observations,
+    /// rewards 0.
+    fn reset(&mut self, timestep: &mut Timestep) -> Result<(), EnvError>;
+
+    /// Advances every environment by one observation, overwriting
+    /// `timestep`, which holds the current one: environments whose current
+    /// observation is a last one are reset, the others take their action
+    /// (already checked to be in range). Returns how many environments
+    /// acted.
+    fn step(&mut self, actions: &[usize], timestep: &mut Timestep) -> Result<usize, EnvError>;
+}
+
+/// Environments this process steps itself, one after another.
+pub struct NativeEnvs {
     envs: Vec<Box<dyn Environment>>,
     spec: EnvSpec,
-    observation_size: usize,
-    num_actions: usize,
-    /// Current observation of every environment, `[num_envs * observation_size]`,
-    /// in the element type the environments write.
-    observations: Observations,
-    /// Reward of the action that led to the current observation (0 after a reset).
-    rewards: Vec<f32>,
-    /// The current observation starts an episode.
-    is_first: Vec<bool>,
-    /// The current observation is terminal.
-    terminated: Vec<bool>,
-    /// The current observation ends an episode cut short by a time limit.
-    truncated: Vec<bool>,
+}
+
+impl NativeEnvs {
+    /// `num_envs` environments as `config` describes them, environment i
+    /// seeded with [`env_seed`]`(seed, i)`.
+    pub fn new(config: &EnvConfig, num_envs: usize, seed: u64) -> Result<Self, EnvError> {
+        let envs = (0..num_envs)
+            .map(|env_index| config.make(env_seed(seed, env_index)))
+            .collect::<Result<Vec<_>, _>>()?;
+        // The spec comes from a probe so that an empty vector still knows it.
+        let spec = config.make(seed)?.spec();
+        Ok(Self { envs, spec })
+    }
+
+    fn slot(&self, env_index: usize) -> std::ops::Range<usize> {
+        let size = self.spec.observation_size();
+        env_index * size..(env_index + 1) * size
+    }
+}
+
+impl BatchEnv for NativeEnvs {
+    fn spec(&self) -> EnvSpec {
+        self.spec
+    }
+
+    fn num_envs(&self) -> usize {
+        self.envs.len()
+    }
+
+    fn reset(&mut self, timestep: &mut Timestep) -> Result<(), EnvError> {
+        for env_index in 0..self.envs.len() {
+            let slot = self.slot(env_index);
+            self.envs[env_index].reset(timestep.observations.slice_mut(slot));
+            timestep.set_first(env_index);
+        }
+        Ok(())
+    }
+
+    fn step(&mut self, actions: &[usize], timestep: &mut Timestep) -> Result<usize, EnvError> {
+        let mut acted = 0;
+        for (env_index, &action) in actions.iter().enumerate() {
+            let is_last = timestep.is_last(env_index);
+            let slot = self.slot(env_index);
+            let observation = timestep.observations.slice_mut(slot);
+            if is_last {
+                self.envs[env_index].reset(observation);
+                timestep.set_first(env_index);
+                continue;
+            }
+            let outcome = self.envs[env_index].step(action, observation);
+            acted += 1;
+            timestep.rewards[env_index] = outcome.reward;
+            timestep.is_first[env_index] = false;
+            timestep.terminated[env_index] = outcome.terminated;
+            timestep.truncated[env_index] = outcome.truncated;
+        }
+        Ok(acted)
+    }
+}
+
+/// A [`BatchEnv`], its current step, and the running sums of its episodes.
+pub struct VecEnv {
+    envs: Box<dyn BatchEnv>,
+    spec: EnvSpec,
+    current: Timestep,
     /// Running sums for [`FinishedEpisode`].
     episode_returns: Vec<f64>,
     episode_lengths: Vec<u32>,
+    /// Scratch: which current observations were last ones before a step.
+    was_last: Vec<bool>,
 }
 
 /// What one [`VecEnv::step`] did across all environments.
@@ -72,48 +197,42 @@ pub fn env_seed(seed: u64, env_index: usize) -> u64 {
 }
 
 impl VecEnv {
-    /// Builds `num_envs` environments named `name`, seeded from `seed` with
-    /// [`env_seed`], and resets them all: every current observation is an
-    /// `x_0` with `is_first` set.
+    /// `num_envs` native environments named `name`, seeded from `seed` with
+    /// [`env_seed`], all reset: every current observation is an `x_0` with
+    /// `is_first` set.
     pub fn new(name: &str, num_envs: usize, seed: u64) -> Result<Self, EnvError> {
         Self::from_config(&EnvConfig::named(name), num_envs, seed)
     }
 
-    /// [`VecEnv::new`] with the configured wrappers around each environment.
+    /// [`VecEnv::new`] with the configured wrappers around each
+    /// environment. Only native environments: bridged ones are made by
+    /// [`super::bridge::BridgedEnvs`].
     pub fn from_config(config: &EnvConfig, num_envs: usize, seed: u64) -> Result<Self, EnvError> {
-        let envs = (0..num_envs)
-            .map(|env_index| config.make(env_seed(seed, env_index)))
-            .collect::<Result<Vec<_>, _>>()?;
-        // Sizes come from a probe so that an empty vector still knows them.
-        let probe = config.make(seed)?;
-        let observation_size = probe.observation_size();
-        let spec = probe.spec();
-        let mut vec_env = Self {
+        Self::start(Box::new(NativeEnvs::new(config, num_envs, seed)?))
+    }
+
+    /// Resets `envs` and keeps their current step.
+    pub fn start(mut envs: Box<dyn BatchEnv>) -> Result<Self, EnvError> {
+        let spec = envs.spec();
+        let num_envs = envs.num_envs();
+        let mut current = Timestep::new(&spec, num_envs);
+        envs.reset(&mut current)?;
+        Ok(Self {
             envs,
             spec,
-            observation_size,
-            num_actions: probe.num_actions(),
-            observations: Observations::zeros(&spec.observation, num_envs * observation_size),
-            rewards: vec![0.0; num_envs],
-            is_first: vec![true; num_envs],
-            terminated: vec![false; num_envs],
-            truncated: vec![false; num_envs],
+            current,
             episode_returns: vec![0.0; num_envs],
             episode_lengths: vec![0; num_envs],
-        };
-        for env_index in 0..num_envs {
-            let observation = vec_env.observation_slot(env_index);
-            vec_env.envs[env_index].reset(vec_env.observations.slice_mut(observation));
-        }
-        Ok(vec_env)
+            was_last: vec![false; num_envs],
+        })
     }
 
     pub fn num_envs(&self) -> usize {
-        self.envs.len()
+        self.current.num_envs()
     }
 
     pub fn observation_size(&self) -> usize {
-        self.observation_size
+        self.spec.observation_size()
     }
 
     /// What the network needs to know of these environments.
@@ -122,43 +241,44 @@ impl VecEnv {
     }
 
     pub fn num_actions(&self) -> usize {
-        self.num_actions
+        self.spec.policy_width()
     }
 
     /// Current observation of every environment, row-major `[num_envs, observation_size]`.
     pub fn observations(&self) -> ObservationsRef<'_> {
-        self.observations.as_ref()
+        self.current.observations.as_ref()
     }
 
     /// Current observation of environment `env_index`.
     pub fn observation(&self, env_index: usize) -> ObservationsRef<'_> {
-        self.observations.slice(self.observation_slot(env_index))
+        let size = self.observation_size();
+        self.current.observations.slice(env_index * size..(env_index + 1) * size)
     }
 
     /// Reward of the action that led to each current observation; 0 where the
     /// current observation is an `x_0`.
     pub fn rewards(&self) -> &[f32] {
-        &self.rewards
+        &self.current.rewards
     }
 
     /// Whether each current observation starts an episode.
     pub fn is_first(&self) -> &[bool] {
-        &self.is_first
+        &self.current.is_first
     }
 
     /// Whether each current observation is terminal.
     pub fn terminated(&self) -> &[bool] {
-        &self.terminated
+        &self.current.terminated
     }
 
-    /// Whether each current observation ends an episode cut short by a time limit.
+    /// Whether each current observation ends an episode cut short.
     pub fn truncated(&self) -> &[bool] {
-        &self.truncated
+        &self.current.truncated
     }
 
     /// Whether the current observation of `env_index` is its episode's last.
     pub fn is_last(&self, env_index: usize) -> bool {
-        !fleet_trajectory::is_decision(self.terminated[env_index], self.truncated[env_index])
+        self.current.is_last(env_index)
     }
 
     /// Checks that there is one action per environment and each is in range.
@@ -171,11 +291,12 @@ impl VecEnv {
                 got: actions.len(),
             });
         }
-        match actions.iter().position(|&action| action >= self.num_actions) {
+        let num_actions = self.num_actions();
+        match actions.iter().position(|&action| action >= num_actions) {
             Some(env_index) => Err(EnvError::BadAction {
                 env_index,
                 action: actions[env_index],
-                num_actions: self.num_actions,
+                num_actions,
             }),
             None => Ok(()),
         }
@@ -188,52 +309,40 @@ impl VecEnv {
     /// set and its reward is 0. Every other environment takes its action; its
     /// reward in [`rewards`](Self::rewards) is that action's, and if the new
     /// observation is a last one the episode is listed in the report.
-    ///
-    /// # Panics
-    /// If [`validate_actions`](Self::validate_actions) rejects `actions`; the
-    /// actor samples actions from `0..num_actions()`, so this is a bug.
-    pub fn step(&mut self, actions: &[usize]) -> StepReport {
-        if let Err(error) = self.validate_actions(actions) {
-            panic!("VecEnv::step: {error}");
+    pub fn step(&mut self, actions: &[usize]) -> Result<StepReport, EnvError> {
+        self.validate_actions(actions)?;
+        for (env_index, was_last) in self.was_last.iter_mut().enumerate() {
+            *was_last = self.current.is_last(env_index);
         }
-        let mut report = StepReport::default();
-        for (env_index, &action) in actions.iter().enumerate() {
-            let is_last = self.is_last(env_index);
-            let slot = self.observation_slot(env_index);
-            let observation = self.observations.slice_mut(slot);
-            if is_last {
-                self.envs[env_index].reset(observation);
-                self.rewards[env_index] = 0.0;
-                self.is_first[env_index] = true;
-                self.terminated[env_index] = false;
-                self.truncated[env_index] = false;
+        let real_steps = self.envs.step(actions, &mut self.current)?;
+        let mut report = StepReport {
+            real_steps,
+            finished: Vec::new(),
+        };
+        for env_index in 0..self.num_envs() {
+            if self.current.is_first[env_index] {
                 self.episode_returns[env_index] = 0.0;
                 self.episode_lengths[env_index] = 0;
                 continue;
             }
-            let outcome = self.envs[env_index].step(action, observation);
-            report.real_steps += 1;
-            self.rewards[env_index] = outcome.reward;
-            self.is_first[env_index] = false;
-            self.terminated[env_index] = outcome.terminated;
-            self.truncated[env_index] = outcome.truncated;
-            self.episode_returns[env_index] += f64::from(outcome.reward);
+            if self.was_last[env_index] {
+                // A backend that lost its environments repeats a last
+                // observation until it can reset them; nothing happened.
+                continue;
+            }
+            self.episode_returns[env_index] += f64::from(self.current.rewards[env_index]);
             self.episode_lengths[env_index] += 1;
-            if outcome.is_last() {
+            if self.current.is_last(env_index) {
                 report.finished.push(FinishedEpisode {
                     env_index,
                     episode_return: self.episode_returns[env_index],
                     length: self.episode_lengths[env_index],
-                    terminated: outcome.terminated,
-                    truncated: outcome.truncated,
+                    terminated: self.current.terminated[env_index],
+                    truncated: self.current.truncated[env_index],
                 });
             }
         }
-        report
-    }
-
-    fn observation_slot(&self, env_index: usize) -> std::ops::Range<usize> {
-        env_index * self.observation_size..(env_index + 1) * self.observation_size
+        Ok(report)
     }
 }
 
@@ -253,7 +362,7 @@ mod tests {
                 for (env_index, action) in actions.iter_mut().enumerate() {
                     *action = choose(step, env_index);
                 }
-                vec_env.step(&actions)
+                vec_env.step(&actions).unwrap()
             })
             .collect()
     }
@@ -289,7 +398,7 @@ mod tests {
         let mut lasts_seen = 0;
         for step in 0..300 {
             let was_last: Vec<bool> = (0..2).map(|env_index| vec_env.is_last(env_index)).collect();
-            let report = vec_env.step(&[step % 2, 1]);
+            let report = vec_env.step(&[step % 2, 1]).unwrap();
             for (env_index, &was_last) in was_last.iter().enumerate() {
                 let is_first = vec_env.is_first()[env_index];
                 assert_eq!(is_first, was_last, "step {step} env {env_index}");
@@ -313,9 +422,9 @@ mod tests {
         let run_until_first_end = |action_at_last: usize| {
             let mut vec_env = VecEnv::new(NAME, 1, 5).unwrap();
             while !vec_env.is_last(0) {
-                vec_env.step(&[1]);
+                vec_env.step(&[1]).unwrap();
             }
-            vec_env.step(&[action_at_last]);
+            vec_env.step(&[action_at_last]).unwrap();
             assert!(vec_env.is_first()[0]);
             (vec_env.observation(0).f32().to_vec(), vec_env.rewards()[0])
         };
@@ -329,7 +438,7 @@ mod tests {
         let mut real_steps = 0;
         for _ in 0..200 {
             let lasts = (0..4).filter(|&env_index| vec_env.is_last(env_index)).count();
-            let report = vec_env.step(&[1, 0, 1, 1]);
+            let report = vec_env.step(&[1, 0, 1, 1]).unwrap();
             assert_eq!(report.real_steps, 4 - lasts);
             real_steps += report.real_steps;
             resets_expected += lasts;
@@ -365,7 +474,7 @@ mod tests {
         let mut finished = Vec::new();
         while finished.is_empty() {
             let [_, _, theta, theta_dot]: [f32; 4] = vec_env.observation(0).f32().try_into().unwrap();
-            finished = vec_env.step(&[usize::from(theta + 0.5 * theta_dot > 0.0)]).finished;
+            finished = vec_env.step(&[usize::from(theta + 0.5 * theta_dot > 0.0)]).unwrap().finished;
         }
         assert_eq!(finished.len(), 1);
         let episode = finished[0];
@@ -394,9 +503,74 @@ mod tests {
     }
 
     #[test]
-    #[should_panic(expected = "out of range")]
-    fn env_vector_step_panics_on_bad_actions() {
-        VecEnv::new(NAME, 2, 0).unwrap().step(&[0, 5]);
+    fn env_vector_step_refuses_bad_actions_and_leaves_the_environments_as_they_were() {
+        let mut vec_env = VecEnv::new(NAME, 2, 0).unwrap();
+        let before = vec_env.observations().f32().to_vec();
+        let error = vec_env.step(&[0, 5]).expect_err("action 5 is out of range");
+        assert!(error.to_string().contains("out of range"), "{error}");
+        assert_eq!(vec_env.observations().f32(), before);
+    }
+
+    /// A backend over native CartPoles that loses its environments at one
+    /// step, as a bridged vector does when its server dies: episodes in
+    /// flight are cut there, and new ones start at the next step.
+    struct Losing {
+        inner: NativeEnvs,
+        steps: usize,
+        lose_at: usize,
+    }
+
+    impl BatchEnv for Losing {
+        fn spec(&self) -> EnvSpec {
+            self.inner.spec()
+        }
+        fn num_envs(&self) -> usize {
+            self.inner.num_envs()
+        }
+        fn reset(&mut self, timestep: &mut Timestep) -> Result<(), EnvError> {
+            self.inner.reset(timestep)
+        }
+        fn step(&mut self, actions: &[usize], timestep: &mut Timestep) -> Result<usize, EnvError> {
+            self.steps += 1;
+            if self.steps == self.lose_at {
+                crate::env::bridge::tests::cut(timestep);
+                return Ok(0);
+            }
+            if self.steps == self.lose_at + 1 {
+                self.inner.reset(timestep)?;
+                return Ok(0);
+            }
+            self.inner.step(actions, timestep)
+        }
+    }
+
+    #[test]
+    fn env_vector_reports_episodes_a_backend_lost_as_truncated_and_never_stitches_them() {
+        let inner = NativeEnvs::new(&EnvConfig::named(NAME), 2, 4).unwrap();
+        let mut vec_env = VecEnv::start(Box::new(Losing {
+            inner,
+            steps: 0,
+            lose_at: 6,
+        }))
+        .unwrap();
+        let mut finished = Vec::new();
+        for step in 1..=7 {
+            let report = vec_env.step(&[1, 1]).unwrap();
+            if step == 6 {
+                assert_eq!(report.real_steps, 0);
+                assert!(vec_env.truncated()[0] && vec_env.is_last(0) && vec_env.is_last(1));
+                assert_eq!(vec_env.rewards(), [0.0, 0.0]);
+            }
+            if step == 7 {
+                assert_eq!(vec_env.is_first(), [true, true], "new episodes start after a loss");
+            }
+            finished.extend(report.finished);
+        }
+        let cut: Vec<_> = finished.iter().filter(|episode| episode.env_index == 0).collect();
+        assert_eq!(cut.len(), 1, "{finished:?}");
+        assert!(cut[0].truncated && !cut[0].terminated);
+        // Five actions were taken; the cut adds a step without one.
+        assert_eq!((cut[0].episode_return, cut[0].length), (5.0, 6));
     }
 
     #[test]

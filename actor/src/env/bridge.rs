@@ -1,0 +1,676 @@
+//! Environments stepped in another process through the `fleet.v1.Env`
+//! service (the env bridge): any Gymnasium or envpool id, served by the
+//! Python server in `envbridge/`.
+//!
+//! [`BridgedEnvs`] is a [`BatchEnv`] whose one step is one round trip: all
+//! actions out as one tensor, all observations back as one. It either owns
+//! a local server ([`LocalServer`], started from `env.bridge_command` on a
+//! free loopback port and killed with the actor) or talks to one already
+//! running at `env.remote`.
+//!
+//! When the server is lost mid-run (killed, crashed, connection gone), every
+//! episode in flight is cut: its current observation is delivered again as
+//! the episode's last, marked `truncated`, so no episode is ever stitched
+//! to what a new server produces. The next step restarts the server (a
+//! local one), with backoff, and starts new episodes everywhere. Errors that
+//! a restart cannot fix (an id that cannot be made, a space fleet cannot
+//! represent, a spec that changed) stop the actor with a message naming
+//! the environment.
+
+use std::collections::BTreeMap;
+use std::process::Stdio;
+use std::time::Duration;
+
+use fleet_agent::EnvSpec;
+use fleet_proto::connect::{Backoff, connect_or_stop, endpoint, sleep_or_cancel};
+use fleet_proto::pb::{self, env_client::EnvClient};
+use fleet_trajectory::{ActionSpec, FrameShape, ObservationSpec, Observations};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::runtime::Handle;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::vector::{BatchEnv, Timestep, env_seed};
+use super::{EnvConfig, EnvError};
+use crate::metrics as m;
+
+/// How long a local server may take to print its `listening on` line
+/// (importing Gymnasium and ale-py takes seconds on a cold cache).
+const SERVER_START_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// The line a local server prints once it listens, followed by its address.
+const LISTENING: &str = "listening on ";
+
+/// A bridge server this actor started and owns: killed when dropped, and
+/// it exits by itself when this process dies (its stdin closes).
+#[derive(Debug)]
+pub struct LocalServer {
+    child: tokio::process::Child,
+    address: String,
+}
+
+impl LocalServer {
+    /// Starts `command` (program and leading arguments) listening on a free
+    /// loopback port and waits for it to say where.
+    pub async fn start(command: &[String], max_message_bytes: usize) -> Result<Self, EnvError> {
+        let shown = command.join(" ");
+        let (program, args) = command
+            .split_first()
+            .ok_or_else(|| EnvError::Bridge("env.bridge_command is empty: it names the env bridge server to run".into()))?;
+        let mut child = tokio::process::Command::new(program)
+            .args(args)
+            .args(["--listen", "127.0.0.1:0", "--exit-with-stdin", "--max-message-bytes"])
+            .arg(max_message_bytes.to_string())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|error| {
+                EnvError::Bridge(format!(
+                    "could not start the env bridge `{shown}`: {error} (install it with `pip install ./envbridge`, \
+                     or point env.bridge_command at it)"
+                ))
+            })?;
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| EnvError::Bridge(format!("env bridge `{shown}`: no stdout")))?;
+        let mut lines = BufReader::new(stdout).lines();
+        let wait_for_address = async {
+            while let Some(line) = lines.next_line().await? {
+                if let Some(address) = line.strip_prefix(LISTENING) {
+                    return Ok(Some(address.trim().to_owned()));
+                }
+            }
+            Ok::<_, std::io::Error>(None)
+        };
+        let address = match tokio::time::timeout(SERVER_START_TIMEOUT, wait_for_address).await {
+            Ok(Ok(Some(address))) => address,
+            Ok(Ok(None)) => {
+                let status = child.wait().await.map_or_else(|e| e.to_string(), |s| s.to_string());
+                return Err(EnvError::Bridge(format!(
+                    "env bridge `{shown}` exited ({status}) before listening; its error is above"
+                )));
+            }
+            Ok(Err(error)) => return Err(EnvError::Bridge(format!("env bridge `{shown}`: reading its stdout: {error}"))),
+            Err(_) => {
+                return Err(EnvError::Bridge(format!(
+                    "env bridge `{shown}` did not start listening within {}s",
+                    SERVER_START_TIMEOUT.as_secs()
+                )));
+            }
+        };
+        // Keep draining stdout so that the server never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Ok(Self { child, address })
+    }
+
+    /// `host:port` the server listens on.
+    pub fn address(&self) -> &str {
+        &self.address
+    }
+
+    /// The server's process id, while it runs.
+    pub fn id(&self) -> Option<u32> {
+        self.child.id()
+    }
+}
+
+/// Why a call to the bridge failed.
+#[derive(Debug)]
+enum Failure {
+    /// Retrying cannot help: the actor stops with this error.
+    Fatal(EnvError),
+    /// The server or the connection went away; a new one may work.
+    Lost(String),
+}
+
+impl From<EnvError> for Failure {
+    fn from(error: EnvError) -> Self {
+        Self::Fatal(error)
+    }
+}
+
+/// One `Env.Run` stream: a vector of environments on the server.
+struct Session {
+    requests: mpsc::Sender<pb::EnvRequest>,
+    responses: tonic::Streaming<pb::EnvResponse>,
+}
+
+impl Session {
+    /// Opens a vector on the server at `address` and returns it with its spec.
+    async fn open(address: &str, open: pb::EnvOpen, max_message_bytes: usize) -> Result<(Self, pb::EnvSpecMessage), Failure> {
+        let channel = endpoint(address)
+            .map_err(|error| Failure::Fatal(EnvError::Bridge(format!("env bridge address `{address}`: {error}"))))?
+            .connect()
+            .await
+            .map_err(|error| Failure::Lost(format!("connecting to the env bridge at {address}: {error}")))?;
+        Self::open_on(channel, open, max_message_bytes).await
+    }
+
+    async fn open_on(
+        channel: tonic::transport::Channel,
+        open: pb::EnvOpen,
+        max_message_bytes: usize,
+    ) -> Result<(Self, pb::EnvSpecMessage), Failure> {
+        let mut client = EnvClient::new(channel)
+            .max_encoding_message_size(max_message_bytes)
+            .max_decoding_message_size(max_message_bytes);
+        let (requests, request_rx) = mpsc::channel(1);
+        let env_id = open.env_id.clone();
+        let first = pb::EnvRequest {
+            kind: Some(pb::env_request::Kind::Open(open)),
+        };
+        requests
+            .send(first)
+            .await
+            .map_err(|_| Failure::Lost("env bridge request channel closed".into()))?;
+        let responses = client
+            .run(tokio_stream::wrappers::ReceiverStream::new(request_rx))
+            .await
+            .map_err(|status| failure(&env_id, "open", &status))?
+            .into_inner();
+        let mut session = Self { requests, responses };
+        match session.next(&env_id, "open").await? {
+            pb::env_response::Kind::Spec(spec) => Ok((session, spec)),
+            pb::env_response::Kind::Timestep(_) => Err(Failure::Fatal(EnvError::Bridge(format!(
+                "env \"{env_id}\": the bridge answered open with a timestep, not a spec"
+            )))),
+        }
+    }
+
+    async fn call(&mut self, env_id: &str, kind: pb::env_request::Kind) -> Result<pb::EnvTimestep, Failure> {
+        let what = match kind {
+            pb::env_request::Kind::Open(_) => "open",
+            pb::env_request::Kind::Reset(_) => "reset",
+            pb::env_request::Kind::Step(_) => "step",
+        };
+        if self.requests.send(pb::EnvRequest { kind: Some(kind) }).await.is_err() {
+            return Err(Failure::Lost(format!("env \"{env_id}\": the bridge stream closed")));
+        }
+        match self.next(env_id, what).await? {
+            pb::env_response::Kind::Timestep(timestep) => Ok(timestep),
+            pb::env_response::Kind::Spec(_) => Err(Failure::Fatal(EnvError::Bridge(format!(
+                "env \"{env_id}\": the bridge answered {what} with a spec, not a timestep"
+            )))),
+        }
+    }
+
+    async fn next(&mut self, env_id: &str, what: &str) -> Result<pb::env_response::Kind, Failure> {
+        match self.responses.message().await {
+            Ok(Some(pb::EnvResponse { kind: Some(kind) })) => Ok(kind),
+            Ok(Some(pb::EnvResponse { kind: None })) => Err(Failure::Fatal(EnvError::Bridge(format!(
+                "env \"{env_id}\": the bridge answered {what} with an empty message"
+            )))),
+            Ok(None) => Err(Failure::Lost(format!(
+                "env \"{env_id}\": the bridge ended the stream during {what}"
+            ))),
+            Err(status) => Err(failure(env_id, what, &status)),
+        }
+    }
+}
+
+/// INVALID_ARGUMENT is the server refusing what was asked (a bad id, an
+/// unsupported space, a malformed action): fatal. Anything else means the
+/// server or its environment went away.
+fn failure(env_id: &str, what: &str, status: &tonic::Status) -> Failure {
+    if status.code() == tonic::Code::InvalidArgument {
+        Failure::Fatal(EnvError::Bridge(status.message().to_owned()))
+    } else {
+        Failure::Lost(format!("env \"{env_id}\": {what} failed: {}: {}", status.code(), status.message()))
+    }
+}
+
+/// The spec fleet's network sees for what the bridge serves. Float
+/// observations of any shape are flattened to one vector; u8 ones must be
+/// `[C, H, W]` images; actions must be discrete.
+pub fn spec_from_message(env_id: &str, message: &pb::EnvSpecMessage) -> Result<EnvSpec, EnvError> {
+    let shape: Vec<usize> = message.observation_shape.iter().map(|&d| d as usize).collect();
+    let refuse = |what: String| EnvError::Bridge(format!("env \"{env_id}\": {what}"));
+    let observation = match pb::Dtype::try_from(message.observation_dtype) {
+        Ok(pb::Dtype::F32) => ObservationSpec::Vector {
+            size: shape.iter().product(),
+        },
+        Ok(pb::Dtype::U8) => match shape[..] {
+            [channels, height, width] => ObservationSpec::Frames(FrameShape { channels, height, width }),
+            _ => {
+                return Err(refuse(format!(
+                    "u8 observations of shape {shape:?}: fleet takes u8 images as [C, H, W]"
+                )));
+            }
+        },
+        _ => {
+            return Err(refuse(format!(
+                "observations of dtype {} are not supported (f32 vectors or u8 images)",
+                message.observation_dtype
+            )));
+        }
+    };
+    if observation.size() == 0 {
+        return Err(refuse(format!("observations of shape {shape:?} hold no values")));
+    }
+    let action = match message.num_actions {
+        0 => {
+            return Err(refuse(format!(
+                "continuous actions of shape {:?} are not supported by fleet's actor (discrete actions only)",
+                message.action_shape
+            )));
+        }
+        num_actions => ActionSpec::Discrete {
+            num_actions: num_actions as usize,
+        },
+    };
+    Ok(EnvSpec { observation, action })
+}
+
+/// Where the bridge runs and what it is asked to build.
+#[derive(Debug, Clone)]
+struct Target {
+    env_id: String,
+    /// A server that is already running (`env.remote`), or `None` to start one.
+    remote: Option<String>,
+    command: Vec<String>,
+    options: BTreeMap<String, String>,
+    max_message_bytes: usize,
+}
+
+impl Target {
+    fn new(config: &EnvConfig, max_message_bytes: usize) -> Self {
+        Self {
+            env_id: config.name.clone(),
+            remote: Some(config.remote.clone()).filter(|address| !address.is_empty()),
+            command: config.bridge_command.clone(),
+            options: config.options.clone(),
+            max_message_bytes,
+        }
+    }
+
+    fn open_message(&self, num_envs: usize, seed: u64) -> pb::EnvOpen {
+        pb::EnvOpen {
+            env_id: self.env_id.clone(),
+            num_envs: num_envs as u32,
+            seed,
+            options: self.options.clone().into_iter().collect(),
+        }
+    }
+
+    /// Starts (or reaches) a server and opens `num_envs` environments on it.
+    /// A remote server is waited for, with backoff, until `shutdown`.
+    async fn open(
+        &self,
+        num_envs: usize,
+        seed: u64,
+        backoff: Backoff,
+        shutdown: &CancellationToken,
+    ) -> Result<Option<(Option<LocalServer>, Session, EnvSpec)>, Failure> {
+        let open = self.open_message(num_envs, seed);
+        let (server, session, message) = match &self.remote {
+            Some(address) => {
+                let Some(channel) = connect_or_stop(address, backoff, shutdown).await else {
+                    return Ok(None);
+                };
+                let (session, spec) = Session::open_on(channel, open, self.max_message_bytes).await?;
+                (None, session, spec)
+            }
+            None => {
+                let server = LocalServer::start(&self.command, self.max_message_bytes).await?;
+                tracing::info!(env = %self.env_id, address = server.address(), pid = server.id(), "env bridge started");
+                let (session, spec) = Session::open(server.address(), open, self.max_message_bytes).await?;
+                (Some(server), session, spec)
+            }
+        };
+        if message.num_envs as usize != num_envs {
+            return Err(Failure::Fatal(EnvError::Bridge(format!(
+                "env \"{}\": asked for {num_envs} environments, the bridge opened {}",
+                self.env_id, message.num_envs
+            ))));
+        }
+        let spec = spec_from_message(&self.env_id, &message)?;
+        tracing::info!(env = %self.env_id, backend = %message.backend, %spec, num_envs, "env bridge opened");
+        Ok(Some((server, session, spec)))
+    }
+}
+
+/// Asks the bridge what `config`'s environment looks like, opening one
+/// environment (and starting a local server for the time it takes).
+pub async fn probe_spec(config: &EnvConfig, max_message_bytes: usize) -> Result<EnvSpec, EnvError> {
+    let target = Target::new(config, max_message_bytes);
+    let never = CancellationToken::new();
+    let unreachable = |reason: String| EnvError::Bridge(format!("env \"{}\": {reason}", config.name));
+    match target.open(1, 0, Backoff::default(), &never).await {
+        Ok(Some((_server, _session, spec))) => Ok(spec),
+        Ok(None) => Err(unreachable("stopped before the bridge answered".into())),
+        Err(Failure::Fatal(error)) => Err(error),
+        Err(Failure::Lost(reason)) => Err(unreachable(reason)),
+    }
+}
+
+/// A vector of environments served by the env bridge.
+pub struct BridgedEnvs {
+    target: Target,
+    runtime: Handle,
+    num_envs: usize,
+    seed: u64,
+    spec: EnvSpec,
+    /// Kept alive with the session: dropping it kills the server.
+    server: Option<LocalServer>,
+    /// `None` after the server was lost, until the next step reopens it.
+    session: Option<Session>,
+    /// Times the vector has been reopened, to vary the seeds of new episodes.
+    restarts: u64,
+    backoff: Backoff,
+    shutdown: CancellationToken,
+    /// The action tensor, reused.
+    actions: Vec<i64>,
+}
+
+impl BridgedEnvs {
+    /// Opens `num_envs` environments as `config` names them, seeded from
+    /// `seed` (through [`env_seed`]). Blocks on `runtime`, so call it from outside the runtime
+    /// (the actor's compute thread). Any failure here is returned: a bridge
+    /// that cannot start does not get retried.
+    pub fn open(
+        config: &EnvConfig,
+        num_envs: usize,
+        seed: u64,
+        max_message_bytes: usize,
+        runtime: Handle,
+        shutdown: CancellationToken,
+    ) -> Result<Self, EnvError> {
+        let target = Target::new(config, max_message_bytes);
+        let backoff = Backoff::default();
+        // The bridge seeds environment i with seed + i: a hashed base keeps
+        // the vectors of actors with consecutive seeds apart.
+        let seed = env_seed(seed, 0);
+        let opened = runtime.block_on(target.open(num_envs, seed, backoff, &shutdown));
+        let (server, session, spec) = match opened {
+            Ok(Some(opened)) => opened,
+            Ok(None) => return Err(EnvError::Stopped),
+            Err(Failure::Fatal(error)) => return Err(error),
+            Err(Failure::Lost(reason)) => return Err(EnvError::Bridge(reason)),
+        };
+        if let Some(expected) = config.spec
+            && expected != spec
+        {
+            return Err(EnvError::SpecMismatch {
+                name: config.name.clone(),
+                expected,
+                found: spec,
+            });
+        }
+        Ok(Self {
+            target,
+            runtime,
+            num_envs,
+            seed,
+            spec,
+            server,
+            session: Some(session),
+            restarts: 0,
+            backoff,
+            shutdown,
+            actions: Vec::with_capacity(num_envs),
+        })
+    }
+
+    /// The local server's process id, if this vector started one and it runs.
+    pub fn server_pid(&self) -> Option<u32> {
+        self.server.as_ref().and_then(LocalServer::id)
+    }
+
+    fn call(&mut self, kind: pb::env_request::Kind, timestep: &mut Timestep) -> Result<(), Failure> {
+        let session = self.session.as_mut().ok_or_else(|| Failure::Lost("no bridge session".into()))?;
+        let message = self.runtime.block_on(session.call(&self.target.env_id, kind))?;
+        write_timestep(&self.target.env_id, &self.spec, message, timestep)?;
+        Ok(())
+    }
+
+    /// Cuts every episode in flight: its current observation becomes its
+    /// last, `truncated`, with reward 0. Observations already last stay so.
+    fn cut_episodes(timestep: &mut Timestep) {
+        for env_index in 0..timestep.num_envs() {
+            timestep.rewards[env_index] = 0.0;
+            if !timestep.is_last(env_index) {
+                timestep.is_first[env_index] = false;
+                timestep.truncated[env_index] = true;
+            }
+        }
+    }
+
+    /// Reopens the vector (restarting a local server) with backoff until it
+    /// answers a reset, which becomes the current step.
+    fn reopen(&mut self, timestep: &mut Timestep) -> Result<(), EnvError> {
+        self.session = None;
+        self.server = None;
+        let mut attempt = 0;
+        loop {
+            if self.shutdown.is_cancelled() {
+                return Err(EnvError::Stopped);
+            }
+            self.restarts += 1;
+            metrics::counter!(m::ENV_BRIDGE_RESTARTS).increment(1);
+            // New seeds, or a restarted vector would replay the episodes it started with.
+            let seed = self.seed.wrapping_add(self.restarts.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+            let opened = self
+                .runtime
+                .block_on(self.target.open(self.num_envs, seed, self.backoff, &self.shutdown));
+            let failure = match opened {
+                Ok(None) => return Err(EnvError::Stopped),
+                Ok(Some((server, session, spec))) if spec == self.spec => {
+                    self.server = server;
+                    self.session = Some(session);
+                    match self.call(pb::env_request::Kind::Reset(pb::EnvReset {}), timestep) {
+                        Ok(()) => {
+                            tracing::warn!(env = %self.target.env_id, attempt, "env bridge reopened; new episodes started");
+                            return Ok(());
+                        }
+                        Err(failure) => failure,
+                    }
+                }
+                Ok(Some((_, _, spec))) => {
+                    return Err(EnvError::SpecMismatch {
+                        name: self.target.env_id.clone(),
+                        expected: self.spec,
+                        found: spec,
+                    });
+                }
+                Err(failure) => failure,
+            };
+            match failure {
+                Failure::Fatal(error) => return Err(error),
+                Failure::Lost(reason) => {
+                    let delay = self.backoff.delay(attempt);
+                    tracing::warn!(env = %self.target.env_id, %reason, retry_in = ?delay, "env bridge reopen failed");
+                    self.session = None;
+                    self.server = None;
+                    let shutdown = self.shutdown.clone();
+                    self.runtime.block_on(sleep_or_cancel(delay, &shutdown));
+                    attempt += 1;
+                }
+            }
+        }
+    }
+}
+
+impl BatchEnv for BridgedEnvs {
+    fn spec(&self) -> EnvSpec {
+        self.spec
+    }
+
+    fn num_envs(&self) -> usize {
+        self.num_envs
+    }
+
+    fn reset(&mut self, timestep: &mut Timestep) -> Result<(), EnvError> {
+        match self.call(pb::env_request::Kind::Reset(pb::EnvReset {}), timestep) {
+            Ok(()) => Ok(()),
+            Err(Failure::Fatal(error)) => Err(error),
+            Err(Failure::Lost(reason)) => Err(EnvError::Bridge(reason)),
+        }
+    }
+
+    fn step(&mut self, actions: &[usize], timestep: &mut Timestep) -> Result<usize, EnvError> {
+        if self.session.is_none() {
+            self.reopen(timestep)?;
+            return Ok(0);
+        }
+        let acted = (0..self.num_envs).filter(|&env_index| !timestep.is_last(env_index)).count();
+        self.actions.clear();
+        self.actions.extend(actions.iter().map(|&action| action as i64));
+        let step = pb::EnvStep {
+            actions: Some(pb::Tensor::from_i64(&[self.num_envs], &self.actions)),
+        };
+        match self.call(pb::env_request::Kind::Step(step), timestep) {
+            Ok(()) => Ok(acted),
+            Err(Failure::Fatal(error)) => Err(error),
+            Err(Failure::Lost(reason)) => {
+                tracing::warn!(env = %self.target.env_id, %reason, "env bridge lost; episodes in flight end truncated");
+                self.session = None;
+                self.server = None;
+                Self::cut_episodes(timestep);
+                Ok(0)
+            }
+        }
+    }
+}
+
+/// Copies a timestep from the bridge into `timestep`, checking that it
+/// holds one entry per environment of the spec's shape.
+fn write_timestep(env_id: &str, spec: &EnvSpec, message: pb::EnvTimestep, timestep: &mut Timestep) -> Result<(), EnvError> {
+    let n = timestep.num_envs();
+    let bad = |what: String| EnvError::Bridge(format!("env \"{env_id}\": the bridge sent {what}"));
+    for (name, len) in [
+        ("rewards", message.rewards.len()),
+        ("is_first flags", message.is_first.len()),
+        ("terminated flags", message.terminated.len()),
+        ("truncated flags", message.truncated.len()),
+    ] {
+        if len != n {
+            return Err(bad(format!("{len} {name} for {n} environments")));
+        }
+    }
+    let tensor = message.observations.ok_or_else(|| bad("a timestep without observations".into()))?;
+    tensor.check_bytes().map_err(|error| bad(format!("bad observations: {error}")))?;
+    let expected = n * spec.observation_size();
+    let found = tensor.num_elements().map_err(|error| bad(format!("bad observations: {error}")))?;
+    if found != expected {
+        return Err(bad(format!(
+            "observations of shape {:?}, expected {n} × {}",
+            tensor.shape, spec.observation
+        )));
+    }
+    match &mut timestep.observations {
+        Observations::F32(values) => {
+            tensor
+                .check(pb::Dtype::F32)
+                .map_err(|error| bad(format!("bad observations: {error}")))?;
+            for (value, bytes) in values.iter_mut().zip(tensor.data.chunks_exact(4)) {
+                *value = f32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
+            }
+        }
+        Observations::U8(values) => {
+            let bytes = tensor.as_u8().map_err(|error| bad(format!("bad observations: {error}")))?;
+            values.copy_from_slice(bytes);
+        }
+    }
+    timestep.rewards.copy_from_slice(&message.rewards);
+    timestep.is_first.copy_from_slice(&message.is_first);
+    timestep.terminated.copy_from_slice(&message.terminated);
+    timestep.truncated.copy_from_slice(&message.truncated);
+    Ok(())
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// What a lost bridge does to the current step, for other modules' tests.
+    pub(crate) fn cut(timestep: &mut Timestep) {
+        BridgedEnvs::cut_episodes(timestep);
+    }
+
+    fn spec_message(dtype: pb::Dtype, shape: &[u64], num_actions: u32) -> pb::EnvSpecMessage {
+        pb::EnvSpecMessage {
+            observation_dtype: dtype as i32,
+            observation_shape: shape.to_vec(),
+            num_actions,
+            num_envs: 1,
+            backend: "gymnasium".into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn bridge_specs_flatten_float_observations_and_keep_images() {
+        let vector = spec_from_message("gym:CartPole-v1", &spec_message(pb::Dtype::F32, &[4], 2)).unwrap();
+        assert_eq!(vector, EnvSpec::vector(4, 2));
+        let grid = spec_from_message("gym:Grid", &spec_message(pb::Dtype::F32, &[3, 5], 4)).unwrap();
+        assert_eq!(grid, EnvSpec::vector(15, 4));
+        let atari = spec_from_message("gym:ALE/Pong-v5", &spec_message(pb::Dtype::U8, &[4, 84, 84], 6)).unwrap();
+        assert_eq!(
+            atari,
+            EnvSpec::frames(
+                FrameShape {
+                    channels: 4,
+                    height: 84,
+                    width: 84
+                },
+                6
+            )
+        );
+    }
+
+    #[test]
+    fn bridge_specs_refuse_what_the_network_cannot_take_naming_the_env() {
+        let continuous = spec_message(pb::Dtype::F32, &[3], 0);
+        let error = spec_from_message("gym:Pendulum-v1", &continuous).unwrap_err().to_string();
+        assert!(error.contains("gym:Pendulum-v1") && error.contains("continuous"), "{error}");
+        let flat_bytes = spec_message(pb::Dtype::U8, &[128], 9);
+        let error = spec_from_message("gym:ALE/Pong-ram-v5", &flat_bytes).unwrap_err().to_string();
+        assert!(error.contains("gym:ALE/Pong-ram-v5") && error.contains("[128]"), "{error}");
+        let integers = spec_message(pb::Dtype::I64, &[2], 2);
+        assert!(spec_from_message("gym:X", &integers).is_err());
+    }
+
+    #[test]
+    fn bridge_timesteps_are_checked_against_the_spec() {
+        let spec = EnvSpec::vector(2, 2);
+        let mut timestep = Timestep::new(&spec, 2);
+        let message = |values: &[f32], rewards: Vec<f32>| pb::EnvTimestep {
+            observations: Some(pb::Tensor::from_f32(&[values.len() / 2, 2], values)),
+            rewards,
+            is_first: vec![false, true],
+            terminated: vec![true, false],
+            truncated: vec![false, false],
+        };
+        write_timestep("e", &spec, message(&[1.0, 2.0, 3.0, 4.0], vec![0.5, 0.0]), &mut timestep).unwrap();
+        assert_eq!(timestep.observations, Observations::F32(vec![1.0, 2.0, 3.0, 4.0]));
+        assert_eq!(
+            (timestep.rewards[0], timestep.is_first[1], timestep.terminated[0]),
+            (0.5, true, true)
+        );
+        assert!(timestep.is_last(0) && !timestep.is_last(1));
+        let short = write_timestep("e", &spec, message(&[1.0, 2.0], vec![0.5, 0.0]), &mut timestep).unwrap_err();
+        assert!(short.to_string().contains("expected 2 ×"), "{short}");
+        let rewards = write_timestep("e", &spec, message(&[1.0, 2.0, 3.0, 4.0], vec![0.5]), &mut timestep).unwrap_err();
+        assert!(rewards.to_string().contains("1 rewards for 2 environments"), "{rewards}");
+        // A refused timestep leaves the last good one in place.
+        assert_eq!(timestep.observations, Observations::F32(vec![1.0, 2.0, 3.0, 4.0]));
+    }
+
+    #[test]
+    fn a_lost_bridge_cuts_episodes_in_flight_and_leaves_ended_ones_ended() {
+        let spec = EnvSpec::vector(1, 2);
+        let mut timestep = Timestep::new(&spec, 3);
+        // env 0 is mid-episode, env 1 just terminated, env 2 just started.
+        timestep.is_first = vec![false, false, true];
+        timestep.terminated = vec![false, true, false];
+        timestep.rewards = vec![1.0, 1.0, 0.0];
+        BridgedEnvs::cut_episodes(&mut timestep);
+        assert_eq!(timestep.truncated, vec![true, false, true]);
+        assert_eq!(timestep.terminated, vec![false, true, false]);
+        assert_eq!(timestep.is_first, vec![false, false, false]);
+        assert_eq!(timestep.rewards, vec![0.0; 3]);
+        assert!((0..3).all(|env_index| timestep.is_last(env_index)));
+    }
+}
