@@ -350,6 +350,29 @@ mod tests {
         );
         let error = load(&[], &["env.name=envpool:", "env.remote=localhost:1"]).unwrap_err();
         assert!(format!("{error:#}").contains("names no environment"), "{error:#}");
+        let error = load(&[], &["env.preprocess=atari"]).unwrap_err();
+        assert!(
+            format!("{error:#}").contains("env.preprocess applies to bridged environments only"),
+            "{error:#}"
+        );
+        let error = load(
+            &[],
+            &["env.name=gym:ALE/Pong-v5", "env.preprocess=atari", "env.atari.frame_stack=0"],
+        )
+        .unwrap_err();
+        assert!(format!("{error:#}").contains("env.atari.frame_stack = 0"), "{error:#}");
+        let error = load(
+            &[],
+            &[
+                "env.name=gym:ALE/Pong-v5",
+                "env.preprocess=atari",
+                "env.atari.repeat_action_probability=1.5",
+            ],
+        )
+        .unwrap_err();
+        assert!(format!("{error:#}").contains("repeat_action_probability = 1.5"), "{error:#}");
+        let atari = load(&[], &["env.name=gym:ALE/Pong-v5", "env.preprocess=atari"]).unwrap().env;
+        assert_eq!(atari.atari.message().frame_stack, 4);
         let remote = load(&[], &["env.name=MyEnv-v0", "env.remote=envbridge:50070"]).unwrap();
         assert!(remote.env.is_bridged());
         assert!(!load(&[], &[]).unwrap().env.is_bridged());
@@ -357,9 +380,12 @@ mod tests {
 
     #[test]
     fn every_shipped_config_file_loads_and_validates() {
-        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/config");
+        let dirs = [
+            concat!(env!("CARGO_MANIFEST_DIR"), "/config"),
+            concat!(env!("CARGO_MANIFEST_DIR"), "/deploy"),
+        ];
         let mut checked = 0;
-        for entry in std::fs::read_dir(dir).unwrap() {
+        for entry in dirs.into_iter().flat_map(|dir| std::fs::read_dir(dir).unwrap()) {
             let path = entry.unwrap().path();
             if path.extension().is_some_and(|e| e == "toml") {
                 let config = Config::load(&ConfigSources {
@@ -370,7 +396,7 @@ mod tests {
                 checked += 1;
             }
         }
-        assert!(checked >= 3, "expected default.toml and the example configs in {dir}");
+        assert!(checked >= 6, "expected default.toml, the example configs and the compose configs");
     }
 
     #[test]

@@ -31,7 +31,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::vector::{BatchEnv, Timestep, env_seed};
-use super::{EnvConfig, EnvError};
+use super::{EnvConfig, EnvError, Preprocess};
 use crate::metrics as m;
 
 /// How long a local server may take to print its `listening on` line
@@ -271,6 +271,7 @@ struct Target {
     remote: Option<String>,
     command: Vec<String>,
     options: BTreeMap<String, String>,
+    atari: Option<pb::AtariPreprocessing>,
     max_message_bytes: usize,
 }
 
@@ -281,6 +282,7 @@ impl Target {
             remote: Some(config.remote.clone()).filter(|address| !address.is_empty()),
             command: config.bridge_command.clone(),
             options: config.options.clone(),
+            atari: (config.preprocess == Preprocess::Atari).then(|| config.atari.message()),
             max_message_bytes,
         }
     }
@@ -291,6 +293,7 @@ impl Target {
             num_envs: num_envs as u32,
             seed,
             options: self.options.clone().into_iter().collect(),
+            atari: self.atari,
         }
     }
 

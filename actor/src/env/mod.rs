@@ -130,6 +130,10 @@ pub enum EnvError {
     NormalizedFrames(String),
     #[error("env.{0} applies to native environments only; a bridged environment `{1}` gets its wrappers on the bridge")]
     BridgedWrapper(&'static str, String),
+    #[error("env.{0} applies to bridged environments only (`gym:…`, `envpool:…` or env.remote), not to the native `{1}`")]
+    BridgedOnly(&'static str, String),
+    #[error("{0}")]
+    BadAtari(String),
     #[error("env bridge: {0}")]
     Bridge(String),
     #[error("environment `{name}` has {found}, but {expected} was expected (env.spec, or the learner's network)")]
@@ -187,6 +191,98 @@ pub struct EnvConfig {
     /// set needs no bridge of its own. An empty table means unset.
     #[serde(deserialize_with = "optional_spec", skip_serializing_if = "Option::is_none")]
     pub spec: Option<EnvSpec>,
+    /// Preprocessing the bridge applies: none, or the standard Atari setup
+    /// of `atari`.
+    pub preprocess: Preprocess,
+    /// The Atari preprocessing settings, used with `preprocess = "atari"`.
+    pub atari: AtariConfig,
+}
+
+/// What the bridge does to a bridged environment's frames before sending them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Preprocess {
+    /// The environment as made.
+    #[default]
+    None,
+    /// [`AtariConfig`], for ALE ids.
+    Atari,
+}
+
+/// The Atari setup every published IMPALA, R2D2 and Sample Factory number
+/// uses (Machado et al. 2018); the defaults are that setup.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AtariConfig {
+    /// Emulator frames per agent step; the observation max-pools the last two.
+    pub frame_skip: u32,
+    /// Observations are resized to screen_size × screen_size.
+    pub screen_size: u32,
+    /// One grey channel per frame (otherwise RGB).
+    pub grayscale: bool,
+    /// Last observations stacked along the channel axis.
+    pub frame_stack: u32,
+    /// Episodes start with a uniform 0..=noop_max no-op actions.
+    pub noop_max: u32,
+    /// Sticky actions: every emulator frame repeats the previous action with
+    /// this probability (ALE v5's default 0.25).
+    pub repeat_action_probability: f32,
+    /// A lost life ends the episode for learning; the game goes on.
+    pub episodic_life: bool,
+    /// Emulator frames after which an episode is cut (truncated); 0: no limit.
+    pub max_episode_frames: u32,
+}
+
+impl Default for AtariConfig {
+    fn default() -> Self {
+        Self {
+            frame_skip: 4,
+            screen_size: 84,
+            grayscale: true,
+            frame_stack: 4,
+            noop_max: 30,
+            repeat_action_probability: 0.25,
+            episodic_life: false,
+            max_episode_frames: 108_000,
+        }
+    }
+}
+
+impl AtariConfig {
+    /// The settings as the bridge protocol carries them.
+    pub fn message(&self) -> fleet_proto::pb::AtariPreprocessing {
+        fleet_proto::pb::AtariPreprocessing {
+            frame_skip: self.frame_skip,
+            screen_size: self.screen_size,
+            grayscale: self.grayscale,
+            frame_stack: self.frame_stack,
+            noop_max: self.noop_max,
+            repeat_action_probability: self.repeat_action_probability,
+            episodic_life: self.episodic_life,
+            max_episode_frames: self.max_episode_frames,
+        }
+    }
+
+    fn check(&self) -> Result<(), EnvError> {
+        let bad = |key: &str, value: String, rule: &str| Err(EnvError::BadAtari(format!("env.atari.{key} = {value}: {rule}")));
+        for (key, value) in [
+            ("frame_skip", self.frame_skip),
+            ("screen_size", self.screen_size),
+            ("frame_stack", self.frame_stack),
+        ] {
+            if value == 0 {
+                return bad(key, value.to_string(), "it must be at least 1");
+            }
+        }
+        if !(0.0..=1.0).contains(&self.repeat_action_probability) {
+            return bad(
+                "repeat_action_probability",
+                self.repeat_action_probability.to_string(),
+                "it is a probability, in 0..=1",
+            );
+        }
+        Ok(())
+    }
 }
 
 /// Reads `env.options` values of any TOML scalar type as the strings the
@@ -246,6 +342,8 @@ impl EnvConfig {
             bridge_command: vec![DEFAULT_BRIDGE_COMMAND.to_owned()],
             options: BTreeMap::new(),
             spec: None,
+            preprocess: Preprocess::None,
+            atari: AtariConfig::default(),
         }
     }
 
@@ -259,7 +357,13 @@ impl EnvConfig {
     pub fn check(&self) -> Result<(), EnvError> {
         check_frame_stack(self.frame_stack)?;
         if !self.is_bridged() {
+            if self.preprocess != Preprocess::None {
+                return Err(EnvError::BridgedOnly("preprocess", self.name.clone()));
+            }
             return check_name(&self.name);
+        }
+        if self.preprocess == Preprocess::Atari {
+            self.atari.check()?;
         }
         if self.frame_stack > 1 {
             return Err(EnvError::BridgedWrapper("frame_stack", self.name.clone()));
