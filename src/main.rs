@@ -145,6 +145,17 @@ enum BenchTarget {
         #[arg(long)]
         json: bool,
     },
+    /// The configured environment (`env.*`, `actor.num_envs`) stepped with
+    /// random actions and no policy: agent steps/s and env frames/s, through
+    /// the env bridge for a bridged one.
+    Env {
+        /// Seconds measured, after one of warm-up.
+        #[arg(long, default_value_t = 10.0)]
+        seconds: f64,
+        /// One JSON line instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn load_config(cli: &Cli) -> Result<Config> {
@@ -229,6 +240,13 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         } => {
             // Candle's compute is synchronous: keep it off the async workers.
             tokio::task::spawn_blocking(move || bench::learner::learner(seconds, &workloads, json)).await??;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench {
+            target: BenchTarget::Env { seconds, json },
+        } => {
+            let runtime = tokio::runtime::Handle::current();
+            tokio::task::spawn_blocking(move || bench::env::env(&config, runtime, seconds, json)).await??;
             Ok(ExitCode::SUCCESS)
         }
         Command::Config => {
