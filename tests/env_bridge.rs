@@ -102,6 +102,45 @@ async fn fleet_run_solves_gymnasium_cartpole_through_the_bridge() {
     );
 }
 
+/// `env.remote`: both actors step their vectors on one server started
+/// beforehand (a sidecar), which the run leaves running.
+#[tokio::test]
+async fn fleet_run_trains_on_a_bridge_server_already_running() {
+    let Some(python) = python_with("fleet_envbridge") else { return };
+    let mut server = tokio::process::Command::new(&python)
+        .args(["-m", "fleet_envbridge.cli", "--listen", "127.0.0.1:0", "--log-level", "WARNING"])
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(server.stdout.take().unwrap()).lines();
+    let line = tokio::time::timeout(Duration::from_secs(120), lines.next_line())
+        .await
+        .expect("the server announced its address")
+        .unwrap()
+        .unwrap();
+    let address = line.strip_prefix("listening on ").expect("a `listening on` line").to_owned();
+    let (status, output) = fleet_run(
+        &python,
+        &[
+            "--seed",
+            "3",
+            "--set",
+            "env.name=CartPole-v1",
+            "--set",
+            &format!("env.remote={address}"),
+            "--target-return",
+            "200",
+            "--max-env-steps",
+            "1000000",
+        ],
+    )
+    .await;
+    assert!(status.success() && output.contains("target reached"), "{output}");
+    assert!(output.contains("CartPole-v1 via the env bridge"), "{output}");
+    assert!(server.try_wait().unwrap().is_none(), "the run stopped a server it did not start");
+}
+
 #[tokio::test]
 async fn a_bad_env_id_or_an_unsupported_space_stops_fleet_run_naming_it() {
     let Some(python) = python_with("fleet_envbridge") else { return };
