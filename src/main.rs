@@ -330,7 +330,12 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match runtime.block_on(run(cli)) {
+    let result = runtime.block_on(run(cli));
+    // Every role has finished its graceful work inside `run`. What may be left
+    // is the blocking stdin read of --exit-with-stdin, which returns only when
+    // the launcher goes; waiting for it would keep a failed child alive.
+    runtime.shutdown_background();
+    match result {
         Ok(code) => code,
         Err(error) => {
             eprintln!("error: {error:#}");

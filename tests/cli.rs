@@ -115,3 +115,25 @@ async fn ctrl_c_stops_every_process() {
         );
     }
 }
+
+/// A role started by a launcher (`--exit-with-stdin`, stdin left open) that
+/// fails exits with its error: it does not wait for the launcher to go.
+#[tokio::test]
+async fn a_failing_child_role_exits_while_its_launcher_lives() {
+    let mut child = Command::new(FLEET)
+        .args(["--set", "env.name=gym:CartPole-v1", "--set", r#"env.bridge_command=["false"]"#])
+        .args(["actor", "--exit-with-stdin", "--metrics-listen", "127.0.0.1:0"])
+        .args(["--replay", "127.0.0.1:9", "--learner", "127.0.0.1:9"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let _stdin = child.stdin.take();
+    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .expect("the failed actor exited within 30 s although its stdin is open")
+        .unwrap();
+    assert_eq!(status.code(), Some(2));
+}

@@ -325,19 +325,30 @@ async fn next_version(
 /// those are resent after a reconnect, so a replay restart loses nothing.
 /// Within one connection a sequence that continues its writer's previous one
 /// leaves out the steps they share (replay has them already).
+///
+/// A sequence replay can never take is dropped and counted
+/// (`SEQUENCES_REJECTED`), never resent: one replay refuses as invalid, as
+/// larger than its `max_message_bytes` or as over a table's byte budget
+/// (INVALID_ARGUMENT, OUT_OF_RANGE, RESOURCE_EXHAUSTED; acks come in order,
+/// so it is the oldest unacknowledged one). Any other end of the stream
+/// (UNAVAILABLE, a lost connection) resends everything unacknowledged.
 async fn stream_sequences(settings: ActorSettings, mut sequence_rx: mpsc::Receiver<Finished>, shutdown: CancellationToken) {
     let max_in_flight = settings.actor.max_in_flight;
     let mut pending: VecDeque<Finished> = VecDeque::with_capacity(max_in_flight);
     let sent = metrics::counter!(m::SEQUENCES_SENT);
     let acked = metrics::counter!(m::SEQUENCES_ACKED);
+    let rejected = metrics::counter!(m::SEQUENCES_REJECTED);
     loop {
         let Some(channel) = connect_or_stop(&settings.replay_address, settings.backoff, &shutdown).await else {
             return;
         };
         metrics::counter!(m::RECONNECTS, "peer" => "replay").increment(1);
-        let mut client = ReplayClient::new(channel)
-            .max_encoding_message_size(settings.max_message_bytes)
-            .max_decoding_message_size(settings.max_message_bytes);
+        // No limit on what this client encodes: a sequence too large for
+        // replay reaches it and is refused with OUT_OF_RANGE after the acks of
+        // the items before it, and dropped below. Refused here instead, it
+        // would break the stream with an anonymous INTERNAL error and be
+        // resent forever.
+        let mut client = ReplayClient::new(channel).max_decoding_message_size(settings.max_message_bytes);
         let (request_tx, request_rx) = mpsc::channel::<pb::InsertRequest>(max_in_flight);
         // Writers that have sent a sequence on this connection.
         let mut started: HashSet<u64> = HashSet::new();
@@ -383,11 +394,16 @@ async fn stream_sequences(settings: ActorSettings, mut sequence_rx: mpsc::Receiv
                         pending.pop_front();
                         acked.increment(1);
                     }
-                    Some(Err(status)) if status.code() == tonic::Code::InvalidArgument => {
+                    Some(Err(status))
+                        if matches!(
+                            status.code(),
+                            tonic::Code::InvalidArgument | tonic::Code::OutOfRange | tonic::Code::ResourceExhausted
+                        ) =>
+                    {
                         // Acks come in order, so the refused item is the oldest pending one.
                         tracing::error!(%status, "replay refused a sequence; dropping it");
                         pending.pop_front();
-                        metrics::counter!(m::SEQUENCES_REJECTED).increment(1);
+                        rejected.increment(1);
                         break;
                     }
                     Some(Err(status)) => {

@@ -235,7 +235,7 @@ class EnvRequest(_message.Message):
     def __init__(self, open: _Optional[_Union[EnvOpen, _Mapping]] = ..., reset: _Optional[_Union[EnvReset, _Mapping]] = ..., step: _Optional[_Union[EnvStep, _Mapping]] = ...) -> None: ...
 
 class EnvOpen(_message.Message):
-    __slots__ = ("env_id", "num_envs", "seed", "options")
+    __slots__ = ("env_id", "num_envs", "seed", "options", "atari")
     class OptionsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -247,11 +247,33 @@ class EnvOpen(_message.Message):
     NUM_ENVS_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
     OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    ATARI_FIELD_NUMBER: _ClassVar[int]
     env_id: str
     num_envs: int
     seed: int
     options: _containers.ScalarMap[str, str]
-    def __init__(self, env_id: _Optional[str] = ..., num_envs: _Optional[int] = ..., seed: _Optional[int] = ..., options: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    atari: AtariPreprocessing
+    def __init__(self, env_id: _Optional[str] = ..., num_envs: _Optional[int] = ..., seed: _Optional[int] = ..., options: _Optional[_Mapping[str, str]] = ..., atari: _Optional[_Union[AtariPreprocessing, _Mapping]] = ...) -> None: ...
+
+class AtariPreprocessing(_message.Message):
+    __slots__ = ("frame_skip", "screen_size", "grayscale", "frame_stack", "noop_max", "repeat_action_probability", "episodic_life", "max_episode_frames")
+    FRAME_SKIP_FIELD_NUMBER: _ClassVar[int]
+    SCREEN_SIZE_FIELD_NUMBER: _ClassVar[int]
+    GRAYSCALE_FIELD_NUMBER: _ClassVar[int]
+    FRAME_STACK_FIELD_NUMBER: _ClassVar[int]
+    NOOP_MAX_FIELD_NUMBER: _ClassVar[int]
+    REPEAT_ACTION_PROBABILITY_FIELD_NUMBER: _ClassVar[int]
+    EPISODIC_LIFE_FIELD_NUMBER: _ClassVar[int]
+    MAX_EPISODE_FRAMES_FIELD_NUMBER: _ClassVar[int]
+    frame_skip: int
+    screen_size: int
+    grayscale: bool
+    frame_stack: int
+    noop_max: int
+    repeat_action_probability: float
+    episodic_life: bool
+    max_episode_frames: int
+    def __init__(self, frame_skip: _Optional[int] = ..., screen_size: _Optional[int] = ..., grayscale: _Optional[bool] = ..., frame_stack: _Optional[int] = ..., noop_max: _Optional[int] = ..., repeat_action_probability: _Optional[float] = ..., episodic_life: _Optional[bool] = ..., max_episode_frames: _Optional[int] = ...) -> None: ...
 
 class EnvReset(_message.Message):
     __slots__ = ()

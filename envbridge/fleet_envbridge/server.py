@@ -18,7 +18,7 @@ import grpc
 from . import fleet_pb2, fleet_pb2_grpc
 from .errors import InvalidRequest
 from .vector import EnvVector
-from .wire import array_from_tensor, spec_message, timestep_message
+from .wire import array_from_tensor, atari_settings, spec_message, timestep_message
 
 log = logging.getLogger(__name__)
 
@@ -48,13 +48,15 @@ class EnvStream:
     def open(self, request: fleet_pb2.EnvOpen) -> fleet_pb2.EnvResponse:
         if self.vector is not None:
             raise InvalidRequest(f'open: this stream already serves env "{self.vector.env_id}"; open it once')
-        self.vector = EnvVector(request.env_id, request.num_envs, request.seed, dict(request.options))
+        atari = atari_settings(request.atari) if request.HasField("atari") else None
+        self.vector = EnvVector(request.env_id, request.num_envs, request.seed, dict(request.options), atari)
         log.info(
-            "opened env_id=%s num_envs=%d seed=%d backend=%s",
+            "opened env_id=%s num_envs=%d seed=%d backend=%s atari=%s",
             request.env_id,
             request.num_envs,
             request.seed,
             self.vector.backend,
+            atari,
         )
         return spec_message(self.vector.observation, self.vector.action, self.vector.num_envs, self.vector.backend)
 

@@ -3,11 +3,19 @@
 Observations travel as one tensor for the whole vector:
 
 - a Box of floats (any float dtype) as f32 of the Box's shape;
+- a Box of bools (MinAtar's grids) as f32 0/1 of the Box's shape;
 - a Box of uint8 of rank 3 as a u8 image, channels first: a Box whose last
   axis has at most 4 entries and whose first has more is taken as
   height × width × channels and transposed to channels × height × width;
 - a Box of uint8 of rank 2 (a grey image) as a u8 image of one channel;
+- a Box of uint8 of rank 4 whose last axis has at most 4 entries (a stack of
+  height × width × channels frames, as Gymnasium's `FrameStackObservation`
+  makes of RGB frames) as one u8 image whose channels are the frames'
+  channels in order, frame by frame: frames × channels, height, width;
 - a Discrete as a one-hot f32 vector, as Gymnasium's `spaces.flatten` does.
+
+Stacks of frames whose layout is known (the Atari preprocessing's) skip the
+guess about which axis holds the channels: see `frame_stack_layout`.
 
 Actions are a Discrete (fleet sends indices from 0; the space's `start` is
 added here) or a Box of floats (continuous, passed through unclipped). Every
@@ -24,7 +32,7 @@ from gymnasium import spaces
 
 from .errors import InvalidRequest
 
-OBSERVATIONS_SUPPORTED = "Box of uint8 images, Box of floats or Discrete are"
+OBSERVATIONS_SUPPORTED = "Box of uint8 images, Box of floats, Box of bools or Discrete are"
 ACTIONS_SUPPORTED = "Discrete or Box of floats are"
 
 # A uint8 image whose last axis is at most this long (and whose first axis is
@@ -44,6 +52,9 @@ class ObservationLayout:
     channels_last: bool = False
     # Grey image given height × width, sent with a channel axis of 1.
     add_channel_axis: bool = False
+    # Stack of images given frames × height × width × channels, sent as
+    # (frames × channels) × height × width.
+    stacked_channels_last: bool = False
     # Number of values of a Discrete observation sent one-hot (0: not one).
     one_hot_size: int = 0
     # The Discrete observation's first value.
@@ -61,6 +72,8 @@ class ObservationLayout:
         if self.dtype == "u8":
             if self.channels_last:
                 batch = batch.transpose(0, 3, 1, 2)
+            elif self.stacked_channels_last:
+                batch = batch.transpose(0, 1, 4, 2, 3)
             return np.ascontiguousarray(batch, dtype=np.uint8).reshape((num_envs, *self.shape))
         return np.ascontiguousarray(batch, dtype="<f4").reshape((num_envs, *self.shape))
 
@@ -125,7 +138,7 @@ def observation_layout(env_id: str, space: spaces.Space) -> ObservationLayout:
         )
     if isinstance(space, spaces.Box):
         shape = tuple(int(d) for d in space.shape)
-        if np.issubdtype(space.dtype, np.floating):
+        if np.issubdtype(space.dtype, np.floating) or space.dtype == np.bool_:
             return ObservationLayout(dtype="f32", shape=shape)
         if space.dtype == np.uint8 and len(shape) == 2:
             return ObservationLayout(dtype="u8", shape=(1, *shape), add_channel_axis=True)
@@ -134,9 +147,30 @@ def observation_layout(env_id: str, space: spaces.Space) -> ObservationLayout:
                 height, width, channels = shape
                 return ObservationLayout(dtype="u8", shape=(channels, height, width), channels_last=True)
             return ObservationLayout(dtype="u8", shape=shape)
+        if space.dtype == np.uint8 and len(shape) == 4 and shape[3] <= MAX_CHANNELS_LAST:
+            return stacked_channels_last_layout(shape)
     raise InvalidRequest(
         f'env "{env_id}": observation space {space} is not supported ({OBSERVATIONS_SUPPORTED})'
     )
+
+
+def frame_stack_layout(env_id: str, space: spaces.Space) -> ObservationLayout:
+    """How a stack of uint8 frames is sent, its layout being known rather than
+    guessed: frames × height × width (grey, or channels already first as
+    envpool stacks them) is sent as it is, frames × height × width × channels
+    as (frames × channels) × height × width."""
+    if isinstance(space, spaces.Box) and space.dtype == np.uint8:
+        shape = tuple(int(d) for d in space.shape)
+        if len(shape) == 3:
+            return ObservationLayout(dtype="u8", shape=shape)
+        if len(shape) == 4:
+            return stacked_channels_last_layout(shape)
+    raise InvalidRequest(f'env "{env_id}": observation space {space} is not a stack of uint8 frames')
+
+
+def stacked_channels_last_layout(shape: tuple[int, ...]) -> ObservationLayout:
+    frames, height, width, channels = shape
+    return ObservationLayout(dtype="u8", shape=(frames * channels, height, width), stacked_channels_last=True)
 
 
 def action_layout(env_id: str, space: spaces.Space) -> ActionLayout:

@@ -12,6 +12,10 @@ Seeding: the first `reset` seeds environment i with `seed + i` (Gymnasium's
 convention); later resets continue each environment's random stream. envpool
 fixes its seeds when it is made and takes int32 seeds, so there the seed is
 first reduced modulo 2^31 - num_envs.
+
+Gymnasium ids of namespaces that optional packages provide (ALE, MinAtar)
+are registered on first use (`registration`); ALE games may be given the
+standard Atari preprocessing on either backend (`atari`).
 """
 
 from __future__ import annotations
@@ -25,8 +29,11 @@ from typing import Any
 import gymnasium
 import numpy as np
 
+from . import atari as atari_setup
+from .atari import AtariSettings
 from .errors import InvalidRequest
-from .spaces import ActionLayout, ObservationLayout, action_layout, observation_layout
+from .registration import ensure_registered
+from .spaces import ActionLayout, ObservationLayout, action_layout, frame_stack_layout, observation_layout
 
 GYMNASIUM = "gymnasium"
 ENVPOOL = "envpool"
@@ -103,9 +110,18 @@ def parse_options(env_id: str, options: dict[str, str]) -> dict[str, Any]:
 class EnvVector:
     """N environments of one id, reset together and stepped together."""
 
-    def __init__(self, env_id: str, num_envs: int, seed: int, options: dict[str, str] | None = None):
-        """Makes the vector; `InvalidRequest` if the id cannot be made or its
-        spaces cannot be sent. Call `reset` before the first `step`."""
+    def __init__(
+        self,
+        env_id: str,
+        num_envs: int,
+        seed: int,
+        options: dict[str, str] | None = None,
+        atari: AtariSettings | None = None,
+    ):
+        """Makes the vector, with the Atari preprocessing when `atari` is
+        given; `InvalidRequest` if the id cannot be made (or is no ALE game
+        while `atari` is given) or its spaces cannot be sent. Call `reset`
+        before the first `step`."""
         if num_envs < 1:
             raise InvalidRequest(f'env "{env_id}": num_envs must be at least 1, got {num_envs}')
         self.env_id = env_id
@@ -113,6 +129,20 @@ class EnvVector:
         self.seed = seed
         self.backend, backend_id = resolve_backend(env_id)
         kwargs = parse_options(env_id, options or {})
+        if atari is not None:
+            atari.check(env_id)
+        if self.backend == GYMNASIUM:
+            ensure_registered(env_id, backend_id)
+        wrappers = None
+        if atari is not None and self.backend == ENVPOOL:
+            atari_setup.check_envpool_ale_id(env_id, backend_id, envpool_module())
+            atari_setup.refuse_reserved_options(env_id, kwargs, atari_setup.ENVPOOL_ATARI_OPTIONS)
+            kwargs.update(atari_setup.envpool_arguments(env_id, atari))
+        elif atari is not None:
+            atari_setup.check_gymnasium_ale_id(env_id, backend_id)
+            atari_setup.refuse_reserved_options(env_id, kwargs, atari_setup.GYMNASIUM_ATARI_OPTIONS)
+            wrappers, atari_kwargs = atari_setup.gymnasium_arguments(atari)
+            kwargs.update(atari_kwargs)
         try:
             if self.backend == ENVPOOL:
                 self._env = envpool_module().make(
@@ -128,6 +158,7 @@ class EnvVector:
                     num_envs=num_envs,
                     vectorization_mode="sync",
                     vector_kwargs=next_step_vector_kwargs(),
+                    wrappers=wrappers,
                     **kwargs,
                 )
         except Exception as error:
@@ -135,7 +166,10 @@ class EnvVector:
                 f'env "{env_id}" could not be made by {self.backend}: {type(error).__name__}: {error}'
             ) from error
         try:
-            self.observation: ObservationLayout = observation_layout(env_id, self._env.single_observation_space)
+            # The preprocessing's stacks have a known layout: no guessing
+            # which axis holds the channels.
+            layout = frame_stack_layout if atari is not None else observation_layout
+            self.observation: ObservationLayout = layout(env_id, self._env.single_observation_space)
             self.action: ActionLayout = action_layout(env_id, self._env.single_action_space)
         except InvalidRequest:
             self.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import fleet_pb2
+from .atari import AtariSettings
 from .errors import InvalidRequest
 from .spaces import ActionLayout, ObservationLayout
 from .vector import Timestep
@@ -37,6 +38,20 @@ def tensor_from_array(array: np.ndarray, dtype: int) -> fleet_pb2.Tensor:
     """One tensor holding the whole array (which must already be contiguous
     and of `dtype`'s little-endian element type)."""
     return fleet_pb2.Tensor(dtype=dtype, shape=array.shape, data=array.tobytes())
+
+
+def atari_settings(message: fleet_pb2.AtariPreprocessing) -> AtariSettings:
+    """The open message's Atari preprocessing."""
+    return AtariSettings(
+        frame_skip=message.frame_skip,
+        screen_size=message.screen_size,
+        grayscale=message.grayscale,
+        frame_stack=message.frame_stack,
+        noop_max=message.noop_max,
+        repeat_action_probability=message.repeat_action_probability,
+        episodic_life=message.episodic_life,
+        max_episode_frames=message.max_episode_frames,
+    )
 
 
 def spec_message(

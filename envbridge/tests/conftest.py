@@ -26,10 +26,22 @@ class EnvClient:
         self._requests.put(request)
         return next(self._responses)
 
-    def open(self, env_id: str, num_envs: int, seed: int, **options: Any) -> fleet_pb2.EnvSpecMessage:
+    def open(
+        self,
+        env_id: str,
+        num_envs: int,
+        seed: int,
+        *,
+        atari: fleet_pb2.AtariPreprocessing | None = None,
+        **options: Any,
+    ) -> fleet_pb2.EnvSpecMessage:
         request = fleet_pb2.EnvRequest(
             open=fleet_pb2.EnvOpen(
-                env_id=env_id, num_envs=num_envs, seed=seed, options={k: str(v) for k, v in options.items()}
+                env_id=env_id,
+                num_envs=num_envs,
+                seed=seed,
+                options={k: str(v) for k, v in options.items()},
+                atari=atari,
             )
         )
         return self.send(request).spec
@@ -47,6 +59,22 @@ class EnvClient:
 
     def close(self) -> None:
         self._requests.put(None)
+
+
+def standard_atari(**changes: Any) -> fleet_pb2.AtariPreprocessing:
+    """The Atari preprocessing of Machado et al. (2018), with `changes`."""
+    settings = dict(
+        frame_skip=4,
+        screen_size=84,
+        grayscale=True,
+        frame_stack=4,
+        noop_max=30,
+        repeat_action_probability=0.25,
+        episodic_life=False,
+        max_episode_frames=108_000,
+    )
+    settings.update(changes)
+    return fleet_pb2.AtariPreprocessing(**settings)
 
 
 def observations_of(timestep: fleet_pb2.EnvTimestep) -> np.ndarray:

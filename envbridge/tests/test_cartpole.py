@@ -6,6 +6,7 @@ import gymnasium
 import numpy as np
 
 from fleet_envbridge import fleet_pb2
+from fleet_envbridge.vector import resolve_backend
 
 from conftest import observations_of
 
@@ -34,7 +35,9 @@ def test_spec_describes_cartpole(client):
 def test_steps_equal_gymnasium_make_vec(client):
     """Observations, rewards and flags equal a Gymnasium vector's with the
     same seed and actions; is_first follows each terminated or truncated."""
-    client.open("gym:CartPole-v1", NUM_ENVS, SEED, max_episode_steps=MAX_EPISODE_STEPS)
+    # "gym:" ids go to envpool where it is installed and has the game.
+    env_id = "gym:CartPole-v1" if resolve_backend("gym:CartPole-v1")[0] == "gymnasium" else "CartPole-v1"
+    client.open(env_id, NUM_ENVS, SEED, max_episode_steps=MAX_EPISODE_STEPS)
     reference = gymnasium.make_vec(
         "CartPole-v1", num_envs=NUM_ENVS, vectorization_mode="sync", max_episode_steps=MAX_EPISODE_STEPS
     )

@@ -8,7 +8,7 @@ import pytest
 from gymnasium import spaces
 
 from fleet_envbridge import InvalidRequest, fleet_pb2
-from fleet_envbridge.spaces import action_layout, observation_layout
+from fleet_envbridge.spaces import action_layout, frame_stack_layout, observation_layout
 
 from conftest import PaintEnv, observations_of
 
@@ -66,6 +66,36 @@ def test_observation_layouts():
 
     cells = observation_layout("cells", spaces.Discrete(4, start=2))
     np.testing.assert_array_equal(cells.to_wire(np.array([2, 5])), [[1, 0, 0, 0], [0, 0, 0, 1]])
+
+    grid = observation_layout("grid", spaces.Box(0, 1, (10, 10, 4), np.bool_))
+    assert (grid.dtype, grid.shape) == ("f32", (10, 10, 4))
+    cells_on = np.random.default_rng(0).random((2, 10, 10, 4)) < 0.3
+    wire = grid.to_wire(cells_on)
+    assert wire.dtype == np.dtype("<f4")
+    np.testing.assert_array_equal(wire, cells_on.astype(np.float32))
+
+
+def test_stacks_of_channels_last_frames_are_sent_frame_by_frame():
+    space = spaces.Box(0, 255, (4, 6, 5, 3), np.uint8)
+    stacked = observation_layout("stack", space)
+    assert stacked.shape == (12, 6, 5)
+    assert frame_stack_layout("stack", space) == stacked
+    frames = np.arange(2 * 4 * 6 * 5 * 3).astype(np.uint8).reshape(2, 4, 6, 5, 3)
+    wire = stacked.to_wire(frames)
+    assert wire.shape == (2, 12, 6, 5)
+    for frame in range(4):
+        for channel in range(3):
+            np.testing.assert_array_equal(wire[:, frame * 3 + channel], frames[:, frame, :, :, channel])
+
+
+def test_known_frame_stacks_are_not_guessed_to_be_channels_last():
+    # Five 3 × 3 grey frames look like a 5 × 3 image of 3 channels to the guess.
+    space = spaces.Box(0, 255, (5, 3, 3), np.uint8)
+    assert observation_layout("guessed", space).shape == (3, 5, 3)
+    layout = frame_stack_layout("known", space)
+    assert (layout.shape, layout.channels_last) == ((5, 3, 3), False)
+    with pytest.raises(InvalidRequest, match=r'env "floats": .* is not a stack of uint8 frames'):
+        frame_stack_layout("floats", spaces.Box(0.0, 1.0, (4, 84, 84), np.float32))
 
 
 @pytest.mark.parametrize(

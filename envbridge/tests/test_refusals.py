@@ -4,10 +4,11 @@ a message that says why."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from fleet_envbridge import fleet_pb2
 
-from conftest import expect_refused
+from conftest import expect_refused, standard_atari
 
 
 def test_dict_observations_are_refused_naming_env_and_space(client):
@@ -69,3 +70,25 @@ def test_options_the_open_message_sets_are_refused(client):
 
 def test_zero_environments_are_refused(client):
     expect_refused(lambda: client.open("CartPole-v1", 0, 0), "num_envs must be at least 1")
+
+
+def test_atari_preprocessing_of_a_game_that_is_not_atari_is_refused(client):
+    details = expect_refused(
+        lambda: client.open("CartPole-v1", 1, 0, atari=standard_atari()), '"CartPole-v1"', "needs an ALE game"
+    )
+    assert "CartPole" in details
+
+
+@pytest.mark.parametrize(
+    "change, fragment",
+    [
+        ({"frame_stack": 0}, "atari.frame_stack must be at least 1"),
+        ({"frame_skip": 0}, "atari.frame_skip must be at least 1"),
+        ({"screen_size": 0}, "atari.screen_size must be at least 1"),
+        ({"repeat_action_probability": 1.5}, "atari.repeat_action_probability must be in [0, 1]"),
+        ({"repeat_action_probability": -0.25}, "atari.repeat_action_probability must be in [0, 1]"),
+    ],
+)
+def test_atari_settings_no_backend_can_follow_are_refused(client, change, fragment):
+    atari = standard_atari(**change)
+    expect_refused(lambda: client.open("ALE/Pong-v5", 1, 0, atari=atari), '"ALE/Pong-v5"', fragment)
