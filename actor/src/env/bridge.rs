@@ -383,8 +383,10 @@ impl BridgedEnvs {
         let target = Target::new(config, max_message_bytes);
         let backoff = Backoff::default();
         // The bridge seeds environment i with seed + i: a hashed base keeps
-        // the vectors of actors with consecutive seeds apart.
-        let seed = env_seed(seed, 0);
+        // the vectors of actors with consecutive seeds apart, and below 2^31
+        // it suits environments seeded through a legacy 32-bit RandomState
+        // (MinAtar) or int32 (envpool).
+        let seed = env_seed(seed, 0) % ((1 << 31) - num_envs as u64);
         let opened = runtime.block_on(target.open(num_envs, seed, backoff, &shutdown));
         let (server, session, spec) = match opened {
             Ok(Some(opened)) => opened,
@@ -453,7 +455,7 @@ impl BridgedEnvs {
             self.restarts += 1;
             metrics::counter!(m::ENV_BRIDGE_RESTARTS).increment(1);
             // New seeds, or a restarted vector would replay the episodes it started with.
-            let seed = self.seed.wrapping_add(self.restarts.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+            let seed = env_seed(self.seed, self.restarts as usize) % ((1 << 31) - self.num_envs as u64);
             let opened = self
                 .runtime
                 .block_on(self.target.open(self.num_envs, seed, self.backoff, &self.shutdown));
