@@ -222,7 +222,7 @@ pub struct AtariConfig {
     pub grayscale: bool,
     /// Last observations stacked along the channel axis.
     pub frame_stack: u32,
-    /// Episodes start with 1..=noop_max no-op actions, drawn uniformly.
+    /// Episodes start with 1..=noop_max no-op emulator frames, drawn uniformly.
     pub noop_max: u32,
     /// Sticky actions: every emulator frame repeats the previous action with
     /// this probability (ALE v5's default 0.25).
