@@ -180,3 +180,283 @@ async fn every_server_reports_health_and_the_learner_chunks_large_weights() {
     }
     assert_eq!(same, Some((1, bytes)));
 }
+
+/// Sends `requests` (encoded `InsertRequest`s, or any bytes) on one insert
+/// stream, byte for byte as given, and reads the answer to its end: the keys
+/// acknowledged, then how the stream ended.
+async fn insert_raw(uri: &str, requests: Vec<Vec<u8>>) -> (Vec<u64>, Result<(), tonic::Status>) {
+    /// Writes each message's bytes as they are; reads acks as bytes.
+    #[derive(Clone, Copy)]
+    struct Raw;
+    impl tonic::codec::Encoder for Raw {
+        type Item = Vec<u8>;
+        type Error = tonic::Status;
+        fn encode(&mut self, item: Vec<u8>, dst: &mut tonic::codec::EncodeBuf<'_>) -> Result<(), tonic::Status> {
+            prost::bytes::BufMut::put_slice(dst, &item);
+            Ok(())
+        }
+    }
+    impl tonic::codec::Decoder for Raw {
+        type Item = Vec<u8>;
+        type Error = tonic::Status;
+        fn decode(&mut self, src: &mut tonic::codec::DecodeBuf<'_>) -> Result<Option<Vec<u8>>, tonic::Status> {
+            let mut bytes = vec![0; prost::bytes::Buf::remaining(src)];
+            prost::bytes::Buf::copy_to_slice(src, &mut bytes);
+            Ok(Some(bytes))
+        }
+    }
+    impl tonic::codec::Codec for Raw {
+        type Encode = Vec<u8>;
+        type Decode = Vec<u8>;
+        type Encoder = Raw;
+        type Decoder = Raw;
+        fn encoder(&mut self) -> Raw {
+            Raw
+        }
+        fn decoder(&mut self) -> Raw {
+            Raw
+        }
+    }
+
+    let channel = tonic::transport::Endpoint::from_shared(uri.to_owned())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.unwrap();
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static("/fleet.v1.Replay/Insert");
+    let response = grpc.streaming(tonic::Request::new(tokio_stream::iter(requests)), path, Raw).await;
+    let mut acks = match response {
+        Ok(response) => response.into_inner(),
+        Err(status) => return (Vec::new(), Err(status)),
+    };
+    let mut keys = Vec::new();
+    loop {
+        match acks.next().await {
+            Some(Ok(bytes)) => keys.push(pb::InsertResponse::decode(&bytes[..]).unwrap().key),
+            Some(Err(status)) => return (keys, Err(status)),
+            None => return (keys, Ok(())),
+        }
+    }
+}
+
+fn insert_bytes(sequence: pb::Sequence) -> Vec<u8> {
+    pb::InsertRequest {
+        table: "queue".into(),
+        sequence: Some(sequence),
+        ..Default::default()
+    }
+    .encode_to_vec()
+}
+
+/// A request the server cannot read (over `replay.max_message_bytes`, or not
+/// a message at all) ends the insert stream with the status that says so,
+/// after the acks of the items stored before it: never a clean end that
+/// would leave the client believing the rest was stored.
+#[tokio::test]
+async fn an_unreadable_insert_request_ends_the_stream_with_its_status() {
+    let replay = start(&["replay", "--listen", "127.0.0.1:0"]).await;
+    let uri = replay.grpc_uri();
+    // About 10.5 MB, over the default 4 MiB.
+    let oversize = insert_bytes(sequence(262_500, 9.0));
+    assert!(oversize.len() > 10_000_000, "{} bytes", oversize.len());
+
+    let (keys, end) = insert_raw(&uri, vec![oversize.clone()]).await;
+    assert_eq!(keys, Vec::<u64>::new());
+    let status = end.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::OutOfRange, "{status:?}");
+    assert!(status.message().contains("too large"), "{status:?}");
+
+    let good = |seed| insert_bytes(sequence(21, seed));
+    let (keys, end) = insert_raw(&uri, vec![good(1.0), good(2.0), oversize, good(3.0)]).await;
+    assert_eq!(keys, vec![1, 2], "the items before the oversize one are stored and acknowledged");
+    let status = end.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::OutOfRange, "{status:?}");
+
+    let (keys, end) = insert_raw(&uri, vec![good(4.0), vec![0xff; 64], good(5.0)]).await;
+    assert_eq!(keys, vec![3]);
+    let status = end.unwrap_err();
+    assert_ne!(status.code(), tonic::Code::Ok);
+    assert!(status.message().contains("decode"), "{status:?}");
+
+    let mut client = ReplayClient::connect(uri).await.unwrap();
+    let info = client.info(pb::InfoRequest {}).await.unwrap().into_inner();
+    assert_eq!(
+        (info.tables[0].size, info.tables[0].inserts),
+        (3, 3),
+        "nothing after a bad request is stored"
+    );
+}
+
+/// A batch larger than the server may send is refused before any item
+/// leaves the queue: asked for 20 items of about 240 KB each (more than the
+/// default 4 MiB in one message), replay answers RESOURCE_EXHAUSTED naming
+/// the sizes and keeps all 21 items; smaller batches then get them in order.
+#[tokio::test]
+async fn an_oversize_sample_batch_leaves_the_queue_untouched() {
+    let replay = start(&["replay", "--listen", "127.0.0.1:0"]).await;
+    let mut client = ReplayClient::connect(replay.grpc_uri())
+        .await
+        .unwrap()
+        .max_decoding_message_size(64 << 20)
+        .max_encoding_message_size(64 << 20);
+    let items: Vec<pb::Sequence> = (0..21).map(|i| sequence(6000, i as f32)).collect();
+    assert!(items[0].encoded_len() > 200_000);
+    for chunk in items.chunks(7) {
+        insert(&mut client, chunk.to_vec()).await.unwrap();
+    }
+    let request = |batch_size| pb::SampleRequest {
+        table: "queue".into(),
+        batch_size,
+        num_batches: 1,
+        timeout_ms: 2000,
+        beta: 0.0,
+        in_flight: 1,
+    };
+    let status = client
+        .sample(request(20))
+        .await
+        .unwrap()
+        .into_inner()
+        .next()
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+    assert!(status.message().contains("max_message_bytes"), "{status:?}");
+    let info = client.info(pb::InfoRequest {}).await.unwrap().into_inner();
+    assert_eq!(
+        (info.tables[0].size, info.tables[0].samples),
+        (21, 0),
+        "nothing taken, nothing counted"
+    );
+
+    let mut sampled = Vec::new();
+    while sampled.len() < 21 {
+        let batch = client.sample(request(7)).await.unwrap().into_inner().next().await.unwrap().unwrap();
+        sampled.extend(batch.items.into_iter().map(|i| i.sequence.unwrap()));
+    }
+    assert_eq!(sampled, items, "every item is delivered, oldest first");
+}
+
+/// The replay role's `/metrics` is valid Prometheus exposition: every
+/// `fleet_replay_*` metric has help text, `_total` names are counters and
+/// only counters, and `promtool check metrics` accepts the whole scrape
+/// (when promtool is installed; `FLEET_REQUIRE_PROMETHEUS=1` demands it).
+#[tokio::test]
+async fn replay_metrics_pass_promtool() {
+    let replay = start(&["replay", "--listen", "127.0.0.1:0"]).await;
+    let mut client = ReplayClient::connect(replay.grpc_uri()).await.unwrap();
+    insert(&mut client, vec![sequence(21, 1.0), sequence(21, 2.0)]).await.unwrap();
+    let request = pb::SampleRequest {
+        table: "queue".into(),
+        batch_size: 1,
+        num_batches: 1,
+        timeout_ms: 2000,
+        beta: 0.0,
+        in_flight: 1,
+    };
+    client.sample(request).await.unwrap().into_inner().next().await.unwrap().unwrap();
+    let body = scrape(&replay.metrics).await.unwrap();
+
+    let mut types = std::collections::HashMap::new();
+    let mut helped = std::collections::HashSet::new();
+    for line in body.lines() {
+        let mut words = line.split_whitespace();
+        match (words.next(), words.next(), words.next(), words.next()) {
+            (Some("#"), Some("TYPE"), Some(name), Some(kind)) => {
+                types.insert(name.to_owned(), kind.to_owned());
+            }
+            (Some("#"), Some("HELP"), Some(name), Some(_)) => {
+                helped.insert(name.to_owned());
+            }
+            _ => {}
+        }
+    }
+    let replay_metrics: Vec<&String> = types.keys().filter(|n| n.starts_with("fleet_replay_")).collect();
+    for name in [
+        fleet_replay::metrics::ITEMS,
+        fleet_replay::metrics::INSERTS_TOTAL,
+        fleet_replay::metrics::INSERT_BLOCKED_SECONDS_TOTAL,
+        fleet_replay::metrics::SAMPLE_WAIT_SECONDS_TOTAL,
+    ] {
+        assert!(types.contains_key(name), "{name} missing from\n{body}");
+    }
+    for name in replay_metrics {
+        assert!(helped.contains(name), "{name} has no help text:\n{body}");
+        let kind = &types[name];
+        assert_eq!(name.ends_with("_total"), kind == "counter", "{name} is a {kind}");
+    }
+
+    let promtool = std::process::Command::new("promtool").arg("--version").output();
+    if !promtool.is_ok_and(|o| o.status.success()) {
+        let reason = "promtool is not installed (Debian package `prometheus`)";
+        if std::env::var("FLEET_REQUIRE_PROMETHEUS").is_ok_and(|v| v == "1") {
+            panic!("{reason}, and FLEET_REQUIRE_PROMETHEUS=1 requires this test to run");
+        }
+        eprintln!("skipped promtool check metrics: {reason} (set FLEET_REQUIRE_PROMETHEUS=1 to make this a failure)");
+        return;
+    }
+    let mut check = tokio::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = check.stdin.take().unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut stdin, body.as_bytes()).await.unwrap();
+    drop(stdin);
+    let output = check.wait_with_output().await.unwrap();
+    assert!(
+        output.status.success(),
+        "promtool check metrics: {}\n{}{}\n{body}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// An actor whose sequences are all larger than replay's
+/// `max_message_bytes` drops each one, counted as rejected, instead of
+/// resending the same sequence forever; replay stores none of them.
+#[tokio::test]
+async fn an_actor_drops_sequences_replay_cannot_read() {
+    use fleet_actor::metrics as actor_metrics;
+    let replay = start(&["replay", "--listen", "127.0.0.1:0", "--set", "replay.max_message_bytes=1024"]).await;
+    let learner = start(&["learner", "--listen", "127.0.0.1:0", "--replay", &replay.grpc]).await;
+    // About 40 bytes a step: 101 steps is about 4 KB a sequence.
+    let actor = start(&[
+        "actor",
+        "--replay",
+        &replay.grpc,
+        "--learner",
+        &learner.grpc,
+        "--set",
+        "actor.unroll_length=100",
+        "--set",
+        "actor.num_envs=2",
+    ])
+    .await;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+    let (sent, rejected) = loop {
+        let text = scrape(&actor.metrics).await.unwrap();
+        let sent = metric(&text, actor_metrics::SEQUENCES_SENT).unwrap_or(0.0);
+        let rejected = metric(&text, actor_metrics::SEQUENCES_REJECTED).unwrap_or(0.0);
+        if rejected >= 6.0 {
+            break (sent, rejected);
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the actor rejected {rejected} of {sent} sequences sent:\n{text}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    // Resending the same refused sequence would leave `rejected` at 0; the
+    // ones behind it in the window are resent, which `sent` counts again.
+    assert!(sent >= rejected, "sent {sent}, rejected {rejected}");
+    let mut client = ReplayClient::connect(replay.grpc_uri()).await.unwrap();
+    let info = client.info(pb::InfoRequest {}).await.unwrap().into_inner();
+    assert_eq!(info.tables[0].inserts, 0);
+}

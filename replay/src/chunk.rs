@@ -110,9 +110,10 @@ impl ChunkStore {
     /// Stores the steps of `sequence` (per-step fields only) as a new chunk.
     fn store(self: &Arc<Self>, sequence: pb::Sequence, signature: Signature, compression: Compression) -> Result<Arc<Chunk>, Error> {
         let steps = sequence.num_steps();
+        let layout = StepLayout::of(&sequence);
         let body = Body::encode(sequence, compression)?;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        Ok(self.adopt(id, steps, body, signature))
+        Ok(self.adopt(id, steps, body, layout, signature))
     }
 
     /// A chunk read back from a checkpoint: decoded, decompressed and
@@ -135,10 +136,11 @@ impl ChunkStore {
             )));
         }
         self.next_id.fetch_max(record.id + 1, Ordering::Relaxed);
-        Ok(self.adopt(record.id, sequence.num_steps(), body, signature))
+        let layout = StepLayout::of(&sequence);
+        Ok(self.adopt(record.id, sequence.num_steps(), body, layout, signature))
     }
 
-    fn adopt(self: &Arc<Self>, id: u64, steps: usize, body: Body, signature: Signature) -> Arc<Chunk> {
+    fn adopt(self: &Arc<Self>, id: u64, steps: usize, body: Body, layout: StepLayout, signature: Signature) -> Arc<Chunk> {
         let bytes = body.stored_bytes();
         let chunks = self.chunks.fetch_add(1, Ordering::Relaxed) + 1;
         let total = self.bytes.fetch_add(bytes, Ordering::Relaxed) + bytes;
@@ -150,6 +152,7 @@ impl ChunkStore {
             bytes,
             signature,
             body,
+            layout,
             store: Arc::clone(self),
         })
     }
@@ -164,6 +167,8 @@ pub struct Chunk {
     /// Of the steps alone (no initial state).
     signature: Signature,
     body: Body,
+    /// What the encoded size of a run of these steps depends on.
+    layout: StepLayout,
     store: Arc<ChunkStore>,
 }
 
@@ -297,6 +302,91 @@ fn zstd_decompress(data: &[u8]) -> std::io::Result<Vec<u8>> {
     })
 }
 
+/// What the encoded length of any run of a chunk's steps depends on: the
+/// layout of each time-major tensor and the varint length of each step's
+/// `behaviour_versions` entry (every other per-step field has a fixed size).
+/// With it an item knows the size of its message without assembling it.
+#[derive(Debug, PartialEq)]
+struct StepLayout {
+    /// `observations`, `actions` and `behaviour_logits`, in that order.
+    tensors: [Option<TensorLayout>; 3],
+    version_lens: Box<[u8]>,
+}
+
+#[derive(Debug, PartialEq)]
+struct TensorLayout {
+    dtype: i32,
+    /// The shape after the time dimension.
+    inner_shape: Vec<u64>,
+    step_bytes: usize,
+}
+
+/// Field tags of `fleet.v1.Sequence` that [`StepLayout`] sizes.
+const TENSOR_TAGS: [u32; 3] = [1, 2, 7];
+const REWARDS_TAG: u32 = 3;
+const FLAG_TAGS: [u32; 3] = [4, 5, 6];
+const VERSIONS_TAG: u32 = 8;
+
+impl StepLayout {
+    fn of(sequence: &pb::Sequence) -> Self {
+        let tensor = |t: &Option<pb::Tensor>| {
+            t.as_ref().map(|t| {
+                let steps = t.shape.first().copied().unwrap_or(0) as usize;
+                TensorLayout {
+                    dtype: t.dtype,
+                    inner_shape: t.shape.iter().skip(1).copied().collect(),
+                    step_bytes: t.data.len().checked_div(steps).unwrap_or(0),
+                }
+            })
+        };
+        Self {
+            tensors: [
+                tensor(&sequence.observations),
+                tensor(&sequence.actions),
+                tensor(&sequence.behaviour_logits),
+            ],
+            version_lens: sequence
+                .behaviour_versions
+                .iter()
+                .map(|&v| prost::encoding::encoded_len_varint(v) as u8)
+                .collect(),
+        }
+    }
+}
+
+/// Encoded length of a length-delimited field `tag` whose payload is `len`
+/// bytes long (omitted, as prost omits it, when `len` is 0 and `omit_empty`).
+fn delimited_len(tag: u32, len: usize, omit_empty: bool) -> usize {
+    if len == 0 && omit_empty {
+        return 0;
+    }
+    prost::encoding::key_len(tag) + prost::encoding::encoded_len_varint(len as u64) + len
+}
+
+/// Encoded length of the per-step fields of `steps` steps laid out as
+/// `layout`, whose `behaviour_versions` varints take `version_bytes`.
+fn steps_message_len(layout: &StepLayout, steps: usize, version_bytes: usize) -> usize {
+    let mut len = 0;
+    for (tensor, tag) in layout.tensors.iter().zip(TENSOR_TAGS) {
+        let Some(tensor) = tensor else { continue };
+        let mut shape = Vec::with_capacity(tensor.inner_shape.len() + 1);
+        shape.push(steps as u64);
+        shape.extend_from_slice(&tensor.inner_shape);
+        let header = pb::Tensor {
+            dtype: tensor.dtype,
+            shape,
+            data: Bytes::new(),
+        };
+        let body = header.encoded_len() + delimited_len(3, steps * tensor.step_bytes, true);
+        len += delimited_len(tag, body, false);
+    }
+    len += delimited_len(REWARDS_TAG, 4 * steps, true);
+    for tag in FLAG_TAGS {
+        len += delimited_len(tag, steps, true);
+    }
+    len + delimited_len(VERSIONS_TAG, version_bytes, true)
+}
+
 /// Steps `range` of one chunk.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Segment {
@@ -314,17 +404,40 @@ pub struct ItemSteps {
     /// Of the whole item, initial state included.
     signature: Signature,
     len: usize,
+    /// Encoded length of [`ItemSteps::to_sequence`]'s message.
+    message_len: usize,
 }
 
 impl ItemSteps {
     fn new(segments: Vec<Segment>, initial_state: Option<pb::Tensor>, actor_id: u64, signature: Signature) -> Self {
         let len = segments.iter().map(|s| s.range.len()).sum();
+        let version_bytes: usize = segments
+            .iter()
+            .map(|s| {
+                s.chunk
+                    .layout
+                    .version_lens
+                    .get(s.range.clone())
+                    .map_or(0, |lens| lens.iter().map(|&l| usize::from(l)).sum())
+            })
+            .sum();
+        let per_item = pb::Sequence {
+            initial_state: initial_state.clone(),
+            actor_id,
+            ..Default::default()
+        };
+        // Disjoint fields: the encoded lengths add up.
+        let message_len = segments
+            .first()
+            .map_or(0, |first| steps_message_len(&first.chunk.layout, len, version_bytes))
+            + per_item.encoded_len();
         Self {
             segments,
             initial_state,
             actor_id,
             signature,
             len,
+            message_len,
         }
     }
 
@@ -390,6 +503,12 @@ impl ItemSteps {
 
     pub fn actor_id(&self) -> u64 {
         self.actor_id
+    }
+
+    /// Encoded length of the item's message ([`ItemSteps::to_sequence`]),
+    /// known without assembling it.
+    pub fn message_len(&self) -> usize {
+        self.message_len
     }
 
     /// Bytes that belong to this item alone (its initial state); its steps
@@ -517,6 +636,33 @@ mod tests {
         }
     }
 
+    /// An item knows its message's size without assembling it: plain or
+    /// compressed, whole or continued across chunks, with or without a
+    /// stored state, with small and large version numbers.
+    #[test]
+    fn message_len_is_the_encoded_length_of_the_assembled_item() {
+        let mut stream = cartpole_sequence(60, 3);
+        for (t, version) in stream.behaviour_versions.iter_mut().enumerate() {
+            *version = [0, 1, 127, 128, 300, 1 << 20, u64::MAX][t % 7];
+        }
+        for codec in [Codec::None, Codec::Zstd, Codec::Lz4] {
+            let compression = Compression { codec, level: 1 };
+            let store = ChunkStore::new();
+            let first = store.item(steps(&stream, 0..20), compression).unwrap();
+            let second = store.continued_item(&first, 15, steps(&stream, 20..30), compression).unwrap();
+            let third = store.continued_item(&second, 24, steps(&stream, 30..60), compression).unwrap();
+            let mut tiny = steps(&stream, 0..2);
+            tiny.actor_id = 0;
+            tiny.initial_state = Some(pb::Tensor::from_f32(&[2, 3], &[0.25; 6]));
+            let tiny = store.item(tiny, compression).unwrap();
+            for item in [&first, &second, &third, &tiny] {
+                assert_eq!(item.message_len(), item.to_sequence().unwrap().encoded_len(), "{codec:?}");
+            }
+            let restored = ChunkStore::new().restore(third.segments()[0].chunk.record()).unwrap();
+            assert_eq!(restored.layout, third.segments()[0].chunk.layout);
+        }
+    }
+
     #[test]
     fn overlap_must_fit_and_match_the_previous_item() {
         let store = ChunkStore::new();
@@ -636,6 +782,7 @@ mod tests {
                     let mut table_bytes: HashMap<u64, u64> = HashMap::new();
                     for item in &snapshot.items {
                         prop_assert_eq!(&item.steps.to_sequence().unwrap(), &expected[&item.meta.key]);
+                        prop_assert_eq!(item.steps.message_len(), expected[&item.meta.key].encoded_len());
                         for segment in item.steps.segments() {
                             referenced.insert(segment.chunk.id());
                             table_bytes.insert(segment.chunk.id(), segment.chunk.bytes());

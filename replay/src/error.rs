@@ -21,6 +21,11 @@ pub enum Error {
     },
     #[error("invalid insert: {0}")]
     InvalidInsert(String),
+    /// A request of a stream that could not be read: larger than
+    /// `replay.max_message_bytes`, not a valid message, or a broken
+    /// connection. Keeps the status tonic reported (and its code).
+    #[error("could not read the next request of the stream: {}", .0.message())]
+    Request(tonic::Status),
     #[error("an insert stream may continue items for at most {0} writers")]
     TooManyWriters(usize),
     #[error("invalid sample request: {0}")]
@@ -36,6 +41,17 @@ pub enum Error {
     },
     #[error("sequence of {bytes} bytes exceeds table {table:?}'s whole byte budget max_bytes = {max_bytes}")]
     TooLarge { table: String, bytes: u64, max_bytes: u64 },
+    #[error(
+        "a batch of {items} items from table {table:?} would be a message of {bytes} bytes, more than the \
+         {max_bytes} bytes replay.max_message_bytes allows; the items stay in the table (ask for smaller \
+         batches or raise max_message_bytes)"
+    )]
+    BatchTooLarge {
+        table: String,
+        items: usize,
+        bytes: usize,
+        max_bytes: usize,
+    },
     #[error("timed out after {waited:?} waiting for room in full table {table:?}")]
     InsertTimeout { table: String, waited: Duration },
     #[error("replay checkpoint: {0}")]
@@ -65,10 +81,11 @@ impl From<Error> for tonic::Status {
             | Error::InvalidInsert(_)
             | Error::InvalidSampleRequest(_)
             | Error::InvalidPriority { .. } => Code::InvalidArgument,
-            Error::TooLarge { .. } | Error::TooManyWriters(_) => Code::ResourceExhausted,
+            Error::TooLarge { .. } | Error::TooManyWriters(_) | Error::BatchTooLarge { .. } => Code::ResourceExhausted,
             Error::SampleTimeout { .. } | Error::InsertTimeout { .. } => Code::DeadlineExceeded,
             Error::Checkpoint(_) | Error::CheckpointFiles(_) | Error::Compression(_) => Code::Internal,
             Error::CheckpointsDisabled => Code::FailedPrecondition,
+            Error::Request(status) => status.code(),
             Error::Shutdown => Code::Unavailable,
             Error::Transport(_) => Code::Internal,
         };
@@ -99,6 +116,9 @@ mod tests {
         };
         assert_eq!(status(timeout), Code::DeadlineExceeded);
         assert_eq!(status(Error::Shutdown), Code::Unavailable);
+        let unread = tonic::Status::from(Error::Request(tonic::Status::out_of_range("message length too large")));
+        assert_eq!(unread.code(), Code::OutOfRange);
+        assert!(unread.message().contains("message length too large"), "{unread:?}");
         let too_large = Error::TooLarge {
             table: "q".into(),
             bytes: 10,

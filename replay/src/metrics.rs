@@ -3,9 +3,15 @@
 //! do not look metrics up by name. Recording only; installing an exporter is
 //! the binary's job.
 //!
-//! The two `_seconds_total` metrics are recorded as gauges that only ever
-//! increase: the `metrics` crate's counters count whole numbers, and waits are
-//! mostly fractions of a second. `rate()` works on them as on any counter.
+//! The two `_seconds_total` metrics are counters, as Prometheus expects of a
+//! `_total` name. The `metrics` crate's counters count whole numbers and
+//! waits are mostly fractions of a second, so [`SecondsCounter`] adds every
+//! wait exactly (in nanoseconds) and the counter shows the whole seconds
+//! waited so far: `rate()` over a window of minutes is accurate to a second
+//! per window.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use metrics::{Counter, Gauge, Histogram, Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
 
@@ -112,15 +118,15 @@ pub fn describe() {
         Unit::Count,
         "Items sampled from the replay table (each item of each batch)."
     );
-    describe_gauge!(
+    describe_counter!(
         INSERT_BLOCKED_SECONDS_TOTAL,
         Unit::Seconds,
-        "Seconds inserts waited for room in a full table (monotonic)."
+        "Seconds inserts waited for room in a full table (whole seconds)."
     );
-    describe_gauge!(
+    describe_counter!(
         SAMPLE_WAIT_SECONDS_TOTAL,
         Unit::Seconds,
-        "Seconds sample requests waited for enough items (monotonic)."
+        "Seconds sample requests waited for enough items (whole seconds)."
     );
     describe_counter!(
         MISSING_PRIORITY_UPDATES_TOTAL,
@@ -148,8 +154,8 @@ pub(crate) struct TableMetrics {
     pub(crate) max_bytes: Gauge,
     pub(crate) inserts: Counter,
     pub(crate) samples: Counter,
-    pub(crate) insert_blocked_seconds: Gauge,
-    pub(crate) sample_wait_seconds: Gauge,
+    pub(crate) insert_blocked_seconds: SecondsCounter,
+    pub(crate) sample_wait_seconds: SecondsCounter,
     pub(crate) missing_priority_updates: Counter,
     pub(crate) priority_updates: Counter,
     pub(crate) evictions: Counter,
@@ -165,12 +171,66 @@ impl TableMetrics {
             max_bytes: gauge!(MAX_BYTES, "table" => table.to_owned()),
             inserts: counter!(INSERTS_TOTAL, "table" => table.to_owned()),
             samples: counter!(SAMPLES_TOTAL, "table" => table.to_owned()),
-            insert_blocked_seconds: gauge!(INSERT_BLOCKED_SECONDS_TOTAL, "table" => table.to_owned()),
-            sample_wait_seconds: gauge!(SAMPLE_WAIT_SECONDS_TOTAL, "table" => table.to_owned()),
+            insert_blocked_seconds: SecondsCounter::new(counter!(INSERT_BLOCKED_SECONDS_TOTAL, "table" => table.to_owned())),
+            sample_wait_seconds: SecondsCounter::new(counter!(SAMPLE_WAIT_SECONDS_TOTAL, "table" => table.to_owned())),
             missing_priority_updates: counter!(MISSING_PRIORITY_UPDATES_TOTAL, "table" => table.to_owned()),
             priority_updates: counter!(PRIORITY_UPDATES_TOTAL, "table" => table.to_owned()),
             evictions: counter!(EVICTIONS_TOTAL, "table" => table.to_owned()),
             sample_latency: histogram!(SAMPLE_LATENCY, "table" => table.to_owned()),
         }
+    }
+}
+
+/// A counter of seconds that adds durations exactly and shows whole seconds:
+/// the counter moves by the whole seconds each addition completes, so
+/// concurrent additions never lose or double-count a second.
+#[derive(Debug)]
+pub(crate) struct SecondsCounter {
+    counter: Counter,
+    nanos: AtomicU64,
+}
+
+impl SecondsCounter {
+    pub(crate) fn new(counter: Counter) -> Self {
+        Self {
+            counter,
+            nanos: AtomicU64::new(0),
+        }
+    }
+
+    pub(crate) fn add(&self, waited: Duration) {
+        const NANOS_PER_SECOND: u64 = 1_000_000_000;
+        let nanos = u64::try_from(waited.as_nanos()).unwrap_or(u64::MAX);
+        let before = self.nanos.fetch_add(nanos, Ordering::Relaxed);
+        let after = before.saturating_add(nanos);
+        let whole = after / NANOS_PER_SECOND - before / NANOS_PER_SECOND;
+        if whole > 0 {
+            self.counter.increment(whole);
+        }
+    }
+
+    /// Everything added so far.
+    #[cfg(test)]
+    pub(crate) fn total(&self) -> Duration {
+        Duration::from_nanos(self.nanos.load(Ordering::Relaxed))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Fractions add up to whole seconds on the counter, none lost.
+    #[test]
+    fn seconds_counter_adds_fractions_exactly() {
+        let shown = std::sync::Arc::new(AtomicU64::new(0));
+        let seconds = SecondsCounter::new(Counter::from_arc(std::sync::Arc::clone(&shown)));
+        for _ in 0..25 {
+            seconds.add(Duration::from_millis(100));
+        }
+        assert_eq!(seconds.total(), Duration::from_millis(2500));
+        assert_eq!(shown.load(Ordering::Relaxed), 2);
+        seconds.add(Duration::from_millis(600));
+        assert_eq!(shown.load(Ordering::Relaxed), 3);
     }
 }

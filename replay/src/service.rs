@@ -201,11 +201,12 @@ impl ReplayService {
                 message = requests.message() => match message {
                     Ok(Some(request)) => request,
                     Ok(None) => return Ok(()),
-                    Err(status) => {
-                        // The client broke the stream; there is nobody to tell.
-                        debug!(code = ?status.code(), message = status.message(), "insert stream broken by client");
-                        return Ok(());
-                    }
+                    // A request too large for max_message_bytes, one that is
+                    // not a valid message, or a broken connection: the stream
+                    // ends with that status after the acks of every item stored
+                    // before it, so the client knows which items were stored.
+                    // A client that has gone simply does not hear it.
+                    Err(status) => return Err(Error::Request(status)),
                 },
                 () = acks.closed() => return Ok(()),
                 () = self.inner.shutdown.cancelled() => return Err(Error::Shutdown),
@@ -270,10 +271,14 @@ impl ReplayService {
 
     /// Produces the batches of one sample stream until `num_batches` are
     /// sent (0: until the client hangs up), a batch times out, or shutdown.
+    /// A batch whose message would exceed `max_message_bytes` (which the
+    /// server's encoder would refuse after the items had left the table) is
+    /// not taken: the stream ends with RESOURCE_EXHAUSTED naming the sizes.
     async fn run_sample_stream(
         table: Arc<Table>,
         request: pb::SampleRequest,
         timeout: Duration,
+        max_message_bytes: usize,
         shutdown: CancellationToken,
         batches: mpsc::Sender<Result<SampleResponse, Status>>,
     ) {
@@ -294,7 +299,7 @@ impl ReplayService {
                 }
             };
             let result = tokio::select! {
-                result = table.sample(batch_size, request.beta, timeout) => result,
+                result = table.sample_within(batch_size, request.beta, timeout, max_message_bytes) => result,
                 () = batches.closed() => return,
             };
             match result {
@@ -350,7 +355,18 @@ impl Replay for ReplayService {
                 match service.run_insert_stream(&mut requests, &acks).await {
                     Ok(()) => debug!("insert stream closed"),
                     Err(error) => {
-                        warn!(%error, "insert stream rejected");
+                        match &error {
+                            // The client went away mid-stream; nobody to tell.
+                            Error::Request(status)
+                                if matches!(
+                                    status.code(),
+                                    tonic::Code::Cancelled | tonic::Code::Unknown | tonic::Code::Unavailable
+                                ) =>
+                            {
+                                debug!(%error, "insert stream broken by the client");
+                            }
+                            _ => warn!(%error, "insert stream rejected"),
+                        }
                         // A failed send means the client has gone already.
                         let _ = acks.send(Err(error.into())).await;
                     }
@@ -386,7 +402,8 @@ impl Replay for ReplayService {
         }
         let (batches, rx) = mpsc::channel(request.in_flight.max(1) as usize);
         let shutdown = self.inner.shutdown.clone();
-        tokio::spawn(Self::run_sample_stream(table, request, timeout, shutdown, batches).instrument(span));
+        let limit = self.inner.max_message_bytes;
+        tokio::spawn(Self::run_sample_stream(table, request, timeout, limit, shutdown, batches).instrument(span));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 
@@ -459,6 +476,9 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
+    // Help text and units for every replay metric, so that /metrics is
+    // complete (harmless without a recorder, and when called again).
+    crate::metrics::describe();
     let token = CancellationToken::new();
     // Whatever ends this function (error, or the caller dropping it) releases
     // every waiter.

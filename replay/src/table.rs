@@ -24,7 +24,6 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use fleet_proto::pb;
-use metrics::Gauge;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -33,7 +32,7 @@ use crate::checkpoint::{ItemHeader, StoredItem, TableHeader, TableSnapshot};
 use crate::chunk::{ChunkStore, ItemSteps};
 use crate::config::{Codec, SamplerKind, TableConfig};
 use crate::error::Error;
-use crate::metrics::TableMetrics;
+use crate::metrics::{SecondsCounter, TableMetrics};
 use crate::rate_limiter::{Counts, RateLimiter};
 use crate::sampler::sampler_for;
 pub use crate::sampler::{Choice, OrderedSampler, PrioritizedSampler, Sampler, UniformSampler};
@@ -77,6 +76,38 @@ impl SampledItem {
     pub fn sequence(&self) -> Result<pb::Sequence, Error> {
         self.steps.to_sequence()
     }
+
+    /// Encoded length of this item's `pb::SampledItem`, sequence included,
+    /// known without assembling the sequence.
+    pub fn message_len(&self) -> usize {
+        let scalars = pb::SampledItem {
+            sequence: None,
+            key: self.key,
+            priority: self.priority,
+            probability: self.probability,
+            times_sampled: self.times_sampled,
+            table_size: self.table_size,
+            weight: self.weight,
+        };
+        prost::Message::encoded_len(&scalars) + delimited_len(SAMPLED_ITEM_SEQUENCE_TAG, self.steps.message_len())
+    }
+}
+
+/// Field tags of `pb::SampledItem.sequence` and `pb::SampleResponse.items`.
+const SAMPLED_ITEM_SEQUENCE_TAG: u32 = 7;
+const SAMPLE_RESPONSE_ITEMS_TAG: u32 = 1;
+
+/// Encoded length of a length-delimited field `tag` of `len` bytes.
+fn delimited_len(tag: u32, len: usize) -> usize {
+    prost::encoding::key_len(tag) + prost::encoding::encoded_len_varint(len as u64) + len
+}
+
+/// Encoded length of the `pb::SampleResponse` that carries `batch`.
+pub fn response_len(batch: &[SampledItem]) -> usize {
+    batch
+        .iter()
+        .map(|item| delimited_len(SAMPLE_RESPONSE_ITEMS_TAG, item.message_len()))
+        .sum()
 }
 
 /// A snapshot of a table for `Info`.
@@ -410,6 +441,16 @@ impl Table {
     /// at once, so later draws of the batch cannot return it. `beta` is the
     /// importance-sampling exponent (ignored by unbiased samplers).
     pub async fn sample(&self, n: usize, beta: f64, timeout: Duration) -> Result<Vec<SampledItem>, Error> {
+        self.sample_within(n, beta, timeout, usize::MAX).await
+    }
+
+    /// [`Table::sample`] for a batch that must fit in one message of
+    /// `max_message_bytes`: a batch whose `pb::SampleResponse` would be
+    /// larger is put back under the same lock it was drawn under (no item
+    /// leaves, no sample is counted) and the call fails with
+    /// [`Error::BatchTooLarge`]. Whether it fits is known from the items'
+    /// sizes, without assembling them.
+    pub async fn sample_within(&self, n: usize, beta: f64, timeout: Duration, max_message_bytes: usize) -> Result<Vec<SampledItem>, Error> {
         self.check_sample_request(n, beta)?;
         let requested = Instant::now();
         let max_times_sampled = self.config.max_times_sampled;
@@ -429,6 +470,16 @@ impl Table {
                         return Ok(None);
                     }
                     let drawn = draw(state, n, beta, max_times_sampled);
+                    let bytes = response_len(&drawn);
+                    if bytes > max_message_bytes {
+                        undraw(state, &drawn, max_times_sampled);
+                        return Err(Error::BatchTooLarge {
+                            table: self.config.name.clone(),
+                            items: n,
+                            bytes,
+                            max_bytes: max_message_bytes,
+                        });
+                    }
                     self.publish_size(state);
                     Ok(Some(drawn))
                 },
@@ -649,7 +700,7 @@ impl Table {
         &self,
         notify: &Notify,
         timeout: Option<Duration>,
-        waited_metric: &Gauge,
+        waited_metric: &SecondsCounter,
         on_timeout: impl FnOnce(Duration) -> Error,
         mut attempt: impl FnMut(&mut State) -> Result<Option<T>, Error>,
     ) -> Result<T, Error> {
@@ -745,6 +796,32 @@ fn draw(state: &mut State, n: usize, beta: f64, max_times_sampled: u32) -> Vec<S
     batch
 }
 
+/// Undoes [`draw`] of `batch` under the same lock: every draw is taken back
+/// (last first), items that it sampled out return under their keys with
+/// their priorities, and the samples are not counted. The samplers then
+/// index exactly the items and priorities they did before the draw.
+fn undraw(state: &mut State, batch: &[SampledItem], max_times_sampled: u32) {
+    for drawn in batch.iter().rev() {
+        match state.items.get_mut(&drawn.key) {
+            Some(item) => {
+                item.times_sampled -= 1;
+                if max_times_sampled > 0 {
+                    state.draws_left += 1;
+                }
+            }
+            None => {
+                let item = Item {
+                    steps: Arc::clone(&drawn.steps),
+                    priority: drawn.priority,
+                    times_sampled: drawn.times_sampled - 1,
+                };
+                state.add(drawn.key, item, max_times_sampled);
+            }
+        }
+    }
+    state.samples -= batch.len() as u64;
+}
+
 /// `w_i = (N_i·P(i))^-β / max_j w_j` (PER), with `N_i` the table size at draw `i`.
 ///
 /// Computed as `(N_i·P(i) / min_j N_j·P(j))^-β`, the same value, which stays
@@ -765,7 +842,7 @@ fn set_importance_weights(batch: &mut [SampledItem], beta: f64) {
 /// so waits that end by cancellation are counted too.
 struct WaitTimer<'a> {
     started: Option<Instant>,
-    metric: &'a Gauge,
+    metric: &'a SecondsCounter,
 }
 
 impl WaitTimer<'_> {
@@ -777,7 +854,7 @@ impl WaitTimer<'_> {
 impl Drop for WaitTimer<'_> {
     fn drop(&mut self) {
         if let Some(started) = self.started {
-            self.metric.increment(started.elapsed().as_secs_f64());
+            self.metric.add(started.elapsed());
         }
     }
 }
@@ -1205,6 +1282,86 @@ mod tests {
             ..TableConfig::default()
         };
         Arc::new(Table::with_seed(config, CancellationToken::new(), 42))
+    }
+
+    /// What a refused batch must leave exactly as it was.
+    fn items_and_counters(table: &Table) -> (Vec<(u64, f64, u32)>, TableStats) {
+        let snapshot = table.snapshot();
+        let items = snapshot
+            .items
+            .iter()
+            .map(|i| (i.meta.key, i.meta.priority, i.meta.times_sampled))
+            .collect();
+        (items, table.stats())
+    }
+
+    /// A batch too large for one message is put back whole, whatever the
+    /// sampler and `max_times_sampled`: no item leaves, no draw is counted,
+    /// and the table serves the same items afterwards. The size it is judged
+    /// by is the encoded size of the response that would carry it.
+    #[tokio::test]
+    async fn a_batch_too_large_for_a_message_takes_nothing() {
+        for sampler in SamplerKind::ALL {
+            for max_times_sampled in [1, 2] {
+                let table = sampled_table(sampler, 8, max_times_sampled, 1.0);
+                fill_with_priorities(&table, &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]).await;
+                // Some items drawn before, so times_sampled is not all 0.
+                table.sample(1, 0.5, LONG).await.unwrap();
+                let before = items_and_counters(&table);
+                let err = table.sample_within(4, 0.5, LONG, 600).await.unwrap_err();
+                let Error::BatchTooLarge {
+                    items, bytes, max_bytes, ..
+                } = &err
+                else {
+                    panic!("{sampler:?}: {err}");
+                };
+                assert_eq!((*items, *max_bytes), (4, 600));
+                assert!(*bytes > 600, "{err}");
+                assert_eq!(tonic::Status::from(err).code(), tonic::Code::ResourceExhausted);
+                assert_eq!(
+                    items_and_counters(&table),
+                    before,
+                    "{sampler:?}, max_times_sampled {max_times_sampled}"
+                );
+
+                let batch = table.sample_within(4, 0.5, LONG, usize::MAX).await.unwrap();
+                let response = pb::SampleResponse {
+                    items: batch
+                        .iter()
+                        .map(|item| pb::SampledItem {
+                            sequence: Some(item.sequence().unwrap()),
+                            key: item.key,
+                            priority: item.priority,
+                            probability: item.probability,
+                            times_sampled: item.times_sampled,
+                            table_size: item.table_size,
+                            weight: item.weight,
+                        })
+                        .collect(),
+                };
+                assert_eq!(response_len(&batch), prost::Message::encoded_len(&response), "{sampler:?}");
+                assert_eq!(table.stats().samples, before.1.samples + 4);
+            }
+        }
+        // The limit is inclusive: a fifo batch of exactly the limit goes out.
+        let table = sampled_table(SamplerKind::Fifo, 8, 1, 1.0);
+        fill_with_priorities(&table, &[1.0; 4]).await;
+        let exact = {
+            let probe = sampled_table(SamplerKind::Fifo, 8, 1, 1.0);
+            fill_with_priorities(&probe, &[1.0; 4]).await;
+            response_len(&probe.sample(3, 0.0, LONG).await.unwrap())
+        };
+        assert!(table.sample_within(3, 0.0, LONG, exact - 1).await.is_err());
+        assert_eq!(table.len(), 4);
+        let keys: Vec<u64> = table
+            .sample_within(3, 0.0, LONG, exact)
+            .await
+            .unwrap()
+            .iter()
+            .map(|i| i.key)
+            .collect();
+        assert_eq!(keys, vec![1, 2, 3], "the oldest items, as if nothing had been refused");
+        assert_eq!(table.len(), 1);
     }
 
     /// Inserts one sequence per priority and returns the keys.
