@@ -77,7 +77,8 @@ fn the_env_bridge_serves_gymnasium_vectors_as_gymnasium_steps_them() {
 }
 
 /// Gymnasium's CartPole-v1, stepped in Python, solved by the default agent:
-/// the same bar as the native CartPole's learning test.
+/// the same bar as the native CartPole's learning test. Each actor's vector
+/// is split across two bridge servers.
 #[tokio::test]
 async fn fleet_run_solves_gymnasium_cartpole_through_the_bridge() {
     let Some(python) = python_with("fleet_envbridge") else { return };
@@ -88,6 +89,9 @@ async fn fleet_run_solves_gymnasium_cartpole_through_the_bridge() {
             "1",
             "--set",
             "env.name=gym:CartPole-v1",
+            // Each actor's vector in two halves, on two servers of its own.
+            "--set",
+            "env.bridge_streams=2",
             "--target-return",
             "475",
             "--max-env-steps",
@@ -102,8 +106,8 @@ async fn fleet_run_solves_gymnasium_cartpole_through_the_bridge() {
     );
 }
 
-/// `env.remote`: both actors step their vectors on one server started
-/// beforehand (a sidecar), which the run leaves running.
+/// `env.remote`: both actors step their vectors, two streams each, on one
+/// server started beforehand (a sidecar), which the run leaves running.
 #[tokio::test]
 async fn fleet_run_trains_on_a_bridge_server_already_running() {
     let Some(python) = python_with("fleet_envbridge") else { return };
@@ -129,6 +133,9 @@ async fn fleet_run_trains_on_a_bridge_server_already_running() {
             "env.name=CartPole-v1",
             "--set",
             &format!("env.remote={address}"),
+            // Two streams per actor, four on the one server.
+            "--set",
+            "env.bridge_streams=2",
             "--target-return",
             "200",
             "--max-env-steps",

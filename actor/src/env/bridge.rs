@@ -138,16 +138,6 @@ struct Session {
 }
 
 impl Session {
-    /// Opens a vector on the server at `address` and returns it with its spec.
-    async fn open(address: &str, open: pb::EnvOpen, max_message_bytes: usize) -> Result<(Self, pb::EnvSpecMessage), Failure> {
-        let channel = endpoint(address)
-            .map_err(|error| Failure::Fatal(EnvError::Bridge(format!("env bridge address `{address}`: {error}"))))?
-            .connect()
-            .await
-            .map_err(|error| Failure::Lost(format!("connecting to the env bridge at {address}: {error}")))?;
-        Self::open_on(channel, open, max_message_bytes).await
-    }
-
     async fn open_on(
         channel: tonic::transport::Channel,
         open: pb::EnvOpen,
@@ -272,7 +262,16 @@ struct Target {
     command: Vec<String>,
     options: BTreeMap<String, String>,
     atari: Option<pb::AtariPreprocessing>,
+    /// Streams the vector is split across (each a sub-vector of its own).
+    streams: usize,
     max_message_bytes: usize,
+}
+
+/// The environments of stream `k` of `streams` in a vector of `num_envs`:
+/// contiguous, sizes differing by at most one.
+fn stream_range(num_envs: usize, streams: usize, k: usize) -> std::ops::Range<usize> {
+    let start = |k: usize| k * num_envs / streams;
+    start(k)..start(k + 1)
 }
 
 impl Target {
@@ -283,6 +282,7 @@ impl Target {
             command: config.bridge_command.clone(),
             options: config.options.clone(),
             atari: (config.preprocess == Preprocess::Atari).then(|| config.atari.message()),
+            streams: config.bridge_streams.max(1),
             max_message_bytes,
         }
     }
@@ -297,41 +297,88 @@ impl Target {
         }
     }
 
-    /// Starts (or reaches) a server and opens `num_envs` environments on it.
-    /// A remote server is waited for, with backoff, until `shutdown`.
+    /// Starts (or reaches) a server and opens `num_envs` environments on it,
+    /// split across `streams` streams (environment i seeded with seed + i
+    /// whatever its stream). A remote server is waited for, with backoff,
+    /// until `shutdown`.
     async fn open(
         &self,
         num_envs: usize,
+        streams: usize,
         seed: u64,
         backoff: Backoff,
         shutdown: &CancellationToken,
-    ) -> Result<Option<(Option<LocalServer>, Session, EnvSpec)>, Failure> {
-        let open = self.open_message(num_envs, seed);
-        let (server, session, message) = match &self.remote {
+    ) -> Result<Option<Opened>, Failure> {
+        // A remote server serves every stream; locally each stream gets a
+        // server process of its own, so that streams step in parallel even
+        // where stepping holds Python's GIL.
+        let (servers, channels) = match &self.remote {
             Some(address) => {
                 let Some(channel) = connect_or_stop(address, backoff, shutdown).await else {
                     return Ok(None);
                 };
-                let (session, spec) = Session::open_on(channel, open, self.max_message_bytes).await?;
-                (None, session, spec)
+                (Vec::new(), vec![channel; streams])
             }
             None => {
-                let server = LocalServer::start(&self.command, self.max_message_bytes).await?;
-                tracing::info!(env = %self.env_id, address = server.address(), pid = server.id(), "env bridge started");
-                let (session, spec) = Session::open(server.address(), open, self.max_message_bytes).await?;
-                (Some(server), session, spec)
+                let starting = (0..streams).map(|_| LocalServer::start(&self.command, self.max_message_bytes));
+                let servers = futures::future::join_all(starting)
+                    .await
+                    .into_iter()
+                    .collect::<Result<Vec<_>, _>>()?;
+                let mut channels = Vec::with_capacity(streams);
+                for server in &servers {
+                    let address = server.address();
+                    tracing::info!(env = %self.env_id, address, pid = server.id(), "env bridge started");
+                    let channel = endpoint(address)
+                        .map_err(|error| Failure::Fatal(EnvError::Bridge(format!("env bridge address `{address}`: {error}"))))?
+                        .connect()
+                        .await
+                        .map_err(|error| Failure::Lost(format!("connecting to the env bridge at {address}: {error}")))?;
+                    channels.push(channel);
+                }
+                (servers, channels)
             }
         };
-        if message.num_envs as usize != num_envs {
-            return Err(Failure::Fatal(EnvError::Bridge(format!(
-                "env \"{}\": asked for {num_envs} environments, the bridge opened {}",
-                self.env_id, message.num_envs
-            ))));
+        let opening = channels.into_iter().enumerate().map(|(k, channel)| {
+            let range = stream_range(num_envs, streams, k);
+            let open = self.open_message(range.len(), seed + range.start as u64);
+            Session::open_on(channel, open, self.max_message_bytes)
+        });
+        let mut sessions = Vec::with_capacity(streams);
+        let mut spec = None;
+        for (k, opened) in futures::future::join_all(opening).await.into_iter().enumerate() {
+            let (session, message) = opened?;
+            let expected = stream_range(num_envs, streams, k).len();
+            if message.num_envs as usize != expected {
+                return Err(Failure::Fatal(EnvError::Bridge(format!(
+                    "env \"{}\": asked for {expected} environments, the bridge opened {}",
+                    self.env_id, message.num_envs
+                ))));
+            }
+            let this = spec_from_message(&self.env_id, &message)?;
+            if k == 0 {
+                tracing::info!(env = %self.env_id, backend = %message.backend, spec = %this, num_envs, streams, "env bridge opened");
+            }
+            if spec.is_some_and(|first| first != this) {
+                return Err(Failure::Fatal(EnvError::Bridge(format!(
+                    "env \"{}\": the bridge's streams disagree on the spec",
+                    self.env_id
+                ))));
+            }
+            spec = Some(this);
+            sessions.push(session);
         }
-        let spec = spec_from_message(&self.env_id, &message)?;
-        tracing::info!(env = %self.env_id, backend = %message.backend, %spec, num_envs, "env bridge opened");
-        Ok(Some((server, session, spec)))
+        let spec = spec.ok_or_else(|| Failure::Fatal(EnvError::Bridge("no streams to open".into())))?;
+        Ok(Some(Opened { servers, sessions, spec }))
     }
+}
+
+/// A vector opened on the bridge: the servers this actor owns (none for a
+/// remote one) and one session per stream.
+struct Opened {
+    servers: Vec<LocalServer>,
+    sessions: Vec<Session>,
+    spec: EnvSpec,
 }
 
 /// Asks the bridge what `config`'s environment looks like, opening one
@@ -340,8 +387,8 @@ pub async fn probe_spec(config: &EnvConfig, max_message_bytes: usize) -> Result<
     let target = Target::new(config, max_message_bytes);
     let never = CancellationToken::new();
     let unreachable = |reason: String| EnvError::Bridge(format!("env \"{}\": {reason}", config.name));
-    match target.open(1, 0, Backoff::default(), &never).await {
-        Ok(Some((_server, _session, spec))) => Ok(spec),
+    match target.open(1, 1, 0, Backoff::default(), &never).await {
+        Ok(Some(opened)) => Ok(opened.spec),
         Ok(None) => Err(unreachable("stopped before the bridge answered".into())),
         Err(Failure::Fatal(error)) => Err(error),
         Err(Failure::Lost(reason)) => Err(unreachable(reason)),
@@ -355,10 +402,12 @@ pub struct BridgedEnvs {
     num_envs: usize,
     seed: u64,
     spec: EnvSpec,
-    /// Kept alive with the session: dropping it kills the server.
-    server: Option<LocalServer>,
-    /// `None` after the server was lost, until the next step reopens it.
-    session: Option<Session>,
+    /// Kept alive with the sessions: dropping them kills the servers.
+    servers: Vec<LocalServer>,
+    /// One per stream; empty after the server was lost, until the next step
+    /// reopens it.
+    sessions: Vec<Session>,
+    streams: usize,
     /// Times the vector has been reopened, to vary the seeds of new episodes.
     restarts: u64,
     backoff: Backoff,
@@ -387,8 +436,9 @@ impl BridgedEnvs {
         // it suits environments seeded through a legacy 32-bit RandomState
         // (MinAtar) or int32 (envpool).
         let seed = env_seed(seed, 0) % ((1 << 31) - num_envs as u64);
-        let opened = runtime.block_on(target.open(num_envs, seed, backoff, &shutdown));
-        let (server, session, spec) = match opened {
+        let streams = target.streams.min(num_envs.max(1));
+        let opened = runtime.block_on(target.open(num_envs, streams, seed, backoff, &shutdown));
+        let Opened { servers, sessions, spec } = match opened {
             Ok(Some(opened)) => opened,
             Ok(None) => return Err(EnvError::Stopped),
             Err(Failure::Fatal(error)) => return Err(error),
@@ -409,8 +459,9 @@ impl BridgedEnvs {
             num_envs,
             seed,
             spec,
-            server,
-            session: Some(session),
+            servers,
+            sessions,
+            streams,
             restarts: 0,
             backoff,
             shutdown,
@@ -418,15 +469,40 @@ impl BridgedEnvs {
         })
     }
 
-    /// The local server's process id, if this vector started one and it runs.
-    pub fn server_pid(&self) -> Option<u32> {
-        self.server.as_ref().and_then(LocalServer::id)
+    /// The process ids of the local servers this vector started and that run.
+    pub fn server_pids(&self) -> Vec<u32> {
+        self.servers.iter().filter_map(LocalServer::id).collect()
     }
 
-    fn call(&mut self, kind: pb::env_request::Kind, timestep: &mut Timestep) -> Result<(), Failure> {
-        let session = self.session.as_mut().ok_or_else(|| Failure::Lost("no bridge session".into()))?;
-        let message = self.runtime.block_on(session.call(&self.target.env_id, kind))?;
-        write_timestep(&self.target.env_id, &self.spec, message, timestep)?;
+    /// Sends each stream its part of a reset (`actions` empty) or a step,
+    /// all in flight together, and writes the answers into `timestep`.
+    fn call(&mut self, actions: &[i64], timestep: &mut Timestep) -> Result<(), Failure> {
+        if self.sessions.is_empty() {
+            return Err(Failure::Lost("no bridge session".into()));
+        }
+        let (num_envs, streams) = (self.num_envs, self.streams);
+        let env_id = &self.target.env_id;
+        let calls = self.sessions.iter_mut().enumerate().map(|(k, session)| {
+            let range = stream_range(num_envs, streams, k);
+            let kind = if actions.is_empty() {
+                pb::env_request::Kind::Reset(pb::EnvReset {})
+            } else {
+                pb::env_request::Kind::Step(pb::EnvStep {
+                    actions: Some(pb::Tensor::from_i64(&[range.len()], &actions[range])),
+                })
+            };
+            session.call(env_id, kind)
+        });
+        // Every stream must answer before any is written: a vector half
+        // stepped would mix two steps in one timestep.
+        let answers = self
+            .runtime
+            .block_on(futures::future::join_all(calls))
+            .into_iter()
+            .collect::<Result<Vec<_>, _>>()?;
+        for (k, answer) in answers.into_iter().enumerate() {
+            write_timestep(env_id, &self.spec, answer, timestep, stream_range(num_envs, streams, k))?;
+        }
         Ok(())
     }
 
@@ -445,8 +521,8 @@ impl BridgedEnvs {
     /// Reopens the vector (restarting a local server) with backoff until it
     /// answers a reset, which becomes the current step.
     fn reopen(&mut self, timestep: &mut Timestep) -> Result<(), EnvError> {
-        self.session = None;
-        self.server = None;
+        self.sessions.clear();
+        self.servers.clear();
         let mut attempt = 0;
         loop {
             if self.shutdown.is_cancelled() {
@@ -458,13 +534,13 @@ impl BridgedEnvs {
             let seed = env_seed(self.seed, self.restarts as usize) % ((1 << 31) - self.num_envs as u64);
             let opened = self
                 .runtime
-                .block_on(self.target.open(self.num_envs, seed, self.backoff, &self.shutdown));
+                .block_on(self.target.open(self.num_envs, self.streams, seed, self.backoff, &self.shutdown));
             let failure = match opened {
                 Ok(None) => return Err(EnvError::Stopped),
-                Ok(Some((server, session, spec))) if spec == self.spec => {
-                    self.server = server;
-                    self.session = Some(session);
-                    match self.call(pb::env_request::Kind::Reset(pb::EnvReset {}), timestep) {
+                Ok(Some(opened)) if opened.spec == self.spec => {
+                    self.servers = opened.servers;
+                    self.sessions = opened.sessions;
+                    match self.call(&[], timestep) {
                         Ok(()) => {
                             tracing::warn!(env = %self.target.env_id, attempt, "env bridge reopened; new episodes started");
                             return Ok(());
@@ -472,11 +548,11 @@ impl BridgedEnvs {
                         Err(failure) => failure,
                     }
                 }
-                Ok(Some((_, _, spec))) => {
+                Ok(Some(opened)) => {
                     return Err(EnvError::SpecMismatch {
                         name: self.target.env_id.clone(),
                         expected: self.spec,
-                        found: spec,
+                        found: opened.spec,
                     });
                 }
                 Err(failure) => failure,
@@ -486,8 +562,8 @@ impl BridgedEnvs {
                 Failure::Lost(reason) => {
                     let delay = self.backoff.delay(attempt);
                     tracing::warn!(env = %self.target.env_id, %reason, retry_in = ?delay, "env bridge reopen failed");
-                    self.session = None;
-                    self.server = None;
+                    self.sessions.clear();
+                    self.servers.clear();
                     let shutdown = self.shutdown.clone();
                     self.runtime.block_on(sleep_or_cancel(delay, &shutdown));
                     attempt += 1;
@@ -507,7 +583,7 @@ impl BatchEnv for BridgedEnvs {
     }
 
     fn reset(&mut self, timestep: &mut Timestep) -> Result<(), EnvError> {
-        match self.call(pb::env_request::Kind::Reset(pb::EnvReset {}), timestep) {
+        match self.call(&[], timestep) {
             Ok(()) => Ok(()),
             Err(Failure::Fatal(error)) => Err(error),
             Err(Failure::Lost(reason)) => Err(EnvError::Bridge(reason)),
@@ -515,23 +591,23 @@ impl BatchEnv for BridgedEnvs {
     }
 
     fn step(&mut self, actions: &[usize], timestep: &mut Timestep) -> Result<usize, EnvError> {
-        if self.session.is_none() {
+        if self.sessions.is_empty() {
             self.reopen(timestep)?;
             return Ok(0);
         }
         let acted = (0..self.num_envs).filter(|&env_index| !timestep.is_last(env_index)).count();
-        self.actions.clear();
-        self.actions.extend(actions.iter().map(|&action| action as i64));
-        let step = pb::EnvStep {
-            actions: Some(pb::Tensor::from_i64(&[self.num_envs], &self.actions)),
-        };
-        match self.call(pb::env_request::Kind::Step(step), timestep) {
+        let mut wire_actions = std::mem::take(&mut self.actions);
+        wire_actions.clear();
+        wire_actions.extend(actions.iter().map(|&action| action as i64));
+        let result = self.call(&wire_actions, timestep);
+        self.actions = wire_actions;
+        match result {
             Ok(()) => Ok(acted),
             Err(Failure::Fatal(error)) => Err(error),
             Err(Failure::Lost(reason)) => {
                 tracing::warn!(env = %self.target.env_id, %reason, "env bridge lost; episodes in flight end truncated");
-                self.session = None;
-                self.server = None;
+                self.sessions.clear();
+                self.servers.clear();
                 Self::cut_episodes(timestep);
                 Ok(0)
             }
@@ -539,10 +615,17 @@ impl BatchEnv for BridgedEnvs {
     }
 }
 
-/// Copies a timestep from the bridge into `timestep`, checking that it
-/// holds one entry per environment of the spec's shape.
-fn write_timestep(env_id: &str, spec: &EnvSpec, message: pb::EnvTimestep, timestep: &mut Timestep) -> Result<(), EnvError> {
-    let n = timestep.num_envs();
+/// Copies a timestep from the bridge into environments `envs` of
+/// `timestep`, checking that it holds one entry per environment of the
+/// spec's shape.
+fn write_timestep(
+    env_id: &str,
+    spec: &EnvSpec,
+    message: pb::EnvTimestep,
+    timestep: &mut Timestep,
+    envs: std::ops::Range<usize>,
+) -> Result<(), EnvError> {
+    let n = envs.len();
     let bad = |what: String| EnvError::Bridge(format!("env \"{env_id}\": the bridge sent {what}"));
     for (name, len) in [
         ("rewards", message.rewards.len()),
@@ -564,24 +647,26 @@ fn write_timestep(env_id: &str, spec: &EnvSpec, message: pb::EnvTimestep, timest
             tensor.shape, spec.observation
         )));
     }
+    let size = spec.observation_size();
+    let values = envs.start * size..envs.end * size;
     match &mut timestep.observations {
-        Observations::F32(values) => {
+        Observations::F32(all) => {
             tensor
                 .check(pb::Dtype::F32)
                 .map_err(|error| bad(format!("bad observations: {error}")))?;
-            for (value, bytes) in values.iter_mut().zip(tensor.data.chunks_exact(4)) {
+            for (value, bytes) in all[values].iter_mut().zip(tensor.data.chunks_exact(4)) {
                 *value = f32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
             }
         }
-        Observations::U8(values) => {
+        Observations::U8(all) => {
             let bytes = tensor.as_u8().map_err(|error| bad(format!("bad observations: {error}")))?;
-            values.copy_from_slice(bytes);
+            all[values].copy_from_slice(bytes);
         }
     }
-    timestep.rewards.copy_from_slice(&message.rewards);
-    timestep.is_first.copy_from_slice(&message.is_first);
-    timestep.terminated.copy_from_slice(&message.terminated);
-    timestep.truncated.copy_from_slice(&message.truncated);
+    timestep.rewards[envs.clone()].copy_from_slice(&message.rewards);
+    timestep.is_first[envs.clone()].copy_from_slice(&message.is_first);
+    timestep.terminated[envs.clone()].copy_from_slice(&message.terminated);
+    timestep.truncated[envs].copy_from_slice(&message.truncated);
     Ok(())
 }
 
@@ -648,19 +733,46 @@ pub(crate) mod tests {
             terminated: vec![true, false],
             truncated: vec![false, false],
         };
-        write_timestep("e", &spec, message(&[1.0, 2.0, 3.0, 4.0], vec![0.5, 0.0]), &mut timestep).unwrap();
+        write_timestep("e", &spec, message(&[1.0, 2.0, 3.0, 4.0], vec![0.5, 0.0]), &mut timestep, 0..2).unwrap();
         assert_eq!(timestep.observations, Observations::F32(vec![1.0, 2.0, 3.0, 4.0]));
         assert_eq!(
             (timestep.rewards[0], timestep.is_first[1], timestep.terminated[0]),
             (0.5, true, true)
         );
         assert!(timestep.is_last(0) && !timestep.is_last(1));
-        let short = write_timestep("e", &spec, message(&[1.0, 2.0], vec![0.5, 0.0]), &mut timestep).unwrap_err();
+        let short = write_timestep("e", &spec, message(&[1.0, 2.0], vec![0.5, 0.0]), &mut timestep, 0..2).unwrap_err();
         assert!(short.to_string().contains("expected 2 ×"), "{short}");
-        let rewards = write_timestep("e", &spec, message(&[1.0, 2.0, 3.0, 4.0], vec![0.5]), &mut timestep).unwrap_err();
+        let rewards = write_timestep("e", &spec, message(&[1.0, 2.0, 3.0, 4.0], vec![0.5]), &mut timestep, 0..2).unwrap_err();
         assert!(rewards.to_string().contains("1 rewards for 2 environments"), "{rewards}");
         // A refused timestep leaves the last good one in place.
         assert_eq!(timestep.observations, Observations::F32(vec![1.0, 2.0, 3.0, 4.0]));
+    }
+
+    #[test]
+    fn streams_split_a_vector_into_contiguous_near_equal_parts() {
+        let parts: Vec<_> = (0..3).map(|k| stream_range(16, 3, k)).collect();
+        assert_eq!(parts, [0..5, 5..10, 10..16]);
+        assert_eq!(stream_range(16, 1, 0), 0..16);
+        let parts: Vec<_> = (0..4).map(|k| stream_range(4, 4, k).len()).collect();
+        assert_eq!(parts, [1, 1, 1, 1]);
+    }
+
+    #[test]
+    fn a_stream_writes_only_its_own_environments() {
+        let spec = EnvSpec::vector(1, 2);
+        let mut timestep = Timestep::new(&spec, 4);
+        let message = pb::EnvTimestep {
+            observations: Some(pb::Tensor::from_f32(&[2, 1], &[7.0, 8.0])),
+            rewards: vec![1.0, 2.0],
+            is_first: vec![false, false],
+            terminated: vec![false, true],
+            truncated: vec![false, false],
+        };
+        write_timestep("e", &spec, message, &mut timestep, 2..4).unwrap();
+        assert_eq!(timestep.observations, Observations::F32(vec![0.0, 0.0, 7.0, 8.0]));
+        assert_eq!(timestep.rewards, [0.0, 0.0, 1.0, 2.0]);
+        assert_eq!(timestep.is_first, [true, true, false, false]);
+        assert_eq!(timestep.terminated, [false, false, false, true]);
     }
 
     #[test]

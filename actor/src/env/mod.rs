@@ -182,6 +182,10 @@ pub struct EnvConfig {
     /// The env bridge server's program and leading arguments; the actor
     /// adds `--listen`, `--exit-with-stdin` and `--max-message-bytes`.
     pub bridge_command: Vec<String>,
+    /// Streams each actor's vector is split across, stepped together: each
+    /// with a local server process of its own, or on the one `remote`
+    /// (1..=num_envs).
+    pub bridge_streams: usize,
     /// Constructor keyword arguments of a bridged environment
     /// (`gymnasium.make_vec` or `envpool.make`), e.g. `{ max_episode_steps = 200 }`.
     #[serde(deserialize_with = "option_values")]
@@ -340,6 +344,7 @@ impl EnvConfig {
             normalize_observations: false,
             remote: String::new(),
             bridge_command: vec![DEFAULT_BRIDGE_COMMAND.to_owned()],
+            bridge_streams: 1,
             options: BTreeMap::new(),
             spec: None,
             preprocess: Preprocess::None,
@@ -364,6 +369,11 @@ impl EnvConfig {
         }
         if self.preprocess == Preprocess::Atari {
             self.atari.check()?;
+        }
+        if self.bridge_streams == 0 {
+            return Err(EnvError::Bridge(
+                "env.bridge_streams = 0: a vector needs at least one stream".into(),
+            ));
         }
         if self.frame_stack > 1 {
             return Err(EnvError::BridgedWrapper("frame_stack", self.name.clone()));
