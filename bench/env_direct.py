@@ -14,21 +14,8 @@ import time
 
 import numpy as np
 
-from fleet_envbridge.atari import AtariSettings
+from fleet_envbridge.atari import STANDARD
 from fleet_envbridge.vector import EnvVector
-
-# The standard setup, as config/default.toml's [env.atari] sets it.
-STANDARD_ATARI = AtariSettings(
-    frame_skip=4,
-    screen_size=84,
-    grayscale=True,
-    frame_stack=4,
-    noop_max=30,
-    repeat_action_probability=0.25,
-    episodic_life=False,
-    max_episode_frames=108_000,
-)
-
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -39,7 +26,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
-    vector = EnvVector(args.env, args.num_envs, args.seed, atari=STANDARD_ATARI if args.atari else None)
+    vector = EnvVector(args.env, args.num_envs, args.seed, atari=STANDARD if args.atari else None)
     rng = np.random.default_rng(args.seed)
     num_actions = vector.action.num_actions
     vector.reset()
@@ -61,7 +48,7 @@ def main() -> None:
     while time.perf_counter() - start < args.seconds:
         steps += step()
     elapsed = time.perf_counter() - start
-    frame_skip = STANDARD_ATARI.frame_skip if args.atari else 1
+    frame_skip = STANDARD.frame_skip if args.atari else 1
     print(
         json.dumps(
             {

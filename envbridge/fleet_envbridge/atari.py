@@ -81,6 +81,20 @@ class AtariSettings:
             )
 
 
+# The setup of Machado et al. (2018), which published IMPALA, R2D2 and
+# Sample Factory Atari results use (fleet's config/default.toml [env.atari]).
+STANDARD = AtariSettings(
+    frame_skip=4,
+    screen_size=84,
+    grayscale=True,
+    frame_stack=4,
+    noop_max=30,
+    repeat_action_probability=0.25,
+    episodic_life=False,
+    max_episode_frames=108_000,
+)
+
+
 def refuse_reserved_options(env_id: str, options: dict[str, Any], reserved: frozenset[str]) -> None:
     clashes = sorted(reserved.intersection(options))
     if clashes:

@@ -3,6 +3,7 @@ its bidirectional stream, and small environments with spaces CartPole lacks."""
 
 from __future__ import annotations
 
+import dataclasses
 import queue
 from typing import Any
 
@@ -13,6 +14,7 @@ import pytest
 from gymnasium import spaces
 
 from fleet_envbridge import fleet_pb2, fleet_pb2_grpc, serve
+from fleet_envbridge.atari import STANDARD
 
 
 class EnvClient:
@@ -63,18 +65,7 @@ class EnvClient:
 
 def standard_atari(**changes: Any) -> fleet_pb2.AtariPreprocessing:
     """The Atari preprocessing of Machado et al. (2018), with `changes`."""
-    settings = dict(
-        frame_skip=4,
-        screen_size=84,
-        grayscale=True,
-        frame_stack=4,
-        noop_max=30,
-        repeat_action_probability=0.25,
-        episodic_life=False,
-        max_episode_frames=108_000,
-    )
-    settings.update(changes)
-    return fleet_pb2.AtariPreprocessing(**settings)
+    return fleet_pb2.AtariPreprocessing(**{**dataclasses.asdict(STANDARD), **changes})
 
 
 def observations_of(timestep: fleet_pb2.EnvTimestep) -> np.ndarray:
