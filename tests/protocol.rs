@@ -340,6 +340,40 @@ async fn an_oversize_sample_batch_leaves_the_queue_untouched() {
     assert_eq!(sampled, items, "every item is delivered, oldest first");
 }
 
+/// A learner whose batches can never fit in one of replay's messages stops
+/// with the reason and the settings to change, instead of asking forever.
+#[tokio::test]
+async fn a_learner_whose_batch_cannot_fit_in_a_message_stops_saying_why() {
+    let replay = start(&["replay", "--listen", "127.0.0.1:0"]).await;
+    let mut client = ReplayClient::connect(replay.grpc_uri())
+        .await
+        .unwrap()
+        .max_encoding_message_size(64 << 20);
+    let items: Vec<pb::Sequence> = (0..21).map(|i| sequence(6000, i as f32)).collect();
+    for chunk in items.chunks(7) {
+        insert(&mut client, chunk.to_vec()).await.unwrap();
+    }
+    let learner = tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        tokio::process::Command::new(crate::support::FLEET)
+            .args(["--set", "learner.batch_size=20", "learner", "--listen", "127.0.0.1:0"])
+            .args(["--metrics-listen", "127.0.0.1:0", "--replay", &replay.grpc])
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("the learner stopped within 60 s")
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&learner.stderr);
+    assert_eq!(learner.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("cannot send 20 sequences in one message") && stderr.contains("learner.batch_size"),
+        "{stderr}"
+    );
+    let info = client.info(pb::InfoRequest {}).await.unwrap().into_inner();
+    assert_eq!(info.tables[0].size, 21, "the refused batches took nothing");
+}
+
 /// The replay role's `/metrics` is valid Prometheus exposition: every
 /// `fleet_replay_*` metric has help text, `_total` names are counters and
 /// only counters, and `promtool check metrics` accepts the whole scrape

@@ -64,8 +64,14 @@ struct Part {
 
 /// Keeps `prefetch_batches` batches ready until `shutdown` fires or the
 /// update loop hangs up. `frames` is the learner's consumed-frame count,
-/// which sets β.
-pub async fn prefetch(settings: LearnerSettings, frames: Arc<AtomicU64>, batch_tx: mpsc::Sender<Prefetched>, shutdown: CancellationToken) {
+/// which sets β. Fails, ending the batches, when replay refuses a batch for
+/// good (one too large for a message).
+pub async fn prefetch(
+    settings: LearnerSettings,
+    frames: Arc<AtomicU64>,
+    batch_tx: mpsc::Sender<Prefetched>,
+    shutdown: CancellationToken,
+) -> Result<(), String> {
     let config = &settings.learner;
     let replayed = config.replayed_per_batch();
     let parts = [
@@ -97,9 +103,13 @@ pub async fn prefetch(settings: LearnerSettings, frames: Arc<AtomicU64>, batch_t
     }
     join_parts(&settings, receivers, batch_tx, &stop).await;
     stop.cancel();
+    let mut result = Ok(());
     for sampler in samplers {
-        let _ = sampler.await;
+        if let Ok(Err(reason)) = sampler.await {
+            result = Err(reason);
+        }
     }
+    result
 }
 
 /// Takes one part from each table in turn, fresh first, and stacks them.
@@ -151,18 +161,28 @@ async fn join_parts(
 /// Samples `part.count` items at a time from `part.table`. Each `Sample`
 /// call asks for one batch: an open-ended stream would let replay hand over
 /// batches as fast as the transport buffers them, and every buffered batch
-/// is policy lag. Reconnects with backoff after failures.
+/// is policy lag. Reconnects with backoff after failures, except when
+/// replay answers RESOURCE_EXHAUSTED: a batch of this many sequences does
+/// not fit in one message, and asking again would be refused again.
 async fn sample_part(
     settings: LearnerSettings,
     part: Part,
     frames: Arc<AtomicU64>,
     tx: mpsc::Sender<Vec<pb::SampledItem>>,
     shutdown: CancellationToken,
-) {
+) -> Result<(), String> {
+    let refused = |status: &tonic::Status| {
+        format!(
+            "table `{}` cannot send {} sequences in one message ({}); lower learner.batch_size or raise replay.max_message_bytes",
+            part.table,
+            part.count,
+            status.message()
+        )
+    };
     let config = &settings.learner;
     'connect: loop {
         let Some(channel) = connect_or_stop(&settings.replay_address, settings.backoff, &shutdown).await else {
-            return;
+            return Ok(());
         };
         let mut client = ReplayClient::new(channel)
             .max_decoding_message_size(settings.max_message_bytes)
@@ -185,11 +205,12 @@ async fn sample_part(
                 in_flight: 1,
             };
             let response = tokio::select! {
-                _ = shutdown.cancelled() => return,
+                _ = shutdown.cancelled() => return Ok(()),
                 r = client.sample(request) => r,
             };
             let mut stream = match response {
                 Ok(r) => r.into_inner(),
+                Err(status) if status.code() == tonic::Code::ResourceExhausted => return Err(refused(&status)),
                 Err(status) => {
                     tracing::warn!(%status, table = %part.table, "Sample failed; reconnecting");
                     sleep_or_cancel(settings.backoff.max, &shutdown).await;
@@ -198,15 +219,16 @@ async fn sample_part(
             };
             loop {
                 let next = tokio::select! {
-                    _ = shutdown.cancelled() => return,
+                    _ = shutdown.cancelled() => return Ok(()),
                     next = stream.next() => next,
                 };
                 match next {
                     Some(Ok(response)) => {
                         if tx.send(response.items).await.is_err() {
-                            return;
+                            return Ok(());
                         }
                     }
+                    Some(Err(status)) if status.code() == tonic::Code::ResourceExhausted => return Err(refused(&status)),
                     Some(Err(status)) if status.code() == tonic::Code::DeadlineExceeded => {
                         tracing::debug!(table = %part.table, "no batch within the sample timeout; asking again");
                         break;

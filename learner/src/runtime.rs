@@ -40,6 +40,9 @@ pub enum LearnerError {
     StatsFile(String),
     #[error("update thread failed: {0}")]
     Thread(String),
+    /// Replay refuses the batches asked for, and asking again cannot help.
+    #[error("sampling from replay: {0}")]
+    Sampling(String),
 }
 
 #[derive(Debug, Clone)]
@@ -115,8 +118,13 @@ pub async fn run(settings: LearnerSettings, listener: TcpListener, shutdown: Can
         Err(join) => Err(LearnerError::Thread(join.to_string())),
     };
     shutdown.cancel();
-    let _ = sampler.await;
+    let sampled = sampler.await;
     let _ = priority_sender.await;
+    // A sampler that stopped for good ended the update loop (no batches);
+    // its reason is the learner's.
+    if let Ok(Err(reason)) = sampled {
+        return Err(LearnerError::Sampling(reason));
+    }
     match server.await {
         Ok(served) => served?,
         Err(join) => return Err(LearnerError::Thread(join.to_string())),
