@@ -469,11 +469,6 @@ impl BridgedEnvs {
         })
     }
 
-    /// The process ids of the local servers this vector started and that run.
-    pub fn server_pids(&self) -> Vec<u32> {
-        self.servers.iter().filter_map(LocalServer::id).collect()
-    }
-
     /// Sends each stream its part of a reset (`actions` empty) or a step,
     /// all in flight together, and writes the answers into `timestep`.
     fn call(&mut self, actions: &[i64], timestep: &mut Timestep) -> Result<(), Failure> {
