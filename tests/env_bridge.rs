@@ -239,6 +239,32 @@ async fn a_killed_bridge_server_is_restarted_and_training_goes_on() {
     })
     .await
     .expect("env steps within 2 minutes");
+    // Both actors step (their vectors are open) before a server is killed.
+    let actors: Vec<String> = seen
+        .lines()
+        .filter(|line| line.starts_with("actor-"))
+        .filter_map(|line| line.split_whitespace().find(|w| w.starts_with("http://")))
+        .map(|url| url.trim_start_matches("http://").trim_end_matches("/metrics").to_owned())
+        .collect();
+    assert_eq!(actors.len(), 2, "{seen}");
+    tokio::time::timeout(Duration::from_secs(120), async {
+        loop {
+            let mut stepping = 0;
+            for address in &actors {
+                let steps = crate::support::scrape(address)
+                    .await
+                    .ok()
+                    .and_then(|samples| crate::support::metric(&samples, "fleet_actor_env_steps_total"));
+                stepping += usize::from(steps.is_some_and(|steps| steps > 0.0));
+            }
+            if stepping == actors.len() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await
+    .expect("both actors stepping within 2 minutes");
     let servers: Vec<u32> = descendants(run_pid)
         .into_iter()
         .filter(|&pid| cmdline(pid).contains("fleet_envbridge.cli"))

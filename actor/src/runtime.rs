@@ -57,6 +57,9 @@ pub struct ActorSettings {
 /// Runs one actor until `shutdown` fires or a fatal error occurs.
 pub async fn run(settings: ActorSettings, shutdown: CancellationToken) -> Result<(), ActorError> {
     m::describe();
+    // Exported from the start (at 0), so that dashboards and alerts see the
+    // series before the first reopen, and native-env actors show none.
+    metrics::counter!(m::ENV_BRIDGE_RESTARTS).increment(0);
     let (weights_tx, weights_rx) = watch::channel::<Option<Arc<Weights>>>(None);
     let newest_version = Arc::new(AtomicU64::new(0));
     let (sequence_tx, sequence_rx) = mpsc::channel::<Finished>(settings.actor.max_in_flight);

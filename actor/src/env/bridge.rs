@@ -38,6 +38,10 @@ use crate::metrics as m;
 /// (importing Gymnasium and ale-py takes seconds on a cold cache).
 const SERVER_START_TIMEOUT: Duration = Duration::from_secs(120);
 
+/// Times a vector is opened before start-up gives up on a server that
+/// keeps going away while opening.
+const START_ATTEMPTS: u32 = 5;
+
 /// The line a local server prints once it listens, followed by its address.
 const LISTENING: &str = "listening on ";
 
@@ -419,8 +423,9 @@ pub struct BridgedEnvs {
 impl BridgedEnvs {
     /// Opens `num_envs` environments as `config` names them, seeded from
     /// `seed` (through [`env_seed`]). Blocks on `runtime`, so call it from outside the runtime
-    /// (the actor's compute thread). Any failure here is returned: a bridge
-    /// that cannot start does not get retried.
+    /// (the actor's compute thread). What the bridge refuses (an id, a
+    /// space) is returned at once; a server lost while opening is started
+    /// again up to [`START_ATTEMPTS`] times.
     pub fn open(
         config: &EnvConfig,
         num_envs: usize,
@@ -437,12 +442,22 @@ impl BridgedEnvs {
         // (MinAtar) or int32 (envpool).
         let seed = env_seed(seed, 0) % ((1 << 31) - num_envs as u64);
         let streams = target.streams.min(num_envs.max(1));
-        let opened = runtime.block_on(target.open(num_envs, streams, seed, backoff, &shutdown));
-        let Opened { servers, sessions, spec } = match opened {
-            Ok(Some(opened)) => opened,
-            Ok(None) => return Err(EnvError::Stopped),
-            Err(Failure::Fatal(error)) => return Err(error),
-            Err(Failure::Lost(reason)) => return Err(EnvError::Bridge(reason)),
+        // A server lost while opening (killed, or too slow under load) is
+        // started again a few times; what it refuses is final at once.
+        let mut attempt = 0;
+        let Opened { servers, sessions, spec } = loop {
+            match runtime.block_on(target.open(num_envs, streams, seed, backoff, &shutdown)) {
+                Ok(Some(opened)) => break opened,
+                Ok(None) => return Err(EnvError::Stopped),
+                Err(Failure::Fatal(error)) => return Err(error),
+                Err(Failure::Lost(reason)) if attempt + 1 >= START_ATTEMPTS => return Err(EnvError::Bridge(reason)),
+                Err(Failure::Lost(reason)) => {
+                    let delay = backoff.delay(attempt);
+                    tracing::warn!(env = %target.env_id, %reason, retry_in = ?delay, "env bridge failed while opening");
+                    runtime.block_on(sleep_or_cancel(delay, &shutdown));
+                    attempt += 1;
+                }
+            }
         };
         if let Some(expected) = config.spec
             && expected != spec
