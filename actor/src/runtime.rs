@@ -28,7 +28,8 @@ use crate::sequence::{Finished, SequenceWriter, StepRecord};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ActorError {
-    #[error("environment: {0}")]
+    /// Environment errors say what they are about themselves.
+    #[error(transparent)]
     Env(#[from] crate::env::EnvError),
     #[error("network: {0}")]
     Candle(#[from] candle_core::Error),
