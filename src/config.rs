@@ -97,7 +97,8 @@ impl Config {
         Ok(spec)
     }
 
-    fn check_network_fits(&self, spec: &fleet_agent::EnvSpec) -> Result<()> {
+    /// Whether the network can be built for `spec`.
+    pub fn check_network_fits(&self, spec: &fleet_agent::EnvSpec) -> Result<()> {
         if let Err(message) = self.network.check_spec(spec) {
             bail!("invalid config: {message} (env.name = `{}`)", self.env.name);
         }

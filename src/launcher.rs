@@ -12,7 +12,7 @@ use fleet_actor::metrics as actor_metrics;
 use fleet_learner::metrics as learner_metrics;
 use tokio::signal::unix::{SignalKind, signal};
 
-use crate::config::{self, Config};
+use crate::config::Config;
 use crate::process::Process;
 use crate::scrape::{Samples, scrape};
 
@@ -55,16 +55,10 @@ pub async fn run(mut config: Config) -> Result<Outcome> {
     if config.env.is_bridged() {
         // Ask the bridge once, here, so the learner needs none and every
         // actor checks its environments against the same spec.
-        let asked = fleet_actor::env::EnvConfig {
-            spec: None,
-            ..config.env.clone()
-        };
-        let spec = config::Config {
-            env: asked,
-            ..config.clone()
-        }
-        .resolved_env_spec()
-        .await?;
+        let spec = fleet_actor::env::bridge::probe_spec(&config.env, config.replay.max_message_bytes)
+            .await
+            .map_err(|error| anyhow::anyhow!("env `{}`: {error}", config.env.name))?;
+        config.check_network_fits(&spec)?;
         if let Some(expected) = config.env.spec
             && expected != spec
         {

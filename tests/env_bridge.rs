@@ -295,8 +295,6 @@ async fn a_killed_bridge_server_is_restarted_and_training_goes_on() {
     assert!(rest.success() && seen.contains("target reached"), "{seen}\n{logs}");
     assert!(logs.contains("env bridge lost; episodes in flight end truncated"), "{logs}");
     assert!(logs.contains("env bridge reopened"), "{logs}");
-    let replaced = descendants(run_pid);
-    assert!(!replaced.contains(&servers[0]));
 }
 
 /// Every process below `pid`, from `/proc`.

@@ -20,7 +20,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::ActorConfig;
-use crate::env::{BatchEnv, BridgedEnvs, EnvConfig, EnvError, NativeEnvs, VecEnv};
+use crate::env::{EnvConfig, EnvError, VecEnv};
 use crate::metrics as m;
 use crate::policy::sample_actions;
 use crate::returns::RecentReturns;
@@ -91,20 +91,13 @@ pub async fn run(settings: ActorSettings, shutdown: CancellationToken) -> Result
 /// env bridge. Blocks on the runtime, so it runs on the compute thread.
 fn make_envs(settings: &ActorSettings, seed: u64, shutdown: &CancellationToken) -> Result<VecEnv, ActorError> {
     let config = &settings.env;
-    config.check()?;
-    let envs: Box<dyn BatchEnv> = if config.is_bridged() {
-        Box::new(BridgedEnvs::open(
-            config,
-            settings.actor.num_envs,
-            seed,
-            settings.max_message_bytes,
-            tokio::runtime::Handle::current(),
-            shutdown.clone(),
-        )?)
-    } else {
-        Box::new(NativeEnvs::new(config, settings.actor.num_envs, seed)?)
-    };
-    let envs = VecEnv::start(envs)?;
+    let envs = config.make_vec(
+        settings.actor.num_envs,
+        seed,
+        settings.max_message_bytes,
+        tokio::runtime::Handle::current(),
+        shutdown.clone(),
+    )?;
     let spec = envs.spec();
     settings
         .network

@@ -8,7 +8,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use fleet_actor::env::{BatchEnv, BridgedEnvs, NativeEnvs, Preprocess, VecEnv};
+use fleet_actor::env::{Preprocess, VecEnv};
 use rand::{Rng, SeedableRng};
 use tokio_util::sync::CancellationToken;
 
@@ -30,19 +30,13 @@ pub struct EnvRate {
 /// current runtime, so call it from a blocking thread.
 pub fn env(config: &Config, runtime: tokio::runtime::Handle, seconds: f64, json: bool) -> Result<EnvRate> {
     let num_envs = config.actor.num_envs;
-    let envs: Box<dyn BatchEnv> = if config.env.is_bridged() {
-        Box::new(BridgedEnvs::open(
-            &config.env,
-            num_envs,
-            config.seed,
-            config.replay.max_message_bytes,
-            runtime,
-            CancellationToken::new(),
-        )?)
-    } else {
-        Box::new(NativeEnvs::new(&config.env, num_envs, config.seed)?)
-    };
-    let mut envs = VecEnv::start(envs)?;
+    let mut envs = config.env.make_vec(
+        num_envs,
+        config.seed,
+        config.replay.max_message_bytes,
+        runtime,
+        CancellationToken::new(),
+    )?;
     let num_actions = envs.num_actions();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(config.seed);
     let mut actions = vec![0; num_envs];

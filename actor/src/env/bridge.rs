@@ -385,6 +385,15 @@ struct Opened {
     spec: EnvSpec,
 }
 
+/// The seed of the `opening`-th vector opened for an actor seeded with
+/// `seed` (each reopen gets new episodes). The bridge seeds environment i
+/// with the vector's seed + i: a hashed base keeps the vectors of actors with
+/// consecutive seeds apart, and below 2^31 it suits environments seeded
+/// through a legacy 32-bit RandomState (MinAtar) or int32 (envpool).
+fn vector_seed(seed: u64, opening: u64, num_envs: usize) -> u64 {
+    env_seed(seed, opening as usize) % ((1 << 31) - num_envs as u64)
+}
+
 /// Asks the bridge what `config`'s environment looks like, opening one
 /// environment (and starting a local server for the time it takes).
 pub async fn probe_spec(config: &EnvConfig, max_message_bytes: usize) -> Result<EnvSpec, EnvError> {
@@ -404,6 +413,7 @@ pub struct BridgedEnvs {
     target: Target,
     runtime: Handle,
     num_envs: usize,
+    /// The actor's seed, from which every opening of the vector draws its own.
     seed: u64,
     spec: EnvSpec,
     /// Kept alive with the sessions: dropping them kills the servers.
@@ -436,17 +446,13 @@ impl BridgedEnvs {
     ) -> Result<Self, EnvError> {
         let target = Target::new(config, max_message_bytes);
         let backoff = Backoff::default();
-        // The bridge seeds environment i with seed + i: a hashed base keeps
-        // the vectors of actors with consecutive seeds apart, and below 2^31
-        // it suits environments seeded through a legacy 32-bit RandomState
-        // (MinAtar) or int32 (envpool).
-        let seed = env_seed(seed, 0) % ((1 << 31) - num_envs as u64);
+        let first_seed = vector_seed(seed, 0, num_envs);
         let streams = target.streams.min(num_envs.max(1));
         // A server lost while opening (killed, or too slow under load) is
         // started again a few times; what it refuses is final at once.
         let mut attempt = 0;
         let Opened { servers, sessions, spec } = loop {
-            match runtime.block_on(target.open(num_envs, streams, seed, backoff, &shutdown)) {
+            match runtime.block_on(target.open(num_envs, streams, first_seed, backoff, &shutdown)) {
                 Ok(Some(opened)) => break opened,
                 Ok(None) => return Err(EnvError::Stopped),
                 Err(Failure::Fatal(error)) => return Err(error),
@@ -541,7 +547,7 @@ impl BridgedEnvs {
             self.restarts += 1;
             metrics::counter!(m::ENV_BRIDGE_RESTARTS).increment(1);
             // New seeds, or a restarted vector would replay the episodes it started with.
-            let seed = env_seed(self.seed, self.restarts as usize) % ((1 << 31) - self.num_envs as u64);
+            let seed = vector_seed(self.seed, self.restarts, self.num_envs);
             let opened = self
                 .runtime
                 .block_on(self.target.open(self.num_envs, self.streams, seed, self.backoff, &self.shutdown));

@@ -407,6 +407,26 @@ impl EnvConfig {
         }
     }
 
+    /// `num_envs` of the configured environments, reset and ready to step:
+    /// native, or opened on the env bridge (blocking on `runtime`, so call it
+    /// from outside it; `shutdown` stops a wait for a remote server).
+    pub fn make_vec(
+        &self,
+        num_envs: usize,
+        seed: u64,
+        max_message_bytes: usize,
+        runtime: tokio::runtime::Handle,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) -> Result<VecEnv, EnvError> {
+        self.check()?;
+        let envs: Box<dyn BatchEnv> = if self.is_bridged() {
+            Box::new(BridgedEnvs::open(self, num_envs, seed, max_message_bytes, runtime, shutdown)?)
+        } else {
+            Box::new(NativeEnvs::new(self, num_envs, seed)?)
+        };
+        VecEnv::start(envs)
+    }
+
     /// Builds the configured native environment, its randomness seeded by `seed`.
     pub fn make(&self, seed: u64) -> Result<Box<dyn Environment>, EnvError> {
         check_frame_stack(self.frame_stack)?;
