@@ -67,6 +67,13 @@ pub fn shutdown_signal(exit_with_stdin: bool) -> Result<impl Future<Output = ()>
 /// Prints the ready line (the one line on stdout a launcher waits for) and
 /// logs the same.
 pub fn announce_ready(role: &str, grpc: Option<&TcpListener>, metrics: &TcpListener) -> Result<()> {
+    ready_announcer(role, grpc, metrics)?();
+    Ok(())
+}
+
+/// [`announce_ready`] prepared while the listeners are at hand, to be
+/// called once the role is ready (replay: once its tables are restored).
+pub fn ready_announcer(role: &str, grpc: Option<&TcpListener>, metrics: &TcpListener) -> Result<impl FnOnce() + Send + 'static> {
     let grpc = match grpc {
         Some(listener) => listener.local_addr().context("the gRPC listener's address")?.to_string(),
         None => "-".to_string(),
@@ -77,7 +84,8 @@ pub fn announce_ready(role: &str, grpc: Option<&TcpListener>, metrics: &TcpListe
         grpc,
         metrics: metrics.to_string(),
     };
-    println!("{ready}");
-    tracing::info!(role, grpc = %ready.grpc, metrics = %format!("http://{metrics}/metrics"), "ready");
-    Ok(())
+    Ok(move || {
+        println!("{ready}");
+        tracing::info!(role = %ready.role, grpc = %ready.grpc, metrics = %format!("http://{metrics}/metrics"), "ready");
+    })
 }

@@ -296,8 +296,10 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             let grpc = cli::bind(listen, "replay gRPC").await?;
             let shutdown = cli::shutdown_signal(exit_with_stdin)?;
             let metrics = cli::bind(metrics_listen, "metrics").await?;
-            cli::announce_ready("replay", Some(&grpc), &metrics)?;
-            fleet::replay::run(config, restore, grpc, metrics, shutdown).await?;
+            // Ready only once the tables are restored: a failed restore
+            // must not be announced first.
+            let ready = cli::ready_announcer("replay", Some(&grpc), &metrics)?;
+            fleet::replay::run_announcing(config, restore, grpc, metrics, shutdown, ready).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Learner { listen, replay } => {

@@ -24,9 +24,23 @@ pub async fn run(
     metrics: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
+    run_announcing(config, restore, grpc, metrics, shutdown, || {}).await
+}
+
+/// [`run`], calling `ready` once the tables are restored (or made) and
+/// before the first request is served; a start that fails before then
+/// returns its error without calling it.
+pub async fn run_announcing(
+    config: Config,
+    restore: Option<PathBuf>,
+    grpc: TcpListener,
+    metrics: TcpListener,
+    shutdown: impl Future<Output = ()>,
+    ready: impl FnOnce() + Send,
+) -> Result<()> {
     let restore = restore.map_or(fleet_replay::Restore::Auto, fleet_replay::Restore::From);
     role::serve(metrics, shutdown, |token| {
-        fleet_replay::serve(config.replay, restore, grpc, token.cancelled_owned())
+        fleet_replay::serve_announcing(config.replay, restore, grpc, token.cancelled_owned(), ready)
     })
     .await
 }

@@ -494,3 +494,245 @@ async fn an_actor_drops_sequences_replay_cannot_read() {
     let info = client.info(pb::InfoRequest {}).await.unwrap().into_inner();
     assert_eq!(info.tables[0].inserts, 0);
 }
+
+/// `fleet replay` keeping its checkpoints in `dir`, written only on request
+/// (and at a graceful stop).
+async fn replay_with_checkpoints(dir: &std::path::Path) -> crate::support::Process {
+    let dir = format!("replay.checkpoint_dir={}", dir.display());
+    start(&[
+        "replay",
+        "--listen",
+        "127.0.0.1:0",
+        "--set",
+        &dir,
+        "--set",
+        "replay.checkpoint_interval_secs=0",
+    ])
+    .await
+}
+
+/// Keys are never issued twice, even by a replay killed after acknowledging
+/// items its newest checkpoint does not hold: the restarted process hands
+/// out keys above every earlier one, so a stale priority update for a lost
+/// item finds nothing instead of re-prioritising a new one.
+#[tokio::test]
+async fn keys_are_not_reissued_after_a_crash() {
+    use std::os::unix::process::ExitStatusExt;
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut replay = replay_with_checkpoints(dir.path()).await;
+    let mut client = ReplayClient::connect(replay.grpc_uri()).await.unwrap();
+    let mut before = insert(&mut client, (1..=10).map(|i| sequence(21, i as f32)).collect())
+        .await
+        .unwrap();
+    client.checkpoint(pb::CheckpointRequest {}).await.unwrap();
+    before.extend(
+        insert(&mut client, (11..=15).map(|i| sequence(21, i as f32)).collect())
+            .await
+            .unwrap(),
+    );
+    assert_eq!(before.len(), 15);
+
+    let pid = nix::unistd::Pid::from_raw(replay.child.id().unwrap() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).unwrap();
+    let status = replay.child.wait().await.unwrap();
+    assert_eq!(status.signal(), Some(nix::sys::signal::Signal::SIGKILL as i32), "{status:?}");
+
+    let replay = replay_with_checkpoints(dir.path()).await;
+    let mut client = ReplayClient::connect(replay.grpc_uri()).await.unwrap();
+    let info = client.info(pb::InfoRequest {}).await.unwrap().into_inner();
+    assert_eq!(info.tables[0].size, 10, "the checkpoint's ten items are back");
+    let after = insert(&mut client, (16..=20).map(|i| sequence(21, i as f32)).collect())
+        .await
+        .unwrap();
+    let highest = before.iter().max().unwrap();
+    assert!(
+        after.iter().all(|key| key > highest),
+        "keys {after:?} after the crash, {before:?} before"
+    );
+
+    // The twelfth item was acknowledged, then lost with the process.
+    let stale = pb::UpdatePrioritiesRequest {
+        table: "queue".into(),
+        updates: vec![pb::PriorityUpdate {
+            key: before[11],
+            priority: 50.0,
+        }],
+    };
+    assert_eq!(client.update_priorities(stale).await.unwrap().into_inner().missing, 1);
+    let request = pb::SampleRequest {
+        table: "queue".into(),
+        batch_size: 15,
+        num_batches: 1,
+        timeout_ms: 2000,
+        beta: 0.0,
+        in_flight: 1,
+    };
+    let batch = client.sample(request).await.unwrap().into_inner().next().await.unwrap().unwrap();
+    let keys: Vec<u64> = batch.items.iter().map(|i| i.key).collect();
+    let expected: Vec<u64> = before[..10].iter().chain(&after).copied().collect();
+    assert_eq!(keys, expected, "restored items first, then the new ones");
+    assert!(batch.items.iter().all(|i| i.priority != 50.0));
+}
+
+/// A replay whose checkpoint cannot be restored stops with the reason and
+/// never prints its ready line: a launcher waiting for it must not take a
+/// failing start for a ready one.
+#[tokio::test]
+async fn a_failed_restore_is_never_announced_ready() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut replay = replay_with_checkpoints(dir.path()).await;
+    let mut client = ReplayClient::connect(replay.grpc_uri()).await.unwrap();
+    insert(&mut client, vec![sequence(21, 1.0)]).await.unwrap();
+    let path = client.checkpoint(pb::CheckpointRequest {}).await.unwrap().into_inner().path;
+    replay.child.kill().await.unwrap();
+    let file = std::path::Path::new(&path).join("table-0.pb");
+    let bytes = std::fs::read(&file).unwrap();
+    std::fs::write(&file, &bytes[..bytes.len() / 2]).unwrap();
+
+    let output = tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        tokio::process::Command::new(crate::support::FLEET)
+            .args(["replay", "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
+            .args(["--set", &format!("replay.checkpoint_dir={}", dir.path().display())])
+            .env("RUST_LOG", "warn")
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("replay stopped within 60 s")
+    .unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert!(!output.status.success(), "{stderr}");
+    assert!(stderr.contains(&format!("{} is corrupt", file.display())), "{stderr}");
+    assert!(!stdout.contains(fleet::process::READY_PREFIX), "announced ready: {stdout}");
+}
+
+/// A checkpoint left half written by a crash is deleted when replay starts,
+/// before it reports ready, whether or not it ever writes another.
+#[tokio::test]
+async fn a_half_written_checkpoint_is_deleted_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let leftover = dir.path().join(".tmp-replay-00000000000000000003-4242");
+    std::fs::create_dir(&leftover).unwrap();
+    std::fs::write(leftover.join("chunks.pb"), vec![0u8; 4096]).unwrap();
+    let replay = replay_with_checkpoints(dir.path()).await;
+    assert!(!leftover.exists(), "{} is still there", leftover.display());
+    let mut client = ReplayClient::connect(replay.grpc_uri()).await.unwrap();
+    assert_eq!(insert(&mut client, vec![sequence(21, 1.0)]).await.unwrap().len(), 1);
+}
+
+/// The start-up log shows the tables as they run: a table given only a
+/// preset shows the preset's sampler, not the default one.
+#[tokio::test]
+async fn the_start_up_log_shows_the_tables_with_their_presets_applied() {
+    use tokio::io::AsyncBufReadExt;
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("fleet.toml");
+    std::fs::write(
+        &config,
+        "[[replay.tables]]\nname = \"queue\"\npreset = \"prioritized\"\nmax_size = 64\n",
+    )
+    .unwrap();
+    let mut command = tokio::process::Command::new(crate::support::FLEET);
+    command
+        .arg("--config")
+        .arg(&config)
+        .args(["replay", "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stderr(std::process::Stdio::piped());
+    let mut replay = crate::support::Process::spawn("replay", command).await.unwrap();
+    let mut lines = tokio::io::BufReader::new(replay.child.stderr.take().unwrap()).lines();
+    let line = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if line.contains("replay service starting") {
+                return line;
+            }
+        }
+        panic!("replay's log ended without its start-up line");
+    })
+    .await
+    .expect("the start-up line within 30 s");
+    assert!(line.contains("sampler: Prioritized"), "{line}");
+    assert!(!line.contains("sampler: Fifo"), "{line}");
+}
+
+/// A learner that serves one chunk declaring a 3 GiB blob, then nothing.
+struct OversizeLearner;
+
+#[tonic::async_trait]
+impl pb::parameters_server::Parameters for OversizeLearner {
+    type GetWeightsStream = futures::stream::BoxStream<'static, Result<pb::WeightsChunk, tonic::Status>>;
+    type WatchWeightsStream = futures::stream::BoxStream<'static, Result<pb::WeightsChunk, tonic::Status>>;
+
+    async fn get_weights(
+        &self,
+        _: tonic::Request<pb::GetWeightsRequest>,
+    ) -> Result<tonic::Response<Self::GetWeightsStream>, tonic::Status> {
+        Err(tonic::Status::unimplemented("only WatchWeights"))
+    }
+
+    async fn watch_weights(
+        &self,
+        _: tonic::Request<pb::WatchWeightsRequest>,
+    ) -> Result<tonic::Response<Self::WatchWeightsStream>, tonic::Status> {
+        let chunk = pb::WeightsChunk {
+            version: 1,
+            total_bytes: 3 << 30,
+            offset: 0,
+            data: vec![0; 1024],
+            last: false,
+        };
+        Ok(tonic::Response::new(Box::pin(
+            futures::stream::iter([Ok(chunk)]).chain(futures::stream::pending()),
+        )))
+    }
+}
+
+/// The weights size a learner declares is bounded by what the actor's own
+/// network holds: a 3 GiB claim is refused at its first chunk, saying so,
+/// instead of being reserved and waited for.
+#[tokio::test]
+async fn an_actor_refuses_weights_larger_than_its_network() {
+    use tokio::io::AsyncBufReadExt;
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let learner = listener.local_addr().unwrap().to_string();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(pb::parameters_server::ParametersServer::new(OversizeLearner))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    let replay = start(&["replay", "--listen", "127.0.0.1:0"]).await;
+    let mut command = tokio::process::Command::new(crate::support::FLEET);
+    command
+        .args([
+            "actor",
+            "--replay",
+            &replay.grpc,
+            "--learner",
+            &learner,
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ])
+        .args(["--set", "actor.num_envs=1"])
+        .env("RUST_LOG", "warn")
+        .env("NO_COLOR", "1")
+        .stderr(std::process::Stdio::piped());
+    let mut actor = crate::support::Process::spawn("actor", command).await.unwrap();
+    let mut lines = tokio::io::BufReader::new(actor.child.stderr.take().unwrap()).lines();
+    let line = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if line.contains("weights stream failed") {
+                return line;
+            }
+        }
+        panic!("the actor's log ended without refusing the weights");
+    })
+    .await
+    .expect("the actor refuses the weights within 30 s");
+    assert!(line.contains(&format!("declares {} bytes", 3u64 << 30)), "{line}");
+    assert!(line.contains("refused without allocating"), "{line}");
+}

@@ -10,13 +10,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use candle_core::{Device, Tensor};
 use fleet_agent::{ActorCritic, NetworkConfig, Weights, observations_tensor};
-use fleet_proto::WeightsAssembler;
 use fleet_proto::connect::{Backoff, connect_or_stop, sleep_or_cancel};
 use fleet_proto::pb::{self, parameters_client::ParametersClient, replay_client::ReplayClient};
+use fleet_proto::{WeightsAssembler, WeightsError};
 use fleet_trajectory::Observations;
 use futures::StreamExt;
 use rand::SeedableRng;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::ActorConfig;
@@ -62,11 +62,15 @@ pub async fn run(settings: ActorSettings, shutdown: CancellationToken) -> Result
     // series before the first reopen, and native-env actors show none.
     metrics::counter!(m::ENV_BRIDGE_RESTARTS).increment(0);
     let (weights_tx, weights_rx) = watch::channel::<Option<Arc<Weights>>>(None);
+    // The compute thread builds the network, so it tells the weights task
+    // how large a blob the network can take.
+    let (limit_tx, limit_rx) = oneshot::channel::<u64>();
     let newest_version = Arc::new(AtomicU64::new(0));
     let (sequence_tx, sequence_rx) = mpsc::channel::<Finished>(settings.actor.max_in_flight);
 
     let weights_task = tokio::spawn(follow_weights(
         settings.clone(),
+        limit_rx,
         weights_tx,
         newest_version.clone(),
         shutdown.clone(),
@@ -75,7 +79,16 @@ pub async fn run(settings: ActorSettings, shutdown: CancellationToken) -> Result
 
     let compute_settings = settings.clone();
     let compute_shutdown = shutdown.clone();
-    let compute = tokio::task::spawn_blocking(move || act(compute_settings, weights_rx, sequence_tx, newest_version, compute_shutdown));
+    let compute = tokio::task::spawn_blocking(move || {
+        act(
+            compute_settings,
+            limit_tx,
+            weights_rx,
+            sequence_tx,
+            newest_version,
+            compute_shutdown,
+        )
+    });
     let result = match compute.await {
         Ok(result) => result,
         Err(join) => Err(ActorError::Thread(join.to_string())),
@@ -109,6 +122,7 @@ fn make_envs(settings: &ActorSettings, seed: u64, shutdown: &CancellationToken) 
 /// The compute loop: act in every environment, write sequences, hand them on.
 fn act(
     settings: ActorSettings,
+    limit_tx: oneshot::Sender<u64>,
     mut weights_rx: watch::Receiver<Option<Arc<Weights>>>,
     sequence_tx: mpsc::Sender<Finished>,
     newest_version: Arc<AtomicU64>,
@@ -123,6 +137,8 @@ fn act(
     let spec = envs.spec();
     tracing::info!(env = %settings.env.name, %spec, "environments ready");
     let network = ActorCritic::new(spec, &settings.network, seed, &Device::Cpu)?;
+    // A failed send means the weights task has stopped: shutting down.
+    let _ = limit_tx.send(max_weights_bytes(&network));
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ 0xA5A5_A5A5);
     let mut writers: Vec<SequenceWriter> = (0..config.num_envs)
         .map(|env| {
@@ -247,13 +263,27 @@ fn act(
 /// in the connection's buffers would reach it tens of updates late (the
 /// policy lag of one actor then climbed to 60–80 versions while the other's
 /// stayed at 10).
+///
+/// `limit` brings the largest blob the actor's network can load (see
+/// [`max_weights_bytes`]); no weights are asked for before it comes, and a
+/// learner that declares a larger blob is refused before anything is
+/// allocated for it.
 async fn follow_weights(
     settings: ActorSettings,
+    limit: oneshot::Receiver<u64>,
     weights_tx: watch::Sender<Option<Arc<Weights>>>,
     newest_version: Arc<AtomicU64>,
     shutdown: CancellationToken,
 ) {
-    let limit = 1u64 << 32;
+    let limit = tokio::select! {
+        _ = shutdown.cancelled() => return,
+        limit = limit => match limit {
+            Ok(limit) => limit,
+            // The compute thread failed before building the network.
+            Err(_) => return,
+        },
+    };
+    tracing::debug!(limit, "largest weights blob this actor takes");
     loop {
         let Some(channel) = connect_or_stop(&settings.learner_address, settings.backoff, &shutdown).await else {
             return;
@@ -294,9 +324,28 @@ async fn follow_weights(
     }
 }
 
-/// Reads chunks until one whole version is assembled; `None` on shutdown.
+/// Room for a safetensors header beside the parameters: per tensor its
+/// name (counted apart), dtype, shape and offsets as JSON, and once the
+/// version metadata and the padding.
+const HEADER_BYTES_PER_TENSOR: u64 = 256;
+const HEADER_BYTES: u64 = 4096;
+
+/// The largest weights blob `network` can load: its parameters' bytes plus
+/// room for the header. A learner with the same network config publishes
+/// less than this; anything larger could not load anyway.
+pub fn max_weights_bytes(network: &ActorCritic) -> u64 {
+    let tensors: u64 = network
+        .params()
+        .iter()
+        .map(|(name, var)| (var.elem_count() * var.dtype().size_in_bytes()) as u64 + name.len() as u64 + HEADER_BYTES_PER_TENSOR)
+        .sum();
+    tensors + HEADER_BYTES
+}
+
+/// Reads chunks until one whole version of at most `limit` bytes is
+/// assembled; `None` on shutdown.
 async fn next_version(
-    stream: &mut tonic::Streaming<pb::WeightsChunk>,
+    stream: &mut (impl futures::Stream<Item = Result<pb::WeightsChunk, tonic::Status>> + Unpin),
     limit: u64,
     shutdown: &CancellationToken,
 ) -> Result<Option<(u64, Vec<u8>)>, String> {
@@ -310,6 +359,11 @@ async fn next_version(
             Some(Ok(chunk)) => match assembler.push(chunk) {
                 Ok(Some(version)) => return Ok(Some(version)),
                 Ok(None) => {}
+                Err(error @ WeightsError::TooLarge { .. }) => {
+                    return Err(format!(
+                        "bad weights stream: {error} (this actor's network holds at most that much; does the learner run the same network config?)"
+                    ));
+                }
                 Err(error) => return Err(format!("bad weights stream: {error}")),
             },
             Some(Err(status)) => return Err(status.to_string()),
@@ -415,5 +469,59 @@ async fn stream_sequences(settings: ActorSettings, mut sequence_rx: mpsc::Receiv
             }
         }
         sleep_or_cancel(settings.backoff.initial, &shutdown).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fleet_agent::EnvSpec;
+
+    /// The bound holds what a learner with the same network publishes, and
+    /// is not much more than the parameters themselves.
+    #[test]
+    fn the_weights_bound_fits_the_network_and_little_more() {
+        let spec = EnvSpec::vector(4, 2);
+        for network in [
+            NetworkConfig::default(),
+            NetworkConfig {
+                hidden: vec![256, 256],
+                ..NetworkConfig::default()
+            },
+        ] {
+            let network = ActorCritic::new(spec, &network, 1, &Device::Cpu).unwrap();
+            let blob = Weights::from_network(&network, u64::MAX).unwrap().bytes.len() as u64;
+            let params: u64 = network.params().iter().map(|(_, v)| v.elem_count() as u64 * 4).sum();
+            let limit = max_weights_bytes(&network);
+            assert!(blob <= limit, "a {blob}-byte blob over the {limit}-byte bound");
+            assert!(limit <= params + 64 * 1024, "{limit} bytes for {params} bytes of parameters");
+        }
+    }
+
+    /// A learner that declares a blob larger than the network is refused at
+    /// its first chunk, with the sizes in the reason; before, any size up to
+    /// 4 GiB was reserved and then waited for.
+    #[tokio::test]
+    async fn a_declared_blob_larger_than_the_network_is_refused() {
+        let network = ActorCritic::new(EnvSpec::vector(4, 2), &NetworkConfig::default(), 1, &Device::Cpu).unwrap();
+        let limit = max_weights_bytes(&network);
+        let weights = Weights::from_network(&network, 3).unwrap();
+        let mut chunks = fleet_proto::chunk_weights(3, &weights.bytes);
+        chunks[0].total_bytes = 3 << 30;
+        chunks[0].last = false;
+        // Then the stream stays open, as a learner that sends nothing more.
+        let mut stream = futures::stream::iter(chunks.into_iter().take(1).map(Ok)).chain(futures::stream::pending());
+        let shutdown = CancellationToken::new();
+        let reason = tokio::time::timeout(std::time::Duration::from_secs(5), next_version(&mut stream, limit, &shutdown))
+            .await
+            .expect("refused at once, not waiting for the rest")
+            .unwrap_err();
+        assert!(reason.contains(&format!("declares {} bytes", 3u64 << 30)), "{reason}");
+        assert!(reason.contains(&format!("{limit} bytes")), "{reason}");
+
+        // The real blob is taken whole.
+        let mut stream = futures::stream::iter(fleet_proto::chunk_weights(3, &weights.bytes).into_iter().map(Ok));
+        let taken = next_version(&mut stream, limit, &shutdown).await.unwrap();
+        assert_eq!(taken, Some((3, weights.bytes)));
     }
 }

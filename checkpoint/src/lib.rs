@@ -20,9 +20,18 @@
 //! file, then the manifest, then the directory is fsynced, and one rename
 //! gives it its final name (the root is fsynced after). A crash therefore
 //! leaves either a complete checkpoint or a `.tmp-` directory, which is never
-//! read and is deleted when the next checkpoint starts. After the rename all
-//! but the newest `keep` complete checkpoints are deleted. One writer per
-//! root and kind at a time: the callers serialise their own writes.
+//! read. [`Store::remove_leftovers`] deletes such leftovers; a role calls it
+//! at start, and every checkpoint calls it before it begins. After the
+//! rename all but the newest `keep` complete checkpoints are deleted. One
+//! writer per root and kind at a time: the callers serialise their own
+//! writes.
+//!
+//! # Starts
+//!
+//! Beside the checkpoints, `<root>/<kind>.starts` counts the starts of the
+//! role that writes there ([`Store::record_start`]): a number that is never
+//! handed out twice, even when the role crashes long after its last
+//! checkpoint. Replay puts it in the high bits of its item keys.
 //!
 //! # Reading
 //!
@@ -216,21 +225,78 @@ impl Store {
         self.latest()?.map(|dir| read(&dir)).transpose()
     }
 
+    /// Deletes the temporaries (`.tmp-<kind>-…`) that a crash mid-write
+    /// left under the root, and returns how many there were. A missing root
+    /// holds none. Only for the one writer of this root and kind: another
+    /// process's checkpoint in progress would be deleted too.
+    pub fn remove_leftovers(&self) -> Result<usize, Error> {
+        let entries = match fs::read_dir(&self.root) {
+            Ok(entries) => entries,
+            Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(0),
+            Err(error) => return Err(io_error("listing", &self.root)(error)),
+        };
+        let temp_prefix = self.temp_prefix();
+        let mut removed = 0;
+        for entry in entries {
+            let entry = entry.map_err(io_error("listing", &self.root))?;
+            if !entry.file_name().to_str().is_some_and(|n| n.starts_with(&temp_prefix)) {
+                continue;
+            }
+            let path = entry.path();
+            let is_dir = entry.file_type().map_err(io_error("inspecting", &path))?.is_dir();
+            let result = if is_dir {
+                fs::remove_dir_all(&path)
+            } else {
+                fs::remove_file(&path)
+            };
+            result.map_err(io_error("deleting the leftover", &path))?;
+            tracing::info!(path = %path.display(), "deleted a checkpoint left unfinished by a crash");
+            removed += 1;
+        }
+        Ok(removed)
+    }
+
+    /// Counts one more start in `<root>/<kind>.starts` and returns its
+    /// number: one more than the last one recorded (1 the first time), or
+    /// `at_least` if that is larger. The new count is on disk (written to a
+    /// temporary, fsynced, renamed, the root fsynced) before this returns,
+    /// so a number is never returned twice, whatever happens afterwards. An
+    /// unreadable count is an error, never a silent restart from 1.
+    pub fn record_start(&self, at_least: u64) -> Result<u64, Error> {
+        fs::create_dir_all(&self.root).map_err(io_error("creating", &self.root))?;
+        let path = self.root.join(format!("{}.starts", self.kind));
+        let last = match fs::read_to_string(&path) {
+            Ok(text) => text.trim().parse::<u64>().map_err(|e| Error::Corrupt {
+                dir: self.root.clone(),
+                file: format!("{}.starts", self.kind),
+                problem: format!("not a count of starts ({e}): {:?}", text.trim()),
+            })?,
+            Err(error) if error.kind() == io::ErrorKind::NotFound => 0,
+            Err(error) => return Err(io_error("reading", &path)(error)),
+        };
+        let start = last.checked_add(1).ok_or_else(|| Error::Corrupt {
+            dir: self.root.clone(),
+            file: format!("{}.starts", self.kind),
+            problem: "the count of starts is at its largest".into(),
+        })?;
+        let start = start.max(at_least);
+        let temp = self.root.join(format!("{}starts-{}", self.temp_prefix(), std::process::id()));
+        let mut file = File::create(&temp).map_err(io_error("creating", &temp))?;
+        file.write_all(format!("{start}\n").as_bytes())
+            .and_then(|()| file.sync_all())
+            .map_err(io_error("writing", &temp))?;
+        fs::rename(&temp, &path).map_err(io_error("renaming into", &path))?;
+        File::open(&self.root)
+            .and_then(|d| d.sync_all())
+            .map_err(io_error("syncing", &self.root))?;
+        Ok(start)
+    }
+
     /// Starts the next checkpoint: creates the root if need be, deletes
     /// temporaries a crash left, and opens a temporary directory.
     pub fn begin(&self) -> Result<Writer, Error> {
         fs::create_dir_all(&self.root).map_err(io_error("creating", &self.root))?;
-        let temp_prefix = self.temp_prefix();
-        for entry in fs::read_dir(&self.root).map_err(io_error("listing", &self.root))? {
-            let path = entry.map_err(io_error("listing", &self.root))?.path();
-            if path
-                .file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with(&temp_prefix))
-            {
-                fs::remove_dir_all(&path).map_err(io_error("deleting the leftover", &path))?;
-            }
-        }
+        self.remove_leftovers()?;
         let sequence = self.named()?.last().map_or(1, |(last, _)| last + 1);
         let name = self.name(sequence);
         let temp = self.root.join(format!("{TEMP_PREFIX}{name}-{}", std::process::id()));
@@ -554,6 +620,46 @@ mod tests {
         assert_eq!(fs::read_dir(root.path()).unwrap().count(), 1, "the next write removed the leftover");
         // The next checkpoint takes the sequence the crashed one never got.
         assert_eq!(name(&write(&store, 2)), "test-00000000000000000002");
+    }
+
+    #[test]
+    fn leftovers_of_this_kind_are_removed_at_start_and_nothing_else() {
+        let root = tempfile::tempdir().unwrap();
+        let store = Store::new(root.path(), "test", 3);
+        assert_eq!(Store::new(root.path().join("absent"), "test", 1).remove_leftovers().unwrap(), 0);
+        let done = write(&store, 1);
+        let mut writer = store.begin().unwrap();
+        writer.put("weights.bin", b"half").unwrap();
+        std::mem::forget(writer);
+        fs::write(root.path().join(".tmp-test-starts-1"), b"7").unwrap();
+        let other = root.path().join(".tmp-other-00000000000000000001-1");
+        fs::create_dir(&other).unwrap();
+        assert_eq!(store.remove_leftovers().unwrap(), 2);
+        let mut left: Vec<String> = fs::read_dir(root.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(left, vec![".tmp-other-00000000000000000001-1".to_owned(), name(&done)]);
+    }
+
+    #[test]
+    fn starts_are_counted_durably_and_never_repeat() {
+        let root = tempfile::tempdir().unwrap();
+        let store = Store::new(root.path().join("new"), "test", 1);
+        assert_eq!(store.record_start(0).unwrap(), 1);
+        assert_eq!(store.record_start(0).unwrap(), 2);
+        // A larger floor (keys restored from elsewhere) wins, and is recorded.
+        assert_eq!(store.record_start(10).unwrap(), 10);
+        assert_eq!(store.record_start(3).unwrap(), 11);
+        let again = Store::new(root.path().join("new"), "test", 1);
+        assert_eq!(again.record_start(0).unwrap(), 12);
+        assert_eq!(Store::new(root.path().join("new"), "other", 1).record_start(0).unwrap(), 1);
+        assert!(store.latest().unwrap().is_none(), "the count is no checkpoint");
+        // A damaged count stops the start instead of counting from 1 again.
+        fs::write(root.path().join("new").join("test.starts"), b"garbage").unwrap();
+        let err = store.record_start(0).unwrap_err().to_string();
+        assert!(err.contains("test.starts is corrupt"), "{err}");
     }
 
     #[test]

@@ -1,6 +1,11 @@
 //! Weight blobs on the wire: one version is cut into [`pb::WeightsChunk`]s of
 //! at most [`MAX_CHUNK_BYTES`] payload, so no message comes near the 1 MiB
 //! bound whatever the model size, and joined again by [`WeightsAssembler`].
+//!
+//! The sender states the blob's size in every chunk; the receiver decides
+//! how much it is willing to take (an actor: what its own network's
+//! parameters need), and a larger claim is refused before anything is
+//! allocated for it.
 
 use crate::pb::WeightsChunk;
 
@@ -15,8 +20,12 @@ pub enum WeightsError {
     MixedVersions { expected: u64, found: u64 },
     #[error("weights version {version} promised {total} bytes but chunks carry {got}")]
     Length { version: u64, total: u64, got: u64 },
-    #[error("weights version {version} declares {total} bytes, above the limit of {limit}")]
+    #[error(
+        "weights version {version} declares {total} bytes, more than the {limit} bytes this receiver takes; refused without allocating"
+    )]
     TooLarge { version: u64, total: u64, limit: u64 },
+    #[error("weights chunk for version {version} declares {found} bytes in all, an earlier chunk {expected}")]
+    ChangedTotal { version: u64, expected: u64, found: u64 },
 }
 
 /// Cuts `bytes` (one weights version) into chunks of at most `MAX_CHUNK_BYTES`.
@@ -49,14 +58,22 @@ pub fn chunk_weights(version: u64, bytes: &[u8]) -> Vec<WeightsChunk> {
 /// Joins chunks back into one blob, checking order, version and length.
 #[derive(Debug)]
 pub struct WeightsAssembler {
-    /// Refuse blobs larger than this (a peer cannot make us allocate without bound).
+    /// Refuse blobs larger than this, so that a peer cannot choose how much
+    /// we allocate: the receiver's own expectation of the blob's size.
     limit: u64,
+    /// The version being assembled, its declared size, and the bytes so far.
     current: Option<(u64, u64, Vec<u8>)>,
 }
 
 impl WeightsAssembler {
+    /// An assembler that refuses blobs declared larger than `limit` bytes.
     pub fn new(limit: u64) -> Self {
         Self { limit, current: None }
+    }
+
+    /// The largest blob this assembler takes.
+    pub fn limit(&self) -> u64 {
+        self.limit
     }
 
     /// Feeds one chunk; returns `(version, bytes)` once the last chunk arrives.
@@ -77,6 +94,12 @@ impl WeightsAssembler {
                 expected: *version,
                 found: chunk.version,
             })
+        } else if chunk.total_bytes != *total {
+            Some(WeightsError::ChangedTotal {
+                version: *version,
+                expected: *total,
+                found: chunk.total_bytes,
+            })
         } else if chunk.offset != buf.len() as u64 {
             Some(WeightsError::OutOfOrder {
                 version: *version,
@@ -90,16 +113,17 @@ impl WeightsAssembler {
             self.current = None;
             return Err(error);
         }
-        buf.extend_from_slice(&chunk.data);
-        if buf.len() as u64 > *total || (chunk.last && buf.len() as u64 != *total) {
+        let got = (buf.len() + chunk.data.len()) as u64;
+        if got > *total || (chunk.last && got != *total) {
             let error = WeightsError::Length {
                 version: *version,
                 total: *total,
-                got: buf.len() as u64,
+                got,
             };
             self.current = None;
             return Err(error);
         }
+        buf.extend_from_slice(&chunk.data);
         if chunk.last {
             let blob = (*version, std::mem::take(buf));
             self.current = None;
@@ -150,5 +174,45 @@ mod tests {
         big.total_bytes = 1 << 40;
         let mut small = WeightsAssembler::new(1 << 20);
         assert!(matches!(small.push(big), Err(WeightsError::TooLarge { .. })));
+    }
+
+    /// The size a peer declares is checked against the receiver's limit
+    /// before anything is reserved for it, in the first chunk and in every
+    /// later one.
+    #[test]
+    fn a_declared_size_above_the_limit_is_refused_before_allocating() {
+        let blob = vec![7u8; MAX_CHUNK_BYTES + 10];
+        let chunks = chunk_weights(4, &blob);
+        let mut asm = WeightsAssembler::new(blob.len() as u64);
+        let mut huge = chunks[0].clone();
+        huge.total_bytes = 3 << 30;
+        let error = asm.push(huge).unwrap_err();
+        assert_eq!(
+            error,
+            WeightsError::TooLarge {
+                version: 4,
+                total: 3 << 30,
+                limit: blob.len() as u64
+            }
+        );
+        assert!(error.to_string().contains("refused without allocating"), "{error}");
+        assert!(asm.current.is_none(), "nothing is kept, let alone reserved");
+
+        // A later chunk cannot raise the size the first one declared.
+        assert_eq!(asm.push(chunks[0].clone()).unwrap(), None);
+        assert_eq!(
+            asm.current.as_ref().map(|(_, _, buf)| buf.capacity() as u64),
+            Some(blob.len() as u64)
+        );
+        let mut grown = chunks[1].clone();
+        grown.total_bytes -= 1;
+        assert!(matches!(asm.push(grown), Err(WeightsError::ChangedTotal { .. })));
+
+        // A blob of exactly the limit is taken.
+        let mut out = None;
+        for chunk in chunks {
+            out = asm.push(chunk).unwrap();
+        }
+        assert_eq!(out, Some((4, blob)));
     }
 }

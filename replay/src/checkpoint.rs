@@ -119,7 +119,8 @@ fn table_file(i: usize) -> String {
     format!("table-{i}.pb")
 }
 
-fn store(root: &Path, keep: usize) -> Store {
+/// The store of replay checkpoints under `root`.
+pub fn store(root: &Path, keep: usize) -> Store {
     Store::new(root, KIND, keep)
 }
 

@@ -40,6 +40,17 @@ pub struct ReplayConfig {
     pub keep_checkpoints: usize,
 }
 
+impl ReplayConfig {
+    /// The config with every table's preset applied (see
+    /// [`TableConfig::effective`]): the settings the tables run with.
+    pub fn effective(&self) -> Self {
+        Self {
+            tables: self.tables.iter().map(TableConfig::effective).collect(),
+            ..self.clone()
+        }
+    }
+}
+
 impl Default for ReplayConfig {
     fn default() -> Self {
         Self {

@@ -54,6 +54,8 @@ pub enum Error {
     },
     #[error("timed out after {waited:?} waiting for room in full table {table:?}")]
     InsertTimeout { table: String, waited: Duration },
+    #[error("table {table:?} has issued every key of this start; restart replay to take new keys")]
+    KeysExhausted { table: String },
     #[error("replay checkpoint: {0}")]
     Checkpoint(String),
     /// A checkpoint's files on disk: writing them, or reading them back
@@ -81,7 +83,9 @@ impl From<Error> for tonic::Status {
             | Error::InvalidInsert(_)
             | Error::InvalidSampleRequest(_)
             | Error::InvalidPriority { .. } => Code::InvalidArgument,
-            Error::TooLarge { .. } | Error::TooManyWriters(_) | Error::BatchTooLarge { .. } => Code::ResourceExhausted,
+            Error::TooLarge { .. } | Error::TooManyWriters(_) | Error::BatchTooLarge { .. } | Error::KeysExhausted { .. } => {
+                Code::ResourceExhausted
+            }
             Error::SampleTimeout { .. } | Error::InsertTimeout { .. } => Code::DeadlineExceeded,
             Error::Checkpoint(_) | Error::CheckpointFiles(_) | Error::Compression(_) => Code::Internal,
             Error::CheckpointsDisabled => Code::FailedPrecondition,

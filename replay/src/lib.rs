@@ -43,6 +43,6 @@ pub mod validate;
 
 pub use config::{Codec, Compression, Preset, ReplayConfig, SamplerKind, TableConfig};
 pub use error::Error;
-pub use service::{ReplayService, Restore, serve};
+pub use service::{ReplayService, Restore, serve, serve_announcing};
 pub use table::Table;
 pub use validate::{Signature, ValidationError, validate_sequence};

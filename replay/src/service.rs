@@ -27,7 +27,7 @@ use crate::checkpoint;
 use crate::chunk::{ChunkStore, ItemSteps};
 use crate::config::ReplayConfig;
 use crate::error::Error;
-use crate::table::{SampledItem, Table};
+use crate::table::{SampledItem, Table, key_epoch};
 use crate::validate::ValidationError;
 
 /// Acknowledgements buffered per insert stream before the server stops
@@ -99,8 +99,43 @@ impl ReplayService {
     /// holds must be in `config` (tables only in `config` start empty); any
     /// problem with the checkpoint is an error naming it, and nothing is
     /// served from half a checkpoint.
+    ///
+    /// With `replay.checkpoint_dir` set, this also deletes the unfinished
+    /// checkpoints a crash left there, and counts this start in that
+    /// directory: the count is the epoch of every key issued from now on
+    /// (see [`crate::table`]'s "Keys"), so keys never repeat across
+    /// restarts. Without a checkpoint directory nothing outlives the
+    /// process: keys start at 1 on every start (epoch 0), or, restoring from
+    /// `Restore::From`, in the epoch after the restored keys.
     pub fn open(config: &ReplayConfig, shutdown: CancellationToken, restore: &Restore) -> Result<(Self, Option<PathBuf>), Error> {
         config.validate().map_err(Error::Config)?;
+        let own_store = (!config.checkpoint_dir.is_empty()).then(|| checkpoint::store(std::path::Path::new(&config.checkpoint_dir), 1));
+        if let Some(store) = &own_store {
+            store.remove_leftovers()?;
+        }
+        let (service, restored) = Self::open_tables(config, shutdown, restore)?;
+        // Above every key restored, in case they come from a later start
+        // than this directory has counted (or from another directory).
+        let after_restored = service
+            .inner
+            .tables
+            .iter()
+            .map(|t| key_epoch(t.next_key() - 1) + 1)
+            .max()
+            .unwrap_or(0);
+        let epoch = match &own_store {
+            Some(store) => store.record_start(after_restored)?,
+            None if restored.is_some() => after_restored,
+            None => 0,
+        };
+        for table in &service.inner.tables {
+            table.begin_epoch(epoch)?;
+        }
+        debug!(epoch, "replay keys begin at epoch");
+        Ok((service, restored))
+    }
+
+    fn open_tables(config: &ReplayConfig, shutdown: CancellationToken, restore: &Restore) -> Result<(Self, Option<PathBuf>), Error> {
         let dir = match restore {
             Restore::From(root) => Some(
                 checkpoint::newest(root)?.ok_or_else(|| Error::Checkpoint(format!("no complete checkpoint under {}", root.display())))?,
@@ -243,21 +278,17 @@ impl ReplayService {
                     self.inner.store.continued_item(before, overlap, sequence, compression)?
                 }
             };
-            // Refuse before storing anywhere, so one item is in all its
-            // tables or in none.
-            for table in &tables {
-                table.check_signature(steps.signature())?;
-            }
-            let mut keys = Vec::with_capacity(tables.len());
-            for table in &tables {
-                // Waits while the table is full; that wait is the
-                // back-pressure actors feel. Stop waiting if the client goes away.
-                let key = tokio::select! {
-                    key = table.insert_item(Arc::clone(&steps), priority, None) => key?,
-                    () = acks.closed() => return Ok(()),
-                };
-                keys.push(key);
-            }
+            // One item is in all its tables or in none: stored in all at
+            // once when every one can take it, refused whole when any one
+            // refuses it. Waits while any of them is full; that wait is the
+            // back-pressure actors feel. A client that leaves mid-wait
+            // leaves nothing behind: the wait is dropped before anything is
+            // stored, and the item is not acknowledged (an actor resends it).
+            let refs: Vec<&Table> = tables.iter().map(Arc::as_ref).collect();
+            let keys = tokio::select! {
+                keys = Table::insert_into_all(&refs, Arc::clone(&steps), priority, None) => keys?,
+                () = acks.closed() => return Ok(()),
+            };
             previous.insert(request.writer, steps);
             let ack = InsertResponse {
                 key: keys[0],
@@ -476,6 +507,20 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
+    serve_announcing(config, restore, listener, shutdown, || {}).await
+}
+
+/// [`serve`], calling `ready` once the tables are restored (or made) and
+/// health reports SERVING, before the first request is served. A start that
+/// fails before then (a bad config, a damaged checkpoint) returns its error
+/// without calling `ready`.
+pub async fn serve_announcing(
+    config: ReplayConfig,
+    restore: Restore,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    ready: impl FnOnce(),
+) -> Result<(), Error> {
     // Help text and units for every replay metric, so that /metrics is
     // complete (harmless without a recorder, and when called again).
     crate::metrics::describe();
@@ -489,7 +534,8 @@ pub async fn serve(
         None if config.checkpoint_dir.is_empty() => {}
         None => info!(dir = %config.checkpoint_dir, "no replay checkpoint yet; starting empty"),
     }
-    info!(addr = ?listener.local_addr().ok(), ?config, "replay service starting");
+    // The tables as they run, presets applied.
+    info!(addr = ?listener.local_addr().ok(), config = ?config.effective(), "replay service starting");
     if service.inner.checkpoint_dir.is_some() && config.checkpoint_interval_secs > 0.0 {
         let service = service.clone();
         let token = token.clone();
@@ -511,6 +557,7 @@ pub async fn serve(
     let (health, health_server) = tonic_health::server::health_reporter();
     health.set_serving::<ReplayServer<ReplayService>>().await;
     health.set_service_status("", ServingStatus::Serving).await;
+    ready();
 
     let stop = {
         let token = token.clone();
@@ -1109,14 +1156,24 @@ mod tests {
         let mut batches = client.sample(sample_request(4, 1, 0)).await.unwrap().into_inner();
         let batch = batches.message().await.unwrap().unwrap();
         let keys: Vec<u64> = batch.items.iter().map(|i| i.key).collect();
-        assert_eq!(keys, vec![3, 4, 5, 6], "FIFO order and keys survive");
+        // The first start with this directory issued keys in epoch 1.
+        let first = crate::table::first_key(1);
+        assert_eq!(
+            keys,
+            vec![first + 2, first + 3, first + 4, first + 5],
+            "FIFO order and keys survive"
+        );
         for (item, expected) in batch.items.iter().zip(sent[2..].iter().chain([&cartpole_sequence(9, 6)])) {
             assert_eq!(item.sequence.as_ref(), Some(expected));
         }
         let keys = insert_all(&mut client, vec![insert_request(cartpole_sequence(9, 7))])
             .await
             .unwrap();
-        assert_eq!(keys, vec![7], "keys continue after the restored ones");
+        assert_eq!(
+            keys,
+            vec![crate::table::first_key(2)],
+            "keys go on in the next start's epoch, above the restored ones"
+        );
         server.stop().await.unwrap();
 
         // A checkpoint holding a table the config lost is refused by name.
@@ -1149,6 +1206,78 @@ mod tests {
         let err = ReplayService::open(&config, CancellationToken::new(), &Restore::Auto).unwrap_err();
         assert!(err.to_string().contains(&format!("{} is corrupt", file.display())), "{err}");
         assert_eq!(tonic::Status::from(err).code(), Code::Internal);
+    }
+
+    /// An item named for several tables is stored in all of them or in
+    /// none: not when a later table refuses it as too large, and not when
+    /// its client leaves while a later table is full.
+    #[tokio::test]
+    async fn an_item_lands_in_all_its_tables_or_in_none() {
+        let table = |name: &str, max_size, max_bytes| TableConfig {
+            name: name.into(),
+            max_size,
+            max_bytes,
+            sampler: SamplerKind::Fifo,
+            max_times_sampled: 1,
+            ..TableConfig::default()
+        };
+        let config = ReplayConfig {
+            tables: vec![table("queue", 8, 0), table("small", 8, 64), table("full", 1, 0)],
+            ..ReplayConfig::default()
+        };
+        let server = Server::start(config).await;
+        let mut client = server.client().await;
+        let sizes = |mut client: ReplayClient<Channel>| async move {
+            let info = client.info(pb::InfoRequest {}).await.unwrap().into_inner();
+            info.tables.iter().map(|t| (t.size, t.inserts)).collect::<Vec<_>>()
+        };
+        let request = |seed, also: &[&str]| InsertRequest {
+            also_tables: also.iter().map(|&t| t.to_owned()).collect(),
+            ..insert_request(cartpole_sequence(21, seed))
+        };
+
+        // The second table refuses it: the first one must not keep it.
+        let status = insert_all(&mut client, vec![request(1, &["small"])]).await.unwrap_err();
+        assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+        assert!(status.message().contains("\"small\""), "{status:?}");
+        assert_eq!(sizes(client.clone()).await, vec![(0, 0), (0, 0), (0, 0)]);
+
+        // A full queue holds it back: while it waits, no table has it, and
+        // when its client leaves, none ever will.
+        let full = InsertRequest {
+            table: "full".into(),
+            ..request(2, &[])
+        };
+        insert_all(&mut client, vec![full]).await.unwrap();
+        let (requests, rx) = mpsc::channel(1);
+        let mut acks = client.insert(ReceiverStream::new(rx)).await.unwrap().into_inner();
+        requests.send(request(3, &["full"])).await.unwrap();
+        let waiting = tokio::time::timeout(Duration::from_millis(300), acks.message()).await;
+        assert!(waiting.is_err(), "the insert must wait for room in \"full\"");
+        assert_eq!(sizes(client.clone()).await, vec![(0, 0), (0, 0), (1, 1)]);
+        drop((requests, acks));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let freed = pb::SampleRequest {
+            table: "full".into(),
+            ..sample_request(1, 1, 1000)
+        };
+        client.sample(freed).await.unwrap().into_inner().message().await.unwrap().unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(
+            sizes(client.clone()).await,
+            vec![(0, 0), (0, 0), (0, 1)],
+            "the abandoned item is in no table"
+        );
+
+        // With room in both, it lands in both, under a key from each.
+        let (requests, rx) = mpsc::channel(1);
+        let mut acks = client.insert(ReceiverStream::new(rx)).await.unwrap().into_inner();
+        requests.send(request(4, &["full"])).await.unwrap();
+        let ack = acks.message().await.unwrap().unwrap();
+        assert_eq!((ack.key, ack.also_keys), (1, vec![2]));
+        assert_eq!(sizes(client.clone()).await, vec![(1, 1), (0, 0), (1, 2)]);
+        drop(requests);
+        server.stop().await.unwrap();
     }
 
     #[tokio::test]

@@ -17,10 +17,29 @@
 //! Items hold their steps as shared chunks ([`crate::chunk`]); the table's
 //! byte count (and budget) counts each chunk its items reference once, so
 //! overlapping items cost little more than their new steps.
+//!
+//! # Keys
+//!
+//! A key is `epoch << KEY_EPOCH_SHIFT | n`: the high bits are the start of
+//! the service that issued it (see [`Table::begin_epoch`]), the low bits
+//! count up from 1 within that start. A restarted service takes a new epoch
+//! above every key it restored, so a key it hands out now was never handed
+//! out before — not even one acknowledged after the checkpoint it restored
+//! from and lost in a crash — and a stale priority update for such a lost
+//! key finds nothing instead of an unrelated new item. Keys still increase
+//! across restarts, so restored items stay ahead of new ones in FIFO order.
+//!
+//! # Inserting into several tables
+//!
+//! [`Table::insert_into_all`] stores one item in several tables at once or
+//! in none: it locks them all (always in the same order) and stores only
+//! when every one can take the item, otherwise it waits for room in any of
+//! them and looks again.
 
 use std::collections::{BTreeMap, HashMap};
 use std::pin::pin;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::Poll;
 use std::time::Duration;
 
 use fleet_proto::pb;
@@ -43,6 +62,32 @@ use crate::validate::{Signature, ValidationError};
 /// priority seen so far (inserted or updated), so that new items are sampled
 /// at least as eagerly as any other until the learner has scored them.
 pub const DEFAULT_PRIORITY: f64 = 1.0;
+
+/// Bits of a key below its epoch: 2^44 − 1 keys per start (decades of
+/// inserts at any plausible rate) and 2^20 starts.
+pub const KEY_EPOCH_SHIFT: u32 = 44;
+
+/// Most epochs; [`Table::begin_epoch`] refuses the ones beyond.
+pub const MAX_KEY_EPOCH: u64 = (1 << (u64::BITS - KEY_EPOCH_SHIFT)) - 1;
+
+/// The first key of `epoch` (keys of epoch 0 are 1, 2, …).
+pub fn first_key(epoch: u64) -> u64 {
+    (epoch << KEY_EPOCH_SHIFT) | 1
+}
+
+/// The epoch a key was issued in.
+pub fn key_epoch(key: u64) -> u64 {
+    key >> KEY_EPOCH_SHIFT
+}
+
+/// Where the epoch of the key before `next_key` ends: the first key of the
+/// next epoch (none after the last).
+fn key_limit(next_key: u64) -> u64 {
+    match key_epoch(next_key.saturating_sub(1)) {
+        MAX_KEY_EPOCH => u64::MAX,
+        epoch => first_key(epoch + 1),
+    }
+}
 
 /// One stored item and its bookkeeping.
 #[derive(Debug)]
@@ -143,6 +188,9 @@ struct State {
     signature: Option<Signature>,
     /// Keys start at 1, so a priority update with an unset key (0) is simply missing.
     next_key: u64,
+    /// The first key of the next epoch: keys from there on belong to a
+    /// later start, so inserts stop short of it.
+    key_limit: u64,
     /// Bytes of the chunks in `chunks` plus the items' own bytes.
     bytes: u64,
     /// Steps of the chunks in `chunks`.
@@ -274,7 +322,8 @@ impl Table {
                 sampler,
                 remover,
                 signature: None,
-                next_key: 1,
+                next_key: first_key(0),
+                key_limit: first_key(1),
                 bytes: 0,
                 steps: 0,
                 chunks: HashMap::new(),
@@ -350,85 +399,211 @@ impl Table {
     /// whole byte budget, or not matching the table's signature) changes
     /// nothing. Dropping the future before it completes stores nothing.
     pub async fn insert_item(&self, steps: Arc<ItemSteps>, priority: f64, timeout: Option<Duration>) -> Result<u64, Error> {
+        let keys = Self::insert_into_all(&[self], steps, priority, timeout).await?;
+        Ok(keys[0])
+    }
+
+    /// [`Table::insert_item`] into every table of `tables` at once: the item
+    /// is stored in all of them, under the same lock hold, or in none.
+    /// Whatever one table refuses (priority, byte budget, signature, a table
+    /// named twice) is refused before anything is stored. While any table
+    /// cannot take the item yet (a full queue, its rate limiter), nothing is
+    /// stored anywhere and the insert waits for room in any of them, then
+    /// looks at all again; so a timeout, shutdown, or the caller dropping
+    /// the future (a client that leaves mid-wait) leaves every table as it
+    /// was. Returns the keys in the order of `tables`.
+    pub async fn insert_into_all(
+        tables: &[&Table],
+        steps: Arc<ItemSteps>,
+        priority: f64,
+        timeout: Option<Duration>,
+    ) -> Result<Vec<u64>, Error> {
         if !(priority.is_finite() && priority >= 0.0) {
             return Err(ValidationError::Priority(priority).into());
         }
-        let max_bytes = self.config.max_bytes;
-        if max_bytes > 0 {
-            let bytes = new_bytes(&steps, |_| false);
-            if bytes > max_bytes {
-                return Err(Error::TooLarge {
-                    table: self.config.name.clone(),
-                    bytes,
-                    max_bytes,
-                });
+        for (i, table) in tables.iter().enumerate() {
+            if tables[..i].iter().any(|other| std::ptr::eq(*other, *table)) {
+                // Locking it twice would deadlock.
+                return Err(Error::InvalidInsert(format!("table {:?} is named twice", table.name())));
+            }
+            table.check_budget(&steps)?;
+        }
+        // One lock order for every insert, so that two inserts into the
+        // same tables cannot each hold one lock and wait for the other.
+        let mut lock_order: Vec<usize> = (0..tables.len()).collect();
+        lock_order.sort_by_key(|&i| std::ptr::from_ref(tables[i]) as usize);
+        let deadline = timeout.map(|t| Instant::now() + t);
+        // Each table's wait is counted from when it first held the item back.
+        let mut timers: Vec<WaitTimer<'_>> = tables
+            .iter()
+            .map(|t| WaitTimer {
+                started: None,
+                metric: &t.metrics.insert_blocked_seconds,
+            })
+            .collect();
+        loop {
+            if tables.iter().any(|t| t.shutdown.is_cancelled()) {
+                return Err(Error::Shutdown);
+            }
+            // Register for the wake-ups before looking, so that room made
+            // between the look and the wait is not missed.
+            let mut room: Vec<_> = tables.iter().map(|t| Box::pin(t.room.notified())).collect();
+            for notified in &mut room {
+                notified.as_mut().enable();
+            }
+            let blocked = {
+                let mut locked: Vec<(usize, MutexGuard<'_, State>)> = lock_order.iter().map(|&i| (i, tables[i].lock())).collect();
+                locked.sort_by_key(|&(i, _)| i);
+                let mut blocked = Vec::new();
+                for (i, (table, (_, state))) in tables.iter().zip(&locked).enumerate() {
+                    table.signature_matches(state, steps.signature())?;
+                    if state.next_key >= state.key_limit {
+                        return Err(Error::KeysExhausted {
+                            table: table.config.name.clone(),
+                        });
+                    }
+                    if !table.can_take(state, &steps) {
+                        blocked.push(i);
+                    }
+                }
+                if blocked.is_empty() {
+                    let stored: Vec<(u64, u64)> = tables
+                        .iter()
+                        .zip(&mut locked)
+                        .map(|(table, (_, state))| table.store_item(state, Arc::clone(&steps), priority))
+                        .collect();
+                    drop(locked);
+                    for (table, &(_, evicted)) in tables.iter().zip(&stored) {
+                        table.metrics.inserts.increment(1);
+                        if evicted > 0 {
+                            table.metrics.evictions.increment(evicted);
+                        }
+                        table.arrivals.notify_waiters();
+                    }
+                    return Ok(stored.into_iter().map(|(key, _)| key).collect());
+                }
+                blocked
+            };
+            for &i in &blocked {
+                timers[i].start();
+            }
+            let mut cancelled: Vec<_> = tables.iter().map(|t| Box::pin(t.shutdown.cancelled())).collect();
+            let any_room = std::future::poll_fn(|cx| {
+                if room.iter_mut().any(|n| n.as_mut().poll(cx).is_ready()) {
+                    Poll::Ready(())
+                } else {
+                    Poll::Pending
+                }
+            });
+            let any_cancelled = std::future::poll_fn(|cx| {
+                if cancelled.iter_mut().any(|c| c.as_mut().poll(cx).is_ready()) {
+                    Poll::Ready(())
+                } else {
+                    Poll::Pending
+                }
+            });
+            let expired = async {
+                match deadline {
+                    Some(deadline) => tokio::time::sleep_until(deadline).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                () = any_room => {}
+                () = any_cancelled => return Err(Error::Shutdown),
+                () = expired => {
+                    return Err(Error::InsertTimeout {
+                        table: tables[blocked[0]].config.name.clone(),
+                        waited: timeout.unwrap_or_default(),
+                    });
+                }
             }
         }
-        // Whether `state` must lose an item before this one fits.
-        let full = |state: &State, steps: &ItemSteps| {
-            state.items.len() >= self.config.max_size || (max_bytes > 0 && state.bytes + state.added_bytes(steps) > max_bytes)
-        };
-        let mut steps = Some(steps);
-        let max_times_sampled = self.config.max_times_sampled;
-        let blocks_when_full = self.config.blocks_inserts_when_full();
-        let mut evicted = 0;
-        let key = self
-            .wait_for(
-                &self.room,
-                timeout,
-                &self.metrics.insert_blocked_seconds,
-                |waited| Error::InsertTimeout {
-                    table: self.config.name.clone(),
-                    waited,
-                },
-                |state| {
-                    let Some(pending) = steps.as_ref() else {
-                        unreachable!("the item is taken only by the attempt that stores it");
-                    };
-                    self.signature_matches(state, pending.signature())?;
-                    if blocks_when_full && full(state, pending) || !self.limiter.can_insert(counts(state)) {
-                        return Ok(None);
-                    }
-                    let Some(steps) = steps.take() else {
-                        unreachable!("the item was there a moment ago, under the same lock");
-                    };
-                    while full(state, &steps) {
-                        let Some(Choice { key: victim, .. }) = state.remover.sample() else {
-                            break;
-                        };
-                        state.remove(victim, max_times_sampled);
-                        evicted += 1;
-                    }
-                    state.evictions += evicted;
-                    if state.signature.is_none() {
-                        state.signature = Some(*steps.signature());
-                    }
-                    let priority = if priority > 0.0 {
-                        state.max_priority_seen = state.max_priority_seen.max(priority);
-                        priority
-                    } else {
-                        state.max_priority_seen
-                    };
-                    let key = state.next_key;
-                    state.next_key += 1;
-                    let item = Item {
-                        steps,
-                        priority,
-                        times_sampled: 0,
-                    };
-                    state.add(key, item, max_times_sampled);
-                    state.inserts += 1;
-                    self.publish_size(state);
-                    Ok(Some(key))
-                },
-            )
-            .await?;
-        self.metrics.inserts.increment(1);
-        if evicted > 0 {
-            self.metrics.evictions.increment(evicted);
+    }
+
+    /// Refuses an item larger than the table's whole byte budget: no
+    /// eviction could make room for it.
+    fn check_budget(&self, steps: &ItemSteps) -> Result<(), Error> {
+        let max_bytes = self.config.max_bytes;
+        let bytes = new_bytes(steps, |_| false);
+        if max_bytes > 0 && bytes > max_bytes {
+            return Err(Error::TooLarge {
+                table: self.config.name.clone(),
+                bytes,
+                max_bytes,
+            });
         }
-        self.arrivals.notify_waiters();
-        Ok(key)
+        Ok(())
+    }
+
+    /// Whether `state` must lose an item before `steps` fits.
+    fn is_full(&self, state: &State, steps: &ItemSteps) -> bool {
+        let max_bytes = self.config.max_bytes;
+        state.items.len() >= self.config.max_size || (max_bytes > 0 && state.bytes + state.added_bytes(steps) > max_bytes)
+    }
+
+    /// Whether an insert may store `steps` now: a full queue waits for room
+    /// (other tables evict), and the rate limiter may hold inserts back.
+    fn can_take(&self, state: &State, steps: &ItemSteps) -> bool {
+        !(self.config.blocks_inserts_when_full() && self.is_full(state, steps)) && self.limiter.can_insert(counts(state))
+    }
+
+    /// Stores `steps` under the next key, evicting as the remover picks
+    /// until it fits; the caller has checked [`Table::can_take`], the
+    /// signature and the key limit under the same lock. Returns the key and
+    /// the number of items evicted.
+    fn store_item(&self, state: &mut State, steps: Arc<ItemSteps>, priority: f64) -> (u64, u64) {
+        let max_times_sampled = self.config.max_times_sampled;
+        let mut evicted = 0;
+        while self.is_full(state, &steps) {
+            let Some(Choice { key: victim, .. }) = state.remover.sample() else {
+                break;
+            };
+            state.remove(victim, max_times_sampled);
+            evicted += 1;
+        }
+        state.evictions += evicted;
+        if state.signature.is_none() {
+            state.signature = Some(*steps.signature());
+        }
+        let priority = if priority > 0.0 {
+            state.max_priority_seen = state.max_priority_seen.max(priority);
+            priority
+        } else {
+            state.max_priority_seen
+        };
+        let key = state.next_key;
+        state.next_key += 1;
+        let item = Item {
+            steps,
+            priority,
+            times_sampled: 0,
+        };
+        state.add(key, item, max_times_sampled);
+        state.inserts += 1;
+        self.publish_size(state);
+        (key, evicted)
+    }
+
+    /// Issues this table's next keys from `epoch` on (see the module's
+    /// "Keys"): the service calls it once at start, with an epoch above the
+    /// epoch of every key the table holds or ever issued. Keys already
+    /// issued in a later epoch are kept.
+    pub fn begin_epoch(&self, epoch: u64) -> Result<(), Error> {
+        if epoch > MAX_KEY_EPOCH {
+            return Err(Error::KeysExhausted {
+                table: self.config.name.clone(),
+            });
+        }
+        let mut state = self.lock();
+        state.next_key = state.next_key.max(first_key(epoch));
+        state.key_limit = key_limit(state.next_key);
+        Ok(())
+    }
+
+    /// The key the next insert gets.
+    pub fn next_key(&self) -> u64 {
+        self.lock().next_key
     }
 
     /// Samples a batch of `n` draws, waiting up to `timeout` until the table
@@ -659,6 +834,7 @@ impl Table {
                 }
             }
             state.next_key = header.next_key.max(1);
+            state.key_limit = key_limit(state.next_key);
             state.inserts = header.inserts;
             state.samples = header.samples;
             state.evictions = header.evictions;
@@ -1362,6 +1538,65 @@ mod tests {
             .collect();
         assert_eq!(keys, vec![1, 2, 3], "the oldest items, as if nothing had been refused");
         assert_eq!(table.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_new_epoch_issues_keys_above_every_earlier_one_and_stops_short_of_the_next() {
+        let table = table(10, 0);
+        assert_eq!(fill(&table, [0]).await, vec![1]);
+        table.begin_epoch(3).unwrap();
+        assert_eq!(fill(&table, [1]).await, vec![first_key(3)]);
+        assert_eq!(key_epoch(first_key(3)), 3);
+        // An older epoch never takes keys back.
+        table.begin_epoch(2).unwrap();
+        assert_eq!(fill(&table, [2]).await, vec![first_key(3) + 1]);
+        // The last key of the epoch is issued; the next would be the next epoch's.
+        table.lock().next_key = first_key(4) - 1;
+        assert_eq!(fill(&table, [3]).await, vec![first_key(4) - 1]);
+        let err = table.insert(cartpole_sequence(3, 4), None).await.unwrap_err();
+        assert!(matches!(err, Error::KeysExhausted { .. }), "{err}");
+        assert_eq!(table.len(), 4, "the refused item is not stored");
+        assert!(matches!(table.begin_epoch(MAX_KEY_EPOCH + 1), Err(Error::KeysExhausted { .. })));
+    }
+
+    /// Inserts into the same two tables named in opposite orders: one lock
+    /// order for all, so none waits for a lock the other holds.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn inserts_into_several_tables_in_any_order_do_not_deadlock() {
+        let (a, b) = (table(1000, 0), table(1000, 0));
+        let store = ChunkStore::new();
+        let mut tasks = vec![];
+        for worker in 0..4u64 {
+            let (a, b, store) = (Arc::clone(&a), Arc::clone(&b), Arc::clone(&store));
+            tasks.push(tokio::spawn(async move {
+                for i in 0..200 {
+                    let steps = store
+                        .item(cartpole_sequence(2, worker * 1000 + i), crate::config::Compression::NONE)
+                        .unwrap();
+                    let tables: [&Table; 2] = if worker % 2 == 0 { [&a, &b] } else { [&b, &a] };
+                    Table::insert_into_all(&tables, steps, 0.0, None).await.unwrap();
+                }
+            }));
+        }
+        let all = async {
+            for task in tasks {
+                task.await.unwrap();
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), all)
+            .await
+            .expect("inserts deadlocked");
+        assert_eq!((a.len(), b.len()), (800, 800));
+        let err = Table::insert_into_all(
+            &[&a, &b, &a],
+            store.item(cartpole_sequence(2, 0), crate::config::Compression::NONE).unwrap(),
+            0.0,
+            None,
+        )
+        .await
+        .unwrap_err();
+        assert!(matches!(err, Error::InvalidInsert(_)), "{err}");
+        assert_eq!((a.len(), b.len()), (800, 800));
     }
 
     /// Inserts one sequence per priority and returns the keys.
