@@ -27,10 +27,20 @@ pub enum RewardClip {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum LearningRateSchedule {
+pub enum Schedule {
     Constant,
-    /// Linear decay to zero over `lr_decay_frames` env frames consumed.
+    /// Linear decay to zero over a number of env frames consumed.
     Linear,
+}
+
+impl Schedule {
+    /// `start` after `frames` of the `decay_frames` a linear schedule takes to reach zero.
+    pub fn at(self, start: f64, frames: u64, decay_frames: u64) -> f64 {
+        match self {
+            Self::Constant => start,
+            Self::Linear => start * (1.0 - frames as f64 / decay_frames as f64).max(0.0),
+        }
+    }
 }
 
 /// Where a recurrent core's state starts at a sequence's first step.
@@ -82,7 +92,7 @@ pub struct LearnerConfig {
     pub weight_decay: f64,
     pub rmsprop_decay: f64,
     pub rmsprop_epsilon: f64,
-    pub lr_schedule: LearningRateSchedule,
+    pub lr_schedule: Schedule,
     /// Frames over which the linear schedule reaches zero.
     pub lr_decay_frames: u64,
     /// Global gradient-norm clip; 0 disables clipping.
@@ -91,8 +101,13 @@ pub struct LearnerConfig {
     pub reward_clip: RewardClip,
     /// Weight of the baseline (value) loss.
     pub baseline_cost: f64,
-    /// Weight of the entropy bonus.
+    /// Weight of the entropy bonus (at the start, under `entropy_schedule`).
     pub entropy_cost: f64,
+    /// Linear: the bonus decays to zero over `entropy_decay_frames`, so that
+    /// it drives exploration early but is gone once a task is solved, where
+    /// Adam would scale it, the one steady gradient left, to full-size steps.
+    pub entropy_schedule: Schedule,
+    pub entropy_decay_frames: u64,
     /// ε of the clipped-ratio policy surrogate, a trust region around the
     /// behaviour policy: `min(ρ·A, clip(ρ, 1−ε, 1+ε)·A)` with ρ = π/μ and
     /// the V-trace advantage A (Sample Factory's and RLlib APPO's form).
@@ -155,13 +170,15 @@ impl Default for LearnerConfig {
             weight_decay: 0.0,
             rmsprop_decay: 0.99,
             rmsprop_epsilon: 0.01,
-            lr_schedule: LearningRateSchedule::Constant,
+            lr_schedule: Schedule::Constant,
             lr_decay_frames: 1_000_000,
             max_grad_norm: 40.0,
             discount: 0.99,
             reward_clip: RewardClip::None,
             baseline_cost: 0.5,
             entropy_cost: 0.0,
+            entropy_schedule: Schedule::Constant,
+            entropy_decay_frames: 1_000_000,
             ratio_clip: 0.2,
             rho_bar: 1.0,
             c_bar: 1.0,
@@ -211,10 +228,12 @@ impl LearnerConfig {
 
     /// The learning rate after `frames` env frames have been consumed.
     pub fn learning_rate_at(&self, frames: u64) -> f64 {
-        match self.lr_schedule {
-            LearningRateSchedule::Constant => self.learning_rate,
-            LearningRateSchedule::Linear => self.learning_rate * (1.0 - frames as f64 / self.lr_decay_frames as f64).max(0.0),
-        }
+        self.lr_schedule.at(self.learning_rate, frames, self.lr_decay_frames)
+    }
+
+    /// The entropy bonus's weight after `frames` env frames have been consumed.
+    pub fn entropy_cost_at(&self, frames: u64) -> f64 {
+        self.entropy_schedule.at(self.entropy_cost, frames, self.entropy_decay_frames)
     }
 
     /// β after `frames` env frames have been consumed.
@@ -241,6 +260,7 @@ impl LearnerConfig {
             ("learner.stats_every", self.stats_every as f64),
             ("learner.rmsprop_epsilon", self.rmsprop_epsilon),
             ("learner.lr_decay_frames", self.lr_decay_frames as f64),
+            ("learner.entropy_decay_frames", self.entropy_decay_frames as f64),
             ("learner.checkpoint_interval_secs", self.checkpoint_interval_secs),
             ("learner.keep_checkpoints", self.keep_checkpoints as f64),
         ];
@@ -321,6 +341,25 @@ impl LearnerConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_linear_schedule_decays_to_zero_over_its_frames_and_stays_there() {
+        let config = LearnerConfig {
+            entropy_cost: 0.01,
+            entropy_schedule: Schedule::Linear,
+            entropy_decay_frames: 1000,
+            ..LearnerConfig::default()
+        };
+        let at = |frames| config.entropy_cost_at(frames);
+        assert_eq!((at(0), at(250), at(1000), at(5000)), (0.01, 0.0075, 0.0, 0.0));
+        // The learning rate keeps its own (constant) schedule.
+        assert_eq!(config.learning_rate_at(5000), config.learning_rate);
+        let bad = LearnerConfig {
+            entropy_decay_frames: 0,
+            ..config
+        };
+        assert!(bad.validate().unwrap_err().contains("learner.entropy_decay_frames"));
+    }
 
     #[test]
     fn beta_anneals_linearly_and_then_holds() {

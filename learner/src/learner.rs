@@ -169,7 +169,7 @@ impl Learner {
         device_batch.rewards = clip_rewards(&device_batch.rewards, self.config.reward_clip)?;
         let weights = LossWeights {
             baseline_cost: self.config.baseline_cost,
-            entropy_cost: self.config.entropy_cost,
+            entropy_cost: self.config.entropy_cost_at(self.frames),
             ratio_clip: self.config.ratio_clip,
         };
         let stored = self.config.initial_state == InitialState::Stored;
@@ -242,7 +242,7 @@ mod tests {
         for optimizer in [crate::config::OptimizerKind::Adam, crate::config::OptimizerKind::Rmsprop] {
             let config = LearnerConfig {
                 optimizer,
-                lr_schedule: crate::config::LearningRateSchedule::Linear,
+                lr_schedule: crate::config::Schedule::Linear,
                 lr_decay_frames: 5_000,
                 ..Default::default()
             };

@@ -70,6 +70,13 @@ pub struct NetworkConfig {
     /// 0): 1 keeps the cell state through the first updates, as Jozefowicz
     /// et al. (2015) recommend; 0 is PyTorch's initialisation.
     pub lstm_forget_bias: f64,
+    /// Chrono initialisation (Tallec & Ollivier 2018) for dependencies up
+    /// to this many steps: each unit's forget bias is drawn as ln(u), u
+    /// uniform in [1, horizon − 1], and its input bias set to the negative,
+    /// so that the units' memory spans are spread up to the horizon and a
+    /// cell that keeps its state does not also fill with every input. 0:
+    /// off (lstm_forget_bias applies); otherwise it replaces lstm_forget_bias.
+    pub lstm_chrono_horizon: u32,
 }
 
 impl Default for NetworkConfig {
@@ -81,6 +88,7 @@ impl Default for NetworkConfig {
             core: Core::None,
             lstm_size: 64,
             lstm_forget_bias: 0.0,
+            lstm_chrono_horizon: 0,
         }
     }
 }
@@ -95,6 +103,12 @@ impl NetworkConfig {
         }
         if !self.lstm_forget_bias.is_finite() {
             return Err(format!("network.lstm_forget_bias must be finite, got {}", self.lstm_forget_bias));
+        }
+        if self.lstm_chrono_horizon == 1 || self.lstm_chrono_horizon == 2 {
+            return Err(format!(
+                "network.lstm_chrono_horizon must be 0 (off) or at least 3, got {}",
+                self.lstm_chrono_horizon
+            ));
         }
         Ok(())
     }

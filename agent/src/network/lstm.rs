@@ -34,6 +34,41 @@ impl RecurrentState {
     }
 }
 
+/// How an LSTM layer's gate biases start.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(super) enum GateInit {
+    /// The forget gate's bias at this value, the others at 0.
+    ForgetBias(f64),
+    /// Chrono initialisation: unit k's forget bias ln(u_k), u_k uniform in
+    /// [1, horizon − 1], and its input bias −ln(u_k); the others at 0.
+    Chrono { horizon: u32 },
+}
+
+impl GateInit {
+    /// The starting biases of the `[i, f, g, o]` gate blocks, or `None`
+    /// where they all stay 0.
+    fn biases(self, size: usize, rng: &mut impl Rng) -> Option<Vec<f32>> {
+        let mut bias = vec![0.0f32; 4 * size];
+        let (input_gate, forget_gate) = bias.split_at_mut(size);
+        match self {
+            Self::ForgetBias(b) => {
+                if b == 0.0 {
+                    return None;
+                }
+                forget_gate[..size].fill(b as f32);
+            }
+            Self::Chrono { horizon } => {
+                for (i, f) in input_gate.iter_mut().zip(&mut forget_gate[..size]) {
+                    let span: f64 = rng.random_range(1.0..=f64::from(horizon - 1));
+                    *f = span.ln() as f32;
+                    *i = -*f;
+                }
+            }
+        }
+        Some(bias)
+    }
+}
+
 /// One LSTM layer: gates `[i, f, g, o] = x W_ihᵀ + h W_hhᵀ + b`.
 #[derive(Debug)]
 pub(super) struct LstmCell {
@@ -45,23 +80,19 @@ pub(super) struct LstmCell {
 
 impl LstmCell {
     /// A layer over inputs of `input_width` values, its parameters named
-    /// `lstm.input.*` and `lstm.recurrent.*` and appended to `params`.
-    /// `forget_bias` starts the forget gate's bias (the others start at 0).
+    /// `lstm.input.*` and `lstm.recurrent.*` and appended to `params`, its
+    /// gate biases set by `init`.
     pub(super) fn new(
         input_width: usize,
         size: usize,
-        forget_bias: f64,
+        init: GateInit,
         rng: &mut impl Rng,
         device: &Device,
         params: &mut NamedVars,
     ) -> Result<Self> {
         let (input, named) = Dense::new("lstm.input", input_width, 4 * size, 1.0, rng, device)?;
         params.extend(named);
-        if forget_bias != 0.0 {
-            // Gates are laid out [i, f, g, o]: the second block is the forget gate's.
-            let bias: Vec<f32> = (0..4 * size)
-                .map(|k| if k / size == 1 { forget_bias as f32 } else { 0.0 })
-                .collect();
+        if let Some(bias) = init.biases(size, rng) {
             input.bias.set(&Tensor::from_vec(bias, 4 * size, device)?)?;
         }
         let (recurrent, named) = Dense::new("lstm.recurrent", size, 4 * size, 1.0, rng, device)?;
@@ -193,6 +224,34 @@ mod tests {
             ..config
         };
         assert!(bad.validate().unwrap_err().contains("network.lstm_forget_bias"));
+    }
+
+    #[test]
+    fn chrono_spreads_forget_biases_over_the_horizon_and_closes_the_input_gate_to_match() {
+        let config = NetworkConfig {
+            hidden: vec![16],
+            core: Core::Lstm,
+            lstm_size: 64,
+            lstm_forget_bias: 1.0,
+            lstm_chrono_horizon: 100,
+            ..NetworkConfig::default()
+        };
+        let net = ActorCritic::new(SPEC, &config, 3, &Device::Cpu).unwrap();
+        let bias = net.params().iter().find(|(name, _)| name == "lstm.input.bias").unwrap();
+        let bias = values(bias.1.as_tensor());
+        let (input, forget, rest) = (&bias[..64], &bias[64..128], &bias[128..]);
+        // ln(1) = 0 up to ln(99): the spans 1..99 steps, not the fixed bias.
+        assert!(forget.iter().all(|&b| (0.0..=99f32.ln() + 1e-6).contains(&b)), "{forget:?}");
+        assert!(forget.iter().any(|&b| b > 3.0) && forget.iter().any(|&b| b < 2.0), "{forget:?}");
+        assert!(input.iter().zip(forget).all(|(i, f)| *i == -*f));
+        assert!(rest.iter().all(|&b| b == 0.0));
+        for horizon in [1, 2] {
+            let bad = NetworkConfig {
+                lstm_chrono_horizon: horizon,
+                ..config.clone()
+            };
+            assert!(bad.validate().unwrap_err().contains("network.lstm_chrono_horizon"));
+        }
     }
 
     #[test]

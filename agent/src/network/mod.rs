@@ -39,7 +39,7 @@ use rand::SeedableRng;
 use crate::EnvSpec;
 use cnn::{CNN_FEATURES, ConvTorso};
 use heads::Heads;
-use lstm::LstmCell;
+use lstm::{GateInit, LstmCell};
 use mlp::Dense;
 
 /// What frames' 0..=255 intensities are multiplied by on the way in.
@@ -99,7 +99,11 @@ impl ActorCritic {
             Core::None => (None, torso_width, value_width),
             Core::Lstm => {
                 let size = config.lstm_size;
-                let lstm = LstmCell::new(torso_width, size, config.lstm_forget_bias, &mut rng, device, &mut params)?;
+                let init = match config.lstm_chrono_horizon {
+                    0 => GateInit::ForgetBias(config.lstm_forget_bias),
+                    horizon => GateInit::Chrono { horizon },
+                };
+                let lstm = LstmCell::new(torso_width, size, init, &mut rng, device, &mut params)?;
                 (Some(lstm), size, size)
             }
         };
