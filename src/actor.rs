@@ -1,8 +1,10 @@
 //! `fleet actor` as a library function: acts in environments with the
 //! learner's newest weights and streams sequences to replay, with `/metrics`
 //! on a listener the caller bound, until the caller's shutdown future fires.
-//! An actor serves no gRPC. Environments, inference and the sequence writer
-//! live in the `fleet-actor` crate; this only builds its settings.
+//! An actor serves no gRPC; it sends the bearer token, when one is
+//! configured, to replay and the learner. Environments, inference and the
+//! sequence writer live in the `fleet-actor` crate; this only builds its
+//! settings.
 
 use std::future::Future;
 
@@ -34,6 +36,7 @@ pub async fn run(config: Config, actor_id: u64, peers: Peers, metrics: TcpListen
         learner_address: peers.learner,
         max_message_bytes: config.replay.max_message_bytes,
         backoff: Backoff::default(),
+        auth: config.auth.token,
     };
     role::serve(metrics, shutdown, |token| fleet_actor::run(settings, token)).await
 }

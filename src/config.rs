@@ -1,7 +1,10 @@
 //! The one config format: a TOML document built in layers — the embedded
 //! default (`config/default.toml`), then a file, then `FLEET_…` environment
 //! variables, then flags — and deserialised strictly, so an unknown key or a
-//! bad value is an error that names the key.
+//! bad value is an error that names the key. The bearer token (`[auth]`)
+//! is read here too, from its file or `FLEET_AUTH_TOKEN`, so that a missing
+//! or empty one stops a process before it starts anything; the token itself
+//! is never part of the serialised config.
 
 use std::path::Path;
 
@@ -10,6 +13,7 @@ use fleet_actor::ActorConfig;
 use fleet_actor::env::EnvConfig;
 use fleet_agent::NetworkConfig;
 use fleet_learner::LearnerConfig;
+use fleet_proto::auth::BearerToken;
 use fleet_replay::ReplayConfig;
 use serde::{Deserialize, Serialize};
 use toml::{Table, Value};
@@ -19,6 +23,11 @@ pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
 
 /// Environment variables with this prefix set config keys.
 const ENV_PREFIX: &str = "FLEET_";
+
+/// The environment variable that holds the bearer token itself (the
+/// alternative to `auth.token_file`; empty counts as unset). Not a config
+/// key, so it never reaches a config file.
+pub const TOKEN_ENV: &str = "FLEET_AUTH_TOKEN";
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -30,6 +39,56 @@ pub struct Config {
     pub replay: ReplayConfig,
     pub learner: LearnerConfig,
     pub run: RunConfig,
+    pub auth: AuthConfig,
+}
+
+/// `[auth]`: the shared bearer token every fleet gRPC service requires
+/// (health excepted) and every fleet client sends. No token: auth off.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// A file holding the token (surrounding whitespace ignored), so that
+    /// the secret stays out of config files, flags and `ps`; empty: none.
+    pub token_file: String,
+    /// The token, from `token_file` or [`TOKEN_ENV`], read by
+    /// [`Config::load`]. Skipped by serde: the effective config that
+    /// `fleet run` writes for its children, `fleet config` and the logs
+    /// never hold it (children read the same file or variable themselves).
+    #[serde(skip)]
+    pub token: Option<BearerToken>,
+}
+
+impl AuthConfig {
+    /// The token that `token_file` or the `TOKEN_ENV` variable among `env`
+    /// gives, if any. A named file that is missing, unreadable, empty or
+    /// holds no valid token is an error naming the file (never quoting it);
+    /// both at once are an error, as one of them would silently lose.
+    pub fn read_token(&self, env: &[(String, String)]) -> Result<Option<BearerToken>> {
+        let from_env = env
+            .iter()
+            .rev()
+            .find(|(name, _)| name == TOKEN_ENV)
+            .map(|(_, value)| value.trim())
+            .filter(|value| !value.is_empty());
+        match (self.token_file.as_str(), from_env) {
+            ("", None) => Ok(None),
+            ("", Some(value)) => BearerToken::new(value)
+                .map(Some)
+                .map_err(|error| anyhow!("invalid config: {TOKEN_ENV}: {error}")),
+            (file, None) => {
+                let text = std::fs::read_to_string(file)
+                    .with_context(|| format!("invalid config: auth.token_file: cannot read the token file {file}"))?;
+                match BearerToken::new(text.trim()) {
+                    Ok(token) => Ok(Some(token)),
+                    Err(fleet_proto::auth::TokenError::Empty) => {
+                        bail!("invalid config: auth.token_file: the token file {file} is empty")
+                    }
+                    Err(error) => bail!("invalid config: auth.token_file: the token file {file}: {error}"),
+                }
+            }
+            (file, Some(_)) => bail!("invalid config: both auth.token_file ({file}) and {TOKEN_ENV} give a bearer token; set only one"),
+        }
+    }
 }
 
 /// Settings of `fleet run` (the single-machine launcher).
@@ -77,11 +136,12 @@ impl Config {
                 .ok_or_else(|| anyhow!("flag --set {assignment}: expected section.key=value"))?;
             set_key(&mut doc, key.trim(), raw.trim()).with_context(|| format!("flag --set {assignment}"))?;
         }
-        let config: Config = serde_path_to_error::deserialize(Value::Table(doc)).map_err(|e| {
+        let mut config: Config = serde_path_to_error::deserialize(Value::Table(doc)).map_err(|e| {
             let path = e.path().to_string();
             anyhow!("config key `{path}`: {}", e.into_inner())
         })?;
         config.validate()?;
+        config.auth.token = config.auth.read_token(&sources.env)?;
         Ok(config)
     }
 
@@ -283,6 +343,7 @@ mod tests {
         assert_eq!(config.replay, ReplayConfig::default());
         assert_eq!(config.learner, LearnerConfig::default());
         assert_eq!(config.env, fleet_actor::env::EnvConfig::default());
+        assert_eq!(config.auth, AuthConfig::default());
     }
 
     #[test]
@@ -474,6 +535,53 @@ mod tests {
         );
         let err = format!("{:#}", load(&[], &["network.torso=resnet"]).unwrap_err());
         assert!(err.contains("network.torso"), "{err}");
+    }
+
+    #[test]
+    fn the_token_comes_from_its_file_or_the_environment_and_a_bad_file_is_an_error_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("token");
+        let path = file.display().to_string();
+        let with_file = format!("auth.token_file={path}");
+        assert_eq!(load(&[], &[]).unwrap().auth.token, None, "no token: auth off");
+        assert_eq!(load(&[(TOKEN_ENV, "  ")], &[]).unwrap().auth.token, None, "empty: unset");
+
+        // Missing, empty, or not a token: errors that name the file and
+        // never quote what it holds.
+        let error = format!("{:#}", load(&[], &[&with_file]).unwrap_err());
+        assert!(error.contains("auth.token_file") && error.contains(&path), "{error}");
+        std::fs::write(&file, " \n").unwrap();
+        let error = format!("{:#}", load(&[], &[&with_file]).unwrap_err());
+        assert!(error.contains(&path) && error.contains("is empty"), "{error}");
+        std::fs::write(&file, "two words\n").unwrap();
+        let error = format!("{:#}", load(&[], &[&with_file]).unwrap_err());
+        assert!(error.contains(&path) && !error.contains("two words"), "{error}");
+        let error = format!(
+            "{:#}",
+            load(&[], &[&format!("auth.token_file={}", dir.path().display())]).unwrap_err()
+        );
+        assert!(
+            error.contains(&dir.path().display().to_string()),
+            "a directory is unreadable: {error}"
+        );
+
+        // Surrounding whitespace (the file's newline) is not part of the token.
+        std::fs::write(&file, "s3cret-token\n").unwrap();
+        let config = load(&[], &[&with_file]).unwrap();
+        assert_eq!(config.auth.token, Some(BearerToken::new("s3cret-token").unwrap()));
+        let from_env = load(&[("FLEET_AUTH__TOKEN_FILE", path.as_str())], &[]).unwrap();
+        assert_eq!(from_env.auth, config.auth, "the file's key layers like any other");
+        let error = format!("{:#}", load(&[(TOKEN_ENV, "other")], &[&with_file]).unwrap_err());
+        assert!(
+            error.contains(TOKEN_ENV) && error.contains(&path) && !error.contains("other"),
+            "{error}"
+        );
+        let config = load(&[(TOKEN_ENV, "from-env")], &[]).unwrap();
+        assert_eq!(config.auth.token, Some(BearerToken::new("from-env").unwrap()));
+        assert!(!config.to_toml().unwrap().contains("from-env"), "the token is never serialised");
+        assert!(!format!("{config:?}").contains("from-env"), "nor printed");
+        let error = format!("{:#}", load(&[(TOKEN_ENV, "a b")], &[]).unwrap_err());
+        assert!(error.contains(TOKEN_ENV) && !error.contains("a b"), "{error}");
     }
 
     #[test]

@@ -1,8 +1,10 @@
 //! `fleet learner` as a library function: learns from the replay service at
 //! an address and serves its weights over gRPC on a listener the caller
 //! bound, with `/metrics` on another, until the caller's shutdown future
-//! fires. Batching, V-trace and the `Parameters` service live in the
-//! `fleet-learner` crate; this only builds its settings from the config.
+//! fires; with a bearer token configured it sends it to replay and requires
+//! it of its own callers. Batching, V-trace and the `Parameters` service
+//! live in the `fleet-learner` crate; this only builds its settings from
+//! the config.
 
 use std::future::Future;
 use std::time::Duration;
@@ -37,6 +39,7 @@ pub async fn run(
         max_message_bytes: config.replay.max_message_bytes,
         sample_timeout: Duration::from_millis(config.replay.sample_timeout_ms),
         backoff: Backoff::default(),
+        auth: config.auth.token,
     };
     role::serve(metrics, shutdown, |token| fleet_learner::run(settings, grpc, token)).await
 }

@@ -225,6 +225,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 samplers,
                 batch_size,
                 seconds,
+                auth: config.auth,
             };
             bench::replay::replay(load, &workloads).await?;
             Ok(ExitCode::SUCCESS)

@@ -1,12 +1,14 @@
 //! `fleet replay` as a library function: the replay tables served over gRPC
 //! on a listener the caller bound, with `/metrics` on another, until the
-//! caller's shutdown future fires. The tables, sampling and the service
-//! itself live in the `fleet-replay` crate; this only wires the config to it.
+//! caller's shutdown future fires, behind the bearer token when `[auth]`
+//! configures one. The tables, sampling and the service itself live in the
+//! `fleet-replay` crate; this only wires the config to it.
 
 use std::future::Future;
 use std::path::PathBuf;
 
 use anyhow::Result;
+use fleet_proto::auth::RequireToken;
 use tokio::net::TcpListener;
 
 use crate::config::Config;
@@ -39,8 +41,9 @@ pub async fn run_announcing(
     ready: impl FnOnce() + Send,
 ) -> Result<()> {
     let restore = restore.map_or(fleet_replay::Restore::Auto, fleet_replay::Restore::From);
+    let auth = RequireToken::new(config.auth.token.clone());
     role::serve(metrics, shutdown, |token| {
-        fleet_replay::serve_announcing(config.replay, restore, grpc, token.cancelled_owned(), ready)
+        fleet_replay::serve_announcing(config.replay, restore, grpc, auth, token.cancelled_owned(), ready)
     })
     .await
 }

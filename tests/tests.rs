@@ -8,6 +8,7 @@
 
 mod support;
 
+mod auth;
 mod cli;
 mod deploy;
 mod env_bridge;

@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use candle_core::{Device, Tensor};
 use fleet_agent::{ActorCritic, NetworkConfig, Weights, observations_tensor};
+use fleet_proto::auth::AttachToken;
 use fleet_proto::connect::{Backoff, connect_or_stop, sleep_or_cancel};
 use fleet_proto::pb::{self, parameters_client::ParametersClient, replay_client::ReplayClient};
 use fleet_proto::{WeightsAssembler, WeightsError};
@@ -53,6 +54,9 @@ pub struct ActorSettings {
     pub learner_address: String,
     pub max_message_bytes: usize,
     pub backoff: Backoff,
+    /// The shared bearer token sent to replay and the learner (not to an
+    /// env bridge). `None`: auth off.
+    pub auth: Option<fleet_proto::auth::BearerToken>,
 }
 
 /// Runs one actor until `shutdown` fires or a fatal error occurs.
@@ -289,7 +293,8 @@ async fn follow_weights(
             return;
         };
         metrics::counter!(m::RECONNECTS, "peer" => "learner").increment(1);
-        let mut client = ParametersClient::new(channel).max_decoding_message_size(settings.max_message_bytes);
+        let mut client = ParametersClient::with_interceptor(channel, AttachToken::new(settings.auth.clone()))
+            .max_decoding_message_size(settings.max_message_bytes);
         // Each new connection starts from the learner's current version, even
         // an older one: a learner that restarted without a checkpoint is the
         // only source of weights there is.
@@ -399,7 +404,8 @@ async fn stream_sequences(settings: ActorSettings, mut sequence_rx: mpsc::Receiv
         // the items before it, and dropped below. Refused here instead, it
         // would break the stream with an anonymous INTERNAL error and be
         // resent forever.
-        let mut client = ReplayClient::new(channel).max_decoding_message_size(settings.max_message_bytes);
+        let mut client = ReplayClient::with_interceptor(channel, AttachToken::new(settings.auth.clone()))
+            .max_decoding_message_size(settings.max_message_bytes);
         let (request_tx, request_rx) = mpsc::channel::<pb::InsertRequest>(max_in_flight);
         // Writers that have sent a sequence on this connection.
         let mut started: HashSet<u64> = HashSet::new();
@@ -424,7 +430,14 @@ async fn stream_sequences(settings: ActorSettings, mut sequence_rx: mpsc::Receiv
             Ok(r) => r.into_inner(),
             Err(status) => {
                 tracing::warn!(%status, "Insert stream failed; reconnecting");
-                sleep_or_cancel(settings.backoff.initial, &shutdown).await;
+                // A refused token stays refused until someone fixes it: ask
+                // again now and then, not ten times a second.
+                let pause = if status.code() == tonic::Code::Unauthenticated {
+                    settings.backoff.max
+                } else {
+                    settings.backoff.initial
+                };
+                sleep_or_cancel(pause, &shutdown).await;
                 continue;
             }
         };

@@ -7,6 +7,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use fleet_proto::auth::AttachToken;
 use fleet_proto::connect::{connect_or_stop, sleep_or_cancel};
 use fleet_proto::pb::{self, replay_client::ReplayClient};
 use fleet_trajectory::Signature;
@@ -184,7 +185,7 @@ async fn sample_part(
         let Some(channel) = connect_or_stop(&settings.replay_address, settings.backoff, &shutdown).await else {
             return Ok(());
         };
-        let mut client = ReplayClient::new(channel)
+        let mut client = ReplayClient::with_interceptor(channel, AttachToken::new(settings.auth.clone()))
             .max_decoding_message_size(settings.max_message_bytes)
             .max_encoding_message_size(settings.max_message_bytes);
         loop {

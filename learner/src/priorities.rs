@@ -4,6 +4,7 @@
 //! gathers them into `UpdatePriorities` requests of up to `priority_batch`
 //! items.
 
+use fleet_proto::auth::AttachToken;
 use fleet_proto::connect::{connect_or_stop, sleep_or_cancel};
 use fleet_proto::pb::{self, replay_client::ReplayClient};
 use tokio::sync::mpsc;
@@ -56,7 +57,8 @@ pub async fn send_priorities(settings: LearnerSettings, mut rx: mpsc::Receiver<V
         let Some(channel) = connect_or_stop(&settings.replay_address, settings.backoff, &shutdown).await else {
             return;
         };
-        let mut client = ReplayClient::new(channel).max_encoding_message_size(settings.max_message_bytes);
+        let mut client = ReplayClient::with_interceptor(channel, AttachToken::new(settings.auth.clone()))
+            .max_encoding_message_size(settings.max_message_bytes);
         loop {
             let mut closed = false;
             if pending.is_empty() {
@@ -105,7 +107,13 @@ pub async fn send_priorities(settings: LearnerSettings, mut rx: mpsc::Receiver<V
                 Err(status) => {
                     tracing::warn!(%status, "UpdatePriorities failed; reconnecting");
                     metrics::counter!(m::PRIORITY_UPDATES_DROPPED).increment(take as u64);
-                    sleep_or_cancel(settings.backoff.initial, &shutdown).await;
+                    // A refused token stays refused until someone fixes it.
+                    let pause = if status.code() == tonic::Code::Unauthenticated {
+                        settings.backoff.max
+                    } else {
+                        settings.backoff.initial
+                    };
+                    sleep_or_cancel(pause, &shutdown).await;
                     continue 'connect;
                 }
             }

@@ -9,12 +9,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use fleet_agent::{EnvSpec, NetworkConfig, Weights, select_device};
+use fleet_proto::auth::{BearerToken, RequireToken};
 use fleet_proto::connect::Backoff;
 use fleet_proto::pb::parameters_server::ParametersServer;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
+use tonic::service::interceptor::InterceptedService;
 
 use crate::config::LearnerConfig;
 use crate::learner::{Learner, UpdateError, UpdateStats};
@@ -56,6 +58,9 @@ pub struct LearnerSettings {
     /// How long replay may hold one `Sample` batch before answering DEADLINE_EXCEEDED.
     pub sample_timeout: Duration,
     pub backoff: Backoff,
+    /// The shared bearer token: sent to replay, and required of callers of
+    /// `Parameters` (not of the health service). `None`: auth off.
+    pub auth: Option<BearerToken>,
 }
 
 /// Runs the learner until `shutdown` fires.
@@ -82,6 +87,8 @@ pub async fn run(settings: LearnerSettings, listener: TcpListener, shutdown: Can
     let parameters = ParametersServer::new(ParametersService::new(weights_rx))
         .max_encoding_message_size(settings.max_message_bytes)
         .max_decoding_message_size(settings.max_message_bytes);
+    let parameters = InterceptedService::new(parameters, RequireToken::new(settings.auth.clone()));
+    tracing::info!(bearer_token_required = settings.auth.is_some(), "serving Parameters");
     let server_shutdown = shutdown.clone();
     let server = tokio::spawn(
         fleet_proto::connect::server()

@@ -2,11 +2,13 @@
 //! [`pb`]), plus the small conversions every side needs — typed slices to and
 //! from [`pb::Tensor`], and cutting weight blobs into bounded chunks and
 //! joining them again, and the trajectory contract's types on the wire
-//! ([`trajectory`]). No validation of whole messages lives here; each
-//! service validates what it receives.
+//! ([`trajectory`]), and the optional bearer token clients send and
+//! servers check ([`auth`]). No validation of whole messages lives here;
+//! each service validates what it receives.
 
 #![forbid(unsafe_code)]
 
+pub mod auth;
 pub mod connect;
 pub mod sequence;
 pub mod tensor;

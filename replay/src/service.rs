@@ -1,5 +1,7 @@
 //! The `fleet.v1.Replay` gRPC service over a set of [`Table`]s, and [`serve`],
-//! which runs it with the standard health service until shutdown.
+//! which runs it with the standard health service until shutdown (behind
+//! the bearer-token check when [`serve_announcing`] is given a token; the
+//! health service stays open so that health checks need no secret).
 //!
 //! This layer turns requests into table calls and table results into
 //! messages: streams, statuses, back-pressure through bounded channels and
@@ -12,6 +14,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use fleet_proto::auth::RequireToken;
 use fleet_proto::pb::replay_server::{Replay, ReplayServer};
 use fleet_proto::pb::{self, InsertRequest, InsertResponse, SampleResponse};
 use tokio::net::TcpListener;
@@ -19,6 +22,7 @@ use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tokio_util::sync::CancellationToken;
+use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Response, Status, Streaming};
 use tonic_health::ServingStatus;
 use tracing::{Instrument, debug, info, info_span, warn};
@@ -507,17 +511,19 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
-    serve_announcing(config, restore, listener, shutdown, || {}).await
+    serve_announcing(config, restore, listener, RequireToken::default(), shutdown, || {}).await
 }
 
-/// [`serve`], calling `ready` once the tables are restored (or made) and
-/// health reports SERVING, before the first request is served. A start that
-/// fails before then (a bad config, a damaged checkpoint) returns its error
-/// without calling `ready`.
+/// [`serve`], with the Replay service behind `auth` (the health service is
+/// never behind it), calling `ready` once the tables are restored (or made)
+/// and health reports SERVING, before the first request is served. A start
+/// that fails before then (a bad config, a damaged checkpoint) returns its
+/// error without calling `ready`.
 pub async fn serve_announcing(
     config: ReplayConfig,
     restore: Restore,
     listener: TcpListener,
+    auth: RequireToken,
     shutdown: impl Future<Output = ()> + Send + 'static,
     ready: impl FnOnce(),
 ) -> Result<(), Error> {
@@ -535,7 +541,12 @@ pub async fn serve_announcing(
         None => info!(dir = %config.checkpoint_dir, "no replay checkpoint yet; starting empty"),
     }
     // The tables as they run, presets applied.
-    info!(addr = ?listener.local_addr().ok(), config = ?config.effective(), "replay service starting");
+    info!(
+        addr = ?listener.local_addr().ok(),
+        bearer_token_required = auth.is_on(),
+        config = ?config.effective(),
+        "replay service starting"
+    );
     if service.inner.checkpoint_dir.is_some() && config.checkpoint_interval_secs > 0.0 {
         let service = service.clone();
         let token = token.clone();
@@ -581,7 +592,7 @@ pub async fn serve_announcing(
     });
     fleet_proto::connect::server()
         .add_service(health_server)
-        .add_service(service.clone().into_server())
+        .add_service(InterceptedService::new(service.clone().into_server(), auth))
         .serve_with_incoming_shutdown(incoming, stop)
         .await?;
     if service.inner.checkpoint_dir.is_some() {

@@ -15,6 +15,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow};
+use fleet_proto::auth::{AttachToken, AuthChannel};
 use fleet_proto::pb::replay_client::ReplayClient;
 use fleet_proto::pb::{self, Tensor};
 use fleet_replay::TableConfig;
@@ -22,9 +23,8 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::Channel;
 
-use crate::config::Config;
+use crate::config::{AuthConfig, Config};
 use crate::process::Process;
 
 const TABLE: &str = "bench";
@@ -76,6 +76,9 @@ pub struct Load {
     pub samplers: usize,
     pub batch_size: u32,
     pub seconds: f64,
+    /// The bearer token setup of the config `fleet bench` was started with:
+    /// the replay it starts requires what its clients send.
+    pub auth: AuthConfig,
 }
 
 /// A sequence of `workload`'s shape from `actor`, valid for the replay service.
@@ -156,7 +159,7 @@ pub async fn replay(load: Load, names: &[String]) -> Result<()> {
 async fn run_workload(workload: &Workload, load: &Load) -> Result<Report> {
     let dir = tempfile::tempdir().context("creating a temporary directory")?;
     let config_path = dir.path().join("bench.toml");
-    bench_config(workload)?.write_to(&config_path)?;
+    bench_config(workload, &load.auth)?.write_to(&config_path)?;
     let mut server = Process::spawn_child(
         "replay",
         &config_path,
@@ -172,7 +175,7 @@ async fn run_workload(workload: &Workload, load: &Load) -> Result<Report> {
     let pid = server.child.id().ok_or_else(|| anyhow!("the replay process has no pid"))?;
     let address = server.grpc.clone();
     let result = drive(workload, load, &address).await;
-    let stored = stored_bytes_per_step(&address).await;
+    let stored = stored_bytes_per_step(&address, &load.auth).await;
     let peak_rss = peak_rss_mib(pid);
     server.stop(Duration::from_secs(10)).await;
     let (inserts, samples, elapsed) = result?;
@@ -197,14 +200,17 @@ async fn run_workload(workload: &Workload, load: &Load) -> Result<Report> {
 }
 
 /// The bench table's bytes over its stored steps, from `Info`.
-async fn stored_bytes_per_step(address: &str) -> Result<f64> {
-    let info = client(address).await?.info(pb::InfoRequest {}).await?.into_inner();
+async fn stored_bytes_per_step(address: &str, auth: &AuthConfig) -> Result<f64> {
+    let info = client(address, auth).await?.info(pb::InfoRequest {}).await?.into_inner();
     let table = info.tables.first().ok_or_else(|| anyhow!("Info lists no table"))?;
     Ok(table.bytes as f64 / table.steps.max(1) as f64)
 }
 
-fn bench_config(workload: &Workload) -> Result<Config> {
+fn bench_config(workload: &Workload, auth: &AuthConfig) -> Result<Config> {
     let mut config = Config::load(&Default::default())?;
+    // The child reads the token from the same file (or the inherited
+    // environment) as this process did.
+    config.auth = auth.clone();
     config.replay.max_message_bytes = MAX_MESSAGE_BYTES;
     config.replay.tables = vec![TableConfig::prioritized(TABLE, workload.max_size, 0.8)];
     // Roles read the tables by name from the config; keep it consistent.
@@ -229,12 +235,12 @@ impl Tally {
     }
 }
 
-async fn client(address: &str) -> Result<ReplayClient<Channel>> {
+async fn client(address: &str, auth: &AuthConfig) -> Result<ReplayClient<AuthChannel>> {
     let channel = fleet_proto::connect::endpoint(address)?
         .connect()
         .await
         .with_context(|| format!("connecting to {address}"))?;
-    Ok(ReplayClient::new(channel)
+    Ok(ReplayClient::with_interceptor(channel, AttachToken::new(auth.token.clone()))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES))
 }
@@ -244,7 +250,7 @@ async fn drive(workload: &Workload, load: &Load, address: &str) -> Result<(Tally
     let deadline = started + Duration::from_secs_f64(load.seconds);
     let mut inserters = Vec::new();
     for actor in 0..load.inserters {
-        let mut replay = client(address).await?;
+        let mut replay = client(address, &load.auth).await?;
         let item = sequence(workload, actor as u64 + 1);
         // The steps after the overlap, which continue the writer's previous item.
         let overlap = workload.steps - workload.period;
@@ -278,7 +284,7 @@ async fn drive(workload: &Workload, load: &Load, address: &str) -> Result<(Tally
     }
     let mut samplers = Vec::new();
     for _ in 0..load.samplers {
-        let mut replay = client(address).await?;
+        let mut replay = client(address, &load.auth).await?;
         let batch_size = load.batch_size;
         samplers.push(tokio::spawn(async move {
             let mut tally = Tally::default();
