@@ -74,6 +74,7 @@ fn prometheus_config_and_rules_pass_promtool() {
     for args in [
         ["check", "config", "deploy/prometheus/prometheus.yml"],
         ["check", "rules", "deploy/prometheus/alerts.yml"],
+        ["test", "rules", "deploy/prometheus/alerts_test.yml"],
     ] {
         let output = Command::new("promtool").args(args).current_dir(ROOT).output().unwrap();
         assert!(output.status.success(), "promtool {}: {}", args.join(" "), describe(&output));
