@@ -2,7 +2,8 @@
 //! learner's newest weights and streams sequences to replay, with `/metrics`
 //! on a listener the caller bound, until the caller's shutdown future fires.
 //! An actor serves no gRPC; it sends the bearer token, when one is
-//! configured, to replay and the learner. Environments, inference and the
+//! configured, to replay and the learner, and connects to them over TLS
+//! when `[tls]` is set. Environments, inference and the
 //! sequence writer live in the `fleet-actor` crate; this only builds its
 //! settings.
 
@@ -37,6 +38,7 @@ pub async fn run(config: Config, actor_id: u64, peers: Peers, metrics: TcpListen
         max_message_bytes: config.replay.max_message_bytes,
         backoff: Backoff::default(),
         auth: config.auth.token,
+        tls: config.tls.loaded,
     };
     role::serve(metrics, shutdown, |token| fleet_actor::run(settings, token)).await
 }

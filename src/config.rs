@@ -4,7 +4,9 @@
 //! bad value is an error that names the key. The bearer token (`[auth]`)
 //! is read here too, from its file or `FLEET_AUTH_TOKEN`, so that a missing
 //! or empty one stops a process before it starts anything; the token itself
-//! is never part of the serialised config.
+//! is never part of the serialised config. So are the TLS files (`[tls]`):
+//! read and checked at load, so that a bad one stops a process just as
+//! early; only their paths are part of the config.
 
 use std::path::Path;
 
@@ -14,6 +16,7 @@ use fleet_actor::env::EnvConfig;
 use fleet_agent::NetworkConfig;
 use fleet_learner::LearnerConfig;
 use fleet_proto::auth::BearerToken;
+use fleet_proto::tls::{Tls, TlsFiles};
 use fleet_replay::ReplayConfig;
 use serde::{Deserialize, Serialize};
 use toml::{Table, Value};
@@ -40,6 +43,47 @@ pub struct Config {
     pub learner: LearnerConfig,
     pub run: RunConfig,
     pub auth: AuthConfig,
+    pub tls: TlsConfig,
+}
+
+/// `[tls]`: TLS on every fleet gRPC server and client, mutual TLS with
+/// `client_ca_file`. Every key empty: TLS off, plain text.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// This process's certificate chain (PEM): servers serve with it,
+    /// clients present it when a server requires client certificates.
+    pub cert_file: String,
+    /// `cert_file`'s private key (PEM).
+    pub key_file: String,
+    /// The CA certificates (PEM) clients check servers against.
+    pub ca_file: String,
+    /// The CA certificates (PEM) client certificates must be issued by;
+    /// set: servers refuse clients without one (mutual TLS).
+    pub client_ca_file: String,
+    /// The name clients expect in servers' certificates; empty: the host
+    /// of the address they dial.
+    pub server_name: String,
+    /// The files, read and checked by [`Config::load`]. Skipped by serde:
+    /// the effective config `fleet run` writes for its children holds the
+    /// paths, and each child reads the files itself.
+    #[serde(skip)]
+    pub loaded: Tls,
+}
+
+impl TlsConfig {
+    /// Reads and checks the files the keys name (see [`Tls::load`]); an
+    /// error names the key and the file.
+    pub fn load(&self) -> Result<Tls> {
+        Tls::load(&TlsFiles {
+            cert_file: &self.cert_file,
+            key_file: &self.key_file,
+            ca_file: &self.ca_file,
+            client_ca_file: &self.client_ca_file,
+            server_name: &self.server_name,
+        })
+        .map_err(|error| anyhow::Error::new(error).context("invalid config"))
+    }
 }
 
 /// `[auth]`: the shared bearer token every fleet gRPC service requires
@@ -142,6 +186,7 @@ impl Config {
         })?;
         config.validate()?;
         config.auth.token = config.auth.read_token(&sources.env)?;
+        config.tls.loaded = config.tls.load()?;
         Ok(config)
     }
 
@@ -344,6 +389,8 @@ mod tests {
         assert_eq!(config.learner, LearnerConfig::default());
         assert_eq!(config.env, fleet_actor::env::EnvConfig::default());
         assert_eq!(config.auth, AuthConfig::default());
+        assert_eq!(config.tls, TlsConfig::default());
+        assert!(!config.tls.loaded.is_on(), "TLS is off by default");
     }
 
     #[test]
@@ -582,6 +629,28 @@ mod tests {
         assert!(!format!("{config:?}").contains("from-env"), "nor printed");
         let error = format!("{:#}", load(&[(TOKEN_ENV, "a b")], &[]).unwrap_err());
         assert!(error.contains(TOKEN_ENV) && !error.contains("a b"), "{error}");
+    }
+
+    #[test]
+    fn tls_files_layer_like_any_key_and_a_missing_one_is_an_error_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("cert.pem").display().to_string();
+        let from_env = format!("{:#}", load(&[("FLEET_TLS__CERT_FILE", missing.as_str())], &[]).unwrap_err());
+        assert!(
+            from_env.starts_with("invalid config: tls.key_file is empty") && from_env.contains("tls.cert_file is set"),
+            "{from_env}"
+        );
+        let error = format!(
+            "{:#}",
+            load(
+                &[("FLEET_TLS__CERT_FILE", missing.as_str())],
+                &["tls.key_file=k.pem", "tls.ca_file=ca.pem"]
+            )
+            .unwrap_err()
+        );
+        assert!(error.contains(&format!("tls.cert_file: cannot read {missing}")), "{error}");
+        let error = format!("{:#}", load(&[("FLEET_TLS__SERVER_NAME", "replay")], &[]).unwrap_err());
+        assert!(error.contains("tls.cert_file is empty"), "{error}");
     }
 
     #[test]

@@ -1,26 +1,28 @@
 //! `fleet health`: asks a server's `grpc.health.v1` service whether it is
 //! serving, or checks the fleet process of this container from its
-//! environment, for container and orchestrator health checks. It only asks;
-//! the servers' health services are set up by the roles themselves.
+//! environment, for container and orchestrator health checks, over TLS when
+//! the config's `[tls]` turns it on (the health service shares its server's
+//! port and so its TLS). It only asks; the servers' health services are set
+//! up by the roles themselves.
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use fleet_proto::connect::endpoint_uri;
+use fleet_proto::tls::Tls;
 use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
 
 use crate::scrape;
 
-pub async fn check(address: &str, service: &str) -> Result<ExitCode> {
-    let channel = tonic::transport::Endpoint::from_shared(endpoint_uri(address))
+pub async fn check(address: &str, service: &str, tls: &Tls) -> Result<ExitCode> {
+    let channel = fleet_proto::connect::endpoint(address, tls)
         .with_context(|| format!("invalid address `{address}`"))?
         .connect_timeout(Duration::from_secs(3))
         .timeout(Duration::from_secs(3))
         .connect()
         .await
-        .with_context(|| format!("connecting to {address}"))?;
+        .map_err(|error| anyhow::anyhow!("connecting to {address}: {}", fleet_proto::connect::chain(&error)))?;
     let response = HealthClient::new(channel)
         .check(HealthCheckRequest {
             service: service.to_string(),
@@ -44,13 +46,13 @@ pub async fn check(address: &str, service: &str) -> Result<ExitCode> {
 /// (`FLEET_LISTEN` set: replay, learner), else its `/metrics` endpoint
 /// (`metrics_listen`, from `FLEET_METRICS_LISTEN`: actors serve no gRPC).
 /// Either is reached on loopback at the configured port.
-pub async fn check_local(metrics_listen: SocketAddr, service: &str) -> Result<ExitCode> {
+pub async fn check_local(metrics_listen: SocketAddr, service: &str, tls: &Tls) -> Result<ExitCode> {
     if let Ok(listen) = std::env::var("FLEET_LISTEN") {
         let port = listen
             .parse::<SocketAddr>()
             .with_context(|| format!("FLEET_LISTEN `{listen}` is not an address"))?
             .port();
-        return check(&format!("127.0.0.1:{port}"), service).await;
+        return check(&format!("127.0.0.1:{port}"), service, tls).await;
     }
     let address = format!("127.0.0.1:{}", metrics_listen.port());
     let response = tokio::time::timeout(Duration::from_secs(3), scrape::get(&address))

@@ -2,14 +2,14 @@
 //! an address and serves its weights over gRPC on a listener the caller
 //! bound, with `/metrics` on another, until the caller's shutdown future
 //! fires; with a bearer token configured it sends it to replay and requires
-//! it of its own callers. Batching, V-trace and the `Parameters` service
-//! live in the `fleet-learner` crate; this only builds its settings from
-//! the config.
+//! it of its own callers, and with TLS configured both its ends use it.
+//! Batching, V-trace and the `Parameters` service live in the
+//! `fleet-learner` crate; this only builds its settings from the config.
 
 use std::future::Future;
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use fleet_proto::connect::Backoff;
 use tokio::net::TcpListener;
 
@@ -26,6 +26,26 @@ pub async fn run(
     metrics: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
+    run_announcing(config, replay_address, grpc, metrics, shutdown, || {}).await
+}
+
+/// [`run`], calling `ready` once `learner.checkpoint_dir` (when set) has
+/// proved writable; a directory it cannot write is an error naming it,
+/// returned before `ready` is called and before anything is served.
+pub async fn run_announcing(
+    config: Config,
+    replay_address: String,
+    grpc: TcpListener,
+    metrics: TcpListener,
+    shutdown: impl Future<Output = ()>,
+    ready: impl FnOnce(),
+) -> Result<()> {
+    let dir = &config.learner.checkpoint_dir;
+    if !dir.is_empty() {
+        fleet_learner::checkpoint::check_writable(std::path::Path::new(dir))
+            .with_context(|| format!("learner.checkpoint_dir {dir} is not a directory this learner can write"))?;
+    }
+    ready();
     let spec = config.resolved_env_spec().await?;
     let settings = fleet_learner::LearnerSettings {
         seed: config.seed,
@@ -40,6 +60,7 @@ pub async fn run(
         sample_timeout: Duration::from_millis(config.replay.sample_timeout_ms),
         backoff: Backoff::default(),
         auth: config.auth.token,
+        tls: config.tls.loaded,
     };
     role::serve(metrics, shutdown, |token| fleet_learner::run(settings, grpc, token)).await
 }

@@ -30,8 +30,10 @@ struct Cli {
     /// Seed for environments, sampling and initialisation (config key `seed`).
     #[arg(long, global = true)]
     seed: Option<u64>,
-    /// Serve Prometheus metrics here (port 0 picks a free one).
-    #[arg(long, global = true, default_value = "0.0.0.0:9090", env = "FLEET_METRICS_LISTEN")]
+    /// Serve Prometheus metrics (and an actor's health) here; port 0 picks a
+    /// free one. Loopback unless asked: the images set 0.0.0.0:9090, where
+    /// Prometheus scrapes from another container.
+    #[arg(long, global = true, default_value = "127.0.0.1:9090", env = "FLEET_METRICS_LISTEN")]
     metrics_listen: SocketAddr,
     /// End when stdin closes (used by `fleet run` for its children).
     #[arg(long, global = true, hide = true)]
@@ -201,13 +203,15 @@ fn default_actor_id() -> u64 {
 }
 
 async fn run(cli: Cli) -> Result<ExitCode> {
+    let config = load_config(&cli)?;
     if let Command::Health { address, service } = &cli.command {
+        // The config only for TLS: a server with TLS on answers health over TLS too.
+        let tls = &config.tls.loaded;
         return match address {
-            Some(address) => health::check(address, service).await,
-            None => health::check_local(cli.metrics_listen, service).await,
+            Some(address) => health::check(address, service, tls).await,
+            None => health::check_local(cli.metrics_listen, service, tls).await,
         };
     }
-    let config = load_config(&cli)?;
     let (metrics_listen, exit_with_stdin) = (cli.metrics_listen, cli.exit_with_stdin);
     match cli.command {
         Command::Bench {
@@ -226,6 +230,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 batch_size,
                 seconds,
                 auth: config.auth,
+                tls: config.tls,
             };
             bench::replay::replay(load, &workloads).await?;
             Ok(ExitCode::SUCCESS)
@@ -292,7 +297,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 Outcome::Interrupted => Ok(ExitCode::from(130)),
             }
         }
-        Command::Health { .. } => unreachable!("handled before loading the config"),
+        Command::Health { .. } => unreachable!("handled above"),
         Command::Replay { listen, restore } => {
             let grpc = cli::bind(listen, "replay gRPC").await?;
             let shutdown = cli::shutdown_signal(exit_with_stdin)?;
@@ -307,8 +312,9 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             let grpc = cli::bind(listen, "learner gRPC").await?;
             let shutdown = cli::shutdown_signal(exit_with_stdin)?;
             let metrics = cli::bind(metrics_listen, "metrics").await?;
-            cli::announce_ready("learner", Some(&grpc), &metrics)?;
-            fleet::learner::run(config, replay, grpc, metrics, shutdown).await?;
+            // Ready only once its checkpoint directory is known writable.
+            let ready = cli::ready_announcer("learner", Some(&grpc), &metrics)?;
+            fleet::learner::run_announcing(config, replay, grpc, metrics, shutdown, ready).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Actor { actor_id, replay, learner } => {
@@ -344,5 +350,24 @@ fn main() -> ExitCode {
             eprintln!("error: {error:#}");
             ExitCode::from(2)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Outside containers (no FLEET_METRICS_LISTEN), metrics and an actor's
+    /// health listen on loopback only.
+    #[test]
+    fn metrics_bind_to_loopback_unless_asked() {
+        if std::env::var_os("FLEET_METRICS_LISTEN").is_some() {
+            println!("skipped: FLEET_METRICS_LISTEN is set, so the default is not in play");
+            return;
+        }
+        let cli = Cli::try_parse_from(["fleet", "actor"]).unwrap();
+        assert!(cli.metrics_listen.ip().is_loopback(), "{}", cli.metrics_listen);
+        let cli = Cli::try_parse_from(["fleet", "--metrics-listen", "0.0.0.0:9100", "actor"]).unwrap();
+        assert_eq!(cli.metrics_listen.to_string(), "0.0.0.0:9100");
     }
 }

@@ -1,8 +1,9 @@
 //! `fleet replay` as a library function: the replay tables served over gRPC
 //! on a listener the caller bound, with `/metrics` on another, until the
 //! caller's shutdown future fires, behind the bearer token when `[auth]`
-//! configures one. The tables, sampling and the service itself live in the
-//! `fleet-replay` crate; this only wires the config to it.
+//! configures one and over TLS when `[tls]` does. The tables, sampling and
+//! the service itself live in the `fleet-replay` crate; this only wires the
+//! config to it.
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -42,8 +43,9 @@ pub async fn run_announcing(
 ) -> Result<()> {
     let restore = restore.map_or(fleet_replay::Restore::Auto, fleet_replay::Restore::From);
     let auth = RequireToken::new(config.auth.token.clone());
+    let tls = config.tls.loaded.clone();
     role::serve(metrics, shutdown, |token| {
-        fleet_replay::serve_announcing(config.replay, restore, grpc, auth, token.cancelled_owned(), ready)
+        fleet_replay::serve_announcing(config.replay, restore, grpc, auth, tls, token.cancelled_owned(), ready)
     })
     .await
 }

@@ -5,18 +5,16 @@
 //! before it starts; and `fleet run` with a token in a file gets it to
 //! every child, so the whole system trains.
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use fleet_proto::pb::{self, parameters_client::ParametersClient, replay_client::ReplayClient};
 use futures::StreamExt;
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 use tonic::Request;
 use tonic::metadata::MetadataValue;
 use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
 
-use crate::support::{FLEET, Process, start};
+use crate::support::{FLEET, Process, fleet_output, run_checking_lines, start};
 
 const TOKEN: &str = "fleet-test-token-8c1f0e";
 
@@ -184,17 +182,14 @@ async fn a_missing_or_empty_token_file_stops_a_role_before_it_starts() {
         (vec!["replay", "--listen", "127.0.0.1:0"], &empty),
         (vec!["run", "--max-env-steps", "1000"], &missing),
     ] {
-        let out = tokio::time::timeout(
-            Duration::from_secs(60),
-            Command::new(FLEET)
-                .args(&args)
-                .args(["--metrics-listen", "127.0.0.1:0", "--set", &format!("auth.token_file={file}")])
-                .kill_on_drop(true)
-                .output(),
+        let token = ["--metrics-listen", "127.0.0.1:0", "--set"].map(String::from);
+        let out = fleet_output(
+            args.iter()
+                .map(|a| a.to_string())
+                .chain(token)
+                .chain([format!("auth.token_file={file}")]),
         )
-        .await
-        .expect("exits at once")
-        .unwrap();
+        .await;
         let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
         assert_eq!(out.status.code(), Some(2), "{args:?} {file}: {stderr}");
         assert!(stderr.contains("auth.token_file") && stderr.contains(file.as_str()), "{stderr}");
@@ -212,36 +207,12 @@ async fn a_missing_or_empty_token_file_stops_a_role_before_it_starts() {
 async fn fleet_run_with_a_token_trains() {
     let dir = tempfile::tempdir().unwrap();
     let file = token_file(&dir);
-    let mut child = Command::new(FLEET)
-        .args(["run", "--seed", "1", "--target-return", "100", "--max-env-steps", "400000"])
-        .args(["--set", &format!("auth.token_file={file}")])
-        .args(["--set", "run.progress_interval_secs=1"])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
-    let mut output = String::new();
-    let status = tokio::time::timeout(Duration::from_secs(420), async {
-        let (mut stdout_open, mut stderr_open) = (true, true);
-        while stdout_open || stderr_open {
-            let line = tokio::select! {
-                line = stdout.next_line(), if stdout_open => line.unwrap().or_else(|| { stdout_open = false; None }),
-                line = stderr.next_line(), if stderr_open => line.unwrap().or_else(|| { stderr_open = false; None }),
-            };
-            if let Some(line) = line {
-                assert!(!line.contains("refused a gRPC call"), "a child was refused:\n{output}{line}");
-                assert!(!line.contains(TOKEN), "the token is logged:\n{output}{line}");
-                output.push_str(&line);
-                output.push('\n');
-            }
-        }
-        child.wait().await.unwrap()
+    let args = ["--seed", "1", "--target-return", "100", "--max-env-steps", "400000", "--set"].map(String::from);
+    let args = [args.to_vec(), vec![format!("auth.token_file={file}")]].concat();
+    let (solved, output) = run_checking_lines(&args, |line, output| {
+        assert!(!line.contains("refused a gRPC call"), "a child was refused:\n{output}{line}");
+        assert!(!line.contains(TOKEN), "the token is logged:\n{output}{line}");
     })
-    .await
-    .unwrap_or_else(|_| panic!("fleet run finished within 7 minutes:\n{output}"));
-    assert!(status.success() && output.contains("target reached"), "{output}");
+    .await;
+    assert!(solved, "{output}");
 }

@@ -201,7 +201,7 @@ fn the_kustomization_names_files_that_exist() {
             describe(object)
         );
     }
-    for component in ["gpu", "prometheus-operator"] {
+    for component in ["gpu", "prometheus-operator", "tls"] {
         let dir = Path::new(K8S).join("components").join(component);
         let kustomization = load(&dir.join("kustomization.yaml")).remove(0);
         assert_eq!(text(&kustomization, "kind"), "Component");
@@ -389,6 +389,76 @@ fn every_containers_environment_makes_a_valid_config() {
         checked += 1;
     }
     assert_eq!(checked, 4, "replay, learner, actor and the GPU learner");
+}
+
+/// The TLS component patches replay, the learner and the actors: each
+/// container mounts the Secret's volume, which the patch defines, points
+/// every `FLEET_TLS__*` file key at a file in it, and makes a config `fleet
+/// config` accepts with real certificate files there; replay's and the
+/// learner's probes become `fleet health`, which speaks TLS.
+#[test]
+fn the_tls_component_patches_every_workload_into_a_valid_tls_config() {
+    let base = Base::load();
+    let dir = Path::new(K8S).join("components/tls");
+    let kustomization = load(&dir.join("kustomization.yaml")).remove(0);
+    let pki = crate::tls::Pki::new();
+    let mut patched = Vec::new();
+    for entry in list(&kustomization, "patches") {
+        let patch = load(&dir.join(text(entry, "path"))).remove(0);
+        let workload = base.find(text(&patch, "kind"), text(&patch, "metadata.name"));
+        let name = describe(workload);
+        let volumes: Vec<&Value> = list(&patch, "spec.template.spec.volumes").iter().collect();
+        for container in containers(&patch) {
+            let original = containers(workload)
+                .iter()
+                .find(|c| text(c, "name") == text(container, "name"))
+                .unwrap_or_else(|| panic!("{name}: no container {}", text(container, "name")));
+            let mount = &list(container, "volumeMounts")[0];
+            let volume = volumes
+                .iter()
+                .find(|v| text(v, "name") == text(mount, "name"))
+                .unwrap_or_else(|| panic!("{name}: mount {mount:?} has no volume in the patch"));
+            assert_eq!(text(volume, "secret.secretName"), "fleet-tls", "{name}");
+            let mount_path = text(mount, "mountPath");
+            let tls_env = env_of(container);
+            for key in ["CERT_FILE", "KEY_FILE", "CA_FILE", "CLIENT_CA_FILE"] {
+                let path = &tls_env[&format!("FLEET_TLS__{key}")];
+                assert!(
+                    path.starts_with(&format!("{mount_path}/")),
+                    "{name}: {key} {path} is not in the Secret"
+                );
+            }
+            if env_of(original).contains_key("FLEET_LISTEN") {
+                for probe in ["readinessProbe", "livenessProbe"] {
+                    assert!(at(container, &format!("{probe}.grpc")).is_null(), "{name}: {probe} drops grpc");
+                    let command: Vec<&str> = list(container, &format!("{probe}.exec.command"))
+                        .iter()
+                        .map(|a| a.as_str().unwrap())
+                        .collect();
+                    assert_eq!(command, ["fleet", "health"], "{name}: {probe}");
+                }
+            }
+            // The Secret's files, here the test's, with the ConfigMap's fleet.toml.
+            let mut env = env_of(original);
+            for (variable, path) in tls_env {
+                let file = match path.rsplit('/').next().unwrap() {
+                    "tls.crt" => "cert.pem",
+                    "tls.key" => "key.pem",
+                    "ca.crt" => "ca.pem",
+                    other => panic!("{name}: {variable} names an unknown Secret key {other}"),
+                };
+                env.insert(variable, pki.path(file).display().to_string());
+            }
+            env.insert("FLEET_CONFIG".into(), format!("{K8S}/fleet.toml"));
+            let output = Command::new(FLEET).arg("config").env_clear().envs(&env).output().unwrap();
+            assert!(output.status.success(), "{name}: {}", String::from_utf8_lossy(&output.stderr));
+            let config: toml::Table = String::from_utf8(output.stdout).unwrap().parse().unwrap();
+            assert_eq!(config["tls"]["cert_file"].as_str(), Some(env["FLEET_TLS__CERT_FILE"].as_str()));
+        }
+        patched.push(text(workload, "metadata.name").to_owned());
+    }
+    patched.sort();
+    assert_eq!(patched, ["fleet-actor", "fleet-learner", "fleet-replay"]);
 }
 
 #[test]

@@ -7,24 +7,7 @@ use futures::StreamExt;
 use prost::Message;
 use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
 
-use crate::support::{metric, scrape, series, start};
-
-fn sequence(steps: usize, seed: f32) -> pb::Sequence {
-    let obs: Vec<f32> = (0..steps * 4).map(|i| seed + i as f32 * 0.01).collect();
-    pb::Sequence {
-        observations: Some(pb::Tensor::from_f32(&[steps, 4], &obs)),
-        actions: Some(pb::Tensor::from_i64(&[steps], &vec![1; steps])),
-        rewards: vec![1.0; steps],
-        is_first: (0..steps).map(|t| t == 0).collect(),
-        terminated: vec![false; steps],
-        truncated: vec![false; steps],
-        behaviour_logits: Some(pb::Tensor::from_f32(&[steps, 2], &vec![0.0; steps * 2])),
-        behaviour_versions: vec![1; steps],
-        initial_state: None,
-        actor_id: seed as u64,
-        priority: 0.0,
-    }
-}
+use crate::support::{metric, scrape, sequence, series, start};
 
 /// Inserts `sequences` on one stream; returns the keys or the first error.
 async fn insert(client: &mut ReplayClient<tonic::transport::Channel>, sequences: Vec<pb::Sequence>) -> Result<Vec<u64>, tonic::Status> {
@@ -185,39 +168,6 @@ async fn every_server_reports_health_and_the_learner_chunks_large_weights() {
 /// stream, byte for byte as given, and reads the answer to its end: the keys
 /// acknowledged, then how the stream ended.
 async fn insert_raw(uri: &str, requests: Vec<Vec<u8>>) -> (Vec<u64>, Result<(), tonic::Status>) {
-    /// Writes each message's bytes as they are; reads acks as bytes.
-    #[derive(Clone, Copy)]
-    struct Raw;
-    impl tonic::codec::Encoder for Raw {
-        type Item = Vec<u8>;
-        type Error = tonic::Status;
-        fn encode(&mut self, item: Vec<u8>, dst: &mut tonic::codec::EncodeBuf<'_>) -> Result<(), tonic::Status> {
-            prost::bytes::BufMut::put_slice(dst, &item);
-            Ok(())
-        }
-    }
-    impl tonic::codec::Decoder for Raw {
-        type Item = Vec<u8>;
-        type Error = tonic::Status;
-        fn decode(&mut self, src: &mut tonic::codec::DecodeBuf<'_>) -> Result<Option<Vec<u8>>, tonic::Status> {
-            let mut bytes = vec![0; prost::bytes::Buf::remaining(src)];
-            prost::bytes::Buf::copy_to_slice(src, &mut bytes);
-            Ok(Some(bytes))
-        }
-    }
-    impl tonic::codec::Codec for Raw {
-        type Encode = Vec<u8>;
-        type Decode = Vec<u8>;
-        type Encoder = Raw;
-        type Decoder = Raw;
-        fn encoder(&mut self) -> Raw {
-            Raw
-        }
-        fn decoder(&mut self) -> Raw {
-            Raw
-        }
-    }
-
     let channel = tonic::transport::Endpoint::from_shared(uri.to_owned())
         .unwrap()
         .connect()
@@ -226,7 +176,9 @@ async fn insert_raw(uri: &str, requests: Vec<Vec<u8>>) -> (Vec<u64>, Result<(), 
     let mut grpc = tonic::client::Grpc::new(channel);
     grpc.ready().await.unwrap();
     let path = tonic::codegen::http::uri::PathAndQuery::from_static("/fleet.v1.Replay/Insert");
-    let response = grpc.streaming(tonic::Request::new(tokio_stream::iter(requests)), path, Raw).await;
+    let response = grpc
+        .streaming(tonic::Request::new(tokio_stream::iter(requests)), path, crate::support::Raw)
+        .await;
     let mut acks = match response {
         Ok(response) => response.into_inner(),
         Err(status) => return (Vec::new(), Err(status)),

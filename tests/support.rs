@@ -17,3 +17,109 @@ pub async fn start(args: &[&str]) -> Process {
     let name = args.first().copied().unwrap_or("fleet");
     Process::spawn(name, command).await.expect("fleet role ready")
 }
+
+/// A gRPC codec that writes each message's bytes as they are and reads
+/// responses as bytes: for sending what no generated client would.
+#[derive(Clone, Copy)]
+pub struct Raw;
+
+impl tonic::codec::Encoder for Raw {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn encode(&mut self, item: Vec<u8>, dst: &mut tonic::codec::EncodeBuf<'_>) -> Result<(), tonic::Status> {
+        prost::bytes::BufMut::put_slice(dst, &item);
+        Ok(())
+    }
+}
+impl tonic::codec::Decoder for Raw {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn decode(&mut self, src: &mut tonic::codec::DecodeBuf<'_>) -> Result<Option<Vec<u8>>, tonic::Status> {
+        let mut bytes = vec![0; prost::bytes::Buf::remaining(src)];
+        prost::bytes::Buf::copy_to_slice(src, &mut bytes);
+        Ok(Some(bytes))
+    }
+}
+impl tonic::codec::Codec for Raw {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = Raw;
+    type Decoder = Raw;
+    fn encoder(&mut self) -> Raw {
+        Raw
+    }
+    fn decoder(&mut self) -> Raw {
+        Raw
+    }
+}
+
+/// Runs `fleet run` with `args` (plus progress lines every second and warn
+/// logs) to its end, within 7 minutes, and returns whether it reached its
+/// target and its output. Every line is shown to `check` (with the output
+/// before it) as it arrives, so a test can fail at the first bad line of a
+/// run that would otherwise stall.
+pub async fn run_checking_lines(args: &[String], check: impl Fn(&str, &str)) -> (bool, String) {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let mut child = Command::new(FLEET)
+        .arg("run")
+        .args(args)
+        .args(["--set", "run.progress_interval_secs=1"])
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut output = String::new();
+    let status = tokio::time::timeout(std::time::Duration::from_secs(420), async {
+        let (mut stdout_open, mut stderr_open) = (true, true);
+        while stdout_open || stderr_open {
+            let line = tokio::select! {
+                line = stdout.next_line(), if stdout_open => line.unwrap().or_else(|| { stdout_open = false; None }),
+                line = stderr.next_line(), if stderr_open => line.unwrap().or_else(|| { stderr_open = false; None }),
+            };
+            if let Some(line) = line {
+                check(&line, &output);
+                output.push_str(&line);
+                output.push('\n');
+            }
+        }
+        child.wait().await.unwrap()
+    })
+    .await
+    .unwrap_or_else(|_| panic!("fleet run finished within 7 minutes:\n{output}"));
+    (status.success() && output.contains("target reached"), output)
+}
+
+/// What the `fleet` binary printed given `args`, for a command that exits
+/// at once (within a minute).
+pub async fn fleet_output<S: AsRef<std::ffi::OsStr>>(args: impl IntoIterator<Item = S>) -> std::process::Output {
+    tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        Command::new(FLEET).args(args).kill_on_drop(true).output(),
+    )
+    .await
+    .expect("exits at once")
+    .unwrap()
+}
+
+/// A valid CartPole sequence (observations [T, 4] f32, two actions).
+pub fn sequence(steps: usize, seed: f32) -> fleet_proto::pb::Sequence {
+    use fleet_proto::pb;
+    let obs: Vec<f32> = (0..steps * 4).map(|i| seed + i as f32 * 0.01).collect();
+    pb::Sequence {
+        observations: Some(pb::Tensor::from_f32(&[steps, 4], &obs)),
+        actions: Some(pb::Tensor::from_i64(&[steps], &vec![1; steps])),
+        rewards: vec![1.0; steps],
+        is_first: (0..steps).map(|t| t == 0).collect(),
+        terminated: vec![false; steps],
+        truncated: vec![false; steps],
+        behaviour_logits: Some(pb::Tensor::from_f32(&[steps, 2], &vec![0.0; steps * 2])),
+        behaviour_versions: vec![1; steps],
+        initial_state: None,
+        actor_id: seed as u64,
+        priority: 0.0,
+    }
+}

@@ -9,6 +9,7 @@
 mod support;
 
 mod auth;
+mod bad_input;
 mod cli;
 mod deploy;
 mod env_bridge;
@@ -17,3 +18,4 @@ mod learning;
 mod library;
 mod protocol;
 mod roles;
+mod tls;

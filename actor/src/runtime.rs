@@ -57,6 +57,8 @@ pub struct ActorSettings {
     /// The shared bearer token sent to replay and the learner (not to an
     /// env bridge). `None`: auth off.
     pub auth: Option<fleet_proto::auth::BearerToken>,
+    /// TLS to replay and the learner (not to an env bridge); off by default.
+    pub tls: fleet_proto::tls::Tls,
 }
 
 /// Runs one actor until `shutdown` fires or a fatal error occurs.
@@ -289,7 +291,7 @@ async fn follow_weights(
     };
     tracing::debug!(limit, "largest weights blob this actor takes");
     loop {
-        let Some(channel) = connect_or_stop(&settings.learner_address, settings.backoff, &shutdown).await else {
+        let Some(channel) = connect_or_stop(&settings.learner_address, &settings.tls, settings.backoff, &shutdown).await else {
             return;
         };
         metrics::counter!(m::RECONNECTS, "peer" => "learner").increment(1);
@@ -395,7 +397,7 @@ async fn stream_sequences(settings: ActorSettings, mut sequence_rx: mpsc::Receiv
     let acked = metrics::counter!(m::SEQUENCES_ACKED);
     let rejected = metrics::counter!(m::SEQUENCES_REJECTED);
     loop {
-        let Some(channel) = connect_or_stop(&settings.replay_address, settings.backoff, &shutdown).await else {
+        let Some(channel) = connect_or_stop(&settings.replay_address, &settings.tls, settings.backoff, &shutdown).await else {
             return;
         };
         metrics::counter!(m::RECONNECTS, "peer" => "replay").increment(1);

@@ -292,6 +292,21 @@ impl Store {
         Ok(start)
     }
 
+    /// Checks that checkpoints can be written under the root: creates it if
+    /// need be, then writes, syncs and deletes a small file there. A role
+    /// calls this as it starts, so that a directory it cannot write stops it
+    /// at once, naming the directory, instead of at its first checkpoint.
+    pub fn check_writable(&self) -> Result<(), Error> {
+        fs::create_dir_all(&self.root).map_err(io_error("creating", &self.root))?;
+        let probe = self.root.join(format!("{}probe-{}", self.temp_prefix(), std::process::id()));
+        let mut file = File::create(&probe).map_err(io_error("creating a file in", &self.root))?;
+        let written = file.write_all(b"probe\n").and_then(|()| file.sync_all());
+        drop(file);
+        let removed = fs::remove_file(&probe);
+        written.map_err(io_error("writing a file in", &self.root))?;
+        removed.map_err(io_error("deleting", &probe))
+    }
+
     /// Starts the next checkpoint: creates the root if need be, deletes
     /// temporaries a crash left, and opens a temporary directory.
     pub fn begin(&self) -> Result<Writer, Error> {

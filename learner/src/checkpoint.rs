@@ -48,6 +48,12 @@ pub fn write(dir: &Path, keep: usize, meta: &CheckpointMeta, model: &[u8], optim
     writer.commit(meta)
 }
 
+/// Checks that checkpoints can be written under `dir` (creating it if need
+/// be), so that a learner that could not save its progress never starts.
+pub fn check_writable(dir: &Path) -> Result<(), Error> {
+    Store::new(dir, KIND, 1).check_writable()
+}
+
 /// Reads the newest complete checkpoint under `dir`, if any (a missing
 /// directory holds none).
 pub fn latest(dir: &Path, device: &Device) -> Result<Option<Loaded>, Error> {

@@ -88,6 +88,8 @@ pub struct LearnerConfig {
     pub adam_beta1: f64,
     pub adam_beta2: f64,
     pub adam_epsilon: f64,
+    /// AMSGrad: Adam's denominator from the largest second moment seen.
+    pub adam_amsgrad: bool,
     /// AdamW's decoupled weight decay λ (only with `optimizer = "adamw"`).
     pub weight_decay: f64,
     pub rmsprop_decay: f64,
@@ -167,6 +169,7 @@ impl Default for LearnerConfig {
             adam_beta1: 0.9,
             adam_beta2: 0.999,
             adam_epsilon: 1e-8,
+            adam_amsgrad: false,
             weight_decay: 0.0,
             rmsprop_decay: 0.99,
             rmsprop_epsilon: 0.01,
@@ -218,6 +221,7 @@ impl LearnerConfig {
                 } else {
                     0.0
                 },
+                amsgrad: self.adam_amsgrad,
             },
             OptimizerKind::Rmsprop => OptimizerConfig::Rmsprop {
                 decay: self.rmsprop_decay,
@@ -292,6 +296,9 @@ impl LearnerConfig {
                 "learner.weight_decay = {} needs learner.optimizer = \"adamw\"",
                 self.weight_decay
             ));
+        }
+        if self.adam_amsgrad && self.optimizer == OptimizerKind::Rmsprop {
+            return Err("learner.adam_amsgrad = true needs learner.optimizer = \"adam\" or \"adamw\"".into());
         }
         self.validate_replay()
     }
@@ -406,7 +413,7 @@ mod tests {
     }
 
     #[test]
-    fn weight_decay_belongs_to_adamw() {
+    fn weight_decay_belongs_to_adamw_and_amsgrad_to_adam() {
         let decayed = LearnerConfig {
             weight_decay: 0.01,
             ..Default::default()
@@ -418,5 +425,11 @@ mod tests {
         };
         assert!(adamw.validate().is_ok());
         assert!(matches!(adamw.optimizer(), OptimizerConfig::Adam { weight_decay, .. } if weight_decay == 0.01));
+        let amsgrad_rmsprop = LearnerConfig {
+            optimizer: OptimizerKind::Rmsprop,
+            adam_amsgrad: true,
+            ..LearnerConfig::default()
+        };
+        assert!(amsgrad_rmsprop.validate().unwrap_err().contains("learner.adam_amsgrad"));
     }
 }

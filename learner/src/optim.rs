@@ -12,11 +12,16 @@ pub enum OptimizerConfig {
     /// Adam (Kingma & Ba), bias-corrected; with `weight_decay > 0` it is
     /// AdamW (Loshchilov & Hutter): the decay is applied to the parameters
     /// directly, `θ ← θ − lr·(m̂/(√v̂ + ε) + λ·θ)`, not added to the gradient.
+    /// With `amsgrad` (Reddi et al. 2018) the denominator uses the largest
+    /// second moment seen so far instead of the current one, so a stretch of
+    /// tiny gradients cannot shrink it and turn noise, or the first large
+    /// gradient after the stretch, into full-size steps.
     Adam {
         beta1: f64,
         beta2: f64,
         epsilon: f64,
         weight_decay: f64,
+        amsgrad: bool,
     },
     /// RMSProp as IMPALA used it (TensorFlow's form: ε inside the square
     /// root, no momentum): `ms ← ρ·ms + (1−ρ)·g²`, `θ ← θ − lr·g/√(ms + ε)`.
@@ -30,6 +35,7 @@ impl Default for OptimizerConfig {
             beta2: 0.999,
             epsilon: 1e-8,
             weight_decay: 0.0,
+            amsgrad: false,
         }
     }
 }
@@ -50,6 +56,7 @@ impl OptimizerConfig {
                 beta2,
                 epsilon,
                 weight_decay,
+                ..
             } => {
                 if !(weight_decay >= 0.0 && weight_decay.is_finite()) {
                     return Err(format!("learner.weight_decay must be a finite number ≥ 0, got {weight_decay}"));
@@ -95,12 +102,14 @@ impl StepReport {
     }
 }
 
-/// Per-parameter state: Adam's two moments, or RMSProp's mean square.
+/// Per-parameter state: Adam's two moments (and AMSGrad's running maximum
+/// of the second), or RMSProp's mean square.
 #[derive(Debug)]
 struct Slot {
     var: Var,
     first: Option<Tensor>,
     second: Tensor,
+    second_max: Option<Tensor>,
 }
 
 #[derive(Debug)]
@@ -119,7 +128,13 @@ impl Optimiser {
             .map(|var| {
                 let zeros = Tensor::zeros(var.shape(), DType::F32, var.device())?;
                 let first = matches!(config, OptimizerConfig::Adam { .. }).then(|| zeros.clone());
-                Ok(Slot { var, first, second: zeros })
+                let second_max = matches!(config, OptimizerConfig::Adam { amsgrad: true, .. }).then(|| zeros.clone());
+                Ok(Slot {
+                    var,
+                    first,
+                    second: zeros,
+                    second_max,
+                })
             })
             .collect::<Result<_>>()?;
         Ok(Self {
@@ -161,6 +176,7 @@ impl Optimiser {
                     beta2,
                     epsilon,
                     weight_decay,
+                    ..
                 } => {
                     let t = self.steps as i32;
                     // Adam slots start with a zero first moment; one
@@ -171,7 +187,17 @@ impl Optimiser {
                     };
                     let v = ((&slot.second * beta2)? + (g.sqr()? * (1.0 - beta2))?)?;
                     let m_hat = (&m / (1.0 - beta1.powi(t)))?;
-                    let v_hat = (&v / (1.0 - beta2.powi(t)))?;
+                    // AMSGrad: the bias-corrected running maximum (PyTorch's form).
+                    let denominator = match &slot.second_max {
+                        Some(max) => {
+                            let max = max.maximum(&v)?;
+                            let corrected = (&max / (1.0 - beta2.powi(t)))?;
+                            slot.second_max = Some(max);
+                            corrected
+                        }
+                        None => (&v / (1.0 - beta2.powi(t)))?,
+                    };
+                    let v_hat = denominator;
                     let mut step = (m_hat / (v_hat.sqrt()? + epsilon)?)?;
                     if weight_decay > 0.0 {
                         step = (step + (theta * weight_decay)?)?;
@@ -205,18 +231,25 @@ impl Optimiser {
                 out.push((format!("{name}.first"), first.clone()));
             }
             out.push((format!("{name}.second"), slot.second.clone()));
+            if let Some(max) = &slot.second_max {
+                out.push((format!("{name}.second_max"), max.clone()));
+            }
         }
         out
     }
 
     /// Restores state written by [`Optimiser::state`]; every tensor must be
-    /// present with the parameter's shape, else nothing changes.
+    /// present with the parameter's shape, else nothing changes. The one
+    /// exception is AMSGrad's maximum, absent from state saved without it:
+    /// it starts from the restored second moment, so AMSGrad can be turned
+    /// on when resuming.
     pub fn restore(
         &mut self,
         names: &[String],
         mut state: std::collections::HashMap<String, Tensor>,
         steps: u64,
     ) -> std::result::Result<(), String> {
+        let saved_max: std::collections::HashSet<String> = state.keys().filter(|k| k.ends_with(".second_max")).cloned().collect();
         let mut take = |key: String, like: &Var| -> std::result::Result<Tensor, String> {
             let t = state.remove(&key).ok_or_else(|| format!("optimizer state lacks `{key}`"))?;
             if t.dims() != like.dims() {
@@ -234,11 +267,18 @@ impl Optimiser {
                 Some(_) => Some(take(format!("{name}.first"), &slot.var)?),
                 None => None,
             };
-            restored.push((first, take(format!("{name}.second"), &slot.var)?));
+            let second = take(format!("{name}.second"), &slot.var)?;
+            let second_max = match slot.second_max {
+                Some(_) if saved_max.contains(&format!("{name}.second_max")) => Some(take(format!("{name}.second_max"), &slot.var)?),
+                Some(_) => Some(second.clone()),
+                None => None,
+            };
+            restored.push((first, second, second_max));
         }
-        for (slot, (first, second)) in self.slots.iter_mut().zip(restored) {
+        for (slot, (first, second, second_max)) in self.slots.iter_mut().zip(restored) {
             slot.first = first;
             slot.second = second;
+            slot.second_max = second_max;
         }
         self.steps = steps;
         Ok(())
@@ -350,6 +390,7 @@ mod tests {
             beta2: 0.999,
             epsilon: 1e-8,
             weight_decay,
+            amsgrad: false,
         };
         let config = adamw(0.5);
         let mut opt = Optimiser::new(vec![v.clone()], config, 0.0).unwrap();
@@ -397,5 +438,68 @@ mod tests {
         for (k, t) in &state {
             assert_eq!(t.to_vec1::<f32>().unwrap(), again[k].to_vec1::<f32>().unwrap(), "{k}");
         }
+    }
+
+    fn adam(beta2: f64, amsgrad: bool) -> OptimizerConfig {
+        OptimizerConfig::Adam {
+            beta1: 0.9,
+            beta2,
+            epsilon: 1e-8,
+            weight_decay: 0.0,
+            amsgrad,
+        }
+    }
+
+    fn amsgrad() -> OptimizerConfig {
+        adam(0.999, true)
+    }
+
+    /// After a stretch of large gradients, Adam's step on a tiny gradient
+    /// grows back towards lr as its second moment decays (β2 = 0.9 here, so
+    /// within a few hundred steps); AMSGrad's stays scaled by the largest
+    /// second moment seen.
+    #[test]
+    fn amsgrad_keeps_tiny_gradients_small_after_large_ones() {
+        let last_step = |config: OptimizerConfig| {
+            let v = var(&[0.0]);
+            let mut opt = Optimiser::new(vec![v.clone()], config, 0.0).unwrap();
+            let linear = |scale: f64| (v.as_tensor() * scale).unwrap().sum_all().unwrap();
+            for _ in 0..50 {
+                opt.step(&linear(10.0), 1e-3).unwrap();
+            }
+            let mut report = None;
+            for _ in 0..500 {
+                report = Some(opt.step(&linear(1e-3), 1e-3).unwrap());
+            }
+            report.unwrap().layer_step_norms[0]
+        };
+        let (adam, ams) = (last_step(adam(0.9, false)), last_step(adam(0.9, true)));
+        assert!(adam > 5e-4, "Adam's step should have grown back towards lr: {adam}");
+        assert!(ams < 1e-5, "AMSGrad's step should stay scaled by the old maximum: {ams}");
+    }
+
+    #[test]
+    fn amsgrad_state_round_trips_and_starts_from_the_second_moment_when_absent() {
+        let names = vec!["w".to_string()];
+        let v = var(&[3.0, -1.0]);
+        let mut opt = Optimiser::new(vec![v.clone()], amsgrad(), 0.0).unwrap();
+        opt.step(&half_square(&v), 0.1).unwrap();
+        let state: std::collections::HashMap<_, _> = opt.state(&names).into_iter().collect();
+        assert!(state.contains_key("w.second_max"));
+        let mut other = Optimiser::new(vec![v.clone()], amsgrad(), 0.0).unwrap();
+        other.restore(&names, state.clone(), 1).unwrap();
+        let again: std::collections::HashMap<_, _> = other.state(&names).into_iter().collect();
+        for (k, t) in &state {
+            assert_eq!(t.to_vec1::<f32>().unwrap(), again[k].to_vec1::<f32>().unwrap(), "{k}");
+        }
+        let mut without = state.clone();
+        without.remove("w.second_max");
+        let mut resumed = Optimiser::new(vec![v.clone()], amsgrad(), 0.0).unwrap();
+        resumed.restore(&names, without, 1).unwrap();
+        let after: std::collections::HashMap<_, _> = resumed.state(&names).into_iter().collect();
+        assert_eq!(
+            after["w.second_max"].to_vec1::<f32>().unwrap(),
+            state["w.second"].to_vec1::<f32>().unwrap()
+        );
     }
 }

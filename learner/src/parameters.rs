@@ -1,7 +1,10 @@
 //! The `Parameters` gRPC service: serves the newest published weights, and
 //! streams every newer version to watchers, each version cut into chunks
 //! below 1 MiB. Publishing is a `watch` channel: a slow watcher skips
-//! intermediate versions instead of queueing them.
+//! intermediate versions instead of queueing them. A watch that starts
+//! after a version this learner has not published is refused with
+//! OUT_OF_RANGE rather than left waiting for a version that may never come
+//! (versions only grow, so a client can only have seen an older one).
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -50,6 +53,13 @@ impl Parameters for ParametersService {
 
     async fn watch_weights(&self, request: Request<pb::WatchWeightsRequest>) -> Result<Response<ChunkStream>, Status> {
         let after_version = request.into_inner().after_version;
+        let newest = self.weights.borrow().version;
+        if after_version > newest {
+            return Err(Status::out_of_range(format!(
+                "after_version {after_version} is newer than the newest published weights version {newest}; \
+                 watch after a version this learner has published (0: from the current one)"
+            )));
+        }
         let mut weights = self.weights.clone();
         let (tx, rx) = mpsc::channel(4);
         tokio::spawn(async move {

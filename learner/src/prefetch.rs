@@ -182,7 +182,7 @@ async fn sample_part(
     };
     let config = &settings.learner;
     'connect: loop {
-        let Some(channel) = connect_or_stop(&settings.replay_address, settings.backoff, &shutdown).await else {
+        let Some(channel) = connect_or_stop(&settings.replay_address, &settings.tls, settings.backoff, &shutdown).await else {
             return Ok(());
         };
         let mut client = ReplayClient::with_interceptor(channel, AttachToken::new(settings.auth.clone()))

@@ -54,7 +54,7 @@ pub async fn send_priorities(settings: LearnerSettings, mut rx: mpsc::Receiver<V
     let limit = settings.learner.priority_batch;
     let mut pending: Vec<pb::PriorityUpdate> = Vec::new();
     'connect: loop {
-        let Some(channel) = connect_or_stop(&settings.replay_address, settings.backoff, &shutdown).await else {
+        let Some(channel) = connect_or_stop(&settings.replay_address, &settings.tls, settings.backoff, &shutdown).await else {
             return;
         };
         let mut client = ReplayClient::with_interceptor(channel, AttachToken::new(settings.auth.clone()))

@@ -61,6 +61,9 @@ pub struct LearnerSettings {
     /// The shared bearer token: sent to replay, and required of callers of
     /// `Parameters` (not of the health service). `None`: auth off.
     pub auth: Option<BearerToken>,
+    /// TLS on the connections to replay and on the `Parameters` server
+    /// (health included); off by default.
+    pub tls: fleet_proto::tls::Tls,
 }
 
 /// Runs the learner until `shutdown` fires.
@@ -88,10 +91,15 @@ pub async fn run(settings: LearnerSettings, listener: TcpListener, shutdown: Can
         .max_encoding_message_size(settings.max_message_bytes)
         .max_decoding_message_size(settings.max_message_bytes);
     let parameters = InterceptedService::new(parameters, RequireToken::new(settings.auth.clone()));
-    tracing::info!(bearer_token_required = settings.auth.is_some(), "serving Parameters");
+    tracing::info!(
+        bearer_token_required = settings.auth.is_some(),
+        tls = settings.tls.is_on(),
+        mutual_tls = settings.tls.is_mutual(),
+        "serving Parameters"
+    );
     let server_shutdown = shutdown.clone();
     let server = tokio::spawn(
-        fleet_proto::connect::server()
+        fleet_proto::connect::server(&settings.tls)?
             .add_service(health_service)
             .add_service(parameters)
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move { server_shutdown.cancelled().await }),

@@ -6,8 +6,8 @@
 //!
 //! Not here: where the token comes from (the `fleet` config reads it from a
 //! file or the environment), which services are guarded (each server wraps
-//! its own; `grpc.health.v1` stays open) and TLS, which fleet does not have
-//! yet: without it the token crosses the network in clear text.
+//! its own; `grpc.health.v1` stays open) and TLS ([`crate::tls`]), without
+//! which the token crosses the network in clear text.
 
 use std::fmt;
 use std::sync::Arc;

@@ -1,10 +1,14 @@
 //! Client connections that wait for their server: retry with exponential
-//! backoff until the server answers or shutdown is requested.
+//! backoff until the server answers or shutdown is requested. Every fleet
+//! server and client is built here, with the same HTTP/2 windows and the
+//! same TLS settings ([`Tls`]; off, plain text, unless configured).
 
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Endpoint};
+
+use crate::tls::{Tls, is_handshake_failure};
 
 /// How long to wait between connection attempts.
 #[derive(Debug, Clone, Copy)]
@@ -29,12 +33,15 @@ impl Backoff {
     }
 }
 
-/// Normalises `host:port` to `http://host:port`.
-pub fn endpoint_uri(address: &str) -> String {
-    if address.contains("://") {
-        address.to_string()
-    } else {
-        format!("http://{address}")
+/// Normalises `host:port` to `http://host:port`, or `https://host:port`
+/// with TLS on. With TLS on, an `http://` given with the address becomes
+/// `https://` too: the TLS settings, not the address, decide whether a
+/// connection is encrypted.
+pub fn endpoint_uri(address: &str, tls: &Tls) -> String {
+    match address.split_once("://") {
+        Some(("http" | "https", rest)) if tls.is_on() => format!("https://{rest}"),
+        Some(_) => address.to_string(),
+        None => format!("{}://{address}", tls.scheme()),
     }
 }
 
@@ -50,31 +57,50 @@ pub const INITIAL_CONNECTION_WINDOW: u32 = 16 << 20;
 /// headers, wake-ups and writes per message.
 pub const MAX_FRAME_SIZE: u32 = 1 << 20;
 
-/// The client end of a fleet connection to `address` (not yet connected).
-pub fn endpoint(address: &str) -> Result<Endpoint, tonic::transport::Error> {
-    Ok(Endpoint::from_shared(endpoint_uri(address))?
+/// The client end of a fleet connection to `address` (not yet connected),
+/// over TLS when `tls` is on.
+pub fn endpoint(address: &str, tls: &Tls) -> Result<Endpoint, tonic::transport::Error> {
+    let endpoint = Endpoint::from_shared(endpoint_uri(address, tls))?
         .connect_timeout(Duration::from_secs(5))
         .tcp_nodelay(true)
         .initial_stream_window_size(INITIAL_STREAM_WINDOW)
         .initial_connection_window_size(INITIAL_CONNECTION_WINDOW)
         .max_frame_size(MAX_FRAME_SIZE)
-        .http2_adaptive_window(true))
+        .http2_adaptive_window(true);
+    match tls.client_config() {
+        Some(config) => endpoint.tls_config(config),
+        None => Ok(endpoint),
+    }
 }
 
-/// The server end: a tonic server builder with the same windows.
-pub fn server() -> tonic::transport::Server {
-    tonic::transport::Server::builder()
+/// The server end: a tonic server builder with the same windows, serving
+/// TLS (and requiring client certificates, under mutual TLS) when `tls` is
+/// on. Every service added to it, health included, is behind the same TLS.
+pub fn server(tls: &Tls) -> Result<tonic::transport::Server, tonic::transport::Error> {
+    let server = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .initial_stream_window_size(INITIAL_STREAM_WINDOW)
         .initial_connection_window_size(INITIAL_CONNECTION_WINDOW)
         .max_frame_size(MAX_FRAME_SIZE)
-        .http2_adaptive_window(Some(true))
+        .http2_adaptive_window(Some(true));
+    match tls.server_config() {
+        Some(config) => server.tls_config(config),
+        None => Ok(server),
+    }
 }
 
-/// Connects to `address`, retrying with `backoff`. Returns `None` when
-/// `shutdown` fires first; a malformed address is an error at once.
-pub async fn connect(address: &str, backoff: Backoff, shutdown: &CancellationToken) -> Result<Option<Channel>, tonic::transport::Error> {
-    let endpoint = endpoint(address)?;
+/// Connects to `address` (over TLS when `tls` is on), retrying with
+/// `backoff`. Returns `None` when `shutdown` fires first; a malformed
+/// address is an error at once. A failed TLS handshake is retried too (the
+/// certificates may be fixed on the other side) but logged as a warning,
+/// where a server that is not up yet is only a debug line.
+pub async fn connect(
+    address: &str,
+    tls: &Tls,
+    backoff: Backoff,
+    shutdown: &CancellationToken,
+) -> Result<Option<Channel>, tonic::transport::Error> {
+    let endpoint = endpoint(address, tls)?;
     let mut attempt = 0;
     loop {
         let result = tokio::select! {
@@ -85,7 +111,11 @@ pub async fn connect(address: &str, backoff: Backoff, shutdown: &CancellationTok
             Ok(channel) => return Ok(Some(channel)),
             Err(error) => {
                 let delay = backoff.delay(attempt);
-                tracing::debug!(%address, %error, ?delay, "server not reachable yet; retrying");
+                if is_handshake_failure(&error) {
+                    tracing::warn!(%address, error = %chain(&error), ?delay, "TLS handshake failed; retrying");
+                } else {
+                    tracing::debug!(%address, %error, ?delay, "server not reachable yet; retrying");
+                }
                 attempt += 1;
                 tokio::select! {
                     _ = shutdown.cancelled() => return Ok(None),
@@ -98,8 +128,8 @@ pub async fn connect(address: &str, backoff: Backoff, shutdown: &CancellationTok
 
 /// [`connect`] for long-running clients: a malformed address is fatal to the
 /// process (logged, then `shutdown` is cancelled), so `None` means "stop".
-pub async fn connect_or_stop(address: &str, backoff: Backoff, shutdown: &CancellationToken) -> Option<Channel> {
-    match connect(address, backoff, shutdown).await {
+pub async fn connect_or_stop(address: &str, tls: &Tls, backoff: Backoff, shutdown: &CancellationToken) -> Option<Channel> {
+    match connect(address, tls, backoff, shutdown).await {
         Ok(channel) => channel,
         Err(error) => {
             tracing::error!(%error, %address, "invalid server address; stopping");
@@ -107,6 +137,19 @@ pub async fn connect_or_stop(address: &str, backoff: Backoff, shutdown: &Cancell
             None
         }
     }
+}
+
+/// `error` and its sources, joined with `: ` (tonic's own `Display` is only
+/// "transport error").
+pub fn chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut next = error.source();
+    while let Some(error) = next {
+        text.push_str(": ");
+        text.push_str(&error.to_string());
+        next = error.source();
+    }
+    text
 }
 
 /// Sleeps for `duration` unless `shutdown` fires first.
@@ -135,7 +178,8 @@ mod tests {
 
     #[test]
     fn addresses_get_a_scheme() {
-        assert_eq!(endpoint_uri("127.0.0.1:5000"), "http://127.0.0.1:5000");
-        assert_eq!(endpoint_uri("https://a:1"), "https://a:1");
+        let off = Tls::default();
+        assert_eq!(endpoint_uri("127.0.0.1:5000", &off), "http://127.0.0.1:5000");
+        assert_eq!(endpoint_uri("https://a:1", &off), "https://a:1");
     }
 }

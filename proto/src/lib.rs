@@ -3,7 +3,8 @@
 //! from [`pb::Tensor`], and cutting weight blobs into bounded chunks and
 //! joining them again, and the trajectory contract's types on the wire
 //! ([`trajectory`]), and the optional bearer token clients send and
-//! servers check ([`auth`]). No validation of whole messages lives here;
+//! servers check ([`auth`]) and the optional TLS they connect with
+//! ([`tls`]). No validation of whole messages lives here;
 //! each service validates what it receives.
 
 #![forbid(unsafe_code)]
@@ -12,6 +13,7 @@ pub mod auth;
 pub mod connect;
 pub mod sequence;
 pub mod tensor;
+pub mod tls;
 pub mod trajectory;
 pub mod weights;
 

@@ -97,7 +97,9 @@ pub fn signature(sequence: &Sequence) -> Result<(usize, Signature), SignatureErr
                 });
             }
         },
-        (Dtype::F32, &[t, dims]) if t == steps && dims >= 1 => ActionSpec::Continuous { dims },
+        // The policy records two values per dimension: a width that
+        // overflows is no contract's.
+        (Dtype::F32, &[t, dims]) if t == steps && (1..=usize::MAX / 2).contains(&dims) => ActionSpec::Continuous { dims },
         _ => {
             return Err(SignatureError::Actions {
                 dtype,
@@ -182,6 +184,23 @@ mod tests {
         assert_eq!(
             message,
             "behaviour_logits has shape [3, 3]; expected [3, 4] for continuous actions of 2 dimensions"
+        );
+    }
+
+    /// A continuous action of more dimensions than a policy width can
+    /// count is refused, not multiplied into an overflow.
+    #[test]
+    fn absurd_continuous_action_shapes_are_refused() {
+        let mut s = sequence(3);
+        s.actions = Some(Tensor {
+            dtype: pb::Dtype::F32 as i32,
+            shape: vec![3, u64::MAX],
+            data: Default::default(),
+        });
+        let message = signature(&s).unwrap_err().to_string();
+        assert!(
+            message.starts_with("actions are f32 of shape [3, 18446744073709551615]"),
+            "{message}"
         );
     }
 

@@ -5,7 +5,7 @@
 //! The sender states the blob's size in every chunk; the receiver decides
 //! how much it is willing to take (an actor: what its own network's
 //! parameters need), and a larger claim is refused before anything is
-//! allocated for it.
+//! allocated for it; so is a first chunk that does not start the blob.
 
 use crate::pb::WeightsChunk;
 
@@ -84,6 +84,15 @@ impl WeightsAssembler {
                 version: chunk.version,
                 total: chunk.total_bytes,
                 limit: self.limit,
+            });
+        }
+        if self.current.is_none() && chunk.offset != 0 {
+            // Nothing is reserved for a version that does not start at its
+            // first byte.
+            return Err(WeightsError::OutOfOrder {
+                version: chunk.version,
+                offset: chunk.offset,
+                expected: 0,
             });
         }
         let (version, total, buf) = self
@@ -214,5 +223,91 @@ mod tests {
             out = asm.push(chunk).unwrap();
         }
         assert_eq!(out, Some((4, blob)));
+    }
+
+    /// Chunks with any version, declared size, offset, payload and end
+    /// flag, as a broken or hostile learner might send them.
+    fn chunk() -> impl proptest::strategy::Strategy<Value = WeightsChunk> {
+        use proptest::prelude::*;
+        let small_or_any = || prop_oneof![3 => 0u64..200, 1 => any::<u64>()];
+        (
+            0u64..3,
+            small_or_any(),
+            small_or_any(),
+            proptest::collection::vec(any::<u8>(), 0..80),
+            any::<bool>(),
+        )
+            .prop_map(|(version, total_bytes, offset, data, last)| WeightsChunk {
+                version,
+                total_bytes,
+                offset,
+                data,
+                last,
+            })
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(1024))]
+
+        /// Whatever chunks arrive, the assembler never panics, never holds
+        /// (or reserves) more than its limit, gives up whatever it held on
+        /// an error, and yields only blobs of exactly their declared size.
+        #[test]
+        fn arbitrary_chunks_never_exceed_the_limit(limit in 0u64..300, chunks in proptest::collection::vec(chunk(), 0..12)) {
+            let mut asm = WeightsAssembler::new(limit);
+            for chunk in chunks {
+                let total = chunk.total_bytes;
+                match asm.push(chunk) {
+                    Ok(Some((_, blob))) => {
+                        proptest::prop_assert_eq!(blob.len() as u64, total);
+                        proptest::prop_assert!(total <= limit);
+                        proptest::prop_assert!(asm.current.is_none());
+                    }
+                    Ok(None) => {
+                        let (_, declared, buf) = asm.current.as_ref().expect("a version in progress");
+                        proptest::prop_assert!(*declared <= limit);
+                        proptest::prop_assert!(buf.capacity() as u64 <= limit);
+                        proptest::prop_assert!(buf.len() as u64 <= *declared);
+                    }
+                    Err(error) => {
+                        proptest::prop_assert!(asm.current.is_none(), "{}", error);
+                        proptest::prop_assert!(!error.to_string().is_empty());
+                    }
+                }
+            }
+        }
+
+        /// Any bytes decoded as a chunk and fed in: refused or taken, and
+        /// never more than the limit reserved.
+        #[test]
+        fn arbitrary_bytes_as_chunks(limit in 0u64..4096, messages in proptest::collection::vec(proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64), 1..6)) {
+            let mut asm = WeightsAssembler::new(limit);
+            for bytes in messages {
+                if let Ok(chunk) = WeightsChunk::decode(&bytes[..]) {
+                    let _ = asm.push(chunk);
+                    if let Some((_, _, buf)) = &asm.current {
+                        proptest::prop_assert!(buf.capacity() as u64 <= limit);
+                    }
+                }
+            }
+        }
+
+        /// A real blob cut into chunks comes back whole, whatever the limit
+        /// at or above its size; below it, it is refused at the first chunk.
+        #[test]
+        fn real_blobs_round_trip_within_the_limit(blob in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..2000), slack in 0u64..10) {
+            let chunks = chunk_weights(9, &blob);
+            let mut asm = WeightsAssembler::new(blob.len() as u64 + slack);
+            let mut out = None;
+            for c in chunks.clone() {
+                out = asm.push(c).unwrap();
+            }
+            proptest::prop_assert_eq!(out, Some((9, blob.clone())));
+            if !blob.is_empty() {
+                let mut small = WeightsAssembler::new(blob.len() as u64 - 1);
+                let refused = matches!(small.push(chunks[0].clone()), Err(WeightsError::TooLarge { .. }));
+                proptest::prop_assert!(refused);
+            }
+        }
     }
 }

@@ -258,9 +258,7 @@ impl Body {
         let plain = match self {
             Body::Plain(sequence) => return Ok(Arc::clone(sequence)),
             Body::Compressed { codec: Codec::Zstd, data } => zstd_decompress(data).map_err(|e| Error::Compression(format!("zstd: {e}")))?,
-            Body::Compressed { codec: Codec::Lz4, data } => {
-                lz4_flex::decompress_size_prepended(data).map_err(|e| Error::Compression(format!("lz4: {e}")))?
-            }
+            Body::Compressed { codec: Codec::Lz4, data } => lz4_decompress(data).map_err(|e| Error::Compression(format!("lz4: {e}")))?,
             Body::Compressed { codec: Codec::None, .. } => unreachable!("uncompressed chunks are plain"),
         };
         Ok(Arc::new(
@@ -287,12 +285,23 @@ fn zstd_compress(data: &[u8], level: i32) -> std::io::Result<Vec<u8>> {
     })
 }
 
+/// The most bytes one chunk's steps decode to. A chunk holds the new steps
+/// of one insert request, which `replay.max_message_bytes` (at most this)
+/// bounded; compressed data (read back from a checkpoint) that claims more
+/// is refused before anything is allocated for it.
+const MAX_PLAIN_CHUNK_BYTES: u64 = crate::config::MAX_MESSAGE_BYTES_LIMIT as u64;
+
 fn zstd_decompress(data: &[u8]) -> std::io::Result<Vec<u8>> {
-    let invalid = |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_owned());
+    let invalid = |what: String| std::io::Error::new(std::io::ErrorKind::InvalidData, what);
     let size = zstd::zstd_safe::get_frame_content_size(data)
-        .map_err(|_| invalid("not a zstd frame"))?
-        .ok_or_else(|| invalid("the frame does not record its size"))?;
-    let size = usize::try_from(size).map_err(|_| invalid("frame too large"))?;
+        .map_err(|_| invalid("not a zstd frame".into()))?
+        .ok_or_else(|| invalid("the frame does not record its size".into()))?;
+    if size > MAX_PLAIN_CHUNK_BYTES {
+        return Err(invalid(format!(
+            "the frame claims {size} bytes, more than the {MAX_PLAIN_CHUNK_BYTES} a chunk can hold"
+        )));
+    }
+    let size = usize::try_from(size).map_err(|_| invalid("frame too large".into()))?;
     ZSTD_DECOMPRESSOR.with_borrow_mut(|slot| {
         let decompressor = match slot {
             Some(decompressor) => decompressor,
@@ -300,6 +309,18 @@ fn zstd_decompress(data: &[u8]) -> std::io::Result<Vec<u8>> {
         };
         decompressor.decompress(data, size)
     })
+}
+
+/// Lz4 data with its size prepended (as `compress_prepend_size` writes
+/// it), the size checked before the output is allocated.
+fn lz4_decompress(data: &[u8]) -> Result<Vec<u8>, String> {
+    let (size, body) = lz4_flex::block::uncompressed_size(data).map_err(|e| e.to_string())?;
+    if size as u64 > MAX_PLAIN_CHUNK_BYTES {
+        return Err(format!(
+            "the data claims {size} bytes, more than the {MAX_PLAIN_CHUNK_BYTES} a chunk can hold"
+        ));
+    }
+    lz4_flex::decompress(body, size).map_err(|e| e.to_string())
 }
 
 /// What the encoded length of any run of a chunk's steps depends on: the
@@ -803,6 +824,350 @@ mod tests {
                 }
                 drop((table, previous));
                 prop_assert_eq!(store.totals(), (0, 0), "nothing leaks once everything is gone");
+            }
+        }
+    }
+}
+
+/// Fuzzing of what replay decodes from outside: insert requests (decoded,
+/// validated and stored as chunks) and checkpoint chunk records (decoded,
+/// decompressed and validated). Whatever arrives, these return an item or
+/// an error that says what is wrong; they never panic, and a length the
+/// input claims is checked against what it carries (or a fixed bound)
+/// before anything is allocated for it.
+#[cfg(test)]
+mod fuzz {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::validate::testing::cartpole_sequence;
+
+    /// An item was stored whole and reads back as it came; or it was
+    /// refused with a message.
+    fn stored_intact_or_refused(sequence: pb::Sequence, min_steps: usize) -> Result<(), TestCaseError> {
+        let store = ChunkStore::new();
+        let expected = {
+            let mut s = sequence.clone();
+            s.priority = 0.0;
+            s
+        };
+        let result = match min_steps {
+            2 => store.item(sequence, Compression::NONE),
+            _ => {
+                let first = store
+                    .item(cartpole_sequence(3, 0), Compression::NONE)
+                    .map_err(|e| TestCaseError::fail(e.to_string()))?;
+                store.continued_item(&first, 1, sequence, Compression::NONE)
+            }
+        };
+        match result {
+            Ok(item) if min_steps == 2 => {
+                let back = item.to_sequence().map_err(|e| TestCaseError::fail(e.to_string()))?;
+                prop_assert_eq!(item.message_len(), back.encoded_len());
+                prop_assert_eq!(back, expected);
+            }
+            Ok(item) => {
+                let back = item.to_sequence().map_err(|e| TestCaseError::fail(e.to_string()))?;
+                prop_assert_eq!(item.message_len(), back.encoded_len());
+            }
+            Err(error) => {
+                prop_assert!(!error.to_string().is_empty());
+                prop_assert!(
+                    matches!(error, Error::InvalidSequence(_)),
+                    "an insert is refused as an invalid sequence, not {error:?}"
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Dimensions that are small, zero, or absurd.
+    fn dim() -> impl Strategy<Value = u64> {
+        prop_oneof![
+            6 => 0u64..6,
+            1 => Just(1u64 << 32),
+            1 => Just(1u64 << 62),
+            1 => Just(u64::MAX),
+            1 => any::<u64>(),
+        ]
+    }
+
+    /// A tensor whose dtype, shape and bytes may or may not agree.
+    fn tensor() -> impl Strategy<Value = pb::Tensor> {
+        let dtype = prop_oneof![Just(0), Just(1), Just(2), Just(3), any::<i32>()];
+        let shape = proptest::collection::vec(dim(), 0..5);
+        (dtype, shape, any::<bool>(), proptest::collection::vec(any::<u8>(), 0..96)).prop_map(|(dtype, shape, consistent, mut data)| {
+            // Half the time the bytes match the shape where it is small
+            // enough, so that later checks are reached too.
+            let size = fleet_proto::tensor::dtype_size(pb::Dtype::try_from(dtype).unwrap_or(pb::Dtype::Unspecified)).unwrap_or(1);
+            let elements = shape.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d));
+            if consistent && let Some(n) = elements.and_then(|n| n.checked_mul(size as u64)).filter(|&n| n <= 4096) {
+                data.resize(n as usize, 0x3f);
+            }
+            pb::Tensor {
+                dtype,
+                shape,
+                data: data.into(),
+            }
+        })
+    }
+
+    fn floats() -> impl Strategy<Value = f32> {
+        prop_oneof![
+            4 => -10.0f32..10.0,
+            1 => Just(f32::NAN),
+            1 => Just(f32::INFINITY),
+            1 => Just(f32::NEG_INFINITY),
+            1 => any::<f32>(),
+        ]
+    }
+
+    /// Sequences built field by field, each field free of the others.
+    fn inconsistent_sequence() -> impl Strategy<Value = pb::Sequence> {
+        let len = || 0usize..6;
+        (
+            (
+                proptest::option::weighted(0.9, tensor()),
+                proptest::option::weighted(0.9, tensor()),
+                proptest::option::weighted(0.9, tensor()),
+                proptest::option::of(tensor()),
+            ),
+            proptest::collection::vec(floats(), len()),
+            (
+                proptest::collection::vec(any::<bool>(), len()),
+                proptest::collection::vec(any::<bool>(), len()),
+                proptest::collection::vec(any::<bool>(), len()),
+            ),
+            proptest::collection::vec(any::<u64>(), len()),
+            prop_oneof![Just(0.0), Just(f64::NAN), Just(-1.0), any::<f64>()],
+        )
+            .prop_map(
+                |(
+                    (observations, actions, behaviour_logits, initial_state),
+                    rewards,
+                    (is_first, terminated, truncated),
+                    versions,
+                    priority,
+                )| {
+                    pb::Sequence {
+                        observations,
+                        actions,
+                        rewards,
+                        is_first,
+                        terminated,
+                        truncated,
+                        behaviour_logits,
+                        behaviour_versions: versions,
+                        initial_state,
+                        actor_id: 1,
+                        priority,
+                    }
+                },
+            )
+    }
+
+    /// One change to a valid sequence: the kind of mistake a buggy writer makes.
+    #[derive(Debug, Clone)]
+    enum Mutation {
+        Dim { tensor: usize, axis: usize, value: u64 },
+        Bytes { tensor: usize, keep: usize, extra: usize },
+        Dtype { tensor: usize, dtype: i32 },
+        Length { field: usize, len: usize },
+        Value { field: usize, index: usize, value: f32 },
+        Action { index: usize, value: i64 },
+        State(pb::Tensor),
+        Priority(f64),
+    }
+
+    fn mutation() -> impl Strategy<Value = Mutation> {
+        prop_oneof![
+            (0..3usize, 0..3usize, dim()).prop_map(|(tensor, axis, value)| Mutation::Dim { tensor, axis, value }),
+            (0..3usize, 0..200usize, 0..16usize).prop_map(|(tensor, keep, extra)| Mutation::Bytes { tensor, keep, extra }),
+            (0..3usize, prop_oneof![0..4i32, any::<i32>()]).prop_map(|(tensor, dtype)| Mutation::Dtype { tensor, dtype }),
+            (0..5usize, 0..12usize).prop_map(|(field, len)| Mutation::Length { field, len }),
+            (0..3usize, 0..40usize, floats()).prop_map(|(field, index, value)| Mutation::Value { field, index, value }),
+            (0..6usize, prop_oneof![-2i64..4, any::<i64>()]).prop_map(|(index, value)| Mutation::Action { index, value }),
+            tensor().prop_map(Mutation::State),
+            prop_oneof![Just(f64::NAN), Just(f64::INFINITY), Just(-0.5), 0.0f64..10.0].prop_map(Mutation::Priority),
+        ]
+    }
+
+    /// Observations, actions or logits, by number.
+    fn tensor_mut(s: &mut pb::Sequence, i: usize) -> Option<&mut pb::Tensor> {
+        match i {
+            0 => s.observations.as_mut(),
+            1 => s.actions.as_mut(),
+            _ => s.behaviour_logits.as_mut(),
+        }
+    }
+
+    fn apply(sequence: &mut pb::Sequence, mutation: Mutation) {
+        match mutation {
+            Mutation::Dim { tensor: i, axis, value } => {
+                if let Some(t) = tensor_mut(sequence, i)
+                    && let Some(d) = t.shape.get_mut(axis)
+                {
+                    *d = value;
+                }
+            }
+            Mutation::Bytes { tensor: i, keep, extra } => {
+                if let Some(t) = tensor_mut(sequence, i) {
+                    let mut data = t.data.to_vec();
+                    data.truncate(keep);
+                    data.extend(std::iter::repeat_n(0x7f, extra));
+                    t.data = data.into();
+                }
+            }
+            Mutation::Dtype { tensor: i, dtype } => {
+                if let Some(t) = tensor_mut(sequence, i) {
+                    t.dtype = dtype;
+                }
+            }
+            Mutation::Length { field, len } => match field {
+                0 => sequence.rewards.resize(len, 0.0),
+                1 => sequence.is_first.resize(len, false),
+                2 => sequence.terminated.resize(len, false),
+                3 => sequence.truncated.resize(len, false),
+                _ => sequence.behaviour_versions.resize(len, 0),
+            },
+            Mutation::Value { field, index, value } => match field {
+                0 => {
+                    if let Some(r) = sequence.rewards.get_mut(index) {
+                        *r = value;
+                    }
+                }
+                i => {
+                    if let Some(t) = tensor_mut(sequence, if i == 1 { 0 } else { 2 }) {
+                        let mut data = t.data.to_vec();
+                        if let Some(bytes) = data.get_mut(index * 4..index * 4 + 4) {
+                            bytes.copy_from_slice(&value.to_le_bytes());
+                        }
+                        t.data = data.into();
+                    }
+                }
+            },
+            Mutation::Action { index, value } => {
+                if let Some(t) = sequence.actions.as_mut() {
+                    let mut data = t.data.to_vec();
+                    if let Some(bytes) = data.get_mut(index * 8..index * 8 + 8) {
+                        bytes.copy_from_slice(&value.to_le_bytes());
+                    }
+                    t.data = data.into();
+                }
+            }
+            Mutation::State(state) => sequence.initial_state = Some(state),
+            Mutation::Priority(priority) => sequence.priority = priority,
+        }
+    }
+
+    /// A zstd frame header that records `size` bytes of content (and no content).
+    fn zstd_header(size: u64) -> Vec<u8> {
+        // Magic number; descriptor: 8-byte content size, single segment.
+        let mut frame = vec![0x28, 0xb5, 0x2f, 0xfd, 0xe0];
+        frame.extend_from_slice(&size.to_le_bytes());
+        frame
+    }
+
+    #[test]
+    fn compressed_chunks_that_claim_too_much_are_refused_before_allocating() {
+        let store = ChunkStore::new();
+        let record = |codec: Codec, data: Vec<u8>| ChunkRecord {
+            id: 1,
+            steps: 2,
+            codec: codec.code(),
+            data: data.into(),
+        };
+        for size in [1u64 << 40, u64::MAX - 2] {
+            let error = store.restore(record(Codec::Zstd, zstd_header(size))).unwrap_err().to_string();
+            assert!(error.contains(&format!("claims {size} bytes")), "{error}");
+        }
+        let mut lz4 = u32::MAX.to_le_bytes().to_vec();
+        lz4.extend_from_slice(&[0x10, 0x41]);
+        let error = store.restore(record(Codec::Lz4, lz4)).unwrap_err().to_string();
+        assert!(error.contains(&format!("claims {} bytes", u32::MAX)), "{error}");
+        assert_eq!(store.totals(), (0, 0));
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// Arbitrary bytes as an insert request: not a message, or a message
+        /// whose sequence is stored intact or refused.
+        #[test]
+        fn arbitrary_insert_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+            if let Ok(request) = pb::InsertRequest::decode(&bytes[..])
+                && let Some(sequence) = request.sequence
+            {
+                stored_intact_or_refused(sequence.clone(), 2)?;
+                stored_intact_or_refused(sequence, 1)?;
+            }
+        }
+
+        /// Sequences whose fields disagree with each other in any way.
+        #[test]
+        fn inconsistent_sequences(sequence in inconsistent_sequence()) {
+            stored_intact_or_refused(sequence.clone(), 2)?;
+            stored_intact_or_refused(sequence, 1)?;
+        }
+
+        /// A valid sequence with one or two mistakes: refused, unless the
+        /// change kept it valid; a tensor that claims more elements than
+        /// its bytes hold is always refused.
+        #[test]
+        fn mutated_sequences(steps in 2usize..6, mutations in proptest::collection::vec(mutation(), 1..3)) {
+            let mut sequence = cartpole_sequence(steps, 3);
+            for m in mutations {
+                apply(&mut sequence, m);
+            }
+            let claims_more_than_it_carries = [&sequence.observations, &sequence.actions, &sequence.behaviour_logits]
+                .into_iter()
+                .flatten()
+                .any(|t| {
+                    let size = t.checked_dtype().ok().and_then(fleet_proto::tensor::dtype_size).unwrap_or(1);
+                    t.num_elements().ok().and_then(|n| n.checked_mul(size)).is_none_or(|bytes| bytes > t.data.len())
+                });
+            if claims_more_than_it_carries {
+                prop_assert!(validate_steps(&sequence, 1).is_err());
+            }
+            stored_intact_or_refused(sequence.clone(), 2)?;
+            stored_intact_or_refused(sequence, 1)?;
+        }
+
+        /// Checkpoint chunk records of any bytes, in every codec: restored
+        /// only when they hold valid steps of the count they claim.
+        #[test]
+        fn arbitrary_chunk_records(
+            codec in 0u32..4,
+            steps in 0u64..8,
+            data in proptest::collection::vec(any::<u8>(), 0..256),
+            claimed in prop_oneof![Just(None), any::<u64>().prop_map(Some)],
+        ) {
+            // Sometimes a zstd header claiming any size in front of the bytes.
+            let data = match claimed {
+                Some(size) if codec == Codec::Zstd.code() => [zstd_header(size), data].concat(),
+                _ => data,
+            };
+            let store = ChunkStore::new();
+            let record = ChunkRecord { id: 1, steps, codec, data: data.into() };
+            match store.restore(record) {
+                Ok(chunk) => prop_assert_eq!(chunk.steps() as u64, steps),
+                Err(error) => prop_assert!(!error.to_string().is_empty()),
+            }
+        }
+
+        /// A whole valid item compressed, then damaged: read back exactly
+        /// or refused.
+        #[test]
+        fn damaged_compressed_chunks(codec in prop_oneof![Just(Codec::Zstd), Just(Codec::Lz4)], at in any::<prop::sample::Index>(), byte in any::<u8>()) {
+            let store = ChunkStore::new();
+            let item = store.item(cartpole_sequence(6, 1), Compression { codec, level: 1 }).map_err(|e| TestCaseError::fail(e.to_string()))?;
+            let mut record = item.segments()[0].chunk.record();
+            let mut data = record.data.to_vec();
+            let i = at.index(data.len());
+            data[i] = byte;
+            record.data = data.into();
+            if let Ok(chunk) = ChunkStore::new().restore(record) {
+                prop_assert_eq!(chunk.steps(), 6);
             }
         }
     }

@@ -1,7 +1,8 @@
 //! The `fleet.v1.Replay` gRPC service over a set of [`Table`]s, and [`serve`],
 //! which runs it with the standard health service until shutdown (behind
 //! the bearer-token check when [`serve_announcing`] is given a token; the
-//! health service stays open so that health checks need no secret).
+//! health service stays open so that health checks need no secret; with
+//! TLS on, every service on the port, health included, is served over TLS).
 //!
 //! This layer turns requests into table calls and table results into
 //! messages: streams, statuses, back-pressure through bounded channels and
@@ -17,6 +18,7 @@ use std::time::Duration;
 use fleet_proto::auth::RequireToken;
 use fleet_proto::pb::replay_server::{Replay, ReplayServer};
 use fleet_proto::pb::{self, InsertRequest, InsertResponse, SampleResponse};
+use fleet_proto::tls::Tls;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
@@ -511,19 +513,20 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
-    serve_announcing(config, restore, listener, RequireToken::default(), shutdown, || {}).await
+    serve_announcing(config, restore, listener, RequireToken::default(), Tls::default(), shutdown, || {}).await
 }
 
 /// [`serve`], with the Replay service behind `auth` (the health service is
-/// never behind it), calling `ready` once the tables are restored (or made)
-/// and health reports SERVING, before the first request is served. A start
-/// that fails before then (a bad config, a damaged checkpoint) returns its
-/// error without calling `ready`.
+/// never behind it) and the whole port behind `tls`, calling `ready` once
+/// the tables are restored (or made) and health reports SERVING, before the
+/// first request is served. A start that fails before then (a bad config, a
+/// damaged checkpoint) returns its error without calling `ready`.
 pub async fn serve_announcing(
     config: ReplayConfig,
     restore: Restore,
     listener: TcpListener,
     auth: RequireToken,
+    tls: Tls,
     shutdown: impl Future<Output = ()> + Send + 'static,
     ready: impl FnOnce(),
 ) -> Result<(), Error> {
@@ -544,6 +547,8 @@ pub async fn serve_announcing(
     info!(
         addr = ?listener.local_addr().ok(),
         bearer_token_required = auth.is_on(),
+        tls = tls.is_on(),
+        mutual_tls = tls.is_mutual(),
         config = ?config.effective(),
         "replay service starting"
     );
@@ -565,6 +570,9 @@ pub async fn serve_announcing(
         });
     }
 
+    // Built before SERVING is announced, so that TLS settings tonic refuses
+    // fail the start instead.
+    let mut server = fleet_proto::connect::server(&tls)?;
     let (health, health_server) = tonic_health::server::health_reporter();
     health.set_serving::<ReplayServer<ReplayService>>().await;
     health.set_service_status("", ServingStatus::Serving).await;
@@ -590,7 +598,7 @@ pub async fn serve_announcing(
         }
         connection
     });
-    fleet_proto::connect::server()
+    server
         .add_service(health_server)
         .add_service(InterceptedService::new(service.clone().into_server(), auth))
         .serve_with_incoming_shutdown(incoming, stop)

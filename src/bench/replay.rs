@@ -24,7 +24,7 @@ use rand::{Rng, SeedableRng};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use crate::config::{AuthConfig, Config};
+use crate::config::{AuthConfig, Config, TlsConfig};
 use crate::process::Process;
 
 const TABLE: &str = "bench";
@@ -79,6 +79,9 @@ pub struct Load {
     /// The bearer token setup of the config `fleet bench` was started with:
     /// the replay it starts requires what its clients send.
     pub auth: AuthConfig,
+    /// The TLS setup of that config: the replay serves with it, its
+    /// clients connect with it.
+    pub tls: TlsConfig,
 }
 
 /// A sequence of `workload`'s shape from `actor`, valid for the replay service.
@@ -159,7 +162,7 @@ pub async fn replay(load: Load, names: &[String]) -> Result<()> {
 async fn run_workload(workload: &Workload, load: &Load) -> Result<Report> {
     let dir = tempfile::tempdir().context("creating a temporary directory")?;
     let config_path = dir.path().join("bench.toml");
-    bench_config(workload, &load.auth)?.write_to(&config_path)?;
+    bench_config(workload, load)?.write_to(&config_path)?;
     let mut server = Process::spawn_child(
         "replay",
         &config_path,
@@ -175,7 +178,7 @@ async fn run_workload(workload: &Workload, load: &Load) -> Result<Report> {
     let pid = server.child.id().ok_or_else(|| anyhow!("the replay process has no pid"))?;
     let address = server.grpc.clone();
     let result = drive(workload, load, &address).await;
-    let stored = stored_bytes_per_step(&address, &load.auth).await;
+    let stored = stored_bytes_per_step(&address, load).await;
     let peak_rss = peak_rss_mib(pid);
     server.stop(Duration::from_secs(10)).await;
     let (inserts, samples, elapsed) = result?;
@@ -200,17 +203,18 @@ async fn run_workload(workload: &Workload, load: &Load) -> Result<Report> {
 }
 
 /// The bench table's bytes over its stored steps, from `Info`.
-async fn stored_bytes_per_step(address: &str, auth: &AuthConfig) -> Result<f64> {
-    let info = client(address, auth).await?.info(pb::InfoRequest {}).await?.into_inner();
+async fn stored_bytes_per_step(address: &str, load: &Load) -> Result<f64> {
+    let info = client(address, load).await?.info(pb::InfoRequest {}).await?.into_inner();
     let table = info.tables.first().ok_or_else(|| anyhow!("Info lists no table"))?;
     Ok(table.bytes as f64 / table.steps.max(1) as f64)
 }
 
-fn bench_config(workload: &Workload, auth: &AuthConfig) -> Result<Config> {
+fn bench_config(workload: &Workload, load: &Load) -> Result<Config> {
     let mut config = Config::load(&Default::default())?;
-    // The child reads the token from the same file (or the inherited
-    // environment) as this process did.
-    config.auth = auth.clone();
+    // The child reads the token and the TLS files from the same files (or
+    // the inherited environment) as this process did.
+    config.auth = load.auth.clone();
+    config.tls = load.tls.clone();
     config.replay.max_message_bytes = MAX_MESSAGE_BYTES;
     config.replay.tables = vec![TableConfig::prioritized(TABLE, workload.max_size, 0.8)];
     // Roles read the tables by name from the config; keep it consistent.
@@ -235,12 +239,12 @@ impl Tally {
     }
 }
 
-async fn client(address: &str, auth: &AuthConfig) -> Result<ReplayClient<AuthChannel>> {
-    let channel = fleet_proto::connect::endpoint(address)?
+async fn client(address: &str, load: &Load) -> Result<ReplayClient<AuthChannel>> {
+    let channel = fleet_proto::connect::endpoint(address, &load.tls.loaded)?
         .connect()
         .await
-        .with_context(|| format!("connecting to {address}"))?;
-    Ok(ReplayClient::with_interceptor(channel, AttachToken::new(auth.token.clone()))
+        .map_err(|error| anyhow!("connecting to {address}: {}", fleet_proto::connect::chain(&error)))?;
+    Ok(ReplayClient::with_interceptor(channel, AttachToken::new(load.auth.token.clone()))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES))
 }
@@ -250,7 +254,7 @@ async fn drive(workload: &Workload, load: &Load, address: &str) -> Result<(Tally
     let deadline = started + Duration::from_secs_f64(load.seconds);
     let mut inserters = Vec::new();
     for actor in 0..load.inserters {
-        let mut replay = client(address, &load.auth).await?;
+        let mut replay = client(address, load).await?;
         let item = sequence(workload, actor as u64 + 1);
         // The steps after the overlap, which continue the writer's previous item.
         let overlap = workload.steps - workload.period;
@@ -284,7 +288,7 @@ async fn drive(workload: &Workload, load: &Load, address: &str) -> Result<(Tally
     }
     let mut samplers = Vec::new();
     for _ in 0..load.samplers {
-        let mut replay = client(address, &load.auth).await?;
+        let mut replay = client(address, load).await?;
         let batch_size = load.batch_size;
         samplers.push(tokio::spawn(async move {
             let mut tally = Tally::default();

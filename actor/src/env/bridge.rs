@@ -24,6 +24,7 @@ use std::time::Duration;
 use fleet_agent::EnvSpec;
 use fleet_proto::connect::{Backoff, connect_or_stop, endpoint, sleep_or_cancel};
 use fleet_proto::pb::{self, env_client::EnvClient};
+use fleet_proto::tls::Tls;
 use fleet_trajectory::{ActionSpec, FrameShape, ObservationSpec, Observations};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::runtime::Handle;
@@ -221,10 +222,20 @@ fn failure(env_id: &str, what: &str, status: &tonic::Status) -> Failure {
 pub fn spec_from_message(env_id: &str, message: &pb::EnvSpecMessage) -> Result<EnvSpec, EnvError> {
     let shape: Vec<usize> = message.observation_shape.iter().map(|&d| d as usize).collect();
     let refuse = |what: String| EnvError::Bridge(format!("env \"{env_id}\": {what}"));
+    // One observation must fit in one message (and its size in a usize):
+    // no timestep of a larger one could ever arrive, and the actor sizes its
+    // buffers from this shape.
+    let size = shape
+        .iter()
+        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+        .filter(|&n| n <= MAX_OBSERVATION_VALUES)
+        .ok_or_else(|| {
+            refuse(format!(
+                "observations of shape {shape:?} are larger than the {MAX_OBSERVATION_VALUES} values one message can carry"
+            ))
+        })?;
     let observation = match pb::Dtype::try_from(message.observation_dtype) {
-        Ok(pb::Dtype::F32) => ObservationSpec::Vector {
-            size: shape.iter().product(),
-        },
+        Ok(pb::Dtype::F32) => ObservationSpec::Vector { size },
         Ok(pb::Dtype::U8) => match shape[..] {
             [channels, height, width] => ObservationSpec::Frames(FrameShape { channels, height, width }),
             _ => {
@@ -250,12 +261,26 @@ pub fn spec_from_message(env_id: &str, message: &pb::EnvSpecMessage) -> Result<E
                 message.action_shape
             )));
         }
+        num_actions if num_actions as usize > MAX_DISCRETE_ACTIONS => {
+            return Err(refuse(format!(
+                "{num_actions} discrete actions: fleet takes at most {MAX_DISCRETE_ACTIONS} (the policy head and every step's logits grow with it)"
+            )));
+        }
         num_actions => ActionSpec::Discrete {
             num_actions: num_actions as usize,
         },
     };
     Ok(EnvSpec { observation, action })
 }
+
+/// The most discrete actions a bridged environment may declare: far above
+/// any real action set (Atari's full set is 18), far below what would make
+/// the actor build a network of gigabytes on a peer's word.
+const MAX_DISCRETE_ACTIONS: usize = 1 << 16;
+
+/// The most values one observation may hold: a gRPC message is at most
+/// 4 GiB, so no larger observation could ever arrive in a timestep.
+const MAX_OBSERVATION_VALUES: usize = u32::MAX as usize;
 
 /// Where the bridge runs and what it is asked to build.
 #[derive(Debug, Clone)]
@@ -318,7 +343,9 @@ impl Target {
         // where stepping holds Python's GIL.
         let (servers, channels) = match &self.remote {
             Some(address) => {
-                let Some(channel) = connect_or_stop(address, backoff, shutdown).await else {
+                // The env bridge speaks plain text (TLS is for fleet's own
+                // services): a remote one belongs on a private network.
+                let Some(channel) = connect_or_stop(address, &Tls::default(), backoff, shutdown).await else {
                     return Ok(None);
                 };
                 (Vec::new(), vec![channel; streams])
@@ -333,7 +360,7 @@ impl Target {
                 for server in &servers {
                     let address = server.address();
                     tracing::info!(env = %self.env_id, address, pid = server.id(), "env bridge started");
-                    let channel = endpoint(address)
+                    let channel = endpoint(address, &Tls::default())
                         .map_err(|error| Failure::Fatal(EnvError::Bridge(format!("env bridge address `{address}`: {error}"))))?
                         .connect()
                         .await
@@ -663,6 +690,13 @@ fn write_timestep(
             tensor.shape, spec.observation
         )));
     }
+    // Rewards and float observations are computed with: a NaN or an
+    // infinity from the environment is refused here, naming the
+    // environment, rather than poisoning sequences (which replay would
+    // refuse one by one) or the policy's input.
+    if let Some((i, reward)) = message.rewards.iter().enumerate().find(|(_, r)| !r.is_finite()) {
+        return Err(bad(format!("reward {reward} for environment {}", envs.start + i)));
+    }
     let size = spec.observation_size();
     let values = envs.start * size..envs.end * size;
     match &mut timestep.observations {
@@ -670,8 +704,18 @@ fn write_timestep(
             tensor
                 .check(pb::Dtype::F32)
                 .map_err(|error| bad(format!("bad observations: {error}")))?;
-            for (value, bytes) in all[values].iter_mut().zip(tensor.data.chunks_exact(4)) {
-                *value = f32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
+            let decoded = || tensor.data.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+            // Checked before anything is written: a refused timestep leaves
+            // the last good one in place.
+            if let Some((i, value)) = decoded().enumerate().find(|(_, v)| !v.is_finite()) {
+                return Err(bad(format!(
+                    "observation value {value} (environment {}, element {})",
+                    envs.start + i / size.max(1),
+                    i % size.max(1)
+                )));
+            }
+            for (slot, value) in all[values].iter_mut().zip(decoded()) {
+                *slot = value;
             }
         }
         Observations::U8(all) => {
@@ -762,6 +806,107 @@ pub(crate) mod tests {
         assert!(rewards.to_string().contains("1 rewards for 2 environments"), "{rewards}");
         // A refused timestep leaves the last good one in place.
         assert_eq!(timestep.observations, Observations::F32(vec![1.0, 2.0, 3.0, 4.0]));
+    }
+
+    /// Every way a bridge's answer can be malformed is refused with a
+    /// message naming the environment and the fault, and leaves the last
+    /// good timestep in place.
+    #[test]
+    fn malformed_bridge_answers_are_refused_naming_the_fault() {
+        let spec = EnvSpec::vector(2, 2);
+        let good = || pb::EnvTimestep {
+            observations: Some(pb::Tensor::from_f32(&[2, 2], &[1.0, 2.0, 3.0, 4.0])),
+            rewards: vec![0.5, 0.0],
+            is_first: vec![false, true],
+            terminated: vec![false, false],
+            truncated: vec![false, false],
+        };
+        type Edit = fn(&mut pb::EnvTimestep);
+        let rows: &[(&str, Edit, &str)] = &[
+            ("no observations", |m| m.observations = None, "without observations"),
+            (
+                "u8 observations for f32",
+                |m| m.observations = Some(pb::Tensor::from_u8(&[2, 2], vec![0; 4])),
+                "expected F32",
+            ),
+            ("unknown dtype", |m| m.observations.as_mut().unwrap().dtype = 9, "unknown dtype"),
+            (
+                "bytes short of the shape",
+                |m| {
+                    let t = m.observations.as_mut().unwrap();
+                    t.data = t.data.slice(..15);
+                },
+                "needs 16 bytes, got 15",
+            ),
+            (
+                "shape overflows",
+                |m| m.observations.as_mut().unwrap().shape = vec![u64::MAX, 4],
+                "overflows",
+            ),
+            (
+                "wrong shape",
+                |m| m.observations = Some(pb::Tensor::from_f32(&[2, 3], &[0.0; 6])),
+                "expected 2 ×",
+            ),
+            ("NaN reward", |m| m.rewards[1] = f32::NAN, "reward NaN for environment 1"),
+            (
+                "infinite reward",
+                |m| m.rewards[0] = f32::NEG_INFINITY,
+                "reward -inf for environment 0",
+            ),
+            (
+                "NaN observation",
+                |m| m.observations = Some(pb::Tensor::from_f32(&[2, 2], &[1.0, 2.0, 3.0, f32::NAN])),
+                "observation value NaN (environment 1, element 1)",
+            ),
+            (
+                "infinite observation",
+                |m| m.observations = Some(pb::Tensor::from_f32(&[2, 2], &[f32::INFINITY, 2.0, 3.0, 4.0])),
+                "observation value inf (environment 0, element 0)",
+            ),
+            ("too few rewards", |m| m.rewards.truncate(1), "1 rewards for 2 environments"),
+            ("too many is_first", |m| m.is_first.push(true), "3 is_first flags"),
+            ("no terminated", |m| m.terminated.clear(), "0 terminated flags"),
+            ("too few truncated", |m| m.truncated.truncate(1), "1 truncated flags"),
+        ];
+        let mut timestep = Timestep::new(&spec, 2);
+        write_timestep("gym:X", &spec, good(), &mut timestep, 0..2).unwrap();
+        let before = (timestep.observations.clone(), timestep.rewards.clone(), timestep.is_first.clone());
+        for (name, edit, expected) in rows {
+            let mut message = good();
+            edit(&mut message);
+            let error = write_timestep("gym:X", &spec, message, &mut timestep, 0..2)
+                .expect_err(name)
+                .to_string();
+            assert!(error.contains("env \"gym:X\"") && error.contains(expected), "{name}: {error}");
+            let after = (timestep.observations.clone(), timestep.rewards.clone(), timestep.is_first.clone());
+            assert_eq!(after, before, "{name}: the last good timestep stays");
+        }
+    }
+
+    /// Spec answers with shapes no message could carry are refused, not
+    /// multiplied into an overflow or a giant buffer.
+    #[test]
+    fn bridge_specs_with_absurd_shapes_are_refused() {
+        for shape in [&[u64::MAX, 2][..], &[1 << 32, 1 << 32], &[1 << 33]] {
+            let error = spec_from_message("gym:X", &spec_message(pb::Dtype::F32, shape, 2))
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains("gym:X") && error.contains("larger than"), "{shape:?}: {error}");
+        }
+        let frames = spec_message(pb::Dtype::U8, &[1 << 22, 1 << 22, 1 << 22], 2);
+        assert!(spec_from_message("gym:X", &frames).unwrap_err().to_string().contains("larger than"));
+        let many = spec_message(pb::Dtype::F32, &[4], u32::MAX);
+        let error = spec_from_message("gym:X", &many).unwrap_err().to_string();
+        assert!(error.contains("gym:X") && error.contains("discrete actions"), "{error}");
+        assert!(spec_from_message("gym:X", &spec_message(pb::Dtype::F32, &[4], 1 << 16)).is_ok());
+        let empty = spec_message(pb::Dtype::F32, &[0, 4], 2);
+        assert!(
+            spec_from_message("gym:X", &empty)
+                .unwrap_err()
+                .to_string()
+                .contains("hold no values")
+        );
     }
 
     #[test]
