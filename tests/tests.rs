@@ -14,6 +14,7 @@ mod cli;
 mod deploy;
 mod env_bridge;
 mod k8s;
+mod keepalive;
 mod learning;
 mod library;
 mod protocol;

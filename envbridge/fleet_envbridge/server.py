@@ -106,6 +106,13 @@ def serve(
     options = [
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_send_message_length", max_message_bytes),
+        # The actor pings a quiet connection every 10 s (KEEPALIVE_INTERVAL in
+        # proto/src/connect.rs) to learn when a bridge stops answering, also
+        # while a stream waits and no call is open. gRPC's own default
+        # answers pings more often than every 5 minutes with GOAWAY
+        # "too_many_pings"; accept them down to 5 s.
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_ping_interval_without_data_ms", 5000),
     ]
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_streams, thread_name_prefix="env-stream"),

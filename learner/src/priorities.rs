@@ -4,6 +4,8 @@
 //! gathers them into `UpdatePriorities` requests of up to `priority_batch`
 //! items.
 
+use std::time::Duration;
+
 use fleet_proto::auth::AttachToken;
 use fleet_proto::connect::{connect_or_stop, sleep_or_cancel};
 use fleet_proto::pb::{self, replay_client::ReplayClient};
@@ -12,6 +14,13 @@ use tokio_util::sync::CancellationToken;
 
 use crate::metrics as m;
 use crate::runtime::LearnerSettings;
+
+/// How long one `UpdatePriorities` call may take before it is given up (and
+/// its updates dropped): the server answers in milliseconds, so only a
+/// server that stopped answering gets near this. A dead connection is also
+/// found by the keepalives (`fleet_proto::connect`); this covers a server
+/// that still answers pings but not the call.
+pub const UPDATE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Batches of updates the channel holds before the update loop drops new
 /// ones (priorities are advice: a lost update leaves the old priority).
@@ -83,10 +92,11 @@ pub async fn send_priorities(settings: LearnerSettings, mut rx: mpsc::Receiver<V
             }
             let take = pending.len().min(limit);
             let updates: Vec<pb::PriorityUpdate> = pending.drain(..take).collect();
-            let request = pb::UpdatePrioritiesRequest {
+            let mut request = tonic::Request::new(pb::UpdatePrioritiesRequest {
                 table: settings.learner.replay_table.clone(),
                 updates,
-            };
+            });
+            request.set_timeout(UPDATE_TIMEOUT);
             let sent = tokio::select! {
                 _ = shutdown.cancelled() => return,
                 r = client.update_priorities(request) => r,

@@ -1,7 +1,16 @@
 //! Client connections that wait for their server: retry with exponential
 //! backoff until the server answers or shutdown is requested. Every fleet
-//! server and client is built here, with the same HTTP/2 windows and the
-//! same TLS settings ([`Tls`]; off, plain text, unless configured).
+//! server and client is built here, with the same HTTP/2 windows, the same
+//! keepalives and the same TLS settings ([`Tls`]; off, plain text, unless
+//! configured).
+//!
+//! Keepalives are what end a call to a peer that stopped answering without
+//! closing its connection (a stopped or frozen process, a dead host, a
+//! network that drops packets): both ends ping a quiet connection, and one
+//! whose ping goes unanswered is closed, failing every call on it with
+//! UNAVAILABLE; the caller's own retry loop then reconnects. Timeouts on
+//! single calls cannot do this for the long-lived streams (inserts, samples,
+//! weights), which may rightly stay quiet for minutes.
 
 use std::time::Duration;
 
@@ -57,6 +66,27 @@ pub const INITIAL_CONNECTION_WINDOW: u32 = 16 << 20;
 /// headers, wake-ups and writes per message.
 pub const MAX_FRAME_SIZE: u32 = 1 << 20;
 
+/// How long a connection may be quiet before its end sends an HTTP/2 PING,
+/// client and server alike. hyper counts from the last frame received, so a
+/// busy connection is never pinged; a quiet one costs a 17-byte frame each
+/// way every interval. Peers are fleet processes (tonic/hyper, which always
+/// answer pings) and the env bridge, whose server is told to accept pings
+/// this often.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+
+/// How long a PING may go unanswered before the connection is closed. A live
+/// process answers from its I/O runtime in microseconds on loopback and
+/// within a round trip elsewhere, even while its compute threads are busy;
+/// 10 s leaves room for a machine under heavy load without a false alarm,
+/// and bounds the detection of a dead peer at [`KEEPALIVE_INTERVAL`] +
+/// `KEEPALIVE_TIMEOUT` = 20 s after its last frame.
+pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The longest a call can wait on a peer that stopped answering before it
+/// fails: a ping is due at most [`KEEPALIVE_INTERVAL`] after the last frame
+/// and gets [`KEEPALIVE_TIMEOUT`] to come back.
+pub const DEAD_PEER_DETECTION: Duration = KEEPALIVE_INTERVAL.saturating_add(KEEPALIVE_TIMEOUT);
+
 /// The client end of a fleet connection to `address` (not yet connected),
 /// over TLS when `tls` is on.
 pub fn endpoint(address: &str, tls: &Tls) -> Result<Endpoint, tonic::transport::Error> {
@@ -66,23 +96,33 @@ pub fn endpoint(address: &str, tls: &Tls) -> Result<Endpoint, tonic::transport::
         .initial_stream_window_size(INITIAL_STREAM_WINDOW)
         .initial_connection_window_size(INITIAL_CONNECTION_WINDOW)
         .max_frame_size(MAX_FRAME_SIZE)
-        .http2_adaptive_window(true);
+        .http2_adaptive_window(true)
+        .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+        // Also between calls: a channel kept for the next call (priority
+        // updates, health) learns its server is gone before it needs it.
+        .keep_alive_while_idle(true);
     match tls.client_config() {
         Some(config) => endpoint.tls_config(config),
         None => Ok(endpoint),
     }
 }
 
-/// The server end: a tonic server builder with the same windows, serving
-/// TLS (and requiring client certificates, under mutual TLS) when `tls` is
-/// on. Every service added to it, health included, is behind the same TLS.
+/// The server end: a tonic server builder with the same windows and
+/// keepalives (a client that stopped answering has its streams ended, and
+/// what they held, an insert waiting for room or a batch being prepared,
+/// let go), serving TLS (and requiring client certificates, under mutual
+/// TLS) when `tls` is on. Every service added to it, health included, is
+/// behind the same TLS.
 pub fn server(tls: &Tls) -> Result<tonic::transport::Server, tonic::transport::Error> {
     let server = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .initial_stream_window_size(INITIAL_STREAM_WINDOW)
         .initial_connection_window_size(INITIAL_CONNECTION_WINDOW)
         .max_frame_size(MAX_FRAME_SIZE)
-        .http2_adaptive_window(Some(true));
+        .http2_adaptive_window(Some(true))
+        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT));
     match tls.server_config() {
         Some(config) => server.tls_config(config),
         None => Ok(server),
