@@ -1,8 +1,8 @@
 //! The Prometheus endpoint of a role: the `metrics` recorder rendered at
 //! `/metrics` on a listener the caller binds (so port 0 works and the real
 //! port is known), with the standard `process_*` metrics (CPU seconds,
-//! resident memory, threads, open files) read at each scrape. Logging is set
-//! up by the binary (`cli`), not here.
+//! resident memory, threads, open files) and the tokio runtime's live tasks
+//! read at each scrape. Logging is set up by the binary (`cli`), not here.
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -11,6 +11,10 @@ use anyhow::{Context, Result};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+
+/// Tasks alive in the role's tokio runtime: one per connection, stream and
+/// background job, so a count that keeps growing is a leak.
+pub const RUNTIME_TASKS: &str = "fleet_runtime_tasks";
 
 /// The recorder installed in this process, if any: the recorder is global,
 /// and a process that runs more than one role (a test) shares it.
@@ -68,11 +72,18 @@ pub async fn serve_metrics(listener: TcpListener, handle: PrometheusHandle, shut
     });
     let process = std::sync::Arc::new(metrics_process::Collector::default());
     process.describe();
+    metrics::describe_gauge!(
+        RUNTIME_TASKS,
+        metrics::Unit::Count,
+        "Tasks alive in the process's tokio runtime (I/O, connections, streams), read at each scrape."
+    );
+    let runtime = tokio::runtime::Handle::current();
     let app = axum::Router::new().route(
         "/metrics",
         axum::routing::get(move || {
             let handle = handle.clone();
             process.collect();
+            metrics::gauge!(RUNTIME_TASKS).set(runtime.metrics().num_alive_tasks() as f64);
             async move { handle.render() }
         }),
     );

@@ -19,4 +19,5 @@ mod learning;
 mod library;
 mod protocol;
 mod roles;
+mod soak;
 mod tls;
