@@ -121,5 +121,6 @@ pub fn sequence(steps: usize, seed: f32) -> fleet_proto::pb::Sequence {
         initial_state: None,
         actor_id: seed as u64,
         priority: 0.0,
+        run_id: 0,
     }
 }

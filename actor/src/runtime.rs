@@ -3,10 +3,19 @@
 //! bounded in-flight items, and a weights task that follows the learner's
 //! `WatchWeights` stream. tokio does the I/O; candle runs on the compute
 //! thread, fed and drained through bounded channels.
+//!
+//! Each start of the process draws a run id that marks every sequence it
+//! sends, so replay never joins steps from two lives of one actor. On
+//! shutdown the compute thread stops at the next step and the insert task
+//! sends every finished sequence (queued or unacknowledged) for at most
+//! [`SHUTDOWN_FLUSH`]; steps not yet in a finished sequence are dropped
+//! (an item has a fixed length). This is not where environments or the
+//! policy live (`env`, `policy`), nor how sequences are cut (`sequence`).
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use candle_core::{Device, Tensor};
 use fleet_agent::{ActorCritic, NetworkConfig, Weights, observations_tensor};
@@ -61,8 +70,38 @@ pub struct ActorSettings {
     pub tls: fleet_proto::tls::Tls,
 }
 
-/// Runs one actor until `shutdown` fires or a fatal error occurs.
+/// How long a stopping actor may spend handing its finished sequences to
+/// replay, counted from the shutdown signal: under the 10 s a container
+/// runtime waits between SIGTERM and SIGKILL by default.
+pub const SHUTDOWN_FLUSH: Duration = Duration::from_secs(5);
+
+/// A fresh random run id, never 0 (0 on the wire means "not said").
+pub fn new_run_id() -> u64 {
+    loop {
+        let id = rand::random::<u64>();
+        if id != 0 {
+            return id;
+        }
+    }
+}
+
+/// What became of the sequences of one run, for the line logged at exit.
+#[derive(Debug, Default)]
+struct Tally {
+    /// Finished by the writers and handed to the insert task.
+    written: AtomicU64,
+    acknowledged: AtomicU64,
+    rejected: AtomicU64,
+    /// Steps acted but in no finished sequence when the compute loop ended.
+    unsent_steps: AtomicU64,
+}
+
+/// Runs one actor until `shutdown` fires or a fatal error occurs. After
+/// `shutdown` the finished sequences are still sent, for at most
+/// [`SHUTDOWN_FLUSH`].
 pub async fn run(settings: ActorSettings, shutdown: CancellationToken) -> Result<(), ActorError> {
+    let run_id = new_run_id();
+    tracing::info!(actor_id = settings.actor_id, run_id, "actor starting");
     m::describe();
     // Exported from the start (at 0), so that dashboards and alerts see the
     // series before the first reopen, and native-env actors show none.
@@ -73,6 +112,20 @@ pub async fn run(settings: ActorSettings, shutdown: CancellationToken) -> Result
     let (limit_tx, limit_rx) = oneshot::channel::<u64>();
     let newest_version = Arc::new(AtomicU64::new(0));
     let (sequence_tx, sequence_rx) = mpsc::channel::<Finished>(settings.actor.max_in_flight);
+    let tally = Arc::new(Tally::default());
+    // Ends the insert stream for good: once the flush after `shutdown` has
+    // had its time, or at once when the compute thread fails.
+    let abandon = CancellationToken::new();
+    let flush_deadline = tokio::spawn({
+        let (shutdown, abandon) = (shutdown.clone(), abandon.clone());
+        async move {
+            shutdown.cancelled().await;
+            tokio::select! {
+                () = tokio::time::sleep(SHUTDOWN_FLUSH) => abandon.cancel(),
+                () = abandon.cancelled() => {}
+            }
+        }
+    });
 
     let weights_task = tokio::spawn(follow_weights(
         settings.clone(),
@@ -81,29 +134,54 @@ pub async fn run(settings: ActorSettings, shutdown: CancellationToken) -> Result
         newest_version.clone(),
         shutdown.clone(),
     ));
-    let insert_task = tokio::spawn(stream_sequences(settings.clone(), sequence_rx, shutdown.clone()));
+    let insert_task = tokio::spawn(stream_sequences(settings.clone(), sequence_rx, abandon.clone(), tally.clone()));
 
     let compute_settings = settings.clone();
     let compute_shutdown = shutdown.clone();
+    let compute_tally = tally.clone();
     let compute = tokio::task::spawn_blocking(move || {
-        act(
-            compute_settings,
+        let channels = Channels {
             limit_tx,
             weights_rx,
             sequence_tx,
-            newest_version,
-            compute_shutdown,
-        )
+        };
+        act(compute_settings, run_id, channels, newest_version, &compute_tally, compute_shutdown)
     });
     let result = match compute.await {
         Ok(result) => result,
         Err(join) => Err(ActorError::Thread(join.to_string())),
     };
-    // The compute loop ends on shutdown or error; stop the I/O tasks too.
+    // The compute loop ends on shutdown or error; stop following weights.
+    // The insert task sends what the compute thread finished (its channel
+    // is closed now) and ends, or is abandoned at the flush deadline.
+    if result.is_err() {
+        abandon.cancel();
+    }
     shutdown.cancel();
     let _ = weights_task.await;
     let _ = insert_task.await;
+    abandon.cancel();
+    let _ = flush_deadline.await;
+    let load = |n: &AtomicU64| n.load(Ordering::Relaxed);
+    let (written, acknowledged, rejected) = (load(&tally.written), load(&tally.acknowledged), load(&tally.rejected));
+    tracing::info!(
+        run_id,
+        written,
+        acknowledged,
+        rejected,
+        dropped = written.saturating_sub(acknowledged + rejected),
+        unsent_steps = load(&tally.unsent_steps),
+        "actor stopped"
+    );
     result
+}
+
+/// The compute thread's ends of the channels to the I/O tasks.
+struct Channels {
+    /// Takes the largest weights blob the network can load, once built.
+    limit_tx: oneshot::Sender<u64>,
+    weights_rx: watch::Receiver<Option<Arc<Weights>>>,
+    sequence_tx: mpsc::Sender<Finished>,
 }
 
 /// Builds the configured vector of environments: native, or served by the
@@ -128,12 +206,17 @@ fn make_envs(settings: &ActorSettings, seed: u64, shutdown: &CancellationToken) 
 /// The compute loop: act in every environment, write sequences, hand them on.
 fn act(
     settings: ActorSettings,
-    limit_tx: oneshot::Sender<u64>,
-    mut weights_rx: watch::Receiver<Option<Arc<Weights>>>,
-    sequence_tx: mpsc::Sender<Finished>,
+    run_id: u64,
+    channels: Channels,
     newest_version: Arc<AtomicU64>,
+    tally: &Tally,
     shutdown: CancellationToken,
 ) -> Result<(), ActorError> {
+    let Channels {
+        limit_tx,
+        mut weights_rx,
+        sequence_tx,
+    } = channels;
     let config = &settings.actor;
     let seed = settings.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(settings.actor_id);
     let mut envs = match make_envs(&settings, seed, &shutdown) {
@@ -156,6 +239,7 @@ fn act(
                 settings.actor_id,
                 env as u64,
             )
+            .with_run_id(run_id)
         })
         .collect();
 
@@ -241,6 +325,9 @@ fn act(
             if let Some(finished) = writers[i].push(&record) {
                 let oldest = finished.sequence.behaviour_versions.iter().copied().min().unwrap_or(version);
                 policy_lag.record(newest_version.load(Ordering::Relaxed).saturating_sub(oldest) as f64);
+                tally.written.fetch_add(1, Ordering::Relaxed);
+                // Blocks while replay holds back (backpressure); fails once
+                // the insert task has ended (abandoned at shutdown).
                 if sequence_tx.blocking_send(finished).is_err() {
                     return Ok(()); // the insert task has stopped: shutting down
                 }
@@ -256,6 +343,8 @@ fn act(
             return_window_steps.set(steps as f64);
         }
     }
+    let unsent: usize = writers.iter().map(SequenceWriter::unsent_steps).sum();
+    tally.unsent_steps.store(unsent as u64, Ordering::Relaxed);
     Ok(())
 }
 
@@ -269,6 +358,11 @@ fn act(
 /// in the connection's buffers would reach it tens of updates late (the
 /// policy lag of one actor then climbed to 60–80 versions while the other's
 /// stayed at 10).
+///
+/// Versions never go backwards: a learner that comes back from a
+/// checkpoint older than the weights the actor holds (it published more
+/// before it died) serves versions the actor has passed, and the actor
+/// keeps acting with its own until the learner publishes a newer one.
 ///
 /// `limit` brings the largest blob the actor's network can load (see
 /// [`max_weights_bytes`]); no weights are asked for before it comes, and a
@@ -297,9 +391,8 @@ async fn follow_weights(
         metrics::counter!(m::RECONNECTS, "peer" => "learner").increment(1);
         let mut client = ParametersClient::with_interceptor(channel, AttachToken::new(settings.auth.clone()))
             .max_decoding_message_size(settings.max_message_bytes);
-        // Each new connection starts from the learner's current version, even
-        // an older one: a learner that restarted without a checkpoint is the
-        // only source of weights there is.
+        // Each new connection starts from the learner's current version:
+        // asking for anything newer than what it has published is refused.
         let mut after_version = 0;
         loop {
             let stream = tokio::select! {
@@ -316,8 +409,13 @@ async fn follow_weights(
             };
             match next_version(&mut stream, limit, &shutdown).await {
                 Ok(Some((version, bytes))) => {
-                    newest_version.store(version, Ordering::Relaxed);
-                    weights_tx.send_replace(Some(Arc::new(Weights { version, bytes })));
+                    let held = newest_version.load(Ordering::Relaxed);
+                    if version > held {
+                        newest_version.store(version, Ordering::Relaxed);
+                        weights_tx.send_replace(Some(Arc::new(Weights { version, bytes })));
+                    } else {
+                        tracing::debug!(version, held, "the learner is behind the weights held; keeping them");
+                    }
                     after_version = version;
                 }
                 Ok(None) => return,
@@ -390,14 +488,28 @@ async fn next_version(
 /// (INVALID_ARGUMENT, OUT_OF_RANGE, RESOURCE_EXHAUSTED; acks come in order,
 /// so it is the oldest unacknowledged one). Any other end of the stream
 /// (UNAVAILABLE, a lost connection) resends everything unacknowledged.
-async fn stream_sequences(settings: ActorSettings, mut sequence_rx: mpsc::Receiver<Finished>, shutdown: CancellationToken) {
+///
+/// Once the compute thread has stopped (`sequence_rx` closed) the task sends
+/// what is left and ends when every sequence is acknowledged or refused;
+/// `abandon` ends it at once, dropping whatever is unacknowledged.
+async fn stream_sequences(
+    settings: ActorSettings,
+    mut sequence_rx: mpsc::Receiver<Finished>,
+    abandon: CancellationToken,
+    tally: Arc<Tally>,
+) {
     let max_in_flight = settings.actor.max_in_flight;
     let mut pending: VecDeque<Finished> = VecDeque::with_capacity(max_in_flight);
     let sent = metrics::counter!(m::SEQUENCES_SENT);
     let acked = metrics::counter!(m::SEQUENCES_ACKED);
     let rejected = metrics::counter!(m::SEQUENCES_REJECTED);
+    // No more sequences will come: flushing.
+    let mut closed = false;
     loop {
-        let Some(channel) = connect_or_stop(&settings.replay_address, &settings.tls, settings.backoff, &shutdown).await else {
+        if closed && pending.is_empty() {
+            return;
+        }
+        let Some(channel) = connect_or_stop(&settings.replay_address, &settings.tls, settings.backoff, &abandon).await else {
             return;
         };
         metrics::counter!(m::RECONNECTS, "peer" => "replay").increment(1);
@@ -425,7 +537,7 @@ async fn stream_sequences(settings: ActorSettings, mut sequence_rx: mpsc::Receiv
             sent.increment(1);
         }
         let responses = tokio::select! {
-            _ = shutdown.cancelled() => return,
+            _ = abandon.cancelled() => return,
             r = client.insert(tokio_stream::wrappers::ReceiverStream::new(request_rx)) => r,
         };
         let mut responses = match responses {
@@ -439,15 +551,22 @@ async fn stream_sequences(settings: ActorSettings, mut sequence_rx: mpsc::Receiv
                 } else {
                     settings.backoff.initial
                 };
-                sleep_or_cancel(pause, &shutdown).await;
+                sleep_or_cancel(pause, &abandon).await;
                 continue;
             }
         };
         loop {
+            if closed && pending.is_empty() {
+                tracing::debug!("every finished sequence is acknowledged");
+                return;
+            }
             tokio::select! {
-                _ = shutdown.cancelled() => return,
-                sequence = sequence_rx.recv(), if pending.len() < max_in_flight => {
-                    let Some(finished) = sequence else { return };
+                _ = abandon.cancelled() => return,
+                sequence = sequence_rx.recv(), if !closed && pending.len() < max_in_flight => {
+                    let Some(finished) = sequence else {
+                        closed = true;
+                        continue;
+                    };
                     let req = request(&finished);
                     pending.push_back(finished);
                     if request_tx.send(req).await.is_err() {
@@ -459,6 +578,7 @@ async fn stream_sequences(settings: ActorSettings, mut sequence_rx: mpsc::Receiv
                     Some(Ok(_ack)) => {
                         pending.pop_front();
                         acked.increment(1);
+                        tally.acknowledged.fetch_add(1, Ordering::Relaxed);
                     }
                     Some(Err(status))
                         if matches!(
@@ -470,6 +590,7 @@ async fn stream_sequences(settings: ActorSettings, mut sequence_rx: mpsc::Receiv
                         tracing::error!(%status, "replay refused a sequence; dropping it");
                         pending.pop_front();
                         rejected.increment(1);
+                        tally.rejected.fetch_add(1, Ordering::Relaxed);
                         break;
                     }
                     Some(Err(status)) => {
@@ -483,7 +604,7 @@ async fn stream_sequences(settings: ActorSettings, mut sequence_rx: mpsc::Receiv
                 },
             }
         }
-        sleep_or_cancel(settings.backoff.initial, &shutdown).await;
+        sleep_or_cancel(settings.backoff.initial, &abandon).await;
     }
 }
 

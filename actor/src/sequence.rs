@@ -78,6 +78,9 @@ pub struct SequenceWriter {
     /// What a stored state is, `None` without a recurrent core.
     state: Option<StateSpec>,
     actor_id: u64,
+    /// The actor process start that writes these steps (see
+    /// [`SequenceWriter::with_run_id`]); 0 until set.
+    run_id: u64,
     /// Per step, `state.width()` values.
     states: Vec<f32>,
     observations: Observations,
@@ -109,6 +112,7 @@ impl SequenceWriter {
             spec,
             state,
             actor_id,
+            run_id: 0,
             states: Vec::with_capacity(length * state.map_or(0, |s| s.width())),
             observations: Observations::with_capacity(&spec.observation, length * spec.observation_size()),
             actions: Vec::with_capacity(length),
@@ -121,6 +125,14 @@ impl SequenceWriter {
         }
     }
 
+    /// Marks every sequence this writer emits with `run_id`, the actor
+    /// process start that acts in its environment: replay then never takes
+    /// them for a continuation of another start's steps.
+    pub fn with_run_id(mut self, run_id: u64) -> Self {
+        self.run_id = run_id;
+        self
+    }
+
     /// Steps held now (fewer than `length`).
     pub fn len(&self) -> usize {
         self.actions.len()
@@ -128,6 +140,18 @@ impl SequenceWriter {
 
     pub fn is_empty(&self) -> bool {
         self.actions.is_empty()
+    }
+
+    /// Steps held that no emitted sequence contains: all of them before the
+    /// first sequence, afterwards those past the overlap the previous one
+    /// ended with. An actor that stops loses these (fewer than `length`
+    /// before the first sequence, fewer than `period` after).
+    pub fn unsent_steps(&self) -> usize {
+        if self.emitted == 0 {
+            self.len()
+        } else {
+            self.len() - (self.length - self.period)
+        }
     }
 
     /// Appends a step; returns a finished sequence when this step completes one.
@@ -163,6 +187,7 @@ impl SequenceWriter {
                 .map(|state| pb::Tensor::from_f32(&state.shape(), &self.states[..state.width()])),
             actor_id: self.actor_id,
             priority: 0.0,
+            run_id: self.run_id,
         };
         self.drop_first_steps();
         let overlap = if self.emitted == 0 { 0 } else { self.length - self.period };
@@ -215,7 +240,7 @@ mod tests {
 
     #[test]
     fn sequences_overlap_by_their_bootstrap_step() {
-        let mut w = SequenceWriter::new(5, 4, EnvSpec::vector(2, 3), None, 9, 4);
+        let mut w = SequenceWriter::new(5, 4, EnvSpec::vector(2, 3), None, 9, 4).with_run_id(0xfeed);
         let mut finished = Vec::new();
         for i in 0..13 {
             if let Some(s) = push_step(&mut w, i) {
@@ -242,9 +267,12 @@ mod tests {
             assert_eq!(s.is_first, (first..first + 5).map(|i| i % 7 == 0).collect::<Vec<_>>());
             assert_eq!(s.terminated, (first..first + 5).map(|i| i % 7 == 6).collect::<Vec<_>>());
             assert_eq!(s.behaviour_versions, (first..first + 5).map(|i| i as u64 / 4).collect::<Vec<_>>());
-            assert_eq!(s.actor_id, 9);
+            assert_eq!((s.actor_id, s.run_id), (9, 0xfeed));
         }
         assert_eq!(w.len(), 1);
+        assert_eq!(w.unsent_steps(), 0, "the held step closed the last sequence");
+        push_step(&mut w, 13);
+        assert_eq!(w.unsent_steps(), 1);
     }
 }
 

@@ -103,6 +103,11 @@ impl Learner {
         self.frames
     }
 
+    /// Steps the optimiser has taken (a checkpoint's `optimizer_steps`).
+    pub fn optimizer_steps(&self) -> u64 {
+        self.optimiser.steps()
+    }
+
     /// The parameters' names, in the order of [`StepReport`]'s per-variable norms.
     pub fn param_names(&self) -> Vec<String> {
         self.network.params().iter().map(|(name, _)| name.clone()).collect()

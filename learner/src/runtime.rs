@@ -76,9 +76,14 @@ pub async fn run(settings: LearnerSettings, listener: TcpListener, shutdown: Can
     let checkpoints = (!settings.learner.checkpoint_dir.is_empty()).then(|| PathBuf::from(&settings.learner.checkpoint_dir));
     if let Some(dir) = &checkpoints {
         match learner.restore_latest(dir)? {
-            Some(path) => {
-                tracing::info!(path = %path.display(), version = learner.version(), updates = learner.updates(), "resumed from checkpoint")
-            }
+            Some(path) => tracing::info!(
+                path = %path.display(),
+                version = learner.version(),
+                updates = learner.updates(),
+                frames = learner.frames(),
+                optimizer_steps = learner.optimizer_steps(),
+                "resumed from checkpoint"
+            ),
             None => tracing::info!(dir = %dir.display(), "no checkpoint yet; starting fresh"),
         }
     }
@@ -203,7 +208,14 @@ fn save_checkpoint(learner: &Learner, dir: &std::path::Path) -> Result<(), Learn
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0.0, |d| d.as_secs_f64()),
     );
-    tracing::info!(path = %path.display(), version = learner.version(), "checkpoint written");
+    tracing::info!(
+        path = %path.display(),
+        version = learner.version(),
+        updates = learner.updates(),
+        frames = learner.frames(),
+        optimizer_steps = learner.optimizer_steps(),
+        "checkpoint written"
+    );
     Ok(())
 }
 

@@ -70,8 +70,8 @@ impl Sequence {
         self.rewards.len()
     }
 
-    /// Steps `range` of every per-step field; `actor_id` is kept, the
-    /// per-item fields (`initial_state`, `priority`) are left unset.
+    /// Steps `range` of every per-step field; `actor_id` and `run_id` are
+    /// kept, the per-item fields (`initial_state`, `priority`) are left unset.
     ///
     /// # Panics
     /// If `range` goes past the sequence's steps.
@@ -89,6 +89,7 @@ impl Sequence {
             initial_state: None,
             actor_id: self.actor_id,
             priority: 0.0,
+            run_id: self.run_id,
         }
     }
 
@@ -118,6 +119,7 @@ impl Sequence {
             initial_state: first.initial_state.clone(),
             actor_id: first.actor_id,
             priority: first.priority,
+            run_id: first.run_id,
         }
     }
 }
@@ -145,6 +147,7 @@ mod tests {
             initial_state: None,
             actor_id: 3,
             priority: 0.0,
+            run_id: 7,
         }
     }
 

@@ -35,6 +35,7 @@ fn sequence(steps: usize) -> pb::Sequence {
         initial_state: None,
         actor_id: 1,
         priority: 0.0,
+        run_id: 0,
     }
 }
 

@@ -9,6 +9,11 @@
 //! chunk lives exactly as long as some item (or a writer's previous item)
 //! holds it: `Arc` counts the references, and dropping the last one frees
 //! the chunk and takes it out of the service's [`ChunkStore`] totals.
+//!
+//! A chunk keeps the `run_id` its insert carried (one start of one actor),
+//! and an item reads back with its first chunk's. A continued item must
+//! come from the same run as its writer's previous one: steps from two
+//! lives of an actor are never joined into one item.
 
 use std::borrow::Cow;
 use std::cell::RefCell;
@@ -81,6 +86,14 @@ impl ChunkStore {
             return Err(ValidationError::Overlap(format!(
                 "the new steps hold {signature}, the writer's previous item {}",
                 previous.signature
+            ))
+            .into());
+        }
+        let previous_run = previous.segments.last().map_or(0, |s| s.chunk.layout.run_id);
+        if sequence.run_id != previous_run {
+            return Err(ValidationError::Overlap(format!(
+                "the new steps come from actor run {}, the writer's previous item from run {previous_run}",
+                sequence.run_id
             ))
             .into());
         }
@@ -325,13 +338,17 @@ fn lz4_decompress(data: &[u8]) -> Result<Vec<u8>, String> {
 
 /// What the encoded length of any run of a chunk's steps depends on: the
 /// layout of each time-major tensor and the varint length of each step's
-/// `behaviour_versions` entry (every other per-step field has a fixed size).
-/// With it an item knows the size of its message without assembling it.
+/// `behaviour_versions` entry (every other per-step field has a fixed size),
+/// and the `run_id` the steps came with. With it an item knows the size of
+/// its message without assembling it.
 #[derive(Debug, PartialEq)]
 struct StepLayout {
     /// `observations`, `actions` and `behaviour_logits`, in that order.
     tensors: [Option<TensorLayout>; 3],
     version_lens: Box<[u8]>,
+    /// The actor run that wrote these steps (0: not said); an item whose
+    /// first steps these are reads back with it.
+    run_id: u64,
 }
 
 #[derive(Debug, PartialEq)]
@@ -347,6 +364,7 @@ const TENSOR_TAGS: [u32; 3] = [1, 2, 7];
 const REWARDS_TAG: u32 = 3;
 const FLAG_TAGS: [u32; 3] = [4, 5, 6];
 const VERSIONS_TAG: u32 = 8;
+const RUN_ID_TAG: u32 = 12;
 
 impl StepLayout {
     fn of(sequence: &pb::Sequence) -> Self {
@@ -371,6 +389,7 @@ impl StepLayout {
                 .iter()
                 .map(|&v| prost::encoding::encoded_len_varint(v) as u8)
                 .collect(),
+            run_id: sequence.run_id,
         }
     }
 }
@@ -385,7 +404,8 @@ fn delimited_len(tag: u32, len: usize, omit_empty: bool) -> usize {
 }
 
 /// Encoded length of the per-step fields of `steps` steps laid out as
-/// `layout`, whose `behaviour_versions` varints take `version_bytes`.
+/// `layout`, whose `behaviour_versions` varints take `version_bytes`, plus
+/// the layout's `run_id`.
 fn steps_message_len(layout: &StepLayout, steps: usize, version_bytes: usize) -> usize {
     let mut len = 0;
     for (tensor, tag) in layout.tensors.iter().zip(TENSOR_TAGS) {
@@ -404,6 +424,9 @@ fn steps_message_len(layout: &StepLayout, steps: usize, version_bytes: usize) ->
     len += delimited_len(REWARDS_TAG, 4 * steps, true);
     for tag in FLAG_TAGS {
         len += delimited_len(tag, steps, true);
+    }
+    if layout.run_id != 0 {
+        len += prost::encoding::key_len(RUN_ID_TAG) + prost::encoding::encoded_len_varint(layout.run_id);
     }
     len + delimited_len(VERSIONS_TAG, version_bytes, true)
 }
@@ -672,11 +695,18 @@ mod tests {
             let first = store.item(steps(&stream, 0..20), compression).unwrap();
             let second = store.continued_item(&first, 15, steps(&stream, 20..30), compression).unwrap();
             let third = store.continued_item(&second, 24, steps(&stream, 30..60), compression).unwrap();
+            let mut run = steps(&stream, 0..20);
+            run.run_id = u64::MAX;
+            let run_first = store.item(run, compression).unwrap();
+            let mut rest = steps(&stream, 20..30);
+            rest.run_id = u64::MAX;
+            let run_second = store.continued_item(&run_first, 15, rest, compression).unwrap();
+            assert_eq!(run_second.to_sequence().unwrap().run_id, u64::MAX);
             let mut tiny = steps(&stream, 0..2);
             tiny.actor_id = 0;
             tiny.initial_state = Some(pb::Tensor::from_f32(&[2, 3], &[0.25; 6]));
             let tiny = store.item(tiny, compression).unwrap();
-            for item in [&first, &second, &third, &tiny] {
+            for item in [&first, &second, &third, &tiny, &run_first, &run_second] {
                 assert_eq!(item.message_len(), item.to_sequence().unwrap().encoded_len(), "{codec:?}");
             }
             let restored = ChunkStore::new().restore(third.segments()[0].chunk.record()).unwrap();
@@ -701,6 +731,27 @@ mod tests {
         let err = store.continued_item(&first, 1, other, Compression::NONE).unwrap_err();
         assert!(err.to_string().contains("the writer's previous item"), "{err}");
         assert_eq!(store.totals().0, 1, "refused steps are not stored");
+    }
+
+    /// Steps of a restarted actor (another run id) never continue an item
+    /// of its earlier life, even on the same writer.
+    #[test]
+    fn a_continued_item_must_come_from_the_previous_items_run() {
+        let store = ChunkStore::new();
+        let mut first = cartpole_sequence(5, 1);
+        first.run_id = 11;
+        let first = store.item(first, Compression::NONE).unwrap();
+        let mut later = cartpole_sequence(2, 1);
+        later.run_id = 12;
+        let err = store.continued_item(&first, 1, later.clone(), Compression::NONE).unwrap_err();
+        assert!(
+            err.to_string().contains("actor run 12, the writer's previous item from run 11"),
+            "{err}"
+        );
+        assert_eq!(store.totals().0, 1, "refused steps are not stored");
+        later.run_id = 11;
+        let item = store.continued_item(&first, 1, later, Compression::NONE).unwrap();
+        assert_eq!(item.to_sequence().unwrap().run_id, 11);
     }
 
     mod reference_counts {
@@ -961,6 +1012,7 @@ mod fuzz {
                         initial_state,
                         actor_id: 1,
                         priority,
+                        run_id: 0,
                     }
                 },
             )

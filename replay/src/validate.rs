@@ -175,6 +175,7 @@ pub(crate) mod testing {
             initial_state: None,
             actor_id: seed,
             priority: 0.0,
+            run_id: 0,
         }
     }
 }

@@ -80,6 +80,7 @@ fn steps(writer: u64, range: std::ops::Range<usize>, side: usize) -> pb::Sequenc
         initial_state: None,
         actor_id: writer,
         priority: 0.0,
+        run_id: 0,
     }
 }
 
