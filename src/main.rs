@@ -231,6 +231,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 seconds,
                 auth: config.auth,
                 tls: config.tls,
+                durability: config.replay.durability,
             };
             bench::replay::replay(load, &workloads).await?;
             Ok(ExitCode::SUCCESS)

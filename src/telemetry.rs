@@ -34,8 +34,9 @@ pub fn install_recorder() -> Result<PrometheusHandle> {
 }
 
 fn build_recorder() -> Result<PrometheusHandle> {
-    let buckets: [(&str, &[f64]); 9] = [
+    let buckets: [(&str, &[f64]); 10] = [
         (fleet_replay::metrics::SAMPLE_LATENCY, fleet_replay::metrics::SAMPLE_LATENCY_BUCKETS),
+        (fleet_replay::metrics::WAL_SYNC_SECONDS, fleet_replay::metrics::WAL_SYNC_BUCKETS),
         (fleet_actor::metrics::EPISODE_RETURN, fleet_actor::metrics::EPISODE_RETURN_BUCKETS),
         (fleet_actor::metrics::POLICY_LAG, fleet_actor::metrics::POLICY_LAG_BUCKETS),
         (fleet_learner::metrics::POLICY_LAG, fleet_learner::metrics::POLICY_LAG_BUCKETS),

@@ -67,6 +67,10 @@ pub struct TableHeader {
     /// Items that follow the header.
     #[prost(uint64, tag = "7")]
     pub items: u64,
+    /// The table's last write-ahead-log record this state includes (0: none;
+    /// see [`crate::wal`]).
+    #[prost(uint64, tag = "8")]
+    pub wal_seq: u64,
 }
 
 /// An item's bookkeeping in its table.
@@ -107,12 +111,24 @@ pub struct SegmentRecord {
 }
 
 /// What a replay checkpoint's metadata says: the tables in file order
-/// (`table-<i>.pb` holds the `i`th) and how many chunks `chunks.pb` holds.
+/// (`table-<i>.pb` holds the `i`th), how many chunks `chunks.pb` holds, and
+/// the first write-ahead-log segment that may hold changes after it.
 #[derive(Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ReplayMeta {
     chunks: u64,
     tables: Vec<String>,
+    #[serde(default)]
+    wal_segment: u64,
+}
+
+/// A checkpoint read back: its tables, every chunk they reference (by id),
+/// and the first write-ahead-log segment to replay on top of it.
+#[derive(Debug)]
+pub struct Restored {
+    pub tables: Vec<TableSnapshot>,
+    pub chunks: HashMap<u64, Arc<Chunk>>,
+    pub wal_segment: u64,
 }
 
 fn table_file(i: usize) -> String {
@@ -125,8 +141,10 @@ pub fn store(root: &Path, keep: usize) -> Store {
 }
 
 /// Writes `snapshots` as a new checkpoint under `root`, then deletes all but
-/// the newest `keep` complete checkpoints there. Returns the new directory.
-pub fn write(root: &Path, snapshots: &[TableSnapshot], keep: usize) -> Result<PathBuf, Error> {
+/// the newest `keep` complete checkpoints there. `wal_segment` is the first
+/// write-ahead-log segment whose records the snapshots may lack (0 without a
+/// log). Returns the new directory.
+pub fn write(root: &Path, snapshots: &[TableSnapshot], keep: usize, wal_segment: u64) -> Result<PathBuf, Error> {
     let mut writer = store(root, keep).begin()?;
     // Every chunk once, however many items and tables reference it.
     let chunks: BTreeMap<u64, &Arc<Chunk>> = snapshots
@@ -152,11 +170,12 @@ pub fn write(root: &Path, snapshots: &[TableSnapshot], keep: usize) -> Result<Pa
     let meta = ReplayMeta {
         chunks: chunks.len() as u64,
         tables: snapshots.iter().map(|s| s.header.name.clone()).collect(),
+        wal_segment,
     };
     Ok(writer.commit(&meta)?)
 }
 
-fn item_record(item: &StoredItem) -> ItemRecord {
+pub(crate) fn item_record(item: &StoredItem) -> ItemRecord {
     ItemRecord {
         key: item.meta.key,
         priority: item.meta.priority,
@@ -185,7 +204,7 @@ pub fn newest(root: &Path) -> Result<Option<PathBuf>, Error> {
 /// the manifest (see `fleet_checkpoint::read`) and against its own header
 /// (item count), and every chunk as an insert would be. The chunks go into
 /// `store`.
-pub fn read(dir: &Path, store: &Arc<ChunkStore>) -> Result<Vec<TableSnapshot>, Error> {
+pub fn read(dir: &Path, store: &Arc<ChunkStore>) -> Result<Restored, Error> {
     let mut checkpoint = fleet_checkpoint::read(dir)?;
     let meta: ReplayMeta = checkpoint.metadata()?;
     let data = checkpoint.take(CHUNKS)?;
@@ -214,7 +233,32 @@ pub fn read(dir: &Path, store: &Arc<ChunkStore>) -> Result<Vec<TableSnapshot>, E
         let table = read_table(&data, name, &chunks).map_err(|what| checkpoint.corrupt(&file, what))?;
         tables.push(table);
     }
-    Ok(tables)
+    Ok(Restored {
+        tables,
+        chunks,
+        wal_segment: meta.wal_segment,
+    })
+}
+
+/// An item's steps from its record, its chunks looked up in `chunks`; the
+/// error says what is wrong with it.
+pub(crate) fn item_steps(record: &ItemRecord, chunks: &HashMap<u64, Arc<Chunk>>) -> Result<ItemSteps, String> {
+    let segments = record
+        .segments
+        .iter()
+        .map(|s| {
+            let chunk = chunks
+                .get(&s.chunk)
+                .ok_or_else(|| format!("item {} references chunk {}, which is not stored", record.key, s.chunk))?;
+            let start = usize::try_from(s.start).unwrap_or(usize::MAX);
+            let end = start.saturating_add(usize::try_from(s.len).unwrap_or(usize::MAX));
+            Ok(Segment {
+                chunk: Arc::clone(chunk),
+                range: start..end,
+            })
+        })
+        .collect::<Result<Vec<_>, String>>()?;
+    ItemSteps::from_parts(segments, record.initial_state.clone(), record.actor_id).map_err(|e| format!("item {}: {e}", record.key))
 }
 
 /// Decodes one table file; the error says what is wrong with it.
@@ -227,23 +271,7 @@ fn read_table(data: &[u8], name: &str, chunks: &HashMap<u64, Arc<Chunk>>) -> Res
     let mut items = Vec::with_capacity(header.items.min(1 << 20) as usize);
     for i in 0..header.items {
         let record = ItemRecord::decode_length_delimited(&mut rest).map_err(|e| format!("item {i}: {e}"))?;
-        let segments = record
-            .segments
-            .iter()
-            .map(|s| {
-                let chunk = chunks
-                    .get(&s.chunk)
-                    .ok_or_else(|| format!("item {} references chunk {}, which {CHUNKS} lacks", record.key, s.chunk))?;
-                let start = usize::try_from(s.start).unwrap_or(usize::MAX);
-                let end = start.saturating_add(usize::try_from(s.len).unwrap_or(usize::MAX));
-                Ok(Segment {
-                    chunk: Arc::clone(chunk),
-                    range: start..end,
-                })
-            })
-            .collect::<Result<Vec<_>, String>>()?;
-        let steps =
-            ItemSteps::from_parts(segments, record.initial_state, record.actor_id).map_err(|e| format!("item {}: {e}", record.key))?;
+        let steps = item_steps(&record, chunks)?;
         items.push(StoredItem {
             meta: ItemHeader {
                 key: record.key,
@@ -274,6 +302,7 @@ mod tests {
             evictions: 4,
             max_priority_seen: 3.5,
             items,
+            wal_seq: 9,
         }
     }
 
@@ -303,11 +332,13 @@ mod tests {
             snapshot(&store, "uniform", 7),
         ];
         assert_eq!(newest(root.path()).unwrap(), None);
-        write(root.path(), &tables[..1], 2).unwrap();
-        let written = write(root.path(), &tables, 2).unwrap();
+        write(root.path(), &tables[..1], 2, 0).unwrap();
+        let written = write(root.path(), &tables, 2, 7).unwrap();
         assert_eq!(newest(root.path()).unwrap(), Some(written.clone()));
         assert!(written.file_name().unwrap().to_string_lossy().starts_with(KIND));
-        assert_eq!(read(&written, &ChunkStore::new()).unwrap(), tables);
+        let restored = read(&written, &ChunkStore::new()).unwrap();
+        assert_eq!(restored.tables, tables);
+        assert_eq!(restored.wal_segment, 7);
     }
 
     #[test]
@@ -340,13 +371,13 @@ mod tests {
                 .collect(),
         };
         let tables = vec![table("a"), table("b")];
-        let dir = write(root.path(), &tables, 1).unwrap();
+        let dir = write(root.path(), &tables, 1, 0).unwrap();
         let meta: ReplayMeta = fleet_checkpoint::read(&dir).unwrap().metadata().unwrap();
         assert_eq!(meta.chunks, 3, "three chunks for six item references");
         assert_eq!(meta.tables, ["a", "b"]);
 
         let restored_store = ChunkStore::new();
-        let restored = read(&dir, &restored_store).unwrap();
+        let restored = read(&dir, &restored_store).unwrap().tables;
         assert_eq!(restored, tables);
         assert_eq!(restored_store.totals(), store.totals(), "the same chunks, once each");
         assert_eq!(restored[1].items[2].steps.to_sequence().unwrap(), stream.slice_steps(10..20));

@@ -38,6 +38,23 @@ pub struct ReplayConfig {
     pub checkpoint_interval_secs: f64,
     /// Complete checkpoints kept; older ones are deleted.
     pub keep_checkpoints: usize,
+    /// What a crash of the process or the machine may lose.
+    pub durability: Durability,
+}
+
+/// What replay keeps through a crash (SIGKILL, power loss).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// Only what the newest checkpoint holds: changes since then (at most
+    /// `checkpoint_interval_secs` of them) are lost.
+    #[default]
+    Checkpoint,
+    /// Checkpoints plus a write-ahead log under `checkpoint_dir`: an insert
+    /// is acknowledged only once it is on disk, and every acknowledged insert
+    /// (and every sample, removal and priority update logged before it) is
+    /// there after a restart. See [`crate::wal`].
+    Wal,
 }
 
 impl ReplayConfig {
@@ -60,6 +77,7 @@ impl Default for ReplayConfig {
             checkpoint_dir: String::new(),
             checkpoint_interval_secs: 300.0,
             keep_checkpoints: 2,
+            durability: Durability::Checkpoint,
         }
     }
 }
@@ -451,6 +469,9 @@ impl ReplayConfig {
         if self.keep_checkpoints == 0 {
             return Err("replay.keep_checkpoints must be at least 1".to_owned());
         }
+        if self.durability == Durability::Wal && self.checkpoint_dir.is_empty() {
+            return Err("replay.durability = \"wal\" needs replay.checkpoint_dir: the log lives beside the checkpoints".to_owned());
+        }
         if self.sample_timeout_ms == 0 {
             return Err("replay.sample_timeout_ms must be at least 1".to_owned());
         }
@@ -618,6 +639,7 @@ mod tests {
         assert_eq!(ratio.tables[0].rate_limiter(), RateLimiter::sample_to_insert_ratio(4.0, 1, 4.0));
         assert_eq!(ReplayConfig::default().tables[0].rate_limiter(), RateLimiter::min_size(1));
         assert!(bad(|c| c.max_message_bytes = usize::MAX).contains("max_message_bytes"));
+        assert!(bad(|c| c.durability = Durability::Wal).contains("needs replay.checkpoint_dir"));
     }
 
     #[test]

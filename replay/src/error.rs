@@ -64,6 +64,9 @@ pub enum Error {
     CheckpointFiles(#[from] fleet_checkpoint::Error),
     #[error("replay compression: {0}")]
     Compression(String),
+    /// The write-ahead log: writing, syncing, or reading it back at start.
+    #[error("replay write-ahead log: {0}")]
+    Wal(String),
     #[error("checkpoints are off: set replay.checkpoint_dir")]
     CheckpointsDisabled,
     #[error("the replay service is shutting down")]
@@ -89,6 +92,8 @@ impl From<Error> for tonic::Status {
             Error::SampleTimeout { .. } | Error::InsertTimeout { .. } => Code::DeadlineExceeded,
             Error::Checkpoint(_) | Error::CheckpointFiles(_) | Error::Compression(_) => Code::Internal,
             Error::CheckpointsDisabled => Code::FailedPrecondition,
+            // The insert was not made durable; it may be retried elsewhere or later.
+            Error::Wal(_) => Code::Unavailable,
             Error::Request(status) => status.code(),
             Error::Shutdown => Code::Unavailable,
             Error::Transport(_) => Code::Internal,

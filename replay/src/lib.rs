@@ -19,6 +19,9 @@
 //!   (never poll).
 //! - [`checkpoint`]: what a checkpoint of the tables holds and how it
 //!   decodes (`fleet_checkpoint` writes and checks the files).
+//! - [`wal`]: the write-ahead log (`replay.durability = "wal"`): every
+//!   table change appended under the table's lock, synced in groups, and
+//!   applied again on top of the newest checkpoint at start.
 //! - [`service`]: the gRPC service over the tables, and [`serve`], which runs
 //!   it with the health service until shutdown.
 //! - [`metrics`]: metric names, descriptions and per-table handles.
@@ -40,8 +43,9 @@ pub mod service;
 pub mod sum_tree;
 pub mod table;
 pub mod validate;
+pub mod wal;
 
-pub use config::{Codec, Compression, Preset, ReplayConfig, SamplerKind, TableConfig};
+pub use config::{Codec, Compression, Durability, Preset, ReplayConfig, SamplerKind, TableConfig};
 pub use error::Error;
 pub use service::{ReplayService, Restore, serve, serve_announcing};
 pub use table::Table;

@@ -57,6 +57,24 @@ pub const CHECKPOINT_DURATION_SECONDS: &str = "fleet_replay_checkpoint_duration_
 /// Unix time at which the last checkpoint was complete.
 pub const CHECKPOINT_TIMESTAMP_SECONDS: &str = "fleet_replay_checkpoint_timestamp_seconds";
 
+/// Bytes written to the write-ahead log.
+pub const WAL_BYTES_TOTAL: &str = "fleet_replay_wal_bytes_total";
+/// Group commits of the write-ahead log (one write and sync each).
+pub const WAL_SYNCS_TOTAL: &str = "fleet_replay_wal_syncs_total";
+/// Seconds one group commit took (write and sync).
+pub const WAL_SYNC_SECONDS: &str = "fleet_replay_wal_sync_seconds";
+/// Buckets of [`WAL_SYNC_SECONDS`]: 50 µs to 1 s.
+pub const WAL_SYNC_BUCKETS: &[f64] = &[
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+];
+
+/// Records one group commit of `bytes` that took `took`.
+pub(crate) fn wal_synced(bytes: u64, took: std::time::Duration) {
+    counter!(WAL_BYTES_TOTAL).increment(bytes);
+    counter!(WAL_SYNCS_TOTAL).increment(1);
+    histogram!(WAL_SYNC_SECONDS).record(took.as_secs_f64());
+}
+
 /// Records a completed checkpoint that took `took`.
 pub(crate) fn checkpoint_written(took: std::time::Duration) {
     counter!(CHECKPOINTS_TOTAL).increment(1);
@@ -102,6 +120,17 @@ pub fn describe() {
         "Steps held by the replay table's items, each stored step counted once."
     );
     describe_counter!(CHECKPOINTS_TOTAL, Unit::Count, "Replay checkpoints written.");
+    describe_counter!(WAL_BYTES_TOTAL, Unit::Bytes, "Bytes written to the replay write-ahead log.");
+    describe_counter!(
+        WAL_SYNCS_TOTAL,
+        Unit::Count,
+        "Group commits of the replay write-ahead log: one write and fdatasync each, shared by every change appended meanwhile."
+    );
+    describe_histogram!(
+        WAL_SYNC_SECONDS,
+        Unit::Seconds,
+        "Seconds one group commit of the replay write-ahead log took (write and fdatasync)."
+    );
     describe_gauge!(
         CHECKPOINT_DURATION_SECONDS,
         Unit::Seconds,

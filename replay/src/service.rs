@@ -12,6 +12,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,8 +22,8 @@ use fleet_proto::pb::{self, InsertRequest, InsertResponse, SampleResponse};
 use fleet_proto::tls::Tls;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
-use tokio_stream::StreamExt;
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tokio_stream::{Stream, StreamExt};
 use tokio_util::sync::CancellationToken;
 use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Response, Status, Streaming};
@@ -31,15 +32,20 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::checkpoint;
 use crate::chunk::{ChunkStore, ItemSteps};
-use crate::config::ReplayConfig;
+use crate::config::{Durability, ReplayConfig};
 use crate::error::Error;
 use crate::table::{SampledItem, Table, key_epoch};
 use crate::validate::ValidationError;
+use crate::wal::{self, Wal};
 
 /// Acknowledgements buffered per insert stream before the server stops
 /// reading requests (a client that never reads its acks is slowed down, not
 /// buffered for).
 const INSERT_ACK_BUFFER: usize = 32;
+
+/// An insert's acknowledgement (or the stream's final status), with the log
+/// position that must be on disk before the client may hear it (0: none).
+type Ack = (u64, Result<InsertResponse, Status>);
 
 /// Most batches a sample stream may prepare ahead of its client
 /// (`SampleRequest.in_flight`). Items in this buffer have left a queue
@@ -74,6 +80,23 @@ struct Inner {
     keep_checkpoints: usize,
     /// One checkpoint at a time (the timer, the RPC and shutdown may meet).
     checkpointing: tokio::sync::Mutex<()>,
+    /// With `replay.durability = "wal"`: the log every table change goes to.
+    wal: Option<Arc<Wal>>,
+}
+
+/// What [`ReplayService::open_tables`] made.
+struct OpenedTables {
+    tables: Vec<Arc<Table>>,
+    store: Arc<ChunkStore>,
+    restored: Option<RestoredFrom>,
+}
+
+/// The checkpoint the tables came from: its directory, its chunks (by id)
+/// and the first log segment it may lack.
+struct RestoredFrom {
+    dir: PathBuf,
+    chunks: HashMap<u64, Arc<crate::chunk::Chunk>>,
+    wal_segment: u64,
 }
 
 /// Where a starting service takes its items from.
@@ -97,7 +120,7 @@ impl ReplayService {
             .iter()
             .map(|t| Arc::new(Table::sharing(t.clone(), shutdown.clone(), Arc::clone(&store))))
             .collect();
-        Ok(Self::with_tables(config, tables, store, shutdown))
+        Ok(Self::with_tables(config, tables, store, shutdown, None))
     }
 
     /// Like [`ReplayService::new`], with the tables restored as `restore`
@@ -113,13 +136,51 @@ impl ReplayService {
     /// restarts. Without a checkpoint directory nothing outlives the
     /// process: keys start at 1 on every start (epoch 0), or, restoring from
     /// `Restore::From`, in the epoch after the restored keys.
+    ///
+    /// With `replay.durability = "wal"`, the write-ahead log under the
+    /// checkpoint directory is applied on top of the restored checkpoint
+    /// (see [`crate::wal`]) and every later change is logged. Restoring
+    /// from another directory is refused while the log holds changes, which
+    /// belong to this directory's checkpoints.
     pub fn open(config: &ReplayConfig, shutdown: CancellationToken, restore: &Restore) -> Result<(Self, Option<PathBuf>), Error> {
         config.validate().map_err(Error::Config)?;
         let own_store = (!config.checkpoint_dir.is_empty()).then(|| checkpoint::store(std::path::Path::new(&config.checkpoint_dir), 1));
         if let Some(store) = &own_store {
             store.remove_leftovers()?;
         }
-        let (service, restored) = Self::open_tables(config, shutdown, restore)?;
+        let wal_dir = (config.durability == Durability::Wal).then(|| std::path::Path::new(&config.checkpoint_dir).join(wal::DIR));
+        if let (Some(dir), Restore::From(from)) = (&wal_dir, restore)
+            && wal::has_segments(dir)?
+        {
+            return Err(Error::Wal(format!(
+                "refusing to restore from {}: the write-ahead log in {} holds changes to the checkpoints beside it; \
+                 move it away to discard them",
+                from.display(),
+                dir.display()
+            )));
+        }
+        let opened = Self::open_tables(config, &shutdown, restore)?;
+        let restored = opened.restored.as_ref().map(|r| r.dir.clone());
+        let wal = match wal_dir {
+            Some(dir) => {
+                let (from_segment, chunks) = opened.restored.map(|r| (r.wal_segment, r.chunks)).unwrap_or_default();
+                let recovery = wal::recover(&dir, from_segment, &opened.store, chunks, &opened.tables)?;
+                info!(
+                    dir = %dir.display(),
+                    segments = recovery.segments,
+                    changes_applied = recovery.applied,
+                    torn_bytes = recovery.torn_bytes,
+                    "replay write-ahead log applied"
+                );
+                let wal = Wal::open(&dir, recovery.next_segment)?;
+                for table in &opened.tables {
+                    table.attach_wal(Arc::clone(&wal));
+                }
+                Some(wal)
+            }
+            None => None,
+        };
+        let service = Self::with_tables(config, opened.tables, opened.store, shutdown, wal);
         // Above every key restored, in case they come from a later start
         // than this directory has counted (or from another directory).
         let after_restored = service
@@ -141,7 +202,8 @@ impl ReplayService {
         Ok((service, restored))
     }
 
-    fn open_tables(config: &ReplayConfig, shutdown: CancellationToken, restore: &Restore) -> Result<(Self, Option<PathBuf>), Error> {
+    /// The tables of `config`, restored from a checkpoint as `restore` says.
+    fn open_tables(config: &ReplayConfig, shutdown: &CancellationToken, restore: &Restore) -> Result<OpenedTables, Error> {
         let dir = match restore {
             Restore::From(root) => Some(
                 checkpoint::newest(root)?.ok_or_else(|| Error::Checkpoint(format!("no complete checkpoint under {}", root.display())))?,
@@ -149,14 +211,25 @@ impl ReplayService {
             Restore::Auto if config.checkpoint_dir.is_empty() => None,
             Restore::Auto => checkpoint::newest(std::path::Path::new(&config.checkpoint_dir))?,
         };
-        let Some(dir) = dir else {
-            return Ok((Self::new(config, shutdown)?, None));
-        };
         let store = ChunkStore::new();
-        let mut snapshots: HashMap<String, checkpoint::TableSnapshot> = checkpoint::read(&dir, &store)?
-            .into_iter()
-            .map(|s| (s.header.name.clone(), s))
-            .collect();
+        let Some(dir) = dir else {
+            let tables = config
+                .tables
+                .iter()
+                .map(|t| Arc::new(Table::sharing(t.clone(), shutdown.clone(), Arc::clone(&store))))
+                .collect();
+            return Ok(OpenedTables {
+                tables,
+                store,
+                restored: None,
+            });
+        };
+        let checkpoint::Restored {
+            tables: snapshots,
+            chunks,
+            wal_segment,
+        } = checkpoint::read(&dir, &store)?;
+        let mut snapshots: HashMap<String, checkpoint::TableSnapshot> = snapshots.into_iter().map(|s| (s.header.name.clone(), s)).collect();
         let mut tables = Vec::with_capacity(config.tables.len());
         for table_config in &config.tables {
             let table = match snapshots.remove(&table_config.name) {
@@ -171,10 +244,20 @@ impl ReplayService {
                 dir.display()
             )));
         }
-        Ok((Self::with_tables(config, tables, store, shutdown), Some(dir)))
+        Ok(OpenedTables {
+            tables,
+            store,
+            restored: Some(RestoredFrom { dir, chunks, wal_segment }),
+        })
     }
 
-    fn with_tables(config: &ReplayConfig, tables: Vec<Arc<Table>>, store: Arc<ChunkStore>, shutdown: CancellationToken) -> Self {
+    fn with_tables(
+        config: &ReplayConfig,
+        tables: Vec<Arc<Table>>,
+        store: Arc<ChunkStore>,
+        shutdown: CancellationToken,
+        wal: Option<Arc<Wal>>,
+    ) -> Self {
         let by_name = tables.iter().map(|t| (t.name().to_owned(), Arc::clone(t))).collect();
         Self {
             inner: Arc::new(Inner {
@@ -187,6 +270,7 @@ impl ReplayService {
                 checkpoint_dir: (!config.checkpoint_dir.is_empty()).then(|| PathBuf::from(&config.checkpoint_dir)),
                 keep_checkpoints: config.keep_checkpoints,
                 checkpointing: tokio::sync::Mutex::new(()),
+                wal,
             }),
         }
     }
@@ -199,15 +283,34 @@ impl ReplayService {
         let root = self.inner.checkpoint_dir.clone().ok_or(Error::CheckpointsDisabled)?;
         let _one_at_a_time = self.inner.checkpointing.lock().await;
         let started = std::time::Instant::now();
+        // Every change logged from here on goes to a new segment, and the
+        // snapshots hold everything logged before: once this checkpoint is
+        // committed the older segments are no longer needed.
+        let wal_segment = self.inner.wal.as_ref().map_or(0, |wal| wal.rotate());
         let snapshots: Vec<_> = self.inner.tables.iter().map(|t| t.snapshot()).collect();
         let items: u64 = snapshots.iter().map(|s| s.header.items).sum();
         let keep = self.inner.keep_checkpoints;
-        let path = tokio::task::spawn_blocking(move || checkpoint::write(&root, &snapshots, keep))
-            .await
-            .map_err(|e| Error::Checkpoint(format!("the writing task failed: {e}")))??;
+        let wal = self.inner.wal.clone();
+        let path = tokio::task::spawn_blocking(move || {
+            let path = checkpoint::write(&root, &snapshots, keep, wal_segment)?;
+            if let Some(wal) = wal {
+                wal.remove_segments_before(wal_segment)?;
+            }
+            Ok::<_, Error>(path)
+        })
+        .await
+        .map_err(|e| Error::Checkpoint(format!("the writing task failed: {e}")))??;
         crate::metrics::checkpoint_written(started.elapsed());
         info!(path = %path.display(), items, seconds = started.elapsed().as_secs_f64(), "replay checkpoint written");
         Ok(path)
+    }
+
+    /// Writes and syncs what the write-ahead log holds and stops its
+    /// writer (nothing without a log). Shutdown calls this last.
+    pub fn close_wal(&self) {
+        if let Some(wal) = &self.inner.wal {
+            wal.close();
+        }
     }
 
     /// The table called `name`.
@@ -230,11 +333,7 @@ impl ReplayService {
     /// Reads one insert stream until the client closes it, storing each
     /// item and acknowledging it in order. Returns the error that ends the
     /// stream, if any.
-    async fn run_insert_stream(
-        &self,
-        requests: &mut Streaming<InsertRequest>,
-        acks: &mpsc::Sender<Result<InsertResponse, Status>>,
-    ) -> Result<(), Error> {
+    async fn run_insert_stream(&self, requests: &mut Streaming<InsertRequest>, acks: &mpsc::Sender<Ack>) -> Result<(), Error> {
         // Each writer's last stored item, which its next item may continue.
         let mut previous: HashMap<u64, Arc<ItemSteps>> = HashMap::new();
         loop {
@@ -300,7 +399,10 @@ impl ReplayService {
                 key: keys[0],
                 also_keys: keys[1..].to_vec(),
             };
-            if acks.send(Ok(ack)).await.is_err() {
+            // With a log, the ack waits (in the response stream, not here)
+            // until the log holding the item is on disk.
+            let position = self.inner.wal.as_ref().map_or(0, |wal| wal.appended());
+            if acks.send((position, Ok(ack))).await.is_err() {
                 return Ok(());
             }
         }
@@ -378,13 +480,13 @@ fn sampled_item_message(item: SampledItem) -> Result<pb::SampledItem, Error> {
 
 #[tonic::async_trait]
 impl Replay for ReplayService {
-    type InsertStream = ReceiverStream<Result<InsertResponse, Status>>;
+    type InsertStream = Pin<Box<dyn Stream<Item = Result<InsertResponse, Status>> + Send>>;
     type SampleStream = ReceiverStream<Result<SampleResponse, Status>>;
 
     async fn insert(&self, request: Request<Streaming<InsertRequest>>) -> Result<Response<Self::InsertStream>, Status> {
         let span = info_span!("insert_stream", peer = ?request.remote_addr());
         let mut requests = request.into_inner();
-        let (acks, rx) = mpsc::channel(INSERT_ACK_BUFFER);
+        let (acks, rx) = mpsc::channel::<Ack>(INSERT_ACK_BUFFER);
         let service = self.clone();
         tokio::spawn(
             async move {
@@ -405,13 +507,28 @@ impl Replay for ReplayService {
                             _ => warn!(%error, "insert stream rejected"),
                         }
                         // A failed send means the client has gone already.
-                        let _ = acks.send(Err(error.into())).await;
+                        let _ = acks.send((0, Err(error.into()))).await;
                     }
                 }
             }
             .instrument(span),
         );
-        Ok(Response::new(ReceiverStream::new(rx)))
+        let acks = ReceiverStream::new(rx);
+        Ok(Response::new(match self.inner.wal.clone() {
+            None => Box::pin(acks.map(|(_, ack)| ack)),
+            // Each ack in turn waits for the log to be on disk up to its
+            // item; meanwhile later items are read, stored and logged, so
+            // they share the same sync.
+            Some(wal) => Box::pin(futures::StreamExt::then(acks, move |(position, ack)| {
+                let wal = Arc::clone(&wal);
+                async move {
+                    match ack {
+                        Ok(ack) => wal.synced(position).await.map(|()| ack).map_err(Status::from),
+                        error => error,
+                    }
+                }
+            })),
+        }))
     }
 
     async fn sample(&self, request: Request<pb::SampleRequest>) -> Result<Response<Self::SampleStream>, Status> {
@@ -606,12 +723,14 @@ pub async fn serve_announcing(
     if service.inner.checkpoint_dir.is_some() {
         service.write_checkpoint().await?;
     }
+    service.close_wal();
     info!("replay service stopped");
     Ok(())
 }
 
 #[cfg(test)]
 mod tests {
+    use std::io::Write;
     use std::net::SocketAddr;
 
     use fleet_proto::pb::replay_client::ReplayClient;
@@ -1128,6 +1247,177 @@ mod tests {
         let result = serve(config, Restore::Auto, listener, std::future::pending()).await;
         assert!(matches!(result, Err(Error::Config(_))), "{result:?}");
     }
+    /// Over gRPC with a write-ahead log, acks come once the log is synced,
+    /// in order, for inserts pipelined on one stream.
+    #[tokio::test]
+    async fn acks_wait_for_the_write_ahead_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = ReplayConfig {
+            checkpoint_dir: dir.path().display().to_string(),
+            checkpoint_interval_secs: 0.0,
+            durability: Durability::Wal,
+            ..config_with(100)
+        };
+        let server = Server::start(config).await;
+        let mut client = server.client().await;
+        let requests = (1..=20).map(|seed| insert_request(cartpole_sequence(9, seed))).collect();
+        let keys = tokio::time::timeout(Duration::from_secs(20), insert_all(&mut client, requests))
+            .await
+            .expect("acked within 20 s")
+            .unwrap();
+        assert_eq!(keys.len(), 20);
+        assert!(keys.windows(2).all(|w| w[0] < w[1]), "{keys:?}");
+        server.stop().await.unwrap();
+    }
+
+    /// With a write-ahead log, a service that stops without writing a last
+    /// checkpoint comes back with every change since its newest one:
+    /// inserts into two tables at once, evictions, samples (and the items
+    /// they sampled out), priority updates, and the counters; a torn record
+    /// at the log's end is cut off, and segments a checkpoint covers are
+    /// deleted. A second life continues the same log.
+    #[tokio::test]
+    async fn the_write_ahead_log_restores_every_change_since_the_last_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("checkpoints");
+        let config = ReplayConfig {
+            tables: vec![
+                TableConfig {
+                    name: "queue".into(),
+                    max_size: 100,
+                    sampler: SamplerKind::Fifo,
+                    max_times_sampled: 1,
+                    ..TableConfig::default()
+                },
+                TableConfig {
+                    name: "prioritized".into(),
+                    max_size: 6,
+                    sampler: SamplerKind::Prioritized,
+                    remover: SamplerKind::Fifo,
+                    max_times_sampled: 0,
+                    priority_exponent: 1.0,
+                    ..TableConfig::default()
+                },
+            ],
+            checkpoint_dir: root.display().to_string(),
+            checkpoint_interval_secs: 0.0,
+            durability: Durability::Wal,
+            ..ReplayConfig::default()
+        };
+        let open = || ReplayService::open(&config, CancellationToken::new(), &Restore::Auto).unwrap().0;
+        let insert = |service: &ReplayService, seed: u64, priority: f64| {
+            let service = service.clone();
+            async move {
+                let (queue, prioritized) = (service.table("queue").unwrap(), service.table("prioritized").unwrap());
+                let steps = service
+                    .inner
+                    .store
+                    .item(cartpole_sequence(9, seed), crate::config::Compression::NONE)
+                    .unwrap();
+                Table::insert_into_all(&[&queue, &prioritized], steps, priority, None)
+                    .await
+                    .unwrap()
+            }
+        };
+        let snapshots = |service: &ReplayService| {
+            service
+                .inner
+                .tables
+                .iter()
+                .map(|t| {
+                    let mut snapshot = t.snapshot();
+                    // A new start takes keys in a new epoch; nothing else may differ.
+                    snapshot.header.next_key = 0;
+                    snapshot
+                })
+                .collect::<Vec<_>>()
+        };
+
+        let service = open();
+        for seed in 1..=5 {
+            insert(&service, seed, seed as f64).await;
+        }
+        service.write_checkpoint().await.unwrap();
+        let mut keys = Vec::new();
+        for seed in 6..=10 {
+            keys.push(insert(&service, seed, 0.0).await);
+        }
+        let prioritized = service.table("prioritized").unwrap();
+        assert_eq!(prioritized.stats().evictions, 4, "the full table evicted");
+        let sampled = service
+            .table("queue")
+            .unwrap()
+            .sample(3, 0.0, Duration::from_secs(1))
+            .await
+            .unwrap();
+        assert_eq!(sampled.len(), 3);
+        assert_eq!(prioritized.update_priorities(&[(keys[2][1], 7.5), (1, 2.0)]).unwrap(), 1);
+        prioritized.sample(4, 0.6, Duration::from_secs(1)).await.unwrap();
+        let before = snapshots(&service);
+        assert_eq!(before[0].items.len(), 7);
+        let wal = service.inner.wal.clone().unwrap();
+        wal.synced(wal.appended()).await.unwrap();
+        drop(wal);
+        // No last checkpoint: the log alone holds what happened since.
+        service.close_wal();
+        drop(service);
+        let wal_dir = root.join(wal::DIR);
+        let segment_files = || {
+            let mut names: Vec<String> = std::fs::read_dir(&wal_dir)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            names.sort();
+            names
+        };
+        assert_eq!(
+            segment_files(),
+            [format!("{:020}.wal", 1)],
+            "the checkpoint made segment 0 unneeded"
+        );
+        // A crash in the middle of a write leaves a torn frame.
+        let newest = wal_dir.join(&segment_files()[0]);
+        let length = std::fs::metadata(&newest).unwrap().len();
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&newest)
+            .unwrap()
+            .write_all(&[200, 0, 0, 0, 1, 2])
+            .unwrap();
+
+        let service = open();
+        assert_eq!(snapshots(&service), before, "every change came back, in order");
+        assert_eq!(std::fs::metadata(&newest).unwrap().len(), length, "the torn frame is cut off");
+        let sampled_again = service
+            .table("queue")
+            .unwrap()
+            .sample(1, 0.0, Duration::from_secs(1))
+            .await
+            .unwrap();
+        assert_eq!(sampled_again[0].key, before[0].items[0].meta.key, "the queue goes on where it was");
+        assert!(
+            sampled.iter().all(|item| item.key < sampled_again[0].key),
+            "the sampled-out items stay out"
+        );
+        let last = insert(&service, 11, 3.0).await;
+        let before = snapshots(&service);
+        service.close_wal();
+        drop(service);
+
+        let service = open();
+        assert_eq!(snapshots(&service), before, "a second life continues the log");
+        assert!(
+            service
+                .table("queue")
+                .unwrap()
+                .snapshot()
+                .items
+                .iter()
+                .any(|item| item.meta.key == last[0])
+        );
+        service.close_wal();
+    }
+
     #[tokio::test]
     async fn a_restarted_service_restores_items_priorities_and_counters() {
         let dir = tempfile::tempdir().unwrap();

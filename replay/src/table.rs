@@ -38,7 +38,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::pin::pin;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::task::Poll;
 use std::time::Duration;
 
@@ -56,6 +56,7 @@ use crate::rate_limiter::{Counts, RateLimiter};
 use crate::sampler::sampler_for;
 pub use crate::sampler::{Choice, OrderedSampler, PrioritizedSampler, Sampler, UniformSampler};
 use crate::validate::{Signature, ValidationError};
+use crate::wal::{Change, KeysRecord, Placement, PrioritiesRecord, Wal};
 
 /// Priority of an item inserted with priority 0 ("let the table choose")
 /// before any priority has been seen; after that such items get the largest
@@ -208,6 +209,9 @@ struct State {
     /// before they are sampled out, `Σ (max_times_sampled − times_sampled)`.
     /// A batch drawn with replacement needs this many, not distinct items.
     draws_left: u64,
+    /// The number of this table's last write-ahead-log record (see
+    /// [`crate::wal`]); 0 before the first, and always without a log.
+    wal_seq: u64,
 }
 
 #[derive(Debug)]
@@ -288,6 +292,17 @@ pub struct Table {
     /// Where [`Table::insert`] stores new steps; shared by the service's tables.
     store: Arc<ChunkStore>,
     metrics: TableMetrics,
+    /// With `replay.durability = "wal"`: where every change is logged.
+    wal: OnceLock<Arc<Wal>>,
+}
+
+/// A logged change, applied again after a restart (see [`Table::redo`]).
+#[derive(Debug)]
+pub enum Redo {
+    Insert { key: u64, priority: f64, steps: Arc<ItemSteps> },
+    Evict(Vec<u64>),
+    Sample(Vec<u64>),
+    Priorities(Vec<(u64, f64)>),
 }
 
 impl Table {
@@ -332,6 +347,7 @@ impl Table {
                 evictions: 0,
                 max_priority_seen: DEFAULT_PRIORITY,
                 draws_left: 0,
+                wal_seq: 0,
             }),
             limiter: config.rate_limiter(),
             config,
@@ -340,6 +356,23 @@ impl Table {
             shutdown,
             store,
             metrics,
+            wal: OnceLock::new(),
+        }
+    }
+
+    /// Logs every later change of this table to `wal`. Called once, after
+    /// the table is restored and before it serves.
+    pub fn attach_wal(&self, wal: Arc<Wal>) {
+        if self.wal.set(wal).is_err() {
+            unreachable!("table {:?} was given a second write-ahead log", self.config.name);
+        }
+    }
+
+    /// Logs `change` under the table's lock, numbered as the table's next record.
+    fn log(&self, state: &mut State, change: impl FnOnce(u64) -> Change) {
+        if let Some(wal) = self.wal.get() {
+            state.wal_seq += 1;
+            wal.log(change(state.wal_seq));
         }
     }
 
@@ -472,6 +505,25 @@ impl Table {
                         .zip(&mut locked)
                         .map(|(table, (_, state))| table.store_item(state, Arc::clone(&steps), priority))
                         .collect();
+                    // Logged under every table's lock, after the evictions
+                    // it caused, as one record: all tables or none.
+                    if let Some(wal) = tables[0].wal.get() {
+                        let placements = tables
+                            .iter()
+                            .zip(&mut locked)
+                            .zip(&stored)
+                            .map(|((table, (_, state)), &(key, _))| {
+                                state.wal_seq += 1;
+                                Placement {
+                                    table: table.config.name.clone(),
+                                    seq: state.wal_seq,
+                                    key,
+                                    priority: state.items.get(&key).map_or(0.0, |item| item.priority),
+                                }
+                            })
+                            .collect();
+                        wal.log_insert(placements, &steps);
+                    }
                     drop(locked);
                     for (table, &(_, evicted)) in tables.iter().zip(&stored) {
                         table.metrics.inserts.increment(1);
@@ -554,15 +606,20 @@ impl Table {
     /// the number of items evicted.
     fn store_item(&self, state: &mut State, steps: Arc<ItemSteps>, priority: f64) -> (u64, u64) {
         let max_times_sampled = self.config.max_times_sampled;
-        let mut evicted = 0;
+        let mut victims = Vec::new();
         while self.is_full(state, &steps) {
             let Some(Choice { key: victim, .. }) = state.remover.sample() else {
                 break;
             };
             state.remove(victim, max_times_sampled);
-            evicted += 1;
+            victims.push(victim);
         }
+        let evicted = victims.len() as u64;
         state.evictions += evicted;
+        if !victims.is_empty() {
+            let table = self.config.name.clone();
+            self.log(state, |seq| Change::Evict(KeysRecord { table, seq, keys: victims }));
+        }
         if state.signature.is_none() {
             state.signature = Some(*steps.signature());
         }
@@ -656,6 +713,9 @@ impl Table {
                         });
                     }
                     self.publish_size(state);
+                    let keys = drawn.iter().map(|item| item.key).collect();
+                    let table = self.config.name.clone();
+                    self.log(state, |seq| Change::Sample(KeysRecord { table, seq, keys }));
                     Ok(Some(drawn))
                 },
             )
@@ -709,19 +769,21 @@ impl Table {
         if let Some(&(key, priority)) = updates.iter().find(|(_, p)| !(p.is_finite() && *p >= 0.0)) {
             return Err(Error::InvalidPriority { key, priority });
         }
-        let mut missing = 0;
         let mut state = self.lock();
         let state = &mut *state;
-        for &(key, priority) in updates {
-            match state.items.get_mut(&key) {
-                Some(item) => {
-                    item.priority = priority;
-                    state.sampler.update(key, priority);
-                    state.remover.update(key, priority);
-                    state.max_priority_seen = state.max_priority_seen.max(priority);
-                }
-                None => missing += 1,
-            }
+        let applied = set_priorities(state, updates);
+        let missing = (updates.len() - applied.len()) as u64;
+        if !applied.is_empty() {
+            let table = self.config.name.clone();
+            let (keys, priorities) = applied.into_iter().unzip();
+            self.log(state, |seq| {
+                Change::Priorities(PrioritiesRecord {
+                    table,
+                    seq,
+                    keys,
+                    priorities,
+                })
+            });
         }
         if missing > 0 {
             self.metrics.missing_priority_updates.increment(missing);
@@ -764,6 +826,7 @@ impl Table {
                 evictions: state.evictions,
                 max_priority_seen: state.max_priority_seen,
                 items: state.items.len() as u64,
+                wal_seq: state.wal_seq,
             },
             items: state
                 .items
@@ -842,6 +905,7 @@ impl Table {
                 return Err(bad(format!("largest priority seen is {}", header.max_priority_seen)));
             }
             state.max_priority_seen = header.max_priority_seen;
+            state.wal_seq = header.wal_seq;
             table.publish_size(state);
             // The counters go on from where they were, in metrics as in `Info`.
             table.metrics.inserts.absolute(header.inserts);
@@ -849,6 +913,91 @@ impl Table {
             table.metrics.evictions.absolute(header.evictions);
         }
         Ok(table)
+    }
+
+    /// Applies a change the write-ahead log holds as this table's record
+    /// `seq`, if the table lacks it: a record at or below the table's last
+    /// one is skipped (`Ok(false)`), the next one is applied as it happened
+    /// the first time (no waiting, no rate limit), and any later one is an
+    /// error, since the records between are missing.
+    pub fn redo(&self, seq: u64, change: Redo) -> Result<bool, String> {
+        let name = &self.config.name;
+        let mut state = self.lock();
+        let state = &mut *state;
+        if seq <= state.wal_seq {
+            return Ok(false);
+        }
+        if seq != state.wal_seq + 1 {
+            return Err(format!(
+                "table {name:?}'s record {seq} follows its record {}; the records between are missing",
+                state.wal_seq
+            ));
+        }
+        let max_times_sampled = self.config.max_times_sampled;
+        match change {
+            Redo::Insert { key, priority, steps } => {
+                if let Some(expected) = &state.signature
+                    && expected != steps.signature()
+                {
+                    return Err(format!(
+                        "table {name:?}: item {key} holds {}, other items {expected}",
+                        steps.signature()
+                    ));
+                }
+                if key < state.next_key || !(priority.is_finite() && priority >= 0.0) {
+                    return Err(format!(
+                        "table {name:?}: item {key} with priority {priority} (the next key is {})",
+                        state.next_key
+                    ));
+                }
+                state.signature.get_or_insert(*steps.signature());
+                state.next_key = key + 1;
+                state.max_priority_seen = state.max_priority_seen.max(priority);
+                let item = Item {
+                    steps,
+                    priority,
+                    times_sampled: 0,
+                };
+                state.add(key, item, max_times_sampled);
+                state.inserts += 1;
+            }
+            Redo::Evict(keys) => {
+                for key in keys {
+                    if state.remove(key, max_times_sampled).is_some() {
+                        state.evictions += 1;
+                    }
+                }
+            }
+            Redo::Sample(keys) => {
+                state.samples += keys.len() as u64;
+                for key in keys {
+                    let Some(item) = state.items.get_mut(&key) else {
+                        continue;
+                    };
+                    item.times_sampled += 1;
+                    if max_times_sampled > 0 {
+                        state.draws_left -= 1;
+                        if item.times_sampled >= max_times_sampled {
+                            state.remove(key, max_times_sampled);
+                        }
+                    }
+                }
+            }
+            Redo::Priorities(updates) => {
+                set_priorities(state, &updates);
+            }
+        }
+        state.wal_seq = seq;
+        Ok(true)
+    }
+
+    /// Publishes the size and counters after [`Table::redo`]s, in metrics as in `Info`.
+    pub fn publish_restored(&self) {
+        let state = self.lock();
+        self.publish_size(&state);
+        self.metrics.inserts.absolute(state.inserts);
+        self.metrics.samples.absolute(state.samples);
+        self.metrics.evictions.absolute(state.evictions);
     }
 
     /// Sets the size gauges; called under the lock after every change.
@@ -923,6 +1072,21 @@ fn new_bytes(steps: &ItemSteps, known: impl Fn(u64) -> bool) -> u64 {
         .map(|(_, s)| s.chunk.bytes())
         .sum();
     chunks + steps.own_bytes()
+}
+
+/// Sets the priorities of the keys present; returns the updates applied.
+fn set_priorities(state: &mut State, updates: &[(u64, f64)]) -> Vec<(u64, f64)> {
+    let mut applied = Vec::with_capacity(updates.len());
+    for &(key, priority) in updates {
+        if let Some(item) = state.items.get_mut(&key) {
+            item.priority = priority;
+            state.sampler.update(key, priority);
+            state.remover.update(key, priority);
+            state.max_priority_seen = state.max_priority_seen.max(priority);
+            applied.push((key, priority));
+        }
+    }
+    applied
 }
 
 /// What the rate limiter decides on.

@@ -18,7 +18,7 @@ use anyhow::{Context, Result, anyhow};
 use fleet_proto::auth::{AttachToken, AuthChannel};
 use fleet_proto::pb::replay_client::ReplayClient;
 use fleet_proto::pb::{self, Tensor};
-use fleet_replay::TableConfig;
+use fleet_replay::{Durability, TableConfig};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio::sync::mpsc;
@@ -82,6 +82,9 @@ pub struct Load {
     /// The TLS setup of that config: the replay serves with it, its
     /// clients connect with it.
     pub tls: TlsConfig,
+    /// `replay.durability` of that config; with the write-ahead log, the
+    /// replay keeps its checkpoints and log in a temporary directory.
+    pub durability: Durability,
 }
 
 /// A sequence of `workload`'s shape from `actor`, valid for the replay service.
@@ -153,8 +156,8 @@ pub async fn replay(load: Load, names: &[String]) -> Result<()> {
         );
     }
     println!(
-        "\n{} inserting and {} sampling clients, batches of {}, {} s per workload; prioritised table (α 0.8, fifo remover).",
-        load.inserters, load.samplers, load.batch_size, load.seconds
+        "\n{} inserting and {} sampling clients, batches of {}, {} s per workload; prioritised table (α 0.8, fifo remover); durability {:?}.",
+        load.inserters, load.samplers, load.batch_size, load.seconds, load.durability
     );
     Ok(())
 }
@@ -162,7 +165,7 @@ pub async fn replay(load: Load, names: &[String]) -> Result<()> {
 async fn run_workload(workload: &Workload, load: &Load) -> Result<Report> {
     let dir = tempfile::tempdir().context("creating a temporary directory")?;
     let config_path = dir.path().join("bench.toml");
-    bench_config(workload, load)?.write_to(&config_path)?;
+    bench_config(workload, load, dir.path())?.write_to(&config_path)?;
     let mut server = Process::spawn_child(
         "replay",
         &config_path,
@@ -209,7 +212,7 @@ async fn stored_bytes_per_step(address: &str, load: &Load) -> Result<f64> {
     Ok(table.bytes as f64 / table.steps.max(1) as f64)
 }
 
-fn bench_config(workload: &Workload, load: &Load) -> Result<Config> {
+fn bench_config(workload: &Workload, load: &Load, dir: &Path) -> Result<Config> {
     let mut config = Config::load(&Default::default())?;
     // The child reads the token and the TLS files from the same files (or
     // the inherited environment) as this process did.
@@ -217,6 +220,10 @@ fn bench_config(workload: &Workload, load: &Load) -> Result<Config> {
     config.tls = load.tls.clone();
     config.replay.max_message_bytes = MAX_MESSAGE_BYTES;
     config.replay.tables = vec![TableConfig::prioritized(TABLE, workload.max_size, 0.8)];
+    config.replay.durability = load.durability;
+    if load.durability == Durability::Wal {
+        config.replay.checkpoint_dir = dir.join("checkpoints").display().to_string();
+    }
     // Roles read the tables by name from the config; keep it consistent.
     config.actor.table = TABLE.into();
     config.learner.table = TABLE.into();
