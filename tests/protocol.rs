@@ -346,62 +346,15 @@ async fn replay_metrics_pass_promtool() {
     client.sample(request).await.unwrap().into_inner().next().await.unwrap().unwrap();
     let body = scrape(&replay.metrics).await.unwrap();
 
-    let mut types = std::collections::HashMap::new();
-    let mut helped = std::collections::HashSet::new();
-    for line in body.lines() {
-        let mut words = line.split_whitespace();
-        match (words.next(), words.next(), words.next(), words.next()) {
-            (Some("#"), Some("TYPE"), Some(name), Some(kind)) => {
-                types.insert(name.to_owned(), kind.to_owned());
-            }
-            (Some("#"), Some("HELP"), Some(name), Some(_)) => {
-                helped.insert(name.to_owned());
-            }
-            _ => {}
-        }
-    }
-    let replay_metrics: Vec<&String> = types.keys().filter(|n| n.starts_with("fleet_replay_")).collect();
     for name in [
         fleet_replay::metrics::ITEMS,
         fleet_replay::metrics::INSERTS_TOTAL,
         fleet_replay::metrics::INSERT_BLOCKED_SECONDS_TOTAL,
         fleet_replay::metrics::SAMPLE_WAIT_SECONDS_TOTAL,
     ] {
-        assert!(types.contains_key(name), "{name} missing from\n{body}");
+        assert!(body.contains(&format!("# TYPE {name} ")), "{name} missing from\n{body}");
     }
-    for name in replay_metrics {
-        assert!(helped.contains(name), "{name} has no help text:\n{body}");
-        let kind = &types[name];
-        assert_eq!(name.ends_with("_total"), kind == "counter", "{name} is a {kind}");
-    }
-
-    let promtool = std::process::Command::new("promtool").arg("--version").output();
-    if !promtool.is_ok_and(|o| o.status.success()) {
-        let reason = "promtool is not installed (Debian package `prometheus`)";
-        if std::env::var("FLEET_REQUIRE_PROMETHEUS").is_ok_and(|v| v == "1") {
-            panic!("{reason}, and FLEET_REQUIRE_PROMETHEUS=1 requires this test to run");
-        }
-        eprintln!("skipped promtool check metrics: {reason} (set FLEET_REQUIRE_PROMETHEUS=1 to make this a failure)");
-        return;
-    }
-    let mut check = tokio::process::Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = check.stdin.take().unwrap();
-    tokio::io::AsyncWriteExt::write_all(&mut stdin, body.as_bytes()).await.unwrap();
-    drop(stdin);
-    let output = check.wait_with_output().await.unwrap();
-    assert!(
-        output.status.success(),
-        "promtool check metrics: {}\n{}{}\n{body}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
+    crate::support::check_metrics_text("replay", &body).await;
 }
 
 /// An actor whose sequences are all larger than replay's

@@ -90,6 +90,9 @@ async fn separate_role_processes_train_together_and_expose_their_metrics() {
     }
     assert!(text_has_type(&actor_text, actor_metrics::EPISODE_RETURN, "histogram"));
     assert!(metric(&replay_text, replay_metrics::INSERTS_TOTAL).unwrap() > 0.0);
+    for (role, text) in [("replay", &replay_text), ("learner", &learner_text), ("actor", &actor_text)] {
+        crate::support::check_metrics_text(role, text).await;
+    }
 }
 
 fn text_has_type(text: &str, name: &str, kind: &str) -> bool {

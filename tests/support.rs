@@ -124,3 +124,57 @@ pub fn sequence(steps: usize, seed: f32) -> fleet_proto::pb::Sequence {
         run_id: 0,
     }
 }
+
+/// Checks a role's `/metrics` text as Prometheus would take it: every
+/// `fleet_*` metric has help text, `_total` names are counters and only
+/// counters, and `promtool check metrics` accepts the whole scrape (when
+/// promtool is installed; `FLEET_REQUIRE_PROMETHEUS=1` demands it).
+pub async fn check_metrics_text(role: &str, body: &str) {
+    let mut types = std::collections::HashMap::new();
+    let mut helped = std::collections::HashSet::new();
+    for line in body.lines() {
+        let mut words = line.split_whitespace();
+        match (words.next(), words.next(), words.next(), words.next()) {
+            (Some("#"), Some("TYPE"), Some(name), Some(kind)) => {
+                types.insert(name.to_owned(), kind.to_owned());
+            }
+            (Some("#"), Some("HELP"), Some(name), Some(_)) => {
+                helped.insert(name.to_owned());
+            }
+            _ => {}
+        }
+    }
+    assert!(types.keys().any(|n| n.starts_with("fleet_")), "{role}: no fleet metric in\n{body}");
+    for (name, kind) in types.iter().filter(|(n, _)| n.starts_with("fleet_")) {
+        assert!(helped.contains(name), "{role}: {name} has no help text:\n{body}");
+        assert_eq!(name.ends_with("_total"), kind == "counter", "{role}: {name} is a {kind}");
+    }
+
+    let promtool = std::process::Command::new("promtool").arg("--version").output();
+    if !promtool.is_ok_and(|o| o.status.success()) {
+        let reason = "promtool is not installed (Debian package `prometheus`)";
+        if std::env::var("FLEET_REQUIRE_PROMETHEUS").is_ok_and(|v| v == "1") {
+            panic!("{reason}, and FLEET_REQUIRE_PROMETHEUS=1 requires this check to run");
+        }
+        eprintln!("skipped promtool check metrics of {role}: {reason} (set FLEET_REQUIRE_PROMETHEUS=1 to make this a failure)");
+        return;
+    }
+    let mut check = tokio::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = check.stdin.take().unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut stdin, body.as_bytes()).await.unwrap();
+    drop(stdin);
+    let output = check.wait_with_output().await.unwrap();
+    assert!(
+        output.status.success(),
+        "promtool check metrics of {role}: {}\n{}{}\n{body}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
