@@ -3,9 +3,13 @@
 //! ports, reads each child's ready line to learn its ports, prints progress
 //! from the children's own Prometheus endpoints, and stops everything when
 //! the target return is reached, the step budget runs out, a child dies, or
-//! the user interrupts.
+//! the user interrupts. Everything it prints and the learner's checkpoints
+//! and final weights also go to the run's folder (see [`crate::runs`]); a
+//! resumed run goes on from the newest checkpoint and the counters the
+//! folder recorded.
 
-use std::time::{Duration, Instant};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result, bail};
 use fleet_actor::metrics as actor_metrics;
@@ -14,7 +18,8 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use crate::config::Config;
 use crate::process::Process;
-use crate::scrape::{Samples, scrape};
+use crate::runs::{ProgressRow, ProgressWriter, RunFolder, Summary};
+use crate::scrape::{Samples, scrape, series};
 
 /// Episodes in the per-episode mean, across all actors.
 const RETURN_EPISODES: usize = 100;
@@ -31,6 +36,8 @@ pub enum Outcome {
         step_return: f64,
         env_steps: u64,
         lowest: Option<f64>,
+        /// The env step at which the target was first reached.
+        reached_at: u64,
     },
     /// After reaching the target, the return fell below `run.hold_min_return`.
     Collapsed {
@@ -45,9 +52,184 @@ pub enum Outcome {
     Interrupted,
 }
 
-/// Runs the system until it ends; returns how. The children are this same
-/// executable, so only the `fleet` binary can call this.
-pub async fn run(mut config: Config) -> Result<Outcome> {
+/// Runs the system until it ends, recording it in `folder`; returns how.
+/// With `resume`, the folder holds a run that stopped: the learner goes on
+/// from its newest checkpoint and the progress counters from the folder's
+/// last row. The children are this same executable, so only the `fleet`
+/// binary can call this.
+pub async fn run(mut config: Config, folder: RunFolder, resume: bool) -> Result<Outcome> {
+    folder.write_config(&config)?;
+    if config.learner.checkpoint_dir.is_empty() {
+        config.learner.checkpoint_dir = folder.checkpoint_dir().to_string_lossy().into_owned();
+    }
+    let checkpoint_dir = PathBuf::from(&config.learner.checkpoint_dir);
+    let start = Start::read(&folder, &checkpoint_dir, resume)?;
+    println!("run      {}", folder.path.display());
+    if resume {
+        println!(
+            "resuming from {}: env steps {}, episodes {}, learner updates {}, weights version {}, {:.0} s so far",
+            start.checkpoint.as_ref().map_or("-".into(), |c| c.path.display().to_string()),
+            start.offsets.env_steps,
+            start.offsets.episodes,
+            start.offsets.updates,
+            start.checkpoint.as_ref().map_or(0, |c| c.version),
+            start.offsets.wall_seconds,
+        );
+    }
+    let mut summary = start.summary(&folder, &config);
+    folder.write_summary(&summary)?;
+    let mut recorder = Recorder::new(folder.progress_writer()?, start.offsets);
+    let result = run_processes(config, &mut recorder).await;
+    match save_policy(&folder, &checkpoint_dir) {
+        Ok(true) => {}
+        Ok(false) => eprintln!(
+            "warning: no learner checkpoint under {}; no {} written",
+            checkpoint_dir.display(),
+            crate::runs::POLICY_FILE
+        ),
+        Err(error) => eprintln!("warning: {error:#}"),
+    }
+    summary.end(&result, recorder.last.as_ref(), SystemTime::now());
+    folder.write_summary(&summary)?;
+    result
+}
+
+/// Copies the weights of the newest learner checkpoint under `dir` to the
+/// folder's policy file; false when there is no checkpoint.
+fn save_policy(folder: &RunFolder, dir: &Path) -> Result<bool> {
+    let Some(loaded) = fleet_learner::checkpoint::latest(dir, &candle_core::Device::Cpu)
+        .with_context(|| format!("reading the newest learner checkpoint under {}", dir.display()))?
+    else {
+        return Ok(false);
+    };
+    folder.write_policy(&loaded.model)?;
+    Ok(true)
+}
+
+/// The counters a run goes on from: zero for a new run; for a resumed one
+/// the folder's last progress row, and the learner's updates from the
+/// checkpoint it restores.
+#[derive(Debug, Clone, Copy, Default)]
+struct Offsets {
+    wall_seconds: f64,
+    env_steps: u64,
+    episodes: u64,
+    updates: u64,
+}
+
+/// The checkpoint the learner will restore.
+#[derive(Debug, Clone)]
+struct CheckpointFacts {
+    path: PathBuf,
+    version: u64,
+}
+
+/// What a folder says about where a run starts.
+struct Start {
+    offsets: Offsets,
+    checkpoint: Option<CheckpointFacts>,
+    previous: Option<Summary>,
+}
+
+impl Start {
+    fn read(folder: &RunFolder, checkpoint_dir: &Path, resume: bool) -> Result<Self> {
+        // The learner restores the newest checkpoint at start (also for a
+        // new run whose learner.checkpoint_dir already holds some): its
+        // updates go on from that one's.
+        let loaded = fleet_learner::checkpoint::latest(checkpoint_dir, &candle_core::Device::Cpu)
+            .with_context(|| format!("reading the newest learner checkpoint under {}", checkpoint_dir.display()))?;
+        let mut offsets = Offsets::default();
+        let checkpoint = loaded.map(|loaded| {
+            offsets.updates = loaded.meta.updates;
+            CheckpointFacts {
+                path: loaded.path,
+                version: loaded.meta.version,
+            }
+        });
+        if !resume {
+            return Ok(Self {
+                offsets,
+                checkpoint,
+                previous: None,
+            });
+        }
+        if checkpoint.is_none() {
+            bail!(
+                "cannot resume {}: no learner checkpoint under {}",
+                folder.path.display(),
+                checkpoint_dir.display()
+            );
+        }
+        let previous = folder.read_summary()?;
+        if let Some(last) = folder.read_progress()?.last() {
+            offsets.wall_seconds = last.wall_seconds;
+            offsets.env_steps = last.env_steps;
+            offsets.episodes = last.episodes;
+        }
+        Ok(Self {
+            offsets,
+            checkpoint,
+            previous,
+        })
+    }
+
+    /// The summary of a run that has just started (again).
+    fn summary(&self, folder: &RunFolder, config: &Config) -> Summary {
+        let previous = self.previous.as_ref();
+        Summary {
+            name: folder.name.clone(),
+            status: "running".into(),
+            start_time: previous.map_or_else(|| crate::runs::rfc3339(SystemTime::now()), |p| p.start_time.clone()),
+            end_time: None,
+            wall_seconds: self.offsets.wall_seconds,
+            env_steps: self.offsets.env_steps,
+            episodes: self.offsets.episodes,
+            learner_updates: self.offsets.updates,
+            final_mean_return: previous.and_then(|p| p.final_mean_return),
+            final_step_weighted_return: previous.and_then(|p| p.final_step_weighted_return),
+            target_return: config.run.target_return,
+            target_reached: previous.is_some_and(|p| p.target_reached),
+            target_reached_at_env_step: previous.and_then(|p| p.target_reached_at_env_step),
+            segments: previous.map_or(1, |p| p.segments + 1),
+        }
+    }
+}
+
+impl Summary {
+    /// Records how the run ended, from its outcome and last progress row.
+    fn end(&mut self, result: &Result<Outcome>, last: Option<&ProgressRow>, now: SystemTime) {
+        self.end_time = Some(crate::runs::rfc3339(now));
+        self.status = match result {
+            Ok(Outcome::TargetReached { .. }) => "target_reached",
+            Ok(Outcome::Collapsed { .. }) => "collapsed",
+            Ok(Outcome::BudgetExhausted { .. }) => "budget_exhausted",
+            Ok(Outcome::Interrupted) => "interrupted",
+            Err(_) => "failed",
+        }
+        .into();
+        let reached_at = match result {
+            Ok(Outcome::TargetReached { reached_at, .. } | Outcome::Collapsed { reached_at, .. }) => Some(*reached_at),
+            _ => None,
+        };
+        if let Some(at) = reached_at
+            && self.target_reached_at_env_step.is_none()
+        {
+            self.target_reached = true;
+            self.target_reached_at_env_step = Some(at);
+        }
+        if let Some(last) = last {
+            self.wall_seconds = last.wall_seconds;
+            self.env_steps = last.env_steps;
+            self.episodes = last.episodes;
+            self.learner_updates = last.learner_updates;
+            self.final_mean_return = last.return_mean;
+            self.final_step_weighted_return = last.return_step_weighted;
+        }
+    }
+}
+
+/// Starts the children, supervises them until the run ends, and stops them.
+async fn run_processes(mut config: Config, recorder: &mut Recorder) -> Result<Outcome> {
     let actors = config.run.actors;
     // Each actor averages its share of the last 100 episodes and 50,000 steps.
     config.actor.return_window = RETURN_EPISODES.div_ceil(actors);
@@ -130,7 +312,7 @@ pub async fn run(mut config: Config) -> Result<Outcome> {
         println!("{:<8} metrics http://{}/metrics", p.name, p.metrics);
     }
 
-    let result = supervise(&config, &mut processes).await;
+    let result = supervise(&config, &mut processes, recorder).await;
     // Actors first, so nothing is left writing into a stopped replay.
     for p in processes.iter_mut().rev() {
         p.stop(Duration::from_secs(10)).await;
@@ -147,30 +329,28 @@ struct Hold {
 }
 
 /// The progress loop: checks the stop conditions every second (or more
-/// often, with a shorter progress interval) and prints a line per interval.
-async fn supervise(config: &Config, processes: &mut [Process]) -> Result<Outcome> {
+/// often, with a shorter progress interval) and prints and records a line
+/// per interval, and one at the end.
+async fn supervise(config: &Config, processes: &mut [Process], recorder: &mut Recorder) -> Result<Outcome> {
     // Installed once, before the loop: a signal that arrives while the loop
     // is scraping is then still seen at the next select.
     let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut terminate = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let started = Instant::now();
     let interval = Duration::from_secs_f64(config.run.progress_interval_secs);
-    let mut previous = Snapshot::default();
-    let mut previous_at = started;
     let mut hold: Option<Hold> = None;
     let mut tick = tokio::time::interval(interval.min(Duration::from_secs(1)));
     tick.tick().await;
     loop {
-        tokio::select! {
-            _ = interrupt.recv() => {
-                println!("interrupted; stopping");
-                return Ok(Outcome::Interrupted);
-            }
-            _ = terminate.recv() => {
-                println!("terminated; stopping");
-                return Ok(Outcome::Interrupted);
-            }
-            _ = tick.tick() => {}
+        let stopping = tokio::select! {
+            _ = interrupt.recv() => Some("interrupted"),
+            _ = terminate.recv() => Some("terminated"),
+            _ = tick.tick() => None,
+        };
+        if let Some(why) = stopping {
+            println!("{why}; stopping");
+            let snapshot = recorder.scrape(processes, config.actor.return_window).await;
+            recorder.record(snapshot, Instant::now())?;
+            return Ok(Outcome::Interrupted);
         }
         for p in processes.iter_mut() {
             if let Some(status) = p.child.try_wait()? {
@@ -178,16 +358,78 @@ async fn supervise(config: &Config, processes: &mut [Process]) -> Result<Outcome
             }
         }
         let now = Instant::now();
-        let snapshot = Snapshot::scrape(processes, config.actor.return_window).await;
+        let snapshot = recorder.scrape(processes, config.actor.return_window).await;
         let outcome = judge(&config.run, &snapshot, &mut hold);
-        if outcome.is_some() || now - previous_at >= interval {
-            print_progress(&snapshot, &previous, now - started, now - previous_at);
-            previous = snapshot;
-            previous_at = now;
+        if outcome.is_some() || now - recorder.previous_at >= interval {
+            recorder.record(snapshot, now)?;
         }
         if let Some(outcome) = outcome {
             return Ok(outcome);
         }
+    }
+}
+
+/// Turns snapshots into progress lines and rows of the progress file.
+struct Recorder {
+    writer: ProgressWriter,
+    offsets: Offsets,
+    started: Instant,
+    previous: Snapshot,
+    previous_at: Instant,
+    /// The last row written.
+    last: Option<ProgressRow>,
+}
+
+impl Recorder {
+    fn new(writer: ProgressWriter, offsets: Offsets) -> Self {
+        let now = Instant::now();
+        Self {
+            writer,
+            offsets,
+            started: now,
+            previous: Snapshot {
+                env_steps: offsets.env_steps,
+                episodes: offsets.episodes,
+                updates: offsets.updates,
+                ..Snapshot::default()
+            },
+            previous_at: now,
+            last: None,
+        }
+    }
+
+    /// The children's metrics, with the counters of earlier segments added.
+    async fn scrape(&self, processes: &[Process], window: usize) -> Snapshot {
+        let mut snapshot = Snapshot::scrape(processes, window).await;
+        snapshot.env_steps += self.offsets.env_steps;
+        snapshot.episodes += self.offsets.episodes;
+        snapshot.updates += self.offsets.updates;
+        snapshot
+    }
+
+    /// Prints the progress line of `snapshot` and appends its row.
+    fn record(&mut self, snapshot: Snapshot, now: Instant) -> Result<()> {
+        let since = (now - self.previous_at).as_secs_f64().max(1e-9);
+        let row = ProgressRow {
+            wall_seconds: self.offsets.wall_seconds + (now - self.started).as_secs_f64(),
+            env_steps: snapshot.env_steps,
+            env_steps_per_second: snapshot.env_steps.saturating_sub(self.previous.env_steps) as f64 / since,
+            episodes: snapshot.episodes,
+            return_mean: snapshot.episode_return,
+            return_step_weighted: snapshot.step_return,
+            learner_updates: snapshot.updates,
+            loss_policy: snapshot.losses[0],
+            loss_baseline: snapshot.losses[1],
+            loss_entropy: snapshot.losses[2],
+            loss_total: snapshot.losses[3],
+            policy_lag: snapshot.lag_mean_since(&self.previous),
+        };
+        print_progress(&row);
+        self.writer.append(&row)?;
+        self.last = Some(row);
+        self.previous = snapshot;
+        self.previous_at = now;
+        Ok(())
     }
 }
 
@@ -203,6 +445,7 @@ fn judge(run: &crate::config::RunConfig, snapshot: &Snapshot, hold: &mut Option<
                 step_return,
                 env_steps,
                 lowest: None,
+                reached_at: env_steps,
             });
         }
         println!(
@@ -229,6 +472,7 @@ fn judge(run: &crate::config::RunConfig, snapshot: &Snapshot, hold: &mut Option<
                 step_return,
                 env_steps,
                 lowest: Some(held.lowest),
+                reached_at: held.reached_at,
             })
         }
         None => (env_steps >= run.max_env_steps).then_some(Outcome::BudgetExhausted {
@@ -238,21 +482,19 @@ fn judge(run: &crate::config::RunConfig, snapshot: &Snapshot, hold: &mut Option<
     }
 }
 
-fn print_progress(snapshot: &Snapshot, previous: &Snapshot, elapsed: Duration, since_previous: Duration) {
-    let rate = snapshot.env_steps.saturating_sub(previous.env_steps) as f64 / since_previous.as_secs_f64().max(1e-9);
-    let lag = snapshot.lag_mean_since(previous);
+fn print_progress(row: &ProgressRow) {
     let value = |r: Option<f64>| r.map_or("   n/a".to_string(), |r| format!("{r:>6.1}"));
     println!(
         "[{:>6.0}s] env steps {:>9}  {:>8.0} steps/s  return {} (step-weighted)  {} (last {} of {} episodes)  learner updates {:>7}  policy lag {}",
-        elapsed.as_secs_f64(),
-        snapshot.env_steps,
-        rate,
-        value(snapshot.step_return),
-        value(snapshot.episode_return),
+        row.wall_seconds,
+        row.env_steps,
+        row.env_steps_per_second,
+        value(row.return_step_weighted),
+        value(row.return_mean),
         RETURN_EPISODES,
-        snapshot.episodes,
-        snapshot.updates,
-        lag.map_or("n/a".to_string(), |l| format!("{l:.2}")),
+        row.episodes,
+        row.learner_updates,
+        row.policy_lag.map_or("n/a".to_string(), |l| format!("{l:.2}")),
     );
 }
 
@@ -270,7 +512,12 @@ struct Snapshot {
     episode_return: Option<f64>,
     lag_sum: f64,
     lag_count: f64,
+    /// The learner's latest loss terms, in the order of [`LOSS_KINDS`].
+    losses: [Option<f64>; 4],
 }
+
+/// The `kind` labels of `fleet_learner_loss`, as the progress file's loss columns.
+const LOSS_KINDS: [&str; 4] = ["policy", "baseline", "entropy", "total"];
 
 impl Snapshot {
     /// `window`: episodes each actor averages over (its share of the last 100).
@@ -287,6 +534,11 @@ impl Snapshot {
             s.updates += samples.sum(learner_metrics::UPDATES) as u64;
             s.lag_sum += samples.sum(&format!("{}_sum", learner_metrics::POLICY_LAG));
             s.lag_count += samples.sum(&format!("{}_count", learner_metrics::POLICY_LAG));
+            for (loss, kind) in s.losses.iter_mut().zip(LOSS_KINDS) {
+                if let Some(value) = samples.value(&series(learner_metrics::LOSS, &[("kind", kind)])) {
+                    *loss = Some(value);
+                }
+            }
             let episodes = samples.sum(actor_metrics::EPISODES);
             s.episodes += episodes as u64;
             if episodes > 0.0 {

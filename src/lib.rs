@@ -16,6 +16,8 @@
 //! - [`config`]: the layered TOML config (default, file, environment, flags).
 //! - [`telemetry`]: the Prometheus recorder and the `/metrics` endpoint.
 //! - [`launcher`]: `fleet run`, every role as a child process on one machine.
+//! - [`runs`]: the run folder `fleet run` writes (config, progress, summary,
+//!   checkpoints, final policy).
 //! - [`process`]: spawning a `fleet` child, its ready line, killing it on drop.
 //! - [`scrape`]: reading and parsing a process's `/metrics`.
 //! - [`health`]: `fleet health`, for container health checks.
@@ -35,5 +37,6 @@ pub mod learner;
 pub mod process;
 pub mod replay;
 mod role;
+pub mod runs;
 pub mod scrape;
 pub mod telemetry;

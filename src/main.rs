@@ -13,6 +13,7 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 use fleet::config::{Config, ConfigSources};
 use fleet::launcher::Outcome;
+use fleet::runs::RunFolder;
 use fleet::{bench, cli, health, launcher};
 
 #[global_allocator]
@@ -52,9 +53,22 @@ enum Command {
         /// Succeed once the step-weighted return of the last 50,000 env steps reaches this (`run.target_return`).
         #[arg(long)]
         target_return: Option<f64>,
-        /// Fail once this many env steps pass without success (`run.max_env_steps`).
+        /// Fail once this many env steps pass without success (`run.max_env_steps`);
+        /// a resumed run counts the steps of its earlier segments.
         #[arg(long)]
         max_env_steps: Option<u64>,
+        /// Name of the run's folder under --run-dir (default: the UTC start
+        /// time, e.g. 20261204-233501); one that exists already is an error.
+        #[arg(long, conflicts_with = "resume")]
+        name: Option<String>,
+        /// Folder that holds the run folders.
+        #[arg(long, value_name = "DIR", default_value = "runs", conflicts_with = "resume")]
+        run_dir: PathBuf,
+        /// Continue the stopped run in this folder: its config.toml is the
+        /// config file (flags still apply), the learner resumes from its
+        /// newest checkpoint, and progress rows are appended.
+        #[arg(long, value_name = "RUN")]
+        resume: Option<PathBuf>,
     },
     /// Serve the replay tables.
     Replay {
@@ -165,12 +179,25 @@ fn load_config(cli: &Cli) -> Result<Config> {
     if let Some(seed) = cli.seed {
         overrides.push(format!("seed={seed}"));
     }
+    let mut file = cli.config.clone();
     if let Command::Run {
         actors,
         target_return,
         max_env_steps,
+        resume,
+        ..
     } = &cli.command
     {
+        if let Some(folder) = resume {
+            if let Some(config) = &cli.config {
+                anyhow::bail!(
+                    "--resume {} takes the run's own config.toml; --config {} cannot be given with it (use --set to change keys)",
+                    folder.display(),
+                    config.display()
+                );
+            }
+            file = Some(RunFolder::open(folder)?.config_path());
+        }
         if let Some(v) = actors {
             overrides.push(format!("run.actors={v}"));
         }
@@ -185,7 +212,7 @@ fn load_config(cli: &Cli) -> Result<Config> {
     let mut all = cli.overrides.clone();
     all.extend(overrides);
     Config::load(&ConfigSources {
-        file: cli.config.clone(),
+        file,
         env: std::env::vars().collect(),
         overrides: all,
     })
@@ -260,15 +287,20 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             print!("{}", config.to_toml()?);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Run { .. } => {
+        Command::Run { name, run_dir, resume, .. } => {
             let target = config.run.target_return;
             let hold_min_return = config.run.hold_min_return;
             let started = std::time::Instant::now();
-            match launcher::run(config).await? {
+            let (folder, resuming) = match resume {
+                Some(path) => (RunFolder::open(&path)?, true),
+                None => (RunFolder::create(&run_dir, name.as_deref(), std::time::SystemTime::now())?, false),
+            };
+            match launcher::run(config, folder, resuming).await? {
                 Outcome::TargetReached {
                     step_return,
                     env_steps,
                     lowest,
+                    ..
                 } => {
                     let held = lowest.map_or(String::new(), |lowest| format!(", held (lowest {lowest:.1})"));
                     println!(
