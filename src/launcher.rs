@@ -411,9 +411,11 @@ impl Recorder {
     fn record(&mut self, snapshot: Snapshot, now: Instant) -> Result<()> {
         let since = (now - self.previous_at).as_secs_f64().max(1e-9);
         let row = ProgressRow {
-            wall_seconds: self.offsets.wall_seconds + (now - self.started).as_secs_f64(),
+            // Rounded as the progress file writes them, so that the summary
+            // (made from this row) and the file agree exactly.
+            wall_seconds: round_to(self.offsets.wall_seconds + (now - self.started).as_secs_f64(), 1e3),
             env_steps: snapshot.env_steps,
-            env_steps_per_second: snapshot.env_steps.saturating_sub(self.previous.env_steps) as f64 / since,
+            env_steps_per_second: round_to(snapshot.env_steps.saturating_sub(self.previous.env_steps) as f64 / since, 10.0),
             episodes: snapshot.episodes,
             return_mean: snapshot.episode_return,
             return_step_weighted: snapshot.step_return,
@@ -480,6 +482,11 @@ fn judge(run: &crate::config::RunConfig, snapshot: &Snapshot, hold: &mut Option<
             env_steps,
         }),
     }
+}
+
+/// `value` rounded to a multiple of `1 / per_unit`.
+fn round_to(value: f64, per_unit: f64) -> f64 {
+    (value * per_unit).round() / per_unit
 }
 
 fn print_progress(row: &ProgressRow) {

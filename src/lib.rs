@@ -18,6 +18,7 @@
 //! - [`launcher`]: `fleet run`, every role as a child process on one machine.
 //! - [`runs`]: the run folder `fleet run` writes (config, progress, summary,
 //!   checkpoints, final policy).
+//! - [`plot`]: `fleet plot`, learning curves of run folders as a PNG.
 //! - [`process`]: spawning a `fleet` child, its ready line, killing it on drop.
 //! - [`scrape`]: reading and parsing a process's `/metrics`.
 //! - [`health`]: `fleet health`, for container health checks.
@@ -34,6 +35,7 @@ pub mod config;
 pub mod health;
 pub mod launcher;
 pub mod learner;
+pub mod plot;
 pub mod process;
 pub mod replay;
 mod role;

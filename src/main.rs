@@ -14,7 +14,7 @@ use clap::{Parser, Subcommand};
 use fleet::config::{Config, ConfigSources};
 use fleet::launcher::Outcome;
 use fleet::runs::RunFolder;
-use fleet::{bench, cli, health, launcher};
+use fleet::{bench, cli, health, launcher, plot};
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -69,6 +69,26 @@ enum Command {
         /// newest checkpoint, and progress rows are appended.
         #[arg(long, value_name = "RUN")]
         resume: Option<PathBuf>,
+    },
+    /// Draw learning curves (mean return of the last 100 episodes) of run
+    /// folders as a PNG; runs whose configs differ only in the seed are one
+    /// line with a shaded band between their lowest and highest.
+    Plot {
+        /// Run folders (each with a progress.csv and a config.toml).
+        #[arg(required = true, value_name = "RUN")]
+        runs: Vec<PathBuf>,
+        /// The PNG file to write.
+        #[arg(short, long, value_name = "FILE")]
+        output: PathBuf,
+        /// The horizontal axis: env steps or wall-clock seconds.
+        #[arg(long, value_enum, default_value_t = plot::XAxis::Steps)]
+        x: plot::XAxis,
+        /// Image width in pixels.
+        #[arg(long, default_value_t = 1024)]
+        width: u32,
+        /// Image height in pixels.
+        #[arg(long, default_value_t = 640)]
+        height: u32,
     },
     /// Serve the replay tables.
     Replay {
@@ -230,6 +250,18 @@ fn default_actor_id() -> u64 {
 }
 
 async fn run(cli: Cli) -> Result<ExitCode> {
+    if let Command::Plot {
+        runs,
+        output,
+        x,
+        width,
+        height,
+    } = &cli.command
+    {
+        plot::plot(runs, output, *x, (*width, *height))?;
+        println!("wrote {}", output.display());
+        return Ok(ExitCode::SUCCESS);
+    }
     let config = load_config(&cli)?;
     if let Command::Health { address, service } = &cli.command {
         // The config only for TLS: a server with TLS on answers health over TLS too.
@@ -330,7 +362,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 Outcome::Interrupted => Ok(ExitCode::from(130)),
             }
         }
-        Command::Health { .. } => unreachable!("handled above"),
+        Command::Health { .. } | Command::Plot { .. } => unreachable!("handled above"),
         Command::Replay { listen, restore } => {
             let grpc = cli::bind(listen, "replay gRPC").await?;
             let shutdown = cli::shutdown_signal(exit_with_stdin)?;

@@ -20,5 +20,6 @@ mod learning;
 mod library;
 mod protocol;
 mod roles;
+mod runs;
 mod soak;
 mod tls;
