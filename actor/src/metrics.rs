@@ -12,6 +12,7 @@ pub const POLICY_LAG: &str = "fleet_actor_policy_lag_versions";
 pub const SEQUENCES_SENT: &str = "fleet_actor_sequences_sent_total";
 pub const SEQUENCES_ACKED: &str = "fleet_actor_sequences_acked_total";
 pub const SEQUENCES_REJECTED: &str = "fleet_actor_sequences_rejected_total";
+pub const SEQUENCES_PENDING: &str = "fleet_actor_sequences_pending";
 pub const WEIGHTS_VERSION: &str = "fleet_actor_weights_version";
 pub const RECONNECTS: &str = "fleet_actor_reconnects_total";
 pub const ENV_BRIDGE_RESTARTS: &str = "fleet_actor_env_bridge_restarts_total";
@@ -43,6 +44,10 @@ pub fn describe() {
     describe_counter!(SEQUENCES_SENT, "Sequences sent to replay (including resends after a reconnect)");
     describe_counter!(SEQUENCES_ACKED, "Sequences replay acknowledged");
     describe_counter!(SEQUENCES_REJECTED, "Sequences replay refused as invalid");
+    describe_gauge!(
+        SEQUENCES_PENDING,
+        "Sequences finished and neither acknowledged nor refused by replay: queued for the insert stream or in flight (at most 2 × actor.max_in_flight + 1)"
+    );
     describe_gauge!(WEIGHTS_VERSION, "Version of the weights the policy acts with");
     describe_counter!(RECONNECTS, "Connections (re)established to replay or the learner");
     describe_counter!(

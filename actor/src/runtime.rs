@@ -264,6 +264,11 @@ fn act(
     let return_step_weighted = metrics::gauge!(m::EPISODE_RETURN_STEP_WEIGHTED);
     let return_window_steps = metrics::gauge!(m::RETURN_WINDOW_STEPS);
     let policy_lag = metrics::histogram!(m::POLICY_LAG);
+    // Sequences held between this thread and replay's acknowledgement: up
+    // to `max_in_flight` in the channel, `max_in_flight` unacknowledged in
+    // the insert task, and one this thread waits to hand over. The insert
+    // task takes them down.
+    let pending_sequences = metrics::gauge!(m::SEQUENCES_PENDING);
     let mut recent_returns = RecentReturns::new(config.return_window, config.return_window_steps);
     let n = config.num_envs;
     let mut actions = Vec::with_capacity(n);
@@ -326,6 +331,7 @@ fn act(
                 let oldest = finished.sequence.behaviour_versions.iter().copied().min().unwrap_or(version);
                 policy_lag.record(newest_version.load(Ordering::Relaxed).saturating_sub(oldest) as f64);
                 tally.written.fetch_add(1, Ordering::Relaxed);
+                pending_sequences.increment(1.0);
                 // Blocks while replay holds back (backpressure); fails once
                 // the insert task has ended (abandoned at shutdown).
                 if sequence_tx.blocking_send(finished).is_err() {
@@ -479,6 +485,10 @@ async fn next_version(
 
 /// Streams sequences to replay. At most `max_in_flight` are unacknowledged;
 /// those are resent after a reconnect, so a replay restart loses nothing.
+/// While replay is away (reconnecting, with jittered backoff) the task takes
+/// no new sequences: the channel fills and the compute thread blocks, so an
+/// actor holds at most `2 × max_in_flight + 1` finished sequences however
+/// long replay stays down (`SEQUENCES_PENDING`).
 /// Within one connection a sequence that continues its writer's previous one
 /// leaves out the steps they share (replay has them already).
 ///
@@ -503,6 +513,7 @@ async fn stream_sequences(
     let sent = metrics::counter!(m::SEQUENCES_SENT);
     let acked = metrics::counter!(m::SEQUENCES_ACKED);
     let rejected = metrics::counter!(m::SEQUENCES_REJECTED);
+    let pending_sequences = metrics::gauge!(m::SEQUENCES_PENDING);
     // No more sequences will come: flushing.
     let mut closed = false;
     loop {
@@ -549,7 +560,7 @@ async fn stream_sequences(
                 let pause = if status.code() == tonic::Code::Unauthenticated {
                     settings.backoff.max
                 } else {
-                    settings.backoff.initial
+                    settings.backoff.jittered(0, &mut rand::rng())
                 };
                 sleep_or_cancel(pause, &abandon).await;
                 continue;
@@ -578,6 +589,7 @@ async fn stream_sequences(
                     Some(Ok(_ack)) => {
                         pending.pop_front();
                         acked.increment(1);
+                        pending_sequences.decrement(1.0);
                         tally.acknowledged.fetch_add(1, Ordering::Relaxed);
                     }
                     Some(Err(status))
@@ -590,6 +602,7 @@ async fn stream_sequences(
                         tracing::error!(%status, "replay refused a sequence; dropping it");
                         pending.pop_front();
                         rejected.increment(1);
+                        pending_sequences.decrement(1.0);
                         tally.rejected.fetch_add(1, Ordering::Relaxed);
                         break;
                     }
@@ -604,7 +617,10 @@ async fn stream_sequences(
                 },
             }
         }
-        sleep_or_cancel(settings.backoff.initial, &abandon).await;
+        // Jittered, as every reconnect: actors that lost replay together
+        // do not all come back at the same instant.
+        let pause = settings.backoff.jittered(0, &mut rand::rng());
+        sleep_or_cancel(pause, &abandon).await;
     }
 }
 

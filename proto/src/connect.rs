@@ -1,5 +1,5 @@
 //! Client connections that wait for their server: retry with exponential
-//! backoff until the server answers or shutdown is requested. Every fleet
+//! backoff, jittered, until the server answers or shutdown is requested. Every fleet
 //! server and client is built here, with the same HTTP/2 windows, the same
 //! keepalives and the same TLS settings ([`Tls`]; off, plain text, unless
 //! configured).
@@ -39,6 +39,16 @@ impl Backoff {
     /// The delay after `attempt` failed attempts (doubling, capped).
     pub fn delay(&self, attempt: u32) -> Duration {
         self.initial.saturating_mul(1u32 << attempt.min(16)).min(self.max)
+    }
+
+    /// [`Backoff::delay`] with jitter: uniform between half of it and all of
+    /// it. Every actor loses replay at the same moment when it restarts;
+    /// without jitter they would all retry on the same schedule and land on
+    /// the new replay together, attempt after attempt. Half the delay is
+    /// kept so that the backoff still grows.
+    pub fn jittered(&self, attempt: u32, rng: &mut impl rand::Rng) -> Duration {
+        let delay = self.delay(attempt);
+        delay.mul_f64(rng.random_range(0.5..=1.0))
     }
 }
 
@@ -150,7 +160,7 @@ pub async fn connect(
         match result {
             Ok(channel) => return Ok(Some(channel)),
             Err(error) => {
-                let delay = backoff.delay(attempt);
+                let delay = backoff.jittered(attempt, &mut rand::rng());
                 if is_handshake_failure(&error) {
                     tracing::warn!(%address, error = %chain(&error), ?delay, "TLS handshake failed; retrying");
                 } else {
@@ -214,6 +224,41 @@ mod tests {
         assert_eq!(b.delay(2), Duration::from_millis(400));
         assert_eq!(b.delay(10), Duration::from_secs(1));
         assert_eq!(b.delay(1000), Duration::from_secs(1));
+    }
+
+    /// Each jittered delay lies in the upper half of the plain one, the
+    /// draws spread over that half, and two clients seeded apart retry on
+    /// different schedules.
+    #[test]
+    fn jittered_backoff_stays_in_the_upper_half_and_spreads_clients_apart() {
+        use rand::SeedableRng;
+        let b = Backoff::default();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        for attempt in 0..20 {
+            let plain = b.delay(attempt);
+            for _ in 0..100 {
+                let d = b.jittered(attempt, &mut rng);
+                assert!(
+                    d >= plain / 2 && d <= plain,
+                    "attempt {attempt}: {d:?} outside [{:?}, {plain:?}]",
+                    plain / 2
+                );
+            }
+        }
+        let draws: Vec<Duration> = (0..1000).map(|_| b.jittered(3, &mut rng)).collect();
+        let mean = draws.iter().sum::<Duration>().as_secs_f64() / draws.len() as f64;
+        let plain = b.delay(3).as_secs_f64();
+        assert!((0.7 * plain..0.8 * plain).contains(&mean), "mean {mean} s of a {plain} s delay");
+        let below_three_quarters = draws.iter().filter(|d| d.as_secs_f64() < 0.75 * plain).count();
+        assert!(
+            (400..600).contains(&below_three_quarters),
+            "{below_three_quarters} of 1000 in the lower half"
+        );
+        let schedule = |seed| {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+            (0..6).map(|attempt| b.jittered(attempt, &mut rng)).collect::<Vec<_>>()
+        };
+        assert_ne!(schedule(1), schedule(2));
     }
 
     #[test]
