@@ -609,3 +609,219 @@ async fn an_overlap_into_another_streams_item_is_refused() {
             .all(|i| i.sequence.as_ref().unwrap().rewards.len() == SEQUENCE_LENGTH)
     );
 }
+
+/// A field of `/proc/<pid>/status` in bytes (`VmRSS`, `VmHWM`).
+fn status_bytes(process: &Process, field: &str) -> u64 {
+    let pid = process.child.id().expect("still running");
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"));
+    kib * 1024
+}
+
+/// The `queue` table's insert count, as replay's `Info` reports it.
+async fn queue_inserts(replay: &Process) -> u64 {
+    let info = replay_client(replay).await.info(pb::InfoRequest {}).await.unwrap().into_inner();
+    info.tables.iter().find(|t| t.name == "queue").expect("a queue table").inserts
+}
+
+/// What one actor looked like while replay was down.
+#[derive(Debug, Default)]
+struct Held {
+    /// Most finished sequences it held (`SEQUENCES_PENDING`).
+    most_pending: f64,
+    /// Its VmRSS when replay was killed, and the most after.
+    rss_at_kill: u64,
+    most_rss: u64,
+    /// Env steps once it had stopped acting, and at the end of the outage.
+    steps_blocked: f64,
+    steps_at_restart: f64,
+}
+
+/// Replay, logging every insert ahead of acknowledging it (`replay.durability
+/// = "wal"`), is SIGKILLed under a training learner and two actors, stays
+/// down for a few seconds and is started again on the same address. While
+/// it is down each actor holds a bounded number of finished sequences and
+/// then stops acting; after the restart replay holds every insert that was
+/// acknowledged, the actors reconnect and resend what was not, and the
+/// learner, never restarted, trains on.
+#[tokio::test]
+async fn a_killed_replay_keeps_every_acknowledged_insert_and_actors_and_learner_resume() {
+    const MAX_IN_FLIGHT: f64 = 8.0;
+    // At most `max_in_flight` unacknowledged, `max_in_flight` queued for the
+    // insert task and one the compute thread waits to hand over.
+    const PENDING_BOUND: f64 = 2.0 * MAX_IN_FLIGHT + 1.0;
+    // Room for allocator noise and the reconnect attempts' buffers; an actor
+    // that kept acting would buffer about 4 KB per sequence, 4 sequences
+    // every 20 steps, tens of MiB over the outage.
+    const RSS_MARGIN: u64 = 16 << 20;
+    const DOWN: Duration = Duration::from_secs(4);
+
+    let dir = tempfile::tempdir().unwrap();
+    let address = free_address();
+    let checkpoint_dir = format!("replay.checkpoint_dir={}", dir.path().display());
+    let replay_args = [
+        "replay",
+        "--listen",
+        &address,
+        "--set",
+        &checkpoint_dir,
+        "--set",
+        "replay.durability=wal",
+    ];
+    let mut replay = start(&replay_args).await;
+    let mut learner = start(&["learner", "--listen", "127.0.0.1:0", "--replay", &address]).await;
+    let in_flight = format!("actor.max_in_flight={MAX_IN_FLIGHT}");
+    let mut actors = Vec::new();
+    for id in ["1", "2"] {
+        actors.push(start_actor(id, &address, &learner.grpc, &["--set", &in_flight]).await);
+    }
+    let reconnects = series(actor_metrics::RECONNECTS, &[("peer", "replay")]);
+    for (actor, _) in &actors {
+        wait_above(&actor.metrics, actor_metrics::SEQUENCES_ACKED, 10.0).await;
+    }
+    wait_above(&learner.metrics, learner_metrics::UPDATES, 5.0).await;
+
+    // Kill it once everything its Info counts is acknowledged (so on disk):
+    // the count is then a floor for what must come back.
+    let counted = queue_inserts(&replay).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut acked = 0.0;
+        for (actor, _) in &actors {
+            acked += value(&actor.metrics, actor_metrics::SEQUENCES_ACKED).await;
+        }
+        if acked >= counted as f64 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{acked} acknowledged of the {counted} inserts replay counted, within 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let rss_at_kill: Vec<u64> = actors.iter().map(|(a, _)| status_bytes(a, "VmRSS")).collect();
+    signal(&replay, Signal::SIGKILL);
+    let status = exit_status(&mut replay, Duration::from_secs(20)).await;
+    assert_eq!(status.signal(), Some(Signal::SIGKILL as i32), "{status:?}");
+    let killed_at = tokio::time::Instant::now();
+    let updates_at_kill = value(&learner.metrics, learner_metrics::UPDATES).await;
+
+    // Down: read every actor's pending sequences, steps and memory until
+    // each has stopped acting and the outage has lasted DOWN.
+    let mut held: Vec<Held> = rss_at_kill
+        .iter()
+        .map(|&rss| Held {
+            rss_at_kill: rss,
+            most_rss: rss,
+            steps_blocked: f64::NAN,
+            ..Held::default()
+        })
+        .collect();
+    let mut last_steps = vec![(f64::NAN, killed_at); actors.len()];
+    loop {
+        for (i, (actor, _)) in actors.iter().enumerate() {
+            let text = scrape(&actor.metrics).await.unwrap();
+            let pending = metric(&text, actor_metrics::SEQUENCES_PENDING).unwrap_or(0.0);
+            let steps = metric(&text, actor_metrics::ENV_STEPS).unwrap_or(0.0);
+            let h = &mut held[i];
+            h.most_pending = h.most_pending.max(pending);
+            h.most_rss = h.most_rss.max(status_bytes(actor, "VmRSS"));
+            assert!(
+                pending <= PENDING_BOUND,
+                "actor {}: {pending} sequences pending while replay is down, over {PENDING_BOUND}",
+                i + 1
+            );
+            // Acting has stopped once the steps stand still for a second
+            // with the actor's buffers full.
+            let now = tokio::time::Instant::now();
+            if steps != last_steps[i].0 {
+                last_steps[i] = (steps, now);
+            } else if h.steps_blocked.is_nan() && pending > MAX_IN_FLIGHT && now - last_steps[i].1 >= Duration::from_secs(1) {
+                h.steps_blocked = steps;
+            }
+        }
+        let elapsed = killed_at.elapsed();
+        if elapsed >= DOWN && held.iter().all(|h| !h.steps_blocked.is_nan()) {
+            break;
+        }
+        assert!(
+            elapsed < Duration::from_secs(20),
+            "the actors did not stop acting within 20 s of losing replay: {held:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for (i, (actor, _)) in actors.iter().enumerate() {
+        held[i].steps_at_restart = value(&actor.metrics, actor_metrics::ENV_STEPS).await;
+        held[i].most_rss = held[i].most_rss.max(status_bytes(actor, "VmRSS"));
+    }
+    // Nothing can be acknowledged now: these are the acknowledged counts at
+    // the kill.
+    let mut acked_at_kill = Vec::new();
+    let mut connected = Vec::new();
+    for (actor, _) in &actors {
+        acked_at_kill.push(value(&actor.metrics, actor_metrics::SEQUENCES_ACKED).await);
+        connected.push(value(&actor.metrics, &reconnects).await);
+    }
+    let updates_down = value(&learner.metrics, learner_metrics::UPDATES).await;
+    let down_for = killed_at.elapsed();
+    for (i, h) in held.iter().enumerate() {
+        assert_eq!(
+            h.steps_at_restart,
+            h.steps_blocked,
+            "actor {} acted on with replay down: {h:?}",
+            i + 1
+        );
+        assert!(
+            h.most_rss <= h.rss_at_kill + RSS_MARGIN,
+            "actor {}: VmRSS grew from {} to {} bytes with replay down",
+            i + 1,
+            h.rss_at_kill,
+            h.most_rss
+        );
+    }
+    assert!(learner.child.try_wait().unwrap().is_none(), "the learner waits for replay");
+
+    // Back on the same address, from its checkpoint directory and log.
+    let replay = start(&replay_args).await;
+    let restored = queue_inserts(&replay).await;
+    let acknowledged: f64 = acked_at_kill.iter().sum();
+    assert!(
+        restored >= counted && restored as f64 >= acknowledged,
+        "replay restored {restored} inserts; it had counted {counted} and acknowledged {acknowledged} before the kill"
+    );
+
+    // The actors reconnect, resend and stream on; the learner trains on.
+    for (i, (actor, _)) in actors.iter().enumerate() {
+        wait_above(&actor.metrics, &reconnects, connected[i]).await;
+        wait_above(
+            &actor.metrics,
+            actor_metrics::SEQUENCES_ACKED,
+            acked_at_kill[i] + 2.0 * MAX_IN_FLIGHT,
+        )
+        .await;
+        wait_above(&actor.metrics, actor_metrics::ENV_STEPS, held[i].steps_at_restart).await;
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while queue_inserts(&replay).await <= restored + 2 * PENDING_BOUND as u64 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "replay's inserts did not grow after the restart"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let resumed = wait_above(&learner.metrics, learner_metrics::UPDATES, updates_down + 5.0).await;
+    assert!(learner.child.try_wait().unwrap().is_none(), "the learner was never restarted");
+    for (actor, log) in &mut actors {
+        assert!(actor.child.try_wait().unwrap().is_none(), "the actor kept running");
+        assert_eq!(log.lines("actor starting").len(), 1, "the actor was not restarted");
+    }
+    eprintln!(
+        "down {down_for:?}; held {held:?}; Info counted {counted} before the kill, {acknowledged} acknowledged, \
+         {restored} restored; learner updates {updates_at_kill} at the kill, {updates_down} at the restart, {resumed} after"
+    );
+    learner.stop(Duration::from_secs(20)).await;
+}
