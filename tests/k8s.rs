@@ -3,7 +3,9 @@
 //! named ports, volumes, service addresses, the autoscaler's target, the
 //! optional components' targets); each container's environment with the
 //! ConfigMap's `fleet.toml` is a config `fleet config` accepts; and the
-//! resources pass the Kubernetes API schemas (kubernetes-validate, strict).
+//! resources pass the Kubernetes API schemas (kubernetes-validate, strict),
+//! the base alone and with each component under `components/` rendered onto
+//! it (a strategic merge of its patches, as kustomize does).
 //!
 //! No cluster is needed. The schema check needs `kubernetes-validate` (PyPI);
 //! without it the test says why and passes, unless
@@ -461,8 +463,9 @@ fn the_tls_component_patches_every_workload_into_a_valid_tls_config() {
     assert_eq!(patched, ["fleet-actor", "fleet-learner", "fleet-replay"]);
 }
 
-#[test]
-fn resources_pass_the_kubernetes_schemas() {
+/// The kubernetes-validate command, or `None` (after saying why) when it is
+/// not installed and not required.
+fn validator() -> Option<String> {
     let validator = std::env::var("FLEET_KUBERNETES_VALIDATE").unwrap_or_else(|_| "kubernetes-validate".into());
     if !Command::new(&validator).arg("--version").output().is_ok_and(|o| o.status.success()) {
         let reason = format!("{validator} is not installed (pip install kubernetes-validate)");
@@ -470,10 +473,16 @@ fn resources_pass_the_kubernetes_schemas() {
             panic!("{reason}, and FLEET_REQUIRE_KUBERNETES_VALIDATE=1 requires this test to run");
         }
         eprintln!("skipped: {reason} (set FLEET_REQUIRE_KUBERNETES_VALIDATE=1 to make this a failure)");
-        return;
+        return None;
     }
-    let base = Base::load();
-    let output = Command::new(&validator).arg("--strict").args(&base.files).output().unwrap();
+    Some(validator)
+}
+
+/// Runs kubernetes-validate (strict) on `files`; returns its report, with
+/// how many objects passed and the `(kind, apiVersion)` of each it has no
+/// schema for.
+fn validate(validator: &str, files: &[PathBuf]) -> (String, usize, Vec<(String, String)>) {
+    let output = Command::new(validator).arg("--strict").args(files).output().unwrap();
     let report = format!(
         "{}{}",
         String::from_utf8_lossy(&output.stdout),
@@ -481,5 +490,180 @@ fn resources_pass_the_kubernetes_schemas() {
     );
     assert!(output.status.success(), "{report}");
     let passed = report.matches(" passed for resource ").count();
+    let unknown = report
+        .lines()
+        .filter_map(|l| l.split_once("Couldn't find schema for kind ")?.1.split_once(" with api version "))
+        .map(|(kind, rest)| (kind.to_owned(), rest.split_whitespace().next().unwrap_or("").to_owned()))
+        .collect();
+    (report, passed, unknown)
+}
+
+#[test]
+fn resources_pass_the_kubernetes_schemas() {
+    let Some(validator) = validator() else { return };
+    let base = Base::load();
+    let (report, passed, unknown) = validate(&validator, &base.files);
+    assert_eq!(unknown, [], "{report}");
     assert_eq!(passed, base.objects.len(), "every object was checked against a schema: {report}");
+}
+
+/// A list a strategic merge patch merges item by item, and the field that
+/// identifies an item (Kubernetes' `patchMergeKey`), for the lists fleet's
+/// patches touch; any other list is replaced whole.
+fn merge_key(list: &str) -> Option<&'static str> {
+    match list {
+        "containers" | "initContainers" | "volumes" | "env" | "imagePullSecrets" => Some("name"),
+        "volumeMounts" => Some("mountPath"),
+        "ports" => Some("containerPort"),
+        _ => None,
+    }
+}
+
+/// `patch` merged into `target` as a strategic merge patch does: mappings
+/// merge key by key, `null` deletes a key, lists with a merge key merge
+/// item by item (see [`merge_key`]), anything else is replaced.
+fn merge(target: &mut Value, patch: &Value, field: &str) {
+    match (target, patch) {
+        (Value::Mapping(target), Value::Mapping(patch)) => {
+            for (key, value) in patch {
+                if value.is_null() {
+                    target.remove(key);
+                    continue;
+                }
+                let name = key.as_str().unwrap_or("");
+                match target.get_mut(key) {
+                    Some(existing) => merge(existing, value, name),
+                    None => {
+                        target.insert(key.clone(), value.clone());
+                    }
+                }
+            }
+        }
+        (Value::Sequence(target), Value::Sequence(patch)) if merge_key(field).is_some() => {
+            let key = merge_key(field).unwrap();
+            for item in patch {
+                let id = item
+                    .get(key)
+                    .unwrap_or_else(|| panic!("a `{field}` item in a patch lacks its `{key}`"));
+                match target.iter_mut().find(|t| t.get(key) == Some(id)) {
+                    Some(existing) => merge(existing, item, field),
+                    None => target.push(item.clone()),
+                }
+            }
+        }
+        (target, patch) => *target = patch.clone(),
+    }
+}
+
+/// The base's objects with the component in `dir` enabled: its resources
+/// added, its patches merged into the base object of the same kind and
+/// name, as `kubectl kustomize` renders an overlay that names the
+/// component (namespaces and generated ConfigMaps aside, which no schema
+/// check needs).
+fn render_with(base: &Base, dir: &Path) -> Vec<Value> {
+    let kustomization = load(&dir.join("kustomization.yaml")).remove(0);
+    assert_eq!(text(&kustomization, "kind"), "Component", "{}", dir.display());
+    let mut objects = base.objects.clone();
+    let entries = |key: &str| kustomization.get(key).and_then(Value::as_sequence).cloned().unwrap_or_default();
+    for resource in entries("resources") {
+        objects.extend(load(&dir.join(resource.as_str().expect("resource paths are strings"))));
+    }
+    for entry in entries("patches") {
+        let path = dir.join(text(&entry, "path"));
+        for patch in load(&path) {
+            let (kind, name) = (text(&patch, "kind"), text(&patch, "metadata.name"));
+            let target = objects
+                .iter_mut()
+                .find(|o| text(o, "kind") == kind && text(o, "metadata.name") == name)
+                .unwrap_or_else(|| panic!("{}: no {kind} named {name} to patch", path.display()));
+            merge(target, &patch, "");
+        }
+    }
+    objects
+}
+
+/// Every component under `deploy/k8s/components`.
+fn components() -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(Path::new(K8S).join("components"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.join("kustomization.yaml").is_file())
+        .collect();
+    dirs.sort();
+    dirs
+}
+
+/// The TLS component rendered onto the base keeps what the base defines
+/// and adds what the patches say: a check of the merge the schema test
+/// below relies on.
+#[test]
+fn the_tls_component_renders_onto_the_base_as_kustomize_merges_it() {
+    let base = Base::load();
+    let rendered = render_with(&base, &Path::new(K8S).join("components/tls"));
+    assert_eq!(rendered.len(), base.objects.len());
+    let replay = rendered
+        .iter()
+        .find(|o| text(o, "kind") == "StatefulSet" && text(o, "metadata.name") == "fleet-replay")
+        .unwrap();
+    let original = &containers(base.find("StatefulSet", "fleet-replay"))[0];
+    let container = &containers(replay)[0];
+    let env = env_of(container);
+    for (name, value) in env_of(original) {
+        assert_eq!(env.get(&name), Some(&value), "the base's {name} is kept");
+    }
+    assert_eq!(env["FLEET_TLS__CERT_FILE"], "/etc/fleet/tls/tls.crt");
+    let mounts: Vec<&str> = list(container, "volumeMounts").iter().map(|m| text(m, "mountPath")).collect();
+    assert_eq!(mounts.len(), list(original, "volumeMounts").len() + 1, "{mounts:?}");
+    assert!(mounts.contains(&"/etc/fleet/tls"), "{mounts:?}");
+    let volumes = list(replay, "spec.template.spec.volumes");
+    assert!(volumes.iter().any(|v| text(v, "name") == "tls"));
+    assert!(volumes.len() > 1, "the base's volumes are kept");
+    for probe in ["readinessProbe", "livenessProbe"] {
+        assert!(
+            at(container, probe).get("grpc").is_none(),
+            "{probe}: `grpc: null` removes the gRPC probe"
+        );
+        assert_eq!(list(container, &format!("{probe}.exec.command")).len(), 2);
+    }
+    assert_eq!(text(container, "image"), text(original, "image"));
+}
+
+/// Each component, rendered onto the base, passes the Kubernetes API
+/// schemas (strict) like the base: every object of a Kubernetes API group
+/// is checked, and only custom resources (prometheus-operator's
+/// ServiceMonitor), for which the tool has no schema, are not.
+#[test]
+fn every_component_rendered_onto_the_base_passes_the_kubernetes_schemas() {
+    let Some(validator) = validator() else { return };
+    let base = Base::load();
+    let dir = tempfile::tempdir().unwrap();
+    let components = components();
+    let names: Vec<String> = components
+        .iter()
+        .map(|c| c.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    for expected in ["gpu", "prometheus-operator", "tls"] {
+        assert!(names.iter().any(|n| n == expected), "no component {expected} in {names:?}");
+    }
+    for (component, name) in components.iter().zip(&names) {
+        let objects = render_with(&base, component);
+        let file = dir.path().join(format!("{name}.yaml"));
+        let documents: Vec<String> = objects.iter().map(|o| serde_yaml_ng::to_string(o).unwrap()).collect();
+        std::fs::write(&file, documents.join("---\n")).unwrap();
+        let (report, passed, unknown) = validate(&validator, std::slice::from_ref(&file));
+        for (kind, api_version) in &unknown {
+            let group = api_version.rsplit_once('/').map_or("", |(group, _)| group);
+            let built_in = group.is_empty() || !group.contains('.') || group.ends_with(".k8s.io");
+            assert!(
+                !built_in,
+                "{name}: no schema for {kind} {api_version}, a Kubernetes API group: {report}"
+            );
+        }
+        assert_eq!(
+            passed + unknown.len(),
+            objects.len(),
+            "{name}: every rendered object was checked or is a custom resource: {report}"
+        );
+        assert!(passed >= base.objects.len(), "{name}: {report}");
+    }
 }
