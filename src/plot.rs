@@ -3,7 +3,8 @@
 //! `progress.csv`) against env steps or wall-clock seconds. Runs whose
 //! `config.toml` files are equal but for `seed` are one line, their mean
 //! over the stretch of the axis all of them cover, with a shaded band from
-//! their lowest to their highest; any other run is a line of its own.
+//! their lowest to their highest, and each of them drawn faintly beside it;
+//! any other run is a line of its own.
 //!
 //! Text (ticks, axis names, the legend) needs a TrueType font, read at run
 //! time from `FLEET_PLOT_FONT` or a usual system place (DejaVu Sans,
@@ -72,6 +73,9 @@ pub struct Curve {
     pub mean: Vec<(f64, f64)>,
     /// (x, lowest, highest) over the group's runs; empty for a single run.
     pub band: Vec<(f64, f64, f64)>,
+    /// Each run of a group of several, drawn faintly: the whole of every
+    /// run stays visible where they do not all overlap.
+    pub runs: Vec<Vec<(f64, f64)>>,
 }
 
 /// Draws the curves of the run folders `paths` into a `size` PNG at `output`.
@@ -151,6 +155,7 @@ fn curve(runs: &[Run]) -> Curve {
             label,
             mean: runs[0].points.clone(),
             band: Vec::new(),
+            runs: Vec::new(),
         };
     }
     let drawn: Vec<&Run> = runs.iter().filter(|r| !r.points.is_empty()).collect();
@@ -174,7 +179,12 @@ fn curve(runs: &[Run]) -> Curve {
         mean.push((x, ys.iter().sum::<f64>() / ys.len() as f64));
         band.push((x, lo, hi));
     }
-    Curve { label, mean, band }
+    Curve {
+        label,
+        mean,
+        band,
+        runs: runs.iter().map(|r| r.points.clone()).collect(),
+    }
 }
 
 /// The value of the piecewise-linear curve `points` (x never decreasing)
@@ -231,6 +241,7 @@ fn tick(x: XAxis, v: f64, span: f64) -> String {
     match x {
         XAxis::Steps if span >= 1e6 => format!("{:.2}M", v / 1e6),
         XAxis::Steps if span >= 1e4 => format!("{:.0}k", v / 1e3),
+        XAxis::Steps => format!("{v:.0}"),
         _ if span < 10.0 => format!("{v:.1}"),
         _ => format!("{v:.0}"),
     }
@@ -246,11 +257,9 @@ fn draw(
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let root = BitMapBackend::with_buffer(pixels, size).into_drawing_area();
     root.fill(&WHITE)?;
-    let (x0, x1) = range(curves.iter().flat_map(|c| c.mean.iter().map(|p| p.0)), false);
-    let ys = curves
-        .iter()
-        .flat_map(|c| c.mean.iter().map(|p| p.1).chain(c.band.iter().flat_map(|b| [b.1, b.2])));
-    let (y0, y1) = range(ys, true);
+    let points = || curves.iter().flat_map(|c| c.mean.iter().chain(c.runs.iter().flatten()));
+    let (x0, x1) = range(points().map(|p| p.0), false);
+    let (y0, y1) = range(points().map(|p| p.1), true);
     let mut builder = ChartBuilder::on(&root);
     builder.margin(16);
     if text {
@@ -284,6 +293,9 @@ fn draw(
                 .chain(curve.band.iter().rev().map(|b| (b.0, b.1)))
                 .collect();
             chart.draw_series(std::iter::once(Polygon::new(outline, colour.mix(0.25).filled())))?;
+        }
+        for run in &curve.runs {
+            chart.draw_series(LineSeries::new(run.iter().copied(), colour.mix(0.45).stroke_width(1)))?;
         }
         let line = chart.draw_series(LineSeries::new(curve.mean.iter().copied(), colour.stroke_width(2)))?;
         if text {
