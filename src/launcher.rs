@@ -63,6 +63,14 @@ pub async fn run(mut config: Config, folder: RunFolder, resume: bool) -> Result<
         config.learner.checkpoint_dir = folder.checkpoint_dir().to_string_lossy().into_owned();
     }
     let checkpoint_dir = PathBuf::from(&config.learner.checkpoint_dir);
+    // Checked here, as the learner checks it, so that the error names the
+    // key rather than a file the run folder reads from it.
+    fleet_learner::checkpoint::check_writable(&checkpoint_dir).with_context(|| {
+        format!(
+            "learner.checkpoint_dir {} is not a directory this learner can write",
+            checkpoint_dir.display()
+        )
+    })?;
     let start = Start::read(&folder, &checkpoint_dir, resume)?;
     println!("run      {}", folder.path.display());
     if resume {

@@ -800,7 +800,7 @@ async fn bad_starts_exit_non_zero_before_announcing_anything() {
             name: "fleet run with an unwritable learner.checkpoint_dir",
             args: [set("learner.checkpoint_dir", &unwritable), s(&["run"])].concat(),
             env: vec![],
-            says: s(&["learner.checkpoint_dir", &unwritable, "learner exited before reporting ready"]),
+            says: s(&["learner.checkpoint_dir", &unwritable, "is not a directory this learner can write"]),
         },
         BadStart {
             name: "a folder as --config",
