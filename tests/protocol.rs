@@ -401,9 +401,10 @@ async fn an_actor_drops_sequences_replay_cannot_read() {
 }
 
 /// `fleet replay` keeping its checkpoints in `dir`, written only on request
-/// (and at a graceful stop).
-async fn replay_with_checkpoints(dir: &std::path::Path) -> crate::support::Process {
+/// (and at a graceful stop), with `durability` (`replay.durability`).
+async fn replay_with_checkpoints_and(dir: &std::path::Path, durability: &str) -> crate::support::Process {
     let dir = format!("replay.checkpoint_dir={}", dir.display());
+    let durability = format!("replay.durability={durability}");
     start(&[
         "replay",
         "--listen",
@@ -412,8 +413,25 @@ async fn replay_with_checkpoints(dir: &std::path::Path) -> crate::support::Proce
         &dir,
         "--set",
         "replay.checkpoint_interval_secs=0",
+        "--set",
+        &durability,
     ])
     .await
+}
+
+/// [`replay_with_checkpoints_and`] the default durability (checkpoints only).
+async fn replay_with_checkpoints(dir: &std::path::Path) -> crate::support::Process {
+    replay_with_checkpoints_and(dir, "checkpoint").await
+}
+
+/// SIGKILLs `process` and waits until it is gone.
+async fn kill_hard(process: &mut crate::support::Process) {
+    use std::os::unix::process::ExitStatusExt;
+
+    let pid = nix::unistd::Pid::from_raw(process.child.id().unwrap() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).unwrap();
+    let status = process.child.wait().await.unwrap();
+    assert_eq!(status.signal(), Some(nix::sys::signal::Signal::SIGKILL as i32), "{status:?}");
 }
 
 /// Keys are never issued twice, even by a replay killed after acknowledging
@@ -422,8 +440,6 @@ async fn replay_with_checkpoints(dir: &std::path::Path) -> crate::support::Proce
 /// item finds nothing instead of re-prioritising a new one.
 #[tokio::test]
 async fn keys_are_not_reissued_after_a_crash() {
-    use std::os::unix::process::ExitStatusExt;
-
     let dir = tempfile::tempdir().unwrap();
     let mut replay = replay_with_checkpoints(dir.path()).await;
     let mut client = ReplayClient::connect(replay.grpc_uri()).await.unwrap();
@@ -438,10 +454,7 @@ async fn keys_are_not_reissued_after_a_crash() {
     );
     assert_eq!(before.len(), 15);
 
-    let pid = nix::unistd::Pid::from_raw(replay.child.id().unwrap() as i32);
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).unwrap();
-    let status = replay.child.wait().await.unwrap();
-    assert_eq!(status.signal(), Some(nix::sys::signal::Signal::SIGKILL as i32), "{status:?}");
+    kill_hard(&mut replay).await;
 
     let replay = replay_with_checkpoints(dir.path()).await;
     let mut client = ReplayClient::connect(replay.grpc_uri()).await.unwrap();
@@ -485,25 +498,8 @@ async fn keys_are_not_reissued_after_a_crash() {
 /// items a sample took out of the queue before the crash stay out.
 #[tokio::test]
 async fn every_acknowledged_insert_survives_a_crash_with_the_write_ahead_log() {
-    use std::os::unix::process::ExitStatusExt;
-
     let dir = tempfile::tempdir().unwrap();
-    let start_replay = || async {
-        let dir = format!("replay.checkpoint_dir={}", dir.path().display());
-        start(&[
-            "replay",
-            "--listen",
-            "127.0.0.1:0",
-            "--set",
-            &dir,
-            "--set",
-            "replay.checkpoint_interval_secs=0",
-            "--set",
-            "replay.durability=wal",
-        ])
-        .await
-    };
-    let mut replay = start_replay().await;
+    let mut replay = replay_with_checkpoints_and(dir.path(), "wal").await;
     let mut client = ReplayClient::connect(replay.grpc_uri()).await.unwrap();
     let mut acked = insert(&mut client, (1..=10).map(|i| sequence(21, i as f32)).collect())
         .await
@@ -527,20 +523,20 @@ async fn every_acknowledged_insert_survives_a_crash_with_the_write_ahead_log() {
     };
     let taken = client.sample(request(4)).await.unwrap().into_inner().next().await.unwrap().unwrap();
     assert_eq!(taken.items.iter().map(|i| i.key).collect::<Vec<_>>(), acked[..4]);
+    // A sample does not wait for a sync of its own, but the log is in order:
+    // once a later insert is acknowledged, the sample is on disk too.
+    acked.extend(insert(&mut client, vec![sequence(21, 31.0)]).await.unwrap());
 
-    let pid = nix::unistd::Pid::from_raw(replay.child.id().unwrap() as i32);
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).unwrap();
-    let status = replay.child.wait().await.unwrap();
-    assert_eq!(status.signal(), Some(nix::sys::signal::Signal::SIGKILL as i32), "{status:?}");
+    kill_hard(&mut replay).await;
 
-    let replay = start_replay().await;
+    let replay = replay_with_checkpoints_and(dir.path(), "wal").await;
     let mut client = ReplayClient::connect(replay.grpc_uri()).await.unwrap();
     let info = client.info(pb::InfoRequest {}).await.unwrap().into_inner();
-    assert_eq!(info.tables[0].size, 26, "every acknowledged item but the four sampled out");
-    assert_eq!(info.tables[0].inserts, 30);
+    assert_eq!(info.tables[0].size, 27, "every acknowledged item but the four sampled out");
+    assert_eq!(info.tables[0].inserts, 31);
     assert_eq!(info.tables[0].samples, 4);
     let rest = client
-        .sample(request(26))
+        .sample(request(27))
         .await
         .unwrap()
         .into_inner()

@@ -175,15 +175,24 @@ pub fn write(root: &Path, snapshots: &[TableSnapshot], keep: usize, wal_segment:
     Ok(writer.commit(&meta)?)
 }
 
-pub(crate) fn item_record(item: &StoredItem) -> ItemRecord {
+fn item_record(item: &StoredItem) -> ItemRecord {
     ItemRecord {
         key: item.meta.key,
         priority: item.meta.priority,
         times_sampled: item.meta.times_sampled,
-        actor_id: item.steps.actor_id(),
-        initial_state: item.steps.initial_state().cloned(),
-        segments: item
-            .steps
+        ..steps_record(&item.steps)
+    }
+}
+
+/// What an item record says of `steps` alone (its table's bookkeeping left at 0).
+pub(crate) fn steps_record(steps: &ItemSteps) -> ItemRecord {
+    ItemRecord {
+        key: 0,
+        priority: 0.0,
+        times_sampled: 0,
+        actor_id: steps.actor_id(),
+        initial_state: steps.initial_state().cloned(),
+        segments: steps
             .segments()
             .iter()
             .map(|s| SegmentRecord {

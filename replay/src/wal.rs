@@ -39,7 +39,7 @@ use prost::Message;
 use tokio::sync::watch;
 use tracing::{error, warn};
 
-use crate::checkpoint::{ItemRecord, SegmentRecord, item_steps};
+use crate::checkpoint::{ItemRecord, item_steps, steps_record};
 use crate::chunk::{Chunk, ChunkRecord, ChunkStore, ItemSteps};
 use crate::error::Error;
 use crate::table::{Redo, Table};
@@ -224,22 +224,7 @@ impl Wal {
                 pending.append(Change::Chunk(chunk.record()));
             }
         }
-        let item = ItemRecord {
-            key: 0,
-            priority: 0.0,
-            times_sampled: 0,
-            actor_id: steps.actor_id(),
-            initial_state: steps.initial_state().cloned(),
-            segments: steps
-                .segments()
-                .iter()
-                .map(|s| SegmentRecord {
-                    chunk: s.chunk.id(),
-                    start: s.range.start as u64,
-                    len: s.range.len() as u64,
-                })
-                .collect(),
-        };
+        let item = steps_record(steps);
         pending.append(Change::Insert(InsertRecord {
             item: Some(item),
             placements,
