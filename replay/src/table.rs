@@ -617,8 +617,13 @@ impl Table {
         let evicted = victims.len() as u64;
         state.evictions += evicted;
         if !victims.is_empty() {
-            let table = self.config.name.clone();
-            self.log(state, |seq| Change::Evict(KeysRecord { table, seq, keys: victims }));
+            self.log(state, |seq| {
+                Change::Evict(KeysRecord {
+                    table: self.config.name.clone(),
+                    seq,
+                    keys: victims,
+                })
+            });
         }
         if state.signature.is_none() {
             state.signature = Some(*steps.signature());
@@ -713,9 +718,14 @@ impl Table {
                         });
                     }
                     self.publish_size(state);
-                    let keys = drawn.iter().map(|item| item.key).collect();
-                    let table = self.config.name.clone();
-                    self.log(state, |seq| Change::Sample(KeysRecord { table, seq, keys }));
+                    // Built only when there is a log: sampling without one pays nothing.
+                    self.log(state, |seq| {
+                        Change::Sample(KeysRecord {
+                            table: self.config.name.clone(),
+                            seq,
+                            keys: drawn.iter().map(|item| item.key).collect(),
+                        })
+                    });
                     Ok(Some(drawn))
                 },
             )
@@ -774,11 +784,10 @@ impl Table {
         let applied = set_priorities(state, updates);
         let missing = (updates.len() - applied.len()) as u64;
         if !applied.is_empty() {
-            let table = self.config.name.clone();
-            let (keys, priorities) = applied.into_iter().unzip();
             self.log(state, |seq| {
+                let (keys, priorities) = applied.into_iter().unzip();
                 Change::Priorities(PrioritiesRecord {
-                    table,
+                    table: self.config.name.clone(),
                     seq,
                     keys,
                     priorities,
