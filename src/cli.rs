@@ -14,9 +14,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::process::Ready;
 
-/// `tracing` to stderr, filtered by `RUST_LOG` (default `info`).
-pub fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+/// `tracing` to stderr, filtered by `RUST_LOG`, or by `default_filter`
+/// where it is unset (`-q` and `-v` choose it).
+pub fn init_logging(default_filter: &str) {
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

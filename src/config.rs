@@ -148,6 +148,9 @@ pub struct RunConfig {
     pub hold_env_steps: u64,
     pub hold_min_return: f64,
     pub progress_interval_secs: f64,
+    /// Also write the progress rows as TensorBoard event files, under the
+    /// run folder's `tensorboard/`.
+    pub tensorboard: bool,
 }
 
 /// Where each layer of a config comes from.

@@ -13,13 +13,16 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result, bail};
 use fleet_actor::metrics as actor_metrics;
+use fleet_actor::returns::Spread;
 use fleet_learner::metrics as learner_metrics;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::config::Config;
 use crate::process::Process;
+use crate::progress::{Live, ProgressView, Verbosity};
 use crate::runs::{ProgressRow, ProgressWriter, RunFolder, Summary};
 use crate::scrape::{Samples, scrape, series};
+use crate::tensorboard::EventWriter;
 
 /// Episodes in the per-episode mean, across all actors.
 const RETURN_EPISODES: usize = 100;
@@ -55,9 +58,10 @@ pub enum Outcome {
 /// Runs the system until it ends, recording it in `folder`; returns how.
 /// With `resume`, the folder holds a run that stopped: the learner goes on
 /// from its newest checkpoint and the progress counters from the folder's
-/// last row. The children are this same executable, so only the `fleet`
-/// binary can call this.
-pub async fn run(mut config: Config, folder: RunFolder, resume: bool) -> Result<Outcome> {
+/// last row. `verbosity` sets what is shown while it runs (see
+/// [`crate::progress`]). The children are this same executable, so only the
+/// `fleet` binary can call this.
+pub async fn run(mut config: Config, folder: RunFolder, resume: bool, verbosity: Verbosity) -> Result<Outcome> {
     folder.write_config(&config)?;
     if config.learner.checkpoint_dir.is_empty() {
         config.learner.checkpoint_dir = folder.checkpoint_dir().to_string_lossy().into_owned();
@@ -72,9 +76,10 @@ pub async fn run(mut config: Config, folder: RunFolder, resume: bool) -> Result<
         )
     })?;
     let start = Start::read(&folder, &checkpoint_dir, resume)?;
-    println!("run      {}", folder.path.display());
+    let view = ProgressView::new(verbosity, config.run.max_env_steps, start.offsets.env_steps);
+    view.say(&format!("run      {}", folder.path.display()));
     if resume {
-        println!(
+        view.say(&format!(
             "resuming from {}: env steps {}, episodes {}, learner updates {}, weights version {}, {:.0} s so far",
             start.checkpoint.as_ref().map_or("-".into(), |c| c.path.display().to_string()),
             start.offsets.env_steps,
@@ -82,12 +87,20 @@ pub async fn run(mut config: Config, folder: RunFolder, resume: bool) -> Result<
             start.offsets.updates,
             start.checkpoint.as_ref().map_or(0, |c| c.version),
             start.offsets.wall_seconds,
-        );
+        ));
     }
     let mut summary = start.summary(&folder, &config);
     folder.write_summary(&summary)?;
-    let mut recorder = Recorder::new(folder.progress_writer()?, start.offsets);
+    let events = if config.run.tensorboard {
+        let writer = EventWriter::create(&folder.path.join(crate::tensorboard::DIR))?;
+        view.say(&format!("events   {} (TensorBoard)", writer.path().display()));
+        Some(writer)
+    } else {
+        None
+    };
+    let mut recorder = Recorder::new(folder.progress_writer()?, events, start.offsets, view, verbosity);
     let result = run_processes(config, &mut recorder).await;
+    recorder.view.finish();
     match save_policy(&folder, &checkpoint_dir) {
         Ok(true) => {}
         Ok(false) => eprintln!(
@@ -254,7 +267,9 @@ async fn run_processes(mut config: Config, recorder: &mut Recorder) -> Result<Ou
         {
             bail!("env `{}` has {spec}, but env.spec says {expected}", config.env.name);
         }
-        println!("env      {} via the env bridge: {spec}", config.env.name);
+        recorder
+            .view
+            .say(&format!("env      {} via the env bridge: {spec}", config.env.name));
         config.env.spec = Some(spec);
     }
     let dir = tempfile::tempdir().context("creating a temporary directory")?;
@@ -264,9 +279,11 @@ async fn run_processes(mut config: Config, recorder: &mut Recorder) -> Result<Ou
 
     let loopback = "127.0.0.1:0".to_string();
     let mut processes = Vec::new();
+    let log = recorder.verbosity.child_log_filter();
     let replay = Process::spawn_child(
         "replay",
         &config_path,
+        log,
         &[
             "replay".into(),
             "--listen".into(),
@@ -281,6 +298,7 @@ async fn run_processes(mut config: Config, recorder: &mut Recorder) -> Result<Ou
     let learner = Process::spawn_child(
         "learner",
         &config_path,
+        log,
         &[
             "learner".into(),
             "--listen".into(),
@@ -306,18 +324,19 @@ async fn run_processes(mut config: Config, recorder: &mut Recorder) -> Result<Ou
             "--learner".into(),
             learner_grpc.clone(),
         ];
-        processes.push(Process::spawn_child(&format!("actor-{id}"), &config_path, &args).await?);
+        processes.push(Process::spawn_child(&format!("actor-{id}"), &config_path, log, &args).await?);
     }
-    println!(
+    let view = &recorder.view;
+    view.say(&format!(
         "replay   gRPC {}  metrics http://{}/metrics",
         processes[0].grpc, processes[0].metrics
-    );
-    println!(
+    ));
+    view.say(&format!(
         "learner  gRPC {}  metrics http://{}/metrics",
         processes[1].grpc, processes[1].metrics
-    );
+    ));
     for p in &processes[2..] {
-        println!("{:<8} metrics http://{}/metrics", p.name, p.metrics);
+        view.say(&format!("{:<8} metrics http://{}/metrics", p.name, p.metrics));
     }
 
     let result = supervise(&config, &mut processes, recorder).await;
@@ -355,7 +374,7 @@ async fn supervise(config: &Config, processes: &mut [Process], recorder: &mut Re
             _ = tick.tick() => None,
         };
         if let Some(why) = stopping {
-            println!("{why}; stopping");
+            recorder.view.say(&format!("{why}; stopping"));
             let snapshot = recorder.scrape(processes, config.actor.return_window).await;
             recorder.record(snapshot, Instant::now())?;
             return Ok(Outcome::Interrupted);
@@ -367,7 +386,20 @@ async fn supervise(config: &Config, processes: &mut [Process], recorder: &mut Re
         }
         let now = Instant::now();
         let snapshot = recorder.scrape(processes, config.actor.return_window).await;
+        let holding = hold.is_some();
         let outcome = judge(&config.run, &snapshot, &mut hold);
+        if let (false, Some(held)) = (holding, hold) {
+            recorder.view.say(&format!(
+                "target {} reached after {} env steps; holding it for {} more",
+                config.run.target_return, held.reached_at, config.run.hold_env_steps
+            ));
+        }
+        recorder.view.update(&Live {
+            env_steps: snapshot.env_steps,
+            step_return: snapshot.step_return,
+            policy_lag: recorder.last.as_ref().and_then(|row| row.policy_lag),
+            learner_updates: snapshot.updates,
+        });
         if outcome.is_some() || now - recorder.previous_at >= interval {
             recorder.record(snapshot, now)?;
         }
@@ -377,9 +409,13 @@ async fn supervise(config: &Config, processes: &mut [Process], recorder: &mut Re
     }
 }
 
-/// Turns snapshots into progress lines and rows of the progress file.
+/// Turns snapshots into progress lines, rows of the progress file and,
+/// if asked, TensorBoard events.
 struct Recorder {
     writer: ProgressWriter,
+    events: Option<EventWriter>,
+    view: ProgressView,
+    verbosity: Verbosity,
     offsets: Offsets,
     started: Instant,
     previous: Snapshot,
@@ -389,10 +425,13 @@ struct Recorder {
 }
 
 impl Recorder {
-    fn new(writer: ProgressWriter, offsets: Offsets) -> Self {
+    fn new(writer: ProgressWriter, events: Option<EventWriter>, offsets: Offsets, view: ProgressView, verbosity: Verbosity) -> Self {
         let now = Instant::now();
         Self {
             writer,
+            events,
+            view,
+            verbosity,
             offsets,
             started: now,
             previous: Snapshot {
@@ -426,6 +465,9 @@ impl Recorder {
             env_steps_per_second: round_to(snapshot.env_steps.saturating_sub(self.previous.env_steps) as f64 / since, 10.0),
             episodes: snapshot.episodes,
             return_mean: snapshot.episode_return,
+            return_median: snapshot.spread.map(|s| s.median),
+            return_min: snapshot.spread.map(|s| s.min),
+            return_max: snapshot.spread.map(|s| s.max),
             return_step_weighted: snapshot.step_return,
             learner_updates: snapshot.updates,
             loss_policy: snapshot.losses[0],
@@ -434,8 +476,11 @@ impl Recorder {
             loss_total: snapshot.losses[3],
             policy_lag: snapshot.lag_mean_since(&self.previous),
         };
-        print_progress(&row);
+        self.view.row(&row);
         self.writer.append(&row)?;
+        if let Some(events) = &mut self.events {
+            events.append(&row)?;
+        }
         self.last = Some(row);
         self.previous = snapshot;
         self.previous_at = now;
@@ -458,10 +503,6 @@ fn judge(run: &crate::config::RunConfig, snapshot: &Snapshot, hold: &mut Option<
                 reached_at: env_steps,
             });
         }
-        println!(
-            "target {} reached after {env_steps} env steps; holding it for {} more",
-            run.target_return, run.hold_env_steps
-        );
         *hold = Some(Hold {
             reached_at: env_steps,
             lowest: step_return,
@@ -497,22 +538,6 @@ fn round_to(value: f64, per_unit: f64) -> f64 {
     (value * per_unit).round() / per_unit
 }
 
-fn print_progress(row: &ProgressRow) {
-    let value = |r: Option<f64>| r.map_or("   n/a".to_string(), |r| format!("{r:>6.1}"));
-    println!(
-        "[{:>6.0}s] env steps {:>9}  {:>8.0} steps/s  return {} (step-weighted)  {} (last {} of {} episodes)  learner updates {:>7}  policy lag {}",
-        row.wall_seconds,
-        row.env_steps,
-        row.env_steps_per_second,
-        value(row.return_step_weighted),
-        value(row.return_mean),
-        RETURN_EPISODES,
-        row.episodes,
-        row.learner_updates,
-        row.policy_lag.map_or("n/a".to_string(), |l| format!("{l:.2}")),
-    );
-}
-
 /// What the progress line needs, summed over the children's metrics.
 #[derive(Debug, Default, Clone)]
 struct Snapshot {
@@ -525,6 +550,9 @@ struct Snapshot {
     /// Mean return over the fleet's last `RETURN_EPISODES` episodes, once
     /// that many have finished.
     episode_return: Option<f64>,
+    /// Lowest, median and highest of those episodes' returns (see
+    /// [`ProgressRow::return_median`] for the median of several actors).
+    spread: Option<Spread>,
     lag_sum: f64,
     lag_count: f64,
     /// The learner's latest loss terms, in the order of [`LOSS_KINDS`].
@@ -540,6 +568,9 @@ impl Snapshot {
         let mut s = Snapshot::default();
         let (mut weighted, mut weight) = (0.0, 0.0);
         let (mut step_weighted, mut steps) = (0.0, 0.0);
+        // Per actor: (its median, its episodes in the window), min and max.
+        let mut medians = Vec::new();
+        let (mut lowest, mut highest) = (f64::INFINITY, f64::NEG_INFINITY);
         for p in processes {
             let Ok(text) = scrape(&p.metrics).await else {
                 continue;
@@ -560,6 +591,15 @@ impl Snapshot {
                 let w = episodes.min(window as f64);
                 weighted += w * samples.sum(actor_metrics::EPISODE_RETURN_RECENT);
                 weight += w;
+                if let (Some(min), Some(median), Some(max)) = (
+                    samples.value(actor_metrics::EPISODE_RETURN_RECENT_MIN),
+                    samples.value(actor_metrics::EPISODE_RETURN_RECENT_MEDIAN),
+                    samples.value(actor_metrics::EPISODE_RETURN_RECENT_MAX),
+                ) {
+                    medians.push((median, w));
+                    lowest = lowest.min(min);
+                    highest = highest.max(max);
+                }
                 let window_steps = samples.sum(actor_metrics::RETURN_WINDOW_STEPS);
                 step_weighted += window_steps * samples.sum(actor_metrics::EPISODE_RETURN_STEP_WEIGHTED);
                 steps += window_steps;
@@ -567,6 +607,11 @@ impl Snapshot {
         }
         if weight >= RETURN_EPISODES as f64 {
             s.episode_return = Some(weighted / weight);
+            s.spread = weighted_median(&mut medians).map(|median| Spread {
+                min: lowest,
+                median,
+                max: highest,
+            });
         }
         if steps >= RETURN_STEPS as f64 {
             s.step_return = Some(step_weighted / steps);
@@ -577,5 +622,34 @@ impl Snapshot {
     fn lag_mean_since(&self, previous: &Snapshot) -> Option<f64> {
         let count = self.lag_count - previous.lag_count;
         (count > 0.0).then(|| (self.lag_sum - previous.lag_sum) / count)
+    }
+}
+
+/// The value at which the weights, summed in order of value, first reach
+/// half their total; `None` for no weight.
+fn weighted_median(values: &mut [(f64, f64)]) -> Option<f64> {
+    values.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let total: f64 = values.iter().map(|(_, w)| w).sum();
+    let mut below = 0.0;
+    for &(value, weight) in values.iter() {
+        below += weight;
+        if below >= total / 2.0 {
+            return Some(value);
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_weighted_median_follows_the_weights() {
+        assert_eq!(weighted_median(&mut []), None);
+        assert_eq!(weighted_median(&mut [(7.0, 50.0)]), Some(7.0));
+        // Sorted by value: 1 (10), 5 (30), 9 (60): half of 100 is reached at 9.
+        assert_eq!(weighted_median(&mut [(9.0, 60.0), (1.0, 10.0), (5.0, 30.0)]), Some(9.0));
+        assert_eq!(weighted_median(&mut [(9.0, 40.0), (1.0, 10.0), (5.0, 50.0)]), Some(5.0));
     }
 }

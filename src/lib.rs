@@ -19,6 +19,9 @@
 //! - [`runs`]: the run folder `fleet run` writes (config, progress, summary,
 //!   checkpoints, final policy).
 //! - [`plot`]: `fleet plot`, learning curves of run folders as a PNG.
+//! - [`progress`]: how `fleet run` shows progress: a live bar in a
+//!   terminal, plain lines elsewhere.
+//! - [`tensorboard`]: the progress rows as TensorBoard event files.
 //! - [`process`]: spawning a `fleet` child, its ready line, killing it on drop.
 //! - [`scrape`]: reading and parsing a process's `/metrics`.
 //! - [`health`]: `fleet health`, for container health checks.
@@ -37,8 +40,10 @@ pub mod launcher;
 pub mod learner;
 pub mod plot;
 pub mod process;
+pub mod progress;
 pub mod replay;
 mod role;
 pub mod runs;
 pub mod scrape;
 pub mod telemetry;
+pub mod tensorboard;

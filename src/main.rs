@@ -13,6 +13,7 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 use fleet::config::{Config, ConfigSources};
 use fleet::launcher::Outcome;
+use fleet::progress::Verbosity;
 use fleet::runs::RunFolder;
 use fleet::{bench, cli, health, launcher, plot};
 
@@ -39,6 +40,13 @@ struct Cli {
     /// End when stdin closes (used by `fleet run` for its children).
     #[arg(long, global = true, hide = true)]
     exit_with_stdin: bool,
+    /// Say less: no progress bar or lines, warnings and errors only.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    quiet: bool,
+    /// Say more: progress lines above the bar, and the logs of `fleet run`'s
+    /// children (-v: info, -vv: debug). RUST_LOG, where set, wins.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
     #[command(subcommand)]
     command: Command,
 }
@@ -69,6 +77,10 @@ enum Command {
         /// newest checkpoint, and progress rows are appended.
         #[arg(long, value_name = "RUN")]
         resume: Option<PathBuf>,
+        /// Also write the progress as TensorBoard event files in the run
+        /// folder's tensorboard/ (`run.tensorboard`).
+        #[arg(long)]
+        tensorboard: bool,
     },
     /// Draw learning curves (mean return of the last 100 episodes) of run
     /// folders as a PNG; runs whose configs differ only in the seed are one
@@ -205,6 +217,7 @@ fn load_config(cli: &Cli) -> Result<Config> {
         target_return,
         max_env_steps,
         resume,
+        tensorboard,
         ..
     } = &cli.command
     {
@@ -226,6 +239,9 @@ fn load_config(cli: &Cli) -> Result<Config> {
         }
         if let Some(v) = max_env_steps {
             overrides.push(format!("run.max_env_steps={v}"));
+        }
+        if *tensorboard {
+            overrides.push("run.tensorboard=true".into());
         }
     }
     // Flags named above win over generic --set ones given alongside.
@@ -272,6 +288,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         };
     }
     let (metrics_listen, exit_with_stdin) = (cli.metrics_listen, cli.exit_with_stdin);
+    let verbosity = Verbosity::from_flags(cli.quiet, cli.verbose);
     match cli.command {
         Command::Bench {
             target:
@@ -327,7 +344,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 Some(path) => (RunFolder::open(&path)?, true),
                 None => (RunFolder::create(&run_dir, name.as_deref(), std::time::SystemTime::now())?, false),
             };
-            match launcher::run(config, folder, resuming).await? {
+            match launcher::run(config, folder, resuming, verbosity).await? {
                 Outcome::TargetReached {
                     step_return,
                     env_steps,
@@ -395,8 +412,8 @@ async fn run(cli: Cli) -> Result<ExitCode> {
 }
 
 fn main() -> ExitCode {
-    cli::init_logging();
     let cli = Cli::parse();
+    cli::init_logging(Verbosity::from_flags(cli.quiet, cli.verbose).log_filter());
     let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {

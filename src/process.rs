@@ -113,9 +113,9 @@ impl Process {
     /// [`Process::spawn`] of `fleet --config CONFIG ARGS… --exit-with-stdin`
     /// run by this same binary — so only from the `fleet` binary itself — in
     /// its own process group: a terminal's Ctrl-C then reaches only the
-    /// parent, which stops its children in order. `RUST_LOG=warn` unless the
-    /// caller's environment sets it.
-    pub async fn spawn_child(name: &str, config_path: &Path, args: &[String]) -> Result<Self> {
+    /// parent, which stops its children in order. It logs with `RUST_LOG`
+    /// from the caller's environment, or else with `log_filter`.
+    pub async fn spawn_child(name: &str, config_path: &Path, log_filter: &str, args: &[String]) -> Result<Self> {
         let exe = std::env::current_exe().context("locating the fleet binary")?;
         let mut command = Command::new(exe);
         command
@@ -126,7 +126,7 @@ impl Process {
             .stderr(Stdio::inherit())
             .process_group(0);
         if std::env::var_os("RUST_LOG").is_none() {
-            command.env("RUST_LOG", "warn");
+            command.env("RUST_LOG", log_filter);
         }
         Self::spawn(name, command).await
     }

@@ -35,7 +35,7 @@ pub const CHECKPOINT_DIR: &str = "checkpoints";
 /// was not known yet (a return before 100 episodes or 50,000 env steps have
 /// finished, a loss before the first update, the lag of a period without
 /// updates).
-pub const PROGRESS_HEADER: &str = "wall_seconds,env_steps,env_steps_per_second,episodes,return_mean,return_step_weighted,learner_updates,loss_policy,loss_baseline,loss_entropy,loss_total,policy_lag";
+pub const PROGRESS_HEADER: &str = "wall_seconds,env_steps,env_steps_per_second,episodes,return_mean,return_median,return_min,return_max,return_step_weighted,learner_updates,loss_policy,loss_baseline,loss_entropy,loss_total,policy_lag";
 
 /// One progress period, as `fleet run` prints it.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -50,6 +50,13 @@ pub struct ProgressRow {
     pub episodes: u64,
     /// Mean return of the fleet's last 100 episodes.
     pub return_mean: Option<f64>,
+    /// Median of those episodes' returns: exact with one actor; with
+    /// several, the median of the actors' own medians weighted by their
+    /// episodes (each actor keeps only its share of the 100).
+    pub return_median: Option<f64>,
+    /// Lowest and highest of those episodes' returns.
+    pub return_min: Option<f64>,
+    pub return_max: Option<f64>,
     /// Step-weighted mean return over the last 50,000 env steps (the one
     /// the target is judged on).
     pub return_step_weighted: Option<f64>,
@@ -73,12 +80,15 @@ impl ProgressRow {
         let mut line = String::new();
         let _ = write!(
             line,
-            "{:.3},{},{:.1},{},{},{},{},{},{},{},{},{}",
+            "{:.3},{},{:.1},{},{},{},{},{},{},{},{},{},{},{},{}",
             self.wall_seconds,
             self.env_steps,
             self.env_steps_per_second,
             self.episodes,
             opt(self.return_mean),
+            opt(self.return_median),
+            opt(self.return_min),
+            opt(self.return_max),
             opt(self.return_step_weighted),
             self.learner_updates,
             opt(self.loss_policy),
@@ -119,13 +129,16 @@ impl ProgressRow {
             env_steps_per_second: float(2)?,
             episodes: int(3)?,
             return_mean: opt(4)?,
-            return_step_weighted: opt(5)?,
-            learner_updates: int(6)?,
-            loss_policy: opt(7)?,
-            loss_baseline: opt(8)?,
-            loss_entropy: opt(9)?,
-            loss_total: opt(10)?,
-            policy_lag: opt(11)?,
+            return_median: opt(5)?,
+            return_min: opt(6)?,
+            return_max: opt(7)?,
+            return_step_weighted: opt(8)?,
+            learner_updates: int(9)?,
+            loss_policy: opt(10)?,
+            loss_baseline: opt(11)?,
+            loss_entropy: opt(12)?,
+            loss_total: opt(13)?,
+            policy_lag: opt(14)?,
         })
     }
 }
@@ -404,6 +417,9 @@ mod tests {
             env_steps_per_second: 321.0,
             episodes: 150,
             return_mean: Some(23.25),
+            return_median: Some(20.0),
+            return_min: Some(9.0),
+            return_max: None,
             return_step_weighted: None,
             learner_updates: 17,
             loss_policy: Some(-0.125),

@@ -21,17 +21,7 @@ use crate::support::FLEET;
 /// `FLEET_PYTHON` if it can import `modules`; `None` (a printed skip) if
 /// not, unless `FLEET_REQUIRE_PYTHON=1`.
 fn python_with(modules: &str) -> Option<String> {
-    let python = std::env::var("FLEET_PYTHON").unwrap_or_else(|_| "python3".into());
-    let probe = Command::new(&python).args(["-c", &format!("import {modules}")]).output();
-    if probe.as_ref().is_ok_and(|o| o.status.success()) {
-        return Some(python);
-    }
-    let reason = format!("{python} cannot import {modules} (pip install ./envbridge pytest)");
-    if std::env::var("FLEET_REQUIRE_PYTHON").is_ok_and(|v| v == "1") {
-        panic!("{reason}, and FLEET_REQUIRE_PYTHON=1 requires this test to run");
-    }
-    eprintln!("skipped: {reason} (set FLEET_REQUIRE_PYTHON=1 to make this a failure)");
-    None
+    crate::support::python_with(modules, "pip install ./envbridge pytest")
 }
 
 /// The `--set` flag that makes actors start the bridge with `python`.

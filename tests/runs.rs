@@ -75,6 +75,7 @@ async fn a_run_writes_its_folder_and_resumes_from_it() {
         run_dir,
         "--name",
         "r",
+        "--tensorboard",
     ])
     .await;
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -103,6 +104,14 @@ async fn a_run_writes_its_folder_and_resumes_from_it() {
     );
     let mean = last.return_mean.expect("a mean return once 100 episodes have finished");
     assert!((8.0..=500.0).contains(&mean), "CartPole returns lie in [8, 500]: {mean}");
+    for row in rows.iter().filter(|r| r.return_mean.is_some()) {
+        let (Some(min), Some(median), Some(max)) = (row.return_min, row.return_median, row.return_max) else {
+            panic!("the spread is known with the mean: {row:?}");
+        };
+        assert!(8.0 <= min && min <= median && median <= max && max <= 500.0, "{row:?}");
+        assert!(min <= row.return_mean.unwrap() && row.return_mean.unwrap() <= max, "{row:?}");
+    }
+    assert_events_match(&folder, &rows, 1);
     assert!(last.return_step_weighted.is_none(), "fewer than 50,000 steps: {last:?}");
 
     let first = summary(&folder);
@@ -171,6 +180,7 @@ async fn a_run_writes_its_folder_and_resumes_from_it() {
     assert!(new[0].learner_updates >= checkpoint.meta.updates, "{:?}", new[0]);
     assert!(new[0].wall_seconds > first.wall_seconds, "{:?}", new[0]);
     assert!(all.last().unwrap().env_steps >= 60000);
+    assert_events_match(&folder, &all, 2);
     let second = summary(&folder);
     assert_eq!(second.segments, 2);
     assert_eq!(second.start_time, first.start_time);
@@ -180,6 +190,91 @@ async fn a_run_writes_its_folder_and_resumes_from_it() {
         .unwrap();
     assert!(resumed_checkpoint.meta.updates >= all.last().unwrap().learner_updates);
     assert!(resumed_checkpoint.meta.version > checkpoint.meta.version);
+}
+
+/// The run's TensorBoard files (`files` of them, one per start) hold one
+/// event per progress row, at its env step, with its values; and
+/// TensorBoard itself reads them where Python has it.
+fn assert_events_match(folder: &Path, rows: &[ProgressRow], files: usize) {
+    use fleet::tensorboard::{Scalar, What, read_events};
+    let dir = folder.join("tensorboard");
+    let mut paths: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
+    paths.sort();
+    assert_eq!(paths.len(), files, "{paths:?}");
+    let mut summaries = Vec::new();
+    for path in &paths {
+        let events = read_events(path).unwrap();
+        assert_eq!(
+            events[0].what,
+            Some(What::FileVersion("brain.Event:2".into())),
+            "{}",
+            path.display()
+        );
+        summaries.extend(events.into_iter().skip(1));
+    }
+    // Files are named by their start time, so sorted they are in order.
+    summaries.sort_by_key(|e| e.step);
+    assert_eq!(summaries.len(), rows.len());
+    for (event, row) in summaries.iter().zip(rows) {
+        assert_eq!(event.step as u64, row.env_steps);
+        let Some(What::Summary(summary)) = &event.what else {
+            panic!("{event:?}")
+        };
+        let value = |tag: &str| {
+            summary.value.iter().find(|v| v.tag == tag).map(|v| match v.value {
+                Some(Scalar::SimpleValue(x)) => f64::from(x),
+                None => panic!("{tag} without a value"),
+            })
+        };
+        assert_eq!(value("return/mean_100_episodes"), row.return_mean.map(|r| f64::from(r as f32)));
+        assert_eq!(value("progress/learner_updates"), Some(row.learner_updates as f32 as f64));
+    }
+    let Some(python) = crate::support::python_with("tensorboard", "pip install tensorboard") else {
+        return;
+    };
+    let script = r#"
+import sys
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+acc = EventAccumulator(sys.argv[1])
+acc.Reload()
+events = acc.Scalars("progress/episodes")
+print(len(events), events[-1].step, int(events[-1].value))
+"#;
+    let out = std::process::Command::new(python)
+        .args(["-c", script, dir.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    let last = rows.last().unwrap();
+    let expected = format!("{} {} {}", rows.len(), last.env_steps, last.episodes);
+    assert_eq!(stdout.trim(), expected, "TensorBoard's reading");
+}
+
+#[tokio::test]
+async fn quiet_runs_print_no_progress() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = fleet(&[
+        "run",
+        "-q",
+        "--actors",
+        "1",
+        "--max-env-steps",
+        "3000",
+        "--set",
+        "run.progress_interval_secs=0.2",
+        "--run-dir",
+        dir.path().to_str().unwrap(),
+    ])
+    .await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
+    assert_eq!(stdout.trim(), "", "nothing on stdout with -q");
+    assert!(stderr.contains("budget exhausted"), "the outcome is still told: {stderr}");
+    // The rows are still recorded.
+    let folder = std::fs::read_dir(dir.path()).unwrap().next().unwrap().unwrap().path();
+    assert!(!read_progress(&folder.join("progress.csv")).unwrap().is_empty());
 }
 
 /// A run folder with the given seed and config tail, and rows whose mean

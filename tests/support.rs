@@ -178,3 +178,22 @@ pub async fn check_metrics_text(role: &str, body: &str) {
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+/// `FLEET_PYTHON` (default `python3`) if it can import `modules`; `None`
+/// with a printed skip if not, or a failure when `FLEET_REQUIRE_PYTHON=1`
+/// (CI). `install` says how to get the modules.
+pub fn python_with(modules: &str, install: &str) -> Option<String> {
+    let python = std::env::var("FLEET_PYTHON").unwrap_or_else(|_| "python3".into());
+    let probe = std::process::Command::new(&python)
+        .args(["-c", &format!("import {modules}")])
+        .output();
+    if probe.as_ref().is_ok_and(|o| o.status.success()) {
+        return Some(python);
+    }
+    let reason = format!("{python} cannot import {modules} ({install})");
+    if std::env::var("FLEET_REQUIRE_PYTHON").is_ok_and(|v| v == "1") {
+        panic!("{reason}, and FLEET_REQUIRE_PYTHON=1 requires this test to run");
+    }
+    eprintln!("skipped: {reason} (set FLEET_REQUIRE_PYTHON=1 to make this a failure)");
+    None
+}

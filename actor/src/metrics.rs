@@ -6,6 +6,9 @@ pub const ENV_STEPS: &str = "fleet_actor_env_steps_total";
 pub const EPISODES: &str = "fleet_actor_episodes_total";
 pub const EPISODE_RETURN: &str = "fleet_actor_episode_return";
 pub const EPISODE_RETURN_RECENT: &str = "fleet_actor_episode_return_recent";
+pub const EPISODE_RETURN_RECENT_MIN: &str = "fleet_actor_episode_return_recent_min";
+pub const EPISODE_RETURN_RECENT_MEDIAN: &str = "fleet_actor_episode_return_recent_median";
+pub const EPISODE_RETURN_RECENT_MAX: &str = "fleet_actor_episode_return_recent_max";
 pub const EPISODE_RETURN_STEP_WEIGHTED: &str = "fleet_actor_episode_return_step_weighted";
 pub const RETURN_WINDOW_STEPS: &str = "fleet_actor_episode_return_window_steps";
 pub const POLICY_LAG: &str = "fleet_actor_policy_lag_versions";
@@ -28,6 +31,18 @@ pub fn describe() {
     describe_gauge!(
         EPISODE_RETURN_RECENT,
         "Mean return of this actor's most recent episodes (actor.return_window)"
+    );
+    describe_gauge!(
+        EPISODE_RETURN_RECENT_MIN,
+        "Lowest return of this actor's most recent episodes (actor.return_window)"
+    );
+    describe_gauge!(
+        EPISODE_RETURN_RECENT_MEDIAN,
+        "Median return of this actor's most recent episodes (actor.return_window)"
+    );
+    describe_gauge!(
+        EPISODE_RETURN_RECENT_MAX,
+        "Highest return of this actor's most recent episodes (actor.return_window)"
     );
     describe_gauge!(
         EPISODE_RETURN_STEP_WEIGHTED,

@@ -8,6 +8,14 @@
 
 use std::collections::VecDeque;
 
+/// How the recent returns spread.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Spread {
+    pub min: f64,
+    pub median: f64,
+    pub max: f64,
+}
+
 #[derive(Debug, Clone)]
 pub struct RecentReturns {
     /// The newest `episode_window` returns.
@@ -60,6 +68,28 @@ impl RecentReturns {
         (!self.returns.is_empty()).then(|| self.returns.iter().sum::<f64>() / self.returns.len() as f64)
     }
 
+    /// Lowest, median and highest of the last `episode_window` returns
+    /// (`None` before any); the median of an even count is the mean of
+    /// the middle two.
+    pub fn episode_spread(&self) -> Option<Spread> {
+        if self.returns.is_empty() {
+            return None;
+        }
+        let mut sorted: Vec<f64> = self.returns.iter().copied().collect();
+        sorted.sort_by(f64::total_cmp);
+        let n = sorted.len();
+        let median = if n % 2 == 1 {
+            sorted[n / 2]
+        } else {
+            (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0
+        };
+        Some(Spread {
+            min: sorted[0],
+            median,
+            max: sorted[n - 1],
+        })
+    }
+
     /// Σ return·length and Σ length over the episodes that fill the last
     /// `step_window` steps (the oldest of them may start before).
     pub fn step_weighted(&self) -> (f64, u64) {
@@ -103,5 +133,23 @@ mod tests {
         recent.push(5.0, 100);
         assert_eq!(recent.step_weighted(), (500.0, 100));
         assert_eq!(recent.episode_mean(), Some(4.0));
+    }
+
+    #[test]
+    fn the_spread_covers_the_episode_window_only() {
+        let mut recent = RecentReturns::new(4, 1_000);
+        assert_eq!(recent.episode_spread(), None);
+        for r in [100.0, 3.0, 7.0, 5.0, 1.0] {
+            recent.push(r, 10);
+        }
+        // 100 has left the window of 4: [3, 7, 5, 1].
+        let expected = Spread {
+            min: 1.0,
+            median: 4.0,
+            max: 7.0,
+        };
+        assert_eq!(recent.episode_spread(), Some(expected));
+        recent.push(9.0, 10);
+        assert_eq!(recent.episode_spread().map(|s| s.median), Some(6.0));
     }
 }

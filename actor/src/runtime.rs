@@ -261,6 +261,11 @@ fn act(
     let episodes = metrics::counter!(m::EPISODES);
     let episode_return = metrics::histogram!(m::EPISODE_RETURN);
     let return_recent = metrics::gauge!(m::EPISODE_RETURN_RECENT);
+    let return_spread = [
+        metrics::gauge!(m::EPISODE_RETURN_RECENT_MIN),
+        metrics::gauge!(m::EPISODE_RETURN_RECENT_MEDIAN),
+        metrics::gauge!(m::EPISODE_RETURN_RECENT_MAX),
+    ];
     let return_step_weighted = metrics::gauge!(m::EPISODE_RETURN_STEP_WEIGHTED);
     let return_window_steps = metrics::gauge!(m::RETURN_WINDOW_STEPS);
     let policy_lag = metrics::histogram!(m::POLICY_LAG);
@@ -343,7 +348,14 @@ fn act(
             episodes.increment(1);
             episode_return.record(episode.episode_return);
             recent_returns.push(episode.episode_return, u64::from(episode.length));
+        }
+        if !report.finished.is_empty() {
             return_recent.set(recent_returns.episode_mean().unwrap_or(0.0));
+            if let Some(spread) = recent_returns.episode_spread() {
+                for (gauge, value) in return_spread.iter().zip([spread.min, spread.median, spread.max]) {
+                    gauge.set(value);
+                }
+            }
             let (_, steps) = recent_returns.step_weighted();
             return_step_weighted.set(recent_returns.step_weighted_mean().unwrap_or(0.0));
             return_window_steps.set(steps as f64);

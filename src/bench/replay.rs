@@ -169,6 +169,7 @@ async fn run_workload(workload: &Workload, load: &Load) -> Result<Report> {
     let mut server = Process::spawn_child(
         "replay",
         &config_path,
+        "warn",
         &[
             "replay".into(),
             "--listen".into(),
