@@ -267,9 +267,7 @@ async fn run_processes(mut config: Config, recorder: &mut Recorder) -> Result<Ou
         {
             bail!("env `{}` has {spec}, but env.spec says {expected}", config.env.name);
         }
-        recorder
-            .view
-            .say(&format!("env      {} via the env bridge: {spec}", config.env.name));
+        recorder.view.say(&format!("env      {} via the env bridge: {spec}", config.env.name));
         config.env.spec = Some(spec);
     }
     let dir = tempfile::tempdir().context("creating a temporary directory")?;
@@ -425,7 +423,13 @@ struct Recorder {
 }
 
 impl Recorder {
-    fn new(writer: ProgressWriter, events: Option<EventWriter>, offsets: Offsets, view: ProgressView, verbosity: Verbosity) -> Self {
+    fn new(
+        writer: ProgressWriter,
+        events: Option<EventWriter>,
+        offsets: Offsets,
+        view: ProgressView,
+        verbosity: Verbosity,
+    ) -> Self {
         let now = Instant::now();
         Self {
             writer,
