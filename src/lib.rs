@@ -14,6 +14,7 @@
 //!   `run(config, …, listener(s), shutdown)`; `role` is what they share
 //!   (the `/metrics` server and the shutdown token).
 //! - [`config`]: the layered TOML config (default, file, environment, flags).
+//! - [`export`]: `fleet export`, a run's policy as a PyTorch module.
 //! - [`telemetry`]: the Prometheus recorder and the `/metrics` endpoint.
 //! - [`launcher`]: `fleet run`, every role as a child process on one machine.
 //! - [`runs`]: the run folder `fleet run` writes (config, progress, summary,
@@ -35,6 +36,7 @@ pub mod actor;
 pub mod bench;
 pub mod cli;
 pub mod config;
+pub mod export;
 pub mod health;
 pub mod launcher;
 pub mod learner;

@@ -15,7 +15,7 @@ use fleet::config::{Config, ConfigSources};
 use fleet::launcher::Outcome;
 use fleet::progress::Verbosity;
 use fleet::runs::RunFolder;
-use fleet::{bench, cli, health, launcher, plot};
+use fleet::{bench, cli, export, health, launcher, plot};
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -101,6 +101,20 @@ enum Command {
         /// Image height in pixels.
         #[arg(long, default_value_t = 640)]
         height: u32,
+    },
+    /// Write a run's policy as a PyTorch module (fleet_torch.py, with
+    /// architecture.json and a copy of policy.safetensors) into a folder,
+    /// and print how to load it.
+    Export {
+        /// The run folder (with config.toml and policy.safetensors).
+        #[arg(value_name = "RUN")]
+        run: PathBuf,
+        /// What to export to.
+        #[arg(long, value_enum, default_value_t = export::Format::Torch)]
+        format: export::Format,
+        /// The folder to write (created if need be).
+        #[arg(short, long, value_name = "DIR")]
+        output: PathBuf,
     },
     /// Serve the replay tables.
     Replay {
@@ -278,6 +292,10 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         println!("wrote {}", output.display());
         return Ok(ExitCode::SUCCESS);
     }
+    if let Command::Export { run, format, output } = &cli.command {
+        print!("{}", export::export(run, *format, output)?.usage());
+        return Ok(ExitCode::SUCCESS);
+    }
     let config = load_config(&cli)?;
     if let Command::Health { address, service } = &cli.command {
         // The config only for TLS: a server with TLS on answers health over TLS too.
@@ -379,7 +397,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 Outcome::Interrupted => Ok(ExitCode::from(130)),
             }
         }
-        Command::Health { .. } | Command::Plot { .. } => unreachable!("handled above"),
+        Command::Health { .. } | Command::Plot { .. } | Command::Export { .. } => unreachable!("handled above"),
         Command::Replay { listen, restore } => {
             let grpc = cli::bind(listen, "replay gRPC").await?;
             let shutdown = cli::shutdown_signal(exit_with_stdin)?;

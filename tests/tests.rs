@@ -13,6 +13,7 @@ mod bad_input;
 mod cli;
 mod deploy;
 mod env_bridge;
+mod export;
 mod faults;
 mod k8s;
 mod keepalive;

@@ -23,6 +23,6 @@ pub mod weights;
 
 pub use device::{DeviceError, select_device};
 pub use fleet_trajectory::{EnvSpec, FrameShape, StateSpec};
-pub use network::{Activation, ActorCritic, Core, NetworkConfig, PolicyOutput, RecurrentState, Torso};
+pub use network::{Activation, ActorCritic, Core, FRAME_SCALE, NetworkConfig, PolicyOutput, RecurrentState, Torso};
 pub use trajectory::observations_tensor;
 pub use weights::{Weights, WeightsError};

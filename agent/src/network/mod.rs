@@ -43,7 +43,7 @@ use lstm::{GateInit, LstmCell};
 use mlp::Dense;
 
 /// What frames' 0..=255 intensities are multiplied by on the way in.
-const FRAME_SCALE: f64 = 1.0 / 255.0;
+pub const FRAME_SCALE: f64 = 1.0 / 255.0;
 
 /// What turns observations into the heads' (or the core's) input.
 #[derive(Debug)]
