@@ -20,6 +20,9 @@
 //! - [`runs`]: the run folder `fleet run` writes (config, progress, summary,
 //!   checkpoints, final policy).
 //! - [`plot`]: `fleet plot`, learning curves of run folders as a PNG.
+//! - [`eval`]: `fleet eval`, a run's policy played for whole episodes in
+//!   this process, with its returns and optionally a GIF of it ([`render`]
+//!   draws the pictures).
 //! - [`progress`]: how `fleet run` shows progress: a live bar in a
 //!   terminal, plain lines elsewhere.
 //! - [`tensorboard`]: the progress rows as TensorBoard event files.
@@ -36,6 +39,7 @@ pub mod actor;
 pub mod bench;
 pub mod cli;
 pub mod config;
+pub mod eval;
 pub mod export;
 pub mod health;
 pub mod launcher;
@@ -43,6 +47,7 @@ pub mod learner;
 pub mod plot;
 pub mod process;
 pub mod progress;
+pub mod render;
 pub mod replay;
 mod role;
 pub mod runs;

@@ -15,7 +15,7 @@ use fleet::config::{Config, ConfigSources};
 use fleet::launcher::Outcome;
 use fleet::progress::Verbosity;
 use fleet::runs::RunFolder;
-use fleet::{bench, cli, export, health, launcher, plot};
+use fleet::{bench, cli, eval, export, health, launcher, plot};
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -101,6 +101,34 @@ enum Command {
         /// Image height in pixels.
         #[arg(long, default_value_t = 640)]
         height: u32,
+    },
+    /// Play a run's trained policy for whole episodes in this process and
+    /// print the return's mean ± standard deviation, lowest and highest,
+    /// and the episode lengths; optionally record episodes as a GIF.
+    /// `--seed` seeds the environments and sampling (default: the run's).
+    Eval {
+        /// The run folder (its config.toml and policy.safetensors).
+        #[arg(value_name = "RUN")]
+        run: PathBuf,
+        /// Play this weights file instead of RUN/policy.safetensors, e.g. a
+        /// learner checkpoint's model.safetensors (or its folder).
+        #[arg(long, value_name = "FILE")]
+        policy: Option<PathBuf>,
+        /// Episodes to play.
+        #[arg(long, default_value_t = 10)]
+        episodes: usize,
+        /// Take the most probable action at every step instead of sampling.
+        #[arg(long)]
+        greedy: bool,
+        /// Also write the numbers, per-episode returns and lengths included, as JSON.
+        #[arg(long, value_name = "FILE")]
+        json: Option<PathBuf>,
+        /// Record episodes as an animated GIF.
+        #[arg(long, value_name = "GIF")]
+        record: Option<PathBuf>,
+        /// Episodes to record, the first ones played.
+        #[arg(long, default_value_t = 1, value_name = "N", requires = "record")]
+        record_episodes: usize,
     },
     /// Write a run's policy as a PyTorch module (fleet_torch.py, with
     /// architecture.json and a copy of policy.safetensors) into a folder,
@@ -292,6 +320,34 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         println!("wrote {}", output.display());
         return Ok(ExitCode::SUCCESS);
     }
+    if let Command::Eval {
+        run,
+        policy,
+        episodes,
+        greedy,
+        json,
+        record,
+        record_episodes,
+    } = &cli.command
+    {
+        let options = eval::Options {
+            run: run.clone(),
+            policy: policy.clone(),
+            episodes: *episodes,
+            greedy: *greedy,
+            seed: cli.seed,
+            record: record.clone(),
+            record_episodes: *record_episodes,
+            json: json.clone(),
+            config_file: cli.config.clone(),
+            overrides: cli.overrides.clone(),
+            env_vars: std::env::vars().collect(),
+        };
+        // Candle's compute is synchronous: keep it off the async workers.
+        let report = tokio::task::spawn_blocking(move || eval::eval(&options)).await??;
+        print!("{report}");
+        return Ok(ExitCode::SUCCESS);
+    }
     if let Command::Export { run, format, output } = &cli.command {
         print!("{}", export::export(run, *format, output)?.usage());
         return Ok(ExitCode::SUCCESS);
@@ -397,7 +453,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 Outcome::Interrupted => Ok(ExitCode::from(130)),
             }
         }
-        Command::Health { .. } | Command::Plot { .. } | Command::Export { .. } => unreachable!("handled above"),
+        Command::Health { .. } | Command::Plot { .. } | Command::Eval { .. } | Command::Export { .. } => unreachable!("handled above"),
         Command::Replay { listen, restore } => {
             let grpc = cli::bind(listen, "replay gRPC").await?;
             let shutdown = cli::shutdown_signal(exit_with_stdin)?;

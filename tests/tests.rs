@@ -13,6 +13,7 @@ mod bad_input;
 mod cli;
 mod deploy;
 mod env_bridge;
+mod eval;
 mod export;
 mod faults;
 mod k8s;

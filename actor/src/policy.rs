@@ -1,5 +1,6 @@
 //! Acting from policy logits: sampling categorical actions on the host with
-//! the actor's own seeded RNG (reproducible, independent of candle's RNG).
+//! the actor's own seeded RNG (reproducible, independent of candle's RNG),
+//! or taking the most probable one.
 
 use rand::Rng;
 
@@ -8,6 +9,21 @@ pub fn sample_actions(logits: &[f32], num_actions: usize, rng: &mut impl Rng, ac
     actions.clear();
     for row in logits.chunks_exact(num_actions) {
         actions.push(sample_categorical(row, rng));
+    }
+}
+
+/// The most probable action of each row of `logits` (`[n, num_actions]`,
+/// row-major): the first of equal largest logits; NaN logits never win.
+pub fn greedy_actions(logits: &[f32], num_actions: usize, actions: &mut Vec<usize>) {
+    actions.clear();
+    for row in logits.chunks_exact(num_actions) {
+        let mut best = 0;
+        for (i, &l) in row.iter().enumerate() {
+            if l > row[best] || row[best].is_nan() {
+                best = i;
+            }
+        }
+        actions.push(best);
     }
 }
 
@@ -54,5 +70,13 @@ mod tests {
         let mut actions = Vec::new();
         sample_actions(&logits, 2, &mut rng, &mut actions);
         assert_eq!(actions, vec![0, 1]);
+    }
+
+    #[test]
+    fn greedy_takes_the_largest_logit_of_each_row() {
+        let logits = [0.1f32, 2.0, -1.0, 3.0, 3.0, 0.0, f32::NAN, -5.0, -6.0];
+        let mut actions = Vec::new();
+        greedy_actions(&logits, 3, &mut actions);
+        assert_eq!(actions, vec![1, 0, 1]);
     }
 }

@@ -187,19 +187,31 @@ struct Channels {
 /// Builds the configured vector of environments: native, or served by the
 /// env bridge. Blocks on the runtime, so it runs on the compute thread.
 fn make_envs(settings: &ActorSettings, seed: u64, shutdown: &CancellationToken) -> Result<VecEnv, ActorError> {
-    let config = &settings.env;
-    let envs = config.make_vec(
-        settings.actor.num_envs,
+    let (env, network) = (&settings.env, &settings.network);
+    make_vec_env(env, network, settings.actor.num_envs, seed, settings.max_message_bytes, shutdown)
+}
+
+/// `num_envs` environments as `env` describes them, checked to fit
+/// `network`: what an actor steps, for anyone who plays a policy. Blocks
+/// on the current runtime, so call it from outside it.
+pub fn make_vec_env(
+    env: &EnvConfig,
+    network: &NetworkConfig,
+    num_envs: usize,
+    seed: u64,
+    max_message_bytes: usize,
+    shutdown: &CancellationToken,
+) -> Result<VecEnv, ActorError> {
+    let envs = env.make_vec(
+        num_envs,
         seed,
-        settings.max_message_bytes,
+        max_message_bytes,
         tokio::runtime::Handle::current(),
         shutdown.clone(),
     )?;
-    let spec = envs.spec();
-    settings
-        .network
-        .check_spec(&spec)
-        .map_err(|message| ActorError::NetworkSpec(message, config.name.clone()))?;
+    network
+        .check_spec(&envs.spec())
+        .map_err(|message| ActorError::NetworkSpec(message, env.name.clone()))?;
     Ok(envs)
 }
 

@@ -7,7 +7,7 @@
 //! The observation is the state cast to `f32`. The 500-step time limit of
 //! `gymnasium.make("CartPole-v1")` is built in. Only the reset distribution's
 //! random stream differs: it comes from a seeded ChaCha8 generator, not numpy's.
-//! Rendering is not provided.
+//! Rendering is not provided here; `physical_state` gives the state to draw.
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -147,6 +147,10 @@ impl Environment for CartPole {
 
     fn num_actions(&self) -> usize {
         NUM_ACTIONS
+    }
+
+    fn physical_state(&self) -> Option<&[f64]> {
+        Some(&self.state)
     }
 
     fn reset(&mut self, observation: ObservationsMut<'_>) {

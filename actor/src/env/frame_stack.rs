@@ -74,6 +74,10 @@ impl Environment for FrameStack {
         })
     }
 
+    fn physical_state(&self) -> Option<&[f64]> {
+        self.inner.physical_state()
+    }
+
     fn reset(&mut self, observation: ObservationsMut<'_>) {
         let size = self.inner.observation_size();
         self.inner.reset(self.stack.slice_mut(0..size));

@@ -62,6 +62,10 @@ impl Environment for MaskedCartPole {
         self.inner.num_actions()
     }
 
+    fn physical_state(&self) -> Option<&[f64]> {
+        self.inner.physical_state()
+    }
+
     fn reset(&mut self, observation: ObservationsMut<'_>) {
         self.inner.reset(ObservationsMut::F32(&mut self.full));
         self.write_observation(observation.f32());

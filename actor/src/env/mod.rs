@@ -85,6 +85,13 @@ pub trait Environment: Send {
         None
     }
 
+    /// The simulated state itself, whatever the observation shows of it,
+    /// for drawing it (CartPole's `[x, x_dot, theta, theta_dot]`); `None`
+    /// where there is none to draw. Wrappers pass their inner one's on.
+    fn physical_state(&self) -> Option<&[f64]> {
+        None
+    }
+
     /// What the network needs to know of this environment.
     fn spec(&self) -> EnvSpec {
         match self.frame() {
@@ -512,6 +519,28 @@ mod tests {
         let error = normalized("catch").make(0).err().expect("frames are not normalised");
         assert!(matches!(&error, EnvError::NormalizedFrames(name) if name == "catch"), "{error}");
         assert!(error.to_string().contains("catch"));
+    }
+
+    #[test]
+    fn the_physical_state_passes_through_every_wrapper() {
+        let wrapped = EnvConfig {
+            normalize_observations: true,
+            frame_stack: 3,
+            ..EnvConfig::named(masked::NAME)
+        };
+        let mut env = wrapped.make(5).unwrap();
+        let mut plain = CartPole::new(5);
+        let (mut observation, mut raw) = (vec![0.0f32; env.observation_size()], [0.0f32; 4]);
+        env.reset(ObservationsMut::F32(&mut observation));
+        plain.reset(ObservationsMut::F32(&mut raw));
+        assert_eq!(env.physical_state(), Some(&plain.state()[..]));
+        env.step(1, ObservationsMut::F32(&mut observation));
+        plain.step(1, ObservationsMut::F32(&mut raw));
+        assert_eq!(env.physical_state(), Some(&plain.state()[..]));
+        assert_eq!(make(catch::NAME, 0).unwrap().physical_state(), None);
+        let vec_env = VecEnv::from_config(&wrapped, 2, 5).unwrap();
+        assert_eq!(vec_env.physical_state(1).map(<[f64]>::len), Some(4));
+        assert_eq!(vec_env.physical_state(2), None);
     }
 
     #[test]

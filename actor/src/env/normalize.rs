@@ -95,6 +95,10 @@ impl Environment for NormalizeObservation {
         self.inner.num_actions()
     }
 
+    fn physical_state(&self) -> Option<&[f64]> {
+        self.inner.physical_state()
+    }
+
     // Frames keep no shape here: scaled pixels are no longer intensities,
     // and the registry refuses to normalise image environments.
 

@@ -86,6 +86,13 @@ pub trait BatchEnv: Send {
     /// (already checked to be in range). Returns how many environments
     /// acted.
     fn step(&mut self, actions: &[usize], timestep: &mut Timestep) -> Result<usize, EnvError>;
+
+    /// [`Environment::physical_state`] of environment `env_index`, where
+    /// this process holds it (native environments only).
+    fn physical_state(&self, env_index: usize) -> Option<&[f64]> {
+        let _ = env_index;
+        None
+    }
 }
 
 /// Environments this process steps itself, one after another.
@@ -149,6 +156,10 @@ impl BatchEnv for NativeEnvs {
             timestep.truncated[env_index] = outcome.truncated;
         }
         Ok(acted)
+    }
+
+    fn physical_state(&self, env_index: usize) -> Option<&[f64]> {
+        self.envs.get(env_index)?.physical_state()
     }
 }
 
@@ -279,6 +290,12 @@ impl VecEnv {
     /// Whether the current observation of `env_index` is its episode's last.
     pub fn is_last(&self, env_index: usize) -> bool {
         self.current.is_last(env_index)
+    }
+
+    /// The simulated state behind the current observation of `env_index`,
+    /// where there is one to draw (see [`Environment::physical_state`]).
+    pub fn physical_state(&self, env_index: usize) -> Option<&[f64]> {
+        self.envs.physical_state(env_index)
     }
 
     /// Checks that there is one action per environment and each is in range.
