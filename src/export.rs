@@ -286,10 +286,10 @@ fn read_config(path: &Path) -> Result<(EnvConfig, NetworkConfig)> {
 }
 
 /// The observation and action spec the run's network was built for: a
-/// native environment's own; a bridged one's from `env.spec`, or for the
-/// Atari setup from its settings (channels, screen) and the policy head
-/// (actions), since `fleet run` asks the bridge at start and records it
-/// nowhere else.
+/// native environment's own; a bridged one's from `env.spec` (which
+/// `fleet run` records in the run's config after asking the bridge), or,
+/// for a config without it, the Atari setup's from its settings (channels,
+/// screen) and the policy head (actions).
 fn env_spec(env: &EnvConfig, tensors: &HashMap<String, Tensor>, config_path: &Path) -> Result<EnvSpec> {
     if !env.is_bridged() {
         return env
@@ -315,7 +315,7 @@ fn env_spec(env: &EnvConfig, tensors: &HashMap<String, Tensor>, config_path: &Pa
     }
     bail!(
         "{}: env `{}` is served by the env bridge and the config does not record its observations (env.spec is empty): \
-         set it there, as `fleet run` printed it at start, e.g. \
+         set it there, as `fleet run` printed it at start (runs record it themselves), e.g. \
          spec = {{ observation = {{ vector = {{ size = 4 }} }}, action = {{ discrete = {{ num_actions = 2 }} }} }} under [env]",
         config_path.display(),
         env.name

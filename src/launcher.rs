@@ -62,6 +62,25 @@ pub enum Outcome {
 /// [`crate::progress`]). The children are this same executable, so only the
 /// `fleet` binary can call this.
 pub async fn run(mut config: Config, folder: RunFolder, resume: bool, verbosity: Verbosity) -> Result<Outcome> {
+    let bridged = if config.env.is_bridged() {
+        // Ask the bridge once, here, so the learner needs none, every actor
+        // checks its environments against the same spec, and the run folder
+        // records it (`fleet eval` and `fleet export` then need no bridge
+        // to know the network's shapes).
+        let spec = fleet_actor::env::bridge::probe_spec(&config.env, config.replay.max_message_bytes)
+            .await
+            .map_err(|error| anyhow::anyhow!("env `{}`: {error}", config.env.name))?;
+        config.check_network_fits(&spec)?;
+        if let Some(expected) = config.env.spec
+            && expected != spec
+        {
+            bail!("env `{}` has {spec}, but env.spec says {expected}", config.env.name);
+        }
+        config.env.spec = Some(spec);
+        Some(format!("env      {} via the env bridge: {spec}", config.env.name))
+    } else {
+        None
+    };
     folder.write_config(&config)?;
     if config.learner.checkpoint_dir.is_empty() {
         config.learner.checkpoint_dir = folder.checkpoint_dir().to_string_lossy().into_owned();
@@ -78,6 +97,9 @@ pub async fn run(mut config: Config, folder: RunFolder, resume: bool, verbosity:
     let start = Start::read(&folder, &checkpoint_dir, resume)?;
     let view = ProgressView::new(verbosity, config.run.max_env_steps, start.offsets.env_steps);
     view.say(&format!("run      {}", folder.path.display()));
+    if let Some(line) = &bridged {
+        view.say(line);
+    }
     if resume {
         view.say(&format!(
             "resuming from {}: env steps {}, episodes {}, learner updates {}, weights version {}, {:.0} s so far",
@@ -255,21 +277,6 @@ async fn run_processes(mut config: Config, recorder: &mut Recorder) -> Result<Ou
     // Each actor averages its share of the last 100 episodes and 50,000 steps.
     config.actor.return_window = RETURN_EPISODES.div_ceil(actors);
     config.actor.return_window_steps = RETURN_STEPS.div_ceil(actors as u64);
-    if config.env.is_bridged() {
-        // Ask the bridge once, here, so the learner needs none and every
-        // actor checks its environments against the same spec.
-        let spec = fleet_actor::env::bridge::probe_spec(&config.env, config.replay.max_message_bytes)
-            .await
-            .map_err(|error| anyhow::anyhow!("env `{}`: {error}", config.env.name))?;
-        config.check_network_fits(&spec)?;
-        if let Some(expected) = config.env.spec
-            && expected != spec
-        {
-            bail!("env `{}` has {spec}, but env.spec says {expected}", config.env.name);
-        }
-        recorder.view.say(&format!("env      {} via the env bridge: {spec}", config.env.name));
-        config.env.spec = Some(spec);
-    }
     let dir = tempfile::tempdir().context("creating a temporary directory")?;
     let config_path = dir.path().join("effective.toml");
     config.write_to(&config_path)?;
@@ -423,13 +430,7 @@ struct Recorder {
 }
 
 impl Recorder {
-    fn new(
-        writer: ProgressWriter,
-        events: Option<EventWriter>,
-        offsets: Offsets,
-        view: ProgressView,
-        verbosity: Verbosity,
-    ) -> Self {
+    fn new(writer: ProgressWriter, events: Option<EventWriter>, offsets: Offsets, view: ProgressView, verbosity: Verbosity) -> Self {
         let now = Instant::now();
         Self {
             writer,

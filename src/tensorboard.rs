@@ -80,11 +80,7 @@ impl EventWriter {
             .ok()
             .filter(|h| !h.is_empty() && !h.contains('/'))
             .unwrap_or_else(|| "localhost".into());
-        let path = dir.join(format!(
-            "events.out.tfevents.{}.{host}.{}.fleet",
-            now.as_secs(),
-            std::process::id()
-        ));
+        let path = dir.join(format!("events.out.tfevents.{}.{host}.{}.fleet", now.as_secs(), std::process::id()));
         let file = OpenOptions::new()
             .create_new(true)
             .append(true)
@@ -182,9 +178,7 @@ pub fn read_events(path: &Path) -> Result<Vec<Event>> {
             return Err(bad("the length's CRC does not match"));
         }
         let length = usize::try_from(u64::from_le_bytes(length.try_into()?))?;
-        let data = bytes
-            .get(at + 12..at + 12 + length)
-            .ok_or_else(|| bad("a frame cut short"))?;
+        let data = bytes.get(at + 12..at + 12 + length).ok_or_else(|| bad("a frame cut short"))?;
         let crc = bytes
             .get(at + 12 + length..at + 16 + length)
             .ok_or_else(|| bad("a frame's CRC cut short"))?;
@@ -229,13 +223,7 @@ mod tests {
         let Some(What::Summary(summary)) = &events[1].what else {
             panic!("no summary: {:?}", events[1]);
         };
-        let value = |tag: &str| {
-            summary
-                .value
-                .iter()
-                .find(|v| v.tag == tag)
-                .map(|v| v.value.clone())
-        };
+        let value = |tag: &str| summary.value.iter().find(|v| v.tag == tag).map(|v| v.value.clone());
         assert_eq!(value("return/step_weighted"), Some(Some(Scalar::SimpleValue(487.5))));
         // A zero is still a value; an unknown one is left out.
         assert_eq!(value("return/min_100_episodes"), Some(Some(Scalar::SimpleValue(0.0))));

@@ -72,9 +72,14 @@ fn the_env_bridge_serves_gymnasium_vectors_as_gymnasium_steps_them() {
 #[tokio::test]
 async fn fleet_run_solves_gymnasium_cartpole_through_the_bridge() {
     let Some(python) = python_with("fleet_envbridge") else { return };
+    let runs = tempfile::tempdir().unwrap();
     let (status, output) = fleet_run(
         &python,
         &[
+            "--run-dir",
+            runs.path().to_str().unwrap(),
+            "--name",
+            "bridged",
             "--seed",
             "1",
             "--set",
@@ -93,6 +98,18 @@ async fn fleet_run_solves_gymnasium_cartpole_through_the_bridge() {
     assert!(
         output.contains("gym:CartPole-v1 via the env bridge: f32 observations [4], 2 discrete actions"),
         "{output}"
+    );
+    // The run folder records the spec the bridge gave, so that what reads
+    // the folder later (eval, export, a resume) knows the shapes.
+    let folder = runs.path().join("bridged");
+    let config = fleet::config::Config::load(&fleet::config::ConfigSources {
+        file: Some(folder.join("config.toml")),
+        ..Default::default()
+    })
+    .unwrap();
+    assert_eq!(
+        config.env.spec.map(|spec| spec.to_string()).as_deref(),
+        Some("f32 observations [4], 2 discrete actions")
     );
 }
 

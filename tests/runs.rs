@@ -204,7 +204,12 @@ fn assert_events_match(folder: &Path, rows: &[ProgressRow], files: usize) {
     let mut summaries = Vec::new();
     for path in &paths {
         let events = read_events(path).unwrap();
-        assert_eq!(events[0].what, Some(What::FileVersion("brain.Event:2".into())), "{}", path.display());
+        assert_eq!(
+            events[0].what,
+            Some(What::FileVersion("brain.Event:2".into())),
+            "{}",
+            path.display()
+        );
         summaries.extend(events.into_iter().skip(1));
     }
     // Files are named by their start time, so sorted they are in order.
@@ -212,7 +217,9 @@ fn assert_events_match(folder: &Path, rows: &[ProgressRow], files: usize) {
     assert_eq!(summaries.len(), rows.len());
     for (event, row) in summaries.iter().zip(rows) {
         assert_eq!(event.step as u64, row.env_steps);
-        let Some(What::Summary(summary)) = &event.what else { panic!("{event:?}") };
+        let Some(What::Summary(summary)) = &event.what else {
+            panic!("{event:?}")
+        };
         let value = |tag: &str| {
             summary.value.iter().find(|v| v.tag == tag).map(|v| match v.value {
                 Some(Scalar::SimpleValue(x)) => f64::from(x),
