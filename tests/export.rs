@@ -84,17 +84,12 @@ print(f"parity ok: worst difference {worst:.3g}, logits spread {spread:.3g}")
 /// `FLEET_TORCH_PYTHON` if it can import torch and safetensors; `None` (a
 /// printed skip) if not, unless `FLEET_REQUIRE_TORCH=1`.
 fn torch_python() -> Option<String> {
-    let python = std::env::var("FLEET_TORCH_PYTHON").unwrap_or_else(|_| "python3".into());
-    let probe = Command::new(&python).args(["-c", "import torch, safetensors"]).output();
-    if probe.as_ref().is_ok_and(|o| o.status.success()) {
-        return Some(python);
-    }
-    let reason = format!("{python} cannot import torch and safetensors (pip install torch safetensors)");
-    if std::env::var("FLEET_REQUIRE_TORCH").is_ok_and(|v| v == "1") {
-        panic!("{reason}, and FLEET_REQUIRE_TORCH=1 requires this test to run");
-    }
-    eprintln!("skipped: {reason} (set FLEET_TORCH_PYTHON to one that can, or FLEET_REQUIRE_TORCH=1 to make this a failure)");
-    None
+    crate::support::python_from(
+        "FLEET_TORCH_PYTHON",
+        "FLEET_REQUIRE_TORCH",
+        "torch, safetensors",
+        "pip install torch safetensors",
+    )
 }
 
 fn load_config(file: Option<&str>, overrides: &[&str]) -> Config {

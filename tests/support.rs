@@ -183,7 +183,14 @@ pub async fn check_metrics_text(role: &str, body: &str) {
 /// with a printed skip if not, or a failure when `FLEET_REQUIRE_PYTHON=1`
 /// (CI). `install` says how to get the modules.
 pub fn python_with(modules: &str, install: &str) -> Option<String> {
-    let python = std::env::var("FLEET_PYTHON").unwrap_or_else(|_| "python3".into());
+    python_from("FLEET_PYTHON", "FLEET_REQUIRE_PYTHON", modules, install)
+}
+
+/// The Python named by the environment variable `python_var` (default
+/// `python3`) if it can import `modules`; `None` with a printed skip if
+/// not, or a failure when `require_var` is `1`.
+pub fn python_from(python_var: &str, require_var: &str, modules: &str, install: &str) -> Option<String> {
+    let python = std::env::var(python_var).unwrap_or_else(|_| "python3".into());
     let probe = std::process::Command::new(&python)
         .args(["-c", &format!("import {modules}")])
         .output();
@@ -191,9 +198,9 @@ pub fn python_with(modules: &str, install: &str) -> Option<String> {
         return Some(python);
     }
     let reason = format!("{python} cannot import {modules} ({install})");
-    if std::env::var("FLEET_REQUIRE_PYTHON").is_ok_and(|v| v == "1") {
-        panic!("{reason}, and FLEET_REQUIRE_PYTHON=1 requires this test to run");
+    if std::env::var(require_var).is_ok_and(|v| v == "1") {
+        panic!("{reason}, and {require_var}=1 requires this test to run");
     }
-    eprintln!("skipped: {reason} (set FLEET_REQUIRE_PYTHON=1 to make this a failure)");
+    eprintln!("skipped: {reason} (set {python_var} to one that can, or {require_var}=1 to make this a failure)");
     None
 }

@@ -182,7 +182,7 @@ impl Default for LearnerConfig {
             entropy_cost: 0.0,
             entropy_schedule: Schedule::Constant,
             entropy_decay_frames: 1_000_000,
-            ratio_clip: 0.2,
+            ratio_clip: 0.05,
             rho_bar: 1.0,
             c_bar: 1.0,
             pg_rho_bar: 1.0,
