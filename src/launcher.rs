@@ -6,7 +6,8 @@
 //! the user interrupts. Everything it prints and the learner's checkpoints
 //! and final weights also go to the run's folder (see [`crate::runs`]); a
 //! resumed run goes on from the newest checkpoint and the counters the
-//! folder recorded.
+//! folder recorded. `fleet record` ([`record`]) keeps the same records of
+//! a fleet started elsewhere, from the `/metrics` addresses it is given.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
@@ -111,7 +112,44 @@ pub async fn run(mut config: Config, folder: RunFolder, resume: bool, verbosity:
             start.offsets.wall_seconds,
         ));
     }
-    let mut summary = start.summary(&folder, &config);
+    let (mut recorder, summary) = open_recording(&folder, &config, &start, view, verbosity)?;
+    let result = run_processes(config, &mut recorder).await;
+    close_recording(&folder, recorder, summary, result, Some(&checkpoint_dir))
+}
+
+/// `fleet record`: records a fleet that runs elsewhere (replay, learner and
+/// actors started on their own, as compose and Kubernetes start them) into
+/// `folder`, from the `/metrics` endpoints in `metrics`: the same progress
+/// rows, TensorBoard events, summary and, when `learner.checkpoint_dir`
+/// names a folder this process can read (a shared volume), the final
+/// policy, as `fleet run` leaves. It stops nothing: it ends at the target,
+/// the step budget or a signal, as `fleet run` does, and the fleet goes on.
+pub async fn record(config: Config, folder: RunFolder, metrics: Vec<String>, verbosity: Verbosity) -> Result<Outcome> {
+    folder.write_config(&config)?;
+    let start = Start {
+        offsets: Offsets::default(),
+        checkpoint: None,
+        previous: None,
+    };
+    let view = ProgressView::new(verbosity, config.run.max_env_steps, 0);
+    view.say(&format!("run      {}", folder.path.display()));
+    view.say(&format!("recording {} metrics endpoints: {}", metrics.len(), metrics.join(" ")));
+    let (mut recorder, summary) = open_recording(&folder, &config, &start, view, verbosity)?;
+    let result = supervise(&config, &metrics, &mut [], &mut recorder).await;
+    let checkpoint_dir = (!config.learner.checkpoint_dir.is_empty()).then(|| PathBuf::from(&config.learner.checkpoint_dir));
+    close_recording(&folder, recorder, summary, result, checkpoint_dir.as_deref())
+}
+
+/// Writes the summary of a run that starts and opens its progress file
+/// (and TensorBoard events, if asked) for the recorder.
+fn open_recording(
+    folder: &RunFolder,
+    config: &Config,
+    start: &Start,
+    view: ProgressView,
+    verbosity: Verbosity,
+) -> Result<(Recorder, Summary)> {
+    let summary = start.summary(folder, config);
     folder.write_summary(&summary)?;
     let events = if config.run.tensorboard {
         let writer = EventWriter::create(&folder.path.join(crate::tensorboard::DIR))?;
@@ -120,17 +158,30 @@ pub async fn run(mut config: Config, folder: RunFolder, resume: bool, verbosity:
     } else {
         None
     };
-    let mut recorder = Recorder::new(folder.progress_writer()?, events, start.offsets, view, verbosity);
-    let result = run_processes(config, &mut recorder).await;
+    let recorder = Recorder::new(folder.progress_writer()?, events, start.offsets, view, verbosity);
+    Ok((recorder, summary))
+}
+
+/// Copies the newest checkpoint's weights under `checkpoint_dir` (if any)
+/// to the folder's policy file and writes the summary of how it ended.
+fn close_recording(
+    folder: &RunFolder,
+    recorder: Recorder,
+    mut summary: Summary,
+    result: Result<Outcome>,
+    checkpoint_dir: Option<&Path>,
+) -> Result<Outcome> {
     recorder.view.finish();
-    match save_policy(&folder, &checkpoint_dir) {
-        Ok(true) => {}
-        Ok(false) => eprintln!(
-            "warning: no learner checkpoint under {}; no {} written",
-            checkpoint_dir.display(),
-            crate::runs::POLICY_FILE
-        ),
-        Err(error) => eprintln!("warning: {error:#}"),
+    if let Some(dir) = checkpoint_dir {
+        match save_policy(folder, dir) {
+            Ok(true) => {}
+            Ok(false) => eprintln!(
+                "warning: no learner checkpoint under {}; no {} written",
+                dir.display(),
+                crate::runs::POLICY_FILE
+            ),
+            Err(error) => eprintln!("warning: {error:#}"),
+        }
     }
     summary.end(&result, recorder.last.as_ref(), SystemTime::now());
     folder.write_summary(&summary)?;
@@ -344,7 +395,8 @@ async fn run_processes(mut config: Config, recorder: &mut Recorder) -> Result<Ou
         view.say(&format!("{:<8} metrics http://{}/metrics", p.name, p.metrics));
     }
 
-    let result = supervise(&config, &mut processes, recorder).await;
+    let metrics: Vec<String> = processes.iter().map(|p| p.metrics.clone()).collect();
+    let result = supervise(&config, &metrics, &mut processes, recorder).await;
     // Actors first, so nothing is left writing into a stopped replay.
     for p in processes.iter_mut().rev() {
         p.stop(Duration::from_secs(10)).await;
@@ -363,7 +415,10 @@ struct Hold {
 /// The progress loop: checks the stop conditions every second (or more
 /// often, with a shorter progress interval) and prints and records a line
 /// per interval, and one at the end.
-async fn supervise(config: &Config, processes: &mut [Process], recorder: &mut Recorder) -> Result<Outcome> {
+/// `metrics`: every process's `/metrics` address; `children`: the
+/// processes this one started, whose exit ends the run (none when only
+/// recording a cluster).
+async fn supervise(config: &Config, metrics: &[String], children: &mut [Process], recorder: &mut Recorder) -> Result<Outcome> {
     // Installed once, before the loop: a signal that arrives while the loop
     // is scraping is then still seen at the next select.
     let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
@@ -380,17 +435,17 @@ async fn supervise(config: &Config, processes: &mut [Process], recorder: &mut Re
         };
         if let Some(why) = stopping {
             recorder.view.say(&format!("{why}; stopping"));
-            let snapshot = recorder.scrape(processes, config.actor.return_window).await;
+            let snapshot = recorder.scrape(metrics, config.actor.return_window).await;
             recorder.record(snapshot, Instant::now())?;
             return Ok(Outcome::Interrupted);
         }
-        for p in processes.iter_mut() {
+        for p in children.iter_mut() {
             if let Some(status) = p.child.try_wait()? {
                 bail!("{} exited unexpectedly ({status})", p.name);
             }
         }
         let now = Instant::now();
-        let snapshot = recorder.scrape(processes, config.actor.return_window).await;
+        let snapshot = recorder.scrape(metrics, config.actor.return_window).await;
         let holding = hold.is_some();
         let outcome = judge(&config.run, &snapshot, &mut hold);
         if let (false, Some(held)) = (holding, hold) {
@@ -451,8 +506,8 @@ impl Recorder {
     }
 
     /// The children's metrics, with the counters of earlier segments added.
-    async fn scrape(&self, processes: &[Process], window: usize) -> Snapshot {
-        let mut snapshot = Snapshot::scrape(processes, window).await;
+    async fn scrape(&self, metrics: &[String], window: usize) -> Snapshot {
+        let mut snapshot = Snapshot::scrape(metrics, window).await;
         snapshot.env_steps += self.offsets.env_steps;
         snapshot.episodes += self.offsets.episodes;
         snapshot.updates += self.offsets.updates;
@@ -569,15 +624,15 @@ const LOSS_KINDS: [&str; 4] = ["policy", "baseline", "entropy", "total"];
 
 impl Snapshot {
     /// `window`: episodes each actor averages over (its share of the last 100).
-    async fn scrape(processes: &[Process], window: usize) -> Self {
+    async fn scrape(metrics: &[String], window: usize) -> Self {
         let mut s = Snapshot::default();
         let (mut weighted, mut weight) = (0.0, 0.0);
         let (mut step_weighted, mut steps) = (0.0, 0.0);
         // Per actor: (its median, its episodes in the window), min and max.
         let mut medians = Vec::new();
         let (mut lowest, mut highest) = (f64::INFINITY, f64::NEG_INFINITY);
-        for p in processes {
-            let Ok(text) = scrape(&p.metrics).await else {
+        for address in metrics {
+            let Ok(text) = scrape(address).await else {
                 continue;
             };
             let samples = Samples::parse(&text);

@@ -16,7 +16,8 @@
 //! - [`config`]: the layered TOML config (default, file, environment, flags).
 //! - [`export`]: `fleet export`, a run's policy as a PyTorch module.
 //! - [`telemetry`]: the Prometheus recorder and the `/metrics` endpoint.
-//! - [`launcher`]: `fleet run`, every role as a child process on one machine.
+//! - [`launcher`]: `fleet run`, every role as a child process on one machine,
+//!   and `fleet record`, the same run folder for a fleet started elsewhere.
 //! - [`runs`]: the run folder `fleet run` writes (config, progress, summary,
 //!   checkpoints, final policy).
 //! - [`plot`]: `fleet plot`, learning curves of run folders as a PNG.

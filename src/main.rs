@@ -144,6 +144,27 @@ enum Command {
         #[arg(short, long, value_name = "DIR")]
         output: PathBuf,
     },
+    /// Record a fleet that runs elsewhere (replay, learner and actors
+    /// started on their own, e.g. by docker compose) into a run folder, as
+    /// `fleet run` records its own: progress rows from every process's
+    /// /metrics, TensorBoard events with --tensorboard, the summary, and the
+    /// final policy when learner.checkpoint_dir is a folder this process can
+    /// read. Ends at the target, the step budget or Ctrl-C; stops nothing.
+    Record {
+        /// A process's /metrics address (host:port), once per process: the
+        /// learner's and every actor's (replay's is welcome too).
+        #[arg(long = "metrics", value_name = "HOST:PORT", required = true)]
+        metrics: Vec<String>,
+        /// Name of the run's folder under --run-dir (default: the UTC start time).
+        #[arg(long)]
+        name: Option<String>,
+        /// Folder that holds the run folders.
+        #[arg(long, value_name = "DIR", default_value = "runs")]
+        run_dir: PathBuf,
+        /// Also write the progress as TensorBoard event files (`run.tensorboard`).
+        #[arg(long)]
+        tensorboard: bool,
+    },
     /// Serve the replay tables.
     Replay {
         #[arg(long, default_value = "0.0.0.0:50051", env = "FLEET_LISTEN")]
@@ -286,6 +307,9 @@ fn load_config(cli: &Cli) -> Result<Config> {
             overrides.push("run.tensorboard=true".into());
         }
     }
+    if let Command::Record { tensorboard: true, .. } = &cli.command {
+        overrides.push("run.tensorboard=true".into());
+    }
     // Flags named above win over generic --set ones given alongside.
     let mut all = cli.overrides.clone();
     all.extend(overrides);
@@ -411,47 +435,23 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Run { name, run_dir, resume, .. } => {
-            let target = config.run.target_return;
-            let hold_min_return = config.run.hold_min_return;
+            let (target, hold_min_return) = (config.run.target_return, config.run.hold_min_return);
             let started = std::time::Instant::now();
             let (folder, resuming) = match resume {
                 Some(path) => (RunFolder::open(&path)?, true),
                 None => (RunFolder::create(&run_dir, name.as_deref(), std::time::SystemTime::now())?, false),
             };
-            match launcher::run(config, folder, resuming, verbosity).await? {
-                Outcome::TargetReached {
-                    step_return,
-                    env_steps,
-                    lowest,
-                    ..
-                } => {
-                    let held = lowest.map_or(String::new(), |lowest| format!(", held (lowest {lowest:.1})"));
-                    println!(
-                        "target reached: return {step_return:.1} ≥ {target} (step-weighted) after {env_steps} env steps in {:.0} s{held}",
-                        started.elapsed().as_secs_f64()
-                    );
-                    Ok(ExitCode::SUCCESS)
-                }
-                Outcome::Collapsed {
-                    reached_at,
-                    step_return,
-                    env_steps,
-                } => {
-                    eprintln!(
-                        "error: the return fell to {step_return:.1} < {} after {env_steps} env steps, having reached {target} at {reached_at}",
-                        hold_min_return
-                    );
-                    Ok(ExitCode::from(1))
-                }
-                Outcome::BudgetExhausted { step_return, env_steps } => {
-                    eprintln!(
-                        "error: env step budget exhausted: {env_steps} steps without reaching return {target} (last: {})",
-                        step_return.map_or("n/a".into(), |r| format!("{r:.1}"))
-                    );
-                    Ok(ExitCode::from(1))
-                }
-                Outcome::Interrupted => Ok(ExitCode::from(130)),
-            }
+            let outcome = launcher::run(config, folder, resuming, verbosity).await?;
+            Ok(report(outcome, target, hold_min_return, started))
+        }
+        Command::Record {
+            metrics, name, run_dir, ..
+        } => {
+            let (target, hold_min_return) = (config.run.target_return, config.run.hold_min_return);
+            let started = std::time::Instant::now();
+            let folder = RunFolder::create(&run_dir, name.as_deref(), std::time::SystemTime::now())?;
+            let outcome = launcher::record(config, folder, metrics, verbosity).await?;
+            Ok(report(outcome, target, hold_min_return, started))
         }
         Command::Health { .. } | Command::Plot { .. } | Command::Eval { .. } | Command::Export { .. } => unreachable!("handled above"),
         Command::Replay { listen, restore } => {
@@ -482,6 +482,43 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             fleet::actor::run(config, id, peers, metrics, shutdown).await?;
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+/// Says how a run (or a recording) ended; its exit code.
+fn report(outcome: Outcome, target: f64, hold_min_return: f64, started: std::time::Instant) -> ExitCode {
+    match outcome {
+        Outcome::TargetReached {
+            step_return,
+            env_steps,
+            lowest,
+            ..
+        } => {
+            let held = lowest.map_or(String::new(), |lowest| format!(", held (lowest {lowest:.1})"));
+            println!(
+                "target reached: return {step_return:.1} ≥ {target} (step-weighted) after {env_steps} env steps in {:.0} s{held}",
+                started.elapsed().as_secs_f64()
+            );
+            ExitCode::SUCCESS
+        }
+        Outcome::Collapsed {
+            reached_at,
+            step_return,
+            env_steps,
+        } => {
+            eprintln!(
+                "error: the return fell to {step_return:.1} < {hold_min_return} after {env_steps} env steps, having reached {target} at {reached_at}"
+            );
+            ExitCode::from(1)
+        }
+        Outcome::BudgetExhausted { step_return, env_steps } => {
+            eprintln!(
+                "error: env step budget exhausted: {env_steps} steps without reaching return {target} (last: {})",
+                step_return.map_or("n/a".into(), |r| format!("{r:.1}"))
+            );
+            ExitCode::from(1)
+        }
+        Outcome::Interrupted => ExitCode::from(130),
     }
 }
 

@@ -354,3 +354,70 @@ async fn plot_draws_curves_of_the_asked_size_and_names_bad_input() {
     assert!(stderr.contains(&progress.display().to_string()), "{stderr}");
     assert!(!output.exists(), "no image from bad input");
 }
+
+/// `fleet record` writes the run folder of a fleet started role by role (as
+/// compose starts it): progress rows from every process's `/metrics`, the
+/// summary, and the policy from the learner's checkpoint folder. It stops
+/// nothing: the roles are still serving after it ends.
+#[tokio::test]
+async fn record_writes_the_folder_of_a_fleet_started_role_by_role() {
+    use crate::support::start;
+    let dir = tempfile::tempdir().unwrap();
+    let checkpoints = dir.path().join("checkpoints");
+    std::fs::create_dir(&checkpoints).unwrap();
+    let checkpoint_dir = format!("learner.checkpoint_dir={}", checkpoints.display());
+    let replay = start(&["replay", "--listen", "127.0.0.1:0"]).await;
+    let learner = start(&[
+        "learner",
+        "--listen",
+        "127.0.0.1:0",
+        "--replay",
+        &replay.grpc,
+        "--set",
+        &checkpoint_dir,
+        "--set",
+        "learner.checkpoint_interval_secs=0.5",
+    ])
+    .await;
+    let actor = start(&["actor", "--actor-id", "1", "--replay", &replay.grpc, "--learner", &learner.grpc]).await;
+    let out = fleet(&[
+        "record",
+        "--metrics",
+        &replay.metrics,
+        "--metrics",
+        &learner.metrics,
+        "--metrics",
+        &actor.metrics,
+        "--run-dir",
+        dir.path().to_str().unwrap(),
+        "--name",
+        "cluster",
+        "--set",
+        &checkpoint_dir,
+        "--set",
+        "run.max_env_steps=40000",
+        "--set",
+        "run.progress_interval_secs=0.2",
+    ])
+    .await;
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "budget exhausted:\n{stdout}\n{stderr}");
+    let folder = dir.path().join("cluster");
+    let rows = read_progress(&folder.join("progress.csv")).unwrap();
+    assert!(rows.len() >= 2, "{stdout}");
+    assert_rows_advance(&rows);
+    let last = rows.last().unwrap();
+    assert!(last.env_steps >= 40000, "{last:?}");
+    assert!(last.learner_updates > 0 && last.loss_total.is_some(), "{last:?}");
+    assert!(last.return_mean.is_some() && last.return_median.is_some(), "{last:?}");
+    let summary = summary(&folder);
+    assert_eq!(summary.status, "budget_exhausted");
+    assert_summary_matches(&summary, last);
+    let policy = std::fs::read(folder.join("policy.safetensors")).expect("the policy from the learner's checkpoints");
+    safetensors::SafeTensors::deserialize(&policy).unwrap();
+    // Nothing was stopped.
+    for role in [&replay, &learner, &actor] {
+        assert!(crate::support::scrape(&role.metrics).await.is_ok(), "{} still serves", role.name);
+    }
+}
