@@ -140,6 +140,18 @@ pub async fn record(config: Config, folder: RunFolder, metrics: Vec<String>, ver
     close_recording(&folder, recorder, summary, result, checkpoint_dir.as_deref())
 }
 
+/// Checks that every address serves `/metrics`, for `fleet record` before
+/// it makes a run folder: one that cannot be read at the start is a
+/// mistake (a wrong address), not a process that went away.
+pub async fn check_metrics(metrics: &[String]) -> Result<()> {
+    for address in metrics {
+        scrape(address)
+            .await
+            .with_context(|| format!("--metrics {address}: cannot read its /metrics"))?;
+    }
+    Ok(())
+}
+
 /// Writes the summary of a run that starts and opens its progress file
 /// (and TensorBoard events, if asked) for the recorder.
 fn open_recording(

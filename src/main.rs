@@ -449,6 +449,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         } => {
             let (target, hold_min_return) = (config.run.target_return, config.run.hold_min_return);
             let started = std::time::Instant::now();
+            launcher::check_metrics(&metrics).await?;
             let folder = RunFolder::create(&run_dir, name.as_deref(), std::time::SystemTime::now())?;
             let outcome = launcher::record(config, folder, metrics, verbosity).await?;
             Ok(report(outcome, target, hold_min_return, started))

@@ -420,4 +420,22 @@ async fn record_writes_the_folder_of_a_fleet_started_role_by_role() {
     for role in [&replay, &learner, &actor] {
         assert!(crate::support::scrape(&role.metrics).await.is_ok(), "{} still serves", role.name);
     }
+
+    // An address that cannot be read is an error naming it.
+    drop(actor);
+    let gone = "127.0.0.1:9";
+    let out = fleet(&[
+        "record",
+        "--metrics",
+        &learner.metrics,
+        "--metrics",
+        gone,
+        "--run-dir",
+        dir.path().to_str().unwrap(),
+    ])
+    .await;
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(&format!("--metrics {gone}")), "{stderr}");
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2, "no folder for a failed start");
 }
