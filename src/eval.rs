@@ -26,7 +26,7 @@ use rand::SeedableRng;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, ConfigSources};
+use crate::config::Config;
 use crate::render::{self, Channels, Indexed};
 use crate::runs::RunFolder;
 
@@ -42,28 +42,24 @@ const END_OF_EPISODE_DELAY: u16 = 100;
 /// What `fleet eval` is asked to do.
 #[derive(Debug, Clone)]
 pub struct Options {
-    /// The run folder: its `config.toml` and, unless `policy` is given,
-    /// its `policy.safetensors`.
+    /// The run folder: unless `policy` is given, its `policy.safetensors`
+    /// is played.
     pub run: PathBuf,
+    /// The run's `config.toml` with the command line's layers over it
+    /// (`--set`, `FLEET_…` variables, `--seed`), as `fleet run --resume`
+    /// loads it.
+    pub config: Config,
     /// Another weights file to play, e.g. a learner checkpoint's
     /// `model.safetensors` (or the checkpoint's folder).
     pub policy: Option<PathBuf>,
     pub episodes: usize,
     /// The most probable action at every step instead of a sampled one.
     pub greedy: bool,
-    /// Seeds the environments and the sampling; `None`: the run's `seed`.
-    pub seed: Option<u64>,
     /// Write the first `record_episodes` episodes to this GIF.
     pub record: Option<PathBuf>,
     pub record_episodes: usize,
     /// Write the report as JSON to this file.
     pub json: Option<PathBuf>,
-    /// `--config`, which the run's own config replaces: refused when set.
-    pub config_file: Option<PathBuf>,
-    /// `--set` flags, applied over the run's config (e.g. `env.remote`).
-    pub overrides: Vec<String>,
-    /// `(NAME, value)` pairs of the environment, for `FLEET_…` keys.
-    pub env_vars: Vec<(String, String)>,
 }
 
 /// One finished episode.
@@ -182,22 +178,10 @@ pub fn eval(options: &Options) -> Result<Report> {
             options.episodes
         );
     }
-    if let Some(config) = &options.config_file {
-        bail!(
-            "fleet eval {} takes the run's own config.toml; --config {} cannot be given with it (use --set to change keys)",
-            options.run.display(),
-            config.display()
-        );
-    }
     let folder = RunFolder::open(&options.run)?;
     let config_path = folder.config_path();
-    let config = Config::load(&ConfigSources {
-        file: Some(config_path.clone()),
-        env: options.env_vars.clone(),
-        overrides: options.overrides.clone(),
-    })
-    .with_context(|| format!("loading {}", config_path.display()))?;
-    let seed = options.seed.unwrap_or(config.seed);
+    let config = &options.config;
+    let seed = config.seed;
     let policy_path = policy_file(&folder, options.policy.as_deref());
     let weights = read_weights(&policy_path)?;
 

@@ -275,25 +275,30 @@ fn load_config(cli: &Cli) -> Result<Config> {
         overrides.push(format!("seed={seed}"));
     }
     let mut file = cli.config.clone();
+    // A command on a run folder takes the folder's config.toml as its file.
+    let run_folder = match &cli.command {
+        Command::Run { resume: Some(folder), .. } => Some(("--resume", folder)),
+        Command::Eval { run, .. } => Some(("fleet eval", run)),
+        _ => None,
+    };
+    if let Some((what, folder)) = run_folder {
+        if let Some(config) = &cli.config {
+            anyhow::bail!(
+                "{what} {} takes the run's own config.toml; --config {} cannot be given with it (use --set to change keys)",
+                folder.display(),
+                config.display()
+            );
+        }
+        file = Some(RunFolder::open(folder)?.config_path());
+    }
     if let Command::Run {
         actors,
         target_return,
         max_env_steps,
-        resume,
         tensorboard,
         ..
     } = &cli.command
     {
-        if let Some(folder) = resume {
-            if let Some(config) = &cli.config {
-                anyhow::bail!(
-                    "--resume {} takes the run's own config.toml; --config {} cannot be given with it (use --set to change keys)",
-                    folder.display(),
-                    config.display()
-                );
-            }
-            file = Some(RunFolder::open(folder)?.config_path());
-        }
         if let Some(v) = actors {
             overrides.push(format!("run.actors={v}"));
         }
@@ -356,16 +361,13 @@ async fn run(cli: Cli) -> Result<ExitCode> {
     {
         let options = eval::Options {
             run: run.clone(),
+            config: load_config(&cli)?,
             policy: policy.clone(),
             episodes: *episodes,
             greedy: *greedy,
-            seed: cli.seed,
             record: record.clone(),
             record_episodes: *record_episodes,
             json: json.clone(),
-            config_file: cli.config.clone(),
-            overrides: cli.overrides.clone(),
-            env_vars: std::env::vars().collect(),
         };
         // Candle's compute is synchronous: keep it off the async workers.
         let report = tokio::task::spawn_blocking(move || eval::eval(&options)).await??;

@@ -83,16 +83,6 @@ impl ProgressView {
         Self { verbosity, bar }
     }
 
-    /// A view that prints plain lines whatever stdout is (for tests).
-    pub fn lines(verbosity: Verbosity) -> Self {
-        Self { verbosity, bar: None }
-    }
-
-    /// Whether a live bar is drawn.
-    pub fn has_bar(&self) -> bool {
-        self.bar.is_some()
-    }
-
     /// A line for the user (start-up addresses, the target reached, a
     /// stop): printed above the bar, or plainly; nothing with `-q`.
     pub fn say(&self, line: &str) {
