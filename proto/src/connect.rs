@@ -11,6 +11,9 @@
 //! UNAVAILABLE; the caller's own retry loop then reconnects. Timeouts on
 //! single calls cannot do this for the long-lived streams (inserts, samples,
 //! weights), which may rightly stay quiet for minutes.
+//!
+//! A connection also lives only while its clients end their streams
+//! cleanly: [`sole_message`] reads a one-message stream to its end.
 
 use std::time::Duration;
 
@@ -200,6 +203,31 @@ pub fn chain(error: &(dyn std::error::Error + 'static)) -> String {
         next = error.source();
     }
     text
+}
+
+/// The one message of a response stream that should end after it (a
+/// `Sample` call for one batch), read together with the stream's end.
+/// `Ok(None)`: the stream ended without a message; an error: the status the
+/// stream ended with, or a second message.
+///
+/// A client must not drop such a stream as soon as its message arrives.
+/// The server has finished it, but its end may still be on the way; the
+/// client then resets the stream and, remembering few reset streams, may
+/// have forgotten it by the time the end arrives. h2 answers a frame for a
+/// forgotten stream with a reset of its own (STREAM_CLOSED) and counts it as
+/// an error on the connection; at 1024 it closes the connection with GOAWAY
+/// (ENHANCE_YOUR_CALM, `too_many_internal_resets`), failing every call on it.
+/// A client asking for one batch at a time gets there in seconds.
+pub async fn sole_message<T>(stream: &mut tonic::Streaming<T>) -> Result<Option<T>, tonic::Status> {
+    let Some(message) = stream.message().await? else {
+        return Ok(None);
+    };
+    match stream.message().await? {
+        None => Ok(Some(message)),
+        Some(_) => Err(tonic::Status::internal(
+            "the response stream held more than the one message asked for",
+        )),
+    }
 }
 
 /// Sleeps for `duration` unless `shutdown` fires first.

@@ -141,7 +141,7 @@ async fn sample(client: &mut ReplayClient<Channel>, table: &str, batch_size: u32
         in_flight: 1,
     };
     let mut stream = client.sample(request).await.unwrap().into_inner();
-    stream.message().await.unwrap().unwrap().items
+    fleet_proto::connect::sole_message(&mut stream).await.unwrap().unwrap().items
 }
 
 /// Overlapping windows (80 steps every 40, plus the bootstrap step) cost
@@ -408,4 +408,63 @@ async fn sample_streams_keep_the_asked_batches_in_flight() {
     let status = client.sample(request(17)).await.unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
     assert!(status.message().contains("in_flight is 17"), "{status:?}");
+}
+
+/// Samplers that ask for one batch at a time as fast as they can, all on
+/// one connection made as fleet's clients make theirs, for several seconds
+/// (many thousand `Sample` calls): every call is answered and the
+/// connection lives. A client that dropped each stream on its batch, before
+/// the stream's end, made h2 reset streams the server had finished; past
+/// 1024 such resets h2 closed the connection (GOAWAY ENHANCE_YOUR_CALM,
+/// `too_many_internal_resets`) and every call on it failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fast_one_batch_samplers_keep_their_connection() {
+    const SAMPLERS: usize = 8;
+    const BATCH: u32 = 16;
+    const RUN: Duration = Duration::from_secs(8);
+    let server = start(vec![table("replay", SamplerKind::Uniform, 64, 0)]).await;
+    let mut client = client(&server).await;
+    insert_all(&mut client, windows("replay", 0, 64, 8, 8, 4, false)).await.unwrap();
+
+    let channel = fleet_proto::connect::endpoint(&server.addr.to_string(), &fleet_proto::tls::Tls::default())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + RUN;
+    let mut samplers = Vec::new();
+    for _ in 0..SAMPLERS {
+        // Clones of one channel share its connection.
+        let mut client = ReplayClient::new(channel.clone());
+        samplers.push(tokio::spawn(async move {
+            let mut calls = 0u64;
+            while tokio::time::Instant::now() < deadline {
+                let request = pb::SampleRequest {
+                    table: "replay".into(),
+                    batch_size: BATCH,
+                    num_batches: 1,
+                    timeout_ms: 10_000,
+                    beta: 0.6,
+                    in_flight: 1,
+                };
+                let batch = match client.sample(request).await {
+                    Ok(response) => fleet_proto::connect::sole_message(&mut response.into_inner()).await,
+                    Err(status) => Err(status),
+                };
+                match batch {
+                    Ok(Some(batch)) => assert_eq!(batch.items.len(), BATCH as usize),
+                    Ok(None) => panic!("call {calls}: the stream ended without a batch"),
+                    Err(status) => panic!("call {calls} failed: {status:?}"),
+                }
+                calls += 1;
+            }
+            calls
+        }));
+    }
+    let mut calls = 0;
+    for sampler in samplers {
+        calls += sampler.await.unwrap();
+    }
+    // Enough streams on the one connection to have tripped h2's limit.
+    assert!(calls > 2 * 1024, "only {calls} calls in {RUN:?}");
 }

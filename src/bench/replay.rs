@@ -311,7 +311,11 @@ async fn drive(workload: &Workload, load: &Load, address: &str) -> Result<(Tally
                     in_flight: 1,
                 };
                 let mut batches = replay.sample(request).await?.into_inner();
-                let batch = batches.message().await?.ok_or_else(|| anyhow!("sample stream ended"))?;
+                // With the stream's end: dropping the stream on its batch
+                // would make h2 reset it, and close the connection after 1024.
+                let batch = fleet_proto::connect::sole_message(&mut batches)
+                    .await?
+                    .ok_or_else(|| anyhow!("sample stream ended without a batch"))?;
                 tally.latencies.push(sent.elapsed());
                 tally.count += batch.items.len();
             }
