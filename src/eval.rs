@@ -20,8 +20,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, anyhow, bail};
 use candle_core::{Device, Tensor};
 use fleet_actor::env::{EnvConfig, Preprocess, VecEnv, cartpole, catch, masked};
-use fleet_actor::policy::{greedy_actions, sample_actions};
-use fleet_agent::{ActorCritic, EnvSpec, FrameShape, Weights, observations_tensor};
+use fleet_agent::{Actions, ActorCritic, EnvSpec, FrameShape, Weights, observations_tensor};
 use rand::SeedableRng;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
@@ -201,14 +200,6 @@ pub fn eval(options: &Options) -> Result<Report> {
         Some(_) => Some(Look::of(&config.env, spec)?),
         None => None,
     };
-    if spec.action.num_discrete().is_none() {
-        bail!(
-            "env `{}` has {}: fleet eval plays discrete actions only",
-            config.env.name,
-            spec.action
-        );
-    }
-
     let network = ActorCritic::new(spec, &config.network, seed, &Device::Cpu).context("building the network")?;
     weights.load_into(&network).with_context(|| {
         format!(
@@ -311,7 +302,7 @@ fn read_weights(path: &Path) -> Result<LoadedWeights> {
     })
 }
 
-/// How actions are chosen from the policy's logits.
+/// How actions are chosen from the policy's distribution: its mode, or samples.
 pub enum Policy {
     Greedy,
     /// Boxed: the generator's state is large beside nothing.
@@ -334,7 +325,8 @@ pub fn play(
 ) -> Result<Vec<Episode>> {
     let n = envs.num_envs();
     let spec = envs.spec();
-    let (width, num_actions) = (spec.observation_size(), spec.policy_width());
+    let width = spec.observation_size();
+    let distribution = network.distribution();
     let device = network.device().clone();
     // The episode each environment's current observation belongs to.
     let mut current: Vec<Option<usize>> = (0..n).map(|i| (i < episodes).then_some(i)).collect();
@@ -348,7 +340,8 @@ pub fn play(
         }
     }
     let mut state = network.initial_state(n)?;
-    let mut actions = Vec::with_capacity(n);
+    let mut actions = Actions::empty(spec.action);
+    let mut env_actions = Actions::empty(spec.action);
     while remaining > 0 {
         let observations = observations_tensor(envs.observations(), n, width, &device)?;
         let is_first: Vec<f32> = envs.is_first().iter().map(|&f| f32::from(u8::from(f))).collect();
@@ -357,10 +350,11 @@ pub fn play(
         state = next_state.detach();
         let logits = output.logits.flatten_all()?.to_vec1::<f32>()?;
         match policy {
-            Policy::Greedy => greedy_actions(&logits, num_actions, &mut actions),
-            Policy::Sampled(rng) => sample_actions(&logits, num_actions, rng.as_mut(), &mut actions),
+            Policy::Greedy => distribution.greedy(&logits, &mut actions),
+            Policy::Sampled(rng) => distribution.sample(&logits, rng.as_mut(), &mut actions),
         }
-        let report = envs.step(&actions)?;
+        distribution.env_actions(&actions, &mut env_actions);
+        let report = envs.step(&env_actions)?;
         for (env_index, episode) in current.iter_mut().enumerate() {
             if envs.is_first()[env_index] {
                 *episode = episode.map(|k| k + n).filter(|&k| k < episodes);

@@ -4,7 +4,7 @@
 //! and swaps in newer weights from the learner between steps.
 //!
 //! Layout: [`env`] (native environments and the vector of them),
-//! [`sequence`] (the sequence writer), [`policy`] (sampling actions),
+//! [`sequence`] (the sequence writer), [`returns`] (recent episode returns),
 //! [`runtime`] (the process: compute thread plus gRPC tasks), [`config`],
 //! [`metrics`].
 
@@ -13,7 +13,6 @@
 pub mod config;
 pub mod env;
 pub mod metrics;
-pub mod policy;
 pub mod returns;
 pub mod runtime;
 pub mod sequence;

@@ -23,7 +23,7 @@ use fleet_proto::auth::AttachToken;
 use fleet_proto::connect::{Backoff, connect_or_stop, sleep_or_cancel};
 use fleet_proto::pb::{self, parameters_client::ParametersClient, replay_client::ReplayClient};
 use fleet_proto::{WeightsAssembler, WeightsError};
-use fleet_trajectory::Observations;
+use fleet_trajectory::{Actions, Observations};
 use futures::StreamExt;
 use rand::SeedableRng;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -32,7 +32,6 @@ use tokio_util::sync::CancellationToken;
 use crate::ActorConfig;
 use crate::env::{EnvConfig, EnvError, VecEnv};
 use crate::metrics as m;
-use crate::policy::sample_actions;
 use crate::returns::RecentReturns;
 use crate::sequence::{Finished, SequenceWriter, StepRecord};
 
@@ -288,7 +287,10 @@ fn act(
     let pending_sequences = metrics::gauge!(m::SEQUENCES_PENDING);
     let mut recent_returns = RecentReturns::new(config.return_window, config.return_window_steps);
     let n = config.num_envs;
-    let mut actions = Vec::with_capacity(n);
+    let distribution = network.distribution();
+    // As the policy chose them (recorded), and as the environments get them.
+    let mut actions = Actions::empty(spec.action);
+    let mut env_actions = Actions::empty(spec.action);
     let o = spec.observation_size();
     let mut observations_before = Observations::zeros(&spec.observation, n * o);
     let mut flags_before = Vec::with_capacity(n);
@@ -321,13 +323,14 @@ fn act(
         state = next_state.detach();
         let logits = output.logits.flatten_all()?.to_vec1::<f32>()?;
         let num_actions = spec.policy_width();
-        sample_actions(&logits, num_actions, &mut rng, &mut actions);
+        distribution.sample(&logits, &mut rng, &mut actions);
+        distribution.env_actions(&actions, &mut env_actions);
 
         // Record x_t and its flags before stepping; the reward arrives with the step.
         observations_before.as_mut().copy_from(envs.observations());
         flags_before.clear();
         flags_before.extend((0..n).map(|i| (envs.is_first()[i], envs.terminated()[i], envs.truncated()[i])));
-        let report = match envs.step(&actions) {
+        let report = match envs.step(&env_actions) {
             Err(EnvError::Stopped) => return Ok(()),
             report => report?,
         };
@@ -335,7 +338,7 @@ fn act(
         for (i, &(is_first, terminated, truncated)) in flags_before.iter().enumerate() {
             let record = StepRecord {
                 observation: observations_before.slice(i * o..(i + 1) * o),
-                action: actions[i] as i64,
+                action: actions.get(i),
                 reward: envs.rewards()[i],
                 is_first,
                 terminated,

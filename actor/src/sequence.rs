@@ -13,13 +13,14 @@
 
 use fleet_agent::EnvSpec;
 use fleet_proto::pb;
-use fleet_trajectory::{Observations, ObservationsRef, StateSpec};
+use fleet_trajectory::{Action, ActionSpec, Actions, Observations, ObservationsRef, StateSpec};
 
 /// Everything recorded about one step of one environment.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StepRecord<'a> {
     pub observation: ObservationsRef<'a>,
-    pub action: i64,
+    /// As the policy chose it (for a squashed Gaussian, the sample before tanh).
+    pub action: Action<'a>,
     pub reward: f32,
     pub is_first: bool,
     pub terminated: bool,
@@ -84,7 +85,7 @@ pub struct SequenceWriter {
     /// Per step, `state.width()` values.
     states: Vec<f32>,
     observations: Observations,
-    actions: Vec<i64>,
+    actions: Actions,
     rewards: Vec<f32>,
     is_first: Vec<bool>,
     terminated: Vec<bool>,
@@ -115,7 +116,7 @@ impl SequenceWriter {
             run_id: 0,
             states: Vec::with_capacity(length * state.map_or(0, |s| s.width())),
             observations: Observations::with_capacity(&spec.observation, length * spec.observation_size()),
-            actions: Vec::with_capacity(length),
+            actions: Actions::empty(spec.action),
             rewards: Vec::with_capacity(length),
             is_first: Vec::with_capacity(length),
             terminated: Vec::with_capacity(length),
@@ -135,11 +136,11 @@ impl SequenceWriter {
 
     /// Steps held now (fewer than `length`).
     pub fn len(&self) -> usize {
-        self.actions.len()
+        self.rewards.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.actions.is_empty()
+        self.rewards.is_empty()
     }
 
     /// Steps held that no emitted sequence contains: all of them before the
@@ -168,14 +169,18 @@ impl SequenceWriter {
         self.truncated.push(step.truncated);
         self.logits.extend_from_slice(step.behaviour_logits);
         self.versions.push(step.behaviour_version);
-        if self.actions.len() < self.length {
+        if self.len() < self.length {
             return None;
         }
         let t = self.length;
         let observation_shape: Vec<usize> = [t].into_iter().chain(self.spec.observation.shape()).collect();
         let sequence = pb::Sequence {
             observations: Some(pb::Tensor::from_observations(&observation_shape, self.observations.as_ref())),
-            actions: Some(pb::Tensor::from_i64(&[t], &self.actions)),
+            actions: Some(match (&self.actions, self.spec.action) {
+                (Actions::Discrete(indices), _) => pb::Tensor::from_i64(&[t], &indices.iter().map(|&a| a as i64).collect::<Vec<_>>()),
+                (Actions::Continuous { values, .. }, ActionSpec::Continuous { dims }) => pb::Tensor::from_f32(&[t, dims], values),
+                (actions, spec) => unreachable!("{actions:?} kept for {spec}"),
+            }),
             rewards: self.rewards.clone(),
             is_first: self.is_first.clone(),
             terminated: self.terminated.clone(),
@@ -212,7 +217,7 @@ impl SequenceWriter {
         for v in [&mut self.is_first, &mut self.terminated, &mut self.truncated] {
             v.drain(..n);
         }
-        self.actions.drain(..n);
+        self.actions.drain_front(n);
         self.rewards.drain(..n);
         self.versions.drain(..n);
     }
@@ -227,7 +232,7 @@ mod tests {
         let logits = [0.1 * i as f32, 0.0, 1.0];
         w.push(&StepRecord {
             observation: ObservationsRef::F32(&obs),
-            action: (i % 3) as i64,
+            action: Action::Discrete(i % 3),
             reward: i as f32,
             is_first: i.is_multiple_of(7),
             terminated: i % 7 == 6,
@@ -287,7 +292,7 @@ mod request_tests {
         for i in 0..5 {
             let record = StepRecord {
                 observation: ObservationsRef::F32(&[i as f32]),
-                action: 0,
+                action: Action::Discrete(0),
                 reward: i as f32,
                 is_first: i == 0,
                 terminated: false,
@@ -331,7 +336,7 @@ mod overlap_tests {
             let state = state_at(i);
             let record = StepRecord {
                 observation: ObservationsRef::F32(&[i as f32]),
-                action: (i % 2) as i64,
+                action: Action::Discrete(i % 2),
                 reward: i as f32,
                 is_first: i == 0 || i == 11,
                 terminated: i == 10,
@@ -395,7 +400,7 @@ mod frame_tests {
             let frame = frame_at(i);
             let record = StepRecord {
                 observation: ObservationsRef::U8(&frame),
-                action: 0,
+                action: Action::Discrete(0),
                 reward: 0.0,
                 is_first: i == 0,
                 terminated: false,

@@ -37,7 +37,9 @@ pub struct HostBatch {
     pub importance_weights: Vec<f32>,
     /// `[L, B, observation_size]`, u8 when the spec has frames.
     pub observations: Observations,
-    pub actions: Vec<u32>,
+    /// `[L, B, spec.action.width()]`: indices (as exact small floats) or
+    /// continuous values.
+    pub actions: Vec<f32>,
     pub rewards: Vec<f32>,
     pub terminated: Vec<bool>,
     pub truncated: Vec<bool>,
@@ -58,13 +60,7 @@ impl HostBatch {
         let first = items.first().ok_or(BatchError::Empty)?;
         let steps = first.sequence.as_ref().map_or(0, pb::Sequence::num_steps);
         let spec = expected.env;
-        let ActionSpec::Discrete { num_actions: a } = spec.action else {
-            return Err(BatchError::Item {
-                index: 0,
-                key: first.key,
-                message: format!("the network has no policy head for {}", spec.action),
-            });
-        };
+        let (a, action_width) = (spec.policy_width(), spec.action.width());
         let b = items.len();
         let o = spec.observation_size();
         let width = expected.state.map_or(0, |s| s.width());
@@ -76,7 +72,7 @@ impl HostBatch {
             actor_ids: Vec::with_capacity(b),
             importance_weights: Vec::with_capacity(b),
             observations: Observations::zeros(&spec.observation, steps * b * o),
-            actions: vec![0; steps * b],
+            actions: vec![0.0; steps * b * action_width],
             rewards: vec![0.0; steps * b],
             terminated: vec![false; steps * b],
             truncated: vec![false; steps * b],
@@ -108,12 +104,13 @@ impl HostBatch {
                 }
                 Observations::U8(dst) => scatter_steps(dst, observations.as_u8().map_err(|e| fail(e.to_string()))?, steps, b, j, o),
             }
-            let actions = seq
-                .actions
-                .as_ref()
-                .ok_or_else(missing)?
-                .to_i64()
-                .map_err(|e| fail(e.to_string()))?;
+            let actions = seq.actions.as_ref().ok_or_else(missing)?;
+            let actions = match spec.action {
+                ActionSpec::Discrete { .. } => actions.to_i64().map(|indices| indices.iter().map(|&a| a as f32).collect()),
+                ActionSpec::Continuous { .. } => actions.to_f32(),
+            }
+            .map_err(|e| fail(e.to_string()))?;
+            scatter_steps(&mut batch.actions, &actions, steps, b, j, action_width);
             let logits = seq
                 .behaviour_logits
                 .as_ref()
@@ -131,10 +128,8 @@ impl HostBatch {
             batch
                 .importance_weights
                 .push(if item.weight > 0.0 { item.weight as f32 } else { 1.0 });
-            for (t, &action) in actions[..steps].iter().enumerate() {
+            for t in 0..steps {
                 let at = t * b + j;
-                debug_assert!((0..a as i64).contains(&action), "replay validated the actions");
-                batch.actions[at] = action as u32;
                 batch.rewards[at] = seq.rewards[t];
                 batch.terminated[at] = seq.terminated[t];
                 batch.truncated[at] = seq.truncated[t];
@@ -169,6 +164,10 @@ impl HostBatch {
             Observations::F32(values) => values.iter_mut().for_each(|v| *v = rng.random_range(-1.0..1.0)),
         }
         let num_actions = spec.policy_width();
+        let actions = match spec.action {
+            ActionSpec::Discrete { num_actions } => (0..n).map(|_| rng.random_range(0..num_actions) as f32).collect(),
+            ActionSpec::Continuous { dims } => (0..n * dims).map(|_| rng.random_range(-1.5..1.5)).collect(),
+        };
         HostBatch {
             steps,
             batch_size,
@@ -177,7 +176,7 @@ impl HostBatch {
             actor_ids: vec![0; batch_size],
             importance_weights: vec![1.0; batch_size],
             observations,
-            actions: (0..n).map(|_| rng.random_range(0..num_actions as u32)).collect(),
+            actions,
             rewards: (0..n).map(|i| if terminated[i] || truncated[i] { 0.0 } else { 1.0 }).collect(),
             is_first: (0..n)
                 .map(|i| i < batch_size || terminated[i - batch_size] || truncated[i - batch_size])
@@ -220,15 +219,17 @@ impl HostBatch {
     pub fn select(&self, columns: &[usize]) -> HostBatch {
         let (b, n) = (self.batch_size, columns.len());
         let o = self.spec.observation_size();
-        let a = self.spec.policy_width();
+        let (a, w) = (self.spec.policy_width(), self.spec.action.width());
         let width = self.state.map_or(0, |s| s.width());
         let rows = |t: usize| columns.iter().map(move |&j| t * b + j);
         let gather = |values: &[bool]| -> Vec<bool> { (0..self.steps).flat_map(rows).map(|i| values[i]).collect() };
         let mut observations = Observations::with_capacity(&self.spec.observation, self.steps * n * o);
         let mut behaviour_logits = Vec::with_capacity(self.steps * n * a);
+        let mut actions = Vec::with_capacity(self.steps * n * w);
         for i in (0..self.steps).flat_map(rows) {
             observations.extend_from(self.observations.slice(i * o..(i + 1) * o));
             behaviour_logits.extend_from_slice(&self.behaviour_logits[i * a..(i + 1) * a]);
+            actions.extend_from_slice(&self.actions[i * w..(i + 1) * w]);
         }
         HostBatch {
             steps: self.steps,
@@ -238,7 +239,7 @@ impl HostBatch {
             actor_ids: columns.iter().map(|&j| self.actor_ids[j]).collect(),
             importance_weights: columns.iter().map(|&j| self.importance_weights[j]).collect(),
             observations,
-            actions: (0..self.steps).flat_map(rows).map(|i| self.actions[i]).collect(),
+            actions,
             rewards: (0..self.steps).flat_map(rows).map(|i| self.rewards[i]).collect(),
             terminated: gather(&self.terminated),
             truncated: gather(&self.truncated),
@@ -279,7 +280,7 @@ pub struct DeviceBatch {
     pub observations: Tensor,
     /// `[L·B]` f32, 1 where an episode starts.
     pub is_first: Tensor,
-    /// `[T, B]` u32
+    /// `[T, B]` u32 indices, or `[T, B, dims]` f32 values.
     pub actions: Tensor,
     /// `[T, B]`
     pub rewards: Tensor,
@@ -325,6 +326,15 @@ impl DeviceBatch {
             .collect();
         let a = batch.spec.policy_width();
         let learning_range = skip..skip + learning;
+        let actions = match batch.spec.action {
+            ActionSpec::Discrete { .. } => {
+                let indices: Vec<u32> = batch.actions[learning_range.clone()].iter().map(|&a| a as u32).collect();
+                Tensor::from_vec(indices, (t, b), device)?
+            }
+            ActionSpec::Continuous { dims } => {
+                Tensor::from_slice(&batch.actions[skip * dims..(skip + learning) * dims], (t, b, dims), device)?
+            }
+        };
         Ok(Self {
             burn_in_observations: observations_tensor(batch.observations.slice(0..skip * o), skip, o, device)?,
             burn_in_is_first: Tensor::from_vec(flags(0..skip), skip, device)?,
@@ -335,7 +345,7 @@ impl DeviceBatch {
                 .transpose()?,
             observations: observations_tensor(batch.observations.slice(skip * o..batch.observations.len()), l * b, o, device)?,
             is_first: Tensor::from_vec(flags(skip..skip + l * b), l * b, device)?,
-            actions: Tensor::from_slice(&batch.actions[learning_range.clone()], (t, b), device)?,
+            actions,
             rewards: Tensor::from_slice(&batch.rewards[learning_range], (t, b), device)?,
             discounts: Tensor::from_vec(discounts, (t, b), device)?,
             mask: Tensor::from_vec(mask, (t, b), device)?,

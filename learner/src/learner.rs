@@ -363,9 +363,9 @@ mod tests {
             batch.observations = Observations::F32(vec![1.0; 2 * pulls]);
             batch.behaviour_logits = logits.iter().copied().cycle().take(2 * pulls * 2).collect();
             for j in 0..pulls {
-                (batch.actions[j], batch.rewards[j]) = (1, 1.0);
+                (batch.actions[j], batch.rewards[j]) = (1.0, 1.0);
                 (batch.is_first[j], batch.terminated[j], batch.truncated[j]) = (true, false, false);
-                (batch.actions[pulls + j], batch.rewards[pulls + j]) = (0, 0.0);
+                (batch.actions[pulls + j], batch.rewards[pulls + j]) = (0.0, 0.0);
                 (batch.is_first[pulls + j], batch.terminated[pulls + j], batch.truncated[pulls + j]) = (false, true, false);
             }
             let before = policy(&learner);
@@ -416,10 +416,10 @@ mod tests {
         for j in 0..pulls {
             // Step 0 pulls an arm; step 1 is the episode's terminal observation.
             let arm = (j % 2) as u32;
-            (batch.actions[j], batch.rewards[j]) = (arm, arm as f32);
+            (batch.actions[j], batch.rewards[j]) = (arm as f32, arm as f32);
             (batch.is_first[j], batch.terminated[j], batch.truncated[j]) = (true, false, false);
             let last = pulls + j;
-            (batch.actions[last], batch.rewards[last]) = (0, 0.0);
+            (batch.actions[last], batch.rewards[last]) = (0.0, 0.0);
             (batch.is_first[last], batch.terminated[last], batch.truncated[last]) = (false, true, false);
         }
         learner.update(&batch).unwrap();

@@ -6,8 +6,7 @@
 //! sampler's importance weights.
 
 use candle_core::{D, Result, Tensor};
-use candle_nn::ops::log_softmax;
-use fleet_agent::{ActorCritic, PolicyOutput, RecurrentState};
+use fleet_agent::{ActorCritic, PolicyDistribution, PolicyOutput, RecurrentState};
 
 use crate::batch::DeviceBatch;
 use crate::config::RewardClip;
@@ -47,7 +46,8 @@ pub struct LossOutput {
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct LossDiagnostics {
     /// Mean and largest gap between a step's highest and lowest logit; a
-    /// gap of 12 leaves the other actions below 1e-5.
+    /// gap of 12 leaves the other actions below 1e-5. (For a Gaussian
+    /// policy the same spread over its means and log deviations.)
     pub logit_gap_mean: f32,
     pub logit_gap_max: f32,
     /// Mean and largest importance ratio π/μ of the taken actions, before clipping.
@@ -79,7 +79,9 @@ pub fn learning_start_state(network: &ActorCritic, batch: &DeviceBatch, stored: 
 /// steps once from the stored state and once from zeros, and the values
 /// `V` and policies `π` of the learning steps are compared —
 /// `mean_t |V_stored − V_zero| / max(mean_t |V_stored|, 1e-6)` and
-/// `mean_t TV(π_stored, π_zero)`. R2D2 compares the stored state with the
+/// `mean_t TV(π_stored, π_zero)` (for a Gaussian policy, half the L1
+/// distance between the two parameter vectors stands in for the total
+/// variation). R2D2 compares the stored state with the
 /// state recomputed by the current network; the burn-in is that
 /// recomputation, and once it is long enough the start no longer shows (both
 /// near 0). Large values say the learning steps see a state the current
@@ -93,8 +95,12 @@ pub fn state_staleness(network: &ActorCritic, batch: &DeviceBatch, stored: &Poli
     }
     let (l, b) = (batch.steps, batch.batch_size);
     let t = l - 1;
+    let categorical = matches!(network.distribution(), PolicyDistribution::Categorical { .. });
     let host = |out: &PolicyOutput| -> Result<(Vec<f32>, Vec<f32>)> {
-        let probs = candle_nn::ops::softmax(&out.logits.detach(), D::Minus1)?;
+        let probs = match categorical {
+            true => candle_nn::ops::softmax(&out.logits.detach(), D::Minus1)?,
+            false => out.logits.detach(),
+        };
         Ok((out.values.detach().to_vec1()?, probs.flatten_all()?.to_vec1()?))
     };
     let (stored_values, stored_probs) = host(stored)?;
@@ -164,15 +170,14 @@ pub fn impala_loss(
     let (l, b) = (batch.steps, batch.batch_size);
     let t = l - 1;
     let out = learning_outputs(network, batch, stored_state)?;
-    let num_actions = out.logits.dim(1)?;
-    let logits = out.logits.reshape((l, b, num_actions))?;
+    let width = out.logits.dim(1)?;
+    let logits = out.logits.reshape((l, b, width))?;
     let values = out.values.reshape((l, b))?;
 
+    let distribution = network.distribution();
     let learning_logits = logits.narrow(0, 0, t)?;
-    let log_probs = log_softmax(&learning_logits, D::Minus1)?;
-    let actions = batch.actions.unsqueeze(2)?;
-    let action_log_probs = log_probs.gather(&actions, 2)?.squeeze(2)?;
-    let behaviour_log_probs = log_softmax(&batch.behaviour_logits, D::Minus1)?.gather(&actions, 2)?.squeeze(2)?;
+    let action_log_probs = distribution.log_prob(&learning_logits, &batch.actions)?;
+    let behaviour_log_probs = distribution.log_prob(&batch.behaviour_logits, &batch.actions)?;
     let log_rhos = (action_log_probs.detach() - &behaviour_log_probs)?;
 
     let learning_values = values.narrow(0, 0, t)?;
@@ -207,8 +212,7 @@ pub fn impala_loss(
     };
     let td = (&returns.vs - &learning_values)?;
     let baseline = (mean(&td.sqr()?)? * 0.5)?;
-    let probs = log_probs.exp()?;
-    let entropy = mean(&(probs * &log_probs)?.sum(D::Minus1)?.neg()?)?;
+    let entropy = mean(&distribution.entropy(&learning_logits)?)?;
 
     let total = ((&policy + (&baseline * weights.baseline_cost)?)? - (&entropy * weights.entropy_cost)?)?;
     let diagnostics = diagnose(&learning_logits, &log_rhos, &detached_values, &returns.vs, &batch.mask, decisions)?;

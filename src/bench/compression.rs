@@ -93,12 +93,15 @@ fn cartpole(seed: u64) -> Result<pb::Sequence> {
     let (mut observations, mut actions, mut logits) = (Vec::new(), Vec::new(), Vec::new());
     let mut is_first = true;
     for _ in 0..STEPS {
-        let action = rng.random_range(0..env.num_actions());
+        let action = rng.random_range(0..2);
         observations.extend_from_slice(&observation);
         actions.push(action as i64);
         let left: f32 = rng.random_range(-1.0..1.0);
         logits.extend_from_slice(&[left, -left]);
-        let outcome = env.step(action, fleet_trajectory::ObservationsMut::F32(&mut observation));
+        let outcome = env.step(
+            fleet_trajectory::Action::Discrete(action),
+            fleet_trajectory::ObservationsMut::F32(&mut observation),
+        );
         sequence.rewards.push(outcome.reward);
         sequence.is_first.push(is_first);
         sequence.terminated.push(false);

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use fleet_actor::env::{Preprocess, VecEnv};
+use fleet_trajectory::{ActionSpec, Actions};
 use rand::{Rng, SeedableRng};
 use tokio_util::sync::CancellationToken;
 
@@ -37,12 +38,15 @@ pub fn env(config: &Config, runtime: tokio::runtime::Handle, seconds: f64, json:
         runtime,
         CancellationToken::new(),
     )?;
-    let num_actions = envs.num_actions();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(config.seed);
-    let mut actions = vec![0; num_envs];
+    let mut actions = Actions::zeros(envs.action_spec(), num_envs);
     let mut step = |envs: &mut VecEnv| -> Result<u64> {
-        for action in &mut actions {
-            *action = rng.random_range(0..num_actions);
+        match (&mut actions, envs.action_spec()) {
+            (Actions::Discrete(indices), ActionSpec::Discrete { num_actions }) => {
+                indices.iter_mut().for_each(|a| *a = rng.random_range(0..num_actions));
+            }
+            (Actions::Continuous { values, .. }, _) => values.iter_mut().for_each(|v| *v = rng.random_range(-1.0..1.0)),
+            _ => unreachable!("the buffer was made for the spec"),
         }
         Ok(envs.step(&actions)?.real_steps as u64)
     };

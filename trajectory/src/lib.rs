@@ -5,7 +5,8 @@
 //! match on it, not every stage of the path.
 //!
 //! Layout: [`spec`] (element types, observation and action spaces: an
-//! environment's [`EnvSpec`]), [`state`] (the recurrent state a sequence
+//! environment's [`EnvSpec`]), [`actions`] (actions on their way from the
+//! policy to the environments), [`state`] (the recurrent state a sequence
 //! starts from and its flat layout), [`signature`] (what every item of one
 //! replay table agrees on, and which steps are real decisions),
 //! [`observations`] (buffers of observations in the element type they
@@ -16,11 +17,13 @@
 
 #![forbid(unsafe_code)]
 
+pub mod actions;
 pub mod observations;
 pub mod signature;
 pub mod spec;
 pub mod state;
 
+pub use actions::{Action, ActionBounds, Actions};
 pub use observations::{Observations, ObservationsMut, ObservationsRef};
 pub use signature::{Signature, is_decision};
 pub use spec::{ActionSpec, Dtype, EnvSpec, FrameShape, ObservationSpec};

@@ -143,6 +143,14 @@ impl ActionSpec {
         }
     }
 
+    /// Values one action is recorded as in a batch: an index, or `dims` values.
+    pub const fn width(&self) -> usize {
+        match self {
+            Self::Discrete { .. } => 1,
+            Self::Continuous { dims } => *dims,
+        }
+    }
+
     /// The number of discrete actions, or `None` for continuous ones.
     pub const fn num_discrete(&self) -> Option<usize> {
         match self {

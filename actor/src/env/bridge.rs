@@ -25,7 +25,7 @@ use fleet_agent::EnvSpec;
 use fleet_proto::connect::{Backoff, connect_or_stop, endpoint, sleep_or_cancel};
 use fleet_proto::pb::{self, env_client::EnvClient};
 use fleet_proto::tls::Tls;
-use fleet_trajectory::{ActionSpec, FrameShape, ObservationSpec, Observations};
+use fleet_trajectory::{ActionBounds, ActionSpec, Actions, FrameShape, ObservationSpec, Observations};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::runtime::Handle;
 use tokio::sync::mpsc;
@@ -219,7 +219,7 @@ fn failure(env_id: &str, what: &str, status: &tonic::Status) -> Failure {
 /// The spec fleet's network sees for what the bridge serves. Float
 /// observations of any shape are flattened to one vector; u8 ones must be
 /// `[C, H, W]` images; actions must be discrete.
-pub fn spec_from_message(env_id: &str, message: &pb::EnvSpecMessage) -> Result<EnvSpec, EnvError> {
+pub fn spec_from_message(env_id: &str, message: &pb::EnvSpecMessage) -> Result<BridgedSpec, EnvError> {
     let shape: Vec<usize> = message.observation_shape.iter().map(|&d| d as usize).collect();
     let refuse = |what: String| EnvError::Bridge(format!("env \"{env_id}\": {what}"));
     // One observation must fit in one message (and its size in a usize):
@@ -254,24 +254,71 @@ pub fn spec_from_message(env_id: &str, message: &pb::EnvSpecMessage) -> Result<E
     if observation.size() == 0 {
         return Err(refuse(format!("observations of shape {shape:?} hold no values")));
     }
-    let action = match message.num_actions {
+    let (action, bounds) = match message.num_actions {
         0 => {
-            return Err(refuse(format!(
-                "continuous actions of shape {:?} are not supported by fleet's actor (discrete actions only)",
-                message.action_shape
-            )));
+            let dims = message
+                .action_shape
+                .iter()
+                .try_fold(1usize, |acc, &d| acc.checked_mul(usize::try_from(d).ok()?));
+            let dims = match dims {
+                Some(dims) if (1..=MAX_CONTINUOUS_DIMS).contains(&dims) => dims,
+                _ => {
+                    return Err(refuse(format!(
+                        "continuous actions of shape {:?}: fleet takes 1..={MAX_CONTINUOUS_DIMS} values per action",
+                        message.action_shape
+                    )));
+                }
+            };
+            let bounds = ActionBounds {
+                low: message.action_low.clone(),
+                high: message.action_high.clone(),
+            };
+            if bounds.low.len() != dims || bounds.high.len() != dims {
+                return Err(refuse(format!(
+                    "continuous actions of shape {:?} with {} lower and {} upper bounds",
+                    message.action_shape,
+                    bounds.low.len(),
+                    bounds.high.len()
+                )));
+            }
+            bounds
+                .check()
+                .map_err(|why| refuse(format!("continuous actions of shape {:?}: {why}", message.action_shape)))?;
+            (ActionSpec::Continuous { dims }, Some(bounds))
         }
         num_actions if num_actions as usize > MAX_DISCRETE_ACTIONS => {
             return Err(refuse(format!(
                 "{num_actions} discrete actions: fleet takes at most {MAX_DISCRETE_ACTIONS} (the policy head and every step's logits grow with it)"
             )));
         }
-        num_actions => ActionSpec::Discrete {
-            num_actions: num_actions as usize,
-        },
+        num_actions => (
+            ActionSpec::Discrete {
+                num_actions: num_actions as usize,
+            },
+            None,
+        ),
     };
-    Ok(EnvSpec { observation, action })
+    Ok(BridgedSpec {
+        spec: EnvSpec { observation, action },
+        bounds,
+        action_shape: message.action_shape.iter().map(|&d| d as usize).collect(),
+    })
 }
+
+/// What the bridge said of its environments: their spec, and for
+/// continuous actions their bounds and the shape each action travels in.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BridgedSpec {
+    pub spec: EnvSpec,
+    pub bounds: Option<ActionBounds>,
+    /// Gymnasium's shape of one continuous action (its values are the
+    /// spec's `dims`, row-major); empty for discrete actions.
+    pub action_shape: Vec<usize>,
+}
+
+/// The most values a continuous action may have: far above any robot's
+/// joints (Humanoid has 17), far below a policy head of gigabytes.
+const MAX_CONTINUOUS_DIMS: usize = 1 << 12;
 
 /// The most discrete actions a bridged environment may declare: far above
 /// any real action set (Atari's full set is 18), far below what would make
@@ -388,9 +435,9 @@ impl Target {
             }
             let this = spec_from_message(&self.env_id, &message)?;
             if k == 0 {
-                tracing::info!(env = %self.env_id, backend = %message.backend, spec = %this, num_envs, streams, "env bridge opened");
+                tracing::info!(env = %self.env_id, backend = %message.backend, spec = %this.spec, num_envs, streams, "env bridge opened");
             }
-            if spec.is_some_and(|first| first != this) {
+            if spec.as_ref().is_some_and(|first| *first != this) {
                 return Err(Failure::Fatal(EnvError::Bridge(format!(
                     "env \"{}\": the bridge's streams disagree on the spec",
                     self.env_id
@@ -409,7 +456,7 @@ impl Target {
 struct Opened {
     servers: Vec<LocalServer>,
     sessions: Vec<Session>,
-    spec: EnvSpec,
+    spec: BridgedSpec,
 }
 
 /// The seed of the `opening`-th vector opened for an actor seeded with
@@ -428,7 +475,7 @@ pub async fn probe_spec(config: &EnvConfig, max_message_bytes: usize) -> Result<
     let never = CancellationToken::new();
     let unreachable = |reason: String| EnvError::Bridge(format!("env \"{}\": {reason}", config.name));
     match target.open(1, 1, 0, Backoff::default(), &never).await {
-        Ok(Some(opened)) => Ok(opened.spec),
+        Ok(Some(opened)) => Ok(opened.spec.spec),
         Ok(None) => Err(unreachable("stopped before the bridge answered".into())),
         Err(Failure::Fatal(error)) => Err(error),
         Err(Failure::Lost(reason)) => Err(unreachable(reason)),
@@ -442,7 +489,7 @@ pub struct BridgedEnvs {
     num_envs: usize,
     /// The actor's seed, from which every opening of the vector draws its own.
     seed: u64,
-    spec: EnvSpec,
+    spec: BridgedSpec,
     /// Kept alive with the sessions: dropping them kills the servers.
     servers: Vec<LocalServer>,
     /// One per stream; empty after the server was lost, until the next step
@@ -453,8 +500,6 @@ pub struct BridgedEnvs {
     restarts: u64,
     backoff: Backoff,
     shutdown: CancellationToken,
-    /// The action tensor, reused.
-    actions: Vec<i64>,
 }
 
 impl BridgedEnvs {
@@ -493,12 +538,12 @@ impl BridgedEnvs {
             }
         };
         if let Some(expected) = config.spec
-            && expected != spec
+            && expected != spec.spec
         {
             return Err(EnvError::SpecMismatch {
                 name: config.name.clone(),
                 expected,
-                found: spec,
+                found: spec.spec,
             });
         }
         Ok(Self {
@@ -513,26 +558,25 @@ impl BridgedEnvs {
             restarts: 0,
             backoff,
             shutdown,
-            actions: Vec::with_capacity(num_envs),
         })
     }
 
-    /// Sends each stream its part of a reset (`actions` empty) or a step,
+    /// Sends each stream its part of a reset (`actions` `None`) or a step,
     /// all in flight together, and writes the answers into `timestep`.
-    fn call(&mut self, actions: &[i64], timestep: &mut Timestep) -> Result<(), Failure> {
+    fn call(&mut self, actions: Option<&Actions>, timestep: &mut Timestep) -> Result<(), Failure> {
         if self.sessions.is_empty() {
             return Err(Failure::Lost("no bridge session".into()));
         }
         let (num_envs, streams) = (self.num_envs, self.streams);
         let env_id = &self.target.env_id;
+        let action_shape = &self.spec.action_shape;
         let calls = self.sessions.iter_mut().enumerate().map(|(k, session)| {
             let range = stream_range(num_envs, streams, k);
-            let kind = if actions.is_empty() {
-                pb::env_request::Kind::Reset(pb::EnvReset {})
-            } else {
-                pb::env_request::Kind::Step(pb::EnvStep {
-                    actions: Some(pb::Tensor::from_i64(&[range.len()], &actions[range])),
-                })
+            let kind = match actions {
+                None => pb::env_request::Kind::Reset(pb::EnvReset {}),
+                Some(actions) => pb::env_request::Kind::Step(pb::EnvStep {
+                    actions: Some(wire_actions(actions, range, action_shape)),
+                }),
             };
             session.call(env_id, kind)
         });
@@ -544,7 +588,7 @@ impl BridgedEnvs {
             .into_iter()
             .collect::<Result<Vec<_>, _>>()?;
         for (k, answer) in answers.into_iter().enumerate() {
-            write_timestep(env_id, &self.spec, answer, timestep, stream_range(num_envs, streams, k))?;
+            write_timestep(env_id, &self.spec.spec, answer, timestep, stream_range(num_envs, streams, k))?;
         }
         Ok(())
     }
@@ -583,7 +627,7 @@ impl BridgedEnvs {
                 Ok(Some(opened)) if opened.spec == self.spec => {
                     self.servers = opened.servers;
                     self.sessions = opened.sessions;
-                    match self.call(&[], timestep) {
+                    match self.call(None, timestep) {
                         Ok(()) => {
                             tracing::warn!(env = %self.target.env_id, attempt, "env bridge reopened; new episodes started");
                             return Ok(());
@@ -594,8 +638,8 @@ impl BridgedEnvs {
                 Ok(Some(opened)) => {
                     return Err(EnvError::SpecMismatch {
                         name: self.target.env_id.clone(),
-                        expected: self.spec,
-                        found: opened.spec,
+                        expected: self.spec.spec,
+                        found: opened.spec.spec,
                     });
                 }
                 Err(failure) => failure,
@@ -618,33 +662,32 @@ impl BridgedEnvs {
 
 impl BatchEnv for BridgedEnvs {
     fn spec(&self) -> EnvSpec {
-        self.spec
+        self.spec.spec
     }
 
     fn num_envs(&self) -> usize {
         self.num_envs
     }
 
+    fn action_bounds(&self) -> Option<ActionBounds> {
+        self.spec.bounds.clone()
+    }
+
     fn reset(&mut self, timestep: &mut Timestep) -> Result<(), EnvError> {
-        match self.call(&[], timestep) {
+        match self.call(None, timestep) {
             Ok(()) => Ok(()),
             Err(Failure::Fatal(error)) => Err(error),
             Err(Failure::Lost(reason)) => Err(EnvError::Bridge(reason)),
         }
     }
 
-    fn step(&mut self, actions: &[usize], timestep: &mut Timestep) -> Result<usize, EnvError> {
+    fn step(&mut self, actions: &Actions, timestep: &mut Timestep) -> Result<usize, EnvError> {
         if self.sessions.is_empty() {
             self.reopen(timestep)?;
             return Ok(0);
         }
         let acted = (0..self.num_envs).filter(|&env_index| !timestep.is_last(env_index)).count();
-        let mut wire_actions = std::mem::take(&mut self.actions);
-        wire_actions.clear();
-        wire_actions.extend(actions.iter().map(|&action| action as i64));
-        let result = self.call(&wire_actions, timestep);
-        self.actions = wire_actions;
-        match result {
+        match self.call(Some(actions), timestep) {
             Ok(()) => Ok(acted),
             Err(Failure::Fatal(error)) => Err(error),
             Err(Failure::Lost(reason)) => {
@@ -654,6 +697,21 @@ impl BatchEnv for BridgedEnvs {
                 Self::cut_episodes(timestep);
                 Ok(0)
             }
+        }
+    }
+}
+
+/// The action tensor of environments `envs`: `[n]` i64 indices, or `[n,
+/// action_shape…]` f32 values.
+fn wire_actions(actions: &Actions, envs: std::ops::Range<usize>, action_shape: &[usize]) -> pb::Tensor {
+    match actions {
+        Actions::Discrete(indices) => {
+            let indices: Vec<i64> = indices[envs.clone()].iter().map(|&a| a as i64).collect();
+            pb::Tensor::from_i64(&[envs.len()], &indices)
+        }
+        Actions::Continuous { dims, values } => {
+            let shape: Vec<usize> = std::iter::once(envs.len()).chain(action_shape.iter().copied()).collect();
+            pb::Tensor::from_f32(&shape, &values[envs.start * dims..envs.end * dims])
         }
     }
 }
@@ -752,11 +810,12 @@ pub(crate) mod tests {
 
     #[test]
     fn bridge_specs_flatten_float_observations_and_keep_images() {
-        let vector = spec_from_message("gym:CartPole-v1", &spec_message(pb::Dtype::F32, &[4], 2)).unwrap();
+        let spec = |env_id: &str, message: pb::EnvSpecMessage| spec_from_message(env_id, &message).unwrap().spec;
+        let vector = spec("gym:CartPole-v1", spec_message(pb::Dtype::F32, &[4], 2));
         assert_eq!(vector, EnvSpec::vector(4, 2));
-        let grid = spec_from_message("gym:Grid", &spec_message(pb::Dtype::F32, &[3, 5], 4)).unwrap();
+        let grid = spec("gym:Grid", spec_message(pb::Dtype::F32, &[3, 5], 4));
         assert_eq!(grid, EnvSpec::vector(15, 4));
-        let atari = spec_from_message("gym:ALE/Pong-v5", &spec_message(pb::Dtype::U8, &[4, 84, 84], 6)).unwrap();
+        let atari = spec("gym:ALE/Pong-v5", spec_message(pb::Dtype::U8, &[4, 84, 84], 6));
         assert_eq!(
             atari,
             EnvSpec::frames(
@@ -770,11 +829,50 @@ pub(crate) mod tests {
         );
     }
 
+    /// A Box of floats is a continuous action of its size, with its
+    /// bounds; a shape of more axes travels as it is and is flattened for
+    /// the policy.
+    #[test]
+    fn bridge_specs_take_continuous_actions_with_their_bounds() {
+        let continuous = |shape: &[u64], low: Vec<f32>, high: Vec<f32>| pb::EnvSpecMessage {
+            action_shape: shape.to_vec(),
+            action_low: low,
+            action_high: high,
+            ..spec_message(pb::Dtype::F32, &[3], 0)
+        };
+        let pendulum = spec_from_message("gym:Pendulum-v1", &continuous(&[1], vec![-2.0], vec![2.0])).unwrap();
+        assert_eq!(pendulum.spec.action, ActionSpec::Continuous { dims: 1 });
+        assert_eq!(pendulum.bounds, Some(ActionBounds::uniform(1, -2.0, 2.0)));
+        let grid = spec_from_message("gym:Arm", &continuous(&[2, 3], vec![-1.0; 6], vec![1.0; 6])).unwrap();
+        assert_eq!(
+            (grid.spec.action, &grid.action_shape[..]),
+            (ActionSpec::Continuous { dims: 6 }, &[2, 3][..])
+        );
+        let wire = wire_actions(
+            &Actions::Continuous {
+                dims: 6,
+                values: (0..18).map(|v| v as f32).collect(),
+            },
+            1..3,
+            &grid.action_shape,
+        );
+        assert_eq!((wire.dims(), wire.to_f32().unwrap()[0]), (vec![2, 2, 3], 6.0));
+        for (message, expected) in [
+            (
+                continuous(&[1], vec![-2.0], vec![f32::INFINITY]),
+                "dimension 0 has bounds [-2, inf]",
+            ),
+            (continuous(&[2], vec![-1.0], vec![1.0]), "1 lower and 1 upper bounds"),
+            (continuous(&[0], vec![], vec![]), "1..=4096 values"),
+            (continuous(&[1 << 40], vec![], vec![]), "1..=4096 values"),
+        ] {
+            let error = spec_from_message("gym:Pendulum-v1", &message).unwrap_err().to_string();
+            assert!(error.contains("gym:Pendulum-v1") && error.contains(expected), "{error}");
+        }
+    }
+
     #[test]
     fn bridge_specs_refuse_what_the_network_cannot_take_naming_the_env() {
-        let continuous = spec_message(pb::Dtype::F32, &[3], 0);
-        let error = spec_from_message("gym:Pendulum-v1", &continuous).unwrap_err().to_string();
-        assert!(error.contains("gym:Pendulum-v1") && error.contains("continuous"), "{error}");
         let flat_bytes = spec_message(pb::Dtype::U8, &[128], 9);
         let error = spec_from_message("gym:ALE/Pong-ram-v5", &flat_bytes).unwrap_err().to_string();
         assert!(error.contains("gym:ALE/Pong-ram-v5") && error.contains("[128]"), "{error}");

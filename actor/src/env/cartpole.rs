@@ -13,7 +13,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use super::{Environment, StepOutcome};
-use fleet_trajectory::ObservationsMut;
+use fleet_trajectory::{Action, ActionSpec, ObservationsMut};
 
 /// Registry name.
 pub const NAME: &str = "CartPole-v1";
@@ -145,8 +145,8 @@ impl Environment for CartPole {
         OBSERVATION_SIZE
     }
 
-    fn num_actions(&self) -> usize {
-        NUM_ACTIONS
+    fn action_spec(&self) -> ActionSpec {
+        ActionSpec::Discrete { num_actions: NUM_ACTIONS }
     }
 
     fn physical_state(&self) -> Option<&[f64]> {
@@ -162,7 +162,8 @@ impl Environment for CartPole {
         self.write_observation(observation.f32());
     }
 
-    fn step(&mut self, action: usize, observation: ObservationsMut<'_>) -> StepOutcome {
+    fn step(&mut self, action: Action<'_>, observation: ObservationsMut<'_>) -> StepOutcome {
+        let action = action.index();
         assert!(
             action < NUM_ACTIONS,
             "CartPole-v1 action must be 0 (push left) or 1 (push right), got {action}"
@@ -233,7 +234,7 @@ mod tests {
     /// the rest exactly.
     fn check_step(env: &mut CartPole, recorded: &RecordedStep, context: &str) {
         let mut observation = [0.0f32; 4];
-        let outcome = env.step(recorded.action, ObservationsMut::F32(&mut observation));
+        let outcome = env.step(Action::Discrete(recorded.action), ObservationsMut::F32(&mut observation));
         let state = env.state();
         for (component, (&ours, &theirs)) in state.iter().zip(&recorded.state_after).enumerate() {
             assert!((ours - theirs).abs() <= 1e-12, "{context}: state[{component}] {ours} vs {theirs}");
@@ -318,7 +319,7 @@ mod tests {
         env.reset(ObservationsMut::F32(&mut observation));
         for _ in 0..20 {
             assert_eq!(observation, env.state().map(|component| component as f32));
-            env.step(1, ObservationsMut::F32(&mut observation));
+            env.step(Action::Discrete(1), ObservationsMut::F32(&mut observation));
         }
     }
 
@@ -333,7 +334,7 @@ mod tests {
     fn step_from_rest(x: f64, theta: f64) -> StepOutcome {
         let mut env = CartPole::new(0);
         env.set_state([x, 0.0, theta, 0.0], 0);
-        let outcome = env.step(0, ObservationsMut::F32(&mut [0.0; 4]));
+        let outcome = env.step(Action::Discrete(0), ObservationsMut::F32(&mut [0.0; 4]));
         assert_eq!((env.state()[0], env.state()[2]), (x, theta));
         outcome
     }
@@ -353,7 +354,7 @@ mod tests {
         let mut env = CartPole::new(0);
         env.set_state([X_THRESHOLD, 1.0, 0.0, 0.0], 7);
         let mut observation = [0.0; 4];
-        let ending = env.step(1, ObservationsMut::F32(&mut observation));
+        let ending = env.step(Action::Discrete(1), ObservationsMut::F32(&mut observation));
         assert_eq!(
             ending,
             StepOutcome {
@@ -362,7 +363,7 @@ mod tests {
                 truncated: false
             }
         );
-        let after = env.step(1, ObservationsMut::F32(&mut observation));
+        let after = env.step(Action::Discrete(1), ObservationsMut::F32(&mut observation));
         assert_eq!(
             after,
             StepOutcome {
@@ -372,7 +373,7 @@ mod tests {
             }
         );
         env.reset(ObservationsMut::F32(&mut observation));
-        assert_eq!(env.step(1, ObservationsMut::F32(&mut observation)).reward, 1.0);
+        assert_eq!(env.step(Action::Discrete(1), ObservationsMut::F32(&mut observation)).reward, 1.0);
     }
 
     #[test]
@@ -383,7 +384,7 @@ mod tests {
         for step in 1..=MAX_EPISODE_STEPS {
             let [_, _, theta, theta_dot] = env.state();
             let balancing_action = usize::from(theta + 0.5 * theta_dot > 0.0);
-            let outcome = env.step(balancing_action, ObservationsMut::F32(&mut observation));
+            let outcome = env.step(Action::Discrete(balancing_action), ObservationsMut::F32(&mut observation));
             assert!(!outcome.terminated, "terminated at step {step}");
             assert_eq!(outcome.truncated, step == MAX_EPISODE_STEPS, "step {step}");
             assert_eq!(outcome.reward, 1.0);
@@ -395,7 +396,7 @@ mod tests {
     fn env_cartpole_reports_both_flags_when_the_last_allowed_step_terminates() {
         let mut env = CartPole::new(0);
         env.set_state([X_THRESHOLD, 1.0, 0.0, 0.0], MAX_EPISODE_STEPS - 1);
-        let outcome = env.step(1, ObservationsMut::F32(&mut [0.0; 4]));
+        let outcome = env.step(Action::Discrete(1), ObservationsMut::F32(&mut [0.0; 4]));
         assert_eq!(
             outcome,
             StepOutcome {
@@ -445,6 +446,6 @@ mod tests {
     #[test]
     #[should_panic(expected = "action must be 0 (push left) or 1 (push right), got 2")]
     fn env_cartpole_rejects_out_of_range_actions() {
-        CartPole::new(0).step(2, ObservationsMut::F32(&mut [0.0; 4]));
+        CartPole::new(0).step(Action::Discrete(2), ObservationsMut::F32(&mut [0.0; 4]));
     }
 }

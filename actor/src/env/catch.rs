@@ -19,7 +19,7 @@ use fleet_agent::FrameShape;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use fleet_trajectory::ObservationsMut;
+use fleet_trajectory::{Action, ActionSpec, ObservationsMut};
 
 use super::{Environment, StepOutcome};
 
@@ -77,8 +77,8 @@ impl Environment for Catch {
         FRAME.size()
     }
 
-    fn num_actions(&self) -> usize {
-        NUM_ACTIONS
+    fn action_spec(&self) -> ActionSpec {
+        ActionSpec::Discrete { num_actions: NUM_ACTIONS }
     }
 
     fn frame(&self) -> Option<FrameShape> {
@@ -92,7 +92,8 @@ impl Environment for Catch {
         self.render(observation.u8());
     }
 
-    fn step(&mut self, action: usize, observation: ObservationsMut<'_>) -> StepOutcome {
+    fn step(&mut self, action: Action<'_>, observation: ObservationsMut<'_>) -> StepOutcome {
+        let action = action.index();
         let observation = observation.u8();
         assert!(action < NUM_ACTIONS, "catch action {action} out of range");
         if self.ball_row == ROWS - 1 {
@@ -151,7 +152,7 @@ mod tests {
     fn the_ball_falls_one_row_per_step_and_the_paddle_follows_the_actions() {
         let mut env = Catch::new(3);
         let mut frame = vec![0u8; FRAME.size()];
-        assert_eq!((FRAME.height, FRAME.width, env.num_actions()), (40, 20, 3));
+        assert_eq!((FRAME.height, FRAME.width, env.action_spec().policy_width()), (40, 20, 3));
         env.reset(ObservationsMut::U8(&mut frame));
         let column = env.ball_column;
         assert_eq!(lit_cells(&frame), vec![(0, column), (ROWS - 1, 2)]);
@@ -159,7 +160,7 @@ mod tests {
         let actions = [0, 0, 0, 2, 1, 1, 1, 1];
         let paddle = [1, 0, 0, 1, 1, 1, 1, 1];
         for (t, (&action, &paddle)) in actions.iter().zip(&paddle).enumerate() {
-            let outcome = env.step(action, ObservationsMut::U8(&mut frame));
+            let outcome = env.step(Action::Discrete(action), ObservationsMut::U8(&mut frame));
             assert_eq!(outcome, StepOutcome::default_step(), "step {t}");
             assert_eq!(lit_cells(&frame), vec![(t + 1, column), (ROWS - 1, paddle)], "step {t}");
         }
@@ -177,7 +178,7 @@ mod tests {
                 std::cmp::Ordering::Equal => 1,
                 std::cmp::Ordering::Greater => 0,
             };
-            let outcome = env.step(action, ObservationsMut::U8(&mut frame));
+            let outcome = env.step(Action::Discrete(action), ObservationsMut::U8(&mut frame));
             total += outcome.reward;
             steps += 1;
             if outcome.terminated {
@@ -205,7 +206,7 @@ mod tests {
         assert!(columns.iter().all(|&seen| seen), "the ball starts in every column");
         // Past the landing nothing more is paid.
         let mut frame = vec![0u8; FRAME.size()];
-        let outcome = env.step(1, ObservationsMut::U8(&mut frame));
+        let outcome = env.step(Action::Discrete(1), ObservationsMut::U8(&mut frame));
         assert!(outcome.terminated && outcome.reward == 0.0);
     }
 

@@ -7,7 +7,7 @@
 //! Gymnasium's `FrameStackObservation` with `padding_type = "reset"` does),
 //! so a stacked observation never shows a blank that the game never drew.
 
-use fleet_trajectory::{FrameShape, Observations, ObservationsMut};
+use fleet_trajectory::{Action, ActionBounds, ActionSpec, FrameShape, Observations, ObservationsMut};
 
 use super::{EnvError, Environment, StepOutcome};
 
@@ -63,8 +63,12 @@ impl Environment for FrameStack {
         self.stack.len()
     }
 
-    fn num_actions(&self) -> usize {
-        self.inner.num_actions()
+    fn action_spec(&self) -> ActionSpec {
+        self.inner.action_spec()
+    }
+
+    fn action_bounds(&self) -> Option<ActionBounds> {
+        self.inner.action_bounds()
     }
 
     fn frame(&self) -> Option<FrameShape> {
@@ -88,7 +92,7 @@ impl Environment for FrameStack {
         observation.copy_from(self.stack.as_ref());
     }
 
-    fn step(&mut self, action: usize, observation: ObservationsMut<'_>) -> StepOutcome {
+    fn step(&mut self, action: Action<'_>, observation: ObservationsMut<'_>) -> StepOutcome {
         let size = self.inner.observation_size();
         match &mut self.stack {
             Observations::F32(stack) => stack.copy_within(size.., 0),
@@ -115,8 +119,8 @@ mod tests {
         fn observation_size(&self) -> usize {
             2
         }
-        fn num_actions(&self) -> usize {
-            1
+        fn action_spec(&self) -> ActionSpec {
+            ActionSpec::Discrete { num_actions: 1 }
         }
         fn frame(&self) -> Option<FrameShape> {
             Some(FrameShape {
@@ -130,7 +134,7 @@ mod tests {
             self.t = 0;
             observation.u8().copy_from_slice(&[self.episode, self.t]);
         }
-        fn step(&mut self, _: usize, observation: ObservationsMut<'_>) -> StepOutcome {
+        fn step(&mut self, _: Action<'_>, observation: ObservationsMut<'_>) -> StepOutcome {
             self.t += 1;
             observation.u8().copy_from_slice(&[self.episode, self.t]);
             StepOutcome {
@@ -156,11 +160,11 @@ mod tests {
         let mut obs = vec![9u8; 6];
         env.reset(ObservationsMut::U8(&mut obs));
         assert_eq!(obs, [1, 0, 1, 0, 1, 0]);
-        env.step(0, ObservationsMut::U8(&mut obs));
+        env.step(Action::Discrete(0), ObservationsMut::U8(&mut obs));
         assert_eq!(obs, [1, 0, 1, 0, 1, 1]);
-        env.step(0, ObservationsMut::U8(&mut obs));
+        env.step(Action::Discrete(0), ObservationsMut::U8(&mut obs));
         assert_eq!(obs, [1, 0, 1, 1, 1, 2]);
-        env.step(0, ObservationsMut::U8(&mut obs));
+        env.step(Action::Discrete(0), ObservationsMut::U8(&mut obs));
         assert_eq!(obs, [1, 1, 1, 2, 1, 3]);
         // A new episode forgets the old one's frames.
         env.reset(ObservationsMut::U8(&mut obs));
@@ -172,7 +176,7 @@ mod tests {
         let mut env = FrameStack::new(Box::new(Counter { episode: 0, t: 0 }), 1);
         let mut obs = vec![0u8; 2];
         env.reset(ObservationsMut::U8(&mut obs));
-        env.step(0, ObservationsMut::U8(&mut obs));
+        env.step(Action::Discrete(0), ObservationsMut::U8(&mut obs));
         assert_eq!(obs, [1, 1]);
         assert_eq!(env.frame().unwrap().channels, 1);
     }

@@ -6,7 +6,7 @@
 //! the observation is cut down to `[x, theta]`.
 
 use super::{CartPole, Environment, StepOutcome};
-use fleet_trajectory::ObservationsMut;
+use fleet_trajectory::{Action, ActionBounds, ActionSpec, ObservationsMut};
 
 /// Registry name.
 pub const NAME: &str = "cartpole-masked";
@@ -58,8 +58,12 @@ impl Environment for MaskedCartPole {
         VISIBLE.len()
     }
 
-    fn num_actions(&self) -> usize {
-        self.inner.num_actions()
+    fn action_spec(&self) -> ActionSpec {
+        self.inner.action_spec()
+    }
+
+    fn action_bounds(&self) -> Option<ActionBounds> {
+        self.inner.action_bounds()
     }
 
     fn physical_state(&self) -> Option<&[f64]> {
@@ -71,7 +75,7 @@ impl Environment for MaskedCartPole {
         self.write_observation(observation.f32());
     }
 
-    fn step(&mut self, action: usize, observation: ObservationsMut<'_>) -> StepOutcome {
+    fn step(&mut self, action: Action<'_>, observation: ObservationsMut<'_>) -> StepOutcome {
         let outcome = self.inner.step(action, ObservationsMut::F32(&mut self.full));
         self.write_observation(observation.f32());
         outcome
@@ -100,8 +104,8 @@ mod tests {
             assert_eq!(seen, [full[0], full[2]], "seed {seed}: reset");
             let mut episodes = 0;
             for step in 0..3000 {
-                let ours = masked.step(action(step), ObservationsMut::F32(&mut seen));
-                let theirs = plain.step(action(step), ObservationsMut::F32(&mut full));
+                let ours = masked.step(Action::Discrete(action(step)), ObservationsMut::F32(&mut seen));
+                let theirs = plain.step(Action::Discrete(action(step)), ObservationsMut::F32(&mut full));
                 assert_eq!(ours, theirs, "seed {seed} step {step}: outcome");
                 assert_eq!(seen, [full[0], full[2]], "seed {seed} step {step}: observation");
                 assert_eq!(masked.inner().state(), plain.state());
@@ -124,7 +128,10 @@ mod tests {
         for step in 1..=MAX_EPISODE_STEPS {
             // Balances with the hidden velocities, which only the wrapped CartPole knows.
             let [_, _, theta, theta_dot] = masked.inner().observation();
-            let outcome = masked.step(usize::from(theta + 0.5 * theta_dot > 0.0), ObservationsMut::F32(&mut seen));
+            let outcome = masked.step(
+                Action::Discrete(usize::from(theta + 0.5 * theta_dot > 0.0)),
+                ObservationsMut::F32(&mut seen),
+            );
             assert!(!outcome.terminated, "step {step}");
             assert_eq!(outcome.truncated, step == MAX_EPISODE_STEPS, "step {step}");
         }
@@ -133,7 +140,7 @@ mod tests {
     #[test]
     fn env_masked_is_registered_with_two_observations() {
         let mut env = make(NAME, 3).unwrap();
-        assert_eq!((env.observation_size(), env.num_actions()), (2, 2));
+        assert_eq!((env.observation_size(), env.action_spec().policy_width()), (2, 2));
         let mut seen = [0.0f32; 2];
         env.reset(ObservationsMut::F32(&mut seen));
         let mut full = [0.0f32; 4];

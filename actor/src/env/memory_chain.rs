@@ -9,7 +9,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use super::{EnvError, Environment, StepOutcome};
-use fleet_trajectory::ObservationsMut;
+use fleet_trajectory::{Action, ActionSpec, ObservationsMut};
 
 /// Registry name of the default horizon; `memory-chain-N` picks horizon N.
 pub const NAME: &str = "memory-chain";
@@ -117,8 +117,8 @@ impl Environment for MemoryChain {
         OBSERVATION_SIZE
     }
 
-    fn num_actions(&self) -> usize {
-        NUM_ACTIONS
+    fn action_spec(&self) -> ActionSpec {
+        ActionSpec::Discrete { num_actions: NUM_ACTIONS }
     }
 
     fn reset(&mut self, observation: ObservationsMut<'_>) {
@@ -127,7 +127,8 @@ impl Environment for MemoryChain {
         self.write_observation(observation.f32());
     }
 
-    fn step(&mut self, action: usize, observation: ObservationsMut<'_>) -> StepOutcome {
+    fn step(&mut self, action: Action<'_>, observation: ObservationsMut<'_>) -> StepOutcome {
+        let action = action.index();
         assert!(action < NUM_ACTIONS, "{NAME} action must be 0 or 1, got {action}");
         let reward = if self.elapsed_steps != self.horizon {
             0.0
@@ -150,6 +151,7 @@ impl Environment for MemoryChain {
 mod tests {
     use super::*;
     use crate::env::{VecEnv, make};
+    use fleet_trajectory::Actions;
 
     /// Plays one episode, taking `choose(t, cue)` at each step, and returns
     /// every observation and outcome.
@@ -160,7 +162,7 @@ mod tests {
         while !outcomes.last().is_some_and(StepOutcome::is_last) {
             assert!(outcomes.len() <= 2 * env.horizon() as usize, "the episode does not end");
             let action = choose(outcomes.len() as u32, env.cue());
-            outcomes.push(env.step(action, ObservationsMut::F32(&mut observation)));
+            outcomes.push(env.step(Action::Discrete(action), ObservationsMut::F32(&mut observation)));
             observations.push(observation);
         }
         (observations, outcomes)
@@ -223,7 +225,7 @@ mod tests {
             let mut vec_env = VecEnv::new(name, 3, 0).unwrap();
             let mut finished = Vec::new();
             for step in 0..200 {
-                finished.extend(vec_env.step(&[0, 1, step % 2]).unwrap().finished);
+                finished.extend(vec_env.step(&Actions::Discrete(vec![0, 1, step % 2])).unwrap().finished);
             }
             assert!(finished.len() >= 9, "{name}: only {} episodes", finished.len());
             for episode in finished {
@@ -268,7 +270,7 @@ mod tests {
                         *cue = usize::from(observation[1] == 1.0);
                     }
                 }
-                let actions: Vec<usize> = cues.iter().map(|&cue| if remember { cue } else { guess }).collect();
+                let actions = Actions::Discrete(cues.iter().map(|&cue| if remember { cue } else { guess }).collect());
                 for episode in vec_env.step(&actions).unwrap().finished {
                     total += episode.episode_return;
                     episodes += 1;
@@ -290,7 +292,7 @@ mod tests {
         play(&mut env, |_, cue| cue);
         let mut observation = [0.0f32; 4];
         for _ in 0..3 {
-            let outcome = env.step(env.cue(), ObservationsMut::F32(&mut observation));
+            let outcome = env.step(Action::Discrete(env.cue()), ObservationsMut::F32(&mut observation));
             assert_eq!((outcome.reward, outcome.terminated), (0.0, true));
             assert_eq!(observation, [0.0, 0.0, 1.0, 0.0]);
         }
@@ -306,15 +308,15 @@ mod tests {
         ] {
             assert_eq!(horizon_from_name(name).unwrap().unwrap(), horizon, "{name}");
             let env = make(name, 0).unwrap();
-            assert_eq!((env.observation_size(), env.num_actions()), (4, 2));
+            assert_eq!((env.observation_size(), env.action_spec().policy_width()), (4, 2));
         }
         let mut observation = [0.0f32; 4];
         let mut env = make("memory-chain-7", 0).unwrap();
         env.reset(ObservationsMut::F32(&mut observation));
         for _ in 0..7 {
-            assert_eq!(env.step(0, ObservationsMut::F32(&mut observation)).reward, 0.0);
+            assert_eq!(env.step(Action::Discrete(0), ObservationsMut::F32(&mut observation)).reward, 0.0);
         }
-        assert!(env.step(0, ObservationsMut::F32(&mut observation)).terminated);
+        assert!(env.step(Action::Discrete(0), ObservationsMut::F32(&mut observation)).terminated);
     }
 
     #[test]

@@ -15,28 +15,38 @@
 //! is set. Policies, sequences and the learner's network are not this
 //! module's business.
 
+pub mod acrobot;
 pub mod bridge;
 pub mod cartpole;
 pub mod catch;
 pub mod frame_stack;
 pub mod masked;
 pub mod memory_chain;
+pub mod mountain_car;
+pub mod mountain_car_continuous;
 pub mod normalize;
+pub mod pendulum;
+#[cfg(test)]
+mod recorded;
 pub mod vector;
 
+pub use acrobot::Acrobot;
 pub use bridge::BridgedEnvs;
 pub use cartpole::CartPole;
 pub use catch::Catch;
 pub use frame_stack::{FrameStack, check_frame_stack};
 pub use masked::MaskedCartPole;
 pub use memory_chain::MemoryChain;
+pub use mountain_car::MountainCar;
+pub use mountain_car_continuous::MountainCarContinuous;
 pub use normalize::NormalizeObservation;
+pub use pendulum::Pendulum;
 pub use vector::{BatchEnv, FinishedEpisode, NativeEnvs, StepReport, Timestep, VecEnv};
 
 use std::collections::BTreeMap;
 
 use fleet_agent::{EnvSpec, FrameShape};
-use fleet_trajectory::ObservationsMut;
+use fleet_trajectory::{Action, ActionBounds, ActionSpec, ObservationSpec, ObservationsMut};
 use serde::{Deserialize, Serialize};
 
 /// Prefixes of environment names served by the env bridge: `gym:` (any
@@ -49,7 +59,16 @@ pub const DEFAULT_BRIDGE_COMMAND: &str = "fleet-envbridge";
 
 /// Names accepted by [`make`]. Besides these, `memory-chain-N` picks the
 /// horizon of [`MemoryChain`]; [`check_name`] knows every accepted name.
-pub const ENVIRONMENTS: &[&str] = &[cartpole::NAME, masked::NAME, memory_chain::NAME, catch::NAME];
+pub const ENVIRONMENTS: &[&str] = &[
+    cartpole::NAME,
+    masked::NAME,
+    memory_chain::NAME,
+    catch::NAME,
+    pendulum::NAME,
+    mountain_car_continuous::NAME,
+    acrobot::NAME,
+    mountain_car::NAME,
+];
 
 /// What one step of an environment produced besides the next observation.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -70,14 +89,23 @@ impl StepOutcome {
     }
 }
 
-/// A single-agent environment with discrete actions and one observation
-/// tensor: `f32` values, or `u8` frames when [`frame`](Self::frame) says so.
+/// A single-agent environment with one observation tensor (`f32` values,
+/// or `u8` frames when [`frame`](Self::frame) says so) and discrete or
+/// continuous actions.
 pub trait Environment: Send {
     /// Length of the observation slices passed to [`reset`](Self::reset) and [`step`](Self::step).
     fn observation_size(&self) -> usize;
 
-    /// Actions are `0..num_actions()`.
-    fn num_actions(&self) -> usize;
+    /// What actions it takes: indices in `0..num_actions`, or vectors of
+    /// `dims` values.
+    fn action_spec(&self) -> ActionSpec;
+
+    /// For continuous actions, the box they live in, in this environment's
+    /// units; the actor maps the policy's normalised actions into it.
+    /// `None` for discrete actions.
+    fn action_bounds(&self) -> Option<ActionBounds> {
+        None
+    }
 
     /// For image observations, their shape (`observation_size` is its
     /// size, the values whole intensities 0..=255); `None` for vectors.
@@ -94,9 +122,15 @@ pub trait Environment: Send {
 
     /// What the network needs to know of this environment.
     fn spec(&self) -> EnvSpec {
-        match self.frame() {
-            Some(frame) => EnvSpec::frames(frame, self.num_actions()),
-            None => EnvSpec::vector(self.observation_size(), self.num_actions()),
+        let observation = match self.frame() {
+            Some(frame) => ObservationSpec::Frames(frame),
+            None => ObservationSpec::Vector {
+                size: self.observation_size(),
+            },
+        };
+        EnvSpec {
+            observation,
+            action: self.action_spec(),
         }
     }
 
@@ -107,13 +141,15 @@ pub trait Environment: Send {
     /// element type.
     fn reset(&mut self, observation: ObservationsMut<'_>);
 
-    /// Applies `action` and writes the next observation.
+    /// Applies `action` (a continuous one in this environment's units,
+    /// within its bounds) and writes the next observation.
     ///
     /// # Panics
-    /// If `action >= self.num_actions()` or the observation slice has the wrong
+    /// If the action is not one of the spec's (out of range, of the other
+    /// kind or of another width) or the observation slice has the wrong
     /// length; both are programming errors, checked in release builds too.
     /// [`VecEnv::validate_actions`] checks actions without panicking.
-    fn step(&mut self, action: usize, observation: ObservationsMut<'_>) -> StepOutcome;
+    fn step(&mut self, action: Action<'_>, observation: ObservationsMut<'_>) -> StepOutcome;
 }
 
 /// Errors from building environments or feeding them actions.
@@ -149,11 +185,12 @@ pub enum EnvError {
     Stopped,
     #[error("expected one action per environment ({expected}), got {got}")]
     ActionCount { expected: usize, got: usize },
-    #[error("action {action} for environment {env_index} is out of range (actions are 0..{num_actions})")]
+    #[error("action {action} for environment {env_index} is not one of {expected}: {why}")]
     BadAction {
         env_index: usize,
-        action: usize,
-        num_actions: usize,
+        action: String,
+        expected: ActionSpec,
+        why: &'static str,
     },
 }
 
@@ -163,6 +200,10 @@ pub fn make(name: &str, seed: u64) -> Result<Box<dyn Environment>, EnvError> {
         cartpole::NAME => Ok(Box::new(CartPole::new(seed))),
         masked::NAME => Ok(Box::new(MaskedCartPole::new(seed))),
         catch::NAME => Ok(Box::new(Catch::new(seed))),
+        pendulum::NAME => Ok(Box::new(Pendulum::new(seed))),
+        mountain_car_continuous::NAME => Ok(Box::new(MountainCarContinuous::new(seed))),
+        acrobot::NAME => Ok(Box::new(Acrobot::new(seed))),
+        mountain_car::NAME => Ok(Box::new(MountainCar::new(seed))),
         _ => match memory_chain::horizon_from_name(name) {
             Some(horizon) => Ok(Box::new(MemoryChain::new(horizon?, seed))),
             None => Err(EnvError::Unknown(name.to_owned())),
@@ -472,7 +513,7 @@ mod tests {
     fn env_make_knows_every_listed_name() {
         for name in ENVIRONMENTS {
             let env = make(name, 0).expect("listed environments can be built");
-            assert!(env.observation_size() > 0 && env.num_actions() > 0);
+            assert!(env.observation_size() > 0 && env.action_spec().policy_width() > 0);
             assert_eq!(env.spec().observation_size(), env.observation_size());
         }
     }
@@ -534,8 +575,8 @@ mod tests {
         env.reset(ObservationsMut::F32(&mut observation));
         plain.reset(ObservationsMut::F32(&mut raw));
         assert_eq!(env.physical_state(), Some(&plain.state()[..]));
-        env.step(1, ObservationsMut::F32(&mut observation));
-        plain.step(1, ObservationsMut::F32(&mut raw));
+        env.step(Action::Discrete(1), ObservationsMut::F32(&mut observation));
+        plain.step(Action::Discrete(1), ObservationsMut::F32(&mut raw));
         assert_eq!(env.physical_state(), Some(&plain.state()[..]));
         assert_eq!(make(catch::NAME, 0).unwrap().physical_state(), None);
         let vec_env = VecEnv::from_config(&wrapped, 2, 5).unwrap();

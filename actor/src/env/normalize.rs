@@ -11,7 +11,7 @@
 //! variance of zero. Scaled values are clipped to ±[`CLIP`].
 
 use super::{Environment, StepOutcome};
-use fleet_trajectory::ObservationsMut;
+use fleet_trajectory::{Action, ActionBounds, ActionSpec, ObservationsMut};
 
 /// Bound on a scaled component: one wild early observation cannot saturate
 /// the network.
@@ -91,8 +91,12 @@ impl Environment for NormalizeObservation {
         self.inner.observation_size()
     }
 
-    fn num_actions(&self) -> usize {
-        self.inner.num_actions()
+    fn action_spec(&self) -> ActionSpec {
+        self.inner.action_spec()
+    }
+
+    fn action_bounds(&self) -> Option<ActionBounds> {
+        self.inner.action_bounds()
     }
 
     fn physical_state(&self) -> Option<&[f64]> {
@@ -108,7 +112,7 @@ impl Environment for NormalizeObservation {
         self.observe(observation);
     }
 
-    fn step(&mut self, action: usize, observation: ObservationsMut<'_>) -> StepOutcome {
+    fn step(&mut self, action: Action<'_>, observation: ObservationsMut<'_>) -> StepOutcome {
         let observation = observation.f32();
         let outcome = self.inner.step(action, ObservationsMut::F32(&mut *observation));
         self.observe(observation);
@@ -157,7 +161,7 @@ mod tests {
         env.reset(ObservationsMut::F32(&mut observation));
         let mut angles = Vec::new();
         for t in 0..5000 {
-            if env.step(t % 2, ObservationsMut::F32(&mut observation)).is_last() {
+            if env.step(Action::Discrete(t % 2), ObservationsMut::F32(&mut observation)).is_last() {
                 env.reset(ObservationsMut::F32(&mut observation));
             }
             angles.push(observation[1]);

@@ -18,7 +18,7 @@
 //! are not handled here.
 
 use fleet_agent::EnvSpec;
-use fleet_trajectory::{Observations, ObservationsRef};
+use fleet_trajectory::{ActionBounds, ActionSpec, Actions, Observations, ObservationsRef};
 
 use super::{EnvConfig, EnvError, Environment};
 
@@ -83,9 +83,14 @@ pub trait BatchEnv: Send {
     /// Advances every environment by one observation, overwriting
     /// `timestep`, which holds the current one: environments whose current
     /// observation is a last one are reset, the others take their action
-    /// (already checked to be in range). Returns how many environments
-    /// acted.
-    fn step(&mut self, actions: &[usize], timestep: &mut Timestep) -> Result<usize, EnvError>;
+    /// (already checked against the spec; continuous ones in the
+    /// environments' units, within [`action_bounds`](Self::action_bounds)).
+    /// Returns how many environments acted.
+    fn step(&mut self, actions: &Actions, timestep: &mut Timestep) -> Result<usize, EnvError>;
+
+    /// For continuous actions, the box they live in, in the environments'
+    /// units (see [`Environment::action_bounds`]).
+    fn action_bounds(&self) -> Option<ActionBounds>;
 
     /// [`Environment::physical_state`] of environment `env_index`, where
     /// this process holds it (native environments only).
@@ -99,6 +104,7 @@ pub trait BatchEnv: Send {
 pub struct NativeEnvs {
     envs: Vec<Box<dyn Environment>>,
     spec: EnvSpec,
+    bounds: Option<ActionBounds>,
 }
 
 impl NativeEnvs {
@@ -109,8 +115,12 @@ impl NativeEnvs {
             .map(|env_index| config.make(env_seed(seed, env_index)))
             .collect::<Result<Vec<_>, _>>()?;
         // The spec comes from a probe so that an empty vector still knows it.
-        let spec = config.make(seed)?.spec();
-        Ok(Self { envs, spec })
+        let probe = config.make(seed)?;
+        Ok(Self {
+            envs,
+            spec: probe.spec(),
+            bounds: probe.action_bounds(),
+        })
     }
 
     fn slot(&self, env_index: usize) -> std::ops::Range<usize> {
@@ -137,9 +147,9 @@ impl BatchEnv for NativeEnvs {
         Ok(())
     }
 
-    fn step(&mut self, actions: &[usize], timestep: &mut Timestep) -> Result<usize, EnvError> {
+    fn step(&mut self, actions: &Actions, timestep: &mut Timestep) -> Result<usize, EnvError> {
         let mut acted = 0;
-        for (env_index, &action) in actions.iter().enumerate() {
+        for env_index in 0..self.envs.len() {
             let is_last = timestep.is_last(env_index);
             let slot = self.slot(env_index);
             let observation = timestep.observations.slice_mut(slot);
@@ -148,7 +158,7 @@ impl BatchEnv for NativeEnvs {
                 timestep.set_first(env_index);
                 continue;
             }
-            let outcome = self.envs[env_index].step(action, observation);
+            let outcome = self.envs[env_index].step(actions.get(env_index), observation);
             acted += 1;
             timestep.rewards[env_index] = outcome.reward;
             timestep.is_first[env_index] = false;
@@ -156,6 +166,10 @@ impl BatchEnv for NativeEnvs {
             timestep.truncated[env_index] = outcome.truncated;
         }
         Ok(acted)
+    }
+
+    fn action_bounds(&self) -> Option<ActionBounds> {
+        self.bounds.clone()
     }
 
     fn physical_state(&self, env_index: usize) -> Option<&[f64]> {
@@ -173,6 +187,10 @@ pub struct VecEnv {
     episode_lengths: Vec<u32>,
     /// Scratch: which current observations were last ones before a step.
     was_last: Vec<bool>,
+    /// Continuous actions: the box the policy's normalised actions are
+    /// mapped into, and scratch for the mapped ones.
+    bounds: Option<ActionBounds>,
+    env_actions: Actions,
 }
 
 /// What one [`VecEnv::step`] did across all environments.
@@ -226,6 +244,20 @@ impl VecEnv {
     pub fn start(mut envs: Box<dyn BatchEnv>) -> Result<Self, EnvError> {
         let spec = envs.spec();
         let num_envs = envs.num_envs();
+        let bounds = match (spec.action, envs.action_bounds()) {
+            (ActionSpec::Discrete { .. }, _) => None,
+            (ActionSpec::Continuous { dims }, bounds) => {
+                let bounds = bounds.unwrap_or_else(|| ActionBounds::uniform(dims, -1.0, 1.0));
+                if bounds.dims() != dims {
+                    return Err(EnvError::Bridge(format!(
+                        "the action bounds have {} dimensions, the actions {dims}",
+                        bounds.dims()
+                    )));
+                }
+                bounds.check().map_err(|why| EnvError::Bridge(format!("action bounds: {why}")))?;
+                Some(bounds)
+            }
+        };
         let mut current = Timestep::new(&spec, num_envs);
         envs.reset(&mut current)?;
         Ok(Self {
@@ -235,6 +267,8 @@ impl VecEnv {
             episode_returns: vec![0.0; num_envs],
             episode_lengths: vec![0; num_envs],
             was_last: vec![false; num_envs],
+            env_actions: Actions::empty(spec.action),
+            bounds,
         })
     }
 
@@ -251,8 +285,15 @@ impl VecEnv {
         self.spec
     }
 
-    pub fn num_actions(&self) -> usize {
-        self.spec.policy_width()
+    /// What actions the environments take.
+    pub fn action_spec(&self) -> ActionSpec {
+        self.spec.action
+    }
+
+    /// For continuous actions, the box [`step`](Self::step) maps the
+    /// policy's normalised actions into.
+    pub fn action_bounds(&self) -> Option<&ActionBounds> {
+        self.bounds.as_ref()
     }
 
     /// Current observation of every environment, row-major `[num_envs, observation_size]`.
@@ -298,24 +339,46 @@ impl VecEnv {
         self.envs.physical_state(env_index)
     }
 
-    /// Checks that there is one action per environment and each is in range.
-    /// Actions at last observations are checked too although they are ignored,
-    /// so that a faulty policy is caught whichever environments it hits.
-    pub fn validate_actions(&self, actions: &[usize]) -> Result<(), EnvError> {
+    /// Checks that there is one action per environment and each fits the
+    /// spec: a discrete one in range, a continuous one of the spec's width
+    /// and finite. Actions at last observations are checked too although
+    /// they are ignored, so that a faulty policy is caught whichever
+    /// environments it hits.
+    pub fn validate_actions(&self, actions: &Actions) -> Result<(), EnvError> {
+        let expected = self.spec.action;
+        if !actions.fits(expected) {
+            return Err(EnvError::BadAction {
+                env_index: 0,
+                action: match actions {
+                    Actions::Discrete(_) => "an index".to_owned(),
+                    Actions::Continuous { dims, .. } => format!("a vector of {dims} values"),
+                },
+                expected,
+                why: "actions of another kind or width",
+            });
+        }
         if actions.len() != self.num_envs() {
             return Err(EnvError::ActionCount {
                 expected: self.num_envs(),
                 got: actions.len(),
             });
         }
-        let num_actions = self.num_actions();
-        match actions.iter().position(|&action| action >= num_actions) {
-            Some(env_index) => Err(EnvError::BadAction {
-                env_index,
-                action: actions[env_index],
-                num_actions,
-            }),
-            None => Ok(()),
+        let bad = |env_index: usize, why| EnvError::BadAction {
+            env_index,
+            action: actions.get(env_index).to_string(),
+            expected,
+            why,
+        };
+        match (actions, expected) {
+            (Actions::Discrete(indices), ActionSpec::Discrete { num_actions }) => match indices.iter().position(|&a| a >= num_actions) {
+                Some(env_index) => Err(bad(env_index, "out of range")),
+                None => Ok(()),
+            },
+            (Actions::Continuous { dims, values }, _) => match values.iter().position(|v| !v.is_finite()) {
+                Some(at) => Err(bad(at / dims, "not finite")),
+                None => Ok(()),
+            },
+            _ => unreachable!("fits checked the kind"),
         }
     }
 
@@ -326,12 +389,21 @@ impl VecEnv {
     /// set and its reward is 0. Every other environment takes its action; its
     /// reward in [`rewards`](Self::rewards) is that action's, and if the new
     /// observation is a last one the episode is listed in the report.
-    pub fn step(&mut self, actions: &[usize]) -> Result<StepReport, EnvError> {
+    /// Continuous actions are normalised ones, clipped to `[-1, 1]` and
+    /// mapped into the [`action_bounds`](Self::action_bounds).
+    pub fn step(&mut self, actions: &Actions) -> Result<StepReport, EnvError> {
         self.validate_actions(actions)?;
         for (env_index, was_last) in self.was_last.iter_mut().enumerate() {
             *was_last = self.current.is_last(env_index);
         }
-        let real_steps = self.envs.step(actions, &mut self.current)?;
+        let env_actions = match (&self.bounds, actions, &mut self.env_actions) {
+            (Some(bounds), Actions::Continuous { values, .. }, Actions::Continuous { values: mapped, .. }) => {
+                bounds.to_env(values, mapped);
+                &self.env_actions
+            }
+            _ => actions,
+        };
+        let real_steps = self.envs.step(env_actions, &mut self.current)?;
         let mut report = StepReport {
             real_steps,
             finished: Vec::new(),
@@ -373,10 +445,11 @@ mod tests {
     /// Steps with a fixed action pattern and records, per environment, every
     /// observation's (is_first, is_last, reward) and the episodes finished.
     fn run(vec_env: &mut VecEnv, steps: usize, choose: impl Fn(usize, usize) -> usize) -> Vec<StepReport> {
-        let mut actions = vec![0; vec_env.num_envs()];
+        let mut actions = Actions::Discrete(vec![0; vec_env.num_envs()]);
         (0..steps)
             .map(|step| {
-                for (env_index, action) in actions.iter_mut().enumerate() {
+                let Actions::Discrete(indices) = &mut actions else { unreachable!() };
+                for (env_index, action) in indices.iter_mut().enumerate() {
                     *action = choose(step, env_index);
                 }
                 vec_env.step(&actions).unwrap()
@@ -387,7 +460,10 @@ mod tests {
     #[test]
     fn env_vector_starts_with_first_observations_from_distinct_seeds() {
         let vec_env = VecEnv::new(NAME, 4, 9).unwrap();
-        assert_eq!((vec_env.num_envs(), vec_env.observation_size(), vec_env.num_actions()), (4, 4, 2));
+        assert_eq!(
+            (vec_env.num_envs(), vec_env.observation_size(), vec_env.action_spec().policy_width()),
+            (4, 4, 2)
+        );
         assert_eq!(vec_env.observations().f32().len(), 16);
         assert!(vec_env.is_first().iter().all(|&first| first));
         assert!((0..4).all(|env_index| !vec_env.is_last(env_index)));
@@ -415,7 +491,7 @@ mod tests {
         let mut lasts_seen = 0;
         for step in 0..300 {
             let was_last: Vec<bool> = (0..2).map(|env_index| vec_env.is_last(env_index)).collect();
-            let report = vec_env.step(&[step % 2, 1]).unwrap();
+            let report = vec_env.step(&Actions::Discrete(vec![step % 2, 1])).unwrap();
             for (env_index, &was_last) in was_last.iter().enumerate() {
                 let is_first = vec_env.is_first()[env_index];
                 assert_eq!(is_first, was_last, "step {step} env {env_index}");
@@ -439,9 +515,9 @@ mod tests {
         let run_until_first_end = |action_at_last: usize| {
             let mut vec_env = VecEnv::new(NAME, 1, 5).unwrap();
             while !vec_env.is_last(0) {
-                vec_env.step(&[1]).unwrap();
+                vec_env.step(&Actions::Discrete(vec![1])).unwrap();
             }
-            vec_env.step(&[action_at_last]).unwrap();
+            vec_env.step(&Actions::Discrete(vec![action_at_last])).unwrap();
             assert!(vec_env.is_first()[0]);
             (vec_env.observation(0).f32().to_vec(), vec_env.rewards()[0])
         };
@@ -455,7 +531,7 @@ mod tests {
         let mut real_steps = 0;
         for _ in 0..200 {
             let lasts = (0..4).filter(|&env_index| vec_env.is_last(env_index)).count();
-            let report = vec_env.step(&[1, 0, 1, 1]).unwrap();
+            let report = vec_env.step(&Actions::Discrete(vec![1, 0, 1, 1])).unwrap();
             assert_eq!(report.real_steps, 4 - lasts);
             real_steps += report.real_steps;
             resets_expected += lasts;
@@ -491,7 +567,10 @@ mod tests {
         let mut finished = Vec::new();
         while finished.is_empty() {
             let [_, _, theta, theta_dot]: [f32; 4] = vec_env.observation(0).f32().try_into().unwrap();
-            finished = vec_env.step(&[usize::from(theta + 0.5 * theta_dot > 0.0)]).unwrap().finished;
+            finished = vec_env
+                .step(&Actions::Discrete(vec![usize::from(theta + 0.5 * theta_dot > 0.0)]))
+                .unwrap()
+                .finished;
         }
         assert_eq!(finished.len(), 1);
         let episode = finished[0];
@@ -504,17 +583,17 @@ mod tests {
     #[test]
     fn env_vector_rejects_bad_actions() {
         let vec_env = VecEnv::new(NAME, 2, 0).unwrap();
-        assert!(vec_env.validate_actions(&[0, 1]).is_ok());
+        assert!(vec_env.validate_actions(&Actions::Discrete(vec![0, 1])).is_ok());
         assert!(matches!(
-            vec_env.validate_actions(&[0]),
+            vec_env.validate_actions(&Actions::Discrete(vec![0])),
             Err(EnvError::ActionCount { expected: 2, got: 1 })
         ));
         assert!(matches!(
-            vec_env.validate_actions(&[0, 2]),
+            vec_env.validate_actions(&Actions::Discrete(vec![0, 2])),
             Err(EnvError::BadAction {
                 env_index: 1,
-                action: 2,
-                num_actions: 2
+                why: "out of range",
+                ..
             })
         ));
     }
@@ -523,7 +602,7 @@ mod tests {
     fn env_vector_step_refuses_bad_actions_and_leaves_the_environments_as_they_were() {
         let mut vec_env = VecEnv::new(NAME, 2, 0).unwrap();
         let before = vec_env.observations().f32().to_vec();
-        let error = vec_env.step(&[0, 5]).expect_err("action 5 is out of range");
+        let error = vec_env.step(&Actions::Discrete(vec![0, 5])).expect_err("action 5 is out of range");
         assert!(error.to_string().contains("out of range"), "{error}");
         assert_eq!(vec_env.observations().f32(), before);
     }
@@ -547,7 +626,10 @@ mod tests {
         fn reset(&mut self, timestep: &mut Timestep) -> Result<(), EnvError> {
             self.inner.reset(timestep)
         }
-        fn step(&mut self, actions: &[usize], timestep: &mut Timestep) -> Result<usize, EnvError> {
+        fn action_bounds(&self) -> Option<ActionBounds> {
+            None
+        }
+        fn step(&mut self, actions: &Actions, timestep: &mut Timestep) -> Result<usize, EnvError> {
             self.steps += 1;
             if self.steps == self.lose_at {
                 crate::env::bridge::tests::cut(timestep);
@@ -572,7 +654,7 @@ mod tests {
         .unwrap();
         let mut finished = Vec::new();
         for step in 1..=7 {
-            let report = vec_env.step(&[1, 1]).unwrap();
+            let report = vec_env.step(&Actions::Discrete(vec![1, 1])).unwrap();
             if step == 6 {
                 assert_eq!(report.real_steps, 0);
                 assert!(vec_env.truncated()[0] && vec_env.is_last(0) && vec_env.is_last(1));

@@ -53,6 +53,18 @@ impl Torso {
     }
 }
 
+/// Where a Gaussian policy's log standard deviations come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogStd {
+    /// One learnt value per action dimension, the same in every state (as
+    /// PPO's and IMPALA's continuous-control setups have it).
+    #[default]
+    Parameter,
+    /// The policy head outputs them beside the means, per state.
+    StateDependent,
+}
+
 /// Shape of the network; the environment spec comes separately.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -77,6 +89,17 @@ pub struct NetworkConfig {
     /// cell that keeps its state does not also fill with every input. 0:
     /// off (lstm_forget_bias applies); otherwise it replaces lstm_forget_bias.
     pub lstm_chrono_horizon: u32,
+    /// Continuous actions: where the Gaussian's log standard deviations
+    /// come from.
+    pub log_std: LogStd,
+    /// Continuous actions: the log standard deviation every dimension
+    /// starts with (0: a deviation of half the action range, in the
+    /// normalised actions the policy acts in).
+    pub initial_log_std: f64,
+    /// Continuous actions: act with tanh of the Gaussian's sample, so every
+    /// action lies inside the bounds; without it the environment's bounds
+    /// clip the sample.
+    pub squash: bool,
 }
 
 impl Default for NetworkConfig {
@@ -89,6 +112,9 @@ impl Default for NetworkConfig {
             lstm_size: 64,
             lstm_forget_bias: 0.0,
             lstm_chrono_horizon: 0,
+            log_std: LogStd::Parameter,
+            initial_log_std: 0.0,
+            squash: false,
         }
     }
 }
@@ -110,16 +136,19 @@ impl NetworkConfig {
                 self.lstm_chrono_horizon
             ));
         }
+        let (low, high) = crate::distribution::LOG_STD_RANGE;
+        if !(f64::from(low)..=f64::from(high)).contains(&self.initial_log_std) {
+            return Err(format!(
+                "network.initial_log_std must be in [{low}, {high}] (the range log deviations are held to), got {}",
+                self.initial_log_std
+            ));
+        }
         Ok(())
     }
 
-    /// Whether the network can act in `spec`: its policy head is
-    /// categorical (discrete actions), a CNN torso needs frames large enough
-    /// for its convolutions, an MLP reads any observation.
+    /// Whether the network can act in `spec`: a CNN torso needs frames
+    /// large enough for its convolutions, an MLP reads any observation.
     pub fn check_spec(&self, spec: &EnvSpec) -> std::result::Result<(), String> {
-        if spec.action.num_discrete().is_none() {
-            return Err(format!("the policy head is categorical: it cannot act with {}", spec.action));
-        }
         let torso = self.torso;
         if torso == Torso::Mlp {
             return Ok(());

@@ -29,7 +29,7 @@ mod heads;
 mod lstm;
 mod mlp;
 
-pub use config::{Activation, Core, NetworkConfig, Torso};
+pub use config::{Activation, Core, LogStd, NetworkConfig, Torso};
 pub use heads::PolicyOutput;
 pub use lstm::RecurrentState;
 
@@ -37,6 +37,7 @@ use candle_core::{DType, Device, Result, Tensor, Var};
 use rand::SeedableRng;
 
 use crate::EnvSpec;
+use crate::distribution::PolicyDistribution;
 use cnn::{CNN_FEATURES, ConvTorso};
 use heads::Heads;
 use lstm::{GateInit, LstmCell};
@@ -107,7 +108,16 @@ impl ActorCritic {
                 (Some(lstm), size, size)
             }
         };
-        let heads = Heads::new(policy_width, value_width, spec.policy_width(), &mut rng, device, &mut params)?;
+        let heads = Heads::new(
+            policy_width,
+            value_width,
+            PolicyDistribution::new(spec.action, config.squash),
+            config.log_std,
+            config.initial_log_std,
+            &mut rng,
+            device,
+            &mut params,
+        )?;
         Ok(Self {
             spec,
             config: config.clone(),
@@ -125,6 +135,11 @@ impl ActorCritic {
 
     pub fn config(&self) -> &NetworkConfig {
         &self.config
+    }
+
+    /// How the policy's parameters become actions and probabilities.
+    pub fn distribution(&self) -> PolicyDistribution {
+        PolicyDistribution::new(self.spec.action, self.config.squash)
     }
 
     pub fn device(&self) -> &Device {
