@@ -100,6 +100,11 @@ pub struct LearnerConfig {
     /// Global gradient-norm clip; 0 disables clipping.
     pub max_grad_norm: f64,
     pub discount: f64,
+    /// Rewards are multiplied by this before `reward_clip`, so that values
+    /// of environments with large rewards (MuJoCo, Pendulum's −16 per step)
+    /// stay in the range the baseline learns well; returns are reported
+    /// unscaled.
+    pub reward_scale: f64,
     pub reward_clip: RewardClip,
     /// Weight of the baseline (value) loss.
     pub baseline_cost: f64,
@@ -177,6 +182,7 @@ impl Default for LearnerConfig {
             lr_decay_frames: 1_000_000,
             max_grad_norm: 40.0,
             discount: 0.99,
+            reward_scale: 1.0,
             reward_clip: RewardClip::None,
             baseline_cost: 0.5,
             entropy_cost: 0.0,
@@ -272,6 +278,12 @@ impl LearnerConfig {
             if !(value > 0.0 && value.is_finite()) {
                 return Err(format!("{key} must be positive, got {value}"));
             }
+        }
+        if !(self.reward_scale.is_finite() && self.reward_scale > 0.0) {
+            return Err(format!(
+                "learner.reward_scale must be finite and positive, got {}",
+                self.reward_scale
+            ));
         }
         if !(0.0..=1.0).contains(&self.discount) {
             return Err(format!("learner.discount must be in [0, 1], got {}", self.discount));

@@ -171,7 +171,8 @@ impl Learner {
             )));
         }
         let mut device_batch = DeviceBatch::new(batch, self.config.discount, self.config.burn_in, &self.device)?;
-        device_batch.rewards = clip_rewards(&device_batch.rewards, self.config.reward_clip)?;
+        let scaled = device_batch.rewards.affine(self.config.reward_scale, 0.0)?;
+        device_batch.rewards = clip_rewards(&scaled, self.config.reward_clip)?;
         let weights = LossWeights {
             baseline_cost: self.config.baseline_cost,
             entropy_cost: self.config.entropy_cost_at(self.frames),

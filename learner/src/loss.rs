@@ -310,6 +310,57 @@ mod tests {
         t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
     }
 
+    /// For a Gaussian policy the importance ratio of each taken action is
+    /// `exp(log π(a) − log μ(a))`: computed here in f64 from the network's
+    /// means and log deviations and the recorded ones, the mean and the
+    /// largest ratio over the real decisions equal the loss's.
+    #[test]
+    fn continuous_importance_ratios_are_the_gaussian_density_ratios() {
+        let dims = 2;
+        let spec = EnvSpec {
+            observation: fleet_trajectory::ObservationSpec::Vector { size: 3 },
+            action: fleet_trajectory::ActionSpec::Continuous { dims },
+        };
+        let config = NetworkConfig {
+            hidden: vec![8],
+            log_std: fleet_agent::LogStd::StateDependent,
+            initial_log_std: -0.3,
+            ..NetworkConfig::default()
+        };
+        let net = ActorCritic::new(spec, &config, 2, &Device::Cpu).unwrap();
+        let host = HostBatch::synthetic(spec, 7, 3, 4);
+        let device_batch = DeviceBatch::new(&host, 0.99, 0, &Device::Cpu).unwrap();
+        let loss = impala_loss(&net, &device_batch, &VTraceParams::default(), weights(), false).unwrap();
+
+        let learning = 6 * 3;
+        let params = values(&loss.outputs.logits);
+        let log_density = |params: &[f32], action: &[f32]| -> f64 {
+            (0..dims)
+                .map(|d| {
+                    let (mean, log_std) = (f64::from(params[d]), f64::from(params[dims + d]));
+                    let z = (f64::from(action[d]) - mean) / log_std.exp();
+                    -0.5 * z * z - log_std - 0.5 * (2.0 * std::f64::consts::PI).ln()
+                })
+                .sum()
+        };
+        let (mut sum, mut max, mut decisions) = (0f64, 0f64, 0usize);
+        for i in 0..learning {
+            if !fleet_trajectory::is_decision(host.terminated[i], host.truncated[i]) {
+                continue;
+            }
+            let action = &host.actions[i * dims..(i + 1) * dims];
+            let pi = log_density(&params[i * 2 * dims..(i + 1) * 2 * dims], action);
+            let mu = log_density(&host.behaviour_logits[i * 2 * dims..(i + 1) * 2 * dims], action);
+            let rho = (pi - mu).exp();
+            (sum, max, decisions) = (sum + rho, max.max(rho), decisions + 1);
+        }
+        let ours = loss.diagnostics;
+        let mean = sum / decisions as f64;
+        assert!((f64::from(ours.rho_mean) - mean).abs() < 1e-4 * mean, "{} vs {mean}", ours.rho_mean);
+        assert!((f64::from(ours.rho_max) - max).abs() < 1e-4 * max, "{} vs {max}", ours.rho_max);
+        assert!(mean > 0.0 && (mean - 1.0).abs() > 1e-3, "the ratios are not all 1: {mean}");
+    }
+
     /// The burn-in shapes the state the learning steps start from, yet no
     /// gradient reaches a parameter through it: the gradients equal those of
     /// the same loss with the warmed state handed in as a constant.
