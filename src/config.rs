@@ -232,6 +232,11 @@ impl Config {
         // A bridged environment's spec is known once the bridge answers
         // (see `resolved_env_spec`); a native one's now.
         let spec = if self.env.is_bridged() {
+            if let Some(spec) = &self.env.spec
+                && let Err(error) = self.env.check_spec(spec)
+            {
+                bail!("invalid config: env.normalize_observations: {error}")
+            }
             self.env.spec
         } else {
             match self.env.make(0) {
@@ -488,6 +493,32 @@ mod tests {
         let remote = load(&[], &["env.name=MyEnv-v0", "env.remote=envbridge:50070"]).unwrap();
         assert!(remote.env.is_bridged());
         assert!(!load(&[], &[]).unwrap().env.is_bridged());
+    }
+
+    #[test]
+    fn bridged_vectors_may_be_normalised_and_bridged_frames_may_not() {
+        let normalised = load(&[], &["env.name=gym:HalfCheetah-v5", "env.normalize_observations=true"]).unwrap();
+        assert!(normalised.env.normalize_observations && normalised.env.is_bridged());
+        // With the spec known, frames are refused before anything starts.
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pong.toml");
+        std::fs::write(
+            &file,
+            "[env]\nname = \"gym:ALE/Pong-v5\"\npreprocess = \"atari\"\nnormalize_observations = true\n\
+             [env.spec]\nobservation = { frames = { channels = 4, height = 84, width = 84 } }\n\
+             action = { discrete = { num_actions = 6 } }\n[network]\ntorso = \"shallow_cnn\"\n",
+        )
+        .unwrap();
+        let error = Config::load(&ConfigSources {
+            file: Some(file),
+            ..ConfigSources::default()
+        })
+        .unwrap_err();
+        let error = format!("{error:#}");
+        assert!(
+            error.contains("env.normalize_observations") && error.contains("gym:ALE/Pong-v5") && error.contains("image frames"),
+            "{error}"
+        );
     }
 
     #[test]

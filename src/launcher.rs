@@ -71,6 +71,9 @@ pub async fn run(mut config: Config, folder: RunFolder, resume: bool, verbosity:
         let spec = fleet_actor::env::bridge::probe_spec(&config.env, config.replay.max_message_bytes)
             .await
             .map_err(|error| anyhow::anyhow!("env `{}`: {error}", config.env.name))?;
+        if let Err(error) = config.env.check_spec(&spec) {
+            bail!("invalid config: env.normalize_observations: {error}");
+        }
         config.check_network_fits(&spec)?;
         if let Some(expected) = config.env.spec
             && expected != spec

@@ -4,10 +4,12 @@
 //! the reason, when it lacks the package (or pytest), and
 //! `FLEET_REQUIRE_PYTHON=1` (CI) makes that a failure.
 //!
-//! Through the bridge, `fleet run` solves Gymnasium's own CartPole-v1; a
-//! killed server is restarted while training goes on; a bad id, a space
-//! fleet cannot act in, and a spec other than the one expected stop it at
-//! start with a message naming the cause.
+//! Through the bridge, `fleet run` solves Gymnasium's own CartPole-v1 and
+//! acts in Pendulum-v1 with continuous actions; a killed server is
+//! restarted while training goes on; a bad id, a space fleet cannot
+//! observe, and a spec other than the one expected stop it at start with a
+//! message naming the cause. A bridged vector's observations are normalised
+//! over the whole vector (`env.normalize_observations`).
 
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -15,6 +17,11 @@ use std::time::Duration;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use tokio::io::{AsyncBufReadExt, BufReader};
+
+use fleet_actor::env::EnvConfig;
+use fleet_actor::env::normalize::{CLIP, RunningMoments};
+use fleet_trajectory::Actions;
+use tokio_util::sync::CancellationToken;
 
 use crate::support::FLEET;
 
@@ -53,7 +60,7 @@ fn the_env_bridge_serves_gymnasium_vectors_as_gymnasium_steps_them() {
         return;
     };
     let output = Command::new(&python)
-        .args(["-m", "pytest", "-q", "-p", "no:cacheprovider", "envbridge/tests"])
+        .args(["-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", "envbridge/tests"])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()
         .unwrap();
@@ -155,14 +162,112 @@ async fn fleet_run_trains_on_a_bridge_server_already_running() {
     assert!(server.try_wait().unwrap().is_none(), "the run stopped a server it did not start");
 }
 
+/// Pendulum-v1 stepped in Python (envpool's where it is installed,
+/// Gymnasium's otherwise) with the Gaussian policy of
+/// `config/pendulum.toml`: torques go out as Box actions mapped into
+/// [-2, 2], and the run records finite returns of 200-step episodes, each in
+/// Pendulum's range (a step costs at most π² + 0.1·8² + 0.001·2² ≈ 16.27).
+/// Learning is not asked for in so short a run.
+#[tokio::test]
+async fn fleet_run_acts_in_pendulum_with_continuous_actions_through_the_bridge() {
+    let Some(python) = python_with("fleet_envbridge") else { return };
+    let runs = tempfile::tempdir().unwrap();
+    let config = concat!(env!("CARGO_MANIFEST_DIR"), "/config/pendulum.toml");
+    let (status, output) = fleet_run(
+        &python,
+        &[
+            "--config",
+            config,
+            "--run-dir",
+            runs.path().to_str().unwrap(),
+            "--name",
+            "pendulum",
+            "--seed",
+            "2",
+            "--set",
+            "env.name=gym:Pendulum-v1",
+            "--max-env-steps",
+            "30000",
+        ],
+    )
+    .await;
+    assert_eq!(status.code(), Some(1), "the budget runs out before the target:\n{output}");
+    assert!(
+        output.contains("gym:Pendulum-v1 via the env bridge: f32 observations [3], continuous actions of 1 dimensions"),
+        "{output}"
+    );
+    let rows = fleet::runs::read_progress(&runs.path().join("pendulum").join("progress.csv")).unwrap();
+    let last = rows.last().expect("progress rows");
+    assert!(last.env_steps >= 30_000 && last.learner_updates > 0, "{last:?}");
+    let lowest = -200.0 * (std::f64::consts::PI.powi(2) + 0.1 * 64.0 + 0.001 * 4.0);
+    let returns: Vec<f64> = rows
+        .iter()
+        .flat_map(|row| [row.return_mean, row.return_min, row.return_max, row.return_step_weighted])
+        .flatten()
+        .collect();
+    assert!(!returns.is_empty(), "returns are known once 100 episodes have ended:\n{output}");
+    for value in returns {
+        assert!(
+            value.is_finite() && (lowest..=0.0).contains(&value),
+            "return {value} outside [{lowest}, 0]"
+        );
+    }
+}
+
+/// `env.normalize_observations` on a bridged vector split across two
+/// streams: one set of running moments over all its environments, every
+/// step's observations (first ones after a reset included) added as a
+/// batch before they are scaled. The same vector opened raw, with the same
+/// seed, gives the raw observations to check against.
+#[test]
+fn bridged_observations_are_normalised_over_the_whole_vector() {
+    let Some(python) = python_with("fleet_envbridge") else { return };
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (num_envs, size) = (6, 3);
+    let open = |normalize_observations: bool| {
+        let config = EnvConfig {
+            normalize_observations,
+            bridge_command: [python.as_str(), "-m", "fleet_envbridge.cli", "--log-level", "WARNING"]
+                .map(String::from)
+                .to_vec(),
+            bridge_streams: 2,
+            ..EnvConfig::named("gym:Pendulum-v1")
+        };
+        config
+            .make_vec(num_envs, 5, 64 << 20, runtime.handle().clone(), CancellationToken::new())
+            .unwrap()
+    };
+    let (mut raw, mut scaled) = (open(false), open(true));
+    let mut moments = RunningMoments::new(size);
+    let mut velocities = Vec::new();
+    for step in 0..600_usize {
+        if step > 0 {
+            let values = (0..num_envs).map(|i| ((step * 5 + i * 3) % 11) as f32 / 5.0 - 1.0).collect();
+            let actions = Actions::Continuous { dims: 1, values };
+            let (a, b) = (raw.step(&actions).unwrap(), scaled.step(&actions).unwrap());
+            assert_eq!(a, b, "step {step}: the same episodes end");
+        }
+        let mut expected = raw.observations().f32().to_vec();
+        moments.update_batch(&expected);
+        expected.chunks_exact_mut(size).for_each(|row| moments.normalize(row));
+        assert_eq!(scaled.observations().f32(), expected, "step {step}");
+        assert_eq!(
+            (scaled.rewards(), scaled.is_first(), scaled.truncated()),
+            (raw.rewards(), raw.is_first(), raw.truncated())
+        );
+        velocities.extend(expected.chunks_exact(size).map(|row| row[2]));
+    }
+    // Pendulum's angular velocity (up to ±8 rad/s raw) on a unit scale.
+    let late = &velocities[velocities.len() / 2..];
+    let spread = (late.iter().map(|v| v * v).sum::<f32>() / late.len() as f32).sqrt();
+    assert!((0.5..2.0).contains(&spread), "{spread}");
+    assert!(velocities.iter().all(|v| v.abs() <= CLIP));
+}
+
 #[tokio::test]
 async fn a_bad_env_id_or_an_unsupported_space_stops_fleet_run_naming_it() {
     let Some(python) = python_with("fleet_envbridge") else { return };
-    for (name, expected) in [
-        ("gym:NoSuchEnv-v9", "NoSuchEnv-v9"),
-        ("gym:Pendulum-v1", "continuous actions"),
-        ("gym:Blackjack-v1", "is not supported"),
-    ] {
+    for (name, expected) in [("gym:NoSuchEnv-v9", "NoSuchEnv-v9"), ("gym:Blackjack-v1", "is not supported")] {
         let (status, output) = fleet_run(&python, &["--set", &format!("env.name={name}")]).await;
         assert!(!status.success(), "{name}: {output}");
         assert!(
@@ -171,6 +276,35 @@ async fn a_bad_env_id_or_an_unsupported_space_stops_fleet_run_naming_it() {
         );
         assert!(!output.contains("env steps"), "{name}: training must not start:\n{output}");
     }
+}
+
+/// Observations are normalised only where they are vectors: an Atari game's
+/// frames stop `fleet run` once the bridge has said what it serves.
+#[tokio::test]
+async fn normalising_bridged_frames_stops_fleet_run_naming_the_env() {
+    let Some(python) = python_with("fleet_envbridge, ale_py") else {
+        return;
+    };
+    let (status, output) = fleet_run(
+        &python,
+        &[
+            "--set",
+            "env.name=gym:ALE/Pong-v5",
+            "--set",
+            "env.preprocess=atari",
+            "--set",
+            "env.normalize_observations=true",
+            "--set",
+            "network.torso=shallow_cnn",
+        ],
+    )
+    .await;
+    assert!(!status.success(), "{output}");
+    assert!(
+        output.contains("env.normalize_observations") && output.contains("gym:ALE/Pong-v5") && output.contains("image frames"),
+        "{output}"
+    );
+    assert!(!output.contains("env steps"), "training must not start:\n{output}");
 }
 
 /// `env.spec` pins what the learner's network is built for; an environment

@@ -7,8 +7,9 @@
 //! image environments write `u8` intensities and report their frame shape.
 //! The values then travel unconverted to the network's input. [`EnvConfig`] (the
 //! `[env]` config section) names one and the wrappers around it:
-//! [`normalize`] scales observations by their running moments, [`frame_stack`]
-//! stacks the last k of them. Episode bookkeeping across many
+//! [`normalize`] scales observations by their running moments (per native
+//! environment, or over a whole bridged vector), [`frame_stack`] stacks the
+//! last k of them. Episode bookkeeping across many
 //! environments (first/last flags, auto-reset, returns) lives in [`vector`],
 //! over a [`BatchEnv`] that steps them all at once: natively, or through
 //! [`bridge`] when `env.name` is `gym:…` or `envpool:…` or `env.remote`
@@ -39,7 +40,7 @@ pub use masked::MaskedCartPole;
 pub use memory_chain::MemoryChain;
 pub use mountain_car::MountainCar;
 pub use mountain_car_continuous::MountainCarContinuous;
-pub use normalize::NormalizeObservation;
+pub use normalize::{NormalizeBatch, NormalizeObservation};
 pub use pendulum::Pendulum;
 pub use vector::{BatchEnv, FinishedEpisode, NativeEnvs, StepReport, Timestep, VecEnv};
 
@@ -221,8 +222,10 @@ pub struct EnvConfig {
     pub name: String,
     /// Last observations stacked into one along the channel axis (1: none).
     pub frame_stack: usize,
-    /// Observations scaled by their running mean and deviation (vector
-    /// observations only), before any stacking.
+    /// Observations scaled by their running mean and deviation, clipped to
+    /// ±10 (vector observations only): per environment and before any
+    /// stacking for native ones, over the whole vector for bridged ones
+    /// (see [`normalize`]).
     pub normalize_observations: bool,
     /// `host:port` of an env bridge server that is already running (a
     /// sidecar); empty, the actor starts its own from `bridge_command`.
@@ -406,7 +409,9 @@ impl EnvConfig {
     }
 
     /// Checks what can be checked without building anything: the name, the
-    /// wrappers, and for bridged environments that no native wrapper is asked for.
+    /// wrappers, and for bridged environments that no frame stack is asked
+    /// for (the bridge stacks Atari frames itself). Whether observations
+    /// can be normalised is known with the spec: [`check_spec`](Self::check_spec).
     pub fn check(&self) -> Result<(), EnvError> {
         check_frame_stack(self.frame_stack)?;
         if !self.is_bridged() {
@@ -426,9 +431,6 @@ impl EnvConfig {
         if self.frame_stack > 1 {
             return Err(EnvError::BridgedWrapper("frame_stack", self.name.clone()));
         }
-        if self.normalize_observations {
-            return Err(EnvError::BridgedWrapper("normalize_observations", self.name.clone()));
-        }
         let id = BRIDGE_PREFIXES
             .iter()
             .find_map(|prefix| self.name.strip_prefix(prefix))
@@ -442,6 +444,15 @@ impl EnvConfig {
         Ok(())
     }
 
+    /// Checks the wrappers against the environment's spec: only vector
+    /// observations can be normalised.
+    pub fn check_spec(&self, spec: &EnvSpec) -> Result<(), EnvError> {
+        if self.normalize_observations {
+            normalize::check_vector(&self.name, spec)?;
+        }
+        Ok(())
+    }
+
     /// The spec of the configured environment: built natively, taken from
     /// `spec`, or asked of the bridge.
     pub async fn resolve_spec(&self, max_message_bytes: usize) -> Result<EnvSpec, EnvError> {
@@ -449,15 +460,19 @@ impl EnvConfig {
         if !self.is_bridged() {
             return Ok(self.make(0)?.spec());
         }
-        match self.spec {
-            Some(spec) => Ok(spec),
-            None => bridge::probe_spec(self, max_message_bytes).await,
-        }
+        let spec = match self.spec {
+            Some(spec) => spec,
+            None => bridge::probe_spec(self, max_message_bytes).await?,
+        };
+        self.check_spec(&spec)?;
+        Ok(spec)
     }
 
     /// `num_envs` of the configured environments, reset and ready to step:
     /// native, or opened on the env bridge (blocking on `runtime`, so call it
-    /// from outside it; `shutdown` stops a wait for a remote server).
+    /// from outside it; `shutdown` stops a wait for a remote server), its
+    /// observations normalised over the whole vector with
+    /// `normalize_observations`.
     pub fn make_vec(
         &self,
         num_envs: usize,
@@ -468,8 +483,16 @@ impl EnvConfig {
     ) -> Result<VecEnv, EnvError> {
         self.check()?;
         let envs: Box<dyn BatchEnv> = if self.is_bridged() {
-            Box::new(BridgedEnvs::open(self, num_envs, seed, max_message_bytes, runtime, shutdown)?)
+            let bridged = Box::new(BridgedEnvs::open(self, num_envs, seed, max_message_bytes, runtime, shutdown)?);
+            if self.normalize_observations {
+                Box::new(NormalizeBatch::new(bridged, &self.name)?)
+            } else {
+                bridged
+            }
         } else {
+            // Native environments normalise one by one, before any frame
+            // stacking (`make`), as they always have: runs recorded that
+            // way stay comparable.
             Box::new(NativeEnvs::new(self, num_envs, seed)?)
         };
         VecEnv::start(envs)
