@@ -439,6 +439,7 @@ impl VecEnv {
 mod tests {
     use super::*;
     use crate::env::cartpole::{self, CartPole, MAX_EPISODE_STEPS};
+    use fleet_trajectory::{Action, ObservationsMut};
 
     const NAME: &str = cartpole::NAME;
 
@@ -596,6 +597,56 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    /// Continuous actions reach the environments mapped from [-1, 1] onto
+    /// their bounds (Pendulum's torque: [-2, 2]) and clipped there; one of
+    /// another width or not finite is refused before anything steps.
+    #[test]
+    fn env_vector_maps_continuous_actions_onto_the_bounds_and_refuses_bad_ones() {
+        use crate::env::pendulum::{self, Pendulum};
+        let mut vec_env = VecEnv::new(pendulum::NAME, 3, 7).unwrap();
+        assert_eq!(vec_env.action_bounds(), Some(&ActionBounds::uniform(1, -2.0, 2.0)));
+        let policy = [0.25f32, 1.0, 7.5];
+        let torques = [0.5f32, 2.0, 2.0];
+        // The same environments, stepped directly with the torques.
+        let mut direct: Vec<Pendulum> = (0..3).map(|i| Pendulum::new(env_seed(7, i))).collect();
+        let mut observation = [0.0f32; 3];
+        for env in &mut direct {
+            env.reset(ObservationsMut::F32(&mut observation));
+        }
+        for _ in 0..5 {
+            vec_env
+                .step(&Actions::Continuous {
+                    dims: 1,
+                    values: policy.to_vec(),
+                })
+                .unwrap();
+            for (env, torque) in direct.iter_mut().zip(torques) {
+                env.step(Action::Continuous(&[torque]), ObservationsMut::F32(&mut observation));
+            }
+        }
+        for (i, env) in direct.iter().enumerate() {
+            assert_eq!(vec_env.physical_state(i).unwrap(), env.state(), "environment {i}");
+        }
+        let before = vec_env.observations().f32().to_vec();
+        let wide = Actions::Continuous {
+            dims: 2,
+            values: vec![0.0; 6],
+        };
+        let nan = Actions::Continuous {
+            dims: 1,
+            values: vec![0.0, f32::NAN, 0.0],
+        };
+        for (actions, expected) in [
+            (wide, "another kind or width"),
+            (nan, "environment 1 is not one of continuous actions of 1 dimensions: not finite"),
+        ] {
+            let error = vec_env.step(&actions).unwrap_err().to_string();
+            assert!(error.contains(expected), "{error}");
+        }
+        assert!(vec_env.step(&Actions::Discrete(vec![0; 3])).is_err());
+        assert_eq!(vec_env.observations().f32(), before);
     }
 
     #[test]
