@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, anyhow, bail};
 use candle_core::{Device, Tensor};
-use fleet_actor::env::{EnvConfig, Preprocess, VecEnv, cartpole, catch, masked};
+use fleet_actor::env::{EnvConfig, Preprocess, VecEnv, acrobot, cartpole, catch, masked, mountain_car, mountain_car_continuous, pendulum};
 use fleet_agent::{Actions, ActorCritic, EnvSpec, FrameShape, Weights, observations_tensor};
 use rand::SeedableRng;
 use serde::Serialize;
@@ -381,10 +381,17 @@ pub fn play(
 }
 
 /// What a recorded episode looks like.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 enum Look {
     /// CartPole drawn from its physical state.
     CartPole,
+    /// Pendulum-v1 drawn from its physical state.
+    Pendulum,
+    /// Acrobot-v1 drawn from its physical state.
+    Acrobot,
+    /// MountainCar-v0 or MountainCarContinuous-v0 drawn from its physical
+    /// state, the flag at `goal`.
+    MountainCar { goal: f64 },
     /// The newest frame of each observation: `frame` (with the channels of
     /// one frame) read as `channels`, starting at `offset` in the observation.
     Frames {
@@ -398,15 +405,28 @@ impl Look {
     /// How episodes of `env` (whose spec is `spec`) are pictured; an error
     /// naming it when they cannot be.
     fn of(env: &EnvConfig, spec: EnvSpec) -> Result<Self> {
-        if !env.is_bridged() && [cartpole::NAME, masked::NAME].contains(&env.name.as_str()) {
-            return Ok(Self::CartPole);
+        if !env.is_bridged() {
+            let drawn = match env.name.as_str() {
+                cartpole::NAME | masked::NAME => Some(Self::CartPole),
+                pendulum::NAME => Some(Self::Pendulum),
+                acrobot::NAME => Some(Self::Acrobot),
+                mountain_car::NAME => Some(Self::MountainCar {
+                    goal: mountain_car::GOAL_POSITION,
+                }),
+                mountain_car_continuous::NAME => Some(Self::MountainCar {
+                    goal: mountain_car_continuous::GOAL_POSITION,
+                }),
+                _ => None,
+            };
+            if let Some(look) = drawn {
+                return Ok(look);
+            }
         }
         let Some(stacked) = spec.frame() else {
             bail!(
-                "env `{}` has no frames to record: it observes vectors, and of those only {} and {} are drawn",
+                "env `{}` has no frames to record: it observes vectors, and of those only {} are drawn",
                 env.name,
-                cartpole::NAME,
-                masked::NAME
+                DRAWN.join(", ")
             );
         };
         // Channels per frame: a native stack multiplies the inner frame's;
@@ -444,12 +464,16 @@ impl Look {
 
     /// What to keep of the current observation of `env_index`.
     fn snapshot(&self, envs: &VecEnv, env_index: usize) -> Result<Snapshot> {
-        match self {
-            Self::CartPole => match envs.physical_state(env_index) {
-                Some(&[x, _, theta, _]) => Ok(Snapshot::CartPole { x, theta }),
-                _ => bail!("the environment shows no CartPole state to draw"),
-            },
-            Self::Frames { frame, offset, .. } => {
+        let state = envs.physical_state(env_index);
+        match (self, state) {
+            (Self::CartPole, Some(&[x, _, theta, _])) => Ok(Snapshot::CartPole { x, theta }),
+            (Self::Pendulum, Some(&[theta, _])) => Ok(Snapshot::Pendulum { theta }),
+            (Self::Acrobot, Some(&[theta1, theta2, _, _])) => Ok(Snapshot::Acrobot { theta1, theta2 }),
+            (Self::MountainCar { .. }, Some(&[position, _])) => Ok(Snapshot::MountainCar { position }),
+            (Self::CartPole | Self::Pendulum | Self::Acrobot | Self::MountainCar { .. }, _) => {
+                bail!("the environment shows no {self:?} state to draw (it has {state:?})")
+            }
+            (Self::Frames { frame, offset, .. }, _) => {
                 let pixels = envs.observation(env_index).u8();
                 Ok(Snapshot::Frame(pixels[*offset..*offset + frame.size()].to_vec()))
             }
@@ -462,8 +486,11 @@ impl Look {
             (Self::Frames { frame, channels, .. }, Snapshot::Frame(pixels)) => {
                 render::frame(pixels, *frame, *channels).upscaled(render::upscale_factor(*frame))
             }
-            (_, Snapshot::CartPole { x, theta }) => render::cartpole(*x, *theta),
-            (Self::CartPole, Snapshot::Frame(_)) => unreachable!("a CartPole look takes CartPole snapshots only"),
+            (Self::CartPole, Snapshot::CartPole { x, theta }) => render::cartpole(*x, *theta),
+            (Self::Pendulum, Snapshot::Pendulum { theta }) => render::pendulum(*theta),
+            (Self::Acrobot, Snapshot::Acrobot { theta1, theta2 }) => render::acrobot(*theta1, *theta2),
+            (Self::MountainCar { goal }, Snapshot::MountainCar { position }) => render::mountain_car(*position, *goal),
+            (look, _) => unreachable!("a {look:?} look takes the snapshots it made, of its own kind"),
         }
     }
 }
@@ -476,17 +503,44 @@ enum Snapshot {
         x: f64,
         theta: f64,
     },
+    Pendulum {
+        theta: f64,
+    },
+    Acrobot {
+        theta1: f64,
+        theta2: f64,
+    },
+    MountainCar {
+        position: f64,
+    },
     /// The newest frame, channels first.
     Frame(Vec<u8>),
 }
 
-/// Hundredths of a second between frames: CartPole at Gymnasium's 50 fps,
-/// Atari at the agent's rate (60 emulator frames a second, `frame_skip`
-/// per step), Catch slowly enough to follow the ball, anything else at 20.
+/// The native environments drawn from their physical state.
+const DRAWN: [&str; 6] = [
+    cartpole::NAME,
+    masked::NAME,
+    pendulum::NAME,
+    acrobot::NAME,
+    mountain_car::NAME,
+    mountain_car_continuous::NAME,
+];
+
+/// Hundredths of a second between frames: the classic-control tasks at
+/// Gymnasium's rates (CartPole 50 fps, Pendulum and MountainCar 30,
+/// Acrobot 15), Atari at the agent's rate (60 emulator frames a second,
+/// `frame_skip` per step), Catch slowly enough to follow the ball, anything
+/// else at 20.
 fn frame_delay(env: &EnvConfig) -> u16 {
-    if !env.is_bridged() && [cartpole::NAME, masked::NAME].contains(&env.name.as_str()) {
+    let native = if env.is_bridged() { "" } else { env.name.as_str() };
+    if [cartpole::NAME, masked::NAME].contains(&native) {
         2
-    } else if !env.is_bridged() && env.name == catch::NAME {
+    } else if [pendulum::NAME, mountain_car::NAME, mountain_car_continuous::NAME].contains(&native) {
+        3
+    } else if native == acrobot::NAME {
+        7
+    } else if native == catch::NAME {
         25
     } else if env.preprocess == Preprocess::Atari {
         ((100 * env.atari.frame_skip + 30) / 60).clamp(2, 100) as u16
@@ -627,9 +681,19 @@ mod tests {
             ..EnvConfig::named(masked::NAME)
         };
         assert_eq!(look(&masked, EnvSpec::vector(6, 2)).unwrap(), Look::CartPole);
+        let native = |name: &str| {
+            let env = EnvConfig::named(name);
+            let spec = env.make(0).unwrap().spec();
+            look(&env, spec).unwrap()
+        };
+        assert_eq!(native(pendulum::NAME), Look::Pendulum);
+        assert_eq!(native(acrobot::NAME), Look::Acrobot);
+        assert_eq!(native(mountain_car::NAME), Look::MountainCar { goal: 0.5 });
+        assert_eq!(native(mountain_car_continuous::NAME), Look::MountainCar { goal: 0.45 });
 
         let error = look(&EnvConfig::named("memory-chain-4"), EnvSpec::vector(3, 2)).unwrap_err();
         assert!(error.to_string().contains("env `memory-chain-4` has no frames"), "{error}");
+        assert!(error.to_string().contains(acrobot::NAME), "the drawn envs are named: {error}");
         let error = look(&EnvConfig::named("gym:CartPole-v1"), cartpole_spec).unwrap_err();
         assert!(error.to_string().contains("gym:CartPole-v1"), "{error}");
 
@@ -722,6 +786,66 @@ mod tests {
         for frame in &decoded {
             assert!(frame.chunks_exact(4).any(|p| p[..3] == [255, 255, 255]));
             assert!(frame.chunks_exact(4).any(|p| p[..3] == [0, 0, 0]));
+        }
+    }
+
+    /// Each drawn classic-control task, pushed one way for ten steps, makes a
+    /// GIF of eleven frames of Gymnasium's size, at its rate, with its
+    /// colours, whose pictures change as the state does.
+    #[test]
+    fn classic_control_states_make_gifs_that_move() {
+        let dir = tempfile::tempdir().unwrap();
+        let cases = [
+            (pendulum::NAME, (500, 500), render::ROD_RGB, 3),
+            (acrobot::NAME, (500, 500), render::LINK_RGB, 7),
+            (mountain_car::NAME, (600, 400), render::JOINT_RGB, 3),
+            (mountain_car_continuous::NAME, (600, 400), render::JOINT_RGB, 3),
+        ];
+        for (name, size, colour, delay) in cases {
+            let env = EnvConfig::named(name);
+            let mut envs = VecEnv::from_config(&env, 1, 7).unwrap();
+            let look = Look::of(&env, envs.spec()).unwrap();
+            let push = match envs.spec().action {
+                fleet_agent::ActionSpec::Discrete { num_actions } => Actions::Discrete(vec![num_actions - 1]),
+                fleet_agent::ActionSpec::Continuous { dims } => Actions::Continuous {
+                    dims,
+                    values: vec![1.0; dims],
+                },
+            };
+            let mut snapshots = vec![look.snapshot(&envs, 0).unwrap()];
+            for _ in 0..10 {
+                envs.step(&push).unwrap();
+                snapshots.push(look.snapshot(&envs, 0).unwrap());
+            }
+            let path = dir.path().join(format!("{name}.gif"));
+            let recording = write_gif(&path, &look, &[snapshots], frame_delay(&env)).unwrap();
+            assert_eq!(
+                (recording.frames, recording.width, recording.height),
+                (11, size.0, size.1),
+                "{name}"
+            );
+
+            let mut options = gif::DecodeOptions::new();
+            options.set_color_output(gif::ColorOutput::RGBA);
+            let mut decoder = options.read_info(File::open(&path).unwrap()).unwrap();
+            assert_eq!((usize::from(decoder.width()), usize::from(decoder.height())), size, "{name}");
+            assert!(decoder.global_palette().is_some(), "{name}");
+            let mut frames = Vec::new();
+            while let Some(frame) = decoder.read_next_frame().unwrap() {
+                assert!(frame.palette.is_none(), "{name}: one palette");
+                let expected = if frames.len() == 10 { END_OF_EPISODE_DELAY } else { delay };
+                assert_eq!(frame.delay, expected, "{name}");
+                frames.push(frame.buffer.to_vec());
+            }
+            assert_eq!(frames.len(), 11, "{name}");
+            for (i, frame) in frames.iter().enumerate() {
+                let pixels = |rgb: [u8; 3]| frame.chunks_exact(4).filter(|p| p[..3] == rgb).count();
+                assert!(
+                    pixels([0, 0, 0]) > 50 && pixels(colour) > 100,
+                    "{name} frame {i}: a picture, not a blank"
+                );
+            }
+            assert_ne!(frames[0], frames[10], "{name}: the picture follows the state");
         }
     }
 

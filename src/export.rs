@@ -2,10 +2,11 @@
 //! The export is a folder of three files: `fleet_torch.py` (the module,
 //! maintained beside this file as `export/fleet_torch.py` and embedded in the
 //! binary), `architecture.json` (what the module builds: the network's
-//! config, the observations it reads, the actions, the parameters) and a
-//! copy of the run's `policy.safetensors`. The tensor names and the forward
-//! pass they take part in are documented in `docs/POLICY_FORMAT.md`, and the
-//! parity test (`tests/export.rs`) holds the module to fleet's own network.
+//! config, the observations it reads, the actions and how the policy's
+//! output becomes one, the parameters) and a copy of the run's
+//! `policy.safetensors`. The tensor names and the forward pass they take
+//! part in are documented in `docs/POLICY_FORMAT.md`, and the parity test
+//! (`tests/export.rs`) holds the module to fleet's own network.
 //!
 //! This module only reads a run folder, checks its policy against the
 //! network its config describes, and writes the export; it runs no network
@@ -17,7 +18,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, anyhow, bail};
 use candle_core::{Device, Tensor};
 use fleet_actor::env::{EnvConfig, Preprocess};
-use fleet_agent::{ActorCritic, EnvSpec, FRAME_SCALE, FrameShape, NetworkConfig, Weights};
+use fleet_agent::distribution::LOG_STD_RANGE;
+use fleet_agent::{ActionSpec, ActorCritic, EnvSpec, FRAME_SCALE, FrameShape, LogStd, NetworkConfig, Weights};
 use serde::{Deserialize, Serialize};
 
 use crate::runs::{POLICY_FILE, RunFolder};
@@ -28,9 +30,11 @@ pub const TORCH_MODULE_FILE: &str = "fleet_torch.py";
 pub const ARCHITECTURE_FILE: &str = "architecture.json";
 /// `architecture.json`'s `format` and `format_version`; the module refuses
 /// any other. A change to the tensor names or to the forward pass that an
-/// older module would compute differently takes a new version.
+/// older module would compute differently takes a new version. Version 2
+/// added continuous actions (`action`, in place of version 1's
+/// `num_actions`); the module reads both.
 pub const FORMAT: &str = "fleet-policy";
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 
 /// What a policy can be exported as.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -55,7 +59,8 @@ pub struct Architecture {
     /// the module must do too.
     pub env: EnvPreprocessing,
     pub observation: Observation,
-    pub num_actions: usize,
+    /// The actions, and how the policy head's output becomes one.
+    pub action: Action,
     /// Frames (u8 observations) are multiplied by this at the input.
     pub frame_scale: f64,
     /// The run's `[network]` section as fleet read it.
@@ -88,6 +93,41 @@ pub struct Observation {
     pub dtype: String,
     /// `[size]`, or `[channels, height, width]` for frames.
     pub shape: Vec<usize>,
+}
+
+/// The policy's actions: what its output `[N, W]` holds and how fleet acts
+/// with it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Action {
+    /// `W = num_actions` logits; fleet samples from their softmax, or takes
+    /// the first largest (`fleet eval --greedy`).
+    Discrete { num_actions: usize },
+    /// A diagonal Gaussian: `W = 2·dims`, the means then the log standard
+    /// deviations, those clamped to `log_std_range`. fleet acts with a
+    /// sample, or the means (`--greedy`), through tanh when `squash`, and
+    /// maps that normalised action into `bounds`.
+    Continuous {
+        dims: usize,
+        /// Where the log deviations come from: the parameter
+        /// `policy.log_std` (`parameter`) or the head's second half of
+        /// outputs (`state_dependent`).
+        log_std: LogStd,
+        /// [`LOG_STD_RANGE`], which both kinds are clamped to.
+        log_std_range: [f32; 2],
+        squash: bool,
+        /// The environment's action box, which the normalised actions are
+        /// mapped into; `None` where the run's config does not tell it (a
+        /// bridged environment's come from the bridge at run time).
+        bounds: Option<Bounds>,
+    },
+}
+
+/// An action box per dimension, in the environment's units.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Bounds {
+    pub low: Vec<f32>,
+    pub high: Vec<f32>,
 }
 
 /// One tensor of the policy file.
@@ -130,10 +170,29 @@ impl Exported {
             "u8" => format!("uint8 (or float 0..255) [N, {shape}]"),
             _ => format!("float32 [N, {shape}]"),
         };
-        let call = if network.core == fleet_agent::Core::Lstm {
-            "logits, value, state = model(obs, is_first, state)  # state None: zeros"
+        let outputs = match arch.action {
+            Action::Discrete { .. } => "logits",
+            Action::Continuous { .. } => "params",
+        };
+        let (call, act) = if network.core == fleet_agent::Core::Lstm {
+            (
+                format!("{outputs}, value, state = model(obs, is_first, state)  # state None: zeros"),
+                "action, state = model.act(obs, is_first, state)",
+            )
         } else {
-            "logits, value = model(obs)"
+            (format!("{outputs}, value = model(obs)"), "action = model.act(obs)")
+        };
+        let action = match &arch.action {
+            Action::Discrete { num_actions } => {
+                format!("{act}  # fleet eval --greedy's: the index of the largest of {num_actions} logits")
+            }
+            Action::Continuous { dims, squash, .. } => {
+                let mean = if *squash { "tanh of the means" } else { "the means" };
+                format!(
+                    "{act}  # fleet eval --greedy's: {mean}; params [N, {}]: {dims} mean(s), then {dims} log std(s)",
+                    2 * dims
+                )
+            }
         };
         let mut text = format!(
             "wrote {dir}: {TORCH_MODULE_FILE}, {ARCHITECTURE_FILE}, {}{version}\n\
@@ -142,9 +201,19 @@ impl Exported {
              import sys; sys.path.insert(0, {literal})\n    \
              import fleet_torch\n    \
              model = fleet_torch.load({literal})\n    \
-             {call}  # obs: {obs}\n",
+             {call}  # obs: {obs}\n    \
+             {action}\n",
             arch.weights_file, self.spec,
         );
+        if let Action::Continuous { bounds, .. } = &arch.action {
+            let to = match bounds {
+                Some(Bounds { low, high }) => format!("the env's bounds, low {low:?} high {high:?}"),
+                None => "the env's bounds (not in the run's config: pass low and high)".to_string(),
+            };
+            text.push_str(&format!(
+                "note     fleet's actions are normalised to [-1, 1]; model.env_action(action) maps them into {to}, as fleet does\n"
+            ));
+        }
         if arch.env.frame_stack > 1 {
             text.push_str(&format!(
                 "note     observations are the last {} frames of {} stacked along the channel axis, oldest first, as fleet's actors stack them\n",
@@ -183,7 +252,7 @@ pub fn export(run: &Path, format: Format, out: &Path) -> Result<Exported> {
     let tensors = candle_core::safetensors::load_buffer(&bytes, &Device::Cpu).map_err(|e| corrupt(&e))?;
     let version = Weights::version_in(&bytes).map_err(|e| corrupt(&e))?;
 
-    let spec = env_spec(&env, &tensors, &config_path)?;
+    let (spec, bounds) = env_spec(&env, &tensors, &config_path)?;
     if let Err(message) = network.check_spec(&spec) {
         bail!("{}: {message} (env.name = `{}`)", config_path.display(), env.name);
     }
@@ -241,7 +310,16 @@ pub fn export(run: &Path, format: Format, out: &Path) -> Result<Exported> {
             dtype: spec.observation_dtype().to_string(),
             shape: spec.observation.shape(),
         },
-        num_actions: spec.policy_width(),
+        action: match spec.action {
+            ActionSpec::Discrete { num_actions } => Action::Discrete { num_actions },
+            ActionSpec::Continuous { dims } => Action::Continuous {
+                dims,
+                log_std: network.log_std,
+                log_std_range: [LOG_STD_RANGE.0, LOG_STD_RANGE.1],
+                squash: network.squash,
+                bounds,
+            },
+        },
         frame_scale: FRAME_SCALE,
         network,
         parameters,
@@ -285,20 +363,35 @@ fn read_config(path: &Path) -> Result<(EnvConfig, NetworkConfig)> {
     Ok((config.env, config.network))
 }
 
-/// The observation and action spec the run's network was built for: a
-/// native environment's own; a bridged one's from `env.spec` (which
-/// `fleet run` records in the run's config after asking the bridge), or,
-/// for a config without it, the Atari setup's from its settings (channels,
-/// screen) and the policy head (actions).
-fn env_spec(env: &EnvConfig, tensors: &HashMap<String, Tensor>, config_path: &Path) -> Result<EnvSpec> {
+/// The observation and action spec the run's network was built for, and
+/// continuous actions' bounds where known: a native environment's own
+/// (continuous actions without bounds of their own are fleet's `[-1, 1]`);
+/// a bridged one's spec from `env.spec` (which `fleet run` records in the
+/// run's config after asking the bridge), or, for a config without it, the
+/// Atari setup's from its settings (channels, screen) and the policy head
+/// (actions).
+fn env_spec(env: &EnvConfig, tensors: &HashMap<String, Tensor>, config_path: &Path) -> Result<(EnvSpec, Option<Bounds>)> {
     if !env.is_bridged() {
-        return env
+        let made = env
             .make(0)
-            .map(|made| made.spec())
-            .map_err(|error| anyhow!("{}: env `{}`: {error}", config_path.display(), env.name));
+            .map_err(|error| anyhow!("{}: env `{}`: {error}", config_path.display(), env.name))?;
+        let spec = made.spec();
+        let bounds = match spec.action {
+            ActionSpec::Discrete { .. } => None,
+            ActionSpec::Continuous { dims } => {
+                let bounds = made
+                    .action_bounds()
+                    .unwrap_or_else(|| fleet_trajectory::ActionBounds::uniform(dims, -1.0, 1.0));
+                Some(Bounds {
+                    low: bounds.low,
+                    high: bounds.high,
+                })
+            }
+        };
+        return Ok((spec, bounds));
     }
     if let Some(spec) = env.spec {
-        return Ok(spec);
+        return Ok((spec, None));
     }
     if env.preprocess == Preprocess::Atari {
         let atari = env.atari;
@@ -311,7 +404,7 @@ fn env_spec(env: &EnvConfig, tensors: &HashMap<String, Tensor>, config_path: &Pa
             height: atari.screen_size as usize,
             width: atari.screen_size as usize,
         };
-        return Ok(EnvSpec::frames(frame, num_actions));
+        return Ok((EnvSpec::frames(frame, num_actions), None));
     }
     bail!(
         "{}: env `{}` is served by the env bridge and the config does not record its observations (env.spec is empty): \

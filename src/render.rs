@@ -1,11 +1,19 @@
-//! Pictures of environments for `fleet eval --record`: CartPole drawn from
-//! its physical state as Gymnasium's `render_mode="rgb_array"` draws it
-//! (600×400: track, cart, pole, axle), and image observations shown as
-//! they are, enlarged with nearest-neighbour so a 10×5 board or an 84×84
-//! Atari frame is big enough to watch. Every picture is palette-indexed,
+//! Pictures of environments for `fleet eval --record`: the classic-control
+//! tasks drawn from their physical state as Gymnasium's
+//! `render_mode="rgb_array"` draws them, at its sizes (CartPole 600×400:
+//! track, cart, pole, axle; Pendulum 500×500: a rod from a pivot, without
+//! Gymnasium's torque arrow; Acrobot 500×500: two links, their joints and
+//! the line the tip must rise above; MountainCar 600×400, the continuous
+//! one too: the hill `y = sin(3x)`, the car on it and the flag at the
+//! goal), and image observations shown as they are, enlarged with
+//! nearest-neighbour so a 10×5 board or an 84×84 Atari frame is big enough
+//! to watch. Every picture is palette-indexed,
 //! the form a GIF stores, so frames go to the encoder without quantising.
 //! Not here: choosing what to draw (`eval`), or writing the GIF.
 
+use std::f64::consts::FRAC_PI_2;
+
+use fleet_actor::env::{acrobot, mountain_car, pendulum};
 use fleet_agent::FrameShape;
 
 /// An image as indices into a palette of RGB triples.
@@ -105,6 +113,129 @@ pub fn cartpole(x: f64, theta: f64) -> Indexed {
         pixels: canvas.pixels,
         palette: CARTPOLE_PALETTE.to_vec(),
     }
+}
+
+/// The palette of the other classic-control pictures, Gymnasium's colours
+/// for them: white, black, then by index [`ROD`], [`LINK`], [`JOINT`],
+/// [`WHEEL`].
+const CLASSIC_PALETTE: [u8; 18] = [255, 255, 255, 0, 0, 0, 204, 77, 77, 0, 204, 204, 204, 204, 0, 128, 128, 128];
+/// Pendulum's rod.
+const ROD: u8 = 2;
+/// Acrobot's links.
+const LINK: u8 = 3;
+/// Acrobot's joints and MountainCar's flag.
+const JOINT: u8 = 4;
+/// MountainCar's wheels.
+const WHEEL: u8 = 5;
+pub const ROD_RGB: [u8; 3] = [204, 77, 77];
+pub const LINK_RGB: [u8; 3] = [0, 204, 204];
+pub const JOINT_RGB: [u8; 3] = [204, 204, 0];
+
+/// Pendulum's and Acrobot's picture size (square), Gymnasium's.
+pub const PENDULUM_SIZE: usize = 500;
+pub const ACROBOT_SIZE: usize = 500;
+/// MountainCar's picture size, Gymnasium's, for both versions.
+pub const MOUNTAIN_CAR_WIDTH: usize = 600;
+pub const MOUNTAIN_CAR_HEIGHT: usize = 400;
+
+fn classic(canvas: Canvas) -> Indexed {
+    Indexed {
+        width: canvas.width,
+        height: canvas.height,
+        pixels: canvas.pixels,
+        palette: CLASSIC_PALETTE.to_vec(),
+    }
+}
+
+/// Pendulum-v1 at `theta` (radians from upright, positive counterclockwise),
+/// as Gymnasium's `PendulumEnv.render` draws it: the pivot at the centre,
+/// 2.2 m from it to each edge, the rod 1 m long and 0.2 m wide with round
+/// ends, and a black axle on the pivot.
+pub fn pendulum(theta: f64) -> Indexed {
+    let size = PENDULUM_SIZE;
+    let scale = size as f64 / (2.0 * 2.2);
+    let centre = size as f64 / 2.0;
+    let (rod_length, rod_width) = (pendulum::LENGTH * scale, 0.2 * scale);
+    // Lying along +x, turned by theta + π/2: upright at theta = 0.
+    let (sin, cos) = (theta + FRAC_PI_2).sin_cos();
+    let place = |(x, y): (f64, f64)| (x * cos - y * sin + centre, x * sin + y * cos + centre);
+    let mut canvas = Canvas::new(size, size);
+    let (l, r, t, b) = (0.0, rod_length, rod_width / 2.0, -rod_width / 2.0);
+    canvas.fill_convex(&[(l, b), (l, t), (r, t), (r, b)].map(place), ROD);
+    canvas.fill_circle((centre, centre), rod_width / 2.0, ROD);
+    canvas.fill_circle(place((rod_length, 0.0)), rod_width / 2.0, ROD);
+    canvas.fill_circle((centre, centre), 0.05 * scale, BLACK);
+    classic(canvas)
+}
+
+/// Acrobot-v1 with the first link at `theta1` (radians from hanging
+/// straight down, positive counterclockwise) and the second at `theta2`
+/// from the first, as Gymnasium's `AcrobotEnv.render` draws it: the pivot
+/// at the centre, 2.2 links from it to each edge, each link 0.2 wide with
+/// a joint at its start, and a black line one link above the pivot, which
+/// the tip must rise above.
+pub fn acrobot(theta1: f64, theta2: f64) -> Indexed {
+    let size = ACROBOT_SIZE;
+    // Both links are as long as the first.
+    let length = acrobot::LINK_LENGTH_1;
+    let scale = size as f64 / (2.0 * (2.0 * length + 0.2));
+    let centre = size as f64 / 2.0;
+    let mut canvas = Canvas::new(size, size);
+    canvas.horizontal_line(centre + length * scale, BLACK);
+    let mut start = (centre, centre);
+    for angle in [theta1, theta1 + theta2] {
+        // Lying along +x, turned by angle − π/2: hanging down at 0.
+        let (sin, cos) = (angle - FRAC_PI_2).sin_cos();
+        let origin = start;
+        let place = |(x, y): (f64, f64)| (x * cos - y * sin + origin.0, x * sin + y * cos + origin.1);
+        let (l, r, t, b) = (0.0, length * scale, 0.1 * scale, -0.1 * scale);
+        canvas.fill_convex(&[(l, b), (l, t), (r, t), (r, b)].map(place), LINK);
+        canvas.fill_circle(start, 0.1 * scale, JOINT);
+        start = place((length * scale, 0.0));
+    }
+    classic(canvas)
+}
+
+/// MountainCar-v0 (or MountainCarContinuous-v0, whose flag is at another
+/// `goal`) with the car at `position`, as Gymnasium's `MountainCarEnv.render`
+/// draws it: the positions from the left wall to the right edge fill the
+/// width, the hill `0.45·sin(3x) + 0.55` to scale, the car 40×20 px on it
+/// (tilted by `cos(3x)` radians, Gymnasium's approximation of the slope)
+/// with two wheels, and a flag on a 50 px pole at the goal.
+pub fn mountain_car(position: f64, goal: f64) -> Indexed {
+    let (width, height) = (MOUNTAIN_CAR_WIDTH, MOUNTAIN_CAR_HEIGHT);
+    let (min, max) = (mountain_car::MIN_POSITION, mountain_car::MAX_POSITION);
+    let scale = width as f64 / (max - min);
+    let hill = |x: f64| (3.0 * x).sin() * 0.45 + 0.55;
+    let mut canvas = Canvas::new(width, height);
+    canvas.graph(|px| hill(min + px / scale) * scale, 2.0, BLACK);
+
+    let (car_width, car_height, clearance) = (40.0, 20.0, 10.0);
+    let (sin, cos) = (3.0 * position).cos().sin_cos();
+    let (car_x, car_y) = ((position - min) * scale, clearance + hill(position) * scale);
+    let place = |(x, y): (f64, f64)| (x * cos - y * sin + car_x, x * sin + y * cos + car_y);
+    let (l, r, t, b) = (-car_width / 2.0, car_width / 2.0, car_height, 0.0);
+    canvas.fill_convex(&[(l, b), (l, t), (r, t), (r, b)].map(place), BLACK);
+    for x in [car_width / 4.0, -car_width / 4.0] {
+        canvas.fill_circle(place((x, 0.0)), car_height / 2.5, WHEEL);
+    }
+
+    let flag_x = (goal - min) * scale;
+    let (flag_bottom, flag_top) = (hill(goal) * scale, hill(goal) * scale + 50.0);
+    canvas.fill_convex(
+        &[
+            (flag_x - 1.0, flag_bottom),
+            (flag_x - 1.0, flag_top),
+            (flag_x + 1.0, flag_top),
+            (flag_x + 1.0, flag_bottom),
+        ],
+        BLACK,
+    );
+    canvas.fill_convex(
+        &[(flag_x, flag_top), (flag_x, flag_top - 10.0), (flag_x + 25.0, flag_top - 5.0)],
+        JOINT,
+    );
+    classic(canvas)
 }
 
 /// How a frame's channels are read as a picture.
@@ -228,6 +359,19 @@ impl Canvas {
         }
     }
 
+    /// The graph of `f` (height from the bottom, in pixels, of a column
+    /// position from the left edge) across the whole width, `thickness`
+    /// pixels high: each column covers the heights between its two edges'
+    /// values, so steep stretches leave no gaps.
+    fn graph(&mut self, f: impl Fn(f64) -> f64, thickness: f64, colour: u8) {
+        for x in 0..self.width {
+            let (a, b) = (f(x as f64), f(x as f64 + 1.0));
+            for y in Self::span(a.min(b) - thickness / 2.0, a.max(b) + thickness / 2.0, self.height) {
+                self.plot(x, y, colour);
+            }
+        }
+    }
+
     /// A line one pixel high across the whole width at height `y`.
     fn horizontal_line(&mut self, y: f64, colour: u8) {
         let y = y.floor().max(0.0) as usize;
@@ -325,6 +469,107 @@ mod tests {
         for x in [-2.6, -2.4, 2.4, 2.6, 100.0, f64::NAN] {
             let picture = cartpole(x, 1.5);
             assert_eq!(picture.pixels.len(), 600 * 400);
+        }
+    }
+
+    fn count(picture: &Indexed, colour: [u8; 3]) -> usize {
+        (0..picture.height)
+            .flat_map(|y| (0..picture.width).map(move |x| (x, y)))
+            .filter(|&(x, y)| picture.rgb(x, y) == colour)
+            .count()
+    }
+
+    const WHEEL_RGB: [u8; 3] = [128, 128, 128];
+    const WHITE_RGB: [u8; 3] = [255, 255, 255];
+
+    #[test]
+    fn a_pendulum_is_a_rod_from_the_centre_that_turns_with_its_angle() {
+        let upright = pendulum(0.0);
+        assert_eq!((upright.width, upright.height, upright.pixels.len()), (500, 500, 500 * 500));
+        // 500 px for 4.4 m: the rod is 113.6 px long and 22.7 px wide, with
+        // round ends; its middle is about 57 px above the pivot.
+        let (x, y) = centre_of(&upright, ROD_RGB).expect("a rod");
+        assert!((x - 249.5).abs() < 1.0 && (y - (249.5 - 56.8)).abs() < 4.0, "{x} {y}");
+        assert_eq!(upright.rgb(250, 250), BLACK_RGB, "the axle");
+        // Its round end reaches 113.6 + 11.4 px above the centre.
+        assert_eq!(upright.rgb(250, 250 - 122), ROD_RGB);
+        assert_eq!(upright.rgb(250, 250 - 128), WHITE_RGB);
+        let rod = count(&upright, ROD_RGB);
+        assert!((2400..=3200).contains(&rod), "{rod}");
+
+        // A quarter turn counterclockwise lays it to the left; a half turn
+        // hangs it down.
+        let (x, y) = centre_of(&pendulum(FRAC_PI_2), ROD_RGB).unwrap();
+        assert!((x - (249.5 - 56.8)).abs() < 4.0 && (y - 249.5).abs() < 1.0, "{x} {y}");
+        let (x, y) = centre_of(&pendulum(std::f64::consts::PI), ROD_RGB).unwrap();
+        assert!((x - 249.5).abs() < 1.0 && (y - (249.5 + 56.8)).abs() < 4.0, "{x} {y}");
+        assert_ne!(pendulum(0.05).pixels, upright.pixels);
+    }
+
+    #[test]
+    fn acrobot_links_hang_from_the_centre_and_follow_both_angles() {
+        let hanging = acrobot(0.0, 0.0);
+        assert_eq!((hanging.width, hanging.height), (500, 500));
+        // 500 px for 4.4 links: each link 113.6 px. Hanging straight down,
+        // the links' middle is one link below the pivot.
+        let (x, y) = centre_of(&hanging, LINK_RGB).expect("links");
+        // (The joints drawn over the links' tops shift it down a little.)
+        assert!((x - 249.5).abs() < 1.0 && (y - (249.5 + 113.6)).abs() < 6.0, "{x} {y}");
+        // The joints: at the pivot and one link below it.
+        assert_eq!(hanging.rgb(250, 250), JOINT_RGB);
+        assert_eq!(hanging.rgb(250, 250 + 114), JOINT_RGB);
+        // The line one link above the pivot, across the picture.
+        let row = 500 - 1 - (250.0 + 500.0 / 4.4f64).floor() as usize;
+        assert!((0..500).all(|x| hanging.rgb(x, row) == BLACK_RGB), "row {row}");
+
+        // Standing straight up, the links are above the pivot (across the line).
+        let (x, y) = centre_of(&acrobot(std::f64::consts::PI, 0.0), LINK_RGB).unwrap();
+        assert!((x - 249.5).abs() < 1.0 && (y - (249.5 - 113.6)).abs() < 6.0, "{x} {y}");
+        // The second link turned a quarter from the first points right.
+        let bent = acrobot(0.0, FRAC_PI_2);
+        assert_eq!(bent.rgb(250 + 60, 250 + 114), LINK_RGB);
+        assert_eq!(hanging.rgb(250 + 60, 250 + 114), WHITE_RGB);
+        assert_ne!(acrobot(0.05, 0.0).pixels, hanging.pixels);
+    }
+
+    #[test]
+    fn a_mountain_car_sits_on_the_hill_and_moves_with_its_position() {
+        let scale = 600.0 / 1.8;
+        let hill = |x: f64| (3.0 * x).sin() * 0.45 + 0.55;
+        let picture = mountain_car(-0.5, 0.5);
+        assert_eq!((picture.width, picture.height), (600, 400));
+        // The hill line runs through each column at its height.
+        for column in [10, 150, 300, 450, 590] {
+            let height = hill(-1.2 + (column as f64 + 0.5) / scale) * scale;
+            let row = 400 - 1 - height.floor() as usize;
+            assert_eq!(picture.rgb(column, row), BLACK_RGB, "column {column}");
+        }
+        // The wheels, either side of the car's centre, which is
+        // 10 px above the hill at the car's position.
+        for position in [-0.5, 0.0, 0.4] {
+            let (x, y) = centre_of(&mountain_car(position, 0.5), WHEEL_RGB).expect("wheels");
+            let (car_x, car_y) = ((position + 1.2) * scale, 400.0 - (10.0 + hill(position) * scale));
+            assert!(
+                (x + 0.5 - car_x).abs() < 1.0 && (y + 0.5 - car_y).abs() < 3.0,
+                "{position}: {x} {y}"
+            );
+        }
+        // The flag at the goal: 0.5, or the continuous car's 0.45.
+        let flag = |goal| centre_of(&mountain_car(-0.5, goal), JOINT_RGB).expect("a flag");
+        let (x, y) = flag(0.5);
+        assert!((x - (1.7 * scale + 25.0 / 3.0)).abs() < 2.0, "{x}");
+        assert!((y - (400.0 - hill(0.5) * scale - 45.0)).abs() < 2.0, "{y}");
+        assert!((flag(0.5).0 - flag(0.45).0 - 0.05 * scale).abs() < 1.0);
+        assert_ne!(mountain_car(-0.49, 0.5).pixels, picture.pixels);
+    }
+
+    #[test]
+    fn states_out_of_range_are_clipped_not_a_panic() {
+        for value in [f64::NAN, f64::INFINITY, -1e9, 100.0] {
+            assert_eq!(pendulum(value).pixels.len(), 500 * 500);
+            assert_eq!(acrobot(value, 1.0).pixels.len(), 500 * 500);
+            assert_eq!(acrobot(0.5, value).pixels.len(), 500 * 500);
+            assert_eq!(mountain_car(value, 0.5).pixels.len(), 600 * 400);
         }
     }
 

@@ -3,12 +3,14 @@
 //! whole episodes that decodes to the frames played; and bad input (a
 //! missing run folder, a missing or damaged policy, another env's policy,
 //! a recording of an env with nothing to draw) is an error naming the file
-//! or the env, never a panic.
+//! or the env, never a panic. A Gaussian policy's Pendulum-v1 episode is
+//! recorded as Gymnasium draws the pendulum.
 
 use std::path::{Path, PathBuf};
 
 use candle_core::Device;
-use fleet_agent::{ActorCritic, EnvSpec, NetworkConfig, Weights};
+use fleet_agent::{ActionSpec, ActorCritic, EnvSpec, NetworkConfig, Weights};
+use fleet_trajectory::ObservationSpec;
 
 use crate::support::{fleet_output, run_checking_lines};
 
@@ -43,7 +45,7 @@ fn decode_gif(path: &Path) -> (u16, u16, Vec<Vec<u8>>) {
     let mut frames = Vec::new();
     while let Some(frame) = decoder.read_next_frame().unwrap() {
         assert_eq!((frame.width, frame.height), (width, height), "every frame fills the picture");
-        assert!(frame.palette.is_none(), "CartPole's frames share the global palette");
+        assert!(frame.palette.is_none(), "drawn frames share the global palette");
         frames.push(frame.buffer.to_vec());
     }
     (width, height, frames)
@@ -191,6 +193,42 @@ fn run_folder(dir: &Path, name: &str, config: &str, policy: Option<&[u8]>) -> Pa
 fn untrained_policy(spec: EnvSpec) -> Vec<u8> {
     let network = ActorCritic::new(spec, &NetworkConfig::default(), 11, &Device::Cpu).unwrap();
     Weights::from_network(&network, 1).unwrap().bytes
+}
+
+/// An untrained Gaussian policy's Pendulum-v1 episode, recorded: 201
+/// frames of Gymnasium's 500×500 picture of the rod, which swings.
+#[tokio::test]
+async fn a_pendulum_episode_records_a_gif_of_the_rod() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = EnvSpec {
+        observation: ObservationSpec::Vector { size: 3 },
+        action: ActionSpec::Continuous { dims: 1 },
+    };
+    let folder = run_folder(
+        dir.path(),
+        "pendulum",
+        "[env]\nname = \"Pendulum-v1\"\n",
+        Some(&untrained_policy(spec)),
+    );
+    let gif_path = dir.path().join("pendulum.gif");
+    let (code, stdout, stderr) = eval([
+        folder.as_os_str(),
+        "--episodes".as_ref(),
+        "1".as_ref(),
+        "--record".as_ref(),
+        gif_path.as_os_str(),
+    ])
+    .await;
+    assert_eq!(code, Some(0), "{stdout}\n{stderr}");
+    assert!(stdout.contains("recorded  1 episode, 201 frames of 500×500 in"), "{stdout}");
+    let (width, height, frames) = decode_gif(&gif_path);
+    assert_eq!((width, height, frames.len()), (500, 500, 201));
+    for (i, frame) in frames.iter().enumerate() {
+        // The rod, 114 × 23 px with round ends, and the black axle.
+        assert!(count_colour(frame, [204, 77, 77]) >= 2000, "frame {i}");
+        assert!(count_colour(frame, [0, 0, 0]) >= 50, "frame {i}");
+    }
+    assert!(frames.windows(2).filter(|pair| pair[0] != pair[1]).count() > 150, "the rod swings");
 }
 
 /// An error exit (2, not a panic's 101) whose message contains every one of `parts`.

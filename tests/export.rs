@@ -1,11 +1,15 @@
 //! `fleet export --format torch`: the PyTorch module it writes computes what
 //! fleet's own network computes. For the CartPole MLP, IMPALA's shallow CNN
-//! on 84×84×4 Atari frames, the deep ResNet on stacked Catch frames and the
+//! on 84×84×4 Atari frames, the deep ResNet on stacked Catch frames, the
 //! LSTM agent (for it, sequences with an episode starting in the middle and
-//! a carried state), a network with perturbed weights (no zero bias left) is
-//! saved as a run folder's policy, exported by the binary, and run by fleet
-//! and by torch on the same observations; logits, values and the LSTM's
-//! state agree to 1e-5 (relative above 1). A changed bias makes the check
+//! a carried state) and Gaussian policies of both kinds of log deviation, a
+//! network with perturbed weights (no zero bias left) is saved as a run
+//! folder's policy, exported by the binary, and run by fleet and by torch on
+//! the same observations; the policy's outputs (logits, or means then
+//! clamped log deviations), values and the LSTM's state agree to 1e-5
+//! (relative above 1), and the feed-forward networks' greedy actions are
+//! those `fleet eval --greedy` takes (and, continuous, mapped into the
+//! environment's bounds as fleet maps them). A changed bias makes the check
 //! fail, so it can. The Python with torch and safetensors is
 //! `FLEET_TORCH_PYTHON` (default `python3`); these tests skip, with the
 //! reason, when it lacks them, and `FLEET_REQUIRE_TORCH=1` (CI) makes that
@@ -18,7 +22,9 @@ use std::process::{Command, Output};
 use candle_core::{DType, Device, Tensor};
 use fleet::config::{Config, ConfigSources};
 use fleet::runs::RunFolder;
-use fleet_agent::{ActorCritic, EnvSpec, FrameShape, RecurrentState, Weights};
+use fleet_actor::env::pendulum;
+use fleet_agent::{ActionSpec, Actions, ActorCritic, EnvSpec, FrameShape, RecurrentState, Weights};
+use fleet_trajectory::{ActionBounds, ObservationSpec};
 use rand::{Rng, SeedableRng};
 
 use crate::support::FLEET;
@@ -27,7 +33,10 @@ use crate::support::FLEET;
 /// safetensors file of observations and expected outputs. Feed-forward
 /// networks are called as `model(obs)`; recurrent ones through `unroll`
 /// over the whole sequence and through `forward` step by step, from the
-/// stored state. Exits 1 naming the output that differs.
+/// stored state. Where the data has them, the greedy actions of
+/// `model.act` and those in the environment's units of `model.env_action`
+/// (with the bounds the data gives, else the export's) are compared too.
+/// Exits 1 naming the output that differs.
 const CHECK: &str = r#"
 import sys
 import torch
@@ -58,14 +67,20 @@ with torch.no_grad():
     else:
         logits, values = model(data["obs"])
         outputs.update(logits=logits, values=values)
+        if "expected_greedy" in data:
+            outputs["greedy"] = model.act(data["obs"])
+            assert torch.equal(model.greedy_action(logits), outputs["greedy"])
+        if "expected_env_action" in data:
+            outputs["env_action"] = model.env_action(outputs["greedy"], data.get("low"), data.get("high"))
 
 worst = 0.0
 failed = []
 for name, got in outputs.items():
     expected = data["expected_" + name.removeprefix("stepped_")]
-    if got.shape != expected.shape:
-        failed.append(f"{name}: shape {tuple(got.shape)}, fleet's {tuple(expected.shape)}")
+    if got.shape != expected.shape or got.dtype != expected.dtype:
+        failed.append(f"{name}: {got.dtype} {tuple(got.shape)}, fleet's {expected.dtype} {tuple(expected.shape)}")
         continue
+    got, expected = got.double(), expected.double()
     excess = (got - expected).abs() / expected.abs().clamp(min=1.0)
     worst = max(worst, excess.max().item())
     if excess.max().item() > 1e-5:
@@ -198,23 +213,67 @@ fn save(path: &Path, tensors: Vec<(&str, Tensor)>) {
     candle_core::safetensors::save(&map, path).unwrap();
 }
 
+/// The actions `fleet eval --greedy` takes for the policy's outputs
+/// `logits` `[n, W]`, as it hands them to the environment: i64 indices
+/// `[n]`, or normalised values `[n, dims]`.
+fn greedy_actions(net: &ActorCritic, logits: &Tensor) -> Tensor {
+    let distribution = net.distribution();
+    let n = logits.dim(0).unwrap();
+    let (mut actions, mut env) = (Actions::empty(net.spec().action), Actions::empty(net.spec().action));
+    distribution.greedy(&logits.flatten_all().unwrap().to_vec1::<f32>().unwrap(), &mut actions);
+    distribution.env_actions(&actions, &mut env);
+    match env {
+        Actions::Discrete(indices) => Tensor::from_vec(indices.iter().map(|&i| i as i64).collect::<Vec<_>>(), n, &Device::Cpu),
+        Actions::Continuous { dims, values } => Tensor::from_vec(values, (n, dims), &Device::Cpu),
+    }
+    .unwrap()
+}
+
+/// How the continuous actions of a parity check reach the environment.
+enum EnvBounds<'a> {
+    /// As the export records them.
+    Recorded(&'a ActionBounds),
+    /// Given to `env_action` by the caller (the export has none).
+    Given(&'a ActionBounds),
+}
+
+/// `net`'s parity, saved with `config` as a run's policy under `dir`, on a
+/// batch of `n` observations: outputs, values and greedy actions, and with
+/// `bounds` the actions in the environment's units. Returns the export and
+/// fleet's policy outputs, or `None` without torch.
+fn network_parity(dir: &Path, config: &Config, net: &ActorCritic, n: usize, bounds: Option<EnvBounds>) -> Option<(PathBuf, Tensor)> {
+    let python = torch_python()?;
+    let run = run_folder(dir, config, net);
+    let export = export(&run);
+    let (flat, obs) = observations(net.spec(), n, 4);
+    let out = net.forward(&flat).unwrap();
+    let greedy = greedy_actions(net, &out.logits);
+    let mut tensors = vec![
+        ("obs", obs),
+        ("expected_logits", out.logits.clone()),
+        ("expected_values", out.values),
+        ("expected_greedy", greedy.clone()),
+    ];
+    if let Some(EnvBounds::Recorded(bounds) | EnvBounds::Given(bounds)) = &bounds {
+        let mut env = Vec::new();
+        bounds.to_env(&greedy.flatten_all().unwrap().to_vec1::<f32>().unwrap(), &mut env);
+        tensors.push(("expected_env_action", Tensor::from_vec(env, greedy.dims(), &Device::Cpu).unwrap()));
+    }
+    if let Some(EnvBounds::Given(bounds)) = &bounds {
+        let dims = bounds.dims();
+        tensors.push(("low", Tensor::from_vec(bounds.low.clone(), dims, &Device::Cpu).unwrap()));
+        tensors.push(("high", Tensor::from_vec(bounds.high.clone(), dims, &Device::Cpu).unwrap()));
+    }
+    let data = dir.join("data.safetensors");
+    save(&data, tensors);
+    assert_parity(&python, &export, &data);
+    Some((export, out.logits))
+}
+
 /// A feed-forward network's parity on a batch of `n` observations.
 fn feed_forward_parity(config: &Config, spec: EnvSpec, n: usize) {
-    let Some(python) = torch_python() else {
-        return;
-    };
     let dir = tempfile::tempdir().unwrap();
-    let net = perturbed_network(config, spec, 3);
-    let run = run_folder(dir.path(), config, &net);
-    let export = export(&run);
-    let (flat, obs) = observations(spec, n, 4);
-    let out = net.forward(&flat).unwrap();
-    let data = dir.path().join("data.safetensors");
-    save(
-        &data,
-        vec![("obs", obs), ("expected_logits", out.logits), ("expected_values", out.values)],
-    );
-    assert_parity(&python, &export, &data);
+    network_parity(dir.path(), config, &perturbed_network(config, spec, 3), n, None);
 }
 
 #[test]
@@ -232,6 +291,9 @@ fn the_torch_export_of_the_cartpole_mlp_computes_fleets_outputs_and_the_check_ca
     let net = perturbed_network(&config, spec, 3);
     let run = run_folder(dir.path(), &config, &net);
     let export = export(&run);
+    let written = architecture(&export);
+    assert_eq!(written["format_version"], 2);
+    assert_eq!(written["action"], serde_json::json!({ "kind": "discrete", "num_actions": 2 }));
     let (flat, obs) = observations(spec, 8, 4);
     let out = net.forward(&flat).unwrap();
     let data = dir.path().join("data.safetensors");
@@ -269,6 +331,97 @@ fn the_torch_export_of_the_deep_resnet_on_stacked_catch_frames_computes_fleets_o
         width: 20,
     };
     feed_forward_parity(&config, EnvSpec::frames(frame, 3), 6);
+}
+
+/// Sets the parameter `name` of `net` to `values`.
+fn set_param(net: &ActorCritic, name: &str, values: &[f32]) {
+    let (_, var) = net.params().iter().find(|(n, _)| n == name).unwrap();
+    var.set(&Tensor::from_vec(values.to_vec(), var.dims(), &Device::Cpu).unwrap())
+        .unwrap();
+}
+
+fn architecture(export: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(export.join("architecture.json")).unwrap()).unwrap()
+}
+
+/// A Gaussian policy whose log deviations are the parameter
+/// `policy.log_std`, for a bridged environment with 3 action dimensions
+/// (whose bounds the export cannot know: the caller gives them). Two of
+/// the deviations lie beyond the range and are clamped to its ends, and
+/// the first mean lies beyond 1, where mapping it into the bounds clips it.
+#[test]
+fn the_torch_export_of_a_gaussian_policy_with_a_log_std_parameter_computes_fleets_outputs_and_actions() {
+    let mut config = load_config(None, &["env.name=gym:Reacher-v5", "network.log_std=parameter"]);
+    let spec = EnvSpec {
+        observation: ObservationSpec::Vector { size: 5 },
+        action: ActionSpec::Continuous { dims: 3 },
+    };
+    config.env.spec = Some(spec);
+    let net = perturbed_network(&config, spec, 8);
+    set_param(&net, "policy.log_std", &[3.0, -6.0, -0.7]);
+    set_param(&net, "policy.bias", &[1.5, -0.2, 0.05]);
+    let bounds = ActionBounds {
+        low: vec![-2.0, 0.0, -1.0],
+        high: vec![2.0, 1.0, 3.0],
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let Some((export, params)) = network_parity(dir.path(), &config, &net, 16, Some(EnvBounds::Given(&bounds))) else {
+        return;
+    };
+    let rows = params.to_vec2::<f32>().unwrap();
+    assert!(rows.iter().all(|row| row[3..] == [2.0, -5.0, -0.7]), "{rows:?}");
+    assert!(rows.iter().any(|row| row[0] > 1.0), "a mean to clip: {rows:?}");
+    assert_eq!(
+        architecture(&export)["action"],
+        serde_json::json!({
+            "kind": "continuous", "dims": 3, "log_std": "parameter", "log_std_range": [-5.0, 2.0],
+            "squash": false, "bounds": null
+        })
+    );
+}
+
+/// A squashed Gaussian policy for Pendulum-v1 whose log deviations are the
+/// head's second half of outputs, some of them beyond the range's top: its
+/// greedy actions are tanh of the means, and the export records the
+/// pendulum's torque bounds, [-2, 2], which `env_action` maps them into.
+#[test]
+fn the_torch_export_of_a_squashed_gaussian_policy_with_state_dependent_log_stds_computes_fleets_outputs_and_actions() {
+    let config = load_config(
+        Some("config/pendulum.toml"),
+        &["network.log_std=state_dependent", "network.squash=true"],
+    );
+    let spec = EnvSpec {
+        observation: ObservationSpec::Vector { size: 3 },
+        action: ActionSpec::Continuous { dims: 1 },
+    };
+    let net = perturbed_network(&config, spec, 9);
+    // The log deviation's output straddles the range's top, 2.
+    set_param(&net, "policy.bias", &[0.3, 2.0]);
+    let bounds = fleet_actor::env::make(pendulum::NAME, 0).unwrap().action_bounds().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let Some((export, params)) = network_parity(dir.path(), &config, &net, 32, Some(EnvBounds::Recorded(&bounds))) else {
+        return;
+    };
+    let log_stds: Vec<f32> = params.to_vec2::<f32>().unwrap().iter().map(|row| row[1]).collect();
+    assert!(
+        log_stds.contains(&2.0) && log_stds.iter().any(|&l| l < 2.0) && log_stds.iter().all(|&l| l <= 2.0),
+        "{log_stds:?}"
+    );
+    assert_eq!(
+        architecture(&export)["action"],
+        serde_json::json!({
+            "kind": "continuous", "dims": 1, "log_std": "state_dependent", "log_std_range": [-5.0, 2.0],
+            "squash": true, "bounds": { "low": [-2.0], "high": [2.0] }
+        })
+    );
+    let printed = text(&fleet_export(&dir.path().join("run"), &dir.path().join("again")));
+    assert!(
+        printed.contains("params, value = model(obs)")
+            && printed.contains("action = model.act(obs)")
+            && printed.contains("tanh of the means"),
+        "{printed}"
+    );
+    assert!(printed.contains("low [-2.0] high [2.0]"), "the bounds: {printed}");
 }
 
 /// The LSTM agent of config/cartpole-masked.toml over `T` steps of `B`

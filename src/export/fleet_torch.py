@@ -1,15 +1,16 @@
 """A fleet policy as a PyTorch module.
 
 `fleet export RUN --format torch -o DIR` writes this file into DIR beside
-`architecture.json` (the network's shape and the observations it reads) and
-`policy.safetensors` (the learner's weights, as fleet saved them). It needs
-only `torch` and `safetensors`:
+`architecture.json` (the network's shape, the observations it reads and the
+actions) and `policy.safetensors` (the learner's weights, as fleet saved
+them). It needs only `torch` and `safetensors`:
 
     import sys; sys.path.insert(0, DIR)
     import fleet_torch
     model = fleet_torch.load(DIR)
-    logits, value = model(obs)                         # feed-forward
-    logits, value, state = model(obs, is_first, state) # LSTM core, one step
+    output, value = model(obs)                         # feed-forward
+    output, value, state = model(obs, is_first, state) # LSTM core, one step
+    action = model.act(obs)                            # as `fleet eval --greedy`
 
 The module computes what fleet's `agent::network::ActorCritic` computes, with
 the same parameter names (its `state_dict` keys are the tensor names in
@@ -28,14 +29,27 @@ the two to within float rounding:
 - `lstm`: gates `[i, f, g, o] = input(x) + recurrent(h)` (torch.nn.LSTMCell's
   order and equations), its state zeroed where `is_first` is set, before the
   step;
-- heads: `policy` (logits over the discrete actions) and `value` (one value
-  per observation, returned without its last axis of 1).
+- heads: `policy` and `value` (one value per observation, returned without
+  its last axis of 1). For discrete actions the policy's output is `A`
+  logits; for continuous ones (a diagonal Gaussian over `D` dimensions) it
+  is the policy parameters, `D` means then `D` log standard deviations
+  clamped to `log_std_range`, the deviations being the parameter
+  `policy.log_std` (`log_std = "parameter"`) or the head's second `D`
+  outputs (`"state_dependent"`).
 
 Shapes: `forward` takes a batch `[N, *observation_shape]` (or observations
 flattened to `[N, size]`; a feed-forward network takes any leading batch
-axes) and returns logits `[N, A]` and values `[N]`. `unroll` takes a
-time-major sequence `[T, B, ...]` with `is_first` `[T, B]` and returns
-`[T, B, A]`, `[T, B]` and the state after the last step.
+axes) and returns the policy's output `[N, W]` (`W` = `A`, or `2·D`) and
+values `[N]`. `unroll` takes a time-major sequence `[T, B, ...]` with
+`is_first` `[T, B]` and returns `[T, B, W]`, `[T, B]` and the state after
+the last step.
+
+Actions: `greedy_action(output)` is what `fleet eval --greedy` acts with,
+the index of the first largest logit or the means (through tanh when the
+policy squashes), and `act(obs, ...)` runs the network and returns it.
+Continuous actions are normalised, in `[-1, 1]` where the environment is
+concerned: `env_action(action)` clips them there and maps them into the
+environment's bounds as fleet does.
 """
 
 import json
@@ -48,7 +62,9 @@ from safetensors.torch import load_file
 from torch import nn
 
 FORMAT = "fleet-policy"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+# Version 1 had discrete actions only, as `num_actions`.
+READABLE_VERSIONS = (1, 2)
 ARCHITECTURE_FILE = "architecture.json"
 
 
@@ -65,10 +81,11 @@ def load(path, device="cpu"):
             architecture = json.load(f)
     except (OSError, ValueError) as error:
         raise PolicyLoadError(f"{architecture_path}: {error}") from error
-    if architecture.get("format") != FORMAT or architecture.get("format_version") != FORMAT_VERSION:
+    if architecture.get("format") != FORMAT or architecture.get("format_version") not in READABLE_VERSIONS:
         raise PolicyLoadError(
             f"{architecture_path}: format {architecture.get('format')!r} version "
-            f"{architecture.get('format_version')!r}; this module reads {FORMAT!r} version {FORMAT_VERSION}"
+            f"{architecture.get('format_version')!r}; this module reads {FORMAT!r} versions "
+            f"{', '.join(map(str, READABLE_VERSIONS))}"
         )
     model = FleetPolicy(architecture)
     weights_path = os.path.join(path, architecture["weights_file"])
@@ -195,7 +212,31 @@ class FleetPolicy(nn.Module):
         self.observation_size = math.prod(self.observation_shape)
         self.frames = observation["dtype"] == "u8"
         self.frame_scale = float(architecture["frame_scale"])
-        self.num_actions = int(architecture["num_actions"])
+        action = architecture.get("action") or {"kind": "discrete", "num_actions": architecture["num_actions"]}
+        self.action_kind = action["kind"]
+        if self.action_kind == "discrete":
+            # The number of logits; None for continuous actions.
+            self.num_actions = int(action["num_actions"])
+            self.action_dims = None
+            self.output_width = head_outputs = self.num_actions
+        elif self.action_kind == "continuous":
+            self.num_actions = None
+            self.action_dims = dims = int(action["dims"])
+            self.log_std_kind = action["log_std"]
+            self.log_std_range = tuple(float(v) for v in action["log_std_range"])
+            self.squash = bool(action["squash"])
+            bounds = action.get("bounds")
+            self.action_low = None if bounds is None else torch.tensor(bounds["low"], dtype=torch.float32)
+            self.action_high = None if bounds is None else torch.tensor(bounds["high"], dtype=torch.float32)
+            if self.log_std_kind == "parameter":
+                head_outputs = dims
+            elif self.log_std_kind == "state_dependent":
+                head_outputs = 2 * dims
+            else:
+                raise ValueError(f"unknown log_std {self.log_std_kind!r}")
+            self.output_width = 2 * dims
+        else:
+            raise ValueError(f"unknown action kind {self.action_kind!r}")
         self.torso_kind = network["torso"]
         self.core_kind = network["core"]
         self.activation = _activation(network["activation"])
@@ -220,7 +261,10 @@ class FleetPolicy(nn.Module):
         if self.core_kind == "lstm":
             self.lstm = LstmCore(width, int(network["lstm_size"]))
             width = value_width = self.lstm.size
-        self.policy = _linear(width, self.num_actions)
+        self.policy = _linear(width, head_outputs)
+        if self.action_kind == "continuous" and self.log_std_kind == "parameter":
+            # Registered on the head, so that its name is `policy.log_std`.
+            self.policy.log_std = nn.Parameter(torch.zeros(self.action_dims))
         self.value = _linear(value_width, 1)
 
     def _tower(self, hidden):
@@ -278,38 +322,92 @@ class FleetPolicy(nn.Module):
         features = self.torso(frames)
         return features, features
 
+    @property
+    def continuous(self):
+        """Whether the actions are continuous (the policy a Gaussian)."""
+        return self.action_kind == "continuous"
+
     def _heads(self, policy_features, value_features):
-        return self.policy(policy_features), self.value(value_features).squeeze(-1)
+        head = self.policy(policy_features)
+        if self.continuous:
+            low, high = self.log_std_range
+            dims = self.action_dims
+            if self.log_std_kind == "parameter":
+                log_std = self.policy.log_std.clamp(low, high).expand(head.shape[0], dims)
+                head = torch.cat([head, log_std], -1)
+            else:
+                head = torch.cat([head[:, :dims], head[:, dims:].clamp(low, high)], -1)
+        return head, self.value(value_features).squeeze(-1)
+
+    def greedy_action(self, output):
+        """The action `fleet eval --greedy` takes for the policy's output
+        `[..., W]`: the index (int64) of the first largest logit (NaN never
+        wins), or the means `[..., D]`, through tanh when the policy
+        squashes. Continuous actions are normalised: see `env_action`."""
+        output = torch.as_tensor(output)
+        if not self.continuous:
+            return torch.nan_to_num(output, nan=-math.inf).argmax(-1)
+        means = output[..., : self.action_dims]
+        return torch.tanh(means) if self.squash else means
+
+    def act(self, obs, is_first=None, state=None):
+        """`greedy_action` of the network's output for `obs`, without
+        gradients. Feed-forward: the actions; with the LSTM core (one step,
+        arguments as `forward`'s): the actions and the state after it."""
+        with torch.no_grad():
+            if self.recurrent:
+                output, _, state = self(obs, is_first, state)
+                return self.greedy_action(output), state
+            output, _ = self(obs)
+            return self.greedy_action(output)
+
+    def env_action(self, action, low=None, high=None):
+        """Normalised continuous actions `[..., D]` in the environment's
+        units, as fleet hands them to it: clipped to [-1, 1], then mapped
+        linearly onto `[low, high]` per dimension (the bounds recorded in
+        `architecture.json` unless given; a bridged environment's are not
+        recorded). Discrete actions are returned as they are."""
+        if not self.continuous:
+            return action
+        low = self.action_low if low is None else torch.as_tensor(low, dtype=torch.float32)
+        high = self.action_high if high is None else torch.as_tensor(high, dtype=torch.float32)
+        if low is None or high is None:
+            raise ValueError("the export does not record the action bounds: pass low and high (the env's action space)")
+        action = torch.as_tensor(action).to(torch.float32)
+        low, high = low.to(action.device), high.to(action.device)
+        unit = (action.clamp(-1.0, 1.0) + 1.0) * 0.5
+        return low + unit * (high - low)
 
     def forward(self, obs, is_first=None, state=None):
-        """One step. Feed-forward: `(logits, value)` for observations with
+        """One step. Feed-forward: `(output, value)` (the policy's output,
+        logits or Gaussian parameters, and the values) for observations with
         any leading batch axes. With the LSTM core: observations `[B, ...]`,
         `is_first` `[B]` (true where an episode starts: the state is zeroed
         before the step; default none), `state` `(h, c)` each `[B,
-        lstm_size]` (default zeros); returns `(logits, value, state)`."""
+        lstm_size]` (default zeros); returns `(output, value, state)`."""
         x, batch = self._flat(obs)
         if not self.recurrent:
-            logits, value = self._heads(*self._features(x))
-            return logits.reshape(*batch, self.num_actions), value.reshape(batch)
+            output, value = self._heads(*self._features(x))
+            return output.reshape(*batch, self.output_width), value.reshape(batch)
         if len(batch) != 1:
             raise ValueError(f"one LSTM step takes observations [B, ...], got batch axes {batch}; use unroll for [T, B, ...]")
-        logits, value, state = self._unroll(x, is_first, state, 1, batch[0])
-        return logits, value, state
+        output, value, state = self._unroll(x, is_first, state, 1, batch[0])
+        return output, value, state
 
     def unroll(self, obs, is_first=None, state=None):
         """`T` steps of `B` environments, time-major: observations `[T, B,
         ...]`, `is_first` `[T, B]`, `state` before the first step. Returns
-        logits `[T, B, A]`, values `[T, B]` and the state after the last
+        outputs `[T, B, W]`, values `[T, B]` and the state after the last
         step (a feed-forward network returns the state it was given)."""
         x, batch = self._flat(obs)
         if len(batch) != 2:
             raise ValueError(f"unroll takes observations [T, B, ...], got batch axes {batch}")
         steps, b = batch
         if not self.recurrent:
-            logits, value = self._heads(*self._features(x))
-            return logits.reshape(steps, b, self.num_actions), value.reshape(steps, b), state
-        logits, value, state = self._unroll(x, is_first, state, steps, b)
-        return logits.reshape(steps, b, self.num_actions), value.reshape(steps, b), state
+            output, value = self._heads(*self._features(x))
+            return output.reshape(steps, b, self.output_width), value.reshape(steps, b), state
+        output, value, state = self._unroll(x, is_first, state, steps, b)
+        return output.reshape(steps, b, self.output_width), value.reshape(steps, b), state
 
     def _unroll(self, x, is_first, state, steps, b):
         """fleet's `ActorCritic::unroll` on flat time-major rows `[T*B, size]`."""
@@ -330,5 +428,5 @@ class FleetPolicy(nn.Module):
             h, c = self.lstm.step_projected(projected[rows], h, c)
             hs.append(h)
         h_all = torch.cat(hs, 0)
-        logits, value = self._heads(h_all, h_all)
-        return logits, value, (h, c)
+        output, value = self._heads(h_all, h_all)
+        return output, value, (h, c)
