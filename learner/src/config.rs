@@ -182,7 +182,7 @@ impl Default for LearnerConfig {
             lr_decay_frames: 1_000_000,
             max_grad_norm: 40.0,
             discount: 0.99,
-            reward_scale: 1.0,
+            reward_scale: 0.1,
             reward_clip: RewardClip::None,
             baseline_cost: 0.5,
             entropy_cost: 0.0,
