@@ -324,6 +324,9 @@ mod tests {
                 // edge, and the targets with it).
                 learning_rate: 5e-4,
                 ratio_clip: 0.0,
+                // Targets of the synthetic batch's unit rewards, as the
+                // rate and the 200 updates were chosen for.
+                reward_scale: 1.0,
                 ..Default::default()
             },
         );
