@@ -353,8 +353,7 @@ pub fn play(
             Policy::Greedy => distribution.greedy(&logits, &mut actions),
             Policy::Sampled(rng) => distribution.sample(&logits, rng.as_mut(), &mut actions),
         }
-        distribution.env_actions(&actions, &mut env_actions);
-        let report = envs.step(&env_actions)?;
+        let report = envs.step(distribution.env_actions(&actions, &mut env_actions))?;
         for (env_index, episode) in current.iter_mut().enumerate() {
             if envs.is_first()[env_index] {
                 *episode = episode.map(|k| k + n).filter(|&k| k < episodes);

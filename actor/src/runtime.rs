@@ -288,7 +288,7 @@ fn act(
     let mut recent_returns = RecentReturns::new(config.return_window, config.return_window_steps);
     let n = config.num_envs;
     let distribution = network.distribution();
-    // As the policy chose them (recorded), and as the environments get them.
+    // As the policy chose them (recorded), and squashed for the environments.
     let mut actions = Actions::empty(spec.action);
     let mut env_actions = Actions::empty(spec.action);
     let o = spec.observation_size();
@@ -324,13 +324,12 @@ fn act(
         let logits = output.logits.flatten_all()?.to_vec1::<f32>()?;
         let num_actions = spec.policy_width();
         distribution.sample(&logits, &mut rng, &mut actions);
-        distribution.env_actions(&actions, &mut env_actions);
 
         // Record x_t and its flags before stepping; the reward arrives with the step.
         observations_before.as_mut().copy_from(envs.observations());
         flags_before.clear();
         flags_before.extend((0..n).map(|i| (envs.is_first()[i], envs.terminated()[i], envs.truncated()[i])));
-        let report = match envs.step(&env_actions) {
+        let report = match envs.step(distribution.env_actions(&actions, &mut env_actions)) {
             Err(EnvError::Stopped) => return Ok(()),
             report => report?,
         };

@@ -104,13 +104,18 @@ impl PolicyDistribution {
     }
 
     /// The normalised actions (`[-1, 1]` per dimension) the environment is
-    /// given for the recorded `actions`: `tanh(u)` when squashing, else
-    /// the same values (the environment clips them). Discrete ones as they are.
-    pub fn env_actions(&self, actions: &Actions, env: &mut Actions) {
-        env.clone_from(actions);
-        if let (true, Actions::Continuous { values, .. }) = (self.squashes(), env) {
+    /// given for the recorded `actions`: `tanh(u)`, written into `squashed`,
+    /// when squashing; otherwise `actions` themselves, uncopied (the
+    /// environment clips them).
+    pub fn env_actions<'a>(&self, actions: &'a Actions, squashed: &'a mut Actions) -> &'a Actions {
+        if !self.squashes() {
+            return actions;
+        }
+        squashed.clone_from(actions);
+        if let Actions::Continuous { values, .. } = squashed {
             values.iter_mut().for_each(|v| *v = v.tanh());
         }
+        squashed
     }
 
     /// `log π(a)` per step, `[…]`, from `params` `[…, width]` and `actions`:
@@ -333,9 +338,9 @@ mod tests {
             dims: 2,
             values: Vec::new(),
         };
-        PolicyDistribution::Gaussian { dims: 2, squash: true }.env_actions(&recorded, &mut env);
-        assert_eq!(env.get(0).continuous(), &[0.0, 10f32.tanh()]);
-        PolicyDistribution::Gaussian { dims: 2, squash: false }.env_actions(&recorded, &mut env);
-        assert_eq!(env, recorded);
+        let squashed = PolicyDistribution::Gaussian { dims: 2, squash: true }.env_actions(&recorded, &mut env);
+        assert_eq!(squashed.get(0).continuous(), &[0.0, 10f32.tanh()]);
+        let plain = PolicyDistribution::Gaussian { dims: 2, squash: false }.env_actions(&recorded, &mut env);
+        assert!(std::ptr::eq(plain, &recorded), "unsquashed actions are passed on, not copied");
     }
 }
