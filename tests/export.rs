@@ -221,8 +221,7 @@ fn greedy_actions(net: &ActorCritic, logits: &Tensor) -> Tensor {
     let n = logits.dim(0).unwrap();
     let (mut actions, mut env) = (Actions::empty(net.spec().action), Actions::empty(net.spec().action));
     distribution.greedy(&logits.flatten_all().unwrap().to_vec1::<f32>().unwrap(), &mut actions);
-    distribution.env_actions(&actions, &mut env);
-    match env {
+    match distribution.env_actions(&actions, &mut env).clone() {
         Actions::Discrete(indices) => Tensor::from_vec(indices.iter().map(|&i| i as i64).collect::<Vec<_>>(), n, &Device::Cpu),
         Actions::Continuous { dims, values } => Tensor::from_vec(values, (n, dims), &Device::Cpu),
     }
