@@ -33,6 +33,7 @@ pub async fn run(config: Config, actor_id: u64, peers: Peers, metrics: TcpListen
         env: config.env,
         network: config.network,
         actor: config.actor,
+        discount: config.learner.discount,
         replay_address: peers.replay,
         learner_address: peers.learner,
         max_message_bytes: config.replay.max_message_bytes,

@@ -33,6 +33,10 @@ pub struct ActorConfig {
     /// Env steps whose episodes make up the step-weighted mean reported as
     /// `fleet_actor_episode_return_step_weighted`.
     pub return_window_steps: u64,
+    /// Divide the rewards sent to replay by the running deviation of each
+    /// environment's discounted return (at the learner's discount), as
+    /// Gymnasium's `NormalizeReward` does; reported returns stay raw.
+    pub normalize_rewards: bool,
 }
 
 impl Default for ActorConfig {
@@ -47,6 +51,7 @@ impl Default for ActorConfig {
             max_in_flight: 8,
             return_window: 100,
             return_window_steps: 50_000,
+            normalize_rewards: false,
         }
     }
 }

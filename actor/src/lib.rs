@@ -5,6 +5,7 @@
 //!
 //! Layout: [`env`] (native environments and the vector of them),
 //! [`sequence`] (the sequence writer), [`returns`] (recent episode returns),
+//! [`rewards`] (reward normalisation),
 //! [`runtime`] (the process: compute thread plus gRPC tasks), [`config`],
 //! [`metrics`].
 
@@ -14,6 +15,7 @@ pub mod config;
 pub mod env;
 pub mod metrics;
 pub mod returns;
+pub mod rewards;
 pub mod runtime;
 pub mod sequence;
 

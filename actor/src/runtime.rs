@@ -33,6 +33,7 @@ use crate::ActorConfig;
 use crate::env::{EnvConfig, EnvError, VecEnv};
 use crate::metrics as m;
 use crate::returns::RecentReturns;
+use crate::rewards::RewardNormalizer;
 use crate::sequence::{Finished, SequenceWriter, StepRecord};
 
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +59,8 @@ pub struct ActorSettings {
     pub env: EnvConfig,
     pub network: NetworkConfig,
     pub actor: ActorConfig,
+    /// The learner's discount: the return `actor.normalize_rewards` follows.
+    pub discount: f64,
     pub replay_address: String,
     pub learner_address: String,
     pub max_message_bytes: usize,
@@ -294,6 +297,7 @@ fn act(
     let o = spec.observation_size();
     let mut observations_before = Observations::zeros(&spec.observation, n * o);
     let mut flags_before = Vec::with_capacity(n);
+    let mut reward_normalizer = config.normalize_rewards.then(|| RewardNormalizer::new(n, settings.discount));
     // With a recurrent core: the state per environment (reset by `step`
     // where an episode starts) and, per step, what each acted from.
     let mut state = network.initial_state(n)?;
@@ -334,11 +338,15 @@ fn act(
             report => report?,
         };
         env_steps.increment(report.real_steps as u64);
+        let rewards = match &mut reward_normalizer {
+            Some(normalizer) => normalizer.scale(envs.rewards(), envs.is_first()),
+            None => envs.rewards(),
+        };
         for (i, &(is_first, terminated, truncated)) in flags_before.iter().enumerate() {
             let record = StepRecord {
                 observation: observations_before.slice(i * o..(i + 1) * o),
                 action: actions.get(i),
-                reward: envs.rewards()[i],
+                reward: rewards[i],
                 is_first,
                 terminated,
                 truncated,

@@ -35,6 +35,10 @@ pub struct HostBatch {
     pub actor_ids: Vec<u64>,
     /// Sampler importance weights, one per sequence.
     pub importance_weights: Vec<f32>,
+    /// Whether each sequence is drawn for the first time from the table
+    /// fresh experience comes from: only these count as new env frames, so
+    /// that schedules keep to env frames however often items are replayed.
+    pub first_draws: Vec<bool>,
     /// `[L, B, observation_size]`, u8 when the spec has frames.
     pub observations: Observations,
     /// `[L, B, spec.action.width()]`: indices (as exact small floats) or
@@ -71,6 +75,7 @@ impl HostBatch {
             keys: Vec::with_capacity(b),
             actor_ids: Vec::with_capacity(b),
             importance_weights: Vec::with_capacity(b),
+            first_draws: Vec::with_capacity(b),
             observations: Observations::zeros(&spec.observation, steps * b * o),
             actions: vec![0.0; steps * b * action_width],
             rewards: vec![0.0; steps * b],
@@ -128,6 +133,8 @@ impl HostBatch {
             batch
                 .importance_weights
                 .push(if item.weight > 0.0 { item.weight as f32 } else { 1.0 });
+            // The server counts this draw; 0 is a server that does not say.
+            batch.first_draws.push(item.times_sampled <= 1);
             for t in 0..steps {
                 let at = t * b + j;
                 batch.rewards[at] = seq.rewards[t];
@@ -175,6 +182,7 @@ impl HostBatch {
             keys: (0..batch_size as u64).collect(),
             actor_ids: vec![0; batch_size],
             importance_weights: vec![1.0; batch_size],
+            first_draws: vec![true; batch_size],
             observations,
             actions,
             rewards: (0..n).map(|i| if terminated[i] || truncated[i] { 0.0 } else { 1.0 }).collect(),
@@ -195,6 +203,15 @@ impl HostBatch {
     pub fn learning_frames(&self, burn_in: usize) -> u64 {
         let (from, to) = (burn_in * self.batch_size, (self.steps - 1) * self.batch_size);
         (from..to).filter(|&i| is_decision(self.terminated[i], self.truncated[i])).count() as u64
+    }
+
+    /// New env steps this batch teaches: [`learning_frames`](Self::learning_frames)
+    /// of the sequences drawn for the first time.
+    pub fn env_frames(&self, burn_in: usize) -> u64 {
+        let b = self.batch_size;
+        (burn_in * b..(self.steps - 1) * b)
+            .filter(|&i| self.first_draws[i % b] && is_decision(self.terminated[i], self.truncated[i]))
+            .count() as u64
     }
 
     /// Each sequence's age at learner version `version`: how many versions
@@ -238,6 +255,7 @@ impl HostBatch {
             keys: columns.iter().map(|&j| self.keys[j]).collect(),
             actor_ids: columns.iter().map(|&j| self.actor_ids[j]).collect(),
             importance_weights: columns.iter().map(|&j| self.importance_weights[j]).collect(),
+            first_draws: columns.iter().map(|&j| self.first_draws[j]).collect(),
             observations,
             actions,
             rewards: (0..self.steps).flat_map(rows).map(|i| self.rewards[i]).collect(),
@@ -405,8 +423,11 @@ mod tests {
     #[test]
     fn u8_frames_stay_u8_in_the_host_batch_and_land_time_major() {
         let spec = EnvSpec::frames(FRAME, 2);
-        let items: Vec<pb::SampledItem> = (0..3).map(|j| item(j, &spec, true)).collect();
+        let mut items: Vec<pb::SampledItem> = (0..3).map(|j| item(j, &spec, true)).collect();
+        items[0].times_sampled = 1;
+        items[1].times_sampled = 3;
         let batch = HostBatch::from_items(&items, signature(spec)).unwrap();
+        assert_eq!(batch.first_draws, [true, false, true], "from the draw counts 1, 3 and none");
         let Observations::U8(pixels) = &batch.observations else {
             panic!("frames became {:?}", batch.observations.dtype());
         };
@@ -517,6 +538,21 @@ mod tests {
             }
         }
         assert_eq!(picked.learning_frames(1), 8);
+    }
+
+    /// A sequence drawn again teaches no new env frames; the others count
+    /// their learning decisions.
+    #[test]
+    fn env_frames_count_only_first_draws() {
+        let mut batch = HostBatch::synthetic(EnvSpec::vector(3, 2), 6, 4, 9);
+        batch.terminated = vec![false; 24];
+        batch.truncated = vec![false; 24];
+        batch.truncated[2 * 4] = true; // sequence 0 has one episode end among its learning steps
+        assert_eq!((batch.learning_frames(1), batch.env_frames(1)), (15, 15));
+        batch.first_draws = vec![true, false, true, false];
+        assert_eq!(batch.env_frames(1), 7);
+        assert_eq!(batch.select(&[1, 2]).env_frames(1), 4);
+        assert_eq!(batch.learning_frames(1), 15, "every draw is still learnt from");
     }
 
     #[test]

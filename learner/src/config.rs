@@ -121,6 +121,11 @@ pub struct LearnerConfig {
     /// 0: IMPALA's `min(ρ̄_pg, ρ)·A·∇log π`, which lets a run of positive
     /// advantages drive an action's probability all the way to 1.
     pub ratio_clip: f64,
+    /// Standardise the policy term's advantages over each batch's real
+    /// decisions (zero mean, unit deviation), as PPO does per minibatch:
+    /// the step size then no longer follows the reward scale or how far the
+    /// value function lags.
+    pub normalize_advantages: bool,
     /// V-trace ρ̄.
     pub rho_bar: f32,
     /// V-trace c̄.
@@ -189,6 +194,7 @@ impl Default for LearnerConfig {
             entropy_schedule: Schedule::Constant,
             entropy_decay_frames: 1_000_000,
             ratio_clip: 0.05,
+            normalize_advantages: false,
             rho_bar: 1.0,
             c_bar: 1.0,
             pg_rho_bar: 1.0,

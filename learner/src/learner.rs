@@ -62,7 +62,8 @@ pub struct Learner {
     device: Device,
     updates: u64,
     version: u64,
-    /// Env frames consumed by applied updates.
+    /// New env frames learnt from by applied updates (a replayed step
+    /// counts once): the clock of the learning-rate, entropy and β schedules.
     frames: u64,
 }
 
@@ -177,6 +178,7 @@ impl Learner {
             baseline_cost: self.config.baseline_cost,
             entropy_cost: self.config.entropy_cost_at(self.frames),
             ratio_clip: self.config.ratio_clip,
+            normalize_advantages: self.config.normalize_advantages,
         };
         let stored = self.config.initial_state == InitialState::Stored;
         let loss = impala_loss(&self.network, &device_batch, &self.config.vtrace(), weights, stored)?;
@@ -199,7 +201,7 @@ impl Learner {
         if step.applied() {
             self.updates += 1;
             self.version += 1;
-            self.frames += batch.learning_frames(self.config.burn_in);
+            self.frames += batch.env_frames(self.config.burn_in);
         }
         Ok(UpdateStats {
             total_loss: loss.total.to_scalar()?,

@@ -20,6 +20,9 @@ pub struct LossWeights {
     /// `min(ρ·A, clip(ρ, 1−ε, 1+ε)·A)` with ρ = π/μ against the behaviour
     /// policy and A the V-trace advantage, instead of `min(ρ̄, ρ)·A·log π`.
     pub ratio_clip: f64,
+    /// Standardise the advantages over the batch's real decisions before
+    /// the policy term uses them.
+    pub normalize_advantages: bool,
 }
 
 /// The differentiable total and the scalar parts for reporting.
@@ -201,14 +204,22 @@ pub fn impala_loss(
     let decisions = batch.mask.sum_all()?.to_scalar::<f32>()?.max(1.0) as f64;
     let mean = |x: &Tensor| -> Result<Tensor> { (x * &step_weights)?.sum_all()? / decisions };
 
+    let (advantages, pg_advantages) = if weights.normalize_advantages {
+        let advantages = standardize(&returns.advantages, &batch.mask, decisions)?;
+        let pg_rhos = log_rhos.exp()?.minimum(vtrace_params.pg_rho_bar)?;
+        let pg_advantages = (pg_rhos * &advantages)?;
+        (advantages, pg_advantages)
+    } else {
+        (returns.advantages.clone(), returns.pg_advantages.clone())
+    };
     let policy = if weights.ratio_clip > 0.0 {
         // The ratio carries the gradient; the advantage is a constant.
         let ratio = (&action_log_probs - &behaviour_log_probs)?.exp()?;
         let clipped = ratio.clamp(1.0 - weights.ratio_clip, 1.0 + weights.ratio_clip)?;
-        let surrogate = (&ratio * &returns.advantages)?.minimum(&(clipped * &returns.advantages)?)?;
+        let surrogate = (&ratio * &advantages)?.minimum(&(clipped * &advantages)?)?;
         mean(&surrogate.neg()?)?
     } else {
-        mean(&(&action_log_probs * &returns.pg_advantages)?.neg()?)?
+        mean(&(&action_log_probs * &pg_advantages)?.neg()?)?
     };
     let td = (&returns.vs - &learning_values)?;
     let baseline = (mean(&td.sqr()?)? * 0.5)?;
@@ -227,6 +238,15 @@ pub fn impala_loss(
         total,
         outputs: out,
     })
+}
+
+/// `[T, B]` values shifted and scaled to zero mean and unit deviation over
+/// the `decisions` steps the mask keeps, zero elsewhere.
+fn standardize(values: &Tensor, mask: &Tensor, decisions: f64) -> Result<Tensor> {
+    let mean = ((values * mask)?.sum_all()? / decisions)?;
+    let centred = values.broadcast_sub(&mean)?.mul(mask)?;
+    let deviation = (centred.sqr()?.sum_all()? / decisions)?.sqrt()?;
+    centred.broadcast_div(&(deviation + 1e-8)?)
 }
 
 /// [`LossDiagnostics`] from the detached `[T, B, A]` logits and `[T, B]`
@@ -303,6 +323,7 @@ mod tests {
             baseline_cost: 0.5,
             entropy_cost: 0.01,
             ratio_clip: 0.0,
+            normalize_advantages: false,
         }
     }
 
@@ -483,6 +504,26 @@ mod tests {
         assert!((p[1] - (0.9 * 4.0 + 0.1 * 3.0)).abs() < 1e-6, "{p:?}");
         let none = sequence_priorities(&td, &mask.zeros_like().unwrap(), 0.9).unwrap();
         assert_eq!(none, vec![0.0, 0.0]);
+    }
+
+    #[test]
+    fn standardized_advantages_have_zero_mean_and_unit_deviation_over_real_decisions() {
+        let values = Tensor::new(&[[1f32, 5.0], [3.0, 100.0], [-2.0, 7.0]], &Device::Cpu).unwrap();
+        let mask = Tensor::new(&[[1f32, 1.0], [1.0, 0.0], [1.0, 1.0]], &Device::Cpu).unwrap();
+        let out = standardize(&values, &mask, 5.0)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        assert_eq!(out[3], 0.0, "a masked step stays zero: {out:?}");
+        let kept: Vec<f64> = [0, 1, 2, 4, 5].iter().map(|&i| out[i] as f64).collect();
+        let mean = kept.iter().sum::<f64>() / 5.0;
+        let variance = kept.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / 5.0;
+        assert!(mean.abs() < 1e-6, "mean {mean}");
+        assert!((variance - 1.0).abs() < 1e-5, "variance {variance}");
+        // The order is kept: 7 is the largest real value, -2 the smallest.
+        assert!(out[5] > out[1] && out[1] > out[2] && out[2] > out[0] && out[0] > out[4], "{out:?}");
     }
 
     #[test]

@@ -145,8 +145,10 @@ async fn join_parts(
             items.extend(part_items);
         }
         match HostBatch::from_items(&items, signature) {
-            Ok(batch) => {
+            Ok(mut batch) => {
                 let replay_from = replay_from.unwrap_or(batch.batch_size);
+                // Replayed steps were counted when they came from the queue.
+                batch.first_draws[replay_from..].fill(false);
                 if batch_tx.send(Prefetched { batch, replay_from }).await.is_err() {
                     return;
                 }
