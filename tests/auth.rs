@@ -140,7 +140,10 @@ async fn a_learner_with_a_token_serves_weights_only_to_callers_that_carry_it() {
         .env("FLEET_AUTH_TOKEN", TOKEN);
     let learner = Process::spawn("learner", command).await.unwrap();
     let mut client = ParametersClient::new(channel(&learner).await);
-    let watch = || pb::WatchWeightsRequest { after_version: 0 };
+    let watch = || pb::WatchWeightsRequest {
+        after_version: 0,
+        single_version: false,
+    };
     let none = client.watch_weights(request(watch(), None)).await.unwrap_err();
     assert_unauthenticated(&none, "no token");
     let wrong = client

@@ -637,7 +637,12 @@ async fn every_parameters_method_refuses_bad_input_and_keeps_the_weights() {
 
     use Code::{Internal, OutOfRange};
     use Expect::{Answered, Refused};
-    let watch = |after_version| Call::WatchWeights(pb::WatchWeightsRequest { after_version });
+    let watch = |after_version| {
+        Call::WatchWeights(pb::WatchWeightsRequest {
+            after_version,
+            single_version: false,
+        })
+    };
     let rows: Vec<(&str, Call, Expect)> = vec![
         (
             "a version not yet published",

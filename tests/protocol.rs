@@ -137,7 +137,10 @@ async fn every_server_reports_health_and_the_learner_chunks_large_weights() {
 
     let mut parameters = ParametersClient::connect(learner.grpc_uri()).await.unwrap();
     let mut stream = parameters
-        .watch_weights(pb::WatchWeightsRequest { after_version: 0 })
+        .watch_weights(pb::WatchWeightsRequest {
+            after_version: 0,
+            single_version: false,
+        })
         .await
         .unwrap()
         .into_inner();

@@ -208,7 +208,10 @@ async fn mutual_tls_refuses_clients_without_a_certificate_from_the_client_ca() {
     );
     let mut parameters = ParametersClient::new(channel(&learner, Some(client())).await.unwrap());
     let mut chunks = parameters
-        .watch_weights(pb::WatchWeightsRequest { after_version: 0 })
+        .watch_weights(pb::WatchWeightsRequest {
+            after_version: 0,
+            single_version: false,
+        })
         .await
         .expect("weights for a client with a certificate")
         .into_inner();

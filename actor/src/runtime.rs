@@ -391,13 +391,17 @@ fn act(
 /// Follows the learner's weights: reconnects with backoff, assembles chunks
 /// and publishes each complete newer version to the compute thread.
 ///
-/// Each `WatchWeights` call is read for one version only, then dropped and
-/// made again after it: the learner then sends whatever is newest when the
-/// actor is ready for it. A stream left open would carry every version the
+/// Each `WatchWeights` call asks for one version only (`single_version`)
+/// and is read to its end, then made again after it: the learner then sends
+/// whatever is newest when the actor is ready for it. A stream left open would carry every version the
 /// learner publishes, and once the actor fell behind, the versions queued
 /// in the connection's buffers would reach it tens of updates late (the
 /// policy lag of one actor then climbed to 60–80 versions while the other's
-/// stayed at 10).
+/// stayed at 10). Nor is a call dropped after its version: with the next
+/// version already on the way, the dropped stream's late frames make h2
+/// reset it again, and a learner publishing hundreds of versions a second
+/// brought the connection to h2's limit of such resets (GOAWAY
+/// `too_many_internal_resets`) within a minute.
 ///
 /// Versions never go backwards: a learner that comes back from a
 /// checkpoint older than the weights the actor holds (it published more
@@ -437,7 +441,7 @@ async fn follow_weights(
         loop {
             let stream = tokio::select! {
                 _ = shutdown.cancelled() => return,
-                r = client.watch_weights(pb::WatchWeightsRequest { after_version }) => r,
+                r = client.watch_weights(pb::WatchWeightsRequest { after_version, single_version: true }) => r,
             };
             let mut stream = match stream {
                 Ok(response) => response.into_inner(),
@@ -447,7 +451,7 @@ async fn follow_weights(
                     break;
                 }
             };
-            match next_version(&mut stream, limit, &shutdown).await {
+            match sole_version(&mut stream, limit, &shutdown).await {
                 Ok(Some((version, bytes))) => {
                     let held = newest_version.load(Ordering::Relaxed);
                     if version > held {
@@ -485,6 +489,26 @@ pub fn max_weights_bytes(network: &ActorCritic) -> u64 {
         .map(|(name, var)| (var.elem_count() * var.dtype().size_in_bytes()) as u64 + name.len() as u64 + HEADER_BYTES_PER_TENSOR)
         .sum();
     tensors + HEADER_BYTES
+}
+
+/// Reads the one version of at most `limit` bytes a single-version watch
+/// carries, then the stream's end; `None` on shutdown. A learner that keeps
+/// streaming (one that does not know `single_version`) is let go after the
+/// version, as before.
+async fn sole_version(
+    stream: &mut (impl futures::Stream<Item = Result<pb::WeightsChunk, tonic::Status>> + Unpin),
+    limit: u64,
+    shutdown: &CancellationToken,
+) -> Result<Option<(u64, Vec<u8>)>, String> {
+    let Some(version) = next_version(stream, limit, shutdown).await? else {
+        return Ok(None);
+    };
+    // The version is whole whatever follows; a failed end shows on the next call.
+    tokio::select! {
+        _ = shutdown.cancelled() => return Ok(None),
+        _ = stream.next() => {}
+    }
+    Ok(Some(version))
 }
 
 /// Reads chunks until one whole version of at most `limit` bytes is
