@@ -103,6 +103,12 @@ async fn a_recurrent_agent_solves_a_memory_task_only_from_its_stored_state() {
         // a wrong deterministic answer before the memory forms.
         "--set",
         "learner.entropy_cost=0.01",
+        // The unit rewards this was tuned with. At the default 0.1 the
+        // bonus outweighs the scaled advantages while the memory forms, and
+        // 2-3 runs in 5 did not solve within 400K env steps (5 of 5 at 1,
+        // in 117-183K).
+        "--set",
+        "learner.reward_scale=1.0",
     ];
     // No gradient links an episode's cue to its decision here, so the cue
     // survives only as far as the cell keeps it unaided: with the forget
@@ -146,8 +152,9 @@ async fn a_recurrent_agent_solves_a_memory_task_only_from_its_stored_state() {
 
 /// Pixel Catch (40×20 frames, 9 steps per episode) with IMPALA's shallow
 /// CNN: a random policy scores about −0.6, and the agent must catch at
-/// least 90% of the balls (mean return ≥ 0.8) within the budget. It
-/// usually gets there in 20 000–55 000 env steps.
+/// least 90% of the balls (mean return ≥ 0.8) within the budget. The
+/// step-weighted return spans the last 50,000 env steps, so it usually gets
+/// there in 120,000–180,000; the budget leaves room for the spread.
 #[tokio::test]
 async fn a_shallow_cnn_learns_pixel_catch() {
     let (solved, output) = run(&[
@@ -156,7 +163,7 @@ async fn a_shallow_cnn_learns_pixel_catch() {
         "--target-return",
         "0.8",
         "--max-env-steps",
-        "200000",
+        "400000",
         "--set",
         "env.name=catch",
         "--set",
