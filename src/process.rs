@@ -82,8 +82,9 @@ pub struct Process {
 /// environment unless the caller's environment sets them (the images set
 /// them too). mimalloc reads them before `main`, so a process cannot set
 /// its own. Committing arena memory as it fills, not eagerly (mimalloc's
-/// default where the OS overcommits), halves a CartPole actor's resident
-/// memory, from 32 MB to 16 MB, at the same speed (docs/BENCHMARKS.md).
+/// default where the OS overcommits), halves every role's resident memory
+/// (a CartPole actor's from 32 MB to 16 MB) at the same training speed; the
+/// CNN learner's updates alone are about 5% slower (docs/BENCHMARKS.md).
 pub const ALLOCATOR_ENV: &[(&str, &str)] = &[("MIMALLOC_ARENA_EAGER_COMMIT", "0")];
 
 /// The command [`Process::spawn_child`] runs.

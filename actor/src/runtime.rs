@@ -492,9 +492,10 @@ pub fn max_weights_bytes(network: &ActorCritic) -> u64 {
 }
 
 /// Reads the one version of at most `limit` bytes a single-version watch
-/// carries, then the stream's end; `None` on shutdown. A learner that keeps
-/// streaming (one that does not know `single_version`) is let go after the
-/// version, as before.
+/// carries, then the stream's end; `None` on shutdown. From a learner that
+/// keeps streaming (one older than `single_version`) the wait for the end
+/// lasts until its next version's first chunk, which is let go: the actor
+/// then follows one version per publication instead of as fast as it reads.
 async fn sole_version(
     stream: &mut (impl futures::Stream<Item = Result<pb::WeightsChunk, tonic::Status>> + Unpin),
     limit: u64,

@@ -206,8 +206,7 @@ pub fn impala_loss(
 
     let (advantages, pg_advantages) = if weights.normalize_advantages {
         let advantages = standardize(&returns.advantages, &batch.mask, decisions)?;
-        let pg_rhos = log_rhos.exp()?.minimum(vtrace_params.pg_rho_bar)?;
-        let pg_advantages = (pg_rhos * &advantages)?;
+        let pg_advantages = (&returns.pg_rhos * &advantages)?;
         (advantages, pg_advantages)
     } else {
         (returns.advantages.clone(), returns.pg_advantages.clone())

@@ -86,6 +86,9 @@ pub struct VTraceReturns {
     pub vs: Tensor,
     /// `[T, B]` min(ρ̄_pg, ρ_s)·(r_s + γ_s v_{s+1} − V(x_s)), zero where masked.
     pub pg_advantages: Tensor,
+    /// `[T, B]` min(ρ̄_pg, ρ_s), the factor of `pg_advantages` (for a loss
+    /// that scales the advantages first).
+    pub pg_rhos: Tensor,
     /// `[T, B]` r_s + γ_s v_{s+1} − V(x_s) without the importance weight,
     /// zero where masked (for a clipped-ratio surrogate, which applies its own).
     pub advantages: Tensor,
@@ -196,7 +199,8 @@ pub fn vtrace(inputs: &VTraceInputs<'_>, params: &VTraceParams) -> Result<VTrace
     let vs_tp1 = shift_in(&vs, &bootstrap, t_len)?;
     let pg_td = ((&rewards + discounts.mul(&vs_tp1)?)? - &values)?;
     let advantages = pg_td.mul(&mask)?;
-    let pg_advantages = rhos.minimum(params.pg_rho_bar)?.mul(&advantages)?;
+    let pg_rhos = rhos.minimum(params.pg_rho_bar)?;
+    let pg_advantages = pg_rhos.mul(&advantages)?;
 
     let decided = mask.gt(0f32)?.to_dtype(DType::F32)?;
     let clipped = rhos.gt(params.rho_bar)?.to_dtype(DType::F32)?.mul(&decided)?;
@@ -207,6 +211,7 @@ pub fn vtrace(inputs: &VTraceInputs<'_>, params: &VTraceParams) -> Result<VTrace
     Ok(VTraceReturns {
         vs,
         pg_advantages,
+        pg_rhos,
         advantages,
         clipped_rho_fraction,
     })
