@@ -43,6 +43,20 @@ impl Schedule {
     }
 }
 
+/// What the value targets and advantages make of the gap between the
+/// policy that acted (μ) and the one learning (π).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OffPolicyCorrection {
+    /// V-trace: each step's TD error and trace weighted by its clipped
+    /// importance ratio.
+    Vtrace,
+    /// Every ratio taken as 1: the λ-returns of on-policy data, as PPO's
+    /// later epochs treat their rollout. The clipped-ratio surrogate still
+    /// weighs each step by π/μ.
+    None,
+}
+
 /// Where a recurrent core's state starts at a sequence's first step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -126,6 +140,8 @@ pub struct LearnerConfig {
     /// the step size then no longer follows the reward scale or how far the
     /// value function lags.
     pub normalize_advantages: bool,
+    /// V-trace, or targets that ignore the policy lag (see the enum).
+    pub off_policy_correction: OffPolicyCorrection,
     /// V-trace ρ̄.
     pub rho_bar: f32,
     /// V-trace c̄.
@@ -195,6 +211,7 @@ impl Default for LearnerConfig {
             entropy_decay_frames: 1_000_000,
             ratio_clip: 0.05,
             normalize_advantages: false,
+            off_policy_correction: OffPolicyCorrection::Vtrace,
             rho_bar: 1.0,
             c_bar: 1.0,
             pg_rho_bar: 1.0,

@@ -179,6 +179,7 @@ impl Learner {
             entropy_cost: self.config.entropy_cost_at(self.frames),
             ratio_clip: self.config.ratio_clip,
             normalize_advantages: self.config.normalize_advantages,
+            off_policy_correction: self.config.off_policy_correction,
         };
         let stored = self.config.initial_state == InitialState::Stored;
         let loss = impala_loss(&self.network, &device_batch, &self.config.vtrace(), weights, stored)?;

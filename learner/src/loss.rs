@@ -9,7 +9,7 @@ use candle_core::{D, Result, Tensor};
 use fleet_agent::{ActorCritic, PolicyDistribution, PolicyOutput, RecurrentState};
 
 use crate::batch::DeviceBatch;
-use crate::config::RewardClip;
+use crate::config::{OffPolicyCorrection, RewardClip};
 use crate::vtrace::{VTraceInputs, VTraceParams, vtrace};
 
 #[derive(Debug, Clone, Copy)]
@@ -23,6 +23,8 @@ pub struct LossWeights {
     /// Standardise the advantages over the batch's real decisions before
     /// the policy term uses them.
     pub normalize_advantages: bool,
+    /// V-trace, or targets computed as if every ratio were 1.
+    pub off_policy_correction: OffPolicyCorrection,
 }
 
 /// The differentiable total and the scalar parts for reporting.
@@ -186,9 +188,13 @@ pub fn impala_loss(
     let learning_values = values.narrow(0, 0, t)?;
     let detached_values = learning_values.detach();
     let bootstrap = values.get(t)?.detach();
+    let target_log_rhos = match weights.off_policy_correction {
+        OffPolicyCorrection::Vtrace => log_rhos.clone(),
+        OffPolicyCorrection::None => log_rhos.zeros_like()?,
+    };
     let returns = vtrace(
         &VTraceInputs {
-            log_rhos: &log_rhos,
+            log_rhos: &target_log_rhos,
             discounts: &batch.discounts,
             rewards: &batch.rewards,
             values: &detached_values,
@@ -323,6 +329,7 @@ mod tests {
             entropy_cost: 0.01,
             ratio_clip: 0.0,
             normalize_advantages: false,
+            off_policy_correction: OffPolicyCorrection::Vtrace,
         }
     }
 
@@ -503,6 +510,59 @@ mod tests {
         assert!((p[1] - (0.9 * 4.0 + 0.1 * 3.0)).abs() < 1e-6, "{p:?}");
         let none = sequence_priorities(&td, &mask.zeros_like().unwrap(), 0.9).unwrap();
         assert_eq!(none, vec![0.0, 0.0]);
+    }
+
+    /// Without the off-policy correction the value targets are the λ-returns
+    /// of the rewards and the current values, computed here by their own
+    /// recursion, G_t = r_t + γ((1 − λ)V_{t+1} + λG_{t+1}), whatever the
+    /// importance ratios; V-trace's targets on the same lagging batch differ.
+    #[test]
+    fn uncorrected_targets_are_the_lambda_returns_of_the_current_values() {
+        let (gamma, lambda) = (0.9f64, 0.8f64);
+        let config = NetworkConfig {
+            hidden: vec![8],
+            ..NetworkConfig::default()
+        };
+        let net = ActorCritic::new(SPEC, &config, 3, &Device::Cpu).unwrap();
+        let (l, b) = (10, 4);
+        let mut host = batch(2);
+        host.state = None;
+        host.initial_states.clear();
+        host.rewards = (0..l * b).map(|i| ((i * 7) % 5) as f32 - 1.5).collect();
+        let device_batch = DeviceBatch::new(&host, gamma, 0, &Device::Cpu).unwrap();
+        let params = VTraceParams {
+            lambda: lambda as f32,
+            ..VTraceParams::default()
+        };
+        let uncorrected = LossWeights {
+            off_policy_correction: OffPolicyCorrection::None,
+            ..weights()
+        };
+        let loss = impala_loss(&net, &device_batch, &params, uncorrected, false).unwrap();
+        let corrected = impala_loss(&net, &device_batch, &params, weights(), false).unwrap();
+
+        let v: Vec<f64> = values(&loss.outputs.values).into_iter().map(f64::from).collect();
+        let td = values(&loss.td_errors);
+        let mut g = v[(l - 1) * b..].to_vec();
+        for t in (0..l - 1).rev() {
+            for j in 0..b {
+                let i = t * b + j;
+                g[j] = f64::from(host.rewards[i]) + gamma * ((1.0 - lambda) * v[i + b] + lambda * g[j]);
+                let expected = g[j] - v[i];
+                assert!(
+                    (f64::from(td[i]) - expected).abs() < 1e-4,
+                    "step {t}, sequence {j}: {} vs {expected}",
+                    td[i]
+                );
+            }
+        }
+        let corrected_td = values(&corrected.td_errors);
+        let gap = td.iter().zip(&corrected_td).map(|(a, c)| (a - c).abs()).fold(0f32, f32::max);
+        assert!(
+            gap > 1e-3,
+            "V-trace's targets equal the uncorrected ones on a lagging batch (gap {gap})"
+        );
+        assert!(corrected.diagnostics.rho_mean != 1.0, "the batch's ratios are not all 1");
     }
 
     #[test]
