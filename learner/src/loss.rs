@@ -545,10 +545,10 @@ mod tests {
         let td = values(&loss.td_errors);
         let mut g = v[(l - 1) * b..].to_vec();
         for t in (0..l - 1).rev() {
-            for j in 0..b {
+            for (j, g) in g.iter_mut().enumerate() {
                 let i = t * b + j;
-                g[j] = f64::from(host.rewards[i]) + gamma * ((1.0 - lambda) * v[i + b] + lambda * g[j]);
-                let expected = g[j] - v[i];
+                *g = f64::from(host.rewards[i]) + gamma * ((1.0 - lambda) * v[i + b] + lambda * *g);
+                let expected = *g - v[i];
                 assert!(
                     (f64::from(td[i]) - expected).abs() < 1e-4,
                     "step {t}, sequence {j}: {} vs {expected}",
