@@ -10,7 +10,7 @@ use fleet_agent::{ActorCritic, PolicyDistribution, PolicyOutput, RecurrentState}
 
 use crate::batch::DeviceBatch;
 use crate::config::{OffPolicyCorrection, RewardClip};
-use crate::vtrace::{VTraceInputs, VTraceParams, vtrace};
+use crate::vtrace::{VTraceInputs, VTraceParams, clipped_rho_fraction, vtrace};
 
 #[derive(Debug, Clone, Copy)]
 pub struct LossWeights {
@@ -236,7 +236,11 @@ pub fn impala_loss(
         policy: policy.to_scalar()?,
         baseline: baseline.to_scalar()?,
         entropy: entropy.to_scalar()?,
-        clipped_rho_fraction: returns.clipped_rho_fraction,
+        // Of the real ratios, whether or not the targets used them.
+        clipped_rho_fraction: match weights.off_policy_correction {
+            OffPolicyCorrection::Vtrace => returns.clipped_rho_fraction,
+            OffPolicyCorrection::None => clipped_rho_fraction(&log_rhos.exp()?, &batch.mask, vtrace_params.rho_bar)?,
+        },
         mean_abs_advantage: ((returns.pg_advantages.abs()? * &batch.mask)?.sum_all()? / decisions)?.to_scalar()?,
         diagnostics,
         td_errors: td.detach(),
@@ -563,6 +567,11 @@ mod tests {
             "V-trace's targets equal the uncorrected ones on a lagging batch (gap {gap})"
         );
         assert!(corrected.diagnostics.rho_mean != 1.0, "the batch's ratios are not all 1");
+        assert!(corrected.clipped_rho_fraction > 0.0, "some ratios exceed rho_bar");
+        assert_eq!(
+            loss.clipped_rho_fraction, corrected.clipped_rho_fraction,
+            "the metric reads the real ratios"
+        );
     }
 
     #[test]

@@ -202,19 +202,23 @@ pub fn vtrace(inputs: &VTraceInputs<'_>, params: &VTraceParams) -> Result<VTrace
     let pg_rhos = rhos.minimum(params.pg_rho_bar)?;
     let pg_advantages = pg_rhos.mul(&advantages)?;
 
-    let decided = mask.gt(0f32)?.to_dtype(DType::F32)?;
-    let clipped = rhos.gt(params.rho_bar)?.to_dtype(DType::F32)?.mul(&decided)?;
-    // One host read for both counts. f32 counts are exact far beyond any T·B.
-    let counts = Tensor::stack(&[clipped.sum_all()?, decided.sum_all()?], 0)?.to_vec1::<f32>()?;
-    let clipped_rho_fraction = if counts[1] > 0.0 { counts[0] / counts[1] } else { 0.0 };
-
     Ok(VTraceReturns {
         vs,
         pg_advantages,
         pg_rhos,
         advantages,
-        clipped_rho_fraction,
+        clipped_rho_fraction: clipped_rho_fraction(&rhos, &mask, params.rho_bar)?,
     })
+}
+
+/// Share of the `[T, B]` steps the mask keeps whose ratio `rhos` is strictly
+/// above ρ̄; 0 when the mask keeps none.
+pub fn clipped_rho_fraction(rhos: &Tensor, mask: &Tensor, rho_bar: f32) -> Result<f32> {
+    let decided = mask.gt(0f32)?.to_dtype(DType::F32)?;
+    let clipped = rhos.gt(rho_bar)?.to_dtype(DType::F32)?.mul(&decided)?;
+    // One host read for both counts. f32 counts are exact far beyond any T·B.
+    let counts = Tensor::stack(&[clipped.sum_all()?, decided.sum_all()?], 0)?.to_vec1::<f32>()?;
+    Ok(if counts[1] > 0.0 { counts[0] / counts[1] } else { 0.0 })
 }
 
 #[cfg(test)]
