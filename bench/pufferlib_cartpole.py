@@ -92,13 +92,16 @@ def main():
         now = time.time()
         samples.append((now, trainer.global_step, trainer.epoch))
         if deadline is None:
-            deadline = now + args.warmup + args.seconds if args.until_length is None else started + args.limit
-        if args.until_length is not None and logs is not None:
-            length = logs.get("environment/episode_length")
+            deadline = now + args.warmup + args.seconds
+        if args.until_length is not None:
+            length = logs.get("environment/episode_length") if logs is not None else None
             if length is not None and length >= args.until_length:
                 reached = (now - started, trainer.global_step, float(length))
                 break
-        if now >= deadline:
+            if now >= started + args.limit:
+                break
+        # A window needs two epochs: a long epoch can stretch the run past its time.
+        elif now >= deadline and sum(1 for s in samples if s[0] >= samples[0][0] + args.warmup) >= 2:
             break
 
     workers = psutil.Process().children(recursive=True)
@@ -131,8 +134,6 @@ def main():
     else:
         first_time = samples[0][0]
         window = [s for s in samples if s[0] >= first_time + args.warmup]
-        if len(window) < 2:
-            sys.exit(f"fewer than two epochs after the {args.warmup} s warm-up: measure for longer")
         (t0, steps0, epochs0), (t1, steps1, epochs1) = window[0], window[-1]
         result = {
             **common,

@@ -97,7 +97,11 @@ def main():
     reports = []  # (time, env frames, samples trained on, mean policy lag)
     tail = []
     deadline = None
-    while runner.poll() is None and (deadline is None or time.time() < deadline):
+    def measured():
+        return sum(1 for r in reports if r[0] >= reports[0][0] + args.warmup)
+
+    # A window needs two reports (one every 5 s): a short run goes on until it has them.
+    while runner.poll() is None and (deadline is None or time.time() < deadline or measured() < 2):
         if not selector.select(timeout=0.5):
             continue
         line = runner.stdout.readline()
