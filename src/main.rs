@@ -234,6 +234,21 @@ enum BenchTarget {
         /// Only these workloads (1KiB, 100KiB, r2d2-80x84x84); all by default.
         #[arg(long = "workload")]
         workloads: Vec<String>,
+        /// Items each inserter keeps unacknowledged.
+        #[arg(long, default_value_t = 256)]
+        inserts_in_flight: usize,
+        /// Batches the server keeps ready ahead of each sampler's stream
+        /// (at most 16).
+        #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=16))]
+        batches_in_flight: u32,
+        /// One request in flight per client: inserts wait for their ack,
+        /// each batch is its own `Sample` call.
+        #[arg(long)]
+        closed_loop: bool,
+        /// Items inserted before the clock starts (at most the table's
+        /// capacity).
+        #[arg(long, default_value_t = 0)]
+        prefill: usize,
     },
     /// The replay codecs (none, lz4, zstd) on one item of CartPole vectors
     /// and of 84×84 frames: ratio and the cost of storing and reading back.
@@ -398,13 +413,27 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                     batch_size,
                     seconds,
                     workloads,
+                    inserts_in_flight,
+                    batches_in_flight,
+                    closed_loop,
+                    prefill,
                 },
         } => {
+            let pacing = if closed_loop {
+                bench::replay::Pacing::ClosedLoop
+            } else {
+                bench::replay::Pacing::Pipelined {
+                    inserts_in_flight,
+                    batches_in_flight,
+                }
+            };
             let load = bench::replay::Load {
                 inserters,
                 samplers,
                 batch_size,
                 seconds,
+                pacing,
+                prefill,
                 auth: config.auth,
                 tls: config.tls,
                 durability: config.replay.durability,

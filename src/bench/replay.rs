@@ -5,12 +5,19 @@
 //! p50/p99 latency of an insert (sent until acknowledged) and of a sampled
 //! batch (requested until received), and the server's peak resident memory.
 //!
-//! Clients are closed-loop (one request in flight each), as a Python client
-//! of Reverb is, so `bench/reverb_replay.py` measures the same thing. In the
-//! R2D2 workload each inserter is one writer whose windows of 80 steps start
-//! every 40 steps; it sends the first whole and then only the 40 new steps of
-//! each, as actors do (Reverb's trajectory writer does the same).
+//! By default clients are pipelined, the way fleet's own roles can drive the
+//! service: an inserter keeps many items unacknowledged on its insert stream
+//! (as an actor does up to `actor.max_in_flight`), and a sampler reads one
+//! open-ended `Sample` stream for the whole run with several batches prepared
+//! ahead. `bench/reverb_replay.py` drives Reverb through its matching fast
+//! paths. With [`Pacing::ClosedLoop`] every client keeps one request in
+//! flight instead, as a Python client of Reverb's `Client.sample` does.
+//!
+//! In the R2D2 workload each inserter is one writer whose windows of 80 steps
+//! start every 40 steps; it sends the first whole and then only the 40 new
+//! steps of each, as actors do (Reverb's trajectory writer does the same).
 
+use std::collections::VecDeque;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -69,6 +76,18 @@ pub const WORKLOADS: [Workload; 3] = [
     },
 ];
 
+/// How many requests each client keeps in flight.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Pacing {
+    /// One at a time: an insert waits for its ack before the next is sent,
+    /// and every batch is its own `Sample` call of one batch.
+    ClosedLoop,
+    /// Up to `inserts_in_flight` items unacknowledged per insert stream, and
+    /// one `Sample` stream per sampler for the whole run, the server keeping
+    /// `batches_in_flight` batches ready ahead of it.
+    Pipelined { inserts_in_flight: usize, batches_in_flight: u32 },
+}
+
 /// The load: clients, batch size and duration per workload.
 #[derive(Debug, Clone)]
 pub struct Load {
@@ -76,6 +95,10 @@ pub struct Load {
     pub samplers: usize,
     pub batch_size: u32,
     pub seconds: f64,
+    pub pacing: Pacing,
+    /// Items inserted before the clock starts, so that samplers have a full
+    /// table to draw from even with no inserters.
+    pub prefill: usize,
     /// The bearer token setup of the config `fleet bench` was started with:
     /// the replay it starts requires what its clients send.
     pub auth: AuthConfig,
@@ -140,26 +163,40 @@ pub async fn replay(load: Load, names: &[String]) -> Result<()> {
             .await
             .with_context(|| format!("workload {}", workload.name))?;
         println!(
-            "| {} | {} | {:.0} | {:.0} | {:.1} | {:.1} | {:.2} / {:.2} | {:.2} / {:.2} | {:.0} | {:.0} |",
+            "| {} | {} | {:.0} | {:.0} | {:.1} | {:.1} | {} | {} | {:.0} | {:.0} |",
             r.workload,
             r.item_bytes,
             r.inserts_per_sec,
             r.samples_per_sec,
             r.insert_mb_per_sec,
             r.sample_mb_per_sec,
-            r.insert_p50_ms,
-            r.insert_p99_ms,
-            r.sample_p50_ms,
-            r.sample_p99_ms,
+            milliseconds(r.insert_p50_ms, r.insert_p99_ms),
+            milliseconds(r.sample_p50_ms, r.sample_p99_ms),
             r.server_peak_rss_mib,
             r.stored_bytes_per_step
         );
     }
+    let pacing = match load.pacing {
+        Pacing::ClosedLoop => "closed-loop clients (one request in flight each)".to_owned(),
+        Pacing::Pipelined {
+            inserts_in_flight,
+            batches_in_flight,
+        } => format!("pipelined clients ({inserts_in_flight} inserts, {batches_in_flight} batches in flight each)"),
+    };
     println!(
-        "\n{} inserting and {} sampling clients, batches of {}, {} s per workload; prioritised table (α 0.8, fifo remover); durability {:?}.",
-        load.inserters, load.samplers, load.batch_size, load.seconds, load.durability
+        "\n{} inserting and {} sampling {pacing}, batches of {}, {} s per workload after {} prefilled items; prioritised table (α 0.8, fifo remover); durability {:?}.",
+        load.inserters, load.samplers, load.batch_size, load.seconds, load.prefill, load.durability
     );
     Ok(())
+}
+
+/// A p50 / p99 pair, or a dash where nothing was timed.
+fn milliseconds(p50: f64, p99: f64) -> String {
+    if p50.is_nan() {
+        "–".to_owned()
+    } else {
+        format!("{p50:.2} / {p99:.2}")
+    }
 }
 
 async fn run_workload(workload: &Workload, load: &Load) -> Result<Report> {
@@ -258,69 +295,40 @@ async fn client(address: &str, load: &Load) -> Result<ReplayClient<AuthChannel>>
 }
 
 async fn drive(workload: &Workload, load: &Load, address: &str) -> Result<(Tally, Tally, Duration)> {
+    let (inserts_in_flight, batches_in_flight) = match load.pacing {
+        Pacing::ClosedLoop => (1, None),
+        Pacing::Pipelined {
+            inserts_in_flight,
+            batches_in_flight,
+        } => (inserts_in_flight.max(1), Some(batches_in_flight)),
+    };
+    if load.prefill > 0 {
+        let items = load.prefill.min(workload.max_size);
+        let writer = InsertWriter::new(sequence(workload, 0), None);
+        insert_stream(client(address, load).await?, writer, inserts_in_flight, |sent| sent < items)
+            .await
+            .context("prefilling the table")?;
+    }
     let started = Instant::now();
     let deadline = started + Duration::from_secs_f64(load.seconds);
     let mut inserters = Vec::new();
     for actor in 0..load.inserters {
-        let mut replay = client(address, load).await?;
+        let replay = client(address, load).await?;
         let item = sequence(workload, actor as u64 + 1);
-        // The steps after the overlap, which continue the writer's previous item.
         let overlap = workload.steps - workload.period;
-        let continuation = (overlap > 0).then(|| item.slice_steps(overlap..workload.steps));
-        inserters.push(tokio::spawn(async move {
-            let (requests, stream) = mpsc::channel(1);
-            let mut acks = replay.insert(ReceiverStream::new(stream)).await?.into_inner();
-            let mut tally = Tally::default();
-            while Instant::now() < deadline {
-                let sent = Instant::now();
-                let request = match &continuation {
-                    Some(steps) if tally.count > 0 => pb::InsertRequest {
-                        table: TABLE.into(),
-                        sequence: Some(steps.clone()),
-                        overlap: overlap as u32,
-                        ..Default::default()
-                    },
-                    _ => pb::InsertRequest {
-                        table: TABLE.into(),
-                        sequence: Some(item.clone()),
-                        ..Default::default()
-                    },
-                };
-                requests.send(request).await.map_err(|_| anyhow!("insert stream closed"))?;
-                acks.message().await?.ok_or_else(|| anyhow!("insert stream ended"))?;
-                tally.latencies.push(sent.elapsed());
-                tally.count += 1;
-            }
-            Ok::<_, anyhow::Error>(tally)
-        }));
+        let writer = InsertWriter::new(item, (overlap > 0).then_some(overlap));
+        inserters.push(tokio::spawn(insert_stream(replay, writer, inserts_in_flight, move |_| {
+            Instant::now() < deadline
+        })));
     }
     let mut samplers = Vec::new();
     for _ in 0..load.samplers {
-        let mut replay = client(address, load).await?;
+        let replay = client(address, load).await?;
         let batch_size = load.batch_size;
-        samplers.push(tokio::spawn(async move {
-            let mut tally = Tally::default();
-            while Instant::now() < deadline {
-                let sent = Instant::now();
-                let request = pb::SampleRequest {
-                    table: TABLE.into(),
-                    batch_size,
-                    num_batches: 1,
-                    timeout_ms: 10_000,
-                    beta: 0.6,
-                    in_flight: 1,
-                };
-                let mut batches = replay.sample(request).await?.into_inner();
-                // With the stream's end: dropping the stream on its batch
-                // would make h2 reset it, and close the connection after 1024.
-                let batch = fleet_proto::connect::sole_message(&mut batches)
-                    .await?
-                    .ok_or_else(|| anyhow!("sample stream ended without a batch"))?;
-                tally.latencies.push(sent.elapsed());
-                tally.count += batch.items.len();
-            }
-            Ok::<_, anyhow::Error>(tally)
-        }));
+        samplers.push(match batches_in_flight {
+            None => tokio::spawn(sample_one_batch_at_a_time(replay, batch_size, deadline)),
+            Some(in_flight) => tokio::spawn(sample_stream(replay, batch_size, in_flight, deadline)),
+        });
     }
     let (mut inserts, mut samples) = (Tally::default(), Tally::default());
     for task in inserters {
@@ -330,6 +338,120 @@ async fn drive(workload: &Workload, load: &Load, address: &str) -> Result<(Tally
         samples.merge(task.await??);
     }
     Ok((inserts, samples, started.elapsed()))
+}
+
+/// The requests of one writer: its first item whole, then, when its items
+/// overlap, only the steps after the overlap, as an actor sends them.
+struct InsertWriter {
+    item: pb::Sequence,
+    /// The steps that continue the previous item, and how many it shares.
+    continuation: Option<(pb::Sequence, usize)>,
+    started: bool,
+}
+
+impl InsertWriter {
+    fn new(item: pb::Sequence, overlap: Option<usize>) -> Self {
+        let continuation = overlap.map(|overlap| (item.slice_steps(overlap..item.rewards.len()), overlap));
+        Self {
+            item,
+            continuation,
+            started: false,
+        }
+    }
+
+    fn next_request(&mut self) -> pb::InsertRequest {
+        let (sequence, overlap) = match &self.continuation {
+            Some((steps, overlap)) if self.started => (steps.clone(), *overlap as u32),
+            _ => (self.item.clone(), 0),
+        };
+        self.started = true;
+        pb::InsertRequest {
+            table: TABLE.into(),
+            sequence: Some(sequence),
+            overlap,
+            ..Default::default()
+        }
+    }
+}
+
+/// One insert stream that keeps up to `in_flight` items unacknowledged while
+/// `keep_sending(items sent so far)` holds, then waits for the last acks.
+/// Each latency runs from an item's send until its ack.
+async fn insert_stream(
+    mut replay: ReplayClient<AuthChannel>,
+    mut writer: InsertWriter,
+    in_flight: usize,
+    keep_sending: impl Fn(usize) -> bool,
+) -> Result<Tally> {
+    let (requests, stream) = mpsc::channel(in_flight);
+    let mut acks = replay.insert(ReceiverStream::new(stream)).await?.into_inner();
+    let mut sent_at = VecDeque::with_capacity(in_flight);
+    let mut sent = 0;
+    let mut tally = Tally::default();
+    loop {
+        let sending = keep_sending(sent);
+        if sending && sent_at.len() < in_flight {
+            requests
+                .send(writer.next_request())
+                .await
+                .map_err(|_| anyhow!("insert stream closed"))?;
+            sent_at.push_back(Instant::now());
+            sent += 1;
+            continue;
+        }
+        let Some(sent) = sent_at.pop_front() else { break };
+        acks.message().await?.ok_or_else(|| anyhow!("insert stream ended"))?;
+        tally.latencies.push(sent.elapsed());
+        tally.count += 1;
+    }
+    Ok(tally)
+}
+
+/// A `Sample` call per batch until `deadline`, as the learner asks.
+async fn sample_one_batch_at_a_time(mut replay: ReplayClient<AuthChannel>, batch_size: u32, deadline: Instant) -> Result<Tally> {
+    let mut tally = Tally::default();
+    while Instant::now() < deadline {
+        let sent = Instant::now();
+        let mut batches = replay.sample(sample_request(batch_size, 1, 1)).await?.into_inner();
+        // With the stream's end: dropping the stream on its batch would
+        // make h2 reset it, and close the connection after 1024.
+        let batch = fleet_proto::connect::sole_message(&mut batches)
+            .await?
+            .ok_or_else(|| anyhow!("sample stream ended without a batch"))?;
+        tally.latencies.push(sent.elapsed());
+        tally.count += batch.items.len();
+    }
+    Ok(tally)
+}
+
+/// One open-ended `Sample` stream read until `deadline`, the server keeping
+/// `in_flight` batches ready. Batches are not timed: one that arrives
+/// quickly was prepared while the client read the ones before it.
+async fn sample_stream(mut replay: ReplayClient<AuthChannel>, batch_size: u32, in_flight: u32, deadline: Instant) -> Result<Tally> {
+    let mut tally = Tally::default();
+    let mut batches = replay.sample(sample_request(batch_size, 0, in_flight)).await?.into_inner();
+    let closing = tokio::time::sleep_until(deadline.into());
+    tokio::pin!(closing);
+    loop {
+        // Hanging up drops the batches prepared ahead; one reset per
+        // stream is far from h2's limit.
+        let batch = tokio::select! {
+            () = &mut closing => return Ok(tally),
+            batch = batches.message() => batch?.ok_or_else(|| anyhow!("sample stream ended"))?,
+        };
+        tally.count += batch.items.len();
+    }
+}
+
+fn sample_request(batch_size: u32, num_batches: u64, in_flight: u32) -> pb::SampleRequest {
+    pb::SampleRequest {
+        table: TABLE.into(),
+        batch_size,
+        num_batches,
+        timeout_ms: 10_000,
+        beta: 0.6,
+        in_flight,
+    }
 }
 
 fn percentile(latencies: &[Duration], q: f64) -> f64 {
@@ -370,6 +492,24 @@ mod tests {
                 "{}: {bytes}",
                 workload.name
             );
+        }
+    }
+
+    #[test]
+    fn a_writer_sends_its_first_item_whole_and_then_only_the_new_steps() {
+        let r2d2 = &WORKLOADS[2];
+        let mut writer = InsertWriter::new(sequence(r2d2, 1), Some(r2d2.steps - r2d2.period));
+        let steps = |request: &pb::InsertRequest| request.sequence.as_ref().unwrap().rewards.len();
+        let first = writer.next_request();
+        assert_eq!((first.overlap, steps(&first)), (0, 80));
+        for _ in 0..2 {
+            let next = writer.next_request();
+            assert_eq!((next.overlap, steps(&next)), (40, 40));
+        }
+        let mut whole = InsertWriter::new(sequence(&WORKLOADS[0], 1), None);
+        for _ in 0..2 {
+            let next = whole.next_request();
+            assert_eq!((next.overlap, steps(&next)), (0, 8));
         }
     }
 
