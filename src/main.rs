@@ -271,6 +271,31 @@ enum BenchTarget {
         #[arg(long)]
         json: bool,
     },
+    /// The whole system as `fleet run` starts it (replay, learner and N
+    /// actor processes) on the configured environment, for each actor count
+    /// and network core: env steps/s, learner updates/s, policy lag and each
+    /// process's peak RSS, from a real run per row.
+    E2e {
+        /// Seconds measured per row, after the warm-up.
+        #[arg(long, default_value_t = 30.0)]
+        seconds: f64,
+        /// Seconds of each run left out, from its first progress row.
+        #[arg(long, default_value_t = 10.0)]
+        warmup: f64,
+        /// Actor counts, one run each.
+        #[arg(long, value_delimiter = ',', default_value = "1,2,4")]
+        actors: Vec<usize>,
+        /// Network cores (`network.core`), one run each per actor count.
+        #[arg(long, value_delimiter = ',', default_value = "none,lstm")]
+        cores: Vec<String>,
+        /// Also run the config as given until it reaches its target return,
+        /// for at most this many seconds, and report how long it took.
+        #[arg(long, value_name = "SECONDS")]
+        time_to_target: Option<f64>,
+        /// One JSON line per run instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// The configured environment (`env.*`, `actor.num_envs`) stepped with
     /// random actions and no policy: agent steps/s and env frames/s, through
     /// the env bridge for a bridged one.
@@ -459,6 +484,28 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         } => {
             let runtime = tokio::runtime::Handle::current();
             tokio::task::spawn_blocking(move || bench::env::env(&config, runtime, seconds, json)).await??;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench {
+            target:
+                BenchTarget::E2e {
+                    seconds,
+                    warmup,
+                    actors,
+                    cores,
+                    time_to_target,
+                    json,
+                },
+        } => {
+            let options = bench::e2e::Options {
+                seconds,
+                warmup,
+                actors,
+                cores,
+                json,
+                time_to_target,
+            };
+            bench::e2e::e2e(&config, &options).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Config => {
