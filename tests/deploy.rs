@@ -3,7 +3,8 @@
 //! Prometheus discovers on its own, with every Grafana panel's query
 //! answering, every container healthy, more actors on `--scale`, and a
 //! restarted learner resuming from its checkpoint and a restarted replay
-//! restoring its tables.
+//! restoring its tables; and with the env bridge's image, an actor stepping
+//! Atari Pong in its container trains the learner.
 //!
 //! These need promtool and Docker; without them the tests say why and pass,
 //! unless `FLEET_REQUIRE_PROMETHEUS=1` / `FLEET_REQUIRE_DOCKER=1` (CI) demand them.
@@ -20,9 +21,12 @@ use crate::support::FLEET;
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 const COMPOSE_FILE: &str = "deploy/docker-compose.yml";
+/// Layered over it: actors stepping Atari Pong through the env bridge.
+const ENVBRIDGE_COMPOSE_FILE: &str = "deploy/docker-compose.envbridge.yml";
 const DASHBOARD: &str = "deploy/grafana/dashboards/fleet.json";
 /// Built by `scripts/ci-images.sh`.
 const FLEET_IMAGE: &str = "fleet:ci";
+const ENVBRIDGE_IMAGE: &str = "fleet-envbridge:ci";
 const PROMETHEUS_IMAGE: &str = "fleet-prometheus:ci";
 const ACTORS: usize = 3;
 /// What the dashboard's `$__rate_interval` stands for here: a few 5 s scrapes.
@@ -39,6 +43,23 @@ services:
     cpus: 0.2
     environment:
       FLEET_ACTOR__NUM_ENVS: "4"
+"#;
+
+/// The same for the bridged Atari cluster: one actor of 4 Pong
+/// environments on one bridge server, and small batches for the learner.
+const ENVBRIDGE_TEST_OVERRIDE: &str = r#"
+services:
+  replay:
+    cpus: 0.25
+  learner:
+    cpus: 0.5
+    environment:
+      FLEET_LEARNER__BATCH_SIZE: "4"
+  actor:
+    cpus: 1.0
+    environment:
+      FLEET_ACTOR__NUM_ENVS: "4"
+      FLEET_ENV__BRIDGE_STREAMS: "1"
 "#;
 
 /// Returns normally after printing why the test cannot run here, or panics
@@ -85,6 +106,8 @@ fn prometheus_config_and_rules_pass_promtool() {
 struct Cluster {
     /// `docker compose` or, where only v1 is installed, `docker-compose`.
     compose: Vec<&'static str>,
+    /// Compose files in layering order, before the test's override.
+    files: Vec<&'static str>,
     project: String,
     override_file: tempfile::NamedTempFile,
     /// Every compose command run and its output, for failure messages.
@@ -94,15 +117,16 @@ struct Cluster {
 }
 
 impl Cluster {
-    fn new(compose: Vec<&'static str>) -> Cluster {
+    fn new(compose: Vec<&'static str>, files: Vec<&'static str>, test_override: &str) -> Cluster {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
             .subsec_nanos();
         let override_file = tempfile::Builder::new().suffix(".yml").tempfile().unwrap();
-        std::fs::write(override_file.path(), TEST_OVERRIDE).unwrap();
+        std::fs::write(override_file.path(), test_override).unwrap();
         Cluster {
             compose,
+            files,
             project: format!("fleettest{}x{nanos}", std::process::id()),
             override_file,
             transcript: String::new(),
@@ -112,13 +136,17 @@ impl Cluster {
 
     fn command(&self, args: &[&str]) -> Command {
         let mut command = Command::new(self.compose[0]);
+        command.args(&self.compose[1..]).args(["-p", &self.project]);
+        for file in &self.files {
+            command.args(["-f", file]);
+        }
         command
-            .args(&self.compose[1..])
-            .args(["-p", &self.project, "-f", COMPOSE_FILE, "-f"])
+            .arg("-f")
             .arg(self.override_file.path())
             .args(args)
             .current_dir(ROOT)
             .env("FLEET_IMAGE", FLEET_IMAGE)
+            .env("FLEET_ENVBRIDGE_IMAGE", ENVBRIDGE_IMAGE)
             .env("PROMETHEUS_IMAGE", PROMETHEUS_IMAGE)
             // Empty: Docker picks free host ports, so runs never collide.
             .env("PROMETHEUS_PORT", "")
@@ -130,6 +158,20 @@ impl Cluster {
         let output = self.command(args).output().expect("run docker compose");
         let _ = writeln!(self.transcript, "$ compose {}\n{}", args.join(" "), describe(&output));
         output
+    }
+
+    /// Starts replay, the learner, `actors` actors and Prometheus; returns
+    /// Prometheus' address on the host.
+    fn up(&mut self, actors: usize) -> String {
+        let scale = format!("actor={actors}");
+        let up = self.run(&["up", "-d", "--scale", &scale, "replay", "learner", "actor", "prometheus"]);
+        assert!(up.status.success(), "compose up failed:\n{}", self.report());
+        let port = self.run(&["port", "prometheus", "9090"]);
+        let published = String::from_utf8_lossy(&port.stdout).trim().to_string();
+        match published.rsplit_once(':') {
+            Some((_, port)) if port.parse::<u16>().is_ok() => format!("127.0.0.1:{port}"),
+            _ => panic!("no published Prometheus port:\n{}", self.report()),
+        }
     }
 
     /// `name: status` of each container of `services` whose health check
@@ -175,6 +217,38 @@ impl Drop for Cluster {
             Err(error) => eprintln!("taking compose project {} down failed: {error}", self.project),
         }
     }
+}
+
+/// `docker compose` (or `docker-compose`), or `None` after saying why the
+/// compose tests cannot run here (a failure where `FLEET_REQUIRE_DOCKER=1`).
+fn docker_compose_or_skip() -> Option<Vec<&'static str>> {
+    const REQUIRE: &str = "FLEET_REQUIRE_DOCKER";
+    if !succeeds("docker", &["info"]) {
+        skip(REQUIRE, "`docker info` fails: no usable Docker engine");
+        return None;
+    }
+    let Some(compose) = compose_command() else {
+        skip(REQUIRE, "neither `docker compose` nor `docker-compose` is installed");
+        return None;
+    };
+    if !succeeds("docker", &["image", "inspect", "debian:bookworm-slim"]) && !succeeds("mmdebstrap", &["--version"]) {
+        skip(
+            REQUIRE,
+            "no debian:bookworm-slim image, and no mmdebstrap to build one (Debian package `mmdebstrap`)",
+        );
+        return None;
+    }
+    Some(compose)
+}
+
+/// The CI images around this build's `fleet` (scripts/ci-images.sh).
+fn build_images() {
+    let images = Command::new(Path::new(ROOT).join("scripts/ci-images.sh"))
+        .arg(FLEET)
+        .current_dir(ROOT)
+        .output()
+        .expect("run scripts/ci-images.sh");
+    assert!(images.status.success(), "scripts/ci-images.sh: {}", describe(&images));
 }
 
 fn compose_command() -> Option<Vec<&'static str>> {
@@ -295,39 +369,13 @@ fn every_dashboard_panel_has_a_query_on_the_provisioned_datasource() {
 
 #[tokio::test]
 async fn compose_cluster_scales_actors_and_prometheus_sees_them() {
-    const REQUIRE: &str = "FLEET_REQUIRE_DOCKER";
-    if !succeeds("docker", &["info"]) {
-        return skip(REQUIRE, "`docker info` fails: no usable Docker engine");
-    }
-    let Some(compose) = compose_command() else {
-        return skip(REQUIRE, "neither `docker compose` nor `docker-compose` is installed");
-    };
-    if !succeeds("docker", &["image", "inspect", "debian:bookworm-slim"]) && !succeeds("mmdebstrap", &["--version"]) {
-        return skip(
-            REQUIRE,
-            "no debian:bookworm-slim image, and no mmdebstrap to build one (Debian package `mmdebstrap`)",
-        );
-    }
+    let Some(compose) = docker_compose_or_skip() else { return };
     let started = Instant::now();
-
-    let images = Command::new(Path::new(ROOT).join("scripts/ci-images.sh"))
-        .arg(FLEET)
-        .current_dir(ROOT)
-        .output()
-        .expect("run scripts/ci-images.sh");
-    assert!(images.status.success(), "scripts/ci-images.sh: {}", describe(&images));
+    build_images();
     let images_built = started.elapsed();
 
-    let mut cluster = Cluster::new(compose);
-    let scale = format!("actor={ACTORS}");
-    let up = cluster.run(&["up", "-d", "--scale", &scale, "replay", "learner", "actor", "prometheus"]);
-    assert!(up.status.success(), "compose up failed:\n{}", cluster.report());
-    let port = cluster.run(&["port", "prometheus", "9090"]);
-    let published = String::from_utf8_lossy(&port.stdout).trim().to_string();
-    let prometheus = match published.rsplit_once(':') {
-        Some((_, port)) if port.parse::<u16>().is_ok() => format!("127.0.0.1:{port}"),
-        _ => panic!("no published Prometheus port:\n{}", cluster.report()),
-    };
+    let mut cluster = Cluster::new(compose, vec![COMPOSE_FILE], TEST_OVERRIDE);
+    let prometheus = cluster.up(ACTORS);
 
     let mut unmet = vec![
         "increase(fleet_learner_updates_total[1m]) > 0".to_string(),
@@ -335,19 +383,7 @@ async fn compose_cluster_scales_actors_and_prometheus_sees_them() {
         format!(r#"count(up{{role="actor"}} == 1) == {ACTORS}"#),
         format!("count(fleet_actor_policy_lag_versions_count > 0) == {ACTORS}"),
     ];
-    let deadline = Instant::now() + Duration::from_secs(180);
-    while !unmet.is_empty() && Instant::now() < deadline {
-        let mut still = Vec::new();
-        for condition in unmet {
-            if !query(&prometheus, &condition).await.is_ok_and(|values| !values.is_empty()) {
-                still.push(condition);
-            }
-        }
-        unmet = still;
-        if !unmet.is_empty() {
-            tokio::time::sleep(Duration::from_secs(2)).await;
-        }
-    }
+    unmet = wait_for_all(&prometheus, unmet, Duration::from_secs(180)).await;
     assert!(
         unmet.is_empty(),
         "within 180 s Prometheus never saw: {unmet:?}\n{}",
@@ -438,6 +474,52 @@ async fn compose_cluster_scales_actors_and_prometheus_sees_them() {
     );
 }
 
+#[tokio::test]
+async fn compose_cluster_trains_with_actors_stepping_atari_through_the_env_bridge() {
+    let Some(compose) = docker_compose_or_skip() else { return };
+    let started = Instant::now();
+    build_images();
+
+    let mut cluster = Cluster::new(compose, vec![COMPOSE_FILE, ENVBRIDGE_COMPOSE_FILE], ENVBRIDGE_TEST_OVERRIDE);
+    let prometheus = cluster.up(1);
+    // Pong frames reach replay and the learner learns from them: the
+    // learner's spec comes from fleet-atari.toml, the actor's from the
+    // bridge it started inside its container, and a mismatch would stop it.
+    let unmet = vec![
+        r#"sum(fleet_actor_env_steps_total{role="actor"}) > 200"#.to_string(),
+        r#"sum(fleet_actor_sequences_acked_total{role="actor"}) > 10"#.to_string(),
+        "increase(fleet_learner_updates_total[1m]) > 0".to_string(),
+        "fleet_learner_weights_version > 1".to_string(),
+        r#"count(up{role="actor"} == 1) == 1"#.to_string(),
+    ];
+    let unmet = wait_for_all(&prometheus, unmet, Duration::from_secs(240)).await;
+    assert!(
+        unmet.is_empty(),
+        "within 240 s Prometheus never saw: {unmet:?}\n{}",
+        cluster.report()
+    );
+    let logs = cluster.run(&["logs", "--no-color", "actor"]);
+    let logs = String::from_utf8_lossy(&logs.stdout).into_owned();
+    assert!(
+        logs.contains("env bridge opened") && logs.contains("ALE/Pong-v5"),
+        "the actor's log does not show the bridge serving ALE/Pong-v5:\n{}",
+        cluster.report()
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let unhealthy = loop {
+        let unhealthy = cluster.unhealthy(&["replay", "learner", "actor"]);
+        if unhealthy.is_empty() || Instant::now() >= deadline {
+            break unhealthy;
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    };
+    assert!(unhealthy.is_empty(), "not healthy within 60 s: {unhealthy:?}\n{}", cluster.report());
+    eprintln!(
+        "envbridge compose test: Pong actor training and scraped {:.0?} after start",
+        started.elapsed()
+    );
+}
+
 /// `promql` restricted to the `role` process that started after `after`
 /// (Unix seconds).
 fn from_new_process(promql: &str, role: &str, after: f64) -> String {
@@ -482,6 +564,25 @@ async fn restart_and_compare(cluster: &mut Cluster, prometheus: &str, service: &
         cluster.report()
     );
     (before, first)
+}
+
+/// Polls each instant query until it returns a series; returns those that
+/// never did within `within`.
+async fn wait_for_all(prometheus: &str, mut unmet: Vec<String>, within: Duration) -> Vec<String> {
+    let deadline = Instant::now() + within;
+    while !unmet.is_empty() && Instant::now() < deadline {
+        let mut still = Vec::new();
+        for condition in unmet {
+            if !query(prometheus, &condition).await.is_ok_and(|values| !values.is_empty()) {
+                still.push(condition);
+            }
+        }
+        unmet = still;
+        if !unmet.is_empty() {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+    }
+    unmet
 }
 
 /// Polls an instant query until it returns a series; returns the first
