@@ -30,6 +30,8 @@ import sys
 import tempfile
 import time
 
+from peer_run import parse_with_passthrough, peak_rss_bytes
+
 
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -39,21 +41,7 @@ def parse_args():
     parser.add_argument("--until-length", type=float, default=None, help="train until this mean episode length")
     parser.add_argument("--limit", type=float, default=600.0, help="seconds --until-length may take")
     parser.add_argument("--json", action="store_true")
-    argv = sys.argv[1:]
-    split = argv.index("--") if "--" in argv else len(argv)
-    return parser.parse_args(argv[:split]), argv[split + 1 :]
-
-
-def peak_rss_bytes(pid):
-    """VmHWM of a process, in bytes; None if it cannot be read."""
-    try:
-        with open(f"/proc/{pid}/status") as status:
-            for line in status:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None
+    return parse_with_passthrough(parser)
 
 
 def main():

@@ -31,6 +31,8 @@ import sys
 import tempfile
 import time
 
+from peer_run import parse_with_passthrough, peak_rss_bytes
+
 BATCH_SIZE = 512
 LAUNCHER_ARGS = [
     "--env=CartPole-v1",
@@ -57,21 +59,7 @@ def parse_args():
     parser.add_argument("--warmup", type=float, default=10.0, help="seconds after the first report not measured")
     parser.add_argument("--core", choices=sorted(CORES), default="none")
     parser.add_argument("--json", action="store_true")
-    argv = sys.argv[1:]
-    split = argv.index("--") if "--" in argv else len(argv)
-    return parser.parse_args(argv[:split]), argv[split + 1 :]
-
-
-def peak_rss_bytes(pid):
-    """VmHWM of a process, in bytes; None if it cannot be read."""
-    try:
-        with open(f"/proc/{pid}/status") as status:
-            for line in status:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None
+    return parse_with_passthrough(parser)
 
 
 def main():

@@ -200,6 +200,24 @@ impl Cluster {
             .collect()
     }
 
+    /// Waits until replay, the learner and every actor report healthy;
+    /// panics naming those that do not within `within`.
+    async fn assert_healthy_within(&mut self, within: Duration) {
+        let deadline = Instant::now() + within;
+        let unhealthy = loop {
+            let unhealthy = self.unhealthy(&["replay", "learner", "actor"]);
+            if unhealthy.is_empty() || Instant::now() >= deadline {
+                break unhealthy;
+            }
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        };
+        assert!(
+            unhealthy.is_empty(),
+            "not healthy within {within:?}: {unhealthy:?}\n{}",
+            self.report()
+        );
+    }
+
     /// The compose transcript plus the state and recent logs of every container.
     fn report(&mut self) -> String {
         self.run(&["ps"]);
@@ -414,15 +432,7 @@ async fn compose_cluster_scales_actors_and_prometheus_sees_them() {
     let panels_answered = started.elapsed();
 
     // The image's HEALTHCHECK (`fleet health`) passes for every role.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let unhealthy = loop {
-        let unhealthy = cluster.unhealthy(&["replay", "learner", "actor"]);
-        if unhealthy.is_empty() || Instant::now() >= deadline {
-            break unhealthy;
-        }
-        tokio::time::sleep(Duration::from_secs(2)).await;
-    };
-    assert!(unhealthy.is_empty(), "not healthy within 60 s: {unhealthy:?}\n{}", cluster.report());
+    cluster.assert_healthy_within(Duration::from_secs(60)).await;
 
     // Scaling up adds actors that Prometheus finds with no other change.
     const SCALED: usize = ACTORS + 2;
@@ -505,15 +515,7 @@ async fn compose_cluster_trains_with_actors_stepping_atari_through_the_env_bridg
         "the actor's log does not show the bridge serving ALE/Pong-v5:\n{}",
         cluster.report()
     );
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let unhealthy = loop {
-        let unhealthy = cluster.unhealthy(&["replay", "learner", "actor"]);
-        if unhealthy.is_empty() || Instant::now() >= deadline {
-            break unhealthy;
-        }
-        tokio::time::sleep(Duration::from_secs(2)).await;
-    };
-    assert!(unhealthy.is_empty(), "not healthy within 60 s: {unhealthy:?}\n{}", cluster.report());
+    cluster.assert_healthy_within(Duration::from_secs(60)).await;
     eprintln!(
         "envbridge compose test: Pong actor training and scraped {:.0?} after start",
         started.elapsed()
