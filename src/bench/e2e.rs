@@ -296,7 +296,7 @@ fn peak_rss(launcher: Option<u32>) -> PeakRss {
     let Some(launcher) = launcher else {
         return peak;
     };
-    peak.launcher = read_peak_rss(launcher);
+    peak.launcher = super::peak_rss_bytes(launcher).ok();
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return peak;
     };
@@ -310,7 +310,7 @@ fn peak_rss(launcher: Option<u32>) -> PeakRss {
             .split(|&b| b == 0)
             .map(|arg| String::from_utf8_lossy(arg).into_owned())
             .collect();
-        let rss = read_peak_rss(pid);
+        let rss = super::peak_rss_bytes(pid).ok();
         match role(&args) {
             Some(Role::Replay) => peak.replay = rss,
             Some(Role::Learner) => peak.learner = rss,
@@ -324,17 +324,6 @@ fn peak_rss(launcher: Option<u32>) -> PeakRss {
         }
     }
     peak
-}
-
-fn read_peak_rss(pid: u32) -> Option<u64> {
-    peak_rss_bytes(&std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?)
-}
-
-/// `VmHWM` of a `/proc/<pid>/status` text, in bytes.
-fn peak_rss_bytes(status: &str) -> Option<u64> {
-    let line = status.lines().find_map(|line| line.strip_prefix("VmHWM:"))?;
-    let kib: u64 = line.trim().strip_suffix("kB")?.trim().parse().ok()?;
-    Some(kib * 1024)
 }
 
 /// The parent pid in a `/proc/<pid>/stat` line: the second field after the
@@ -477,10 +466,7 @@ mod tests {
     }
 
     #[test]
-    fn reads_the_peak_rss_and_parent_of_a_process() {
-        let status = "Name:\tfleet\nVmPeak:\t  900000 kB\nVmHWM:\t   16384 kB\nVmRSS:\t   15000 kB\n";
-        assert_eq!(peak_rss_bytes(status), Some(16384 * 1024));
-        assert_eq!(peak_rss_bytes("Name:\tkthreadd\n"), None);
+    fn reads_the_parent_of_a_process() {
         assert_eq!(parent_pid("4242 (fleet (x) y) S 17 4242 4242 0 -1"), Some(17));
         assert_eq!(parent_pid("garbage"), None);
     }

@@ -220,7 +220,7 @@ async fn run_workload(workload: &Workload, load: &Load) -> Result<Report> {
     let address = server.grpc.clone();
     let result = drive(workload, load, &address).await;
     let stored = stored_bytes_per_step(&address, load).await;
-    let peak_rss = peak_rss_mib(pid);
+    let peak_rss = super::peak_rss_bytes(pid).map(|bytes| bytes as f64 / f64::from(1 << 20));
     server.stop(Duration::from_secs(10)).await;
     let (inserts, samples, elapsed) = result?;
     // The observation payload; each item also carries ~24 B per step of
@@ -462,18 +462,6 @@ fn percentile(latencies: &[Duration], q: f64) -> f64 {
     sorted.sort();
     let index = ((sorted.len() - 1) as f64 * q).round() as usize;
     sorted[index].as_secs_f64() * 1e3
-}
-
-/// `VmHWM` (peak resident set) of a process, from `/proc`.
-fn peak_rss_mib(pid: u32) -> Result<f64> {
-    let path = Path::new("/proc").join(pid.to_string()).join("status");
-    let status = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    let kib: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .ok_or_else(|| anyhow!("no VmHWM in {}", path.display()))?;
-    Ok(kib / 1024.0)
 }
 
 #[cfg(test)]
