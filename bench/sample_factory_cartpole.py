@@ -24,9 +24,9 @@ sampling, asynchronous learning, one policy worker, observations divided by
   - IMPALA's shallow CNN: --encoder_conv_architecture=convnet_impala (conv
     16 8x8/4, conv 32 4x4/2) with one fully connected layer of 256
     (sample_factory/model/encoder.py), ReLU, feed-forward;
-  - the learner's work per sample: one epoch of one batch of 640 samples
-    (fleet: 32 sequences of 20 steps) from rollouts of 20 steps per
-    update. The launcher's own schedule (4 epochs of 4 batches of 256 over
+  - the learner's work per sample: one pass, as fleet's (which learns
+    from batches of 8 sequences of 20 steps), in batches of 640 samples
+    (IMPALA's 32 x 20) from rollouts of 20 steps. The launcher's own schedule (4 epochs of 4 batches of 256 over
     128-step rollouts) trains on every sample four times; it is restored
     with `-- --rollout=128 --batch_size=256 --num_batches_per_epoch=4
     --num_epochs=4`.

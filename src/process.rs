@@ -78,14 +78,21 @@ pub struct Process {
     pub metrics: String,
 }
 
-/// Allocator settings every fleet process runs with, put in each child's
-/// environment unless the caller's environment sets them (the images set
-/// them too). mimalloc reads them before `main`, so a process cannot set
-/// its own. Committing arena memory as it fills, not eagerly (mimalloc's
-/// default where the OS overcommits), halves every role's resident memory
-/// (a CartPole actor's from 32 MB to 16 MB) at the same training speed; the
-/// CNN learner's updates alone are about 5% slower (docs/BENCHMARKS.md).
-pub const ALLOCATOR_ENV: &[(&str, &str)] = &[("MIMALLOC_ARENA_EAGER_COMMIT", "0")];
+/// Settings every fleet process runs with, put in each child's environment
+/// unless the caller's environment sets them (the images set them too).
+/// Each is read once, before a process could set it for itself:
+/// - mimalloc reads its own before `main`. Committing arena memory as it
+///   fills, not eagerly (mimalloc's default where the OS overcommits), halves
+///   every role's resident memory (a CartPole actor's from 32 MB to 16 MB) at
+///   the same training speed; the CNN learner's updates alone are about 5%
+///   slower (docs/BENCHMARKS.md).
+/// - candle splits element-wise ops over a pool of threads whose caller
+///   spins, without yielding, until every helper is done. Processes that
+///   share the cores (actors, their env servers and the learner on one
+///   machine) keep descheduling a helper, and the spinning took 60% of a
+///   MinAtar learner's time; one thread runs those ops inline. Matrix
+///   products and convolutions still use every core (rayon).
+pub const CHILD_ENV: &[(&str, &str)] = &[("MIMALLOC_ARENA_EAGER_COMMIT", "0"), ("CANDLE_NUM_THREADS", "1")];
 
 /// The command [`Process::spawn_child`] runs.
 fn child_command(exe: &Path, config_path: &Path, log_filter: &str, args: &[String]) -> Command {
@@ -100,7 +107,7 @@ fn child_command(exe: &Path, config_path: &Path, log_filter: &str, args: &[Strin
     if std::env::var_os("RUST_LOG").is_none() {
         command.env("RUST_LOG", log_filter);
     }
-    for &(key, value) in ALLOCATOR_ENV {
+    for &(key, value) in CHILD_ENV {
         if std::env::var_os(key).is_none() {
             command.env(key, value);
         }
@@ -171,17 +178,17 @@ impl Process {
 mod tests {
     use super::*;
 
-    /// Children start with the allocator settings (this test's own
+    /// Children start with the shared settings (this test's own
     /// environment sets none of them).
     #[test]
-    fn children_start_with_lazily_committed_allocator_arenas() {
+    fn children_start_with_lazy_allocator_arenas_and_inline_elementwise_ops() {
         let command = child_command(Path::new("/bin/fleet"), Path::new("c.toml"), "info", &["actor".into()]);
         let envs: Vec<(String, Option<String>)> = command
             .as_std()
             .get_envs()
             .map(|(k, v)| (k.to_string_lossy().into_owned(), v.map(|v| v.to_string_lossy().into_owned())))
             .collect();
-        for &(key, value) in ALLOCATOR_ENV {
+        for &(key, value) in CHILD_ENV {
             assert!(std::env::var_os(key).is_none(), "run the test without {key} set");
             assert!(
                 envs.contains(&(key.to_owned(), Some(value.to_owned()))),

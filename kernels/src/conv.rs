@@ -685,10 +685,12 @@ mod tests {
     /// `(N, C, H, W, O, kh, kw, stride, padding)`: the IMPALA shallow CNN's
     /// two layers, deep ResNet 3×3 layers, and odd shapes (rectangular
     /// kernel, padding with stride, 1×1, padding wider than a tap, a kernel
-    /// wider than the specialised widths).
+    /// wider than the specialised widths), and a batch large enough that
+    /// each parallel task sums several images' weight gradients.
     const CASES: &[[usize; 9]] = &[
         [1, 4, 84, 84, 16, 8, 8, 4, 0],
         [5, 4, 84, 84, 16, 8, 8, 4, 0],
+        [37, 4, 84, 84, 16, 8, 8, 4, 0],
         [1, 16, 20, 20, 32, 4, 4, 2, 0],
         [5, 16, 20, 20, 32, 4, 4, 2, 0],
         [1, 16, 42, 42, 32, 3, 3, 1, 1],
