@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Atari Pong throughput on this machine, everything in one run, one after the
-# other: fleet training on config/atari.toml (`fleet bench e2e`, 2 actors,
+# other: fleet training on config/atari-impala.toml (`fleet bench e2e`, 2 actors,
 # feed-forward) with its environments served by Gymnasium (ale-py's Pong
 # with Gymnasium's Atari preprocessing, `gym:ALE/Pong-v5`) and by envpool
 # (`envpool:Pong-v5`); Sample Factory 2.1.1 APPO on its envpool Atari
@@ -40,8 +40,8 @@ trap 'rm -rf "$out"' EXIT
 
 # The actors start `fleet-envbridge` from PATH: the one beside PYTHON.
 for env in gym:ALE/Pong-v5 envpool:Pong-v5; do
-    echo "## fleet: fleet bench e2e --config config/atari.toml, 2 actors, $env" >&2
-    PATH="$(dirname "$python"):$PATH" "$fleet" bench e2e --config config/atari.toml --set "env.name=$env" \
+    echo "## fleet: fleet bench e2e --config config/atari-impala.toml, 2 actors, $env" >&2
+    PATH="$(dirname "$python"):$PATH" "$fleet" bench e2e --config config/atari-impala.toml --set "env.name=$env" \
         --actors 2 --cores none --seconds "$seconds" --warmup "$warmup" --json | tee -a "$out/fleet" >&2
 done
 

@@ -27,6 +27,6 @@ pub mod weights;
 pub use device::{DeviceError, select_device};
 pub use distribution::PolicyDistribution;
 pub use fleet_trajectory::{ActionSpec, Actions, EnvSpec, FrameShape, StateSpec};
-pub use network::{Activation, ActorCritic, Core, FRAME_SCALE, LogStd, NetworkConfig, PolicyOutput, RecurrentState, Torso};
+pub use network::{Activation, ActorCritic, Core, FRAME_SCALE, LogStd, NetworkConfig, PolicyOutput, RecurrentState, Torso, WeightInit};
 pub use trajectory::observations_tensor;
 pub use weights::{Weights, WeightsError};

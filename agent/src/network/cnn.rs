@@ -61,11 +61,12 @@ impl Conv2d {
         kernel: usize,
         stride: usize,
         padding: usize,
+        gain: f64,
         rng: &mut impl Rng,
         device: &Device,
     ) -> Result<(Self, NamedVars)> {
         let shape = [out_channels, in_channels, kernel, kernel];
-        let (weight, bias, named) = weight_and_bias(name, &shape, in_channels * kernel * kernel, 1.0, rng, device)?;
+        let (weight, bias, named) = weight_and_bias(name, &shape, in_channels * kernel * kernel, gain, rng, device)?;
         let conv = Self {
             weight,
             bias,
@@ -125,9 +126,11 @@ pub(super) struct ConvTorso {
 }
 
 impl ConvTorso {
+    /// Weights uniform in `±gain/√fan_in`.
     pub(super) fn new(
         torso: Torso,
         frame: FrameShape,
+        gain: f64,
         rng: &mut impl Rng,
         device: &Device,
         params: &mut Vec<(String, Var)>,
@@ -136,7 +139,7 @@ impl ConvTorso {
             candle_core::bail!("a {} torso cannot read {frame:?} frames", torso.name());
         };
         let mut conv = |name: &str, c_in, c_out, kernel, stride, padding| -> Result<Conv2d> {
-            let (conv, named) = Conv2d::new(name, c_in, c_out, kernel, stride, padding, rng, device)?;
+            let (conv, named) = Conv2d::new(name, c_in, c_out, kernel, stride, padding, gain, rng, device)?;
             params.extend(named);
             Ok(conv)
         };
@@ -175,7 +178,7 @@ impl ConvTorso {
                 (ConvLayers::Deep(sections), c_in)
             }
         };
-        let (fc, named) = Dense::new("torso.fc", channels * height * width, CNN_FEATURES, 1.0, rng, device)?;
+        let (fc, named) = Dense::new("torso.fc", channels * height * width, CNN_FEATURES, gain, rng, device)?;
         params.extend(named);
         Ok(Self { frame, layers, fc })
     }
@@ -241,7 +244,7 @@ mod tests {
 
     use super::*;
     use crate::EnvSpec;
-    use crate::network::{ActorCritic, Core, NetworkConfig};
+    use crate::network::{ActorCritic, Core, NetworkConfig, WeightInit};
 
     const ATARI: FrameShape = FrameShape {
         channels: 4,
@@ -400,7 +403,7 @@ mod tests {
     #[test]
     fn a_scaled_convolution_equals_the_convolution_of_the_scaled_input() {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
-        let (mut scaled, _) = Conv2d::new("c", 2, 3, 3, 2, 1, &mut rng, &Device::Cpu).unwrap();
+        let (mut scaled, _) = Conv2d::new("c", 2, 3, 3, 2, 1, 1.0, &mut rng, &Device::Cpu).unwrap();
         scaled.input_scale = FRAME_SCALE;
         scaled.input_grad = false;
         let plain = Conv2d {
@@ -434,6 +437,24 @@ mod tests {
         let gp = yp.sqr().unwrap().sum_all().unwrap().backward().unwrap();
         let w = scaled.weight.as_tensor();
         near(flat(gs.get(w).unwrap()), flat(gp.get(w).unwrap()));
+    }
+
+    /// He's gain keeps the shallow torso's features at about the scale of
+    /// its frames; PyTorch's shrinks them through each of its three ReLU
+    /// layers (by √6 each, about 15 in all).
+    #[test]
+    fn he_init_keeps_the_frames_scale_through_the_torso() {
+        let x = frames(ATARI, 16, 3);
+        let rms = |t: &Tensor| t.sqr().unwrap().mean_all().unwrap().sqrt().unwrap().to_scalar::<f32>().unwrap();
+        let input = rms(&x.affine(FRAME_SCALE, 0.0).unwrap());
+        let features = |init: WeightInit| {
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+            let torso = ConvTorso::new(Torso::ShallowCnn, ATARI, init.gain(), &mut rng, &Device::Cpu, &mut Vec::new()).unwrap();
+            rms(&torso.forward(&x).unwrap())
+        };
+        let (he, torch) = (features(WeightInit::He), features(WeightInit::Torch));
+        assert!((0.4..2.5).contains(&(he / input)), "He: features {he}, frames {input}");
+        assert!((8.0..30.0).contains(&(he / torch)), "He {he} against PyTorch's {torch}");
     }
 
     #[test]

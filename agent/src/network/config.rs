@@ -54,6 +54,29 @@ impl Torso {
 }
 
 /// Where a Gaussian policy's log standard deviations come from.
+/// How the hidden layers' weights start: uniform in `±gain/√fan_in`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WeightInit {
+    /// Gain 1: PyTorch's default for its linear and convolution layers.
+    /// Each ReLU layer then shrinks its input's scale by about 2.4.
+    #[default]
+    Torch,
+    /// Gain √6 (He et al. 2015): a ReLU layer keeps its input's scale, so a
+    /// deep torso's features start as large as its frames.
+    He,
+}
+
+impl WeightInit {
+    /// The factor on `1/√fan_in` that bounds a hidden layer's weights.
+    pub fn gain(self) -> f64 {
+        match self {
+            Self::Torch => 1.0,
+            Self::He => 6f64.sqrt(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LogStd {
@@ -100,6 +123,9 @@ pub struct NetworkConfig {
     /// action lies inside the bounds; without it the environment's bounds
     /// clip the sample.
     pub squash: bool,
+    /// How the torso's and towers' weights start; the heads keep their own
+    /// small gains whatever this says.
+    pub init: WeightInit,
 }
 
 impl Default for NetworkConfig {
@@ -115,6 +141,7 @@ impl Default for NetworkConfig {
             log_std: LogStd::Parameter,
             initial_log_std: 0.0,
             squash: false,
+            init: WeightInit::Torch,
         }
     }
 }

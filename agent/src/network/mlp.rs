@@ -60,12 +60,13 @@ impl Dense {
 }
 
 /// An MLP tower of `hidden` widths over inputs of `input_width` values,
-/// its layers named `{prefix}.{i}` and appended to `params`. Returns the
+/// weights uniform in `±gain/√fan_in`, its layers named `{prefix}.{i}` and appended to `params`. Returns the
 /// layers and the width of what the tower outputs.
 pub(super) fn tower(
     prefix: &str,
     input_width: usize,
     hidden: &[usize],
+    gain: f64,
     rng: &mut impl Rng,
     device: &Device,
     params: &mut NamedVars,
@@ -73,7 +74,7 @@ pub(super) fn tower(
     let mut layers = Vec::new();
     let mut width = input_width;
     for (i, &out) in hidden.iter().enumerate() {
-        let (layer, named) = Dense::new(&format!("{prefix}.{i}"), width, out, 1.0, rng, device)?;
+        let (layer, named) = Dense::new(&format!("{prefix}.{i}"), width, out, gain, rng, device)?;
         layers.push(layer);
         params.extend(named);
         width = out;

@@ -29,7 +29,7 @@ mod heads;
 mod lstm;
 mod mlp;
 
-pub use config::{Activation, Core, LogStd, NetworkConfig, Torso};
+pub use config::{Activation, Core, LogStd, NetworkConfig, Torso, WeightInit};
 pub use heads::PolicyOutput;
 pub use lstm::RecurrentState;
 
@@ -79,7 +79,15 @@ impl ActorCritic {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
         let mut params = Vec::new();
         let tower = |prefix: &str, rng: &mut rand_chacha::ChaCha8Rng, params: &mut Vec<(String, Var)>| {
-            mlp::tower(prefix, spec.observation_size(), &config.hidden, rng, device, params)
+            mlp::tower(
+                prefix,
+                spec.observation_size(),
+                &config.hidden,
+                config.init.gain(),
+                rng,
+                device,
+                params,
+            )
         };
         let (body, torso_width, value_width) = match (config.torso, spec.frame()) {
             (Torso::Mlp, _) => {
@@ -91,7 +99,7 @@ impl ActorCritic {
                 (Body::Towers { policy, value }, torso_width, value_width)
             }
             (torso, Some(frame)) => {
-                let conv = ConvTorso::new(torso, frame, &mut rng, device, &mut params)?;
+                let conv = ConvTorso::new(torso, frame, config.init.gain(), &mut rng, device, &mut params)?;
                 (Body::Conv(conv), CNN_FEATURES, CNN_FEATURES)
             }
             (_, None) => unreachable!("check_spec refuses a CNN torso without frames"),
