@@ -53,7 +53,6 @@ impl Torso {
     }
 }
 
-/// Where a Gaussian policy's log standard deviations come from.
 /// How the hidden layers' weights start: uniform in `±gain/√fan_in`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -77,6 +76,7 @@ impl WeightInit {
     }
 }
 
+/// Where a Gaussian policy's log standard deviations come from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LogStd {

@@ -60,8 +60,9 @@ impl Dense {
 }
 
 /// An MLP tower of `hidden` widths over inputs of `input_width` values,
-/// weights uniform in `±gain/√fan_in`, its layers named `{prefix}.{i}` and appended to `params`. Returns the
-/// layers and the width of what the tower outputs.
+/// weights uniform in `±gain/√fan_in`, its layers named `{prefix}.{i}` and
+/// appended to `params`. Returns the layers and the width of what the
+/// tower outputs.
 pub(super) fn tower(
     prefix: &str,
     input_width: usize,
