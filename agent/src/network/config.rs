@@ -123,8 +123,8 @@ pub struct NetworkConfig {
     /// action lies inside the bounds; without it the environment's bounds
     /// clip the sample.
     pub squash: bool,
-    /// How the torso's and towers' weights start; the heads keep their own
-    /// small gains whatever this says.
+    /// How the torso's and towers' weights start; the policy and value
+    /// heads keep their own gains (0.01 and 1) whatever this says.
     pub init: WeightInit,
 }
 
