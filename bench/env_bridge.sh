@@ -30,8 +30,12 @@ if [[ ${#rows[@]} -eq 0 ]]; then
         "MinAtar/Breakout-v1 no gymnasium 1 bridge" "HalfCheetah-v5 no gymnasium 1 gymnasium"
         "envpool:HalfCheetah-v5 no envpool 1 bridge")
 fi
-fleet=target/release/fleet
-cargo build --release --quiet --bin fleet
+# FLEET names the fleet binary (default target/release/fleet, built here
+# when FLEET is unset).
+if [[ -z ${FLEET:-} ]]; then
+    cargo build --release --quiet --bin fleet
+fi
+fleet="$(realpath "${FLEET:-target/release/fleet}")"
 bridge="env.bridge_command=[\"$python\", \"-m\", \"fleet_envbridge.cli\", \"--log-level\", \"WARNING\"]"
 
 # Bare Gymnasium ids are served by a bridge server of this script's own,

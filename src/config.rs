@@ -459,10 +459,17 @@ mod tests {
     }
 
     #[test]
-    fn native_wrappers_on_a_bridged_env_are_refused_naming_them() {
-        let error = load(&[], &["env.name=gym:CartPole-v1", "env.frame_stack=4"]).unwrap_err();
+    fn misplaced_env_settings_are_refused_naming_them() {
+        assert_eq!(
+            load(&[], &["env.name=gym:CartPole-v1", "env.frame_stack=4"])
+                .unwrap()
+                .env
+                .frame_stack,
+            4
+        );
+        let error = load(&[], &["env.name=gym:ALE/Pong-v5", "env.preprocess=atari", "env.frame_stack=2"]).unwrap_err();
         assert!(
-            format!("{error:#}").contains("env.frame_stack applies to native environments only"),
+            format!("{error:#}").contains("env.frame_stack = 2") && format!("{error:#}").contains("env.atari.frame_stack"),
             "{error:#}"
         );
         let error = load(&[], &["env.name=envpool:", "env.remote=localhost:1"]).unwrap_err();

@@ -9,7 +9,8 @@
 //! restarted while training goes on; a bad id, a space fleet cannot
 //! observe, and a spec other than the one expected stop it at start with a
 //! message naming the cause. A bridged vector's observations are normalised
-//! over the whole vector (`env.normalize_observations`).
+//! over the whole vector (`env.normalize_observations`), and the Atari frames
+//! the actor stacks equal the stacks of the bridge's own preprocessing.
 
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -18,8 +19,8 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
-use fleet_actor::env::EnvConfig;
 use fleet_actor::env::normalize::{CLIP, RunningMoments};
+use fleet_actor::env::{BridgedEnvs, EnvConfig, Preprocess, VecEnv};
 use fleet_trajectory::Actions;
 use tokio_util::sync::CancellationToken;
 
@@ -265,6 +266,59 @@ fn bridged_observations_are_normalised_over_the_whole_vector() {
     let spread = (late.iter().map(|v| v * v).sum::<f32>() / late.len() as f32).sqrt();
     assert!((0.5..2.0).contains(&spread), "{spread}");
     assert!(velocities.iter().all(|v| v.abs() <= CLIP));
+}
+
+/// The actor stacks Atari frames itself, the bridge sending each
+/// environment's newest frame alone: over two Pong episodes through their
+/// terminal steps and the resets after them, the stacks equal those the
+/// bridge's own Gymnasium preprocessing stacks, with the same seeds and
+/// actions.
+#[test]
+fn frames_stacked_by_the_actor_equal_the_preprocessings_stack() {
+    let Some(python) = python_with("fleet_envbridge, ale_py") else {
+        return;
+    };
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let config = EnvConfig {
+        bridge_command: [python.as_str(), "-m", "fleet_envbridge.cli", "--log-level", "WARNING"]
+            .map(String::from)
+            .to_vec(),
+        bridge_streams: 2,
+        preprocess: Preprocess::Atari,
+        ..EnvConfig::named("gym:ALE/Pong-v5")
+    };
+    let (num_envs, seed, bytes) = (2, 7, 64 << 20);
+    let mut by_actor = config
+        .make_vec(num_envs, seed, bytes, runtime.handle().clone(), CancellationToken::new())
+        .unwrap();
+    let served = BridgedEnvs::open(&config, num_envs, seed, bytes, runtime.handle().clone(), CancellationToken::new()).unwrap();
+    let mut by_bridge = VecEnv::start(Box::new(served)).unwrap();
+    assert_eq!(by_actor.spec(), by_bridge.spec());
+    assert_eq!(by_actor.spec().frame().unwrap().channels, 4);
+    let mut ended = [false; 2];
+    let (mut step, mut moving) = (0_usize, 0_usize);
+    while !ended.iter().all(|&e| e) || !by_actor.is_first().iter().any(|&f| f) {
+        assert!(step < 5000, "random play ends a Pong episode long before this");
+        let actions = Actions::Discrete((0..num_envs).map(|i| (step * 7 + i * 3) % 6).collect());
+        let (a, b) = (by_actor.step(&actions).unwrap(), by_bridge.step(&actions).unwrap());
+        assert_eq!(a, b, "step {step}: the same episodes end");
+        assert!(
+            by_actor.observations().u8() == by_bridge.observations().u8(),
+            "step {step}: the stacks differ"
+        );
+        assert_eq!(
+            (by_actor.rewards(), by_actor.is_first(), by_actor.terminated()),
+            (by_bridge.rewards(), by_bridge.is_first(), by_bridge.terminated())
+        );
+        for (i, e) in ended.iter_mut().enumerate() {
+            *e |= by_actor.terminated()[i];
+        }
+        // A stack's oldest and newest frames differ while the ball moves.
+        let stack = by_actor.observation(0).u8();
+        moving += usize::from(stack[..84 * 84] != stack[3 * 84 * 84..]);
+        step += 1;
+    }
+    assert!(moving > step / 2, "{moving} of {step} stacks showed motion");
 }
 
 #[tokio::test]

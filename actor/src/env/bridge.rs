@@ -537,15 +537,6 @@ impl BridgedEnvs {
                 }
             }
         };
-        if let Some(expected) = config.spec
-            && expected != spec.spec
-        {
-            return Err(EnvError::SpecMismatch {
-                name: config.name.clone(),
-                expected,
-                found: spec.spec,
-            });
-        }
         Ok(Self {
             target,
             runtime,

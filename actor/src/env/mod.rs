@@ -35,7 +35,7 @@ pub use acrobot::Acrobot;
 pub use bridge::BridgedEnvs;
 pub use cartpole::CartPole;
 pub use catch::Catch;
-pub use frame_stack::{FrameStack, check_frame_stack};
+pub use frame_stack::{FrameStack, StackBatch, check_frame_stack};
 pub use masked::MaskedCartPole;
 pub use memory_chain::MemoryChain;
 pub use mountain_car::MountainCar;
@@ -172,8 +172,10 @@ pub enum EnvError {
     BadFrameStack(usize),
     #[error("environment `{0}` observes image frames, which stay 0..=255 intensities: only vector observations can be normalised")]
     NormalizedFrames(String),
-    #[error("env.{0} applies to native environments only; a bridged environment `{1}` gets its wrappers on the bridge")]
-    BridgedWrapper(&'static str, String),
+    #[error(
+        "env.frame_stack = {0} with env.preprocess = \"atari\" on `{1}`: the Atari preprocessing stacks env.atari.frame_stack frames; set that one"
+    )]
+    TwoFrameStacks(usize, String),
     #[error("env.{0} applies to bridged environments only (`gym:…`, `envpool:…` or env.remote), not to the native `{1}`")]
     BridgedOnly(&'static str, String),
     #[error("{0}")]
@@ -220,7 +222,9 @@ pub struct EnvConfig {
     /// Registry name (see [`make`]), or a bridged id: `gym:ALE/Pong-v5`,
     /// `envpool:Pong-v5`, or any id with `remote` set.
     pub name: String,
-    /// Last observations stacked into one along the channel axis (1: none).
+    /// Last observations stacked into one along the channel axis (1: none),
+    /// by the actor, for native and bridged environments alike; with the
+    /// Atari preprocessing, `atari.frame_stack` instead.
     pub frame_stack: usize,
     /// Observations scaled by their running mean and deviation, clipped to
     /// ±10 (vector observations only): per environment and before any
@@ -275,7 +279,8 @@ pub struct AtariConfig {
     pub screen_size: u32,
     /// One grey channel per frame (otherwise RGB).
     pub grayscale: bool,
-    /// Last observations stacked along the channel axis.
+    /// Last observations stacked along the channel axis (by the actor: the
+    /// bridge sends each environment's newest frame).
     pub frame_stack: u32,
     /// Episodes start with 1..=noop_max no-op emulator frames, drawn uniformly.
     pub noop_max: u32,
@@ -328,6 +333,9 @@ impl AtariConfig {
             if value == 0 {
                 return bad(key, value.to_string(), "it must be at least 1");
             }
+        }
+        if let Err(error) = check_frame_stack(self.frame_stack as usize) {
+            return bad("frame_stack", self.frame_stack.to_string(), &error.to_string());
         }
         if !(0.0..=1.0).contains(&self.repeat_action_probability) {
             return bad(
@@ -409,8 +417,8 @@ impl EnvConfig {
     }
 
     /// Checks what can be checked without building anything: the name, the
-    /// wrappers, and for bridged environments that no frame stack is asked
-    /// for (the bridge stacks Atari frames itself). Whether observations
+    /// wrappers, and for bridged environments that one frame stack at most
+    /// is asked for (the Atari preprocessing has its own). Whether observations
     /// can be normalised is known with the spec: [`check_spec`](Self::check_spec).
     pub fn check(&self) -> Result<(), EnvError> {
         check_frame_stack(self.frame_stack)?;
@@ -428,8 +436,8 @@ impl EnvConfig {
                 "env.bridge_streams = 0: a vector needs at least one stream".into(),
             ));
         }
-        if self.frame_stack > 1 {
-            return Err(EnvError::BridgedWrapper("frame_stack", self.name.clone()));
+        if self.frame_stack > 1 && self.preprocess == Preprocess::Atari {
+            return Err(EnvError::TwoFrameStacks(self.frame_stack, self.name.clone()));
         }
         let id = BRIDGE_PREFIXES
             .iter()
@@ -462,7 +470,10 @@ impl EnvConfig {
         }
         let spec = match self.spec {
             Some(spec) => spec,
-            None => bridge::probe_spec(self, max_message_bytes).await?,
+            None => {
+                let (served, frames) = self.served_by_bridge();
+                frame_stack::stacked_spec(bridge::probe_spec(&served, max_message_bytes).await?, frames)
+            }
         };
         self.check_spec(&spec)?;
         Ok(spec)
@@ -483,12 +494,25 @@ impl EnvConfig {
     ) -> Result<VecEnv, EnvError> {
         self.check()?;
         let envs: Box<dyn BatchEnv> = if self.is_bridged() {
-            let bridged = Box::new(BridgedEnvs::open(self, num_envs, seed, max_message_bytes, runtime, shutdown)?);
+            let (served, frames) = self.served_by_bridge();
+            let mut envs: Box<dyn BatchEnv> = Box::new(BridgedEnvs::open(&served, num_envs, seed, max_message_bytes, runtime, shutdown)?);
+            // Normalised before stacking, as native environments are.
             if self.normalize_observations {
-                Box::new(NormalizeBatch::new(bridged, &self.name)?)
-            } else {
-                bridged
+                envs = Box::new(NormalizeBatch::new(envs, &self.name)?);
             }
+            if frames > 1 {
+                envs = Box::new(StackBatch::new(envs, frames));
+            }
+            if let Some(expected) = self.spec
+                && expected != envs.spec()
+            {
+                return Err(EnvError::SpecMismatch {
+                    name: self.name.clone(),
+                    expected,
+                    found: envs.spec(),
+                });
+            }
+            envs
         } else {
             // Native environments normalise one by one, before any frame
             // stacking (`make`), as they always have: runs recorded that
@@ -496,6 +520,21 @@ impl EnvConfig {
             Box::new(NativeEnvs::new(self, num_envs, seed)?)
         };
         VecEnv::start(envs)
+    }
+
+    /// What the bridge is asked to serve, and how many of its observations
+    /// the actor stacks into one. The Atari preprocessing's frame stack is
+    /// built on the actor ([`StackBatch`]), so that each step carries every
+    /// environment's newest frame alone: a quarter of the bytes for a stack
+    /// of 4.
+    fn served_by_bridge(&self) -> (EnvConfig, usize) {
+        let mut served = self.clone();
+        served.spec = None;
+        let frames = match self.preprocess {
+            Preprocess::Atari => std::mem::replace(&mut served.atari.frame_stack, 1) as usize,
+            Preprocess::None => std::mem::replace(&mut served.frame_stack, 1),
+        };
+        (served, frames)
     }
 
     /// Builds the configured native environment, its randomness seeded by `seed`.
@@ -531,6 +570,25 @@ pub fn check_name(name: &str) -> Result<(), EnvError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_actor_stacks_what_the_bridge_serves_one_frame_at_a_time() {
+        let atari = EnvConfig {
+            preprocess: Preprocess::Atari,
+            spec: Some(EnvSpec::vector(1, 1)),
+            ..EnvConfig::named("gym:ALE/Pong-v5")
+        };
+        let (served, frames) = atari.served_by_bridge();
+        assert_eq!((served.atari.frame_stack, frames, served.spec), (1, 4, None));
+        assert_eq!(served.atari.frame_skip, 4, "the rest of the preprocessing is the bridge's");
+        let stacked = EnvConfig {
+            frame_stack: 3,
+            ..EnvConfig::named("gym:CartPole-v1")
+        };
+        let (served, frames) = stacked.served_by_bridge();
+        assert_eq!((served.frame_stack, frames), (1, 3));
+        assert_eq!(served.atari, AtariConfig::default());
+    }
 
     #[test]
     fn env_make_knows_every_listed_name() {
