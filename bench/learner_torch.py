@@ -17,6 +17,10 @@ Workloads (batch 32 sequences, unroll 20):
                     1/255 inside the update), one shared torso, 6 actions.
   shallow_cnn_lstm  the same torso, an LSTM(256) core and 20 burn-in steps
                     (no gradient, from a stored state per sequence).
+  deep_resnet       IMPALA's deep torso on the same frames: three sections
+                    of 16, 32, 32 channels (conv 3x3, max-pool 3x3/2 padded
+                    1, two residual blocks of ReLU-conv-ReLU-conv), ReLU,
+                    FC 256, ReLU; 6 actions.
   shallow_cnn_nn_lstm  (with --reference) as above but through nn.LSTM with
                     no resets at episode starts: what the fused module gives,
                     not the same work.
@@ -98,12 +102,47 @@ class ShallowTorso(nn.Module):
         return F.relu(self.fc(x.flatten(1)))
 
 
+class ResidualBlock(nn.Module):
+    def __init__(self, channels):
+        super().__init__()
+        self.conv0 = nn.Conv2d(channels, channels, 3, padding=1)
+        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x):
+        return x + self.conv1(F.relu(self.conv0(F.relu(x))))
+
+
+class DeepTorso(nn.Module):
+    """IMPALA's deep torso, as fleet's `deep_resnet` (agent/src/network/cnn.rs)."""
+
+    def __init__(self):
+        super().__init__()
+        sections, c_in = [], FRAME[0]
+        for c_out in (16, 32, 32):
+            sections += [
+                nn.Conv2d(c_in, c_out, 3, padding=1),
+                nn.MaxPool2d(3, stride=2, padding=1),
+                ResidualBlock(c_out),
+                ResidualBlock(c_out),
+            ]
+            c_in = c_out
+        self.sections = nn.Sequential(*sections)
+        self.fc = nn.Linear(32 * 11 * 11, 256)
+
+    def forward(self, frames):
+        x = frames.float().mul_(1.0 / 255.0)
+        x = F.relu(self.sections(x))
+        return F.relu(self.fc(x.flatten(1)))
+
+
 class ShallowCnn(nn.Module):
+    """A convolutional torso shared by the policy and value heads."""
+
     recurrent = False
 
-    def __init__(self, actions=ATARI_ACTIONS):
+    def __init__(self, actions=ATARI_ACTIONS, torso=ShallowTorso):
         super().__init__()
-        self.torso = ShallowTorso()
+        self.torso = torso()
         self.policy = dense(256, actions, 0.01)
         self.value = dense(256, 1)
 
@@ -275,6 +314,7 @@ WORKLOADS = {
     "shallow_cnn": (lambda: ShallowCnn(), "cnn", 2),
     "shallow_cnn_lstm": (lambda: ShallowCnnLstm(), "lstm", 2),
     "shallow_cnn_nn_lstm": (lambda: ShallowCnnLstm(fused=True), "lstm", 2),
+    "deep_resnet": (lambda: ShallowCnn(torso=DeepTorso), "cnn", 1),
 }
 
 
@@ -317,7 +357,9 @@ def main():
     parser.add_argument("--json", action="store_true", help="one JSON line per workload instead of the table")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    names = args.workload or ["mlp", "shallow_cnn", "shallow_cnn_lstm"] + (["shallow_cnn_nn_lstm"] if args.reference else [])
+    names = args.workload or ["mlp", "shallow_cnn", "shallow_cnn_lstm", "deep_resnet"] + (
+        ["shallow_cnn_nn_lstm"] if args.reference else []
+    )
     if not args.json:
         print(f"PyTorch {torch.__version__}, {torch.get_num_threads()} threads, batch {BATCH} x unroll {UNROLL}")
         print("| workload | updates/s | frames/s | ms/update p50 | frames/update | updates timed |")

@@ -1,7 +1,7 @@
 //! `fleet bench learner`: learner updates per second on synthetic batches,
 //! so that neither replay nor the network is measured — for the CartPole
-//! MLP, the IMPALA shallow CNN on 84×84×4 u8 frames, and that CNN with an
-//! LSTM core and a burn-in. Each update is what the learner does per batch:
+//! MLP, the IMPALA shallow CNN on 84×84×4 u8 frames, that CNN with an
+//! LSTM core and a burn-in, and IMPALA's deep ResNet torso. Each update is what the learner does per batch:
 //! host batch to device tensors, forward, V-trace, loss, backward, gradient
 //! clipping, Adam step. `bench/learner_torch.py` does the same in PyTorch.
 
@@ -33,7 +33,7 @@ pub struct Workload {
     burn_in: usize,
 }
 
-/// The three workloads, by the names the PyTorch script uses.
+/// The workloads, by the names the PyTorch script uses.
 pub fn workloads() -> Vec<Workload> {
     let frames = EnvSpec::frames(
         FrameShape {
@@ -70,9 +70,18 @@ pub fn workloads() -> Vec<Workload> {
             network: NetworkConfig {
                 core: Core::Lstm,
                 lstm_size: LSTM,
-                ..cnn
+                ..cnn.clone()
             },
             burn_in: BURN_IN,
+        },
+        Workload {
+            name: "deep_resnet",
+            spec: frames,
+            network: NetworkConfig {
+                torso: Torso::DeepResnet,
+                ..cnn
+            },
+            burn_in: 0,
         },
     ]
 }
