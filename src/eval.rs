@@ -428,13 +428,14 @@ impl Look {
                 DRAWN.join(", ")
             );
         };
-        // Channels per frame: a native stack multiplies the inner frame's;
-        // the Atari preprocessing stacks grey or RGB frames; any other
-        // image is read as RGB frames when its channels come in threes.
-        let per_frame = if !env.is_bridged() {
-            stacked.channels / env.frame_stack.max(1)
-        } else if env.preprocess == Preprocess::Atari {
+        // Channels per frame: the Atari preprocessing stacks grey or RGB
+        // frames; env.frame_stack multiplies the inner frame's (a native
+        // image's channels are known); any other bridged image is read as
+        // RGB frames when its channels come in threes.
+        let per_frame = if env.preprocess == Preprocess::Atari {
             if env.atari.grayscale { 1 } else { 3 }
+        } else if !env.is_bridged() || env.frame_stack > 1 {
+            stacked.channels / env.frame_stack.max(1)
         } else if stacked.channels % 3 == 0 {
             3
         } else {

@@ -483,7 +483,8 @@ impl EnvConfig {
     /// native, or opened on the env bridge (blocking on `runtime`, so call it
     /// from outside it; `shutdown` stops a wait for a remote server), its
     /// observations normalised over the whole vector with
-    /// `normalize_observations`.
+    /// `normalize_observations`, then stacked on the actor (`frame_stack`,
+    /// or the Atari preprocessing's).
     pub fn make_vec(
         &self,
         num_envs: usize,
