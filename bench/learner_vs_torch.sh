@@ -35,10 +35,9 @@ while [[ $# -gt 0 ]]; do
 done
 
 venv="${TORCH_VENV:-target/torch-venv}"
-if [[ ! -x "$venv/bin/python" ]] || ! "$venv/bin/python" -c 'import torch, safetensors' 2>/dev/null; then
+if [[ ! -x "$venv/bin/python" ]] || ! "$venv/bin/python" -c 'import torch' 2>/dev/null; then
     python3.11 -m venv "$venv"
-    # safetensors: the deep ResNet comes from fleet's export module, which imports it.
-    "$venv/bin/pip" install --quiet "torch==2.15.0" "numpy" "safetensors"
+    "$venv/bin/pip" install --quiet "torch==2.15.0" "numpy"
 fi
 if [[ -z ${FLEET:-} ]]; then
     cargo build --release --locked --bin fleet || echo "note: building fleet failed; only PyTorch runs" >&2
