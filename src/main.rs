@@ -258,13 +258,13 @@ enum BenchTarget {
         reps: usize,
     },
     /// Learner updates/s and frames/s on synthetic batches (32 × 20): the
-    /// CartPole MLP, the IMPALA shallow CNN on 84×84×4 frames, and that CNN
-    /// with an LSTM and burn-in 20.
+    /// CartPole MLP, the IMPALA shallow CNN on 84×84×4 frames, that CNN
+    /// with an LSTM and burn-in 20, and IMPALA's deep ResNet torso.
     Learner {
         /// Seconds per workload.
         #[arg(long, default_value_t = 10.0)]
         seconds: f64,
-        /// Only these workloads (mlp, shallow_cnn, shallow_cnn_lstm); all by default.
+        /// Only these workloads (mlp, shallow_cnn, shallow_cnn_lstm, deep_resnet); all by default.
         #[arg(long = "workload")]
         workloads: Vec<String>,
         /// One JSON line per workload instead of a table.

@@ -1,4 +1,4 @@
-//! tanh and the LSTM cell's gate arithmetic for the CPU learner and actors:
+//! tanh, ReLU and the LSTM cell's gate arithmetic for the CPU learner and actors:
 //! branch-free kernels the compiler vectorises, as candle custom ops whose
 //! backward is one pass.
 //!
@@ -19,11 +19,20 @@
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor, bail};
 
+use rayon::prelude::*;
+
 use crate::cpu::contiguous_f32;
 
 /// `tanh(x)`, elementwise.
 pub fn tanh(x: &Tensor) -> Result<Tensor> {
     if takes_fast_path(x) { x.apply_op1(Tanh) } else { x.tanh() }
+}
+
+/// `max(x, 0)`, elementwise (a NaN stays NaN). The backward passes the
+/// gradient where the output is positive, in one pass; candle's takes five,
+/// each allocating a tensor of the input's size.
+pub fn relu(x: &Tensor) -> Result<Tensor> {
+    if takes_fast_path(x) { x.apply_op1(Relu) } else { x.relu() }
 }
 
 /// The LSTM cell after its matrix products: `gates` `[B, 4H]` are the
@@ -119,15 +128,58 @@ fn sigmoid_f32(x: f32) -> f32 {
 /// `f` over every element of `s` as `l` lays it out: a contiguous tensor
 /// as one slice (the loop the compiler vectorises), any other layout
 /// through candle's strided iteration rather than a copy.
-fn map(s: &CpuStorage, l: &Layout, op: &str, f: impl Fn(f32) -> f32) -> Result<(CpuStorage, Shape)> {
+fn map(s: &CpuStorage, l: &Layout, op: &str, f: impl Fn(f32) -> f32 + Sync) -> Result<(CpuStorage, Shape)> {
     let CpuStorage::F32(data) = s else {
         bail!("{op}: expected f32, got {:?}", s.dtype());
     };
     let out = match l.contiguous_offsets() {
-        Some((start, end)) => data[start..end].iter().map(|&x| f(x)).collect(),
+        Some((start, end)) => data[start..end].par_iter().with_min_len(PARALLEL_CHUNK).map(|&x| f(x)).collect(),
         None => candle_core::cpu_backend::unary_map(data, l, f),
     };
     Ok((CpuStorage::F32(out), l.shape().clone()))
+}
+
+/// Elements per rayon task in elementwise passes: small tensors (an MLP's
+/// activations) stay on one thread, feature maps spread over all.
+const PARALLEL_CHUNK: usize = 1 << 15;
+
+/// `out[i] = f(a[i], b[i])` over two slices of one length, in parallel.
+fn zip_map(op: &str, a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32 + Sync) -> Result<Vec<f32>> {
+    if a.len() != b.len() {
+        bail!("{op}: gradient of {} values for an output of {}", a.len(), b.len());
+    }
+    Ok(a.par_iter().zip(b).with_min_len(PARALLEL_CHUNK).map(|(&a, &b)| f(a, b)).collect())
+}
+
+struct Relu;
+
+impl CustomOp1 for Relu {
+    fn name(&self) -> &'static str {
+        "fleet-relu"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        map(s, l, self.name(), |x| if x < 0.0 { 0.0 } else { x })
+    }
+
+    fn bwd(&self, _arg: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(grad.contiguous()?.apply_op2_no_bwd(res, &ReluGrad)?))
+    }
+}
+
+/// `(grad, y = relu x) -> grad where y > 0, else 0`, one pass.
+struct ReluGrad;
+
+impl CustomOp2 for ReluGrad {
+    fn name(&self) -> &'static str {
+        "fleet-relu-grad"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (g, y) = (contiguous_f32(s1, l1, self.name())?, contiguous_f32(s2, l2, self.name())?);
+        let out = zip_map(self.name(), g, y, |g, y| if y > 0.0 { g } else { 0.0 })?;
+        Ok((CpuStorage::F32(out), l2.shape().clone()))
+    }
 }
 
 struct Tanh;
@@ -156,10 +208,7 @@ impl CustomOp2 for TanhGrad {
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         let (g, y) = (contiguous_f32(s1, l1, self.name())?, contiguous_f32(s2, l2, self.name())?);
-        if g.len() != y.len() {
-            bail!("{}: gradient of {} values for an output of {}", self.name(), g.len(), y.len());
-        }
-        let out = g.iter().zip(y).map(|(&g, &y)| g * (1.0 - y * y)).collect();
+        let out = zip_map(self.name(), g, y, |g, y| g * (1.0 - y * y))?;
         Ok((CpuStorage::F32(out), l2.shape().clone()))
     }
 }
@@ -292,6 +341,31 @@ mod tests {
         assert!(worst_abs > 0.0, "the grid must exercise the approximation");
         assert!(tanh_f32(f32::NAN).is_nan());
         assert!(tanh_f32(-0.0).is_sign_negative());
+    }
+
+    #[test]
+    fn relu_and_its_gradient_pass_positives_only_on_large_and_small_tensors() {
+        for len in [7, 3 * PARALLEL_CHUNK + 5] {
+            let xs: Vec<f32> = (0..len).map(|i| ((i * 7919) % 2001) as f32 / 1000.0 - 1.0).collect();
+            let var = Var::from_vec(xs.clone(), len, &Device::Cpu).unwrap();
+            let y = relu(var.as_tensor()).unwrap();
+            let weights: Vec<f32> = (0..len).map(|i| 1.0 + i as f32 % 5.0).collect();
+            let w = Tensor::from_vec(weights.clone(), len, &Device::Cpu).unwrap();
+            let grads = (&y * w).unwrap().sum_all().unwrap().backward().unwrap();
+            let (y, dx) = (
+                y.to_vec1::<f32>().unwrap(),
+                grads.get(var.as_tensor()).unwrap().to_vec1::<f32>().unwrap(),
+            );
+            for i in 0..len {
+                let positive = xs[i] > 0.0;
+                assert_eq!(y[i], if positive { xs[i] } else { 0.0 }, "relu({})", xs[i]);
+                assert_eq!(dx[i], if positive { weights[i] } else { 0.0 }, "relu'({})", xs[i]);
+            }
+        }
+        let odd = Tensor::new(&[f32::NAN, -0.0, f32::NEG_INFINITY, f32::INFINITY], &Device::Cpu).unwrap();
+        let y = relu(&odd).unwrap().to_vec1::<f32>().unwrap();
+        assert!(y[0].is_nan(), "a NaN must not turn into a 0: {y:?}");
+        assert_eq!(&y[1..], [0.0, 0.0, f32::INFINITY]);
     }
 
     #[test]

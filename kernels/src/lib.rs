@@ -5,8 +5,9 @@
 //! RL: `agent` builds its layers from these.
 //!
 //! Layout: [`conv`] (im2col + gemm 2-D convolution whose backward can skip
-//! the input gradient), [`activation`] (vectorised tanh and a fused LSTM
-//! cell), [`bias`] (a bias add whose gradient is one contiguous pass), and
+//! the input gradient), [`pool`] (max-pooling with any stride, backward
+//! included), [`activation`] (vectorised tanh, ReLU with a one-pass
+//! backward, and a fused LSTM cell), [`bias`] (a bias add whose gradient is one contiguous pass), and
 //! a private `cpu` module (reading a tensor's storage as f32 values).
 //!
 //! Every `unsafe` block of the project lives here, so that the other crates
@@ -21,3 +22,4 @@ pub mod activation;
 pub mod bias;
 pub mod conv;
 mod cpu;
+pub mod pool;

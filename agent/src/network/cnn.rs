@@ -1,12 +1,12 @@
 //! IMPALA's convolutional torsos on image frames: the shallow model (two
 //! convolutions) and the deep ResNet (three sections of a convolution, a
 //! max-pool and two residual blocks), both ending in a fully connected
-//! layer; the 3×3 stride-2 max-pool they need; and the geometry that says
-//! whether a frame is large enough for them. The convolutions and bias adds
-//! are the kernels crate's.
+//! layer; and the geometry that says whether a frame is large enough for them. The convolutions, bias adds,
+//! max-pools and ReLUs are the kernels crate's.
 
 use candle_core::{Device, Result, Tensor, Var};
-use fleet_kernels::{bias, conv};
+use fleet_kernels::activation::relu;
+use fleet_kernels::{bias, conv, pool};
 use rand::Rng;
 
 use super::FRAME_SCALE;
@@ -97,8 +97,8 @@ struct ResidualBlock {
 
 impl ResidualBlock {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = self.first.forward(&x.relu()?)?;
-        let y = self.second.forward(&y.relu()?)?;
+        let y = self.first.forward(&relu(x)?)?;
+        let y = self.second.forward(&relu(&y)?)?;
         x + y
     }
 }
@@ -187,54 +187,20 @@ impl ConvTorso {
         let FrameShape { channels, height, width } = self.frame;
         let x = x.reshape((x.dim(0)?, channels, height, width))?;
         let x = match &self.layers {
-            ConvLayers::Shallow { first, second } => second.forward(&first.forward(&x)?.relu()?)?.relu()?,
+            ConvLayers::Shallow { first, second } => relu(&second.forward(&relu(&first.forward(&x)?)?)?)?,
             ConvLayers::Deep(sections) => {
                 let mut x = x;
                 for section in sections {
-                    x = max_pool_3x3_stride_2(&section.conv.forward(&x)?)?;
+                    x = pool::max_pool2d(&section.conv.forward(&x)?, 3, 2, 1)?;
                     for block in &section.blocks {
                         x = block.forward(&x)?;
                     }
                 }
-                x.relu()?
+                relu(&x)?
             }
         };
-        self.fc.forward(&x.flatten_from(1)?)?.relu()
+        relu(&self.fc.forward(&x.flatten_from(1)?)?)
     }
-}
-
-/// Max-pooling `[N, C, H, W]` with a 3×3 window, stride 2 and padding 1
-/// (output `⌈H/2⌉ × ⌈W/2⌉`), one axis at a time. candle's own max-pool has
-/// no backward pass when the stride differs from the window, so this is
-/// built from slices and elementwise maxima, which have one.
-fn max_pool_3x3_stride_2(x: &Tensor) -> Result<Tensor> {
-    max_pool_axis(&max_pool_axis(x, 2)?, 3)
-}
-
-/// The 3-wide, stride-2, padding-1 max along `dim`.
-fn max_pool_axis(x: &Tensor, dim: usize) -> Result<Tensor> {
-    let size = x.dim(dim)?;
-    let out = size.div_ceil(2);
-    // Padding by repeating the edge value is exact for a max: every window
-    // that reaches into the padding also holds the edge. Padding to 2·out + 2
-    // makes every window start a reshape away.
-    let padded = x.pad_with_same(dim, 1, 2 * out + 1 - size)?;
-    // Elements offset, offset + 2, …: pairs along `dim`, first of each.
-    let pick = |offset: usize| -> Result<Tensor> {
-        let mut pairs = padded.dims().to_vec();
-        pairs[dim] = out;
-        pairs.insert(dim + 1, 2);
-        padded
-            .narrow(dim, offset, 2 * out)?
-            .reshape(pairs)?
-            .narrow(dim + 1, 0, 1)?
-            .squeeze(dim + 1)
-    };
-    let mut pooled = pick(0)?;
-    for offset in 1..3 {
-        pooled = pooled.maximum(&pick(offset)?)?;
-    }
-    Ok(pooled)
 }
 
 #[cfg(test)]
@@ -364,37 +330,6 @@ mod tests {
                     assert!(norm > 0.0 && norm.is_finite(), "{torso:?}/{core:?}: gradient of {name} is {norm}");
                 }
             }
-        }
-    }
-
-    /// The pool against its definition: the max over each 3×3 window at
-    /// stride 2 of the input padded by one with −∞.
-    #[test]
-    fn max_pool_matches_the_padded_window_maximum() {
-        for (h, w) in [(5, 4), (6, 7), (1, 2), (84, 84)] {
-            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64((h * 100 + w) as u64);
-            let (n, c) = (2, 3);
-            let v: Vec<f32> = (0..n * c * h * w).map(|_| rng.random_range(-1.0..1.0)).collect();
-            let x = Tensor::from_vec(v.clone(), (n, c, h, w), &Device::Cpu).unwrap();
-            let pooled = max_pool_3x3_stride_2(&x).unwrap();
-            let (ho, wo) = (h.div_ceil(2), w.div_ceil(2));
-            assert_eq!(pooled.dims(), &[n, c, ho, wo]);
-            let got = pooled.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-            let mut expected = Vec::new();
-            for plane in v.chunks(h * w) {
-                for i in 0..ho {
-                    for j in 0..wo {
-                        let mut best = f32::NEG_INFINITY;
-                        for y in (2 * i).saturating_sub(1)..(2 * i + 2).min(h) {
-                            for x in (2 * j).saturating_sub(1)..(2 * j + 2).min(w) {
-                                best = best.max(plane[y * w + x]);
-                            }
-                        }
-                        expected.push(best);
-                    }
-                }
-            }
-            assert_eq!(got, expected, "{h}×{w}");
         }
     }
 

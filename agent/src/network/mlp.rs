@@ -90,7 +90,7 @@ pub(super) fn forward(layers: &[Dense], activation: Activation, input: &Tensor) 
         x = layer.forward(&x)?;
         x = match activation {
             Activation::Tanh => activation::tanh(&x)?,
-            Activation::Relu => x.relu()?,
+            Activation::Relu => activation::relu(&x)?,
         };
     }
     Ok(x)
