@@ -13,7 +13,12 @@
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor, bail};
 
+use rayon::prelude::*;
+
 use crate::cpu::contiguous_f32;
+
+/// Gradients at least this long are summed on every rayon thread.
+const PARALLEL_LEN: usize = 1 << 16;
 
 /// `x + bias`, with `bias` (`C` values, any shape) broadcast along every
 /// dimension of `x` but `channel_dim`, whose size is `C`: the bias of a
@@ -65,12 +70,18 @@ impl CustomOp2 for AddBias {
     }
 
     fn bwd(&self, _x: &Tensor, bias: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let grad_bias = grad.contiguous()?.apply_op1_no_bwd(&SumToChannels {
-            channel_dim: self.channel_dim,
-            bias_shape: bias.shape().clone(),
-        })?;
+        let grad_bias = channel_sums(&grad.contiguous()?, self.channel_dim, bias.shape())?;
         Ok((Some(grad.clone()), Some(grad_bias)))
     }
+}
+
+/// A bias gradient: the contiguous f32 CPU `grad` summed over every
+/// dimension but `channel_dim`, in `bias_shape`.
+pub(crate) fn channel_sums(grad: &Tensor, channel_dim: usize, bias_shape: &Shape) -> Result<Tensor> {
+    grad.apply_op1_no_bwd(&SumToChannels {
+        channel_dim,
+        bias_shape: bias_shape.clone(),
+    })
 }
 
 /// The bias gradient: the sum of `grad` over every dimension but the
@@ -88,8 +99,7 @@ impl CustomOp1 for SumToChannels {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let grad = contiguous_f32(s, l, "add_bias gradient")?;
         let (channels, inner) = channels_and_inner(l.shape(), self.channel_dim);
-        let mut sums = vec![0f32; channels];
-        for block in grad.chunks_exact(channels * inner) {
+        let add_block = |mut sums: Vec<f32>, block: &[f32]| {
             if inner == 1 {
                 sums.iter_mut().zip(block).for_each(|(s, g)| *s += g);
             } else {
@@ -97,7 +107,18 @@ impl CustomOp1 for SumToChannels {
                     *s += run.iter().sum::<f32>();
                 }
             }
-        }
+            sums
+        };
+        let block = channels * inner;
+        let sums = if grad.len() < PARALLEL_LEN || block == 0 {
+            grad.chunks_exact(block.max(1)).fold(vec![0f32; channels], add_block)
+        } else {
+            // A convolution's gradient: blocks (images) split across the
+            // rayon pool, a partial sum per task.
+            grad.par_chunks_exact(block)
+                .fold(|| vec![0f32; channels], add_block)
+                .reduce(|| vec![0f32; channels], |a, b| a.iter().zip(&b).map(|(a, b)| a + b).collect())
+        };
         Ok((CpuStorage::F32(sums), self.bias_shape.clone()))
     }
 }

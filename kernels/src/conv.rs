@@ -16,10 +16,11 @@
 //! (CUDA, other dtypes) goes to candle's `Tensor::conv2d`, which always
 //! computes the input gradient. Gradients of gradients are not supported.
 
-use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor, bail};
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor, bail};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
+use crate::bias;
 use crate::cpu::contiguous_f32;
 
 /// `conv2d(input [N, C, H, W], weight [O, C, kh, kw]) -> [N, O, oh, ow]`
@@ -39,6 +40,31 @@ pub fn conv2d(input: &Tensor, weight: &Tensor, stride: usize, padding: usize, in
     Geometry::new(input.dims(), weight.dims(), stride, padding)?;
     input.contiguous()?.apply_op2(
         &weight.contiguous()?,
+        Conv2d {
+            stride,
+            padding,
+            input_grad,
+        },
+    )
+}
+
+/// [`conv2d`] plus a per-output-channel `bias` (`O` values, any shape),
+/// added to each image's output while it is still in cache: one pass and
+/// one tensor fewer than a separate bias add, forward and backward. The
+/// bias gradient is the output gradient summed per channel. Off the fast
+/// path this is candle's `conv2d` and a broadcast add.
+pub fn conv2d_bias(input: &Tensor, weight: &Tensor, bias: &Tensor, stride: usize, padding: usize, input_grad: bool) -> Result<Tensor> {
+    let out_channels = weight.dim(0)?;
+    if bias.elem_count() != out_channels {
+        bail!("conv2d: a bias of {} values for {out_channels} output channels", bias.elem_count());
+    }
+    if !input.device().is_cpu() || [input.dtype(), weight.dtype(), bias.dtype()].iter().any(|&d| d != DType::F32) {
+        return candle_conv2d(input, weight, stride, padding)?.broadcast_add(&bias.reshape((1, out_channels, 1, 1))?);
+    }
+    Geometry::new(input.dims(), weight.dims(), stride, padding)?;
+    input.contiguous()?.apply_op3(
+        &weight.contiguous()?,
+        &bias.contiguous()?,
         Conv2d {
             stride,
             padding,
@@ -147,6 +173,26 @@ impl Geometry {
             ColsLayout::PerTap => (k, p, p, 1),
             ColsLayout::PerPixel => (k, p, 1, k),
         }
+    }
+
+    /// For a stride-1 convolution whose padding is below the kernel's
+    /// size, the convolution whose forward is this one's input gradient:
+    /// `dx = conv(dy, W')` with `W'[c, o, i, j] = W[o, c, kh−1−i, kw−1−j]`
+    /// and padding `k − 1 − pad`, which gives back `H × W`. Its product has
+    /// `O·kh·kw` terms where the direct route has `O` (then a fold adding
+    /// every column back): a shape gemm runs far faster, and a copy
+    /// (im2col) instead of the fold's additions.
+    fn transposed_as_forward(&self) -> Option<Self> {
+        if self.stride != 1 || self.kh != self.kw || self.pad >= self.kh || self.is_pointwise() {
+            return None;
+        }
+        Geometry::new(
+            &[self.n, self.o, self.oh, self.ow],
+            &[self.c, self.o, self.kh, self.kw],
+            1,
+            self.kh - 1 - self.pad,
+        )
+        .ok()
     }
 
     /// Nothing to compute (and no chunks to split the batch into).
@@ -454,9 +500,14 @@ fn matmul(
     }
 }
 
-fn forward(g: &Geometry, x: &[f32], w: &[f32]) -> Vec<f32> {
+/// The convolution of `x` with `w`, plus `bias` per output channel when given.
+fn forward(g: &Geometry, x: &[f32], w: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
     if g.is_empty() {
-        return vec![0.0; g.n * g.out_len()];
+        let mut y = vec![0.0; g.n * g.out_len()];
+        if let Some(bias) = bias {
+            add_per_channel(&mut y, bias, g.p());
+        }
+        return y;
     }
     let (k, p, o) = (g.k(), g.p(), g.o);
     let (imgs, par) = (g.images_per_task(), g.gemm_parallelism());
@@ -481,9 +532,23 @@ fn forward(g: &Geometry, x: &[f32], w: &[f32]) -> Vec<f32> {
                         transpose(&out_t, p, o, yb);
                     }
                 }
+                if let Some(bias) = bias {
+                    add_per_channel(yb, bias, p);
+                }
             }
         });
     y
+}
+
+/// Adds `bias[c]` to every run of `run` values of channel `c`, the
+/// channels repeating along `y`.
+fn add_per_channel(y: &mut [f32], bias: &[f32], run: usize) {
+    if run == 0 {
+        return;
+    }
+    for (values, b) in y.chunks_exact_mut(run).zip(bias.iter().cycle()) {
+        values.iter_mut().for_each(|v| *v += b);
+    }
 }
 
 fn weight_grad(g: &Geometry, x: &[f32], dy: &[f32]) -> Vec<f32> {
@@ -531,6 +596,9 @@ fn input_grad(g: &Geometry, dy: &[f32], w: &[f32]) -> Vec<f32> {
     if g.is_empty() {
         return vec![0.0; g.n * g.in_len()];
     }
+    if let Some(transposed) = g.transposed_as_forward() {
+        return forward(&transposed, dy, &flip_kernels(g, w), None);
+    }
     let (k, p, o) = (g.k(), g.p(), g.o);
     let (imgs, par) = (g.images_per_task(), g.gemm_parallelism());
     let mut dx = vec![0.0f32; g.n * g.in_len()];
@@ -551,6 +619,21 @@ fn input_grad(g: &Geometry, dy: &[f32], w: &[f32]) -> Vec<f32> {
     dx
 }
 
+/// `W'[c, o, i, j] = W[o, c, kh−1−i, kw−1−j]`: the kernels of the
+/// transposed convolution (see [`Geometry::transposed_as_forward`]).
+fn flip_kernels(g: &Geometry, w: &[f32]) -> Vec<f32> {
+    let taps = g.kh * g.kw;
+    let mut flipped = vec![0.0; w.len()];
+    for (oc, kernel) in w.chunks_exact(taps).enumerate() {
+        let (o, c) = (oc / g.c, oc % g.c);
+        let out = &mut flipped[(c * g.o + o) * taps..][..taps];
+        for (t, &v) in kernel.iter().enumerate() {
+            out[taps - 1 - t] = v;
+        }
+    }
+    flipped
+}
+
 /// The forward op: `(input, weight) -> output`.
 struct Conv2d {
     stride: usize,
@@ -564,20 +647,65 @@ impl CustomOp2 for Conv2d {
     }
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        self.run(s1, l1, s2, l2, None)
+    }
+
+    fn bwd(&self, input: &Tensor, weight: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (dx, dw) = self.grads(input, weight, &grad.contiguous()?)?;
+        Ok((dx, Some(dw)))
+    }
+}
+
+impl CustomOp3 for Conv2d {
+    fn name(&self) -> &'static str {
+        "fleet-conv2d-bias"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        self.run(s1, l1, s2, l2, Some(contiguous_f32(s3, l3, "conv2d bias")?))
+    }
+
+    fn bwd(
+        &self,
+        input: &Tensor,
+        weight: &Tensor,
+        bias: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let grad = grad.contiguous()?;
+        let (dx, dw) = self.grads(input, weight, &grad)?;
+        let db = bias::channel_sums(&grad, 1, bias.shape())?;
+        Ok((dx, Some(dw), Some(db)))
+    }
+}
+
+impl Conv2d {
+    fn run(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, bias: Option<&[f32]>) -> Result<(CpuStorage, Shape)> {
         let g = Geometry::new(l1.dims(), l2.dims(), self.stride, self.padding)?;
         let y = forward(
             &g,
             contiguous_f32(s1, l1, "conv2d input")?,
             contiguous_f32(s2, l2, "conv2d weight")?,
+            bias,
         );
         Ok((CpuStorage::F32(y), Shape::from((g.n, g.o, g.oh, g.ow))))
     }
 
-    fn bwd(&self, input: &Tensor, weight: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let grad = grad.contiguous()?;
+    /// The input gradient (when asked for) and the weight gradient, from a
+    /// contiguous output gradient.
+    fn grads(&self, input: &Tensor, weight: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Tensor)> {
         let (_, _, kh, kw) = weight.dims4()?;
         let dw = input.apply_op2_no_bwd(
-            &grad,
+            grad,
             &WeightGrad {
                 stride: self.stride,
                 padding: self.padding,
@@ -599,7 +727,7 @@ impl CustomOp2 for Conv2d {
         } else {
             None
         };
-        Ok((dx, Some(dw)))
+        Ok((dx, dw))
     }
 }
 
@@ -685,8 +813,10 @@ mod tests {
     /// `(N, C, H, W, O, kh, kw, stride, padding)`: the IMPALA shallow CNN's
     /// two layers, deep ResNet 3×3 layers, and odd shapes (rectangular
     /// kernel, padding with stride, 1×1, padding wider than a tap, a kernel
-    /// wider than the specialised widths), and a batch large enough that
-    /// each parallel task sums several images' weight gradients.
+    /// wider than the specialised widths, stride-1 kernels without padding
+    /// or of width 5, whose input gradient is a transposed convolution),
+    /// and a batch large enough that each parallel task sums several
+    /// images' weight gradients.
     const CASES: &[[usize; 9]] = &[
         [1, 4, 84, 84, 16, 8, 8, 4, 0],
         [5, 4, 84, 84, 16, 8, 8, 4, 0],
@@ -702,6 +832,8 @@ mod tests {
         [2, 2, 12, 13, 3, 2, 9, 2, 1],
         [2, 3, 6, 5, 4, 3, 3, 1, 1],
         [2, 6, 5, 5, 4, 1, 1, 2, 0],
+        [2, 3, 6, 7, 4, 3, 3, 1, 0],
+        [2, 3, 9, 9, 4, 5, 5, 1, 2],
     ];
 
     fn case_tensors(case: &[usize; 9], seed: u64) -> (Tensor, Tensor, usize, usize) {
@@ -720,6 +852,27 @@ mod tests {
             let err = rel_err(&ours, &theirs);
             assert!(err < 1e-5, "case {case:?}: relative error {err}");
         }
+    }
+
+    #[test]
+    fn a_fused_bias_equals_a_broadcast_add_values_and_gradients() {
+        for (i, case) in CASES.iter().enumerate() {
+            let (x, w, stride, pad) = case_tensors(case, 30 + i as u64);
+            let (x, w) = (Var::from_tensor(&x).unwrap(), Var::from_tensor(&w).unwrap());
+            let b = Var::from_tensor(&random(&[1, case[4], 1, 1], 40 + i as u64)).unwrap();
+            let fused = conv2d_bias(&x, &w, &b, stride, pad, true).unwrap();
+            let apart = conv2d(&x, &w, stride, pad, true).unwrap().broadcast_add(&b).unwrap();
+            assert!(rel_err(&fused, &apart) < 1e-6, "case {case:?}: values");
+            let r = random(fused.dims(), 50 + i as u64);
+            let [ours, theirs] = [fused, apart].map(|out| (out * &r).unwrap().sum_all().unwrap().backward().unwrap());
+            for (what, var) in [("input", &x), ("weight", &w), ("bias", &b)] {
+                let err = rel_err(ours.get(var).unwrap(), theirs.get(var).unwrap());
+                assert!(err < 1e-5, "case {case:?}: {what} gradient relative error {err}");
+            }
+        }
+        let (x, w, stride, pad) = case_tensors(&CASES[0], 1);
+        let err = conv2d_bias(&x, &w, &random(&[3], 2), stride, pad, true).unwrap_err().to_string();
+        assert!(err.contains("bias of 3 values for 16 output channels"), "{err}");
     }
 
     #[test]

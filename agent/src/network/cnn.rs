@@ -6,7 +6,7 @@
 
 use candle_core::{Device, Result, Tensor, Var};
 use fleet_kernels::activation::relu;
-use fleet_kernels::{bias, conv, pool};
+use fleet_kernels::{conv, pool};
 use rand::Rng;
 
 use super::FRAME_SCALE;
@@ -83,8 +83,7 @@ impl Conv2d {
         if self.input_scale != 1.0 {
             weight = weight.affine(self.input_scale, 0.0)?;
         }
-        let y = conv::conv2d(x, &weight, self.stride, self.padding, self.input_grad)?;
-        bias::add_bias(&y, self.bias.as_tensor(), 1)
+        conv::conv2d_bias(x, &weight, self.bias.as_tensor(), self.stride, self.padding, self.input_grad)
     }
 }
 
