@@ -133,14 +133,16 @@ fn map(s: &CpuStorage, l: &Layout, op: &str, f: impl Fn(f32) -> f32 + Sync) -> R
         bail!("{op}: expected f32, got {:?}", s.dtype());
     };
     let out = match l.contiguous_offsets() {
+        Some((start, end)) if end - start < 2 * PARALLEL_CHUNK => data[start..end].iter().map(|&x| f(x)).collect(),
         Some((start, end)) => data[start..end].par_iter().with_min_len(PARALLEL_CHUNK).map(|&x| f(x)).collect(),
         None => candle_core::cpu_backend::unary_map(data, l, f),
     };
     Ok((CpuStorage::F32(out), l.shape().clone()))
 }
 
-/// Elements per rayon task in elementwise passes: small tensors (an MLP's
-/// activations) stay on one thread, feature maps spread over all.
+/// Elements per rayon task in elementwise passes. Tensors shorter than two
+/// tasks (an MLP's activations) never enter rayon, whose hand-over to its
+/// pool costs more than they take; feature maps spread over every thread.
 const PARALLEL_CHUNK: usize = 1 << 15;
 
 /// `out[i] = f(a[i], b[i])` over two slices of one length, in parallel.
@@ -148,7 +150,11 @@ fn zip_map(op: &str, a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32 + Sync) -
     if a.len() != b.len() {
         bail!("{op}: gradient of {} values for an output of {}", a.len(), b.len());
     }
-    Ok(a.par_iter().zip(b).with_min_len(PARALLEL_CHUNK).map(|(&a, &b)| f(a, b)).collect())
+    Ok(if a.len() < 2 * PARALLEL_CHUNK {
+        a.iter().zip(b).map(|(&a, &b)| f(a, b)).collect()
+    } else {
+        a.par_iter().zip(b).with_min_len(PARALLEL_CHUNK).map(|(&a, &b)| f(a, b)).collect()
+    })
 }
 
 struct Relu;
