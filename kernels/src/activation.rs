@@ -105,7 +105,7 @@ fn exp_nonnegative(y: f32) -> f32 {
 }
 
 #[inline(always)]
-fn tanh_f32(x: f32) -> f32 {
+pub(crate) fn tanh_f32(x: f32) -> f32 {
     let a = x.abs();
     let a = if a < SATURATED { a } else { SATURATED };
     let s = a * a;
@@ -121,7 +121,7 @@ fn tanh_f32(x: f32) -> f32 {
 }
 
 #[inline(always)]
-fn sigmoid_f32(x: f32) -> f32 {
+pub(crate) fn sigmoid_f32(x: f32) -> f32 {
     0.5 + 0.5 * tanh_f32(0.5 * x)
 }
 

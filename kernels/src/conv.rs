@@ -435,7 +435,7 @@ fn transpose(src: &[f32], rows: usize, cols: usize, dst: &mut [f32]) {
 }
 
 /// A strided matrix view: `(rows, cols, row stride, column stride)`.
-type View = (usize, usize, usize, usize);
+pub(crate) type View = (usize, usize, usize, usize);
 
 fn transposed((rows, cols, rs, cs): View) -> View {
     (cols, rows, cs, rs)
@@ -449,7 +449,7 @@ fn fits(len: usize, (rows, cols, rs, cs): View) -> bool {
 /// `dst = lhs · rhs` (or `dst += lhs · rhs` when `accumulate`), on strided
 /// views into slices; the views are bounds-checked before gemm reads them.
 #[allow(unsafe_code)]
-fn matmul(
+pub(crate) fn matmul(
     dst: &mut [f32],
     (m, n, dst_rs, dst_cs): View,
     accumulate: bool,

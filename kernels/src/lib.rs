@@ -7,19 +7,21 @@
 //! Layout: [`conv`] (im2col + gemm 2-D convolution whose backward can skip
 //! the input gradient), [`pool`] (max-pooling with any stride, backward
 //! included), [`activation`] (vectorised tanh, ReLU with a one-pass
-//! backward, and a fused LSTM cell), [`bias`] (a bias add whose gradient is one contiguous pass), and
+//! backward, and a fused LSTM cell), [`lstm`] (an LSTM unrolled over a
+//! sequence, resets included, in one op), [`bias`] (a bias add whose gradient is one contiguous pass), and
 //! a private `cpu` module (reading a tensor's storage as f32 values).
 //!
 //! Every `unsafe` block of the project lives here, so that the other crates
 //! can forbid `unsafe` outright. There is one: in [`conv`], the call into
 //! the `gemm` crate's matrix product, which takes raw pointers and strides
 //! (that is what lets it multiply strided views of the column buffers in
-//! place). Every view is bounds-checked against its slice just before the
-//! call, under the one `#[allow(unsafe_code)]` that the workspace's
+//! place; [`lstm`] calls the same function). Every view is bounds-checked
+//! against its slice just before the call, under the one `#[allow(unsafe_code)]` that the workspace's
 //! `unsafe_code = "deny"` lint requires.
 
 pub mod activation;
 pub mod bias;
 pub mod conv;
 mod cpu;
+pub mod lstm;
 pub mod pool;

@@ -160,10 +160,7 @@ impl StackBatch {
             (Observations::U8(stacks), Observations::U8(newest)) => stack_frames(stacks, newest, is_first, acted),
             _ => panic!("a stacked vector's observations changed their element type"),
         }
-        timestep.rewards.copy_from_slice(&self.newest.rewards);
-        timestep.is_first.copy_from_slice(&self.newest.is_first);
-        timestep.terminated.copy_from_slice(&self.newest.terminated);
-        timestep.truncated.copy_from_slice(&self.newest.truncated);
+        timestep.copy_rewards_and_flags(&self.newest);
     }
 }
 

@@ -209,10 +209,7 @@ impl NormalizeBatch {
         for observation in scaled.chunks_exact_mut(self.moments.size()) {
             self.moments.normalize(observation);
         }
-        timestep.rewards.copy_from_slice(&self.raw.rewards);
-        timestep.is_first.copy_from_slice(&self.raw.is_first);
-        timestep.terminated.copy_from_slice(&self.raw.terminated);
-        timestep.truncated.copy_from_slice(&self.raw.truncated);
+        timestep.copy_rewards_and_flags(&self.raw);
     }
 }
 

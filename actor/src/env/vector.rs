@@ -59,6 +59,16 @@ impl Timestep {
         !fleet_trajectory::is_decision(self.terminated[env_index], self.truncated[env_index])
     }
 
+    /// Copies `other`'s rewards and episode flags, leaving the
+    /// observations alone: what a wrapper that only transforms observations
+    /// passes through from the vector it wraps.
+    pub fn copy_rewards_and_flags(&mut self, other: &Timestep) {
+        self.rewards.copy_from_slice(&other.rewards);
+        self.is_first.copy_from_slice(&other.is_first);
+        self.terminated.copy_from_slice(&other.terminated);
+        self.truncated.copy_from_slice(&other.truncated);
+    }
+
     /// Marks environment `env_index`'s current observation as a first one.
     pub fn set_first(&mut self, env_index: usize) {
         self.rewards[env_index] = 0.0;

@@ -1,10 +1,10 @@
 //! The LSTM core: [`RecurrentState`], the `(h, c)` each environment
-//! carries between steps, and one LSTM layer that steps it, its gates
-//! computed by the kernels crate's fused cell. Where the state resets and
+//! carries between steps, and one LSTM layer that unrolls it over steps in
+//! the kernels crate's fused op. Where the state resets and
 //! how an unroll walks the steps is the network's business (`mod.rs`).
 
 use candle_core::{Device, Result, Tensor};
-use fleet_kernels::activation;
+use fleet_kernels::{bias, lstm};
 use rand::Rng;
 
 use super::mlp::{Dense, NamedVars};
@@ -23,14 +23,6 @@ impl RecurrentState {
             h: self.h.detach(),
             c: self.c.detach(),
         }
-    }
-
-    /// Zeroes the rows where `keep` (`[N, 1]`, 1 = keep, 0 = reset) is 0.
-    pub(super) fn masked(&self, keep: &Tensor) -> Result<Self> {
-        Ok(Self {
-            h: self.h.broadcast_mul(keep)?,
-            c: self.c.broadcast_mul(keep)?,
-        })
     }
 }
 
@@ -100,24 +92,34 @@ impl LstmCell {
         Ok(Self { input, recurrent, size })
     }
 
-    pub(super) fn step(&self, x: &Tensor, state: &RecurrentState) -> Result<RecurrentState> {
-        self.step_projected(&self.project(x)?, state)
-    }
-
     /// The gates' input part, `x W_ihᵀ + b_ih`, for any number of rows: an
     /// unroll projects all its steps in one matrix product.
     pub(super) fn project(&self, x: &Tensor) -> Result<Tensor> {
         self.input.forward(x)
     }
 
-    /// One step from the input's [`LstmCell::project`]ion.
-    pub(super) fn step_projected(&self, projected: &Tensor, state: &RecurrentState) -> Result<RecurrentState> {
-        let gates = (projected + self.recurrent.forward(&state.h)?)?;
-        let hc = activation::lstm_cell(&gates, &state.c)?;
-        Ok(RecurrentState {
-            h: hc.narrow(1, 0, self.size)?,
-            c: hc.narrow(1, self.size, self.size)?,
-        })
+    /// `steps` steps of `B` rows from their [`LstmCell::project`]ion
+    /// (`[T·B, 4H]`, time-major) and `state`, each row's state reset to zero
+    /// before the steps where `keep` is 0. Returns every step's state,
+    /// stacked, and the state after the last step.
+    pub(super) fn unroll(
+        &self,
+        projected: &Tensor,
+        keep: &[f32],
+        steps: usize,
+        state: &RecurrentState,
+    ) -> Result<(RecurrentState, RecurrentState)> {
+        let projected = bias::add_bias(projected, self.recurrent.bias.as_tensor(), 1)?;
+        let start = Tensor::cat(&[&state.h, &state.c], 1)?;
+        let hc = lstm::lstm_unroll(&projected, self.recurrent.weight(), &start, keep, steps)?;
+        let split = |hc: &Tensor| -> Result<RecurrentState> {
+            Ok(RecurrentState {
+                h: hc.narrow(1, 0, self.size)?,
+                c: hc.narrow(1, self.size, self.size)?,
+            })
+        };
+        let batch = state.h.dim(0)?;
+        Ok((split(&hc)?, split(&hc.narrow(0, (steps - 1) * batch, batch)?)?))
     }
 }
 

@@ -53,6 +53,11 @@ impl Dense {
         Ok((Self { weight, bias }, named))
     }
 
+    /// `[out, in]`.
+    pub(super) fn weight(&self) -> &Tensor {
+        self.weight.as_tensor()
+    }
+
     pub(super) fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let y = x.matmul(&self.weight.as_tensor().t()?)?;
         bias::add_bias(&y, self.bias.as_tensor(), y.rank() - 1)

@@ -215,10 +215,8 @@ impl ActorCritic {
         let Some(lstm) = &self.lstm else {
             return Ok((self.forward(observations)?, state.clone()));
         };
-        let keep = (1.0 - is_first.to_dtype(DType::F32)?)?.unsqueeze(1)?;
-        let state = state.masked(&keep)?;
-        let features = self.core_input(observations)?;
-        let next = lstm.step(&features, &state)?;
+        let projected = lstm.project(&self.core_input(observations)?)?;
+        let (_, next) = lstm.unroll(&projected, &keep_mask(is_first)?, 1, state)?;
         Ok((self.heads.forward(&next.h, &next.h)?, next))
     }
 
@@ -226,7 +224,7 @@ impl ActorCritic {
     /// observation_size]`, `is_first` `[T·B]`, `state` the state before the
     /// first step. Returns outputs `[T·B, …]` in the same order and the
     /// state after the last step. The torso and the LSTM's input projection
-    /// run on all steps at once; only the recurrence goes step by step.
+    /// run on all steps at once, the recurrence in one fused op.
     pub fn unroll(
         &self,
         observations: &Tensor,
@@ -241,18 +239,9 @@ impl ActorCritic {
         if steps == 0 || total % steps != 0 {
             candle_core::bail!("{total} rows do not split into {steps} steps");
         }
-        let b = total / steps;
         let projected = lstm.project(&self.core_input(observations)?)?;
-        let keep = (1.0 - is_first.to_dtype(DType::F32)?)?.unsqueeze(1)?;
-        let mut state = state.clone();
-        let mut hs = Vec::with_capacity(steps);
-        for t in 0..steps {
-            state = state.masked(&keep.narrow(0, t * b, b)?)?;
-            state = lstm.step_projected(&projected.narrow(0, t * b, b)?, &state)?;
-            hs.push(state.h.clone());
-        }
-        let h = Tensor::cat(&hs, 0)?;
-        Ok((self.heads.forward(&h, &h)?, state))
+        let (every, last) = lstm.unroll(&projected, &keep_mask(is_first)?, steps, state)?;
+        Ok((self.heads.forward(&every.h, &every.h)?, last))
     }
 
     /// Frames scaled to 0..=1 for an MLP (a CNN's first layer scales its
@@ -272,6 +261,13 @@ impl ActorCritic {
             Body::Conv(conv) => conv.forward(&x),
         }
     }
+}
+
+/// 0 where `is_first` (any dtype, one value per row) marks an episode's
+/// start, 1 elsewhere: which rows keep their recurrent state.
+fn keep_mask(is_first: &Tensor) -> Result<Vec<f32>> {
+    let first = is_first.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+    Ok(first.into_iter().map(|f| if f != 0.0 { 0.0 } else { 1.0 }).collect())
 }
 
 #[cfg(test)]
