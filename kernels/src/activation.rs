@@ -25,14 +25,22 @@ use crate::cpu::contiguous_f32;
 
 /// `tanh(x)`, elementwise.
 pub fn tanh(x: &Tensor) -> Result<Tensor> {
-    if takes_fast_path(x) { x.apply_op1(Tanh) } else { x.tanh() }
+    if takes_fast_path(x) {
+        x.apply_op1(Activation(Tanh))
+    } else {
+        x.tanh()
+    }
 }
 
 /// `max(x, 0)`, elementwise (a NaN stays NaN). The backward passes the
 /// gradient where the output is positive, in one pass; candle's takes five,
 /// each allocating a tensor of the input's size.
 pub fn relu(x: &Tensor) -> Result<Tensor> {
-    if takes_fast_path(x) { x.apply_op1(Relu) } else { x.relu() }
+    if takes_fast_path(x) {
+        x.apply_op1(Activation(Relu))
+    } else {
+        x.relu()
+    }
 }
 
 /// The LSTM cell after its matrix products: `gates` `[B, 4H]` are the
@@ -157,64 +165,75 @@ fn zip_map(op: &str, a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32 + Sync) -
     })
 }
 
+/// An element-wise activation whose derivative is a function of its
+/// output, so that the backward reads only the output and the gradient.
+/// Implemented by unit types, so that both loops inline the functions and
+/// vectorise.
+trait ByOutput: Copy + Send + Sync + 'static {
+    const NAME: &'static str;
+    fn f(x: f32) -> f32;
+    /// `(gradient, output) -> input gradient`.
+    fn grad(g: f32, y: f32) -> f32;
+}
+
+#[derive(Clone, Copy)]
 struct Relu;
 
-impl CustomOp1 for Relu {
-    fn name(&self) -> &'static str {
-        "fleet-relu"
+impl ByOutput for Relu {
+    const NAME: &'static str = "fleet-relu";
+
+    fn f(x: f32) -> f32 {
+        if x < 0.0 { 0.0 } else { x }
     }
 
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        map(s, l, self.name(), |x| if x < 0.0 { 0.0 } else { x })
-    }
-
-    fn bwd(&self, _arg: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        Ok(Some(grad.contiguous()?.apply_op2_no_bwd(res, &ReluGrad)?))
+    fn grad(g: f32, y: f32) -> f32 {
+        if y > 0.0 { g } else { 0.0 }
     }
 }
 
-/// `(grad, y = relu x) -> grad where y > 0, else 0`, one pass.
-struct ReluGrad;
-
-impl CustomOp2 for ReluGrad {
-    fn name(&self) -> &'static str {
-        "fleet-relu-grad"
-    }
-
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (g, y) = (contiguous_f32(s1, l1, self.name())?, contiguous_f32(s2, l2, self.name())?);
-        let out = zip_map(self.name(), g, y, |g, y| if y > 0.0 { g } else { 0.0 })?;
-        Ok((CpuStorage::F32(out), l2.shape().clone()))
-    }
-}
-
+#[derive(Clone, Copy)]
 struct Tanh;
 
-impl CustomOp1 for Tanh {
-    fn name(&self) -> &'static str {
-        "fleet-tanh"
+impl ByOutput for Tanh {
+    const NAME: &'static str = "fleet-tanh";
+
+    fn f(x: f32) -> f32 {
+        tanh_f32(x)
     }
 
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        map(s, l, self.name(), tanh_f32)
-    }
-
-    fn bwd(&self, _arg: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        Ok(Some(grad.contiguous()?.apply_op2_no_bwd(res, &TanhGrad)?))
+    fn grad(g: f32, y: f32) -> f32 {
+        g * (1.0 - y * y)
     }
 }
 
-/// `(grad, y = tanh x) -> grad · (1 - y²)`, one pass.
-struct TanhGrad;
+/// The forward op of a [`ByOutput`] activation.
+struct Activation<A>(A);
 
-impl CustomOp2 for TanhGrad {
+impl<A: ByOutput> CustomOp1 for Activation<A> {
     fn name(&self) -> &'static str {
-        "fleet-tanh-grad"
+        A::NAME
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        map(s, l, A::NAME, A::f)
+    }
+
+    fn bwd(&self, _arg: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(grad.contiguous()?.apply_op2_no_bwd(res, &ActivationGrad(self.0))?))
+    }
+}
+
+/// `(grad, y) -> input gradient` of a [`ByOutput`] activation, one pass.
+struct ActivationGrad<A>(A);
+
+impl<A: ByOutput> CustomOp2 for ActivationGrad<A> {
+    fn name(&self) -> &'static str {
+        A::NAME
     }
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (g, y) = (contiguous_f32(s1, l1, self.name())?, contiguous_f32(s2, l2, self.name())?);
-        let out = zip_map(self.name(), g, y, |g, y| g * (1.0 - y * y))?;
+        let (g, y) = (contiguous_f32(s1, l1, A::NAME)?, contiguous_f32(s2, l2, A::NAME)?);
+        let out = zip_map(A::NAME, g, y, A::grad)?;
         Ok((CpuStorage::F32(out), l2.shape().clone()))
     }
 }
