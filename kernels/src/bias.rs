@@ -6,13 +6,13 @@
 //! element through computed indices: on the CartPole MLP that was a fifth of
 //! a learner update. Here the gradient, laid out as `[outer, C, inner]`, is
 //! added row by row into one `C`-vector (or each `inner` run is summed into
-//! its channel), loops the compiler vectorises.
+//! its channel), loops the compiler vectorises; a convolution's gradient is
+//! split by image across the rayon pool.
 //!
 //! Only f32 tensors on the CPU take this path; anything else uses
 //! `broadcast_add`. Gradients of gradients are not supported.
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor, bail};
-
 use rayon::prelude::*;
 
 use crate::cpu::contiguous_f32;

@@ -7,10 +7,13 @@
 //! `[C·kh·kw, oh·ow]` column matrix in a per-task buffer (stored transposed
 //! for strides above 1, see [`ColsLayout`]) and multiplied with the `gemm`
 //! crate, the batch split across the current rayon pool:
-//! - forward: `y_b = W · cols_b`;
+//! - forward: `y_b = W · cols_b`, plus the bias, if any, while `y_b` is in
+//!   cache;
 //! - weight gradient: `dW = Σ_b dy_b · cols_bᵀ` (columns rebuilt, not
 //!   stored: a batch of them would not fit in cache, nor comfortably in RAM);
-//! - input gradient (only when asked for): `dx_b = col2im(Wᵀ · dy_b)`.
+//! - input gradient (only when asked for): `dx_b = col2im(Wᵀ · dy_b)`, or,
+//!   for stride 1 and a square kernel, the forward convolution of `dy` with
+//!   the flipped kernels (see [`Geometry::transposed_as_forward`]).
 //!
 //! Only contiguous f32 tensors on the CPU take this path; anything else
 //! (CUDA, other dtypes) goes to candle's `Tensor::conv2d`, which always
@@ -175,8 +178,8 @@ impl Geometry {
         }
     }
 
-    /// For a stride-1 convolution whose padding is below the kernel's
-    /// size, the convolution whose forward is this one's input gradient:
+    /// For a stride-1 convolution with a square kernel wider than its
+    /// padding, the convolution whose forward is this one's input gradient:
     /// `dx = conv(dy, W')` with `W'[c, o, i, j] = W[o, c, kh−1−i, kw−1−j]`
     /// and padding `k − 1 − pad`, which gives back `H × W`. Its product has
     /// `O·kh·kw` terms where the direct route has `O` (then a fold adding

@@ -8,16 +8,18 @@
 //! the input gradient), [`pool`] (max-pooling with any stride, backward
 //! included), [`activation`] (vectorised tanh, ReLU with a one-pass
 //! backward, and a fused LSTM cell), [`lstm`] (an LSTM unrolled over a
-//! sequence, resets included, in one op), [`bias`] (a bias add whose gradient is one contiguous pass), and
-//! a private `cpu` module (reading a tensor's storage as f32 values).
+//! sequence, resets included, in one op), [`bias`] (a bias add whose
+//! gradient is one contiguous pass), and a private `cpu` module (reading a
+//! tensor's storage as f32 values).
 //!
 //! Every `unsafe` block of the project lives here, so that the other crates
 //! can forbid `unsafe` outright. There is one: in [`conv`], the call into
 //! the `gemm` crate's matrix product, which takes raw pointers and strides
 //! (that is what lets it multiply strided views of the column buffers in
 //! place; [`lstm`] calls the same function). Every view is bounds-checked
-//! against its slice just before the call, under the one `#[allow(unsafe_code)]` that the workspace's
-//! `unsafe_code = "deny"` lint requires.
+//! against its slice just before the call, under the one
+//! `#[allow(unsafe_code)]` that the workspace's `unsafe_code = "deny"` lint
+//! requires.
 
 pub mod activation;
 pub mod bias;

@@ -1,8 +1,9 @@
 //! IMPALA's convolutional torsos on image frames: the shallow model (two
 //! convolutions) and the deep ResNet (three sections of a convolution, a
 //! max-pool and two residual blocks), both ending in a fully connected
-//! layer; and the geometry that says whether a frame is large enough for them. The convolutions, bias adds,
-//! max-pools and ReLUs are the kernels crate's.
+//! layer; and the geometry that says whether a frame is large enough for
+//! them. The convolutions, bias adds, max-pools and ReLUs are the kernels
+//! crate's.
 
 use candle_core::{Device, Result, Tensor, Var};
 use fleet_kernels::activation::relu;

@@ -1,7 +1,7 @@
 //! The LSTM core: [`RecurrentState`], the `(h, c)` each environment
 //! carries between steps, and one LSTM layer that unrolls it over steps in
-//! the kernels crate's fused op. Where the state resets and
-//! how an unroll walks the steps is the network's business (`mod.rs`).
+//! the kernels crate's fused op. Which rows reset, and where, is the
+//! network's business (`mod.rs`).
 
 use candle_core::{Device, Result, Tensor};
 use fleet_kernels::{bias, lstm};
