@@ -529,8 +529,16 @@ impl Recorder {
         snapshot
     }
 
-    /// Prints the progress line of `snapshot` and appends its row.
+    /// Prints the progress line of `snapshot` and appends its row, if it
+    /// took env steps since the last row. The env step is every curve's
+    /// x-axis, and a row that repeated one (a tick before a resumed run's
+    /// actors have stepped, a stop just after a row) would put two points
+    /// at one step. A run without any row yet records its first anyway.
     fn record(&mut self, snapshot: Snapshot, now: Instant) -> Result<()> {
+        let has_rows = self.last.is_some() || self.offsets.env_steps > 0;
+        if has_rows && snapshot.env_steps <= self.previous.env_steps {
+            return Ok(());
+        }
         let since = (now - self.previous_at).as_secs_f64().max(1e-9);
         let row = ProgressRow {
             // Rounded as the progress file writes them, so that the summary
