@@ -7,6 +7,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // Step data as reference-counted `Bytes`: a sampled sequence shares
         // its buffers with the stored one instead of copying them.
         .bytes(".fleet.v1.Tensor.data")
+        // Weights chunks as slices of the published blob: every watcher's
+        // stream shares one copy.
+        .bytes(".fleet.v1.WeightsChunk.data")
         .compile_fds(descriptors)?;
     Ok(())
 }

@@ -296,7 +296,7 @@ fn read_weights(path: &Path) -> Result<LoadedWeights> {
     Ok(LoadedWeights {
         weights: Weights {
             version: version_recorded.unwrap_or(0),
-            bytes,
+            bytes: bytes.into(),
         },
         version_recorded,
     })

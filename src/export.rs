@@ -260,7 +260,7 @@ pub fn export(run: &Path, format: Format, out: &Path) -> Result<Exported> {
         .with_context(|| format!("{}: building the network it describes", config_path.display()))?;
     Weights {
         version: 0,
-        bytes: bytes.clone(),
+        bytes: bytes.clone().into(),
     }
     .load_into(&net)
     .map_err(|error| {

@@ -192,7 +192,7 @@ fn run_folder(dir: &Path, name: &str, config: &str, policy: Option<&[u8]>) -> Pa
 /// Untrained weights of the default network for `spec`.
 fn untrained_policy(spec: EnvSpec) -> Vec<u8> {
     let network = ActorCritic::new(spec, &NetworkConfig::default(), 11, &Device::Cpu).unwrap();
-    Weights::from_network(&network, 1).unwrap().bytes
+    Weights::from_network(&network, 1).unwrap().bytes.to_vec()
 }
 
 /// An untrained Gaussian policy's Pendulum-v1 episode, recorded: 201

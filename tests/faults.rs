@@ -378,6 +378,8 @@ async fn assert_resumed(log: &Log, saved: &fleet_learner::checkpoint::Checkpoint
 /// samples it): while the test then drains the queue, the actor hands over
 /// every sequence it finished and exits 0. Stopped again with nothing
 /// draining, it exits 0 within its flush bound and says what it dropped.
+/// Replay stores every acknowledged sequence, and only those unless the
+/// actor reconnected (a resent sequence whose ack was lost is stored twice).
 #[tokio::test]
 async fn a_terminated_actor_sends_its_finished_sequences_and_exits_0() {
     let replay = start(&["replay", "--listen", "127.0.0.1:0"]).await;
@@ -408,14 +410,22 @@ async fn a_terminated_actor_sends_its_finished_sequences_and_exits_0() {
     let stopped = log.nth("actor stopped", 1).await;
     let (written, acknowledged) = (field(&stopped, "written"), field(&stopped, "acknowledged"));
     assert_eq!((field(&stopped, "dropped"), field(&stopped, "rejected")), (0, 0), "{stopped}");
-    assert!(written > 40, "{stopped}");
+    // At least what it had sent when it was stopped; under load nothing more.
+    assert!(written >= 40, "{stopped}");
     assert_eq!(acknowledged, written, "{stopped}");
-    while let Ok(items) = sample(&mut client, 4, 200).await {
+    // One at a time: what is left need not fill a batch of 4.
+    while let Ok(items) = sample(&mut client, 1, 200).await {
         drained.extend(items);
     }
     let (size, inserts) = queue_size(client.info(pb::InfoRequest {}).await.unwrap().into_inner());
-    assert_eq!((size, inserts), (0, written), "replay stored every sequence the actor wrote");
-    assert_eq!(drained.len() as u64, written);
+    assert_eq!(size, 0, "the test drained the queue");
+    assert_eq!(drained.len() as u64, inserts);
+    let reconnects = log.lines("reconnecting");
+    if reconnects.is_empty() {
+        assert_eq!(inserts, written, "replay stored every sequence the actor wrote, once: {stopped}");
+    } else {
+        assert!(inserts >= written, "{inserts} stored; {stopped}; {reconnects:?}");
+    }
     for item in &drained {
         assert_whole(item, &[(1, run)]);
     }
@@ -436,7 +446,16 @@ async fn a_terminated_actor_sends_its_finished_sequences_and_exits_0() {
     assert!(dropped > 0, "{stopped}");
     assert_eq!(written, acknowledged + dropped, "{stopped}");
     let (size, inserts_after) = queue_size(client.info(pb::InfoRequest {}).await.unwrap().into_inner());
-    assert_eq!((size, inserts_after - inserts), (32, acknowledged));
+    let stored = inserts_after - inserts;
+    assert_eq!(size, 32, "the queue holds what it took: {stopped}");
+    let reconnects = log.lines("reconnecting");
+    if reconnects.is_empty() {
+        assert_eq!(stored, acknowledged, "replay stored exactly what it acknowledged: {stopped}");
+    } else {
+        // A connection lost on a loaded machine: items stored whose acks
+        // were lost with it are resent, and stored again (at least once).
+        assert!(stored >= acknowledged, "{stored} stored; {stopped}; {reconnects:?}");
+    }
 }
 
 /// SIGTERM on a training learner: it exits 0 within a bound, and its

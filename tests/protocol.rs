@@ -660,7 +660,7 @@ impl pb::parameters_server::Parameters for OversizeLearner {
             version: 1,
             total_bytes: 3 << 30,
             offset: 0,
-            data: vec![0; 1024],
+            data: vec![0; 1024].into(),
             last: false,
         };
         Ok(tonic::Response::new(Box::pin(

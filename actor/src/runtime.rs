@@ -500,7 +500,7 @@ async fn sole_version(
     stream: &mut (impl futures::Stream<Item = Result<pb::WeightsChunk, tonic::Status>> + Unpin),
     limit: u64,
     shutdown: &CancellationToken,
-) -> Result<Option<(u64, Vec<u8>)>, String> {
+) -> Result<Option<(u64, bytes::Bytes)>, String> {
     let Some(version) = next_version(stream, limit, shutdown).await? else {
         return Ok(None);
     };
@@ -518,7 +518,7 @@ async fn next_version(
     stream: &mut (impl futures::Stream<Item = Result<pb::WeightsChunk, tonic::Status>> + Unpin),
     limit: u64,
     shutdown: &CancellationToken,
-) -> Result<Option<(u64, Vec<u8>)>, String> {
+) -> Result<Option<(u64, bytes::Bytes)>, String> {
     let mut assembler = WeightsAssembler::new(limit);
     loop {
         let chunk = tokio::select! {

@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 
+use bytes::Bytes;
 use candle_core::Tensor;
 
 use crate::ActorCritic;
@@ -32,7 +33,8 @@ pub enum WeightsError {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Weights {
     pub version: u64,
-    pub bytes: Vec<u8>,
+    /// Shared, not copied, by every stream that sends it.
+    pub bytes: Bytes,
 }
 
 impl Weights {
@@ -41,7 +43,10 @@ impl Weights {
         let metadata = HashMap::from([(VERSION_KEY.to_string(), version.to_string())]);
         let tensors: Vec<(&str, &Tensor)> = network.params().iter().map(|(n, v)| (n.as_str(), v.as_tensor())).collect();
         let bytes = safetensors::tensor::serialize(tensors, Some(metadata)).map_err(|e| WeightsError::Format(e.to_string()))?;
-        Ok(Self { version, bytes })
+        Ok(Self {
+            version,
+            bytes: bytes.into(),
+        })
     }
 
     /// The version recorded inside a blob, if any.
@@ -168,7 +173,7 @@ mod tests {
         assert_eq!(before, flat(&net));
         let garbage = Weights {
             version: 1,
-            bytes: vec![1, 2, 3],
+            bytes: Bytes::from_static(&[1, 2, 3]),
         };
         assert!(matches!(garbage.load_into(&net), Err(WeightsError::Format(_))));
     }

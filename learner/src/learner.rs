@@ -148,7 +148,7 @@ impl Learner {
             .map_err(&incompatible)?;
         Weights {
             version: loaded.meta.version,
-            bytes: loaded.model.clone(),
+            bytes: loaded.model.clone().into(),
         }
         .load_into(&self.network)
         .map_err(|e| incompatible(e.to_string()))?;

@@ -118,7 +118,7 @@ mod tests {
         let blob = |version: u64| {
             Arc::new(Weights {
                 version,
-                bytes: vec![version as u8; 30_000],
+                bytes: vec![version as u8; 30_000].into(),
             })
         };
         let (weights_tx, weights_rx) = watch::channel(blob(1));

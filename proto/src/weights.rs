@@ -7,6 +7,8 @@
 //! parameters need), and a larger claim is refused before anything is
 //! allocated for it; so is a first chunk that does not start the blob.
 
+use bytes::Bytes;
+
 use crate::pb::WeightsChunk;
 
 /// Payload bytes per chunk; with the header fields a chunk stays below 1 MiB.
@@ -28,29 +30,22 @@ pub enum WeightsError {
     ChangedTotal { version: u64, expected: u64, found: u64 },
 }
 
-/// Cuts `bytes` (one weights version) into chunks of at most `MAX_CHUNK_BYTES`.
-/// An empty blob still yields one (empty, last) chunk.
-pub fn chunk_weights(version: u64, bytes: &[u8]) -> Vec<WeightsChunk> {
-    let total_bytes = bytes.len() as u64;
-    if bytes.is_empty() {
-        return vec![WeightsChunk {
-            version,
-            total_bytes,
-            offset: 0,
-            data: vec![],
-            last: true,
-        }];
-    }
-    let count = bytes.len().div_ceil(MAX_CHUNK_BYTES);
-    bytes
-        .chunks(MAX_CHUNK_BYTES)
-        .enumerate()
-        .map(|(i, piece)| WeightsChunk {
-            version,
-            total_bytes,
-            offset: (i * MAX_CHUNK_BYTES) as u64,
-            data: piece.to_vec(),
-            last: i + 1 == count,
+/// Cuts `bytes` (one weights version) into chunks of at most `MAX_CHUNK_BYTES`,
+/// each a slice of the same buffer (nothing is copied). An empty blob still
+/// yields one (empty, last) chunk.
+pub fn chunk_weights(version: u64, bytes: &Bytes) -> Vec<WeightsChunk> {
+    let total = bytes.len();
+    let count = total.div_ceil(MAX_CHUNK_BYTES).max(1);
+    (0..count)
+        .map(|i| {
+            let offset = i * MAX_CHUNK_BYTES;
+            WeightsChunk {
+                version,
+                total_bytes: total as u64,
+                offset: offset as u64,
+                data: bytes.slice(offset..total.min(offset + MAX_CHUNK_BYTES)),
+                last: i + 1 == count,
+            }
         })
         .collect()
 }
@@ -77,7 +72,9 @@ impl WeightsAssembler {
     }
 
     /// Feeds one chunk; returns `(version, bytes)` once the last chunk arrives.
-    pub fn push(&mut self, chunk: WeightsChunk) -> Result<Option<(u64, Vec<u8>)>, WeightsError> {
+    /// A version that came whole in one chunk is that chunk's buffer, not a
+    /// copy of it.
+    pub fn push(&mut self, chunk: WeightsChunk) -> Result<Option<(u64, Bytes)>, WeightsError> {
         if chunk.total_bytes > self.limit {
             self.current = None;
             return Err(WeightsError::TooLarge {
@@ -94,6 +91,18 @@ impl WeightsAssembler {
                 offset: chunk.offset,
                 expected: 0,
             });
+        }
+        if self.current.is_none() && chunk.last {
+            // The whole version in one chunk (it starts at 0, checked above).
+            let got = chunk.data.len() as u64;
+            if got != chunk.total_bytes {
+                return Err(WeightsError::Length {
+                    version: chunk.version,
+                    total: chunk.total_bytes,
+                    got,
+                });
+            }
+            return Ok(Some((chunk.version, chunk.data)));
         }
         let (version, total, buf) = self
             .current
@@ -134,7 +143,7 @@ impl WeightsAssembler {
         }
         buf.extend_from_slice(&chunk.data);
         if chunk.last {
-            let blob = (*version, std::mem::take(buf));
+            let blob = (*version, Bytes::from(std::mem::take(buf)));
             self.current = None;
             return Ok(Some(blob));
         }
@@ -149,9 +158,13 @@ mod tests {
 
     #[test]
     fn large_blob_round_trips_in_chunks_under_one_mebibyte() {
-        let blob: Vec<u8> = (0..5 * 1024 * 1024 + 17).map(|i| (i % 251) as u8).collect();
+        let blob: Bytes = (0..5 * 1024 * 1024 + 17).map(|i| (i % 251) as u8).collect();
         let chunks = chunk_weights(7, &blob);
         assert_eq!(chunks.len(), 6);
+        // Every chunk is a view of the published blob, not a copy.
+        for c in &chunks {
+            assert_eq!(c.data.as_ptr(), blob[c.offset as usize..].as_ptr());
+        }
         let mut asm = WeightsAssembler::new(u64::MAX);
         let mut out = None;
         for c in chunks {
@@ -161,17 +174,39 @@ mod tests {
         assert_eq!(out, Some((7, blob)));
     }
 
+    /// A version that fits one chunk reaches the receiver as the chunk's
+    /// own buffer.
+    #[test]
+    fn a_one_chunk_version_is_taken_without_a_copy() {
+        let blob = Bytes::from(vec![5u8; 3000]);
+        let chunks = chunk_weights(2, &blob);
+        assert_eq!(chunks.len(), 1);
+        let (version, taken) = WeightsAssembler::new(3000).push(chunks[0].clone()).unwrap().unwrap();
+        assert_eq!((version, taken.as_ptr()), (2, blob.as_ptr()));
+        let mut short = chunks[0].clone();
+        short.data.truncate(2999);
+        let error = WeightsAssembler::new(3000).push(short).unwrap_err();
+        assert_eq!(
+            error,
+            WeightsError::Length {
+                version: 2,
+                total: 3000,
+                got: 2999
+            }
+        );
+    }
+
     #[test]
     fn empty_blob_is_one_last_chunk() {
-        let chunks = chunk_weights(1, &[]);
+        let chunks = chunk_weights(1, &Bytes::new());
         assert_eq!(chunks.len(), 1);
         let mut asm = WeightsAssembler::new(10);
-        assert_eq!(asm.push(chunks[0].clone()).unwrap(), Some((1, vec![])));
+        assert_eq!(asm.push(chunks[0].clone()).unwrap(), Some((1, Bytes::new())));
     }
 
     #[test]
     fn out_of_order_and_short_blobs_are_errors() {
-        let blob = vec![1u8; MAX_CHUNK_BYTES * 2];
+        let blob = Bytes::from(vec![1u8; MAX_CHUNK_BYTES * 2]);
         let chunks = chunk_weights(3, &blob);
         let mut asm = WeightsAssembler::new(u64::MAX);
         assert!(matches!(asm.push(chunks[1].clone()), Err(WeightsError::OutOfOrder { .. })));
@@ -190,7 +225,7 @@ mod tests {
     /// later one.
     #[test]
     fn a_declared_size_above_the_limit_is_refused_before_allocating() {
-        let blob = vec![7u8; MAX_CHUNK_BYTES + 10];
+        let blob = Bytes::from(vec![7u8; MAX_CHUNK_BYTES + 10]);
         let chunks = chunk_weights(4, &blob);
         let mut asm = WeightsAssembler::new(blob.len() as u64);
         let mut huge = chunks[0].clone();
@@ -241,7 +276,7 @@ mod tests {
                 version,
                 total_bytes,
                 offset,
-                data,
+                data: data.into(),
                 last,
             })
     }
@@ -296,6 +331,7 @@ mod tests {
         /// at or above its size; below it, it is refused at the first chunk.
         #[test]
         fn real_blobs_round_trip_within_the_limit(blob in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..2000), slack in 0u64..10) {
+            let blob = Bytes::from(blob);
             let chunks = chunk_weights(9, &blob);
             let mut asm = WeightsAssembler::new(blob.len() as u64 + slack);
             let mut out = None;
