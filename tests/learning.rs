@@ -93,6 +93,13 @@ async fn a_recurrent_agent_solves_a_memory_task_only_from_its_stored_state() {
         "3",
         "--set",
         "env.name=memory-chain-4",
+        // The budgets below count env steps and were set with 16
+        // environments per actor and batches of 8, four times the updates
+        // per env step of the default's 128 and 32.
+        "--set",
+        "actor.num_envs=16",
+        "--set",
+        "learner.batch_size=8",
         "--set",
         "actor.unroll_length=3",
         "--set",
@@ -168,6 +175,12 @@ async fn a_shallow_cnn_learns_pixel_catch() {
         "env.name=catch",
         "--set",
         "network.torso=shallow_cnn",
+        // The budget counts env steps and was set with the updates per env
+        // step of 16 environments per actor and batches of 8.
+        "--set",
+        "actor.num_envs=16",
+        "--set",
+        "learner.batch_size=8",
         "--set",
         "actor.unroll_length=10",
         "--set",

@@ -42,7 +42,7 @@ pub struct ActorConfig {
 impl Default for ActorConfig {
     fn default() -> Self {
         Self {
-            num_envs: 16,
+            num_envs: 128,
             unroll_length: 20,
             burn_in: 0,
             period: 0,

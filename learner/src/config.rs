@@ -180,7 +180,7 @@ impl Default for LearnerConfig {
     fn default() -> Self {
         Self {
             device: "cpu".into(),
-            batch_size: 8,
+            batch_size: 32,
             table: "queue".into(),
             replay_table: "replay".into(),
             replay_fraction: 0.0,
