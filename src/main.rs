@@ -601,10 +601,37 @@ fn report(outcome: Outcome, target: f64, hold_min_return: f64, started: std::tim
     }
 }
 
+/// The async runtime's worker threads: `FLEET_WORKER_THREADS` where set, else
+/// tokio's default of one per core. Replay decodes, validates and compresses
+/// on these threads, so a fixed count would cap it on a larger machine; the
+/// actor's and learner's compute runs on blocking threads of its own. The
+/// variable reaches `fleet run`'s children through their environment.
+fn async_worker_threads() -> Result<Option<usize>> {
+    let Some(value) = std::env::var_os("FLEET_WORKER_THREADS") else {
+        return Ok(None);
+    };
+    let text = value.to_string_lossy();
+    match text.trim().parse::<usize>() {
+        Ok(threads) if threads > 0 => Ok(Some(threads)),
+        _ => anyhow::bail!("FLEET_WORKER_THREADS={text:?}: expected a whole number of threads, at least 1"),
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     cli::init_logging(Verbosity::from_flags(cli.quiet, cli.verbose).log_filter());
-    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    match async_worker_threads() {
+        Ok(Some(threads)) => {
+            builder.worker_threads(threads);
+        }
+        Ok(None) => {}
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            return ExitCode::from(2);
+        }
+    }
+    let runtime = match builder.enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("error: starting the async runtime: {error}");

@@ -40,6 +40,24 @@ async fn config_errors_name_the_key_value_or_file() {
 }
 
 #[tokio::test]
+async fn a_bad_worker_thread_count_is_refused_by_name() {
+    for bad in ["0", "many", "-2"] {
+        let out = fleet(&["run"], &[("FLEET_WORKER_THREADS", bad)]).await;
+        assert_eq!(out.status.code(), Some(2), "FLEET_WORKER_THREADS={bad}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("FLEET_WORKER_THREADS") && stderr.contains(bad), "{stderr}");
+    }
+    // A good count starts the runtime: the run then stops at the config error.
+    let out = fleet(&["run", "--set", "learner.bogus=1"], &[("FLEET_WORKER_THREADS", "1")]).await;
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("learner.bogus") && !stderr.contains("FLEET_WORKER_THREADS"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
 async fn an_exhausted_step_budget_fails_with_a_message() {
     let out = fleet(
         &[

@@ -5,18 +5,19 @@
 //! the LSTM's pair of tensors into the rows the actor records and the
 //! learner starts from, and back.
 
-use candle_core::{DType, Device, Result, Tensor};
+use candle_core::{Device, Result, Tensor};
 use fleet_trajectory::{ObservationsRef, StateSpec};
 
 use crate::network::{ActorCritic, Core, NetworkConfig, RecurrentState};
 
-/// `observations` as a `[rows, width]` f32 tensor on `device`, the network's
-/// input (frames as whole intensities 0..=255). u8 frames cross as u8 and
-/// are converted on the device: a quarter of the bytes.
+/// `observations` as a `[rows, width]` tensor on `device`, the network's
+/// input, in their own dtype: u8 frames (whole intensities 0..=255) stay u8,
+/// a quarter of the bytes, and the network converts them where it reads
+/// them (a CNN's first convolution, image by image in cache).
 pub fn observations_tensor(observations: ObservationsRef<'_>, rows: usize, width: usize, device: &Device) -> Result<Tensor> {
     match observations {
         ObservationsRef::F32(v) => Tensor::from_slice(v, (rows, width), device),
-        ObservationsRef::U8(v) => Tensor::from_slice(v, (rows, width), device)?.to_dtype(DType::F32),
+        ObservationsRef::U8(v) => Tensor::from_slice(v, (rows, width), device),
     }
 }
 

@@ -15,9 +15,14 @@
 //!   for stride 1 and a square kernel, the forward convolution of `dy` with
 //!   the flipped kernels (see [`Geometry::transposed_as_forward`]).
 //!
-//! Only contiguous f32 tensors on the CPU take this path; anything else
-//! (CUDA, other dtypes) goes to candle's `Tensor::conv2d`, which always
-//! computes the input gradient. Gradients of gradients are not supported.
+//! The input may be u8 (frames as whole intensities): each image is then
+//! converted to f32 in its task's buffer, in cache, so the batch is never
+//! materialised as f32, and it gets no gradient.
+//!
+//! Only contiguous f32 (or u8 input) tensors on the CPU take this path;
+//! anything else (CUDA, other dtypes) goes to candle's `Tensor::conv2d`,
+//! which always computes the input gradient. Gradients of gradients are not
+//! supported.
 
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor, bail};
 use gemm::Parallelism;
@@ -32,12 +37,12 @@ use crate::cpu::contiguous_f32;
 ///
 /// `input_grad = false` makes the backward return no gradient for `input`
 /// (it is then absent from the `GradStore`), which is what a first layer fed
-/// with observations wants; the weight gradient is the same either way. Off
-/// the CPU or for non-f32 tensors this is candle's `conv2d` and the flag is
-/// ignored.
+/// with observations wants; the weight gradient is the same either way. A
+/// u8 `input` never gets one. Off the CPU or for other dtypes this is
+/// candle's `conv2d` (on the input as f32) and the flag is ignored.
 pub fn conv2d(input: &Tensor, weight: &Tensor, stride: usize, padding: usize, input_grad: bool) -> Result<Tensor> {
-    if !input.device().is_cpu() || input.dtype() != DType::F32 || weight.dtype() != DType::F32 {
-        return candle_conv2d(input, weight, stride, padding);
+    if !fast_path(input, &[weight]) {
+        return candle_conv2d(&input.to_dtype(DType::F32)?, weight, stride, padding);
     }
     // Shape errors surface here, before the op is built.
     Geometry::new(input.dims(), weight.dims(), stride, padding)?;
@@ -46,7 +51,7 @@ pub fn conv2d(input: &Tensor, weight: &Tensor, stride: usize, padding: usize, in
         Conv2d {
             stride,
             padding,
-            input_grad,
+            input_grad: input_grad && input.dtype() == DType::F32,
         },
     )
 }
@@ -61,8 +66,9 @@ pub fn conv2d_bias(input: &Tensor, weight: &Tensor, bias: &Tensor, stride: usize
     if bias.elem_count() != out_channels {
         bail!("conv2d: a bias of {} values for {out_channels} output channels", bias.elem_count());
     }
-    if !input.device().is_cpu() || [input.dtype(), weight.dtype(), bias.dtype()].iter().any(|&d| d != DType::F32) {
-        return candle_conv2d(input, weight, stride, padding)?.broadcast_add(&bias.reshape((1, out_channels, 1, 1))?);
+    if !fast_path(input, &[weight, bias]) {
+        let input = input.to_dtype(DType::F32)?;
+        return candle_conv2d(&input, weight, stride, padding)?.broadcast_add(&bias.reshape((1, out_channels, 1, 1))?);
     }
     Geometry::new(input.dims(), weight.dims(), stride, padding)?;
     input.contiguous()?.apply_op3(
@@ -71,9 +77,51 @@ pub fn conv2d_bias(input: &Tensor, weight: &Tensor, bias: &Tensor, stride: usize
         Conv2d {
             stride,
             padding,
-            input_grad,
+            input_grad: input_grad && input.dtype() == DType::F32,
         },
     )
+}
+
+/// Whether the custom op runs: on the CPU, f32 or u8 input, f32 parameters.
+fn fast_path(input: &Tensor, parameters: &[&Tensor]) -> bool {
+    input.device().is_cpu() && matches!(input.dtype(), DType::F32 | DType::U8) && parameters.iter().all(|p| p.dtype() == DType::F32)
+}
+
+/// A conv's input images, `[N, C, H, W]` values: f32, or u8 observations.
+#[derive(Clone, Copy)]
+enum Images<'a> {
+    F32(&'a [f32]),
+    U8(&'a [u8]),
+}
+
+impl<'a> Images<'a> {
+    fn new(s: &'a CpuStorage, l: &Layout) -> Result<Self> {
+        match s {
+            CpuStorage::U8(data) => match l.contiguous_offsets() {
+                Some((start, end)) => Ok(Self::U8(&data[start..end])),
+                None => bail!("conv2d input: expected a contiguous tensor"),
+            },
+            _ => Ok(Self::F32(contiguous_f32(s, l, "conv2d input")?)),
+        }
+    }
+
+    /// Image `index` of `len` values as f32: borrowed, or converted into
+    /// `buffer`.
+    fn image<'s>(self, index: usize, len: usize, buffer: &'s mut Vec<f32>) -> &'s [f32]
+    where
+        'a: 's,
+    {
+        match self {
+            Self::F32(x) => &x[index * len..][..len],
+            Self::U8(x) => {
+                buffer.resize(len, 0.0);
+                for (d, &v) in buffer.iter_mut().zip(&x[index * len..][..len]) {
+                    *d = f32::from(v);
+                }
+                buffer
+            }
+        }
+    }
 }
 
 /// candle's `conv2d`, on an input cropped to the pixels the kernel reaches.
@@ -279,6 +327,8 @@ struct Scratch {
     padded: Vec<f32>,
     /// One image's output, `[P, O]`, before it is transposed to `[O, P]`.
     out_t: Vec<f32>,
+    /// One u8 input image converted to f32 (grown on first use).
+    image: Vec<f32>,
 }
 
 impl Scratch {
@@ -294,6 +344,7 @@ impl Scratch {
                 Vec::new()
             },
             out_t: if per_pixel { vec![0.0; g.out_len()] } else { Vec::new() },
+            image: Vec::new(),
         }
     }
 }
@@ -440,10 +491,6 @@ fn transpose(src: &[f32], rows: usize, cols: usize, dst: &mut [f32]) {
 /// A strided matrix view: `(rows, cols, row stride, column stride)`.
 pub(crate) type View = (usize, usize, usize, usize);
 
-fn transposed((rows, cols, rs, cs): View) -> View {
-    (cols, rows, cs, rs)
-}
-
 /// Whether every element of `view` indexes into a slice of `len` elements.
 fn fits(len: usize, (rows, cols, rs, cs): View) -> bool {
     rows == 0 || cols == 0 || (rows - 1) * rs + (cols - 1) * cs < len
@@ -504,7 +551,7 @@ pub(crate) fn matmul(
 }
 
 /// The convolution of `x` with `w`, plus `bias` per output channel when given.
-fn forward(g: &Geometry, x: &[f32], w: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
+fn forward(g: &Geometry, x: Images<'_>, w: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
     if g.is_empty() {
         let mut y = vec![0.0; g.n * g.out_len()];
         if let Some(bias) = bias {
@@ -515,31 +562,31 @@ fn forward(g: &Geometry, x: &[f32], w: &[f32], bias: Option<&[f32]>) -> Vec<f32>
     let (k, p, o) = (g.k(), g.p(), g.o);
     let (imgs, par) = (g.images_per_task(), g.gemm_parallelism());
     let mut y = vec![0.0f32; g.n * g.out_len()];
-    y.par_chunks_mut(imgs * g.out_len())
-        .zip(x.par_chunks(imgs * g.in_len()))
-        .for_each(|(ys, xs)| {
-            let Scratch {
-                mut cols,
-                mut padded,
-                mut out_t,
-            } = Scratch::new(g);
-            for (yb, xb) in ys.chunks_mut(g.out_len()).zip(xs.chunks(g.in_len())) {
-                let cols = unfold(g, xb, &mut cols, &mut padded);
-                // y[o, p] = Σ_k W[o, k] · cols[k, p]
-                match g.layout() {
-                    ColsLayout::PerTap => matmul(yb, (o, p, p, 1), false, (w, (o, k, k, 1)), (cols, g.cols_view()), par),
-                    ColsLayout::PerPixel => {
-                        // gemm runs far faster on per-pixel columns with a
-                        // column-major destination; transposing it back is cheap.
-                        matmul(&mut out_t, (o, p, 1, o), false, (w, (o, k, k, 1)), (cols, g.cols_view()), par);
-                        transpose(&out_t, p, o, yb);
-                    }
-                }
-                if let Some(bias) = bias {
-                    add_per_channel(yb, bias, p);
+    y.par_chunks_mut(imgs * g.out_len()).enumerate().for_each(|(task, ys)| {
+        let Scratch {
+            mut cols,
+            mut padded,
+            mut out_t,
+            mut image,
+        } = Scratch::new(g);
+        for (i, yb) in ys.chunks_mut(g.out_len()).enumerate() {
+            let xb = x.image(task * imgs + i, g.in_len(), &mut image);
+            let cols = unfold(g, xb, &mut cols, &mut padded);
+            // y[o, p] = Σ_k W[o, k] · cols[k, p]
+            match g.layout() {
+                ColsLayout::PerTap => matmul(yb, (o, p, p, 1), false, (w, (o, k, k, 1)), (cols, g.cols_view()), par),
+                ColsLayout::PerPixel => {
+                    // gemm runs far faster on per-pixel columns with a
+                    // column-major destination; transposing it back is cheap.
+                    matmul(&mut out_t, (o, p, 1, o), false, (w, (o, k, k, 1)), (cols, g.cols_view()), par);
+                    transpose(&out_t, p, o, yb);
                 }
             }
-        });
+            if let Some(bias) = bias {
+                add_per_channel(yb, bias, p);
+            }
+        }
+    });
     y
 }
 
@@ -554,44 +601,42 @@ fn add_per_channel(y: &mut [f32], bias: &[f32], run: usize) {
     }
 }
 
-fn weight_grad(g: &Geometry, x: &[f32], dy: &[f32]) -> Vec<f32> {
+fn weight_grad(g: &Geometry, x: Images<'_>, dy: &[f32]) -> Vec<f32> {
     if g.is_empty() {
         return vec![0.0; g.o * g.k()];
     }
     let (k, p, o) = (g.k(), g.p(), g.o);
     let (imgs, par) = (g.images_per_task(), g.gemm_parallelism());
-    // One partial sum per task, each `[K, O]`: gemm accumulates faster into
-    // a column-major dW than a row-major one.
+    // One partial sum per task, each `dW[O, K]` seen by gemm as its
+    // column-major transpose `[K, O]`: gemm vectorises the K rows (64–512
+    // of them) instead of the O (16–32), so its micro-kernel tiles are full.
     let partials: Vec<Vec<f32>> = dy
         .par_chunks(imgs * g.out_len())
-        .zip(x.par_chunks(imgs * g.in_len()))
-        .map(|(dys, xs)| {
-            let mut dw_t = vec![0.0f32; o * k];
-            let Scratch { mut cols, mut padded, .. } = Scratch::new(g);
-            for (dyb, xb) in dys.chunks(g.out_len()).zip(xs.chunks(g.in_len())) {
+        .enumerate()
+        .map(|(task, dys)| {
+            let mut dw = vec![0.0f32; o * k];
+            let Scratch {
+                mut cols,
+                mut padded,
+                mut image,
+                ..
+            } = Scratch::new(g);
+            for (i, dyb) in dys.chunks(g.out_len()).enumerate() {
+                let xb = x.image(task * imgs + i, g.in_len(), &mut image);
                 let cols = unfold(g, xb, &mut cols, &mut padded);
-                // dW[o, k] += Σ_p dy[o, p] · cols[k, p]
-                matmul(
-                    &mut dw_t,
-                    (o, k, 1, o),
-                    true,
-                    (dyb, (o, p, p, 1)),
-                    (cols, transposed(g.cols_view())),
-                    par,
-                );
+                // dWᵀ[k, o] += Σ_p cols[k, p] · dyᵀ[p, o]
+                matmul(&mut dw, (k, o, 1, k), true, (cols, g.cols_view()), (dyb, (p, o, 1, p)), par);
             }
-            dw_t
+            dw
         })
         .collect();
     let mut parts = partials.into_iter();
-    let mut dw_t = parts.next().unwrap_or_else(|| vec![0.0; o * k]);
+    let mut dw = parts.next().unwrap_or_else(|| vec![0.0; o * k]);
     for part in parts {
-        for (a, b) in dw_t.iter_mut().zip(&part) {
+        for (a, b) in dw.iter_mut().zip(&part) {
             *a += *b;
         }
     }
-    let mut dw = vec![0.0f32; o * k];
-    transpose(&dw_t, k, o, &mut dw);
     dw
 }
 
@@ -600,7 +645,7 @@ fn input_grad(g: &Geometry, dy: &[f32], w: &[f32]) -> Vec<f32> {
         return vec![0.0; g.n * g.in_len()];
     }
     if let Some(transposed) = g.transposed_as_forward() {
-        return forward(&transposed, dy, &flip_kernels(g, w), None);
+        return forward(&transposed, Images::F32(dy), &flip_kernels(g, w), None);
     }
     let (k, p, o) = (g.k(), g.p(), g.o);
     let (imgs, par) = (g.images_per_task(), g.gemm_parallelism());
@@ -694,12 +739,7 @@ impl CustomOp3 for Conv2d {
 impl Conv2d {
     fn run(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, bias: Option<&[f32]>) -> Result<(CpuStorage, Shape)> {
         let g = Geometry::new(l1.dims(), l2.dims(), self.stride, self.padding)?;
-        let y = forward(
-            &g,
-            contiguous_f32(s1, l1, "conv2d input")?,
-            contiguous_f32(s2, l2, "conv2d weight")?,
-            bias,
-        );
+        let y = forward(&g, Images::new(s1, l1)?, contiguous_f32(s2, l2, "conv2d weight")?, bias);
         Ok((CpuStorage::F32(y), Shape::from((g.n, g.o, g.oh, g.ow))))
     }
 
@@ -753,11 +793,7 @@ impl CustomOp2 for WeightGrad {
         if l2.dims() != [g.n, g.o, g.oh, g.ow] {
             bail!("conv2d: output gradient {:?} does not match the conv", l2.dims());
         }
-        let dw = weight_grad(
-            &g,
-            contiguous_f32(s1, l1, "conv2d input")?,
-            contiguous_f32(s2, l2, "conv2d output gradient")?,
-        );
+        let dw = weight_grad(&g, Images::new(s1, l1)?, contiguous_f32(s2, l2, "conv2d output gradient")?);
         Ok((CpuStorage::F32(dw), Shape::from((g.o, g.c, g.kh, g.kw))))
     }
 }
@@ -977,6 +1013,31 @@ mod tests {
             assert!(want_dx.is_some());
             let err = rel_err(&dw, &want_dw);
             assert!(err < 1e-4, "case {case:?}: weight gradient relative error {err}");
+        }
+    }
+
+    #[test]
+    fn u8_input_equals_the_same_frames_as_f32_values_and_gradients() {
+        let mut rng = ChaCha8Rng::seed_from_u64(9);
+        for (i, case) in CASES.iter().enumerate() {
+            let &[n, c, h, w, o, kh, kw, stride, pad] = case;
+            let frames: Vec<u8> = (0..n * c * h * w).map(|_| rng.random()).collect();
+            let x_u8 = Tensor::from_vec(frames, (n, c, h, w), &Device::Cpu).unwrap();
+            let x_f32 = x_u8.to_dtype(DType::F32).unwrap();
+            let wt = Var::from_tensor(&random(&[o, c, kh, kw], 60 + i as u64)).unwrap();
+            let b = Var::from_tensor(&random(&[o], 70 + i as u64)).unwrap();
+            // Asking for an input gradient of u8 frames gets none.
+            let ours = conv2d_bias(&x_u8, &wt, &b, stride, pad, true).unwrap();
+            let want = conv2d_bias(&x_f32, &wt, &b, stride, pad, false).unwrap();
+            assert_eq!(ours.dtype(), DType::F32);
+            assert!(rel_err(&ours, &want) < 1e-6, "case {case:?}: values");
+            let r = random(ours.dims(), 80 + i as u64);
+            let [ours, want] = [ours, want].map(|out| (out * &r).unwrap().sum_all().unwrap().backward().unwrap());
+            assert!(ours.get(&x_u8).is_none(), "case {case:?}: u8 frames got a gradient");
+            for (what, var) in [("weight", &wt), ("bias", &b)] {
+                let err = rel_err(ours.get(var).unwrap(), want.get(var).unwrap());
+                assert!(err < 1e-6, "case {case:?}: {what} gradient relative error {err}");
+            }
         }
     }
 

@@ -183,7 +183,7 @@ impl ActorCritic {
     }
 
     /// One step for `N` environments of a feed-forward network.
-    /// `observations`: `[N, observation_size]` f32 (frames as 0..=255).
+    /// `observations`: `[N, observation_size]`, f32 or u8 (frames as 0..=255).
     ///
     /// # Errors
     /// With a recurrent core, which needs [`ActorCritic::step`].
@@ -244,12 +244,14 @@ impl ActorCritic {
         Ok((self.heads.forward(&every.h, &every.h)?, last))
     }
 
-    /// Frames scaled to 0..=1 for an MLP (a CNN's first layer scales its
-    /// weight instead); vector observations as they are.
+    /// The torso's input: frames as they come (u8 or f32) for a CNN, whose
+    /// first layer reads u8 itself and scales its weight instead; for an MLP,
+    /// f32 with frames scaled to 0..=1.
     fn scaled(&self, observations: &Tensor) -> Result<Tensor> {
         match (&self.body, self.spec.frame()) {
-            (Body::Towers { .. }, Some(_)) => observations.affine(FRAME_SCALE, 0.0),
-            _ => Ok(observations.clone()),
+            (Body::Conv(_), _) => Ok(observations.clone()),
+            (Body::Towers { .. }, Some(_)) => observations.to_dtype(DType::F32)?.affine(FRAME_SCALE, 0.0),
+            (Body::Towers { .. }, None) => observations.to_dtype(DType::F32),
         }
     }
 
