@@ -325,8 +325,6 @@ struct Scratch {
     /// One zero-padded image, `[C, H + 2·pad, W + 2·pad]`: lets the
     /// per-pixel layout copy whole runs without bounds logic.
     padded: Vec<f32>,
-    /// One image's output, `[P, O]`, before it is transposed to `[O, P]`.
-    out_t: Vec<f32>,
     /// One u8 input image converted to f32 (grown on first use).
     image: Vec<f32>,
 }
@@ -343,9 +341,14 @@ impl Scratch {
             } else {
                 Vec::new()
             },
-            out_t: if per_pixel { vec![0.0; g.out_len()] } else { Vec::new() },
             image: Vec::new(),
         }
+    }
+
+    /// The column matrix of image `index` of `x`.
+    fn columns<'s>(&'s mut self, g: &Geometry, x: Images<'s>, index: usize) -> &'s [f32] {
+        let image = x.image(index, g.in_len(), &mut self.image);
+        unfold(g, image, &mut self.cols, &mut self.padded)
     }
 }
 
@@ -563,15 +566,15 @@ fn forward(g: &Geometry, x: Images<'_>, w: &[f32], bias: Option<&[f32]>) -> Vec<
     let (imgs, par) = (g.images_per_task(), g.gemm_parallelism());
     let mut y = vec![0.0f32; g.n * g.out_len()];
     y.par_chunks_mut(imgs * g.out_len()).enumerate().for_each(|(task, ys)| {
-        let Scratch {
-            mut cols,
-            mut padded,
-            mut out_t,
-            mut image,
-        } = Scratch::new(g);
+        let mut scratch = Scratch::new(g);
+        // One image's output, `[P, O]`, before it is transposed to `[O, P]`.
+        let mut out_t = if g.layout() == ColsLayout::PerPixel {
+            vec![0.0; g.out_len()]
+        } else {
+            Vec::new()
+        };
         for (i, yb) in ys.chunks_mut(g.out_len()).enumerate() {
-            let xb = x.image(task * imgs + i, g.in_len(), &mut image);
-            let cols = unfold(g, xb, &mut cols, &mut padded);
+            let cols = scratch.columns(g, x, task * imgs + i);
             // y[o, p] = Σ_k W[o, k] · cols[k, p]
             match g.layout() {
                 ColsLayout::PerTap => matmul(yb, (o, p, p, 1), false, (w, (o, k, k, 1)), (cols, g.cols_view()), par),
@@ -615,15 +618,9 @@ fn weight_grad(g: &Geometry, x: Images<'_>, dy: &[f32]) -> Vec<f32> {
         .enumerate()
         .map(|(task, dys)| {
             let mut dw = vec![0.0f32; o * k];
-            let Scratch {
-                mut cols,
-                mut padded,
-                mut image,
-                ..
-            } = Scratch::new(g);
+            let mut scratch = Scratch::new(g);
             for (i, dyb) in dys.chunks(g.out_len()).enumerate() {
-                let xb = x.image(task * imgs + i, g.in_len(), &mut image);
-                let cols = unfold(g, xb, &mut cols, &mut padded);
+                let cols = scratch.columns(g, x, task * imgs + i);
                 // dWᵀ[k, o] += Σ_p cols[k, p] · dyᵀ[p, o]
                 matmul(&mut dw, (k, o, 1, k), true, (cols, g.cols_view()), (dyb, (p, o, 1, p)), par);
             }
