@@ -282,7 +282,7 @@ impl CustomOp3 for Unroll {
             false,
             (&d_gates, (4 * h, steps * batch, 1, 4 * h)),
             (&h_prevs, (steps * batch, h, h, 1)),
-            self.parallelism(),
+            Parallelism::Rayon(rayon::current_num_threads()),
         );
         let mut d_state = vec![0f32; batch * 2 * h];
         for (b, row) in d_state.chunks_exact_mut(2 * h).enumerate() {
