@@ -3,7 +3,7 @@
 //! shutdown future to the library's `run` for the role; everything else is
 //! in the `fleet` library.
 
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -15,7 +15,7 @@ use fleet::config::{Config, ConfigSources};
 use fleet::launcher::Outcome;
 use fleet::progress::Verbosity;
 use fleet::runs::RunFolder;
-use fleet::{bench, cli, eval, export, health, launcher, plot};
+use fleet::{bench, cli, eval, export, health, launcher, plot, process};
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -617,7 +617,22 @@ fn async_worker_threads() -> Result<Option<usize>> {
     }
 }
 
+/// Gives this process, and so its children, `RAYON_NUM_THREADS` where the
+/// environment holds no count (`process::rayon_threads_to_set`): every role
+/// then reads candle's matrix-product thread count from it, whether `fleet
+/// run` started the role or an image or a pod did.
+#[allow(unsafe_code)]
+fn set_matrix_threads() {
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    if let Some(threads) = process::rayon_threads_to_set(std::env::var_os(process::RAYON_THREADS).as_deref(), cores) {
+        // SAFETY: called first in `main`, before any thread is started, so
+        // no other thread reads or writes the environment meanwhile.
+        unsafe { std::env::set_var(process::RAYON_THREADS, threads) };
+    }
+}
+
 fn main() -> ExitCode {
+    set_matrix_threads();
     let cli = Cli::parse();
     cli::init_logging(Verbosity::from_flags(cli.quiet, cli.verbose).log_filter());
     let mut builder = tokio::runtime::Builder::new_multi_thread();

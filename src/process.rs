@@ -5,6 +5,7 @@
 //! their children through here. It does not decide what a child runs — the
 //! caller builds the command — nor serve anything itself.
 
+use std::ffi::OsStr;
 use std::fmt;
 use std::path::Path;
 use std::process::Stdio;
@@ -112,19 +113,27 @@ fn child_command(exe: &Path, config_path: &Path, log_filter: &str, args: &[Strin
             command.env(key, value);
         }
     }
-    // candle sizes every matrix product's threads from RAYON_NUM_THREADS
-    // and, where it is unset, counts physical cores by parsing /proc/cpuinfo
-    // again on every product: 5-7% of a CartPole run's CPU. Set, it is read
-    // from the environment instead; the count is what rayon starts anyway.
-    if std::env::var_os(RAYON_THREADS).is_none() {
-        let threads = std::thread::available_parallelism().map_or(1, usize::from);
-        command.env(RAYON_THREADS, threads.to_string());
-    }
     command
 }
 
 /// The variable rayon and candle size their thread pools from.
-const RAYON_THREADS: &str = "RAYON_NUM_THREADS";
+pub const RAYON_THREADS: &str = "RAYON_NUM_THREADS";
+
+/// The `RAYON_NUM_THREADS` a process sets for itself, and so for its
+/// children, as it starts, given the value it found there: `cores` where the
+/// variable is unset or holds no count of at least 1, None where it holds one.
+///
+/// candle sizes every matrix product's threads from this variable and, where
+/// it holds no count, counts physical cores by parsing /proc/cpuinfo again on
+/// every product: 5-7% of a CartPole run's CPU. Set, it is read from the
+/// environment instead; `cores` is the count rayon starts with anyway.
+pub fn rayon_threads_to_set(found: Option<&OsStr>, cores: usize) -> Option<String> {
+    let holds_a_count = found
+        .and_then(OsStr::to_str)
+        .and_then(|text| text.parse::<usize>().ok())
+        .is_some_and(|threads| threads > 0);
+    (!holds_a_count).then(|| cores.to_string())
+}
 
 impl Process {
     /// Spawns `command` (a `fleet` role) with piped stdin and stdout and
@@ -192,7 +201,7 @@ mod tests {
     /// Children start with the shared settings (this test's own
     /// environment sets none of them).
     #[test]
-    fn children_start_with_lazy_allocator_arenas_inline_elementwise_ops_and_a_thread_count() {
+    fn children_start_with_lazy_allocator_arenas_and_inline_elementwise_ops() {
         let command = child_command(Path::new("/bin/fleet"), Path::new("c.toml"), "info", &["actor".into()]);
         let envs: Vec<(String, Option<String>)> = command
             .as_std()
@@ -206,16 +215,17 @@ mod tests {
                 "{key}={value} missing from {envs:?}"
             );
         }
-        // The thread count is given unless the caller gave one, which passes
-        // on unchanged.
-        let rayon = envs.iter().find(|(k, _)| k == RAYON_THREADS).and_then(|(_, v)| v.clone());
-        match std::env::var(RAYON_THREADS) {
-            Ok(_) => assert_eq!(rayon, None, "the caller's {RAYON_THREADS} was overridden"),
-            Err(_) => {
-                let threads: usize = rayon.expect("RAYON_NUM_THREADS set for the child").parse().unwrap();
-                assert_eq!(threads, std::thread::available_parallelism().unwrap().get());
-            }
-        }
+    }
+
+    #[test]
+    fn the_matrix_thread_count_is_set_unless_the_caller_gave_one() {
+        let set = |found: Option<&str>| rayon_threads_to_set(found.map(OsStr::new), 6);
+        assert_eq!(set(None), Some("6".into()));
+        // rayon reads 0 as "choose yourself", and candle then parses /proc/cpuinfo.
+        assert_eq!(set(Some("0")), Some("6".into()));
+        assert_eq!(set(Some("many")), Some("6".into()));
+        assert_eq!(set(Some("3")), None);
+        assert_eq!(set(Some("12")), None);
     }
 
     #[test]

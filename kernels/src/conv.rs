@@ -29,7 +29,7 @@ use gemm::Parallelism;
 use rayon::prelude::*;
 
 use crate::bias;
-use crate::cpu::contiguous_f32;
+use crate::cpu::{contiguous, contiguous_f32};
 
 /// `conv2d(input [N, C, H, W], weight [O, C, kh, kw]) -> [N, O, oh, ow]`
 /// with the given stride and symmetric zero padding (dilation 1, one group,
@@ -97,10 +97,7 @@ enum Images<'a> {
 impl<'a> Images<'a> {
     fn new(s: &'a CpuStorage, l: &Layout) -> Result<Self> {
         match s {
-            CpuStorage::U8(data) => match l.contiguous_offsets() {
-                Some((start, end)) => Ok(Self::U8(&data[start..end])),
-                None => bail!("conv2d input: expected a contiguous tensor"),
-            },
+            CpuStorage::U8(data) => Ok(Self::U8(contiguous(data, l, "conv2d input")?)),
             _ => Ok(Self::F32(contiguous_f32(s, l, "conv2d input")?)),
         }
     }
