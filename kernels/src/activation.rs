@@ -21,7 +21,7 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Re
 
 use rayon::prelude::*;
 
-use crate::cpu::contiguous_f32;
+use crate::cpu::{contiguous_f32, map_into, zip_map_into};
 
 /// `tanh(x)`, elementwise.
 pub fn tanh(x: &Tensor) -> Result<Tensor> {
@@ -141,8 +141,18 @@ fn map(s: &CpuStorage, l: &Layout, op: &str, f: impl Fn(f32) -> f32 + Sync) -> R
         bail!("{op}: expected f32, got {:?}", s.dtype());
     };
     let out = match l.contiguous_offsets() {
-        Some((start, end)) if end - start < 2 * PARALLEL_CHUNK => data[start..end].iter().map(|&x| f(x)).collect(),
-        Some((start, end)) => data[start..end].par_iter().with_min_len(PARALLEL_CHUNK).map(|&x| f(x)).collect(),
+        Some((start, end)) => {
+            let src = &data[start..end];
+            let mut out = vec![0.0; src.len()];
+            if src.len() < 2 * PARALLEL_CHUNK {
+                map_into(&mut out, src, f);
+            } else {
+                out.par_chunks_mut(PARALLEL_CHUNK)
+                    .zip(src.par_chunks(PARALLEL_CHUNK))
+                    .for_each(|(dst, src)| map_into(dst, src, &f));
+            }
+            out
+        }
         None => candle_core::cpu_backend::unary_map(data, l, f),
     };
     Ok((CpuStorage::F32(out), l.shape().clone()))
@@ -158,11 +168,15 @@ fn zip_map(op: &str, a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32 + Sync) -
     if a.len() != b.len() {
         bail!("{op}: gradient of {} values for an output of {}", a.len(), b.len());
     }
-    Ok(if a.len() < 2 * PARALLEL_CHUNK {
-        a.iter().zip(b).map(|(&a, &b)| f(a, b)).collect()
+    let mut out = vec![0.0; a.len()];
+    if a.len() < 2 * PARALLEL_CHUNK {
+        zip_map_into(&mut out, a, b, f);
     } else {
-        a.par_iter().zip(b).with_min_len(PARALLEL_CHUNK).map(|(&a, &b)| f(a, b)).collect()
-    })
+        out.par_chunks_mut(PARALLEL_CHUNK)
+            .zip(a.par_chunks(PARALLEL_CHUNK).zip(b.par_chunks(PARALLEL_CHUNK)))
+            .for_each(|(dst, (a, b))| zip_map_into(dst, a, b, &f));
+    }
+    Ok(out)
 }
 
 /// An element-wise activation whose derivative is a function of its

@@ -1,4 +1,5 @@
-//! What the CPU custom ops share: reading a tensor's storage as a contiguous slice.
+//! What the CPU custom ops share: reading a tensor's storage as a contiguous
+//! slice, and running element-wise loops on the CPU's widest vectors.
 
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, Layout, Result, bail};
@@ -17,4 +18,33 @@ pub(crate) fn contiguous<'a, T>(data: &'a [T], l: &Layout, what: &str) -> Result
         Some((start, end)) => Ok(&data[start..end]),
         None => bail!("{what}: expected a contiguous tensor"),
     }
+}
+
+/// Runs `body` compiled for the widest vector instructions this CPU has
+/// (AVX-512, else AVX2 with FMA, on x86-64; chosen at run time by `pulp`).
+/// The build targets baseline x86-64, which caps the loops the compiler
+/// vectorises at SSE2's 4 lanes; a loop inlined into `body` gets 16 or 8.
+#[inline(always)]
+pub(crate) fn with_widest_simd<R>(body: impl FnOnce() -> R) -> R {
+    pulp::Arch::new().dispatch(body)
+}
+
+/// `dst[i] = f(src[i])` on the widest vectors.
+#[inline(always)]
+pub(crate) fn map_into(dst: &mut [f32], src: &[f32], f: impl Fn(f32) -> f32) {
+    with_widest_simd(|| {
+        for (d, &s) in dst.iter_mut().zip(src) {
+            *d = f(s);
+        }
+    });
+}
+
+/// `dst[i] = f(a[i], b[i])` on the widest vectors.
+#[inline(always)]
+pub(crate) fn zip_map_into(dst: &mut [f32], a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) {
+    with_widest_simd(|| {
+        for ((d, &a), &b) in dst.iter_mut().zip(a).zip(b) {
+            *d = f(a, b);
+        }
+    });
 }

@@ -12,8 +12,10 @@
 //! gradient is one contiguous pass), and a private `cpu` module (reading a
 //! tensor's storage as f32 values).
 //!
-//! Every `unsafe` block of the project lives here, so that the other crates
-//! can forbid `unsafe` outright. There is one: in [`conv`], the call into
+//! Every `unsafe` block of the project's libraries lives here, so that the
+//! other crates can forbid `unsafe` outright (the one other block in the
+//! project is the `fleet` binary's environment write as `main` starts,
+//! before any thread exists). There is one here: in [`conv`], the call into
 //! the `gemm` crate's matrix product, which takes raw pointers and strides
 //! (that is what lets it multiply strided views of the column buffers in
 //! place; [`lstm`] calls the same function). Every view is bounds-checked

@@ -21,7 +21,7 @@ use gemm::Parallelism;
 
 use crate::activation::{lstm_cell, sigmoid_f32, tanh_f32};
 use crate::conv::matmul;
-use crate::cpu::contiguous_f32;
+use crate::cpu::{contiguous_f32, map_into, with_widest_simd};
 
 /// Runs an LSTM over `steps` steps of `B` rows each and returns every
 /// step's `(h, c)` as `[T·B, 2H]`, step-major (`h` in the first `H`
@@ -101,14 +101,6 @@ const ROW: usize = 6;
 /// Multiply-adds below which a product runs on the calling thread alone.
 const SMALL_PRODUCT: usize = 1 << 22;
 
-/// `dst[j] = f(src[j])`.
-#[inline(always)]
-fn map_into(dst: &mut [f32], src: &[f32], f: impl Fn(f32) -> f32) {
-    for (d, &s) in dst.iter_mut().zip(src) {
-        *d = f(s);
-    }
-}
-
 impl Unroll {
     /// Threads for one step's recurrent product: all of them, unless the
     /// product is too small to pay for waking them (a few microseconds of
@@ -178,30 +170,33 @@ impl CustomOp3 for Unroll {
                 self.parallelism(),
             );
             let step = &mut out[t * batch * ROW * h..][..batch * ROW * h];
-            for ((row, pre), c_prev) in step
-                .chunks_exact_mut(ROW * h)
-                .zip(gates.chunks_exact(4 * h))
-                .zip(c_prev.chunks_exact(h))
-            {
-                let (hc, acts) = row.split_at_mut(2 * h);
-                let (h_out, c_out) = hc.split_at_mut(h);
-                // One pass per gate and per output: plain zips, which the
-                // compiler vectorises (one loop doing all of it stayed scalar).
-                let (i, acts) = acts.split_at_mut(h);
-                let (f, acts) = acts.split_at_mut(h);
-                let (g, o) = acts.split_at_mut(h);
-                map_into(i, &pre[..h], sigmoid_f32);
-                map_into(f, &pre[h..2 * h], sigmoid_f32);
-                map_into(g, &pre[2 * h..3 * h], tanh_f32);
-                map_into(o, &pre[3 * h..], sigmoid_f32);
-                for ((c, &c_prev), ((&i, &f), &g)) in c_out.iter_mut().zip(c_prev).zip(i.iter().zip(f.iter()).zip(g.iter())) {
-                    *c = f * c_prev + i * g;
+            // On the widest vectors: every pass below is a plain zip.
+            with_widest_simd(|| {
+                for ((row, pre), c_prev) in step
+                    .chunks_exact_mut(ROW * h)
+                    .zip(gates.chunks_exact(4 * h))
+                    .zip(c_prev.chunks_exact(h))
+                {
+                    let (hc, acts) = row.split_at_mut(2 * h);
+                    let (h_out, c_out) = hc.split_at_mut(h);
+                    // One pass per gate and per output: plain zips, which the
+                    // compiler vectorises (one loop doing all of it stayed scalar).
+                    let (i, acts) = acts.split_at_mut(h);
+                    let (f, acts) = acts.split_at_mut(h);
+                    let (g, o) = acts.split_at_mut(h);
+                    map_into(i, &pre[..h], sigmoid_f32);
+                    map_into(f, &pre[h..2 * h], sigmoid_f32);
+                    map_into(g, &pre[2 * h..3 * h], tanh_f32);
+                    map_into(o, &pre[3 * h..], sigmoid_f32);
+                    for ((c, &c_prev), ((&i, &f), &g)) in c_out.iter_mut().zip(c_prev).zip(i.iter().zip(f.iter()).zip(g.iter())) {
+                        *c = f * c_prev + i * g;
+                    }
+                    map_into(h_out, c_out, tanh_f32);
+                    for (h_j, &o_j) in h_out.iter_mut().zip(o.iter()) {
+                        *h_j *= o_j;
+                    }
                 }
-                map_into(h_out, c_out, tanh_f32);
-                for (h_j, &o_j) in h_out.iter_mut().zip(o.iter()) {
-                    *h_j *= o_j;
-                }
-            }
+            });
         }
         Ok((CpuStorage::F32(out), Shape::from((self.steps * batch, ROW * h))))
     }
@@ -229,35 +224,37 @@ impl CustomOp3 for Unroll {
         let mut dc_next = vec![0f32; batch * h];
         let mut tanh_c = vec![0f32; h];
         for t in (0..steps).rev() {
-            for b in 0..batch {
-                let r = t * batch + b;
-                let row = &out[r * ROW * h..][..ROW * h];
-                let (c, acts) = (&row[h..2 * h], &row[2 * h..]);
-                let g_row = &grad[r * ROW * h..][..2 * h];
-                self.previous(t, &out, &state_values, b, (&mut h_prevs[r * h..][..h], &mut c_prev));
-                let dg = &mut d_gates[r * 4 * h..][..4 * h];
-                let (dh_in, dc_in) = (&mut dh_next[b * h..][..h], &mut dc_next[b * h..][..h]);
-                map_into(&mut tanh_c, c, tanh_f32);
-                // Every slice cut to `h` first, so the loop has no bounds
-                // checks and vectorises.
-                let (i, f, g, o) = (&acts[..h], &acts[h..2 * h], &acts[2 * h..3 * h], &acts[3 * h..4 * h]);
-                let (g_h, g_c, c_prev, tanh_c) = (&g_row[..h], &g_row[h..2 * h], &c_prev[..h], &tanh_c[..h]);
-                let (dg_i, dg) = dg.split_at_mut(h);
-                let (dg_f, dg) = dg.split_at_mut(h);
-                let (dg_g, dg_o) = dg.split_at_mut(h);
-                let (dg_o, dh_in, dc_in) = (&mut dg_o[..h], &dh_in[..h], &mut dc_in[..h]);
-                for j in 0..h {
-                    let (i, f, g, o, tc) = (i[j], f[j], g[j], o[j], tanh_c[j]);
-                    let dh = g_h[j] + dh_in[j];
-                    let dc = g_c[j] + dc_in[j] + dh * o * (1.0 - tc * tc);
-                    dg_i[j] = dc * g * i * (1.0 - i);
-                    dg_f[j] = dc * c_prev[j] * f * (1.0 - f);
-                    dg_g[j] = dc * i * (1.0 - g * g);
-                    dg_o[j] = dh * tc * o * (1.0 - o);
-                    // The cell state's path to the previous step, before its reset.
-                    dc_in[j] = dc * f;
+            with_widest_simd(|| {
+                for b in 0..batch {
+                    let r = t * batch + b;
+                    let row = &out[r * ROW * h..][..ROW * h];
+                    let (c, acts) = (&row[h..2 * h], &row[2 * h..]);
+                    let g_row = &grad[r * ROW * h..][..2 * h];
+                    self.previous(t, &out, &state_values, b, (&mut h_prevs[r * h..][..h], &mut c_prev));
+                    let dg = &mut d_gates[r * 4 * h..][..4 * h];
+                    let (dh_in, dc_in) = (&mut dh_next[b * h..][..h], &mut dc_next[b * h..][..h]);
+                    map_into(&mut tanh_c, c, tanh_f32);
+                    // Every slice cut to `h` first, so the loop has no bounds
+                    // checks and vectorises.
+                    let (i, f, g, o) = (&acts[..h], &acts[h..2 * h], &acts[2 * h..3 * h], &acts[3 * h..4 * h]);
+                    let (g_h, g_c, c_prev, tanh_c) = (&g_row[..h], &g_row[h..2 * h], &c_prev[..h], &tanh_c[..h]);
+                    let (dg_i, dg) = dg.split_at_mut(h);
+                    let (dg_f, dg) = dg.split_at_mut(h);
+                    let (dg_g, dg_o) = dg.split_at_mut(h);
+                    let (dg_o, dh_in, dc_in) = (&mut dg_o[..h], &dh_in[..h], &mut dc_in[..h]);
+                    for j in 0..h {
+                        let (i, f, g, o, tc) = (i[j], f[j], g[j], o[j], tanh_c[j]);
+                        let dh = g_h[j] + dh_in[j];
+                        let dc = g_c[j] + dc_in[j] + dh * o * (1.0 - tc * tc);
+                        dg_i[j] = dc * g * i * (1.0 - i);
+                        dg_f[j] = dc * c_prev[j] * f * (1.0 - f);
+                        dg_g[j] = dc * i * (1.0 - g * g);
+                        dg_o[j] = dh * tc * o * (1.0 - o);
+                        // The cell state's path to the previous step, before its reset.
+                        dc_in[j] = dc * f;
+                    }
                 }
-            }
+            });
             // dh_prev = d_gates_t · W_hh, then both through the reset.
             let step_gates = &d_gates[t * batch * 4 * h..][..batch * 4 * h];
             matmul(
