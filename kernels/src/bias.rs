@@ -15,7 +15,7 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor, bail};
 use rayon::prelude::*;
 
-use crate::cpu::contiguous_f32;
+use crate::cpu::{contiguous_f32, with_widest_simd};
 
 /// Gradients at least this long are summed on every rayon thread.
 const PARALLEL_LEN: usize = 1 << 16;
@@ -57,15 +57,17 @@ impl CustomOp2 for AddBias {
         let (x, bias) = (contiguous_f32(s1, l1, "add_bias input")?, contiguous_f32(s2, l2, "add_bias bias")?);
         let (channels, inner) = channels_and_inner(l1.shape(), self.channel_dim);
         let mut y = x.to_vec();
-        for block in y.chunks_exact_mut(channels * inner) {
-            if inner == 1 {
-                block.iter_mut().zip(bias).for_each(|(v, b)| *v += b);
-            } else {
-                for (run, b) in block.chunks_exact_mut(inner).zip(bias) {
-                    run.iter_mut().for_each(|v| *v += b);
+        with_widest_simd(|| {
+            for block in y.chunks_exact_mut(channels * inner) {
+                if inner == 1 {
+                    block.iter_mut().zip(bias).for_each(|(v, b)| *v += b);
+                } else {
+                    for (run, b) in block.chunks_exact_mut(inner).zip(bias) {
+                        run.iter_mut().for_each(|v| *v += b);
+                    }
                 }
             }
-        }
+        });
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
@@ -100,13 +102,15 @@ impl CustomOp1 for SumToChannels {
         let grad = contiguous_f32(s, l, "add_bias gradient")?;
         let (channels, inner) = channels_and_inner(l.shape(), self.channel_dim);
         let add_block = |mut sums: Vec<f32>, block: &[f32]| {
-            if inner == 1 {
-                sums.iter_mut().zip(block).for_each(|(s, g)| *s += g);
-            } else {
-                for (s, run) in sums.iter_mut().zip(block.chunks_exact(inner)) {
-                    *s += run.iter().sum::<f32>();
+            with_widest_simd(|| {
+                if inner == 1 {
+                    sums.iter_mut().zip(block).for_each(|(s, g)| *s += g);
+                } else {
+                    for (s, run) in sums.iter_mut().zip(block.chunks_exact(inner)) {
+                        *s += run.iter().sum::<f32>();
+                    }
                 }
-            }
+            });
             sums
         };
         let block = channels * inner;

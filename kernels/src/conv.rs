@@ -29,7 +29,7 @@ use gemm::Parallelism;
 use rayon::prelude::*;
 
 use crate::bias;
-use crate::cpu::{contiguous, contiguous_f32};
+use crate::cpu::{contiguous, contiguous_f32, with_widest_simd};
 
 /// `conv2d(input [N, C, H, W], weight [O, C, kh, kw]) -> [N, O, oh, ow]`
 /// with the given stride and symmetric zero padding (dilation 1, one group,
@@ -112,9 +112,12 @@ impl<'a> Images<'a> {
             Self::F32(x) => &x[index * len..][..len],
             Self::U8(x) => {
                 buffer.resize(len, 0.0);
-                for (d, &v) in buffer.iter_mut().zip(&x[index * len..][..len]) {
-                    *d = f32::from(v);
-                }
+                let frames = &x[index * len..][..len];
+                with_widest_simd(|| {
+                    for (d, &v) in buffer.iter_mut().zip(frames) {
+                        *d = f32::from(v);
+                    }
+                });
                 buffer
             }
         }

@@ -17,7 +17,7 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor, bail};
 use rayon::prelude::*;
 
-use crate::cpu::contiguous_f32;
+use crate::cpu::{contiguous_f32, with_widest_simd};
 
 /// Max over `kernel × kernel` windows of `x` `[N, C, H, W]`, `stride` apart,
 /// the input padded by `padding` on every side with values that never win
@@ -111,7 +111,9 @@ impl MaxPool2d {
     /// bit masks so that the compiler makes vector code of them (as `if`s
     /// they stayed scalar branches). `>` keeps the first of equal maxima;
     /// a NaN wins its window (its first NaN), as in PyTorch, so that a
-    /// diverged layer shows rather than hides.
+    /// diverged layer shows rather than hides. Inlined, so that its loops
+    /// take the caller's `with_widest_simd` instructions.
+    #[inline(always)]
     fn pool_plane<const TAPS: bool>(
         &self,
         plane: &[f32],
@@ -208,8 +210,10 @@ impl CustomOp1 for MaxPool2d {
             y.par_chunks_mut(oh * ow).zip(x.par_chunks(h * w)).for_each_init(
                 || PlaneScratch::new(self, (h, w), ow),
                 |scratch, (out, plane)| {
-                    self.pool_plane::<false>(plane, (h, w), scratch, |oy, best, _| {
-                        out[oy * ow..][..ow].copy_from_slice(best);
+                    with_widest_simd(|| {
+                        self.pool_plane::<false>(plane, (h, w), scratch, |oy, best, _| {
+                            out[oy * ow..][..ow].copy_from_slice(best);
+                        })
                     });
                 },
             );
@@ -245,10 +249,12 @@ impl CustomOp2 for MaxPool2dGrad {
                 .for_each_init(
                     || PlaneScratch::new(&pool, (h, w), ow),
                     |scratch, (dx, (plane, dy))| {
-                        pool.pool_plane::<true>(plane, (h, w), scratch, |oy, _, taps| {
-                            for (ox, (&tap, &g)) in taps.iter().zip(&dy[oy * ow..][..ow]).enumerate() {
-                                dx[pool.tap_index(tap, (oy, ox), w)] += g;
-                            }
+                        with_widest_simd(|| {
+                            pool.pool_plane::<true>(plane, (h, w), scratch, |oy, _, taps| {
+                                for (ox, (&tap, &g)) in taps.iter().zip(&dy[oy * ow..][..ow]).enumerate() {
+                                    dx[pool.tap_index(tap, (oy, ox), w)] += g;
+                                }
+                            })
                         });
                     },
                 );
