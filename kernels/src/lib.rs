@@ -10,7 +10,8 @@
 //! backward, and a fused LSTM cell), [`lstm`] (an LSTM unrolled over a
 //! sequence, resets included, in one op), [`bias`] (a bias add whose
 //! gradient is one contiguous pass), and a private `cpu` module (reading a
-//! tensor's storage as f32 values).
+//! tensor's storage as a slice, and running the element-wise loops on the
+//! widest vector instructions the CPU has, chosen at run time).
 //!
 //! Every `unsafe` block of the project's libraries lives here, so that the
 //! other crates can forbid `unsafe` outright (the one other block in the
