@@ -262,9 +262,15 @@ async fn a_killed_actor_leaves_replay_whole_and_comes_back_with_a_new_run_id() {
 #[tokio::test]
 async fn a_killed_learner_resumes_from_its_newest_checkpoint_and_actors_never_go_back() {
     let dir = tempfile::tempdir().unwrap();
-    // Room in the queue while no learner samples it.
+    // A table that never holds inserts back while no learner samples it: a
+    // full one drops its oldest sequence (a full queue would block the actor
+    // once it fills, however large, and the actor is fast).
     let config = dir.path().join("fleet.toml");
-    std::fs::write(&config, "[[replay.tables]]\nname = \"queue\"\nmax_size = 50000\n").unwrap();
+    std::fs::write(
+        &config,
+        "[[replay.tables]]\nname = \"queue\"\nsampler = \"uniform\"\nmax_size = 50000\n",
+    )
+    .unwrap();
     let config = config.display().to_string();
     let checkpoints = dir.path().join("learner");
     let checkpoint_dir = format!("learner.checkpoint_dir={}", checkpoints.display());
