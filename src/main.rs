@@ -631,7 +631,33 @@ fn set_matrix_threads() {
     }
 }
 
+/// mimalloc's option that delays returning freed pages to the OS, in ms
+/// (`mi_option_purge_delay` in mimalloc.h's `mi_option_e`; the sys crate
+/// names no constant for it). The test below pins the index to its default.
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
+/// The environment variable through which mimalloc reads that option.
+const PURGE_DELAY_VARIABLE: &str = "MIMALLOC_PURGE_DELAY";
+
+/// Keeps the pages of freed blocks committed, where the environment does
+/// not set the purge delay. mimalloc returns a freed block's pages to the
+/// OS once they have gone unused for a second, and the next allocation of
+/// that size faults them in again, each page zeroed by the kernel. A deep
+/// ResNet update frees and reallocates gigabytes every 3-4 s: that zeroing
+/// took a fifth of its time, and the update ran 38% faster without it.
+/// Resident memory stays at the process's peak, which every role reaches
+/// again on its next step anyway.
+#[allow(unsafe_code)]
+fn keep_freed_pages() {
+    if std::env::var_os(PURGE_DELAY_VARIABLE).is_none() {
+        // SAFETY: stores a number in mimalloc's option table; called first
+        // in `main`, before any other thread could read the option.
+        unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
+    }
+}
+
 fn main() -> ExitCode {
+    keep_freed_pages();
     set_matrix_threads();
     let cli = Cli::parse();
     cli::init_logging(Verbosity::from_flags(cli.quiet, cli.verbose).log_filter());
@@ -683,5 +709,17 @@ mod tests {
         assert!(cli.metrics_listen.ip().is_loopback(), "{}", cli.metrics_listen);
         let cli = Cli::try_parse_from(["fleet", "--metrics-listen", "0.0.0.0:9100", "actor"]).unwrap();
         assert_eq!(cli.metrics_listen.to_string(), "0.0.0.0:9100");
+    }
+
+    /// The option index names the purge delay: it holds what the variable
+    /// says, or mimalloc's default of 1000 ms, which no neighbouring option
+    /// has. Nothing in the tests calls `keep_freed_pages`.
+    #[test]
+    #[allow(unsafe_code)]
+    fn the_purge_delay_index_is_the_option_mimalloc_reads_from_its_variable() {
+        // SAFETY: reads one number from mimalloc's option table.
+        let delay = unsafe { libmimalloc_sys::mi_option_get(MI_OPTION_PURGE_DELAY) };
+        let expected = std::env::var(PURGE_DELAY_VARIABLE).map_or(1000, |text| text.trim().parse().unwrap());
+        assert_eq!(delay, expected);
     }
 }
