@@ -5,16 +5,19 @@
 //! the window (IMPALA's deep torso pools 3×3 windows with stride 2), and
 //! the same pooling built from candle slices and elementwise maxima took a
 //! dozen full passes over the feature map forward and three times as many
-//! backward. Here the forward reads each window once; the backward finds
-//! each window's maximum again from the input (rather than storing indices)
-//! and adds the output's gradient there, the first maximum in row-major
-//! order winning a tie, as in PyTorch. Planes (image × channel) are split
-//! across the current rayon pool.
+//! backward. Here the forward reads each window once and, when its input
+//! takes part in a backward pass, keeps which tap of each window held the
+//! maximum (two bytes an output, the first maximum in row-major order
+//! winning a tie, as in PyTorch); the backward adds each output's gradient
+//! at that tap. Planes (image × channel) are split across the current
+//! rayon pool.
 //!
 //! Off the CPU, or for other dtypes, the same pooling is built from candle
 //! ops (edge padding, strided slices and elementwise maxima).
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor, bail};
+use std::sync::{Arc, OnceLock};
+
+use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor, bail};
 use rayon::prelude::*;
 
 use crate::cpu::{contiguous_f32, with_widest_simd};
@@ -29,7 +32,12 @@ pub fn max_pool2d(x: &Tensor, kernel: usize, stride: usize, padding: usize) -> R
     pool.output_side(h)?;
     pool.output_side(w)?;
     if x.device().is_cpu() && x.dtype() == DType::F32 {
-        x.contiguous()?.apply_op1(pool)
+        let op = PoolOp {
+            pool,
+            keep_taps: x.track_op(),
+            taps: OnceLock::new(),
+        };
+        x.contiguous()?.apply_op1(op)
     } else {
         max_pool_axis(&max_pool_axis(x, 2, pool)?, 3, pool)
     }
@@ -63,6 +71,9 @@ fn max_pool_axis(x: &Tensor, dim: usize, pool: MaxPool2d) -> Result<Tensor> {
     Ok(pooled)
 }
 
+/// The widest window: a window's taps are kept as `u16`.
+const MAX_KERNEL: usize = 255;
+
 #[derive(Clone, Copy, Debug)]
 struct MaxPool2d {
     kernel: usize,
@@ -77,6 +88,9 @@ impl MaxPool2d {
         let MaxPool2d { kernel, stride, padding } = *self;
         if size == 0 || kernel == 0 || stride == 0 || padding >= kernel || size + 2 * padding < kernel {
             bail!("max_pool2d: window {kernel} (stride {stride}, padding {padding}) does not fit an axis of {size}");
+        }
+        if kernel > MAX_KERNEL {
+            bail!("max_pool2d: window {kernel} is wider than {MAX_KERNEL}, the widest whose taps fit in the kept indices");
         }
         Ok((size + 2 * padding - kernel) / stride + 1)
     }
@@ -196,70 +210,108 @@ impl PlaneScratch {
     }
 }
 
-impl CustomOp1 for MaxPool2d {
+/// The forward op. `keep_taps` where the input is tracked for gradients:
+/// `taps` then holds each output's winning tap (`i·kernel + j`), in the
+/// output's layout, for the backward.
+struct PoolOp {
+    pool: MaxPool2d,
+    keep_taps: bool,
+    taps: OnceLock<Arc<[u16]>>,
+}
+
+impl CustomOp1 for PoolOp {
     fn name(&self) -> &'static str {
         "fleet-max-pool2d"
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = contiguous_f32(s, l, self.name())?;
+        let pool = self.pool;
         let (n, c, h, w) = l.shape().dims4()?;
-        let (oh, ow) = (self.output_side(h)?, self.output_side(w)?);
+        let (oh, ow) = (pool.output_side(h)?, pool.output_side(w)?);
         let mut y = vec![0f32; n * c * oh * ow];
+        let mut taps = vec![0u16; if self.keep_taps { y.len() } else { 0 }];
         if !y.is_empty() {
-            y.par_chunks_mut(oh * ow).zip(x.par_chunks(h * w)).for_each_init(
-                || PlaneScratch::new(self, (h, w), ow),
-                |scratch, (out, plane)| {
-                    with_widest_simd(|| {
-                        self.pool_plane::<false>(plane, (h, w), scratch, |oy, best, _| {
-                            out[oy * ow..][..ow].copy_from_slice(best);
-                        })
-                    });
-                },
-            );
+            let planes = y.par_chunks_mut(oh * ow).zip(x.par_chunks(h * w));
+            let pool_into = |scratch: &mut PlaneScratch, (out, plane): (&mut [f32], &[f32]), out_taps: Option<&mut [u16]>| {
+                with_widest_simd(|| match out_taps {
+                    Some(out_taps) => pool.pool_plane::<true>(plane, (h, w), scratch, |oy, best, taps| {
+                        out[oy * ow..][..ow].copy_from_slice(best);
+                        for (kept, &tap) in out_taps[oy * ow..][..ow].iter_mut().zip(taps) {
+                            *kept = tap as u16;
+                        }
+                    }),
+                    None => pool.pool_plane::<false>(plane, (h, w), scratch, |oy, best, _| {
+                        out[oy * ow..][..ow].copy_from_slice(best);
+                    }),
+                });
+            };
+            let scratch = || PlaneScratch::new(&pool, (h, w), ow);
+            if self.keep_taps {
+                planes
+                    .zip(taps.par_chunks_mut(oh * ow))
+                    .for_each_init(scratch, |scratch, (plane, out_taps)| pool_into(scratch, plane, Some(out_taps)));
+            } else {
+                planes.for_each_init(scratch, |scratch, plane| pool_into(scratch, plane, None));
+            }
+        }
+        if self.keep_taps && self.taps.set(taps.into()).is_err() {
+            bail!("{}: run twice", self.name());
         }
         Ok((CpuStorage::F32(y), Shape::from((n, c, oh, ow))))
     }
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        Ok(Some(arg.apply_op2_no_bwd(&grad.contiguous()?, &MaxPool2dGrad(*self))?))
+        let Some(taps) = self.taps.get() else {
+            bail!("{}: a backward through an input that was not tracked", self.name());
+        };
+        let (_, _, h, w) = arg.dims4()?;
+        let scatter = Scatter {
+            pool: self.pool,
+            input: (h, w),
+            taps: Arc::clone(taps),
+        };
+        Ok(Some(grad.contiguous()?.apply_op1_no_bwd(&scatter)?))
     }
 }
 
-/// `(input, output gradient) -> input gradient`.
-struct MaxPool2dGrad(MaxPool2d);
+/// `output gradient -> input gradient`: each output's gradient added at its
+/// window's kept tap.
+struct Scatter {
+    pool: MaxPool2d,
+    /// The input's `(h, w)`.
+    input: (usize, usize),
+    taps: Arc<[u16]>,
+}
 
-impl CustomOp2 for MaxPool2dGrad {
+impl CustomOp1 for Scatter {
     fn name(&self) -> &'static str {
         "fleet-max-pool2d-grad"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (x, dy) = (contiguous_f32(s1, l1, self.name())?, contiguous_f32(s2, l2, self.name())?);
-        let (n, c, h, w) = l1.shape().dims4()?;
-        let pool = self.0;
-        let (oh, ow) = (pool.output_side(h)?, pool.output_side(w)?);
-        if l2.dims() != [n, c, oh, ow] {
-            bail!("{}: output gradient {:?} for an input {:?}", self.name(), l2.dims(), l1.dims());
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let dy = contiguous_f32(s, l, self.name())?;
+        let (n, c, oh, ow) = l.shape().dims4()?;
+        let (pool, (h, w)) = (self.pool, self.input);
+        if (pool.output_side(h)?, pool.output_side(w)?) != (oh, ow) || self.taps.len() != dy.len() {
+            bail!(
+                "{}: output gradient {:?} for an input of {h}×{w} and {} taps",
+                self.name(),
+                l.dims(),
+                self.taps.len()
+            );
         }
-        let mut dx = vec![0f32; x.len()];
+        let mut dx = vec![0f32; n * c * h * w];
         if !dx.is_empty() {
             dx.par_chunks_mut(h * w)
-                .zip(x.par_chunks(h * w).zip(dy.par_chunks(oh * ow)))
-                .for_each_init(
-                    || PlaneScratch::new(&pool, (h, w), ow),
-                    |scratch, (dx, (plane, dy))| {
-                        with_widest_simd(|| {
-                            pool.pool_plane::<true>(plane, (h, w), scratch, |oy, _, taps| {
-                                for (ox, (&tap, &g)) in taps.iter().zip(&dy[oy * ow..][..ow]).enumerate() {
-                                    dx[pool.tap_index(tap, (oy, ox), w)] += g;
-                                }
-                            })
-                        });
-                    },
-                );
+                .zip(dy.par_chunks(oh * ow).zip(self.taps.par_chunks(oh * ow)))
+                .for_each(|(dx, (dy, taps))| {
+                    for (o, (&g, &tap)) in dy.iter().zip(taps).enumerate() {
+                        dx[pool.tap_index(u32::from(tap), (o / ow, o % ow), w)] += g;
+                    }
+                });
         }
-        Ok((CpuStorage::F32(dx), l1.shape().clone()))
+        Ok((CpuStorage::F32(dx), Shape::from((n, c, h, w))))
     }
 }
 
@@ -362,6 +414,9 @@ mod tests {
             let dy = random(&[n, c, (h + 2 * p - k) / s + 1, (w + 2 * p - k) / s + 1], 12);
             let var = Var::from_vec(x.clone(), (n, c, h, w), &Device::Cpu).unwrap();
             let y = max_pool2d(var.as_tensor(), k, s, p).unwrap();
+            // A tracked input takes the path that keeps the taps: the same values.
+            let pooled = y.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            assert_eq!(pooled, reference(&x, [n, c, h, w], k, s, p), "k{k} s{s} p{p}: values");
             let dy_t = Tensor::from_vec(dy.clone(), y.dims(), &Device::Cpu).unwrap();
             let grads = (y * dy_t).unwrap().sum_all().unwrap().backward().unwrap();
             let dx = grads.get(var.as_tensor()).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
