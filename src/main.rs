@@ -640,26 +640,41 @@ const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 const PURGE_DELAY_VARIABLE: &str = "MIMALLOC_PURGE_DELAY";
 
 /// Keeps the pages of freed blocks committed, where the environment does
-/// not set the purge delay. mimalloc returns a freed block's pages to the
-/// OS once they have gone unused for a second, and the next allocation of
-/// that size faults them in again, each page zeroed by the kernel. A deep
-/// ResNet update frees and reallocates gigabytes every 3-4 s: that zeroing
-/// took a fifth of its time, and the update ran 38% faster without it.
-/// Resident memory stays at the process's peak, which every role reaches
-/// again on its next step anyway.
+/// not set the purge delay: for the learner, whose updates free and
+/// allocate the same large buffers over and over. mimalloc returns a freed
+/// block's pages to the OS once they have gone unused for a second, and the
+/// next allocation of that size faults them in again, each page zeroed by
+/// the kernel. A deep ResNet update frees and reallocates gigabytes every
+/// 3-4 s: that zeroing took a fifth of its time, and the update ran 38%
+/// faster without it. The learner's resident memory then stays at its peak,
+/// which it reaches again on every update anyway. The other roles keep the
+/// default: replay's peak (a burst of inserts) is not its steady state.
 #[allow(unsafe_code)]
 fn keep_freed_pages() {
     if std::env::var_os(PURGE_DELAY_VARIABLE).is_none() {
-        // SAFETY: stores a number in mimalloc's option table; called first
-        // in `main`, before any other thread could read the option.
+        // SAFETY: stores a number in mimalloc's option table; called from
+        // `main` before the async runtime or any other thread starts.
         unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
     }
 }
 
+/// Whether `command` runs learner updates: the learner role, or its bench.
+fn runs_learner_updates(command: &Command) -> bool {
+    matches!(
+        command,
+        Command::Learner { .. }
+            | Command::Bench {
+                target: BenchTarget::Learner { .. }
+            }
+    )
+}
+
 fn main() -> ExitCode {
-    keep_freed_pages();
     set_matrix_threads();
     let cli = Cli::parse();
+    if runs_learner_updates(&cli.command) {
+        keep_freed_pages();
+    }
     cli::init_logging(Verbosity::from_flags(cli.quiet, cli.verbose).log_filter());
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     match async_worker_threads() {
@@ -709,6 +724,23 @@ mod tests {
         assert!(cli.metrics_listen.ip().is_loopback(), "{}", cli.metrics_listen);
         let cli = Cli::try_parse_from(["fleet", "--metrics-listen", "0.0.0.0:9100", "actor"]).unwrap();
         assert_eq!(cli.metrics_listen.to_string(), "0.0.0.0:9100");
+    }
+
+    /// Only the learner and its bench keep freed pages; replay's memory
+    /// goes back to the OS after a burst.
+    #[test]
+    fn only_learner_updates_keep_freed_pages() {
+        for (args, keeps) in [
+            (&["fleet", "learner"][..], true),
+            (&["fleet", "bench", "learner", "--workload", "mlp"][..], true),
+            (&["fleet", "replay"][..], false),
+            (&["fleet", "actor"][..], false),
+            (&["fleet", "bench", "replay"][..], false),
+            (&["fleet", "run"][..], false),
+        ] {
+            let cli = Cli::try_parse_from(args).unwrap();
+            assert_eq!(runs_learner_updates(&cli.command), keeps, "{args:?}");
+        }
     }
 
     /// The option index names the purge delay: it holds what the variable
