@@ -160,8 +160,11 @@ async fn a_recurrent_agent_solves_a_memory_task_only_from_its_stored_state() {
 /// Pixel Catch (40×20 frames, 9 steps per episode) with IMPALA's shallow
 /// CNN: a random policy scores about −0.6, and the agent must catch at
 /// least 90% of the balls (mean return ≥ 0.8) within the budget. The
-/// step-weighted return spans the last 50,000 env steps, so it usually gets
-/// there in 120,000–180,000; the budget leaves room for the spread.
+/// step-weighted return spans the last 50,000 env steps. On a quiet machine
+/// it gets there in 135,000–145,000; with two busy processes beside it, as
+/// under CI's parallel tests, 10 runs took 121,000–315,000 and one more
+/// than 400,000. The budget leaves room for that spread; an agent that
+/// does not learn stays near −0.6.
 #[tokio::test]
 async fn a_shallow_cnn_learns_pixel_catch() {
     let (solved, output) = run(&[
@@ -170,7 +173,7 @@ async fn a_shallow_cnn_learns_pixel_catch() {
         "--target-return",
         "0.8",
         "--max-env-steps",
-        "400000",
+        "800000",
         "--set",
         "env.name=catch",
         "--set",
