@@ -21,7 +21,7 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Re
 
 use rayon::prelude::*;
 
-use crate::cpu::{contiguous_f32, map_into, zip_map_into};
+use crate::cpu::{contiguous_f32, map_into, with_widest_simd, zip_map_into};
 
 /// `tanh(x)`, elementwise.
 pub fn tanh(x: &Tensor) -> Result<Tensor> {
@@ -145,11 +145,11 @@ fn map(s: &CpuStorage, l: &Layout, op: &str, f: impl Fn(f32) -> f32 + Sync) -> R
             let src = &data[start..end];
             let mut out = vec![0.0; src.len()];
             if src.len() < 2 * PARALLEL_CHUNK {
-                map_into(&mut out, src, f);
+                with_widest_simd(|| map_into(&mut out, src, f));
             } else {
                 out.par_chunks_mut(PARALLEL_CHUNK)
                     .zip(src.par_chunks(PARALLEL_CHUNK))
-                    .for_each(|(dst, src)| map_into(dst, src, &f));
+                    .for_each(|(dst, src)| with_widest_simd(|| map_into(dst, src, &f)));
             }
             out
         }
@@ -170,11 +170,11 @@ fn zip_map(op: &str, a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32 + Sync) -
     }
     let mut out = vec![0.0; a.len()];
     if a.len() < 2 * PARALLEL_CHUNK {
-        zip_map_into(&mut out, a, b, f);
+        with_widest_simd(|| zip_map_into(&mut out, a, b, f));
     } else {
         out.par_chunks_mut(PARALLEL_CHUNK)
             .zip(a.par_chunks(PARALLEL_CHUNK).zip(b.par_chunks(PARALLEL_CHUNK)))
-            .for_each(|(dst, (a, b))| zip_map_into(dst, a, b, &f));
+            .for_each(|(dst, (a, b))| with_widest_simd(|| zip_map_into(dst, a, b, &f)));
     }
     Ok(out)
 }

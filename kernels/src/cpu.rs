@@ -29,22 +29,20 @@ pub(crate) fn with_widest_simd<R>(body: impl FnOnce() -> R) -> R {
     pulp::Arch::new().dispatch(body)
 }
 
-/// `dst[i] = f(src[i])` on the widest vectors.
+/// `dst[i] = f(src[i])`. A plain loop, always inlined: called inside
+/// [`with_widest_simd`], it takes that call's instructions, so a kernel
+/// that runs several loops dispatches once for all of them.
 #[inline(always)]
 pub(crate) fn map_into(dst: &mut [f32], src: &[f32], f: impl Fn(f32) -> f32) {
-    with_widest_simd(|| {
-        for (d, &s) in dst.iter_mut().zip(src) {
-            *d = f(s);
-        }
-    });
+    for (d, &s) in dst.iter_mut().zip(src) {
+        *d = f(s);
+    }
 }
 
-/// `dst[i] = f(a[i], b[i])` on the widest vectors.
+/// `dst[i] = f(a[i], b[i])`, as [`map_into`].
 #[inline(always)]
 pub(crate) fn zip_map_into(dst: &mut [f32], a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) {
-    with_widest_simd(|| {
-        for ((d, &a), &b) in dst.iter_mut().zip(a).zip(b) {
-            *d = f(a, b);
-        }
-    });
+    for ((d, &a), &b) in dst.iter_mut().zip(a).zip(b) {
+        *d = f(a, b);
+    }
 }

@@ -14,9 +14,10 @@
 //! widest vector instructions the CPU has, chosen at run time).
 //!
 //! Every `unsafe` block of the project's libraries lives here, so that the
-//! other crates can forbid `unsafe` outright (the one other block in the
-//! project is the `fleet` binary's environment write as `main` starts,
-//! before any thread exists). There is one here: in [`conv`], the call into
+//! other crates can forbid `unsafe` outright (the two other blocks in the
+//! project are in the `fleet` binary's `main`, before any other thread
+//! exists: an environment write, and setting an option of the allocator).
+//! There is one here: in [`conv`], the call into
 //! the `gemm` crate's matrix product, which takes raw pointers and strides
 //! (that is what lets it multiply strided views of the column buffers in
 //! place; [`lstm`] calls the same function). Every view is bounds-checked
