@@ -162,8 +162,8 @@ async fn a_recurrent_agent_solves_a_memory_task_only_from_its_stored_state() {
 /// least 90% of the balls (mean return ≥ 0.8) within the budget. The
 /// step-weighted return spans the last 50,000 env steps. On a quiet machine
 /// it gets there in 135,000–145,000; with two busy processes beside it, as
-/// under CI's parallel tests, 10 runs took 121,000–315,000 and one more
-/// than 400,000. The budget leaves room for that spread; an agent that
+/// under CI's parallel tests, nine of ten runs took 121,000–315,000 and
+/// one more than 400,000. The budget leaves room for that spread; an agent that
 /// does not learn stays near −0.6.
 #[tokio::test]
 async fn a_shallow_cnn_learns_pixel_catch() {
