@@ -10,6 +10,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // Weights chunks as slices of the published blob: every watcher's
         // stream shares one copy.
         .bytes(".fleet.v1.WeightsChunk.data")
+        // Messages are encoded into a buffer sized for them (src/codec.rs).
+        .codec_path("crate::codec::PresizedCodec")
         .compile_fds(descriptors)?;
     Ok(())
 }

@@ -4,12 +4,14 @@
 //! joining them again, and the trajectory contract's types on the wire
 //! ([`trajectory`]), and the optional bearer token clients send and
 //! servers check ([`auth`]) and the optional TLS they connect with
-//! ([`tls`]). No validation of whole messages lives here;
-//! each service validates what it receives.
+//! ([`tls`]), and the codec the services encode with ([`codec`]). No
+//! validation of whole messages lives here; each service validates what it
+//! receives.
 
 #![forbid(unsafe_code)]
 
 pub mod auth;
+pub mod codec;
 pub mod connect;
 pub mod sequence;
 pub mod tensor;
