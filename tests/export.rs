@@ -332,6 +332,17 @@ fn the_torch_export_of_the_deep_resnet_on_stacked_catch_frames_computes_fleets_o
     feed_forward_parity(&config, EnvSpec::frames(frame, 3), 6);
 }
 
+#[test]
+fn the_torch_export_of_the_small_cnn_on_catch_frames_computes_fleets_outputs() {
+    let config = load_config(None, &["env.name=catch", "network.torso=small_cnn"]);
+    let frame = FrameShape {
+        channels: 1,
+        height: 40,
+        width: 20,
+    };
+    feed_forward_parity(&config, EnvSpec::frames(frame, 3), 6);
+}
+
 /// Sets the parameter `name` of `net` to `values`.
 fn set_param(net: &ActorCritic, name: &str, values: &[f32]) {
     let (_, var) = net.params().iter().find(|(n, _)| n == name).unwrap();

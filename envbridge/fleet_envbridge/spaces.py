@@ -3,7 +3,10 @@
 Observations travel as one tensor for the whole vector:
 
 - a Box of floats (any float dtype) as f32 of the Box's shape;
-- a Box of bools (MinAtar's grids) as f32 0/1 of the Box's shape;
+- a Box of bools of rank 3 (MinAtar's height × width × channels grids) as a
+  u8 image, channels first, each cell 0 or 255: fleet scales images by
+  1/255, so the network reads 0 and 1, and a grid costs a byte a cell;
+- a Box of bools of another rank as f32 0/1 of the Box's shape;
 - a Box of uint8 of rank 3 as a u8 image, channels first: a Box whose last
   axis has at most 4 entries and whose first has more is taken as
   height × width × channels and transposed to channels × height × width;
@@ -55,6 +58,8 @@ class ObservationLayout:
     # Stack of images given frames × height × width × channels, sent as
     # (frames × channels) × height × width.
     stacked_channels_last: bool = False
+    # Bool cells sent as 0 or 255.
+    cells: bool = False
     # Number of values of a Discrete observation sent one-hot (0: not one).
     one_hot_size: int = 0
     # The Discrete observation's first value.
@@ -70,6 +75,8 @@ class ObservationLayout:
             one_hot[np.arange(num_envs), batch.reshape(num_envs) - self.one_hot_start] = 1.0
             return one_hot
         if self.dtype == "u8":
+            if self.cells:
+                batch = batch.astype(np.uint8) * np.uint8(255)
             if self.channels_last:
                 batch = batch.transpose(0, 3, 1, 2)
             elif self.stacked_channels_last:
@@ -138,6 +145,9 @@ def observation_layout(env_id: str, space: spaces.Space) -> ObservationLayout:
         )
     if isinstance(space, spaces.Box):
         shape = tuple(int(d) for d in space.shape)
+        if space.dtype == np.bool_ and len(shape) == 3:
+            height, width, channels = shape
+            return ObservationLayout(dtype="u8", shape=(channels, height, width), channels_last=True, cells=True)
         if np.issubdtype(space.dtype, np.floating) or space.dtype == np.bool_:
             return ObservationLayout(dtype="f32", shape=shape)
         if space.dtype == np.uint8 and len(shape) == 2:

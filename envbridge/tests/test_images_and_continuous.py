@@ -68,11 +68,15 @@ def test_observation_layouts():
     np.testing.assert_array_equal(cells.to_wire(np.array([2, 5])), [[1, 0, 0, 0], [0, 0, 0, 1]])
 
     grid = observation_layout("grid", spaces.Box(0, 1, (10, 10, 4), np.bool_))
-    assert (grid.dtype, grid.shape) == ("f32", (10, 10, 4))
+    assert (grid.dtype, grid.shape) == ("u8", (4, 10, 10))
     cells_on = np.random.default_rng(0).random((2, 10, 10, 4)) < 0.3
     wire = grid.to_wire(cells_on)
-    assert wire.dtype == np.dtype("<f4")
-    np.testing.assert_array_equal(wire, cells_on.astype(np.float32))
+    assert (wire.dtype, wire.shape) == (np.dtype(np.uint8), (2, 4, 10, 10))
+    np.testing.assert_array_equal(wire, cells_on.transpose(0, 3, 1, 2) * 255)
+
+    row = observation_layout("row", spaces.Box(0, 1, (5,), np.bool_))
+    assert (row.dtype, row.shape) == ("f32", (5,))
+    np.testing.assert_array_equal(row.to_wire(cells_on[:, 0, :5, 0]), cells_on[:, 0, :5, 0].astype(np.float32))
 
 
 def test_stacks_of_channels_last_frames_are_sent_frame_by_frame():

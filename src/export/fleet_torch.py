@@ -26,6 +26,8 @@ the two to within float rounding:
   and `value_tower.*`), one under each head; with an LSTM core one tower;
 - `shallow_cnn` / `deep_resnet`: IMPALA's torsos, ReLU throughout, ending in
   a Linear of 256 and ReLU, shared by both heads;
+- `small_cnn`: MinAtar's network, conv 16x3x3 stride 1, ReLU, Linear 128,
+  ReLU, shared by both heads;
 - `lstm`: gates `[i, f, g, o] = input(x) + recurrent(h)` (torch.nn.LSTMCell's
   order and equations), its state zeroed where `is_first` is set, before the
   step;
@@ -132,6 +134,21 @@ class ShallowTorso(nn.Module):
         return torch.relu(self.fc(x.flatten(1)))
 
 
+class SmallTorso(nn.Module):
+    """MinAtar's network: conv 16x3x3 stride 1, ReLU, Linear 128, ReLU."""
+
+    def __init__(self, channels, height, width, frame_scale):
+        super().__init__()
+        self.frame_scale = frame_scale
+        self.conv0 = nn.Conv2d(channels, 16, 3)
+        self.fc = _linear(16 * (height - 2) * (width - 2), 128)
+
+    def forward(self, x):
+        # fleet folds the 1/255 into the convolution's weight.
+        x = torch.relu(F.conv2d(x, self.conv0.weight * self.frame_scale, self.conv0.bias))
+        return torch.relu(self.fc(x.flatten(1)))
+
+
 class ResidualBlock(nn.Module):
     """x + conv1(relu(conv0(relu(x)))), 3x3 same-padded."""
 
@@ -180,6 +197,10 @@ class DeepTorso(nn.Module):
         x = self.section0(x, scale=self.frame_scale)
         x = self.section2(self.section1(x))
         return torch.relu(self.fc(torch.relu(x).flatten(1)))
+
+
+# Each convolutional torso's module and the width of its features.
+CONV_TORSOS = {"shallow_cnn": (ShallowTorso, 256), "deep_resnet": (DeepTorso, 256), "small_cnn": (SmallTorso, 128)}
 
 
 class LstmCore(nn.Module):
@@ -249,12 +270,12 @@ class FleetPolicy(nn.Module):
                 self.value_tower, value_width = self._tower(network["hidden"])
             else:
                 value_width = width
-        elif self.torso_kind in ("shallow_cnn", "deep_resnet"):
+        elif self.torso_kind in CONV_TORSOS:
             if not self.frames:
                 raise ValueError(f"torso {self.torso_kind!r} needs frames, not {observation}")
-            torso = ShallowTorso if self.torso_kind == "shallow_cnn" else DeepTorso
+            torso, width = CONV_TORSOS[self.torso_kind]
             self.torso = torso(*self.observation_shape, self.frame_scale)
-            width = value_width = 256
+            value_width = width
         else:
             raise ValueError(f"unknown torso {self.torso_kind!r}")
 

@@ -1,8 +1,8 @@
-//! IMPALA's convolutional torsos on image frames: the shallow model (two
-//! convolutions) and the deep ResNet (three sections of a convolution, a
-//! max-pool and two residual blocks), both ending in a fully connected
-//! layer; and the geometry that says whether a frame is large enough for
-//! them. The convolutions, bias adds, max-pools and ReLUs are the kernels
+//! The convolutional torsos on image frames: IMPALA's shallow model (two
+//! convolutions) and deep ResNet (three sections of a convolution, a
+//! max-pool and two residual blocks), and MinAtar's single convolution, each
+//! ending in a fully connected layer; and the geometry that says whether a
+//! frame is large enough for them. The convolutions, bias adds, max-pools and ReLUs are the kernels
 //! crate's.
 
 use candle_core::{Device, Result, Tensor, Var};
@@ -15,8 +15,14 @@ use super::config::Torso;
 use super::mlp::{Dense, NamedVars, weight_and_bias};
 use crate::FrameShape;
 
-/// Width of the CNN torsos' last fully connected layer (IMPALA's).
-pub(super) const CNN_FEATURES: usize = 256;
+/// Width of a CNN torso's last fully connected layer: 256 for IMPALA's,
+/// 128 for MinAtar's.
+pub(super) const fn conv_torso_features(torso: Torso) -> usize {
+    match torso {
+        Torso::SmallCnn => 128,
+        _ => 256,
+    }
+}
 
 /// `(height, width)` of a CNN torso's last feature map, or `None` when the
 /// frame is too small for its convolutions.
@@ -33,6 +39,7 @@ pub(super) fn conv_torso_output(torso: Torso, frame: FrameShape) -> Option<(usiz
             let side = |size: usize| (0..3).fold(size, |s, _| s.div_ceil(2));
             Some((side(frame.height), side(frame.width)))
         }
+        Torso::SmallCnn => Some((conv(frame.height, 3, 1)?, conv(frame.width, 3, 1)?)),
     }
 }
 
@@ -114,10 +121,11 @@ struct ResidualSection {
 enum ConvLayers {
     Shallow { first: Conv2d, second: Conv2d },
     Deep(Vec<ResidualSection>),
+    Small(Conv2d),
 }
 
-/// A convolutional torso: frames `[N, C·H·W]` (already scaled) to features
-/// `[N, 256]`.
+/// A convolutional torso: frames `[N, C·H·W]` (u8 intensities as f32) to
+/// features `[N, conv_torso_features(torso)]`.
 #[derive(Debug)]
 pub(super) struct ConvTorso {
     frame: FrameShape,
@@ -143,12 +151,19 @@ impl ConvTorso {
             params.extend(named);
             Ok(conv)
         };
+        // The observation needs no gradient, and arrives unscaled.
+        let first_layer = |mut conv: Conv2d| {
+            conv.input_grad = false;
+            conv.input_scale = FRAME_SCALE;
+            conv
+        };
         let (layers, channels) = match torso {
+            Torso::SmallCnn => (
+                ConvLayers::Small(first_layer(conv("torso.conv0", frame.channels, 16, 3, 1, 0)?)),
+                16,
+            ),
             Torso::ShallowCnn => {
-                let mut first = conv("torso.conv0", frame.channels, 16, 8, 4, 0)?;
-                // The observation needs no gradient, and arrives unscaled.
-                first.input_grad = false;
-                first.input_scale = FRAME_SCALE;
+                let first = first_layer(conv("torso.conv0", frame.channels, 16, 8, 4, 0)?);
                 let second = conv("torso.conv1", 16, 32, 4, 2, 0)?;
                 (ConvLayers::Shallow { first, second }, 32)
             }
@@ -158,9 +173,7 @@ impl ConvTorso {
                 for (s, c_out) in [16, 32, 32].into_iter().enumerate() {
                     let mut section_conv = conv(&format!("torso.section{s}.conv"), c_in, c_out, 3, 1, 1)?;
                     if s == 0 {
-                        // The observation needs no gradient, and arrives unscaled.
-                        section_conv.input_grad = false;
-                        section_conv.input_scale = FRAME_SCALE;
+                        section_conv = first_layer(section_conv);
                     }
                     let mut blocks = Vec::new();
                     for b in 0..2 {
@@ -178,7 +191,7 @@ impl ConvTorso {
                 (ConvLayers::Deep(sections), c_in)
             }
         };
-        let (fc, named) = Dense::new("torso.fc", channels * height * width, CNN_FEATURES, gain, rng, device)?;
+        let (fc, named) = Dense::new("torso.fc", channels * height * width, conv_torso_features(torso), gain, rng, device)?;
         params.extend(named);
         Ok(Self { frame, layers, fc })
     }
@@ -188,6 +201,7 @@ impl ConvTorso {
         let x = x.reshape((x.dim(0)?, channels, height, width))?;
         let x = match &self.layers {
             ConvLayers::Shallow { first, second } => relu(&second.forward(&relu(&first.forward(&x)?)?)?)?,
+            ConvLayers::Small(conv) => relu(&conv.forward(&x)?)?,
             ConvLayers::Deep(sections) => {
                 let mut x = x;
                 for section in sections {
@@ -248,7 +262,7 @@ mod tests {
 
     #[test]
     fn cnn_torsos_shape_their_outputs_on_atari_and_catch_frames() {
-        for torso in [Torso::ShallowCnn, Torso::DeepResnet] {
+        for torso in [Torso::ShallowCnn, Torso::DeepResnet, Torso::SmallCnn] {
             for (frame, actions) in [(ATARI, 6), (CATCH, 3)] {
                 let net = ActorCritic::new(EnvSpec::frames(frame, actions), &config(torso), 0, &Device::Cpu).unwrap();
                 let out = net.forward(&frames(frame, 2, 1)).unwrap();
@@ -274,6 +288,35 @@ mod tests {
         };
         assert_eq!(fc_inputs(Torso::ShallowCnn), vec![256, 32 * 9 * 9]);
         assert_eq!(fc_inputs(Torso::DeepResnet), vec![256, 32 * 11 * 11]);
+        assert_eq!(fc_inputs(Torso::SmallCnn), vec![128, 16 * 82 * 82]);
+    }
+
+    /// MinAtar's network on its 10×10 grids: one convolution of 16 3×3
+    /// filters leaves 8×8, read by a layer of 128 shared by both heads.
+    #[test]
+    fn the_small_torso_is_minatars_network() {
+        let grid = FrameShape {
+            channels: 4,
+            height: 10,
+            width: 10,
+        };
+        let net = ActorCritic::new(EnvSpec::frames(grid, 3), &config(Torso::SmallCnn), 0, &Device::Cpu).unwrap();
+        let shapes: Vec<(&str, Vec<usize>)> = net.params().iter().map(|(n, v)| (n.as_str(), v.dims().to_vec())).collect();
+        assert_eq!(
+            shapes,
+            vec![
+                ("torso.conv0.weight", vec![16, 4, 3, 3]),
+                ("torso.conv0.bias", vec![16]),
+                ("torso.fc.weight", vec![128, 16 * 8 * 8]),
+                ("torso.fc.bias", vec![128]),
+                ("policy.weight", vec![3, 128]),
+                ("policy.bias", vec![3]),
+                ("value.weight", vec![1, 128]),
+                ("value.bias", vec![1]),
+            ]
+        );
+        let out = net.forward(&frames(grid, 5, 2)).unwrap();
+        assert_eq!((out.logits.dims(), out.values.dims()), (&[5, 3][..], &[5][..]));
     }
 
     #[test]
@@ -304,7 +347,7 @@ mod tests {
     /// through an LSTM core.
     #[test]
     fn gradients_reach_every_cnn_parameter() {
-        for torso in [Torso::ShallowCnn, Torso::DeepResnet] {
+        for torso in [Torso::ShallowCnn, Torso::DeepResnet, Torso::SmallCnn] {
             for core in [Core::None, Core::Lstm] {
                 let config = NetworkConfig {
                     torso,
@@ -405,6 +448,14 @@ mod tests {
         let err = config(Torso::ShallowCnn).check_spec(&EnvSpec::frames(tiny, 2)).unwrap_err();
         assert!(err.contains("16×40"), "{err}");
         assert!(config(Torso::DeepResnet).check_spec(&EnvSpec::frames(tiny, 2)).is_ok());
+        assert!(config(Torso::SmallCnn).check_spec(&EnvSpec::frames(tiny, 2)).is_ok());
+        let sliver = FrameShape {
+            channels: 1,
+            height: 2,
+            width: 10,
+        };
+        let err = config(Torso::SmallCnn).check_spec(&EnvSpec::frames(sliver, 2)).unwrap_err();
+        assert!(err.contains("small_cnn") && err.contains("2×10"), "{err}");
         assert!(NetworkConfig::default().check_spec(&EnvSpec::frames(CATCH, 3)).is_ok());
         assert!(config(Torso::ShallowCnn).check_spec(&EnvSpec::frames(CATCH, 3)).is_ok());
     }

@@ -40,6 +40,9 @@ pub enum Torso {
     /// channels, each a 3×3 conv, a 3×3 stride-2 max-pool and two residual
     /// blocks (15 conv layers in all), then ReLU, fully connected 256, ReLU.
     DeepResnet,
+    /// MinAtar's network (Young & Tian 2019), on small frames such as its
+    /// 10×10 grids: conv 16×3×3 stride 1, ReLU, fully connected 128, ReLU.
+    SmallCnn,
 }
 
 impl Torso {
@@ -49,6 +52,7 @@ impl Torso {
             Torso::Mlp => "mlp",
             Torso::ShallowCnn => "shallow_cnn",
             Torso::DeepResnet => "deep_resnet",
+            Torso::SmallCnn => "small_cnn",
         }
     }
 }
@@ -187,10 +191,16 @@ impl NetworkConfig {
                 spec.observation_size()
             ));
         };
-        if torso == Torso::ShallowCnn && conv_torso_output(torso, frame).is_none() {
+        if conv_torso_output(torso, frame).is_none() {
+            let least = match torso {
+                Torso::ShallowCnn => 20,
+                _ => 3,
+            };
             return Err(format!(
-                "network.torso = \"shallow_cnn\" needs frames of at least 20×20 pixels, but the environment's are {}×{}",
-                frame.height, frame.width
+                "network.torso = \"{}\" needs frames of at least {least}×{least} pixels, but the environment's are {}×{}",
+                torso.name(),
+                frame.height,
+                frame.width
             ));
         }
         Ok(())

@@ -38,7 +38,7 @@ use rand::SeedableRng;
 
 use crate::EnvSpec;
 use crate::distribution::PolicyDistribution;
-use cnn::{CNN_FEATURES, ConvTorso};
+use cnn::{ConvTorso, conv_torso_features};
 use heads::Heads;
 use lstm::{GateInit, LstmCell};
 use mlp::Dense;
@@ -100,7 +100,8 @@ impl ActorCritic {
             }
             (torso, Some(frame)) => {
                 let conv = ConvTorso::new(torso, frame, config.init.gain(), &mut rng, device, &mut params)?;
-                (Body::Conv(conv), CNN_FEATURES, CNN_FEATURES)
+                let features = conv_torso_features(torso);
+                (Body::Conv(conv), features, features)
             }
             (_, None) => unreachable!("check_spec refuses a CNN torso without frames"),
         };
