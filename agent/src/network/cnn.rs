@@ -24,6 +24,22 @@ pub(super) const fn conv_torso_features(torso: Torso) -> usize {
     }
 }
 
+/// The smallest side of a square frame that `torso`'s convolutions can read
+/// (any frame for the MLP, which has none).
+pub(super) fn min_frame_side(torso: Torso) -> usize {
+    if torso == Torso::Mlp {
+        return 1;
+    }
+    let square = |side| FrameShape {
+        channels: 1,
+        height: side,
+        width: side,
+    };
+    // Every convolution reads a frame at least as large as its kernel, so
+    // the search ends.
+    (1..).find(|&side| conv_torso_output(torso, square(side)).is_some()).unwrap_or(1)
+}
+
 /// `(height, width)` of a CNN torso's last feature map, or `None` when the
 /// frame is too small for its convolutions.
 pub(super) fn conv_torso_output(torso: Torso, frame: FrameShape) -> Option<(usize, usize)> {
@@ -458,5 +474,10 @@ mod tests {
         assert!(err.contains("small_cnn") && err.contains("2×10"), "{err}");
         assert!(NetworkConfig::default().check_spec(&EnvSpec::frames(CATCH, 3)).is_ok());
         assert!(config(Torso::ShallowCnn).check_spec(&EnvSpec::frames(CATCH, 3)).is_ok());
+        let least: Vec<usize> = [Torso::Mlp, Torso::ShallowCnn, Torso::DeepResnet, Torso::SmallCnn]
+            .into_iter()
+            .map(min_frame_side)
+            .collect();
+        assert_eq!(least, [1, 20, 1, 3]);
     }
 }

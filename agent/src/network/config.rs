@@ -5,7 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::cnn::conv_torso_output;
+use super::cnn::{conv_torso_output, min_frame_side};
 use crate::EnvSpec;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -192,10 +192,7 @@ impl NetworkConfig {
             ));
         };
         if conv_torso_output(torso, frame).is_none() {
-            let least = match torso {
-                Torso::ShallowCnn => 20,
-                _ => 3,
-            };
+            let least = min_frame_side(torso);
             return Err(format!(
                 "network.torso = \"{}\" needs frames of at least {least}×{least} pixels, but the environment's are {}×{}",
                 torso.name(),
