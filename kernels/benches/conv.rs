@@ -2,8 +2,9 @@
 //! `Tensor::conv2d` on the IMPALA shallow CNN's layers, and one of the deep
 //! ResNet's 3×3 convs, at the learner's batch (32 × 21 images). Prints the
 //! median of `CONV_BENCH_REPS` runs (default 5) per phase; set
-//! `RAYON_NUM_THREADS` to pin the thread count and `CONV_BENCH_ONLY` to a
-//! substring of the variants' labels to run only those.
+//! `RAYON_NUM_THREADS` to pin the thread count, `CONV_BENCH_ONLY` to a
+//! substring of the variants' labels to run only those and
+//! `CONV_BENCH_LAYER` to a substring of the layers' names.
 //!
 //! `cargo bench -p fleet-kernels --bench conv`
 
@@ -80,9 +81,10 @@ fn median(mut v: Vec<Duration>) -> f64 {
 fn main() -> Result<()> {
     let reps: usize = std::env::var("CONV_BENCH_REPS").ok().and_then(|s| s.parse().ok()).unwrap_or(5);
     let only = std::env::var("CONV_BENCH_ONLY").unwrap_or_default();
+    let only_layer = std::env::var("CONV_BENCH_LAYER").unwrap_or_default();
     println!("rayon threads: {}, median of {reps}", rayon::current_num_threads());
     let dev = Device::Cpu;
-    for layer in LAYERS {
+    for layer in LAYERS.iter().filter(|l| l.name.contains(only_layer.as_str())) {
         let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, &layer.input, &dev)?)?;
         let w = Var::from_tensor(&Tensor::randn(0f32, 0.1, &layer.weight, &dev)?)?;
         let out = conv2d(&x, &w, layer.stride, layer.padding, true)?;

@@ -8,7 +8,9 @@
 //! for strides above 1, see [`ColsLayout`]) and multiplied with the `gemm`
 //! crate, the batch split across the current rayon pool:
 //! - forward: `y_b = W · cols_b`, plus the bias, if any, while `y_b` is in
-//!   cache;
+//!   cache; a strided conv whose kernel is a whole number of strides (both
+//!   layers of IMPALA's shallow CNN) skips the column matrix instead, see
+//!   [`SpaceToDepth`];
 //! - weight gradient: `dW = Σ_b dy_b · cols_bᵀ` (columns rebuilt, not
 //!   stored: a batch of them would not fit in cache, nor comfortably in RAM);
 //! - input gradient (only when asked for): `dx_b = col2im(Wᵀ · dy_b)`, or,
@@ -587,6 +589,9 @@ fn forward(g: &Geometry, x: Images<'_>, w: &[f32], bias: Option<&[f32]>) -> Vec<
         }
         return y;
     }
+    if let Some(s2d) = SpaceToDepth::new(g) {
+        return s2d.forward(g, x, w, bias);
+    }
     let (k, p, o) = (g.k(), g.p(), g.o);
     let (imgs, par) = (g.images_per_task(), g.gemm_parallelism());
     let mut y = vec![0.0f32; g.n * g.out_len()];
@@ -616,6 +621,207 @@ fn forward(g: &Geometry, x: Images<'_>, w: &[f32], bias: Option<&[f32]>) -> Vec<
         }
     });
     y
+}
+
+/// A strided convolution whose kernel is a whole number of strides, run as
+/// a stride-1 one ("space to depth"): padded input pixel `(Y·s + a, X·s + b)`
+/// of channel `c` becomes pixel `(Y, X)` of channel `(c, a, b)`, and the
+/// `kh × kw` kernel becomes `(kh/s) × (kw/s)` taps over `C·s²` channels.
+///
+/// Each tap is then one matrix product straight from the rearranged image,
+/// with no column matrix: output row `oy` is computed over the image's
+/// whole width ("wide" pixels `oy·w + ox`, the columns past `ow` dropped
+/// after), so tap `(i, j)` reads the channel planes at the one offset
+/// `i·w + j`, a column-major operand gemm takes as it lies. The product's
+/// rows are the pixels (hundreds), not the output channels (16–32), which
+/// suits gemm's widest micro-kernels; with the per-pixel columns the first
+/// convolution of an Atari network ran on gemm's narrowest.
+struct SpaceToDepth {
+    s: usize,
+    /// Channels, rows and columns of the rearranged image.
+    c: usize,
+    h: usize,
+    w: usize,
+    /// Rows and columns of taps.
+    kh: usize,
+    kw: usize,
+    /// Wide pixels computed per image: `oh · w`, rounded up to a multiple
+    /// of 16 so that gemm reads the operand in place instead of packing it.
+    m: usize,
+}
+
+impl SpaceToDepth {
+    fn new(g: &Geometry) -> Option<Self> {
+        let s = g.stride;
+        if s == 1 || !g.kh.is_multiple_of(s) || !g.kw.is_multiple_of(s) || g.is_empty() {
+            return None;
+        }
+        let (kh, kw) = (g.kh / s, g.kw / s);
+        let (h, w) = (g.oh + kh - 1, g.ow + kw - 1);
+        Some(Self {
+            s,
+            c: g.c * s * s,
+            h,
+            w,
+            kh,
+            kw,
+            m: (g.oh * w).next_multiple_of(16),
+        })
+    }
+
+    fn plane(&self) -> usize {
+        self.h * self.w
+    }
+
+    /// The rearranged image's buffer: its planes, then room for the reads
+    /// of the rounded-up and dropped wide pixels past the last one.
+    fn image_len(&self) -> usize {
+        self.c * self.plane() + self.m + self.kh * self.w + self.kw
+    }
+
+    /// Fills `dst` with image `x` (`[C, H, W]`) rearranged. Positions that
+    /// read padding are never written: they stay zero from the buffer's
+    /// allocation, as every image writes the same positions. `phases` is
+    /// scratch space.
+    fn rearrange<T: Copy + Into<f32>>(&self, g: &Geometry, x: &[T], dst: &mut [f32], phases: &mut Vec<f32>) {
+        // Unpadded rows that split into whole strides (both layers of the
+        // Atari networks) split a plane at a time, long loops that vectorise.
+        let whole_rows = g.pad == 0 && g.w == self.w * self.s;
+        match self.s {
+            2 if whole_rows => self.rearrange_whole_rows::<2, T>(g, x, dst, phases),
+            4 if whole_rows => self.rearrange_whole_rows::<4, T>(g, x, dst, phases),
+            _ => self.rearrange_any(g, x, dst),
+        }
+    }
+
+    /// [`Self::rearrange`] for stride `S`, no padding and `W = w·S`: each
+    /// plane's used rows are split into their `S` column phases in one
+    /// pass, then every row of a phase is copied to its channel.
+    fn rearrange_whole_rows<const S: usize, T: Copy + Into<f32>>(&self, g: &Geometry, x: &[T], dst: &mut [f32], phases: &mut Vec<f32>) {
+        let (plane, w) = (self.plane(), self.w);
+        let n = self.h * S * w;
+        phases.resize(S * n, 0.0);
+        for (ci, src_plane) in x.chunks_exact(g.h * g.w).enumerate() {
+            // phases[b][f] = src[f·S + b]: value X of row r of phase b is
+            // input pixel (r, X·S + b).
+            let source = &src_plane[..S * n];
+            with_widest_simd(
+                #[inline(always)]
+                || split_phases::<S, T>(source, phases),
+            );
+            for (b, phase) in phases.chunks_exact(n).enumerate() {
+                for (r, row) in phase.chunks_exact(w).enumerate() {
+                    let (y, a) = (r / S, r % S);
+                    dst[((ci * S + a) * S + b) * plane + y * w..][..w].copy_from_slice(row);
+                }
+            }
+        }
+    }
+
+    /// [`Self::rearrange`] for any stride and padding, a value at a time.
+    fn rearrange_any<T: Copy + Into<f32>>(&self, g: &Geometry, x: &[T], dst: &mut [f32]) {
+        let (s, pad, plane) = (self.s, g.pad, self.plane());
+        for (ci, src_plane) in x.chunks_exact(g.h * g.w).enumerate() {
+            for yp in 0..self.h * s {
+                let Some(src_row) = yp.checked_sub(pad).filter(|&y| y < g.h).map(|y| &src_plane[y * g.w..][..g.w]) else {
+                    continue;
+                };
+                let (row, a) = (yp / s, yp % s);
+                for b in 0..s {
+                    let out = &mut dst[((ci * s + a) * s + b) * plane + row * self.w..][..self.w];
+                    for (xo, v) in out.iter_mut().enumerate() {
+                        if let Some(u) = (xo * s + b).checked_sub(pad).and_then(|xp| src_row.get(xp)) {
+                            *v = (*u).into();
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The weights per tap, `[taps][O][C·s²]`: tap `(i, j)` of channel
+    /// `(c, a, b)` is `W[o, c, i·s + a, j·s + b]`.
+    fn weights(&self, g: &Geometry, w: &[f32]) -> Vec<f32> {
+        let s = self.s;
+        let mut out = vec![0.0; self.kh * self.kw * g.o * self.c];
+        for (o, kernels) in w.chunks_exact(g.k()).enumerate() {
+            for (ci, kernel) in kernels.chunks_exact(g.kh * g.kw).enumerate() {
+                for (tap, v) in kernel.iter().enumerate() {
+                    let (ky, kx) = (tap / g.kw, tap % g.kw);
+                    let t = (ky / s) * self.kw + kx / s;
+                    let channel = (ci * s + ky % s) * s + kx % s;
+                    out[(t * g.o + o) * self.c + channel] = *v;
+                }
+            }
+        }
+        out
+    }
+
+    fn forward(&self, g: &Geometry, x: Images<'_>, w: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
+        let (o, m, plane) = (g.o, self.m, self.plane());
+        let (imgs, par) = (g.images_per_task(), g.gemm_parallelism());
+        let taps = self.weights(g, w);
+        let mut y = vec![0.0f32; g.n * g.out_len()];
+        y.par_chunks_mut(imgs * g.out_len()).enumerate().for_each(|(task, ys)| {
+            let mut image = vec![0.0f32; self.image_len()];
+            let mut phases = Vec::new();
+            // `[O, m]`: the wide pixels of every output channel.
+            let mut wide = vec![0.0f32; o * m];
+            for (i, yb) in ys.chunks_mut(g.out_len()).enumerate() {
+                let index = task * imgs + i;
+                match x {
+                    Images::F32(x) => self.rearrange(g, &x[index * g.in_len()..][..g.in_len()], &mut image, &mut phases),
+                    Images::U8(x) => self.rearrange(g, &x[index * g.in_len()..][..g.in_len()], &mut image, &mut phases),
+                }
+                for (t, tap) in taps.chunks_exact(o * self.c).enumerate() {
+                    let offset = (t / self.kw) * self.w + t % self.kw;
+                    // wide[p, o] (+)= Σ_c image[c, p + offset] · W_t[o, c]
+                    matmul(
+                        &mut wide,
+                        (m, o, 1, m),
+                        t > 0,
+                        (&image[offset..], (m, self.c, 1, plane)),
+                        (tap, (self.c, o, 1, self.c)),
+                        par,
+                    );
+                }
+                for (oc, (out, wide)) in yb.chunks_exact_mut(g.p()).zip(wide.chunks_exact(m)).enumerate() {
+                    let b = bias.map_or(0.0, |bias| bias[oc]);
+                    for (out_row, wide_row) in out.chunks_exact_mut(g.ow).zip(wide.chunks(self.w)) {
+                        for (v, &u) in out_row.iter_mut().zip(wide_row) {
+                            *v = u + b;
+                        }
+                    }
+                }
+            }
+        });
+        y
+    }
+}
+
+/// `phases[b·n + f] = src[f·S + b]` (`n` values per phase) for strides 2
+/// and 4: each phase's values zipped from their own iterator, the form in
+/// which the compiler turns the strided reads into vector shuffles
+/// (indexing kept them scalar).
+#[inline(always)]
+fn split_phases<const S: usize, T: Copy + Into<f32>>(src: &[T], phases: &mut [f32]) {
+    let n = src.len() / S;
+    match S {
+        2 => {
+            let (o0, o1) = phases.split_at_mut(n);
+            for ((px, a), b) in src.chunks_exact(2).zip(o0).zip(o1) {
+                (*a, *b) = (px[0].into(), px[1].into());
+            }
+        }
+        4 => {
+            let (o01, o23) = phases.split_at_mut(2 * n);
+            let ((o0, o1), (o2, o3)) = (o01.split_at_mut(n), o23.split_at_mut(n));
+            for ((((px, a), b), c), d) in src.chunks_exact(4).zip(o0).zip(o1).zip(o2).zip(o3) {
+                (*a, *b, *c, *d) = (px[0].into(), px[1].into(), px[2].into(), px[3].into());
+            }
+        }
+        _ => unreachable!("phases are split for strides 2 and 4"),
+    }
 }
 
 /// Adds `bias[c]` to every run of `run` values of channel `c`, the
@@ -895,6 +1101,9 @@ mod tests {
         [2, 6, 5, 5, 4, 1, 1, 2, 0],
         [2, 3, 6, 7, 4, 3, 3, 1, 0],
         [2, 3, 9, 9, 4, 5, 5, 1, 2],
+        [3, 3, 11, 13, 5, 4, 2, 2, 1],
+        [2, 2, 10, 9, 3, 6, 3, 3, 2],
+        [2, 2, 9, 9, 3, 2, 2, 2, 3],
     ];
 
     fn case_tensors(case: &[usize; 9], seed: u64) -> (Tensor, Tensor, usize, usize) {
