@@ -190,10 +190,10 @@ impl Learner {
             let from_stored = if stored {
                 &loss.outputs
             } else {
-                recomputed = learning_outputs(&self.network, &device_batch, true)?;
+                recomputed = learning_outputs(&self.network, &device_batch, loss.core_inputs.as_ref(), true)?;
                 &recomputed
             };
-            state_staleness(&self.network, &device_batch, from_stored)?
+            state_staleness(&self.network, &device_batch, from_stored, loss.core_inputs.as_ref())?
         } else {
             Vec::new()
         };

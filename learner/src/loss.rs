@@ -43,6 +43,8 @@ pub struct LossOutput {
     pub td_errors: Tensor,
     /// The network's outputs on the learning and bootstrap steps.
     pub outputs: PolicyOutput,
+    /// The batch's core inputs, cut off from the graph (recurrent networks).
+    pub core_inputs: Option<CoreInputs>,
 }
 
 /// What the loss saw, over the real decisions of the learning steps: the
@@ -63,10 +65,52 @@ pub struct LossDiagnostics {
     pub target_mean: f32,
 }
 
+/// What the core reads at each of a batch's steps, which no start state
+/// changes: the torso's features through the LSTM's input projection
+/// ([`ActorCritic::core_inputs`]), for the burn-in and the learning steps.
+/// Computed once per update, the loss's unroll and the staleness
+/// measurement's second unroll from zeros share it; the torso (a CNN's
+/// convolutions on every frame) is most of a recurrent network's forward.
+#[derive(Debug)]
+pub struct CoreInputs {
+    /// Cut off from the graph: the burn-in gets no gradient.
+    burn_in: Option<Tensor>,
+    learning: Tensor,
+}
+
+impl CoreInputs {
+    /// The batch's core inputs; `None` for a feed-forward network.
+    pub fn new(network: &ActorCritic, batch: &DeviceBatch) -> Result<Option<Self>> {
+        if !network.is_recurrent() {
+            return Ok(None);
+        }
+        let burn_in = match batch.burn_in {
+            0 => None,
+            _ => Some(network.core_inputs(&batch.burn_in_observations)?.detach()),
+        };
+        let learning = network.core_inputs(&batch.observations)?;
+        Ok(Some(Self { burn_in, learning }))
+    }
+
+    /// The same inputs cut off from the graph, for unrolls that take no gradient.
+    pub fn detach(&self) -> Self {
+        Self {
+            burn_in: self.burn_in.clone(),
+            learning: self.learning.detach(),
+        }
+    }
+}
+
 /// The core's state at the first learning step: from the stored state (or
 /// zeros, when `stored` is off or the batch has none), run over the burn-in
 /// steps and cut off from the graph, so the burn-in gets no gradient.
-pub fn learning_start_state(network: &ActorCritic, batch: &DeviceBatch, stored: bool) -> Result<RecurrentState> {
+/// `inputs` are the batch's [`CoreInputs`], computed here when not given.
+pub fn learning_start_state(
+    network: &ActorCritic,
+    batch: &DeviceBatch,
+    inputs: Option<&CoreInputs>,
+    stored: bool,
+) -> Result<RecurrentState> {
     let b = batch.batch_size;
     let start = match (&batch.initial_states, network.state_spec()) {
         (Some(states), Some(spec)) if stored => RecurrentState::from_flat(states, spec)?,
@@ -75,7 +119,15 @@ pub fn learning_start_state(network: &ActorCritic, batch: &DeviceBatch, stored: 
     if batch.burn_in == 0 || !network.is_recurrent() {
         return Ok(start);
     }
-    let (_, warmed) = network.unroll(&batch.burn_in_observations, &batch.burn_in_is_first, batch.burn_in, &start)?;
+    let computed;
+    let burn_in = match inputs.and_then(|inputs| inputs.burn_in.as_ref()) {
+        Some(burn_in) => burn_in,
+        None => {
+            computed = network.core_inputs(&batch.burn_in_observations)?;
+            &computed
+        }
+    };
+    let (_, warmed) = network.unroll_from(burn_in, &batch.burn_in_is_first, batch.burn_in, &start)?;
     Ok(warmed.detach())
 }
 
@@ -93,8 +145,14 @@ pub fn learning_start_state(network: &ActorCritic, batch: &DeviceBatch, stored: 
 /// network did not make: lengthen `actor.burn_in`. Empty for feed-forward
 /// networks or batches without stored states.
 /// `stored` is what [`learning_outputs`] gives from the stored state (the
-/// loss has computed it already when it learns from the stored state).
-pub fn state_staleness(network: &ActorCritic, batch: &DeviceBatch, stored: &PolicyOutput) -> Result<Vec<(f32, f32)>> {
+/// loss has computed it already when it learns from the stored state);
+/// `inputs` the batch's [`CoreInputs`], computed here when not given.
+pub fn state_staleness(
+    network: &ActorCritic,
+    batch: &DeviceBatch,
+    stored: &PolicyOutput,
+    inputs: Option<&CoreInputs>,
+) -> Result<Vec<(f32, f32)>> {
     if !network.is_recurrent() || batch.initial_states.is_none() {
         return Ok(Vec::new());
     }
@@ -109,7 +167,7 @@ pub fn state_staleness(network: &ActorCritic, batch: &DeviceBatch, stored: &Poli
         Ok((out.values.detach().to_vec1()?, probs.flatten_all()?.to_vec1()?))
     };
     let (stored_values, stored_probs) = host(stored)?;
-    let (zero_values, zero_probs) = host(&learning_outputs(network, batch, false)?)?;
+    let (zero_values, zero_probs) = host(&learning_outputs(network, batch, inputs, false)?)?;
     let a = stored_probs.len() / (l * b);
     Ok((0..b)
         .map(|j| {
@@ -126,10 +184,14 @@ pub fn state_staleness(network: &ActorCritic, batch: &DeviceBatch, stored: &Poli
 }
 
 /// The network's outputs (`[L·B, …]`) on the steps after the burn-in, with
-/// the core started as [`learning_start_state`] says.
-pub fn learning_outputs(network: &ActorCritic, batch: &DeviceBatch, stored: bool) -> Result<PolicyOutput> {
-    let start = learning_start_state(network, batch, stored)?;
-    Ok(network.unroll(&batch.observations, &batch.is_first, batch.steps, &start)?.0)
+/// the core started as [`learning_start_state`] says. `inputs` are the
+/// batch's [`CoreInputs`], computed here when not given.
+pub fn learning_outputs(network: &ActorCritic, batch: &DeviceBatch, inputs: Option<&CoreInputs>, stored: bool) -> Result<PolicyOutput> {
+    let start = learning_start_state(network, batch, inputs, stored)?;
+    match inputs {
+        Some(inputs) => Ok(network.unroll_from(&inputs.learning, &batch.is_first, batch.steps, &start)?.0),
+        None => Ok(network.unroll(&batch.observations, &batch.is_first, batch.steps, &start)?.0),
+    }
 }
 
 /// Each sequence's new replay priority from its `[T, B]` TD errors over
@@ -174,7 +236,8 @@ pub fn impala_loss(
 ) -> Result<LossOutput> {
     let (l, b) = (batch.steps, batch.batch_size);
     let t = l - 1;
-    let out = learning_outputs(network, batch, stored_state)?;
+    let core_inputs = CoreInputs::new(network, batch)?;
+    let out = learning_outputs(network, batch, core_inputs.as_ref(), stored_state)?;
     let width = out.logits.dim(1)?;
     let logits = out.logits.reshape((l, b, width))?;
     let values = out.values.reshape((l, b))?;
@@ -246,6 +309,7 @@ pub fn impala_loss(
         td_errors: td.detach(),
         total,
         outputs: out,
+        core_inputs: core_inputs.as_ref().map(CoreInputs::detach),
     })
 }
 
@@ -403,7 +467,7 @@ mod tests {
         let loss = impala_loss(&net, &device_batch, &VTraceParams::default(), weights(), true).unwrap();
         let through_burn_in = loss.total.backward().unwrap();
 
-        let warmed = learning_start_state(&net, &device_batch, true).unwrap();
+        let warmed = learning_start_state(&net, &device_batch, None, true).unwrap();
         let constant = RecurrentState {
             h: Tensor::from_vec(values(&warmed.h), (4, STATE), &Device::Cpu).unwrap(),
             c: Tensor::from_vec(values(&warmed.c), (4, STATE), &Device::Cpu).unwrap(),
@@ -437,7 +501,7 @@ mod tests {
         for v in other.observations.slice_mut(0..4 * 4 * 4).f32() {
             *v = -*v;
         }
-        let other = learning_start_state(&net, &DeviceBatch::new(&other, 0.99, 4, &Device::Cpu).unwrap(), true).unwrap();
+        let other = learning_start_state(&net, &DeviceBatch::new(&other, 0.99, 4, &Device::Cpu).unwrap(), None, true).unwrap();
         assert_ne!(values(&other.h), values(&warmed.h));
     }
 
@@ -456,7 +520,7 @@ mod tests {
         }
         let run = |host: &HostBatch| {
             let batch = DeviceBatch::new(host, 0.99, 3, &Device::Cpu).unwrap();
-            let start = learning_start_state(&net, &batch, true).unwrap();
+            let start = learning_start_state(&net, &batch, None, true).unwrap();
             let (out, _) = net.unroll(&batch.observations, &batch.is_first, batch.steps, &start).unwrap();
             (values(&start.h), values(&out.logits))
         };
@@ -476,11 +540,35 @@ mod tests {
         }
         // Zero instead of stored: the same as a stored state of zeros.
         let batch = DeviceBatch::new(&other_state, 0.99, 3, &Device::Cpu).unwrap();
-        let zero = learning_start_state(&net, &batch, false).unwrap();
+        let zero = learning_start_state(&net, &batch, None, false).unwrap();
         let mut zeros = other_state.clone();
         zeros.initial_states.iter_mut().for_each(|v| *v = 0.0);
-        let stored_zeros = learning_start_state(&net, &DeviceBatch::new(&zeros, 0.99, 3, &Device::Cpu).unwrap(), true).unwrap();
+        let stored_zeros = learning_start_state(&net, &DeviceBatch::new(&zeros, 0.99, 3, &Device::Cpu).unwrap(), None, true).unwrap();
         assert_eq!(values(&zero.h), values(&stored_zeros.h));
+    }
+
+    /// Outputs and staleness from core inputs computed once are those of
+    /// unrolls that compute them each time.
+    #[test]
+    fn shared_core_inputs_change_nothing() {
+        let net = lstm();
+        let mut host = batch(4);
+        host.is_first[3 * 4 + 2] = true;
+        let batch = DeviceBatch::new(&host, 0.99, 3, &Device::Cpu).unwrap();
+        let inputs = CoreInputs::new(&net, &batch).unwrap().expect("a recurrent network has core inputs");
+        for stored in [true, false] {
+            let shared = learning_outputs(&net, &batch, Some(&inputs), stored).unwrap();
+            let own = learning_outputs(&net, &batch, None, stored).unwrap();
+            assert_eq!(values(&shared.logits), values(&own.logits));
+            assert_eq!(values(&shared.values), values(&own.values));
+        }
+        let stored = learning_outputs(&net, &batch, None, true).unwrap();
+        let shared = state_staleness(&net, &batch, &stored, Some(&inputs.detach())).unwrap();
+        let own = state_staleness(&net, &batch, &stored, None).unwrap();
+        assert!(shared.iter().any(|&(v, _)| v > 0.0), "the stored state should show: {shared:?}");
+        assert_eq!(shared, own);
+        let mlp = ActorCritic::new(SPEC, &NetworkConfig::default(), 0, &Device::Cpu).unwrap();
+        assert!(CoreInputs::new(&mlp, &batch).unwrap().is_none());
     }
 
     /// Staleness is 0 when the stored state is what a zero start gives, and
@@ -491,7 +579,7 @@ mod tests {
         let host = batch(4);
         let staleness = |burn_in| -> f32 {
             let batch = DeviceBatch::new(&host, 0.99, burn_in, &Device::Cpu).unwrap();
-            let s = state_staleness(&net, &batch, &learning_outputs(&net, &batch, true).unwrap()).unwrap();
+            let s = state_staleness(&net, &batch, &learning_outputs(&net, &batch, None, true).unwrap(), None).unwrap();
             assert_eq!(s.len(), 4);
             s.iter().map(|(v, _)| v).sum::<f32>() / 4.0
         };
@@ -500,7 +588,7 @@ mod tests {
         let mut zeros = host.clone();
         zeros.initial_states.iter_mut().for_each(|v| *v = 0.0);
         let batch = DeviceBatch::new(&zeros, 0.99, 2, &Device::Cpu).unwrap();
-        let s = state_staleness(&net, &batch, &learning_outputs(&net, &batch, true).unwrap()).unwrap();
+        let s = state_staleness(&net, &batch, &learning_outputs(&net, &batch, None, true).unwrap(), None).unwrap();
         assert!(s.iter().all(|&(v, p)| v == 0.0 && p == 0.0), "{s:?}");
     }
 

@@ -233,15 +233,43 @@ impl ActorCritic {
         steps: usize,
         state: &RecurrentState,
     ) -> Result<(PolicyOutput, RecurrentState)> {
-        let Some(lstm) = &self.lstm else {
+        if self.lstm.is_none() {
             return Ok((self.forward(observations)?, state.clone()));
+        }
+        self.unroll_from(&self.core_inputs(observations)?, is_first, steps, state)
+    }
+
+    /// What a recurrent network's unroll reads from `observations` that no
+    /// state changes: the torso's features through the LSTM's input
+    /// projection, `[rows, 4·lstm_size]`. Unrolls of the same steps from
+    /// different states ([`ActorCritic::unroll_from`]) can share it.
+    ///
+    /// # Errors
+    /// For a feed-forward network.
+    pub fn core_inputs(&self, observations: &Tensor) -> Result<Tensor> {
+        let Some(lstm) = &self.lstm else {
+            candle_core::bail!("a feed-forward network has no core inputs");
         };
-        let total = observations.dim(0)?;
+        lstm.project(&self.core_input(observations)?)
+    }
+
+    /// [`ActorCritic::unroll`] of a recurrent network from its
+    /// [`ActorCritic::core_inputs`].
+    pub fn unroll_from(
+        &self,
+        core_inputs: &Tensor,
+        is_first: &Tensor,
+        steps: usize,
+        state: &RecurrentState,
+    ) -> Result<(PolicyOutput, RecurrentState)> {
+        let Some(lstm) = &self.lstm else {
+            candle_core::bail!("a feed-forward network has no core to unroll");
+        };
+        let total = core_inputs.dim(0)?;
         if steps == 0 || total % steps != 0 {
             candle_core::bail!("{total} rows do not split into {steps} steps");
         }
-        let projected = lstm.project(&self.core_input(observations)?)?;
-        let (every, last) = lstm.unroll(&projected, &keep_mask(is_first)?, steps, state)?;
+        let (every, last) = lstm.unroll(core_inputs, &keep_mask(is_first)?, steps, state)?;
         Ok((self.heads.forward(&every.h, &every.h)?, last))
     }
 
