@@ -197,12 +197,24 @@ impl ByOutput for Relu {
     const NAME: &'static str = "fleet-relu";
 
     fn f(x: f32) -> f32 {
-        if x < 0.0 { 0.0 } else { x }
+        relu_f32(x)
     }
 
     fn grad(g: f32, y: f32) -> f32 {
         if y > 0.0 { g } else { 0.0 }
     }
+}
+
+/// `max(x, 0)`, a NaN staying NaN.
+#[inline(always)]
+pub(crate) fn relu_f32(x: f32) -> f32 {
+    if x < 0.0 { 0.0 } else { x }
+}
+
+/// The gradient of a ReLU's input from its output `y` and the gradient
+/// `grad` of `y`, for ops that apply a ReLU to their own output.
+pub(crate) fn relu_grad(grad: &Tensor, y: &Tensor) -> Result<Tensor> {
+    grad.contiguous()?.apply_op2_no_bwd(&y.contiguous()?, &ActivationGrad(Relu))
 }
 
 #[derive(Clone, Copy)]

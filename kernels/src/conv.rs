@@ -30,6 +30,7 @@ use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape
 use gemm::Parallelism;
 use rayon::prelude::*;
 
+use crate::activation::{relu, relu_f32, relu_grad};
 use crate::bias;
 use crate::cpu::{contiguous, contiguous_f32, with_widest_simd};
 
@@ -54,6 +55,7 @@ pub fn conv2d(input: &Tensor, weight: &Tensor, stride: usize, padding: usize, in
             stride,
             padding,
             input_grad: input_grad && input.dtype() == DType::F32,
+            relu: false,
         },
     )
 }
@@ -64,13 +66,33 @@ pub fn conv2d(input: &Tensor, weight: &Tensor, stride: usize, padding: usize, in
 /// bias gradient is the output gradient summed per channel. Off the fast
 /// path this is candle's `conv2d` and a broadcast add.
 pub fn conv2d_bias(input: &Tensor, weight: &Tensor, bias: &Tensor, stride: usize, padding: usize, input_grad: bool) -> Result<Tensor> {
+    biased(input, weight, bias, (stride, padding), input_grad, false)
+}
+
+/// [`conv2d_bias`] followed by a ReLU, applied as each image's output is
+/// finished: no pass over the output and no tensor for the ReLU, and its
+/// gradient is taken in the convolution's backward. Off the fast path this
+/// is candle's `conv2d`, a broadcast add and [`relu`].
+pub fn conv2d_bias_relu(input: &Tensor, weight: &Tensor, bias: &Tensor, stride: usize, padding: usize, input_grad: bool) -> Result<Tensor> {
+    biased(input, weight, bias, (stride, padding), input_grad, true)
+}
+
+fn biased(
+    input: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    (stride, padding): (usize, usize),
+    input_grad: bool,
+    with_relu: bool,
+) -> Result<Tensor> {
     let out_channels = weight.dim(0)?;
     if bias.elem_count() != out_channels {
         bail!("conv2d: a bias of {} values for {out_channels} output channels", bias.elem_count());
     }
     if !fast_path(input, &[weight, bias]) {
         let input = input.to_dtype(DType::F32)?;
-        return candle_conv2d(&input, weight, stride, padding)?.broadcast_add(&bias.reshape((1, out_channels, 1, 1))?);
+        let y = candle_conv2d(&input, weight, stride, padding)?.broadcast_add(&bias.reshape((1, out_channels, 1, 1))?)?;
+        return if with_relu { relu(&y) } else { Ok(y) };
     }
     Geometry::new(input.dims(), weight.dims(), stride, padding)?;
     input.contiguous()?.apply_op3(
@@ -80,6 +102,7 @@ pub fn conv2d_bias(input: &Tensor, weight: &Tensor, bias: &Tensor, stride: usize
             stride,
             padding,
             input_grad: input_grad && input.dtype() == DType::F32,
+            relu: with_relu,
         },
     )
 }
@@ -580,17 +603,44 @@ pub(crate) fn matmul(
     }
 }
 
-/// The convolution of `x` with `w`, plus `bias` per output channel when given.
-fn forward(g: &Geometry, x: Images<'_>, w: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
+/// What the forward applies to each image's output while it is in cache:
+/// the bias per output channel, then a ReLU.
+#[derive(Clone, Copy, Default)]
+struct Epilogue<'a> {
+    bias: Option<&'a [f32]>,
+    relu: bool,
+}
+
+impl Epilogue<'_> {
+    /// Output `v` of channel `c`, finished.
+    #[inline(always)]
+    fn value(&self, v: f32, c: usize) -> f32 {
+        let v = v + self.bias.map_or(0.0, |bias| bias[c]);
+        if self.relu { relu_f32(v) } else { v }
+    }
+
+    /// Finishes one image's output `[O, P]` in place.
+    fn apply(&self, y: &mut [f32], p: usize) {
+        if self.bias.is_none() && !self.relu {
+            return;
+        }
+        for (c, values) in y.chunks_exact_mut(p.max(1)).enumerate() {
+            values.iter_mut().for_each(|v| *v = self.value(*v, c));
+        }
+    }
+}
+
+/// The convolution of `x` with `w`, finished by `epilogue`.
+fn forward(g: &Geometry, x: Images<'_>, w: &[f32], epilogue: Epilogue<'_>) -> Vec<f32> {
     if g.is_empty() {
         let mut y = vec![0.0; g.n * g.out_len()];
-        if let Some(bias) = bias {
-            add_per_channel(&mut y, bias, g.p());
+        for image in y.chunks_exact_mut(g.out_len().max(1)) {
+            epilogue.apply(image, g.p());
         }
         return y;
     }
     if let Some(s2d) = SpaceToDepth::new(g) {
-        return s2d.forward(g, x, w, bias);
+        return s2d.forward(g, x, w, epilogue);
     }
     let (k, p, o) = (g.k(), g.p(), g.o);
     let (imgs, par) = (g.images_per_task(), g.gemm_parallelism());
@@ -615,9 +665,7 @@ fn forward(g: &Geometry, x: Images<'_>, w: &[f32], bias: Option<&[f32]>) -> Vec<
                     transpose(&out_t, p, o, yb);
                 }
             }
-            if let Some(bias) = bias {
-                add_per_channel(yb, bias, p);
-            }
+            epilogue.apply(yb, p);
         }
     });
     y
@@ -757,7 +805,7 @@ impl SpaceToDepth {
         out
     }
 
-    fn forward(&self, g: &Geometry, x: Images<'_>, w: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
+    fn forward(&self, g: &Geometry, x: Images<'_>, w: &[f32], epilogue: Epilogue<'_>) -> Vec<f32> {
         let (o, m, plane) = (g.o, self.m, self.plane());
         let (imgs, par) = (g.images_per_task(), g.gemm_parallelism());
         let taps = self.weights(g, w);
@@ -786,10 +834,9 @@ impl SpaceToDepth {
                     );
                 }
                 for (oc, (out, wide)) in yb.chunks_exact_mut(g.p()).zip(wide.chunks_exact(m)).enumerate() {
-                    let b = bias.map_or(0.0, |bias| bias[oc]);
                     for (out_row, wide_row) in out.chunks_exact_mut(g.ow).zip(wide.chunks(self.w)) {
                         for (v, &u) in out_row.iter_mut().zip(wide_row) {
-                            *v = u + b;
+                            *v = epilogue.value(u, oc);
                         }
                     }
                 }
@@ -821,17 +868,6 @@ fn split_phases<const S: usize, T: Copy + Into<f32>>(src: &[T], phases: &mut [f3
             }
         }
         _ => unreachable!("phases are split for strides 2 and 4"),
-    }
-}
-
-/// Adds `bias[c]` to every run of `run` values of channel `c`, the
-/// channels repeating along `y`.
-fn add_per_channel(y: &mut [f32], bias: &[f32], run: usize) {
-    if run == 0 {
-        return;
-    }
-    for (values, b) in y.chunks_exact_mut(run).zip(bias.iter().cycle()) {
-        values.iter_mut().for_each(|v| *v += b);
     }
 }
 
@@ -873,7 +909,7 @@ fn input_grad(g: &Geometry, dy: &[f32], w: &[f32]) -> Vec<f32> {
         return vec![0.0; g.n * g.in_len()];
     }
     if let Some(transposed) = g.transposed_as_forward() {
-        return forward(&transposed, Images::F32(dy), &flip_kernels(g, w), None);
+        return forward(&transposed, Images::F32(dy), &flip_kernels(g, w), Epilogue::default());
     }
     let (k, p, o) = (g.k(), g.p(), g.o);
     let (imgs, par) = (g.images_per_task(), g.gemm_parallelism());
@@ -910,11 +946,13 @@ fn flip_kernels(g: &Geometry, w: &[f32]) -> Vec<f32> {
     flipped
 }
 
-/// The forward op: `(input, weight) -> output`.
+/// The forward op: `(input, weight[, bias]) -> output`.
 struct Conv2d {
     stride: usize,
     padding: usize,
     input_grad: bool,
+    /// A ReLU on the output (only with a bias, [`conv2d_bias_relu`]).
+    relu: bool,
 }
 
 impl CustomOp2 for Conv2d {
@@ -923,7 +961,7 @@ impl CustomOp2 for Conv2d {
     }
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
-        self.run(s1, l1, s2, l2, None)
+        self.run(s1, l1, s2, l2, Epilogue::default())
     }
 
     fn bwd(&self, input: &Tensor, weight: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
@@ -946,7 +984,8 @@ impl CustomOp3 for Conv2d {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        self.run(s1, l1, s2, l2, Some(contiguous_f32(s3, l3, "conv2d bias")?))
+        let bias = Some(contiguous_f32(s3, l3, "conv2d bias")?);
+        self.run(s1, l1, s2, l2, Epilogue { bias, relu: self.relu })
     }
 
     fn bwd(
@@ -954,10 +993,11 @@ impl CustomOp3 for Conv2d {
         input: &Tensor,
         weight: &Tensor,
         bias: &Tensor,
-        _res: &Tensor,
+        res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let grad = grad.contiguous()?;
+        // Through the ReLU first: the gradient where the output is positive.
+        let grad = if self.relu { relu_grad(grad, res)? } else { grad.contiguous()? };
         let (dx, dw) = self.grads(input, weight, &grad)?;
         let db = bias::channel_sums(&grad, 1, bias.shape())?;
         Ok((dx, Some(dw), Some(db)))
@@ -965,9 +1005,9 @@ impl CustomOp3 for Conv2d {
 }
 
 impl Conv2d {
-    fn run(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, bias: Option<&[f32]>) -> Result<(CpuStorage, Shape)> {
+    fn run(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, epilogue: Epilogue<'_>) -> Result<(CpuStorage, Shape)> {
         let g = Geometry::new(l1.dims(), l2.dims(), self.stride, self.padding)?;
-        let y = forward(&g, Images::new(s1, l1)?, contiguous_f32(s2, l2, "conv2d weight")?, bias);
+        let y = forward(&g, Images::new(s1, l1)?, contiguous_f32(s2, l2, "conv2d weight")?, epilogue);
         Ok((CpuStorage::F32(y), Shape::from((g.n, g.o, g.oh, g.ow))))
     }
 
@@ -1143,6 +1183,31 @@ mod tests {
         let (x, w, stride, pad) = case_tensors(&CASES[0], 1);
         let err = conv2d_bias(&x, &w, &random(&[3], 2), stride, pad, true).unwrap_err().to_string();
         assert!(err.contains("bias of 3 values for 16 output channels"), "{err}");
+    }
+
+    #[test]
+    fn a_fused_relu_equals_a_separate_one_values_and_gradients() {
+        for (i, case) in CASES.iter().enumerate() {
+            let (x, w, stride, pad) = case_tensors(case, 60 + i as u64);
+            let (x, w) = (Var::from_tensor(&x).unwrap(), Var::from_tensor(&w).unwrap());
+            let b = Var::from_tensor(&random(&[case[4]], 70 + i as u64)).unwrap();
+            let fused = conv2d_bias_relu(&x, &w, &b, stride, pad, true).unwrap();
+            let apart = relu(&conv2d_bias(&x, &w, &b, stride, pad, true).unwrap()).unwrap();
+            assert!(rel_err(&fused, &apart) < 1e-6, "case {case:?}: values");
+            let values = fused.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            if !values.is_empty() {
+                assert!(
+                    values.iter().all(|&v| v >= 0.0) && values.contains(&0.0),
+                    "case {case:?}: not rectified"
+                );
+            }
+            let r = random(fused.dims(), 80 + i as u64);
+            let [ours, theirs] = [fused, apart].map(|out| (out * &r).unwrap().sum_all().unwrap().backward().unwrap());
+            for (what, var) in [("input", &x), ("weight", &w), ("bias", &b)] {
+                let err = rel_err(ours.get(var).unwrap(), theirs.get(var).unwrap());
+                assert!(err < 1e-5, "case {case:?}: {what} gradient relative error {err}");
+            }
+        }
     }
 
     #[test]

@@ -103,11 +103,35 @@ impl Conv2d {
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let mut weight = self.weight.as_tensor().clone();
-        if self.input_scale != 1.0 {
-            weight = weight.affine(self.input_scale, 0.0)?;
+        conv::conv2d_bias(
+            x,
+            &self.scaled_weight()?,
+            self.bias.as_tensor(),
+            self.stride,
+            self.padding,
+            self.input_grad,
+        )
+    }
+
+    /// `relu(self.forward(x))`, the ReLU fused into the convolution.
+    fn forward_relu(&self, x: &Tensor) -> Result<Tensor> {
+        conv::conv2d_bias_relu(
+            x,
+            &self.scaled_weight()?,
+            self.bias.as_tensor(),
+            self.stride,
+            self.padding,
+            self.input_grad,
+        )
+    }
+
+    fn scaled_weight(&self) -> Result<Tensor> {
+        let weight = self.weight.as_tensor();
+        if self.input_scale == 1.0 {
+            Ok(weight.clone())
+        } else {
+            weight.affine(self.input_scale, 0.0)
         }
-        conv::conv2d_bias(x, &weight, self.bias.as_tensor(), self.stride, self.padding, self.input_grad)
     }
 }
 
@@ -120,8 +144,8 @@ struct ResidualBlock {
 
 impl ResidualBlock {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = self.first.forward(&relu(x)?)?;
-        let y = self.second.forward(&relu(&y)?)?;
+        let y = self.first.forward_relu(&relu(x)?)?;
+        let y = self.second.forward(&y)?;
         x + y
     }
 }
@@ -216,8 +240,8 @@ impl ConvTorso {
         let FrameShape { channels, height, width } = self.frame;
         let x = x.reshape((x.dim(0)?, channels, height, width))?;
         let x = match &self.layers {
-            ConvLayers::Shallow { first, second } => relu(&second.forward(&relu(&first.forward(&x)?)?)?)?,
-            ConvLayers::Small(conv) => relu(&conv.forward(&x)?)?,
+            ConvLayers::Shallow { first, second } => second.forward_relu(&first.forward_relu(&x)?)?,
+            ConvLayers::Small(conv) => conv.forward_relu(&x)?,
             ConvLayers::Deep(sections) => {
                 let mut x = x;
                 for section in sections {
