@@ -154,6 +154,14 @@ impl CustomOp3 for Unroll {
         let mut h_prev = vec![0f32; batch * h];
         let mut c_prev = vec![0f32; batch * h];
         let mut gates = vec![0f32; batch * 4 * h];
+        // W_hhᵀ, `[H, 4H]`: as the product's operand gemm reads it in place,
+        // where W_hh as stored would be packed again at every step.
+        let mut recurrent_t = vec![0f32; 4 * h * h];
+        for (g, row) in recurrent.chunks_exact(h).enumerate() {
+            for (k, &v) in row.iter().enumerate() {
+                recurrent_t[k * 4 * h + g] = v;
+            }
+        }
         for t in 0..self.steps {
             for b in 0..batch {
                 let into = (&mut h_prev[b * h..][..h], &mut c_prev[b * h..][..h]);
@@ -166,7 +174,7 @@ impl CustomOp3 for Unroll {
                 (batch, 4 * h, 4 * h, 1),
                 true,
                 (&h_prev, (batch, h, h, 1)),
-                (recurrent, (h, 4 * h, 1, h)),
+                (&recurrent_t, (h, 4 * h, 4 * h, 1)),
                 self.parallelism(),
             );
             let step = &mut out[t * batch * ROW * h..][..batch * ROW * h];
