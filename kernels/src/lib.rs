@@ -1,4 +1,4 @@
-//! CPU kernels for fleet's networks, as candle custom ops: the operations
+//! CPU kernels for fleet's networks and their optimiser, as candle custom ops: the operations
 //! where candle's own CPU implementation cost the learner most, each with a
 //! forward and a one-pass backward, and each falling back to candle's own
 //! ops for tensors it does not handle (off the CPU, other dtypes). It knows nothing of networks, specs or
@@ -9,7 +9,8 @@
 //! included), [`activation`] (vectorised tanh, ReLU with a one-pass
 //! backward, and a fused LSTM cell), [`lstm`] (an LSTM unrolled over a
 //! sequence, resets included, in one op), [`bias`] (a bias add whose
-//! gradient is one contiguous pass), and a private `cpu` module (reading a
+//! gradient is one contiguous pass), [`optim`] (Adam and RMSProp steps
+//! applied in place), and a private `cpu` module (reading a
 //! tensor's storage as a slice, and running the element-wise loops on the
 //! widest vector instructions the CPU has, chosen at run time).
 //!
@@ -30,4 +31,5 @@ pub mod bias;
 pub mod conv;
 mod cpu;
 pub mod lstm;
+pub mod optim;
 pub mod pool;

@@ -5,6 +5,7 @@
 
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Result, Tensor, Var};
+use fleet_kernels::optim;
 
 /// Which update rule, and its settings.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -112,6 +113,114 @@ struct Slot {
     second_max: Option<Tensor>,
 }
 
+impl Slot {
+    /// Whether this step runs on the CPU kernels, updating the moments and
+    /// the parameters in place (contiguous f32 on the CPU, and Adam's first
+    /// moment present).
+    fn in_place(&self, config: OptimizerConfig, g: &Tensor) -> bool {
+        if matches!(config, OptimizerConfig::Adam { .. }) && self.first.is_none() {
+            return false;
+        }
+        let mut tensors = vec![self.var.as_tensor(), g, &self.second];
+        tensors.extend(&self.first);
+        tensors.extend(&self.second_max);
+        optim::in_place(&tensors)
+    }
+
+    /// One step on the CPU kernels, in place; returns `(‖Δθ‖², ‖θ‖²)`.
+    fn step_in_place(&mut self, config: OptimizerConfig, g: &Tensor, steps: u64, lr: f64) -> Result<(f64, f64)> {
+        let theta = self.var.as_tensor();
+        match config {
+            OptimizerConfig::Adam {
+                beta1,
+                beta2,
+                epsilon,
+                weight_decay,
+                ..
+            } => {
+                let Some(first) = &self.first else {
+                    candle_core::bail!("Adam without its first moment");
+                };
+                optim::decay_toward(first, g, beta1, false)?;
+                optim::decay_toward(&self.second, g, beta2, true)?;
+                let denominator = match &self.second_max {
+                    Some(max) => {
+                        optim::raise_to(max, &self.second)?;
+                        max
+                    }
+                    None => &self.second,
+                };
+                let t = steps as i32;
+                let step = optim::AdamStep {
+                    learning_rate: lr,
+                    first_scale: 1.0 / (1.0 - beta1.powi(t)),
+                    second_scale: 1.0 / (1.0 - beta2.powi(t)),
+                    epsilon,
+                    weight_decay,
+                };
+                optim::adam_apply(theta, first, denominator, step)
+            }
+            OptimizerConfig::Rmsprop { decay, epsilon } => {
+                optim::decay_toward(&self.second, g, decay, true)?;
+                optim::rmsprop_apply(theta, g, &self.second, lr, epsilon)
+            }
+        }
+    }
+
+    /// One step from candle ops, on any device; returns `(‖Δθ‖², ‖θ‖²)`.
+    fn step_with_ops(&mut self, config: OptimizerConfig, g: &Tensor, steps: u64, lr: f64) -> Result<(f64, f64)> {
+        let slot = self;
+        let theta = slot.var.as_tensor();
+        let next = match config {
+            OptimizerConfig::Adam {
+                beta1,
+                beta2,
+                epsilon,
+                weight_decay,
+                ..
+            } => {
+                let t = steps as i32;
+                // Adam slots start with a zero first moment; one
+                // missing would be zero too, and contributes nothing.
+                let m = match &slot.first {
+                    Some(first) => ((first * beta1)? + (g * (1.0 - beta1))?)?,
+                    None => (g * (1.0 - beta1))?,
+                };
+                let v = ((&slot.second * beta2)? + (g.sqr()? * (1.0 - beta2))?)?;
+                let m_hat = (&m / (1.0 - beta1.powi(t)))?;
+                // AMSGrad: the bias-corrected running maximum (PyTorch's form).
+                let denominator = match &slot.second_max {
+                    Some(max) => {
+                        let max = max.maximum(&v)?;
+                        let corrected = (&max / (1.0 - beta2.powi(t)))?;
+                        slot.second_max = Some(max);
+                        corrected
+                    }
+                    None => (&v / (1.0 - beta2.powi(t)))?,
+                };
+                let v_hat = denominator;
+                let mut step = (m_hat / (v_hat.sqrt()? + epsilon)?)?;
+                if weight_decay > 0.0 {
+                    step = (step + (theta * weight_decay)?)?;
+                }
+                slot.first = Some(m);
+                slot.second = v;
+                (theta - (step * lr)?)?
+            }
+            OptimizerConfig::Rmsprop { decay, epsilon } => {
+                let ms = ((&slot.second * decay)? + (g.sqr()? * (1.0 - decay))?)?;
+                let step = (g / (&ms + epsilon)?.sqrt()?)?;
+                slot.second = ms;
+                (theta - (step * lr)?)?
+            }
+        };
+        let change = (&next - theta)?;
+        let norms = Tensor::stack(&[change.sqr()?.sum_all()?, next.sqr()?.sum_all()?], 0)?.to_vec1::<f32>()?;
+        slot.var.set(&next)?;
+        Ok((f64::from(norms[0]), f64::from(norms[1])))
+    }
+}
+
 #[derive(Debug)]
 pub struct Optimiser {
     config: OptimizerConfig,
@@ -126,13 +235,16 @@ impl Optimiser {
         let slots = vars
             .into_iter()
             .map(|var| {
-                let zeros = Tensor::zeros(var.shape(), DType::F32, var.device())?;
-                let first = matches!(config, OptimizerConfig::Adam { .. }).then(|| zeros.clone());
-                let second_max = matches!(config, OptimizerConfig::Adam { amsgrad: true, .. }).then(|| zeros.clone());
+                // Each moment its own storage: the CPU kernels update them in place.
+                let zeros = || Tensor::zeros(var.shape(), DType::F32, var.device());
+                let first = matches!(config, OptimizerConfig::Adam { .. }).then(zeros).transpose()?;
+                let second_max = matches!(config, OptimizerConfig::Adam { amsgrad: true, .. })
+                    .then(zeros)
+                    .transpose()?;
                 Ok(Slot {
+                    second: zeros()?,
                     var,
                     first,
-                    second: zeros,
                     second_max,
                 })
             })
@@ -169,61 +281,20 @@ impl Optimiser {
         self.steps += 1;
         for (i, slot) in self.slots.iter_mut().enumerate() {
             let Some(g) = grads.get(slot.var.as_tensor()) else { continue };
-            let theta = slot.var.as_tensor();
-            let next = match self.config {
-                OptimizerConfig::Adam {
-                    beta1,
-                    beta2,
-                    epsilon,
-                    weight_decay,
-                    ..
-                } => {
-                    let t = self.steps as i32;
-                    // Adam slots start with a zero first moment; one
-                    // missing would be zero too, and contributes nothing.
-                    let m = match &slot.first {
-                        Some(first) => ((first * beta1)? + (g * (1.0 - beta1))?)?,
-                        None => (g * (1.0 - beta1))?,
-                    };
-                    let v = ((&slot.second * beta2)? + (g.sqr()? * (1.0 - beta2))?)?;
-                    let m_hat = (&m / (1.0 - beta1.powi(t)))?;
-                    // AMSGrad: the bias-corrected running maximum (PyTorch's form).
-                    let denominator = match &slot.second_max {
-                        Some(max) => {
-                            let max = max.maximum(&v)?;
-                            let corrected = (&max / (1.0 - beta2.powi(t)))?;
-                            slot.second_max = Some(max);
-                            corrected
-                        }
-                        None => (&v / (1.0 - beta2.powi(t)))?,
-                    };
-                    let v_hat = denominator;
-                    let mut step = (m_hat / (v_hat.sqrt()? + epsilon)?)?;
-                    if weight_decay > 0.0 {
-                        step = (step + (theta * weight_decay)?)?;
-                    }
-                    slot.first = Some(m);
-                    slot.second = v;
-                    (theta - (step * lr)?)?
-                }
-                OptimizerConfig::Rmsprop { decay, epsilon } => {
-                    let ms = ((&slot.second * decay)? + (g.sqr()? * (1.0 - decay))?)?;
-                    let step = (g / (&ms + epsilon)?.sqrt()?)?;
-                    slot.second = ms;
-                    (theta - (step * lr)?)?
-                }
+            let g = g.contiguous()?;
+            let (change, size) = match slot.in_place(self.config, &g) {
+                true => slot.step_in_place(self.config, &g, self.steps, lr)?,
+                false => slot.step_with_ops(self.config, &g, self.steps, lr)?,
             };
-            let change = (&next - theta)?;
-            let norms = Tensor::stack(&[change.sqr()?.sum_all()?, next.sqr()?.sum_all()?], 0)?.to_vec1::<f32>()?;
-            report.layer_step_norms[i] = f64::from(norms[0]).sqrt();
-            report.layer_param_norms[i] = f64::from(norms[1]).sqrt();
-            slot.var.set(&next)?;
+            report.layer_step_norms[i] = change.sqrt();
+            report.layer_param_norms[i] = size.sqrt();
         }
         Ok(report)
     }
-
     /// The state as named tensors (`<param>.first`, `<param>.second`), given
     /// the parameters' names in the order they were passed to [`Optimiser::new`].
+    /// The tensors share the moments' storage, which the next step updates in
+    /// place: serialise them before it.
     pub fn state(&self, names: &[String]) -> Vec<(String, Tensor)> {
         let mut out = Vec::new();
         for (slot, name) in self.slots.iter().zip(names) {
@@ -270,7 +341,8 @@ impl Optimiser {
             let second = take(format!("{name}.second"), &slot.var)?;
             let second_max = match slot.second_max {
                 Some(_) if saved_max.contains(&format!("{name}.second_max")) => Some(take(format!("{name}.second_max"), &slot.var)?),
-                Some(_) => Some(second.clone()),
+                // A copy: the running maximum is updated in place.
+                Some(_) => Some(second.copy().map_err(|e| e.to_string())?),
                 None => None,
             };
             restored.push((first, second, second_max));
@@ -329,6 +401,52 @@ mod tests {
 
     fn half_square(v: &Var) -> Tensor {
         (v.as_tensor().sqr().unwrap().sum_all().unwrap() * 0.5).unwrap()
+    }
+
+    /// The in-place CPU step and the candle-op step agree: parameters,
+    /// every moment and the norms, over several steps of each rule.
+    #[test]
+    fn the_in_place_step_equals_the_step_from_ops() {
+        let configs = [
+            OptimizerConfig::default(),
+            OptimizerConfig::Adam {
+                beta1: 0.8,
+                beta2: 0.99,
+                epsilon: 1e-6,
+                weight_decay: 0.01,
+                amsgrad: true,
+            },
+            OptimizerConfig::impala_rmsprop(),
+        ];
+        let start: Vec<f32> = (0..3000).map(|i| ((i as f32) * 0.13).sin()).collect();
+        for config in configs {
+            let [mut fused, mut ops] = [0, 1].map(|_| {
+                let opt = Optimiser::new(vec![var(&start)], config, 0.0).unwrap();
+                opt.slots.into_iter().next().unwrap()
+            });
+            for step in 1..=4u64 {
+                let g: Vec<f32> = (0..start.len()).map(|i| ((i as f32 + step as f32) * 0.71).cos() * 0.3).collect();
+                let g = Tensor::new(g.as_slice(), &Device::Cpu).unwrap();
+                assert!(fused.in_place(config, &g), "{config:?}: the CPU kernels should take this step");
+                let a = fused.step_in_place(config, &g, step, 0.01).unwrap();
+                let b = ops.step_with_ops(config, &g, step, 0.01).unwrap();
+                assert!(
+                    (a.0 - b.0).abs() <= 1e-4 * b.0 && (a.1 - b.1).abs() <= 1e-5 * b.1,
+                    "{config:?} step {step}: norms {a:?} {b:?}"
+                );
+                let pairs = [
+                    (Some(fused.var.as_tensor().clone()), Some(ops.var.as_tensor().clone())),
+                    (fused.first.clone(), ops.first.clone()),
+                    (Some(fused.second.clone()), Some(ops.second.clone())),
+                    (fused.second_max.clone(), ops.second_max.clone()),
+                ];
+                for (what, (x, y)) in ["parameters", "first", "second", "second_max"].iter().zip(pairs) {
+                    let (Some(x), Some(y)) = (x, y) else { continue };
+                    let gap = (x - &y).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+                    assert!(gap < 1e-6, "{config:?} step {step}: {what} differ by {gap}");
+                }
+            }
+        }
     }
 
     #[test]
