@@ -169,8 +169,7 @@ impl Slot {
 
     /// One step from candle ops, on any device; returns `(‖Δθ‖², ‖θ‖²)`.
     fn step_with_ops(&mut self, config: OptimizerConfig, g: &Tensor, steps: u64, lr: f64) -> Result<(f64, f64)> {
-        let slot = self;
-        let theta = slot.var.as_tensor();
+        let theta = self.var.as_tensor();
         let next = match config {
             OptimizerConfig::Adam {
                 beta1,
@@ -182,18 +181,18 @@ impl Slot {
                 let t = steps as i32;
                 // Adam slots start with a zero first moment; one
                 // missing would be zero too, and contributes nothing.
-                let m = match &slot.first {
+                let m = match &self.first {
                     Some(first) => ((first * beta1)? + (g * (1.0 - beta1))?)?,
                     None => (g * (1.0 - beta1))?,
                 };
-                let v = ((&slot.second * beta2)? + (g.sqr()? * (1.0 - beta2))?)?;
+                let v = ((&self.second * beta2)? + (g.sqr()? * (1.0 - beta2))?)?;
                 let m_hat = (&m / (1.0 - beta1.powi(t)))?;
                 // AMSGrad: the bias-corrected running maximum (PyTorch's form).
-                let denominator = match &slot.second_max {
+                let denominator = match &self.second_max {
                     Some(max) => {
                         let max = max.maximum(&v)?;
                         let corrected = (&max / (1.0 - beta2.powi(t)))?;
-                        slot.second_max = Some(max);
+                        self.second_max = Some(max);
                         corrected
                     }
                     None => (&v / (1.0 - beta2.powi(t)))?,
@@ -203,20 +202,20 @@ impl Slot {
                 if weight_decay > 0.0 {
                     step = (step + (theta * weight_decay)?)?;
                 }
-                slot.first = Some(m);
-                slot.second = v;
+                self.first = Some(m);
+                self.second = v;
                 (theta - (step * lr)?)?
             }
             OptimizerConfig::Rmsprop { decay, epsilon } => {
-                let ms = ((&slot.second * decay)? + (g.sqr()? * (1.0 - decay))?)?;
+                let ms = ((&self.second * decay)? + (g.sqr()? * (1.0 - decay))?)?;
                 let step = (g / (&ms + epsilon)?.sqrt()?)?;
-                slot.second = ms;
+                self.second = ms;
                 (theta - (step * lr)?)?
             }
         };
         let change = (&next - theta)?;
         let norms = Tensor::stack(&[change.sqr()?.sum_all()?, next.sqr()?.sum_all()?], 0)?.to_vec1::<f32>()?;
-        slot.var.set(&next)?;
+        self.var.set(&next)?;
         Ok((f64::from(norms[0]), f64::from(norms[1])))
     }
 }
