@@ -612,11 +612,21 @@ struct Epilogue<'a> {
 }
 
 impl Epilogue<'_> {
-    /// Output `v` of channel `c`, finished.
+    /// Channel `c`'s bias (0 without one).
+    fn bias_of(&self, c: usize) -> f32 {
+        self.bias.map_or(0.0, |bias| bias[c])
+    }
+
+    /// Writes channel `c`'s finished values from `raw` into `out`.
     #[inline(always)]
-    fn value(&self, v: f32, c: usize) -> f32 {
-        let v = v + self.bias.map_or(0.0, |bias| bias[c]);
-        if self.relu { relu_f32(v) } else { v }
+    fn finish_into(&self, out: &mut [f32], raw: &[f32], c: usize) {
+        let b = self.bias_of(c);
+        let pairs = out.iter_mut().zip(raw);
+        if self.relu {
+            pairs.for_each(|(v, &u)| *v = relu_f32(u + b));
+        } else {
+            pairs.for_each(|(v, &u)| *v = u + b);
+        }
     }
 
     /// Finishes one image's output `[O, P]` in place.
@@ -625,7 +635,12 @@ impl Epilogue<'_> {
             return;
         }
         for (c, values) in y.chunks_exact_mut(p.max(1)).enumerate() {
-            values.iter_mut().for_each(|v| *v = self.value(*v, c));
+            let b = self.bias_of(c);
+            if self.relu {
+                values.iter_mut().for_each(|v| *v = relu_f32(*v + b));
+            } else {
+                values.iter_mut().for_each(|v| *v += b);
+            }
         }
     }
 }
@@ -835,9 +850,7 @@ impl SpaceToDepth {
                 }
                 for (oc, (out, wide)) in yb.chunks_exact_mut(g.p()).zip(wide.chunks_exact(m)).enumerate() {
                     for (out_row, wide_row) in out.chunks_exact_mut(g.ow).zip(wide.chunks(self.w)) {
-                        for (v, &u) in out_row.iter_mut().zip(wide_row) {
-                            *v = epilogue.value(u, oc);
-                        }
+                        epilogue.finish_into(out_row, wide_row, oc);
                     }
                 }
             }
