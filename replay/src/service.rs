@@ -21,7 +21,7 @@ use fleet_proto::pb::replay_server::{Replay, ReplayServer};
 use fleet_proto::pb::{self, InsertRequest, InsertResponse, SampleResponse};
 use fleet_proto::tls::Tls;
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tokio_stream::{Stream, StreamExt};
 use tokio_util::sync::CancellationToken;
@@ -34,7 +34,7 @@ use crate::checkpoint;
 use crate::chunk::{ChunkStore, ItemSteps};
 use crate::config::{Durability, ReplayConfig};
 use crate::error::Error;
-use crate::table::{SampledItem, Table, key_epoch};
+use crate::table::{SampledItem, Table, key_epoch, response_len};
 use crate::validate::ValidationError;
 use crate::wal::{self, Wal};
 
@@ -51,6 +51,15 @@ type Ack = (u64, Result<InsertResponse, Status>);
 /// (`SampleRequest.in_flight`). Items in this buffer have left a queue
 /// table already, so a client that hangs up loses them; the default is one.
 pub const MAX_SAMPLE_IN_FLIGHT: u32 = 16;
+
+/// Most bytes (KiB, as response messages) of the batches a sample stream
+/// holds drawn ahead of its client, beyond the first. A drawn batch keeps
+/// its items' steps alive even once the table has evicted them, so with
+/// a table that turns over quickly, 8 batches of 16 R2D2 sequences ahead
+/// on each of 4 streams would pin 290 MB the table no longer holds. The
+/// budget still lets small batches go `in_flight` deep, and a stream's
+/// 16 MiB hides as much latency as its HTTP/2 window does.
+pub const SAMPLE_AHEAD_KIB: u32 = 16 << 10;
 
 /// Writers one insert stream may continue items for; each keeps its previous
 /// item's chunks alive, so this bounds what a stream can pin.
@@ -422,6 +431,7 @@ impl ReplayService {
         batches: mpsc::Sender<DrawnBatch>,
     ) {
         let batch_size = request.batch_size as usize;
+        let ahead = Arc::new(Semaphore::new(SAMPLE_AHEAD_KIB as usize));
         let mut sent = 0u64;
         while request.num_batches == 0 || sent < request.num_batches {
             // Take a slot first so that no items leave the table for a
@@ -442,8 +452,18 @@ impl ReplayService {
                 () = batches.closed() => return,
             };
             match result {
-                Ok(batch) => {
-                    permit.send(Ok(batch));
+                Ok(items) => {
+                    // Waits while the batches ahead of this one hold the
+                    // budget; the response stream frees theirs as it sends.
+                    let kib = response_len(&items).div_ceil(1024).min(SAMPLE_AHEAD_KIB as usize) as u32;
+                    let budget = tokio::select! {
+                        budget = Arc::clone(&ahead).acquire_many_owned(kib) => match budget {
+                            Ok(budget) => budget,
+                            Err(_) => return,
+                        },
+                        () = batches.closed() => return,
+                    };
+                    permit.send(Ok(Drawn { items, _budget: budget }));
                     sent += 1;
                 }
                 Err(error) => {
@@ -457,18 +477,25 @@ impl ReplayService {
     }
 }
 
-/// A batch drawn for a sample stream, or the status that ends the stream.
-/// Drawn batches wait for the client as references to their stored steps;
-/// the steps are copied into a message only when the stream sends it (see
-/// [`sample_response`]).
-type DrawnBatch = Result<Vec<SampledItem>, Status>;
+/// A batch drawn for a sample stream, waiting for the client as references
+/// to its stored steps, with its share of the stream's [`SAMPLE_AHEAD_KIB`].
+struct Drawn {
+    items: Vec<SampledItem>,
+    _budget: OwnedSemaphorePermit,
+}
+
+/// A drawn batch, or the status that ends the stream.
+type DrawnBatch = Result<Drawn, Status>;
 
 /// The message for a drawn batch, assembled as the response stream sends
-/// it. A batch waiting in a stream's `in_flight` queue then holds no copy
-/// of its steps: four streams of 8 batches of 16 R2D2 sequences would
-/// otherwise hold 290 MB of assembled messages besides the table.
+/// it: a batch waiting in a stream's `in_flight` queue holds no copy of its
+/// steps. Its budget is freed once the copy is made.
 fn sample_response(batch: DrawnBatch) -> Result<SampleResponse, Status> {
-    let items = batch?.into_iter().map(sampled_item_message).collect::<Result<Vec<_>, Error>>();
+    let items = batch?
+        .items
+        .into_iter()
+        .map(sampled_item_message)
+        .collect::<Result<Vec<_>, Error>>();
     items.map(|items| SampleResponse { items }).map_err(|error| {
         warn!(%error, "could not assemble a sampled item");
         error.into()
@@ -491,7 +518,7 @@ fn sampled_item_message(item: SampledItem) -> Result<pb::SampledItem, Error> {
 #[tonic::async_trait]
 impl Replay for ReplayService {
     type InsertStream = Pin<Box<dyn Stream<Item = Result<InsertResponse, Status>> + Send>>;
-    type SampleStream = futures::stream::Map<ReceiverStream<DrawnBatch>, fn(DrawnBatch) -> Result<SampleResponse, Status>>;
+    type SampleStream = Pin<Box<dyn Stream<Item = Result<SampleResponse, Status>> + Send>>;
 
     async fn insert(&self, request: Request<Streaming<InsertRequest>>) -> Result<Response<Self::InsertStream>, Status> {
         let span = info_span!("insert_stream", peer = ?request.remote_addr());
@@ -568,8 +595,7 @@ impl Replay for ReplayService {
         let shutdown = self.inner.shutdown.clone();
         let limit = self.inner.max_message_bytes;
         tokio::spawn(Self::run_sample_stream(table, request, timeout, limit, shutdown, batches).instrument(span));
-        let assemble: fn(DrawnBatch) -> Result<SampleResponse, Status> = sample_response;
-        Ok(Response::new(futures::StreamExt::map(ReceiverStream::new(rx), assemble)))
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx).map(sample_response))))
     }
 
     async fn update_priorities(
@@ -1185,6 +1211,41 @@ mod tests {
             .unwrap();
         tokio::time::sleep(Duration::from_millis(200)).await;
         assert_eq!(table_size(&mut client).await, 1);
+        server.stop().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_stream_draws_ahead_at_most_its_byte_budget() {
+        // Batches of one item of about 4 MB: 16 in flight would draw 16
+        // ahead of a client that does not read; the budget holds 4, then
+        // one more is drawn and waits for it, and the transport takes one.
+        const ITEMS: usize = 24;
+        let item = |seed| cartpole_sequence(100_000, seed);
+        let item_bytes = item(0).encoded_len();
+        let budgeted = SAMPLE_AHEAD_KIB as usize / item_bytes.div_ceil(1024);
+        assert!(
+            budgeted + 3 < MAX_SAMPLE_IN_FLIGHT as usize,
+            "{item_bytes} B items are too small to tell"
+        );
+        let server = Server::start(config_with(ITEMS)).await;
+        let mut client = server
+            .client()
+            .await
+            .max_encoding_message_size(64 << 20)
+            .max_decoding_message_size(64 << 20);
+        insert_all(&mut client, (0..ITEMS as u64).map(|seed| insert_request(item(seed))).collect())
+            .await
+            .unwrap();
+        let mut request = sample_request(1, 0, 60_000);
+        request.in_flight = MAX_SAMPLE_IN_FLIGHT;
+        let batches = client.sample(request).await.unwrap().into_inner();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let drawn = ITEMS - table_size(&mut client).await as usize;
+        assert!(
+            (budgeted + 1..=budgeted + 3).contains(&drawn),
+            "drew {drawn} ahead; the budget holds {budgeted}"
+        );
+        drop(batches);
         server.stop().await.unwrap();
     }
 
