@@ -57,8 +57,9 @@ pub const MAX_SAMPLE_IN_FLIGHT: u32 = 16;
 /// its items' steps alive even once the table has evicted them, so with
 /// a table that turns over quickly, 8 batches of 16 R2D2 sequences ahead
 /// on each of 4 streams would pin 290 MB the table no longer holds. The
-/// budget still lets small batches go `in_flight` deep, and a stream's
-/// 16 MiB hides as much latency as its HTTP/2 window does.
+/// budget still lets small batches go `in_flight` deep; 16 MiB is the
+/// connection's HTTP/2 window (`fleet_proto::connect`), and 8 ms of
+/// sending at the 2 GB/s a sampler reads on loopback.
 pub const SAMPLE_AHEAD_KIB: u32 = 16 << 10;
 
 /// Writers one insert stream may continue items for; each keeps its previous
@@ -1239,7 +1240,13 @@ mod tests {
         let mut request = sample_request(1, 0, 60_000);
         request.in_flight = MAX_SAMPLE_IN_FLIGHT;
         let batches = client.sample(request).await.unwrap().into_inner();
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        // Until the stream has filled its budget (however slow the machine),
+        // and then a while longer for any draw beyond it.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while ITEMS - (table_size(&mut client).await as usize) <= budgeted && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
         let drawn = ITEMS - table_size(&mut client).await as usize;
         assert!(
             (budgeted + 1..=budgeted + 3).contains(&drawn),
