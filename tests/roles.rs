@@ -24,6 +24,8 @@ fn required() -> [(&'static str, Vec<String>); 3] {
                 replay_metrics::SAMPLES_TOTAL.into(),
                 series(replay_metrics::BYTES, &queue),
                 format!("{}_bucket", replay_metrics::SAMPLE_LATENCY),
+                series(replay_metrics::HELD_SECONDS_TOTAL, &[("class", "insert")]),
+                series(replay_metrics::HELD_SECONDS_TOTAL, &[("class", "sample")]),
                 "process_resident_memory_bytes".into(),
             ],
         ),

@@ -22,6 +22,8 @@
 //! - [`wal`]: the write-ahead log (`replay.durability = "wal"`): every
 //!   table change appended under the table's lock, synced in groups, and
 //!   applied again on top of the newest checkpoint at start.
+//! - [`share`]: a fair share of the server's time between insert and
+//!   sample streams when both have work waiting.
 //! - [`service`]: the gRPC service over the tables, and [`serve`], which runs
 //!   it with the health service until shutdown.
 //! - [`metrics`]: metric names, descriptions and per-table handles.
@@ -40,6 +42,7 @@ pub mod metrics;
 pub mod rate_limiter;
 pub mod sampler;
 pub mod service;
+pub mod share;
 pub mod sum_tree;
 pub mod table;
 pub mod validate;

@@ -3,7 +3,7 @@
 //! do not look metrics up by name. Recording only; installing an exporter is
 //! the binary's job.
 //!
-//! The two `_seconds_total` metrics are counters, as Prometheus expects of a
+//! The `_seconds_total` metrics are counters, as Prometheus expects of a
 //! `_total` name. The `metrics` crate's counters count whole numbers and
 //! waits are mostly fractions of a second, so [`SecondsCounter`] adds every
 //! wait exactly (in nanoseconds) and the counter shows the whole seconds
@@ -36,6 +36,13 @@ pub const MISSING_PRIORITY_UPDATES_TOTAL: &str = "fleet_replay_missing_priority_
 /// Items removed to make room for an insert into a full table (tables that
 /// are not queues), per table.
 pub const EVICTIONS_TOTAL: &str = "fleet_replay_evictions_total";
+
+/// Bytes of the items stored and of the batches drawn, labelled `class`
+/// (`insert`, `sample`): what [`crate::share`] shares the server by.
+pub const SHARED_BYTES_TOTAL: &str = "fleet_replay_shared_bytes_total";
+/// Seconds sample or insert streams were held back for the other class to
+/// have its share of the server's time, labelled `class`.
+pub const HELD_SECONDS_TOTAL: &str = "fleet_replay_held_seconds_total";
 
 /// Seconds from a sample request reaching a table until its batch is drawn
 /// (waiting included), per table.
@@ -156,6 +163,16 @@ pub fn describe() {
         SAMPLE_WAIT_SECONDS_TOTAL,
         Unit::Seconds,
         "Seconds sample requests waited for enough items (whole seconds)."
+    );
+    describe_counter!(
+        SHARED_BYTES_TOTAL,
+        Unit::Bytes,
+        "Bytes of the items the replay service stored (class insert) and of the batches it drew (class sample)."
+    );
+    describe_counter!(
+        HELD_SECONDS_TOTAL,
+        Unit::Seconds,
+        "Seconds insert or sample streams (class) waited for the other class to have its share of the server (whole seconds)."
     );
     describe_counter!(
         MISSING_PRIORITY_UPDATES_TOTAL,

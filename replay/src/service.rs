@@ -34,6 +34,7 @@ use crate::checkpoint;
 use crate::chunk::{ChunkStore, ItemSteps};
 use crate::config::{Durability, ReplayConfig};
 use crate::error::Error;
+use crate::share::{Class, Share};
 use crate::table::{SampledItem, Table, key_epoch, response_len};
 use crate::validate::ValidationError;
 use crate::wal::{self, Wal};
@@ -92,6 +93,8 @@ struct Inner {
     checkpointing: tokio::sync::Mutex<()>,
     /// With `replay.durability = "wal"`: the log every table change goes to.
     wal: Option<Arc<Wal>>,
+    /// The server's time, shared fairly between insert and sample streams.
+    share: Arc<Share>,
 }
 
 /// What [`ReplayService::open_tables`] made.
@@ -281,6 +284,7 @@ impl ReplayService {
                 keep_checkpoints: config.keep_checkpoints,
                 checkpointing: tokio::sync::Mutex::new(()),
                 wal,
+                share: Arc::new(Share::new()),
             }),
         }
     }
@@ -361,6 +365,15 @@ impl ReplayService {
                 () = acks.closed() => return Ok(()),
                 () = self.inner.shutdown.cancelled() => return Err(Error::Shutdown),
             };
+            // With a request in hand, this stream has work: it waits while
+            // inserts have moved more than their share and a sample stream
+            // is ready to run.
+            tokio::select! {
+                () = self.inner.share.turn(Class::Insert) => {}
+                () = acks.closed() => return Ok(()),
+                () = self.inner.shutdown.cancelled() => return Err(Error::Shutdown),
+            }
+            self.inner.share.charge(Class::Insert, prost::Message::encoded_len(&request));
             let tables = std::iter::once(&request.table)
                 .chain(&request.also_tables)
                 .map(|name| self.table(name))
@@ -428,7 +441,7 @@ impl ReplayService {
         request: pb::SampleRequest,
         timeout: Duration,
         max_message_bytes: usize,
-        shutdown: CancellationToken,
+        (shutdown, share): (CancellationToken, Arc<Share>),
         batches: mpsc::Sender<DrawnBatch>,
     ) {
         let batch_size = request.batch_size as usize;
@@ -448,6 +461,17 @@ impl ReplayService {
                     return;
                 }
             };
+            // With room for a batch, this stream has work: it waits while
+            // samples have moved more than their share and an insert stream
+            // is ready to run.
+            tokio::select! {
+                () = share.turn(Class::Sample) => {}
+                () = batches.closed() => return,
+                () = shutdown.cancelled() => {
+                    let _ = batches.try_send(Err(Error::Shutdown.into()));
+                    return;
+                }
+            }
             let result = tokio::select! {
                 result = table.sample_within(batch_size, request.beta, timeout, max_message_bytes) => result,
                 () = batches.closed() => return,
@@ -456,7 +480,9 @@ impl ReplayService {
                 Ok(items) => {
                     // Waits while the batches ahead of this one hold the
                     // budget; the response stream frees theirs as it sends.
-                    let kib = response_len(&items).div_ceil(1024).min(SAMPLE_AHEAD_KIB as usize) as u32;
+                    let bytes = response_len(&items);
+                    share.charge(Class::Sample, bytes);
+                    let kib = bytes.div_ceil(1024).min(SAMPLE_AHEAD_KIB as usize) as u32;
                     let budget = tokio::select! {
                         budget = Arc::clone(&ahead).acquire_many_owned(kib) => match budget {
                             Ok(budget) => budget,
@@ -526,30 +552,36 @@ impl Replay for ReplayService {
         let mut requests = request.into_inner();
         let (acks, rx) = mpsc::channel::<Ack>(INSERT_ACK_BUFFER);
         let service = self.clone();
+        let share = Arc::clone(&self.inner.share);
         tokio::spawn(
-            async move {
-                debug!("insert stream opened");
-                match service.run_insert_stream(&mut requests, &acks).await {
-                    Ok(()) => debug!("insert stream closed"),
-                    Err(error) => {
-                        match &error {
-                            // The client went away mid-stream; nobody to tell.
-                            Error::Request(status)
-                                if matches!(
-                                    status.code(),
-                                    tonic::Code::Cancelled | tonic::Code::Unknown | tonic::Code::Unavailable
-                                ) =>
-                            {
-                                debug!(%error, "insert stream broken by the client");
+            share.task(
+                Class::Insert,
+                Box::pin(
+                    async move {
+                        debug!("insert stream opened");
+                        match service.run_insert_stream(&mut requests, &acks).await {
+                            Ok(()) => debug!("insert stream closed"),
+                            Err(error) => {
+                                match &error {
+                                    // The client went away mid-stream; nobody to tell.
+                                    Error::Request(status)
+                                        if matches!(
+                                            status.code(),
+                                            tonic::Code::Cancelled | tonic::Code::Unknown | tonic::Code::Unavailable
+                                        ) =>
+                                    {
+                                        debug!(%error, "insert stream broken by the client");
+                                    }
+                                    _ => warn!(%error, "insert stream rejected"),
+                                }
+                                // A failed send means the client has gone already.
+                                let _ = acks.send((0, Err(error.into()))).await;
                             }
-                            _ => warn!(%error, "insert stream rejected"),
                         }
-                        // A failed send means the client has gone already.
-                        let _ = acks.send((0, Err(error.into()))).await;
                     }
-                }
-            }
-            .instrument(span),
+                    .instrument(span),
+                ),
+            ),
         );
         let acks = ReceiverStream::new(rx);
         Ok(Response::new(match self.inner.wal.clone() {
@@ -595,7 +627,9 @@ impl Replay for ReplayService {
         let (batches, rx) = mpsc::channel(request.in_flight.max(1) as usize);
         let shutdown = self.inner.shutdown.clone();
         let limit = self.inner.max_message_bytes;
-        tokio::spawn(Self::run_sample_stream(table, request, timeout, limit, shutdown, batches).instrument(span));
+        let share = Arc::clone(&self.inner.share);
+        let drawing = Self::run_sample_stream(table, request, timeout, limit, (shutdown, Arc::clone(&share)), batches);
+        tokio::spawn(share.task(Class::Sample, Box::pin(drawing.instrument(span))));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx).map(sample_response))))
     }
 
