@@ -93,7 +93,7 @@ struct Inner {
     checkpointing: tokio::sync::Mutex<()>,
     /// With `replay.durability = "wal"`: the log every table change goes to.
     wal: Option<Arc<Wal>>,
-    /// The server's time, shared fairly between insert and sample streams.
+    /// The server, shared by bytes between insert and sample streams.
     share: Arc<Share>,
 }
 
@@ -441,7 +441,8 @@ impl ReplayService {
         request: pb::SampleRequest,
         timeout: Duration,
         max_message_bytes: usize,
-        (shutdown, share): (CancellationToken, Arc<Share>),
+        shutdown: CancellationToken,
+        share: Arc<Share>,
         batches: mpsc::Sender<DrawnBatch>,
     ) {
         let batch_size = request.batch_size as usize;
@@ -552,37 +553,29 @@ impl Replay for ReplayService {
         let mut requests = request.into_inner();
         let (acks, rx) = mpsc::channel::<Ack>(INSERT_ACK_BUFFER);
         let service = self.clone();
-        let share = Arc::clone(&self.inner.share);
-        tokio::spawn(
-            share.task(
-                Class::Insert,
-                Box::pin(
-                    async move {
-                        debug!("insert stream opened");
-                        match service.run_insert_stream(&mut requests, &acks).await {
-                            Ok(()) => debug!("insert stream closed"),
-                            Err(error) => {
-                                match &error {
-                                    // The client went away mid-stream; nobody to tell.
-                                    Error::Request(status)
-                                        if matches!(
-                                            status.code(),
-                                            tonic::Code::Cancelled | tonic::Code::Unknown | tonic::Code::Unavailable
-                                        ) =>
-                                    {
-                                        debug!(%error, "insert stream broken by the client");
-                                    }
-                                    _ => warn!(%error, "insert stream rejected"),
-                                }
-                                // A failed send means the client has gone already.
-                                let _ = acks.send((0, Err(error.into()))).await;
-                            }
+        let stream = async move {
+            debug!("insert stream opened");
+            match service.run_insert_stream(&mut requests, &acks).await {
+                Ok(()) => debug!("insert stream closed"),
+                Err(error) => {
+                    match &error {
+                        // The client went away mid-stream; nobody to tell.
+                        Error::Request(status)
+                            if matches!(
+                                status.code(),
+                                tonic::Code::Cancelled | tonic::Code::Unknown | tonic::Code::Unavailable
+                            ) =>
+                        {
+                            debug!(%error, "insert stream broken by the client");
                         }
+                        _ => warn!(%error, "insert stream rejected"),
                     }
-                    .instrument(span),
-                ),
-            ),
-        );
+                    // A failed send means the client has gone already.
+                    let _ = acks.send((0, Err(error.into()))).await;
+                }
+            }
+        };
+        tokio::spawn(self.inner.share.task(Class::Insert, Box::pin(stream.instrument(span))));
         let acks = ReceiverStream::new(rx);
         Ok(Response::new(match self.inner.wal.clone() {
             None => Box::pin(acks.map(|(_, ack)| ack)),
@@ -628,7 +621,7 @@ impl Replay for ReplayService {
         let shutdown = self.inner.shutdown.clone();
         let limit = self.inner.max_message_bytes;
         let share = Arc::clone(&self.inner.share);
-        let drawing = Self::run_sample_stream(table, request, timeout, limit, (shutdown, Arc::clone(&share)), batches);
+        let drawing = Self::run_sample_stream(table, request, timeout, limit, shutdown, Arc::clone(&share), batches);
         tokio::spawn(share.task(Class::Sample, Box::pin(drawing.instrument(span))));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx).map(sample_response))))
     }
