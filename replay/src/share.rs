@@ -276,10 +276,23 @@ impl<F: Future + Unpin> Future for ShareTask<F> {
 mod tests {
     use super::*;
 
-    /// A task of `class` that waits for `go`.
-    fn waiting_task(share: &Arc<Share>, class: Class, go: &Arc<Notify>) -> tokio::task::JoinHandle<()> {
-        let go = Arc::clone(go);
-        tokio::spawn(share.task(class, Box::pin(async move { go.notified().await })))
+    /// An insert task that has been woken and not yet run (on the test's
+    /// single thread, it runs at the test's next await).
+    async fn ready_insert_task(share: &Arc<Share>) -> tokio::task::JoinHandle<()> {
+        let go = Arc::new(Notify::new());
+        let task = tokio::spawn(share.task(
+            Class::Insert,
+            Box::pin({
+                let go = Arc::clone(&go);
+                async move { go.notified().await }
+            }),
+        ));
+        // Its first poll registers its waker; `go` then wakes it.
+        tokio::task::yield_now().await;
+        assert_eq!(ready(share, Class::Insert), 0);
+        go.notify_one();
+        assert_eq!(ready(share, Class::Insert), 1);
+        task
     }
 
     async fn goes_now(share: &Share, class: Class) -> bool {
@@ -294,13 +307,9 @@ mod tests {
     async fn the_class_ahead_waits_only_while_a_task_of_the_other_is_ready() {
         let share = Arc::new(Share::new());
         share.charge(Class::Sample, 64 << 20);
-        let go = Arc::new(Notify::new());
-        let insert = waiting_task(&share, Class::Insert, &go);
-        tokio::task::yield_now().await;
         // Ahead, but no insert task is ready: sampling takes the time.
         assert!(goes_now(&share, Class::Sample).await);
-        go.notify_one();
-        assert_eq!(ready(&share, Class::Insert), 1);
+        let insert = ready_insert_task(&share).await;
         // The insert task is ready and not yet run: the sample class waits,
         // the insert class (behind) does not.
         let mut sample = Box::pin(share.turn(Class::Sample));
@@ -319,11 +328,7 @@ mod tests {
         let share = Arc::new(Share::new());
         share.charge(Class::Insert, 1 << 20);
         share.charge(Class::Sample, (1 << 20) + (128 << 10));
-        let go = Arc::new(Notify::new());
-        let insert = waiting_task(&share, Class::Insert, &go);
-        tokio::task::yield_now().await;
-        go.notify_one();
-        assert_eq!(ready(&share, Class::Insert), 1);
+        let insert = ready_insert_task(&share).await;
         assert!(goes_now(&share, Class::Sample).await);
         insert.await.unwrap();
     }
@@ -332,14 +337,24 @@ mod tests {
     async fn a_task_dropped_while_ready_is_no_longer_counted() {
         let share = Arc::new(Share::new());
         share.charge(Class::Sample, 64 << 20);
-        let go = Arc::new(Notify::new());
-        let insert = waiting_task(&share, Class::Insert, &go);
-        tokio::task::yield_now().await;
-        go.notify_one();
+        let insert = ready_insert_task(&share).await;
         insert.abort();
         let _ = insert.await;
         assert_eq!(ready(&share, Class::Insert), 0);
         assert!(goes_now(&share, Class::Sample).await);
+    }
+
+    #[tokio::test]
+    async fn a_class_is_held_at_most_the_bound_per_piece_of_work() {
+        let share = Arc::new(Share::new());
+        share.charge(Class::Sample, 1 << 30);
+        // An insert task counted ready that never runs.
+        share.woken(Class::Insert);
+        let started = Instant::now();
+        tokio::time::timeout(Duration::from_secs(5), share.turn(Class::Sample))
+            .await
+            .expect("the sample class was held past its bound");
+        assert!(started.elapsed() >= MAX_HOLD, "held {:?}, less than the bound", started.elapsed());
     }
 
     #[test]
