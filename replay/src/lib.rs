@@ -22,7 +22,7 @@
 //! - [`wal`]: the write-ahead log (`replay.durability = "wal"`): every
 //!   table change appended under the table's lock, synced in groups, and
 //!   applied again on top of the newest checkpoint at start.
-//! - [`share`]: a fair share of the server's time between insert and
+//! - [`share`]: a fair share of the server, by bytes, between insert and
 //!   sample streams when both have work waiting.
 //! - [`service`]: the gRPC service over the tables, and [`serve`], which runs
 //!   it with the health service until shutdown.

@@ -41,7 +41,7 @@ pub const EVICTIONS_TOTAL: &str = "fleet_replay_evictions_total";
 /// (`insert`, `sample`): what [`crate::share`] shares the server by.
 pub const SHARED_BYTES_TOTAL: &str = "fleet_replay_shared_bytes_total";
 /// Seconds sample or insert streams were held back for the other class to
-/// have its share of the server's time, labelled `class`.
+/// have its share of the server, labelled `class`.
 pub const HELD_SECONDS_TOTAL: &str = "fleet_replay_held_seconds_total";
 
 /// Seconds from a sample request reaching a table until its batch is drawn
