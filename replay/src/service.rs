@@ -469,7 +469,9 @@ impl ReplayService {
                 () = share.turn(Class::Sample) => {}
                 () = batches.closed() => return,
                 () = shutdown.cancelled() => {
-                    let _ = batches.try_send(Err(Error::Shutdown.into()));
+                    // Into the slot already reserved: the client hears why
+                    // its stream ends.
+                    permit.send(Err(Error::Shutdown.into()));
                     return;
                 }
             }

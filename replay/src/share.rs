@@ -176,26 +176,26 @@ impl Share {
     /// is ahead of the other class while a task of that class is ready to
     /// run, and then for at most [`MAX_HOLD`].
     pub async fn turn(&self, class: Class) {
+        // The common case, nothing held, takes no lock of the Notify.
+        if !self.holds_back(class) {
+            return;
+        }
         let index = class as usize;
-        let mut held_since: Option<Instant> = None;
-        loop {
-            if held_since.is_some_and(|since| since.elapsed() >= MAX_HOLD) {
-                break;
-            }
+        let hold = Hold {
+            held_seconds: &self.held_seconds[index],
+            since: Instant::now(),
+        };
+        while hold.since.elapsed() < MAX_HOLD {
             let notified = self.turns[index].notified();
             tokio::pin!(notified);
-            // Registered before the check, so a release in between is not lost.
+            // Registered and counted before the check, so a release in
+            // between is not lost.
             notified.as_mut().enable();
+            let _waiting = Waiting::on(&self.waiting[index]);
             if !self.holds_back(class) {
-                break;
+                return;
             }
-            held_since.get_or_insert_with(Instant::now);
-            self.waiting[index].fetch_add(1, Ordering::AcqRel);
             let _ = tokio::time::timeout(RECHECK, notified).await;
-            self.waiting[index].fetch_sub(1, Ordering::AcqRel);
-        }
-        if let Some(since) = held_since {
-            self.held_seconds[index].add(since.elapsed());
         }
     }
 
@@ -213,6 +213,35 @@ impl Share {
             waker: Waker::from(Arc::clone(&wakeup)),
             wakeup,
         }
+    }
+}
+
+/// One held turn: its time is added to the held seconds however it ends
+/// (a stream that hangs up mid-wait drops it).
+struct Hold<'a> {
+    held_seconds: &'a SecondsCounter,
+    since: Instant,
+}
+
+impl Drop for Hold<'_> {
+    fn drop(&mut self) {
+        self.held_seconds.add(self.since.elapsed());
+    }
+}
+
+/// A task counted in a class's `waiting` while it lives.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn on(count: &'a AtomicUsize) -> Self {
+        count.fetch_add(1, Ordering::AcqRel);
+        Self(count)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -355,6 +384,18 @@ mod tests {
             .await
             .expect("the sample class was held past its bound");
         assert!(started.elapsed() >= MAX_HOLD, "held {:?}, less than the bound", started.elapsed());
+    }
+
+    #[tokio::test]
+    async fn a_held_turn_dropped_mid_wait_leaves_no_waiter_counted() {
+        let share = Arc::new(Share::new());
+        share.charge(Class::Sample, 1 << 30);
+        share.woken(Class::Insert);
+        let mut sample = Box::pin(share.turn(Class::Sample));
+        assert!(futures::poll!(&mut sample).is_pending());
+        assert_eq!(share.waiting[Class::Sample as usize].load(Ordering::Acquire), 1);
+        drop(sample);
+        assert_eq!(share.waiting[Class::Sample as usize].load(Ordering::Acquire), 0);
     }
 
     #[test]
