@@ -57,6 +57,18 @@ pub enum OffPolicyCorrection {
     None,
 }
 
+/// When a sequence's value targets and advantages are computed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TargetsAt {
+    /// At every draw, from the value function as it is then.
+    EachDraw,
+    /// At its first draw, and kept for its later ones (see
+    /// [`crate::targets`]), as PPO computes a rollout's advantages once for
+    /// all its epochs.
+    FirstDraw,
+}
+
 /// Where a recurrent core's state starts at a sequence's first step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -142,6 +154,8 @@ pub struct LearnerConfig {
     pub normalize_advantages: bool,
     /// V-trace, or targets that ignore the policy lag (see the enum).
     pub off_policy_correction: OffPolicyCorrection,
+    /// Targets recomputed at each draw of a sequence, or kept from its first.
+    pub targets: TargetsAt,
     /// V-trace ρ̄.
     pub rho_bar: f32,
     /// V-trace c̄.
@@ -212,6 +226,7 @@ impl Default for LearnerConfig {
             ratio_clip: 0.05,
             normalize_advantages: false,
             off_policy_correction: OffPolicyCorrection::Vtrace,
+            targets: TargetsAt::EachDraw,
             rho_bar: 1.0,
             c_bar: 1.0,
             pg_rho_bar: 1.0,

@@ -9,9 +9,12 @@ use fleet_agent::{ActorCritic, EnvSpec, NetworkConfig, Weights, WeightsError};
 
 use crate::batch::{DeviceBatch, HostBatch};
 use crate::checkpoint::{self, CheckpointMeta};
-use crate::config::{InitialState, LearnerConfig};
-use crate::loss::{LossDiagnostics, LossWeights, clip_rewards, impala_loss, learning_outputs, sequence_priorities, state_staleness};
+use crate::config::{InitialState, LearnerConfig, TargetsAt};
+use crate::loss::{
+    KeptFor, LossDiagnostics, LossWeights, clip_rewards, impala_loss, learning_outputs, sequence_priorities, state_staleness,
+};
 use crate::optim::{Optimiser, StepReport};
+use crate::targets::KeptTargets;
 
 #[derive(Debug, thiserror::Error)]
 pub enum UpdateError {
@@ -65,6 +68,8 @@ pub struct Learner {
     /// New env frames learnt from by applied updates (a replayed step
     /// counts once): the clock of the learning-rate, entropy and β schedules.
     frames: u64,
+    /// With `targets = "first_draw"`: the targets of the sequences drawn lately.
+    kept_targets: KeptTargets,
 }
 
 impl Learner {
@@ -80,6 +85,7 @@ impl Learner {
             updates: 0,
             version: 1,
             frames: 0,
+            kept_targets: KeptTargets::new(),
         })
     }
 
@@ -182,7 +188,12 @@ impl Learner {
             off_policy_correction: self.config.off_policy_correction,
         };
         let stored = self.config.initial_state == InitialState::Stored;
-        let loss = impala_loss(&self.network, &device_batch, &self.config.vtrace(), weights, stored)?;
+        let kept = (self.config.targets == TargetsAt::FirstDraw).then(|| KeptFor {
+            targets: &mut self.kept_targets,
+            keys: &batch.keys,
+            first_draws: &batch.first_draws,
+        });
+        let loss = impala_loss(&self.network, &device_batch, &self.config.vtrace(), weights, stored, kept)?;
         let learning_rate = self.config.learning_rate_at(self.frames);
         let staleness = if self.updates.is_multiple_of(STALENESS_EVERY) {
             // The loss's outputs are the stored-state ones unless it learns from zeros.
@@ -244,6 +255,28 @@ mod tests {
 
     fn learner(seed: u64, config: &LearnerConfig) -> Learner {
         Learner::new(SPEC, &NetworkConfig::default(), config.clone(), seed, Device::Cpu).unwrap()
+    }
+
+    #[test]
+    fn targets_kept_from_the_first_draw_serve_the_later_draws() {
+        let first_draw = LearnerConfig {
+            targets: TargetsAt::FirstDraw,
+            ..Default::default()
+        };
+        let (mut kept, mut each) = (learner(3, &first_draw), learner(3, &LearnerConfig::default()));
+        let fresh = HostBatch::synthetic(SPEC, 21, 8, 0);
+        let again = HostBatch {
+            first_draws: vec![false; 8],
+            ..fresh.clone()
+        };
+        let (kept_first, each_first) = (kept.update(&fresh).unwrap(), each.update(&fresh).unwrap());
+        assert_eq!(kept_first.diagnostics.target_mean, each_first.diagnostics.target_mean);
+        // The value function has moved: recomputed targets move with it,
+        // kept ones stay those of the first draw.
+        let (kept_again, each_again) = (kept.update(&again).unwrap(), each.update(&again).unwrap());
+        assert_eq!(kept_again.diagnostics.target_mean, kept_first.diagnostics.target_mean);
+        assert_ne!(each_again.diagnostics.target_mean, each_first.diagnostics.target_mean);
+        assert_ne!(kept_again.diagnostics.value_mean, kept_first.diagnostics.value_mean);
     }
 
     #[test]

@@ -8,7 +8,8 @@
 //! [`learner`] (state and one update, no I/O), [`parameters`] (the weights
 //! service), [`prefetch`] (sampling the queue and the prioritised table
 //! into batches), [`priorities`] (new priorities back to replay, in the
-//! background), [`runtime`] (the process), [`config`], [`metrics`].
+//! background), [`targets`] (targets kept from a sequence's first draw),
+//! [`runtime`] (the process), [`config`], [`metrics`].
 
 #![forbid(unsafe_code)]
 
@@ -24,6 +25,7 @@ pub mod prefetch;
 pub mod priorities;
 pub mod runtime;
 pub mod stats_log;
+pub mod targets;
 pub mod vtrace;
 
 pub use config::{InitialState, LearnerConfig};

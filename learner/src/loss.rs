@@ -10,6 +10,7 @@ use fleet_agent::{ActorCritic, PolicyDistribution, PolicyOutput, RecurrentState}
 
 use crate::batch::DeviceBatch;
 use crate::config::{OffPolicyCorrection, RewardClip};
+use crate::targets::KeptTargets;
 use crate::vtrace::{VTraceInputs, VTraceParams, clipped_rho_fraction, vtrace};
 
 #[derive(Debug, Clone, Copy)]
@@ -227,12 +228,21 @@ pub fn clip_rewards(rewards: &Tensor, clip: RewardClip) -> Result<Tensor> {
     }
 }
 
+/// The targets a loss keeps from each sequence's first draw, and which
+/// sequences the batch's columns are.
+pub struct KeptFor<'a> {
+    pub targets: &'a mut KeptTargets,
+    pub keys: &'a [u64],
+    pub first_draws: &'a [bool],
+}
+
 pub fn impala_loss(
     network: &ActorCritic,
     batch: &DeviceBatch,
     vtrace_params: &VTraceParams,
     weights: LossWeights,
     stored_state: bool,
+    kept: Option<KeptFor<'_>>,
 ) -> Result<LossOutput> {
     let (l, b) = (batch.steps, batch.batch_size);
     let t = l - 1;
@@ -266,6 +276,10 @@ pub fn impala_loss(
         },
         vtrace_params,
     )?;
+    let returns = match kept {
+        Some(kept) => kept.targets.apply(kept.keys, kept.first_draws, returns)?,
+        None => returns,
+    };
 
     // Per-step weights: the mask (real decisions only) times the sequence's
     // importance weight, normalised by the number of real decisions.
@@ -425,7 +439,7 @@ mod tests {
         let net = ActorCritic::new(spec, &config, 2, &Device::Cpu).unwrap();
         let host = HostBatch::synthetic(spec, 7, 3, 4);
         let device_batch = DeviceBatch::new(&host, 0.99, 0, &Device::Cpu).unwrap();
-        let loss = impala_loss(&net, &device_batch, &VTraceParams::default(), weights(), false).unwrap();
+        let loss = impala_loss(&net, &device_batch, &VTraceParams::default(), weights(), false, None).unwrap();
 
         let learning = 6 * 3;
         let params = values(&loss.outputs.logits);
@@ -464,7 +478,7 @@ mod tests {
         let net = lstm();
         let host = batch(1);
         let device_batch = DeviceBatch::new(&host, 0.99, 4, &Device::Cpu).unwrap();
-        let loss = impala_loss(&net, &device_batch, &VTraceParams::default(), weights(), true).unwrap();
+        let loss = impala_loss(&net, &device_batch, &VTraceParams::default(), weights(), true, None).unwrap();
         let through_burn_in = loss.total.backward().unwrap();
 
         let warmed = learning_start_state(&net, &device_batch, None, true).unwrap();
@@ -484,7 +498,7 @@ mod tests {
         let mut from_warmed = DeviceBatch::new(&host, 0.99, 4, &Device::Cpu).unwrap();
         from_warmed.burn_in = 0;
         from_warmed.initial_states = Some(constant.to_flat().unwrap());
-        let direct = impala_loss(&net, &from_warmed, &VTraceParams::default(), weights(), true).unwrap();
+        let direct = impala_loss(&net, &from_warmed, &VTraceParams::default(), weights(), true, None).unwrap();
         assert!((direct.total.to_scalar::<f32>().unwrap() - loss.total.to_scalar::<f32>().unwrap()).abs() < 1e-6);
         let direct = direct.total.backward().unwrap();
         for (name, var) in net.params() {
@@ -630,8 +644,8 @@ mod tests {
             off_policy_correction: OffPolicyCorrection::None,
             ..weights()
         };
-        let loss = impala_loss(&net, &device_batch, &params, uncorrected, false).unwrap();
-        let corrected = impala_loss(&net, &device_batch, &params, weights(), false).unwrap();
+        let loss = impala_loss(&net, &device_batch, &params, uncorrected, false, None).unwrap();
+        let corrected = impala_loss(&net, &device_batch, &params, weights(), false, None).unwrap();
 
         let v: Vec<f64> = values(&loss.outputs.values).into_iter().map(f64::from).collect();
         let td = values(&loss.td_errors);
