@@ -250,6 +250,12 @@ impl Config {
         if let Some(spec) = spec {
             self.check_network_fits(&spec)?;
         }
+        if self.learner.minibatches > 1 && self.network.core != fleet_agent::Core::None {
+            bail!(
+                "invalid config: learner.minibatches = {} needs a feed-forward network (network.core = \"none\"): a recurrent core's steps depend on the steps before them",
+                self.learner.minibatches
+            );
+        }
         if self.run.actors == 0 {
             bail!("invalid config: run.actors must be at least 1");
         }
@@ -601,6 +607,11 @@ mod tests {
         assert!(err.contains("env.name"), "{err}");
         let err = format!("{:#}", load(&[], &["seed"]).unwrap_err());
         assert!(err.contains("section.key=value"), "{err}");
+        let err = format!("{:#}", load(&[], &["learner.minibatches=0"]).unwrap_err());
+        assert!(err.contains("learner.minibatches"), "{err}");
+        assert!(load(&[], &["learner.minibatches=4"]).is_ok());
+        let err = format!("{:#}", load(&[], &["learner.minibatches=4", "network.core=lstm"]).unwrap_err());
+        assert!(err.contains("learner.minibatches") && err.contains("network.core"), "{err}");
     }
 
     #[test]

@@ -156,6 +156,11 @@ pub struct LearnerConfig {
     pub off_policy_correction: OffPolicyCorrection,
     /// Targets recomputed at each draw of a sequence, or kept from its first.
     pub targets: TargetsAt,
+    /// Optimiser steps per batch: the targets come from the whole batch,
+    /// then each step learns from its own random share of the batch's
+    /// steps, as PPO's minibatches do (feed-forward networks only). 1: one
+    /// step on the whole batch.
+    pub minibatches: usize,
     /// V-trace ρ̄.
     pub rho_bar: f32,
     /// V-trace c̄.
@@ -227,6 +232,7 @@ impl Default for LearnerConfig {
             normalize_advantages: false,
             off_policy_correction: OffPolicyCorrection::Vtrace,
             targets: TargetsAt::EachDraw,
+            minibatches: 1,
             rho_bar: 1.0,
             c_bar: 1.0,
             pg_rho_bar: 1.0,
@@ -301,6 +307,7 @@ impl LearnerConfig {
     pub fn validate(&self) -> Result<(), String> {
         let positive = [
             ("learner.batch_size", self.batch_size as f64),
+            ("learner.minibatches", self.minibatches as f64),
             ("learner.prefetch_batches", self.prefetch_batches as f64),
             ("learner.learning_rate", self.learning_rate),
             ("learner.adam_epsilon", self.adam_epsilon),

@@ -4,14 +4,18 @@
 
 use std::path::{Path, PathBuf};
 
-use candle_core::Device;
+use candle_core::{Device, Tensor};
 use fleet_agent::{ActorCritic, EnvSpec, NetworkConfig, Weights, WeightsError};
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
 
 use crate::batch::{DeviceBatch, HostBatch};
 use crate::checkpoint::{self, CheckpointMeta};
 use crate::config::{InitialState, LearnerConfig, TargetsAt};
 use crate::loss::{
-    KeptFor, LossDiagnostics, LossWeights, clip_rewards, impala_loss, learning_outputs, sequence_priorities, state_staleness,
+    KeptFor, LossDiagnostics, LossWeights, StepData, clip_rewards, impala_loss, learning_outputs, loss_terms, sequence_priorities,
+    state_staleness, step_targets,
 };
 use crate::optim::{Optimiser, StepReport};
 use crate::targets::KeptTargets;
@@ -41,9 +45,12 @@ pub struct UpdateStats {
     pub mean_abs_advantage: f32,
     pub diagnostics: LossDiagnostics,
     pub learning_rate: f64,
-    /// Gradient and step norms; `step.applied()` is false when the gradient
-    /// was not finite and the update was skipped.
+    /// Gradient and step norms (of the last step, with minibatches);
+    /// `step.applied()` is false when the gradient was not finite and the
+    /// update was skipped.
     pub step: StepReport,
+    /// Optimiser steps applied: 1 or 0, or up to `learner.minibatches`.
+    pub applied_steps: u64,
     /// Per sequence (value, policy) staleness, every [`STALENESS_EVERY`]th
     /// update of a recurrent network with stored states; see
     /// [`crate::loss::state_staleness`].
@@ -70,6 +77,8 @@ pub struct Learner {
     frames: u64,
     /// With `targets = "first_draw"`: the targets of the sequences drawn lately.
     kept_targets: KeptTargets,
+    /// Seeds the order of each batch's minibatches.
+    seed: u64,
 }
 
 impl Learner {
@@ -86,6 +95,7 @@ impl Learner {
             version: 1,
             frames: 0,
             kept_targets: KeptTargets::new(),
+            seed,
         })
     }
 
@@ -187,12 +197,15 @@ impl Learner {
             normalize_advantages: self.config.normalize_advantages,
             off_policy_correction: self.config.off_policy_correction,
         };
-        let stored = self.config.initial_state == InitialState::Stored;
+        if self.config.minibatches > 1 {
+            return self.update_in_minibatches(batch, &device_batch, weights);
+        }
         let kept = (self.config.targets == TargetsAt::FirstDraw).then(|| KeptFor {
             targets: &mut self.kept_targets,
             keys: &batch.keys,
             first_draws: &batch.first_draws,
         });
+        let stored = self.config.initial_state == InitialState::Stored;
         let loss = impala_loss(&self.network, &device_batch, &self.config.vtrace(), weights, stored, kept)?;
         let learning_rate = self.config.learning_rate_at(self.frames);
         let staleness = if self.updates.is_multiple_of(STALENESS_EVERY) {
@@ -224,9 +237,91 @@ impl Learner {
             mean_abs_advantage: loss.mean_abs_advantage,
             diagnostics: loss.diagnostics,
             learning_rate,
+            applied_steps: u64::from(step.applied()),
             step,
             staleness,
             priorities,
+        })
+    }
+
+    /// PPO's minibatches: the targets of the whole batch first, from the
+    /// network as it is, then one optimiser step on each of
+    /// `learner.minibatches` disjoint random subsets of its learning steps,
+    /// so that no step's gradient comes only from a few neighbouring steps
+    /// of the same episodes. Each step counts as an update and a version;
+    /// the losses reported are the steps' means, the gradient norms the
+    /// last step's. Feed-forward networks only (a step's output then
+    /// depends on its observation alone).
+    fn update_in_minibatches(
+        &mut self,
+        batch: &HostBatch,
+        device_batch: &DeviceBatch,
+        weights: LossWeights,
+    ) -> Result<UpdateStats, UpdateError> {
+        let (l, b) = (device_batch.steps, device_batch.batch_size);
+        let learning_steps = (l - 1) * b;
+        let out = self.network.forward(&device_batch.observations)?;
+        let width = out.logits.dim(1)?;
+        let kept = (self.config.targets == TargetsAt::FirstDraw).then(|| KeptFor {
+            targets: &mut self.kept_targets,
+            keys: &batch.keys,
+            first_draws: &batch.first_draws,
+        });
+        let distribution = self.network.distribution();
+        let targets = step_targets(
+            distribution,
+            device_batch,
+            &out.logits.detach().reshape((l, b, width))?,
+            &out.values.detach().reshape((l, b))?,
+            &self.config.vtrace(),
+            weights,
+            kept,
+        )?;
+        let data = StepData::of_batch(device_batch, &targets.returns)?;
+        let learning_rate = self.config.learning_rate_at(self.frames);
+        // Drawn from the seed and the update count, so that a run resumed
+        // from a checkpoint splits its batches as the uninterrupted run does.
+        let mut rng = StdRng::seed_from_u64(self.seed ^ self.updates.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        let mut order: Vec<u32> = (0..learning_steps as u32).collect();
+        order.shuffle(&mut rng);
+        let (mut total, mut policy, mut baseline, mut entropy) = (0f32, 0f32, 0f32, 0f32);
+        let (mut applied, mut steps) = (0u64, 0f32);
+        let mut step = None;
+        let minibatches = self.config.minibatches.min(learning_steps);
+        for rows in order.chunks(learning_steps.div_ceil(minibatches)) {
+            let rows = Tensor::from_slice(rows, rows.len(), &self.device)?;
+            let part = data.rows(&rows)?;
+            let out = self.network.forward(&device_batch.observations.index_select(&rows, 0)?)?;
+            let terms = loss_terms(distribution, &out.logits, &out.values, &part, weights)?;
+            let report = self.optimiser.step(&terms.total, learning_rate)?;
+            if report.applied() {
+                applied += 1;
+            }
+            total += terms.total.to_scalar::<f32>()?;
+            policy += terms.policy;
+            baseline += terms.baseline;
+            entropy += terms.entropy;
+            steps += 1.0;
+            step = Some(report);
+        }
+        if applied > 0 {
+            self.updates += applied;
+            self.version += applied;
+            self.frames += batch.env_frames(self.config.burn_in);
+        }
+        Ok(UpdateStats {
+            total_loss: total / steps,
+            policy_loss: policy / steps,
+            baseline_loss: baseline / steps,
+            entropy: entropy / steps,
+            clipped_rho_fraction: targets.clipped_rho_fraction,
+            mean_abs_advantage: targets.mean_abs_advantage,
+            diagnostics: targets.diagnostics,
+            learning_rate,
+            applied_steps: applied,
+            step: step.expect("a batch has at least one learning step"),
+            staleness: Vec::new(),
+            priorities: sequence_priorities(&targets.td_errors, &device_batch.mask, self.config.priority_eta)?,
         })
     }
 }
@@ -277,6 +372,58 @@ mod tests {
         assert_eq!(kept_again.diagnostics.target_mean, kept_first.diagnostics.target_mean);
         assert_ne!(each_again.diagnostics.target_mean, each_first.diagnostics.target_mean);
         assert_ne!(kept_again.diagnostics.value_mean, kept_first.diagnostics.value_mean);
+    }
+
+    /// A synthetic batch of 8 sequences of 20 learning steps, all real decisions.
+    fn batch_without_episode_ends(seed: u64) -> HostBatch {
+        let mut batch = HostBatch::synthetic(SPEC, 21, 8, seed);
+        batch.terminated = vec![false; 21 * 8];
+        batch.truncated = vec![false; 21 * 8];
+        batch
+    }
+
+    #[test]
+    fn minibatches_each_take_a_step_and_the_batch_counts_its_frames_once() {
+        let split = LearnerConfig {
+            minibatches: 4,
+            ..Default::default()
+        };
+        let (mut split, mut whole) = (learner(3, &split), learner(3, &LearnerConfig::default()));
+        let batch = batch_without_episode_ends(0);
+        let before = params(&split);
+        split.update(&batch).unwrap();
+        whole.update(&batch).unwrap();
+        assert_eq!((split.updates(), split.version(), split.optimizer_steps()), (4, 5, 4));
+        assert_eq!(split.frames(), whole.frames());
+        assert_ne!(params(&split), before);
+    }
+
+    #[test]
+    fn minibatch_losses_average_to_the_whole_batch_loss() {
+        // With steps too small to move the network, the minibatches (equal
+        // shares of real decisions) see the targets of the whole batch at
+        // the steps they pick: their losses average to the whole batch's.
+        let config = LearnerConfig {
+            learning_rate: 1e-12,
+            ..Default::default()
+        };
+        let split = LearnerConfig {
+            minibatches: 4,
+            ..config.clone()
+        };
+        let (mut split, mut whole) = (learner(3, &split), learner(3, &config));
+        let batch = batch_without_episode_ends(1);
+        let (split, whole) = (split.update(&batch).unwrap(), whole.update(&batch).unwrap());
+        let close = |a: f32, b: f32| (a - b).abs() <= 1e-4 * a.abs().max(b.abs()).max(1e-3);
+        for (name, a, b) in [
+            ("policy", split.policy_loss, whole.policy_loss),
+            ("baseline", split.baseline_loss, whole.baseline_loss),
+            ("entropy", split.entropy, whole.entropy),
+        ] {
+            assert!(close(a, b), "{name}: minibatches average {a}, the whole batch gives {b}");
+        }
+        assert_eq!(split.priorities, whole.priorities);
+        assert_eq!(split.diagnostics, whole.diagnostics);
     }
 
     #[test]
@@ -427,17 +574,22 @@ mod tests {
     /// this catches that in milliseconds rather than in a learning run.
     #[test]
     fn one_update_on_a_bandit_raises_the_better_arms_probability() {
-        for ratio_clip in [0.0, 0.2] {
-            bandit_update_raises_the_better_arm(ratio_clip);
+        // Minibatches of 4 pulls get Adam's full step each, whichever arms
+        // they hold: standardised advantages keep a minibatch of one arm
+        // from pushing it by how far the initial value happens to be off.
+        for (ratio_clip, minibatches, normalize_advantages) in [(0.0, 1, false), (0.2, 1, false), (0.2, 4, true)] {
+            bandit_update_raises_the_better_arm(ratio_clip, minibatches, normalize_advantages);
         }
     }
 
-    fn bandit_update_raises_the_better_arm(ratio_clip: f64) {
+    fn bandit_update_raises_the_better_arm(ratio_clip: f64, minibatches: usize, normalize_advantages: bool) {
         let spec = EnvSpec::vector(1, 2);
         let config = LearnerConfig {
             learning_rate: 0.01,
             entropy_cost: 0.0,
             ratio_clip,
+            minibatches,
+            normalize_advantages,
             ..Default::default()
         };
         let mut learner = Learner::new(spec, &NetworkConfig::default(), config, 3, Device::Cpu).unwrap();
@@ -466,7 +618,7 @@ mod tests {
         let after = policy(&learner);
         assert!(
             after[1] > before[1] + 1e-3,
-            "ratio clip {ratio_clip}: P(better arm) went from {} to {} in one update",
+            "ratio clip {ratio_clip}, {minibatches} minibatches: P(better arm) went from {} to {} in one update",
             before[1],
             after[1]
         );

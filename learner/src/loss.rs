@@ -11,7 +11,7 @@ use fleet_agent::{ActorCritic, PolicyDistribution, PolicyOutput, RecurrentState}
 use crate::batch::DeviceBatch;
 use crate::config::{OffPolicyCorrection, RewardClip};
 use crate::targets::KeptTargets;
-use crate::vtrace::{VTraceInputs, VTraceParams, clipped_rho_fraction, vtrace};
+use crate::vtrace::{VTraceInputs, VTraceParams, VTraceReturns, clipped_rho_fraction, vtrace};
 
 #[derive(Debug, Clone, Copy)]
 pub struct LossWeights {
@@ -251,16 +251,68 @@ pub fn impala_loss(
     let width = out.logits.dim(1)?;
     let logits = out.logits.reshape((l, b, width))?;
     let values = out.values.reshape((l, b))?;
+    let learning_logits = logits.narrow(0, 0, t)?;
+    let learning_values = values.narrow(0, 0, t)?;
 
     let distribution = network.distribution();
+    let targets = step_targets(
+        distribution,
+        batch,
+        &logits.detach(),
+        &values.detach(),
+        vtrace_params,
+        weights,
+        kept,
+    )?;
+    let data = StepData::of_batch(batch, &targets.returns)?;
+    let terms = loss_terms(distribution, &learning_logits, &learning_values, &data, weights)?;
+    Ok(LossOutput {
+        policy: terms.policy,
+        baseline: terms.baseline,
+        entropy: terms.entropy,
+        clipped_rho_fraction: targets.clipped_rho_fraction,
+        mean_abs_advantage: targets.mean_abs_advantage,
+        diagnostics: targets.diagnostics,
+        td_errors: targets.td_errors,
+        total: terms.total,
+        outputs: out,
+        core_inputs: core_inputs.as_ref().map(CoreInputs::detach),
+    })
+}
+
+/// A batch's value targets and advantages, and what they say about it,
+/// computed from the network's detached outputs on all its steps.
+#[derive(Debug)]
+pub struct StepTargets {
+    pub returns: VTraceReturns,
+    /// `[T, B]` target minus value (for priorities).
+    pub td_errors: Tensor,
+    /// Of the real ratios, whether or not the targets used them.
+    pub clipped_rho_fraction: f32,
+    /// Mean |policy-gradient advantage| over real decisions.
+    pub mean_abs_advantage: f32,
+    pub diagnostics: LossDiagnostics,
+}
+
+/// The targets of `batch` from the network's detached `[L, B, width]`
+/// policy parameters and `[L, B]` values (the last step bootstraps): V-trace
+/// or uncorrected λ-returns as `weights` say, replaced by the ones kept
+/// from each sequence's first draw when `kept` is given.
+pub fn step_targets(
+    distribution: PolicyDistribution,
+    batch: &DeviceBatch,
+    logits: &Tensor,
+    values: &Tensor,
+    vtrace_params: &VTraceParams,
+    weights: LossWeights,
+    kept: Option<KeptFor<'_>>,
+) -> Result<StepTargets> {
+    let t = batch.steps - 1;
     let learning_logits = logits.narrow(0, 0, t)?;
+    let learning_values = values.narrow(0, 0, t)?;
     let action_log_probs = distribution.log_prob(&learning_logits, &batch.actions)?;
     let behaviour_log_probs = distribution.log_prob(&batch.behaviour_logits, &batch.actions)?;
-    let log_rhos = (action_log_probs.detach() - &behaviour_log_probs)?;
-
-    let learning_values = values.narrow(0, 0, t)?;
-    let detached_values = learning_values.detach();
-    let bootstrap = values.get(t)?.detach();
+    let log_rhos = (action_log_probs - &behaviour_log_probs)?;
     let target_log_rhos = match weights.off_policy_correction {
         OffPolicyCorrection::Vtrace => log_rhos.clone(),
         OffPolicyCorrection::None => log_rhos.zeros_like()?,
@@ -270,8 +322,8 @@ pub fn impala_loss(
             log_rhos: &target_log_rhos,
             discounts: &batch.discounts,
             rewards: &batch.rewards,
-            values: &detached_values,
-            bootstrap_value: &bootstrap,
+            values: &learning_values,
+            bootstrap_value: &values.get(t)?,
             mask: &batch.mask,
         },
         vtrace_params,
@@ -280,22 +332,100 @@ pub fn impala_loss(
         Some(kept) => kept.targets.apply(kept.keys, kept.first_draws, returns)?,
         None => returns,
     };
+    let decisions = decisions(&batch.mask)?;
+    Ok(StepTargets {
+        td_errors: (&returns.vs - &learning_values)?,
+        clipped_rho_fraction: match weights.off_policy_correction {
+            OffPolicyCorrection::Vtrace => returns.clipped_rho_fraction,
+            OffPolicyCorrection::None => clipped_rho_fraction(&log_rhos.exp()?, &batch.mask, vtrace_params.rho_bar)?,
+        },
+        mean_abs_advantage: ((returns.pg_advantages.abs()? * &batch.mask)?.sum_all()? / decisions)?.to_scalar()?,
+        diagnostics: diagnose(&learning_logits, &log_rhos, &learning_values, &returns.vs, &batch.mask, decisions)?,
+        returns,
+    })
+}
 
-    // Per-step weights: the mask (real decisions only) times the sequence's
-    // importance weight, normalised by the number of real decisions.
-    let step_weights = batch.mask.broadcast_mul(&batch.importance_weights.unsqueeze(0)?)?;
-    let decisions = batch.mask.sum_all()?.to_scalar::<f32>()?.max(1.0) as f64;
-    let mean = |x: &Tensor| -> Result<Tensor> { (x * &step_weights)?.sum_all()? / decisions };
+/// What the loss reads at each learning step besides the network's
+/// outputs: `[T, B, …]` for a whole batch, `[N, …]` for a minibatch of its steps.
+#[derive(Debug)]
+pub struct StepData {
+    /// u32 indices, or f32 values with the action dimensions last.
+    pub actions: Tensor,
+    /// The behaviour policy's parameters, width last.
+    pub behaviour_logits: Tensor,
+    /// 1 at real decisions.
+    pub mask: Tensor,
+    /// The mask times the sequence's importance weight.
+    pub step_weights: Tensor,
+    pub vs: Tensor,
+    pub advantages: Tensor,
+    pub pg_rhos: Tensor,
+    pub pg_advantages: Tensor,
+}
 
+impl StepData {
+    pub fn of_batch(batch: &DeviceBatch, returns: &VTraceReturns) -> Result<Self> {
+        Ok(Self {
+            actions: batch.actions.clone(),
+            behaviour_logits: batch.behaviour_logits.clone(),
+            mask: batch.mask.clone(),
+            step_weights: batch.mask.broadcast_mul(&batch.importance_weights.unsqueeze(0)?)?,
+            vs: returns.vs.clone(),
+            advantages: returns.advantages.clone(),
+            pg_rhos: returns.pg_rhos.clone(),
+            pg_advantages: returns.pg_advantages.clone(),
+        })
+    }
+
+    /// The learning steps `rows` (u32 indices `t·B + b`) of a whole batch's data.
+    pub fn rows(&self, rows: &Tensor) -> Result<Self> {
+        let pick = |x: &Tensor| x.flatten(0, 1)?.index_select(rows, 0);
+        Ok(Self {
+            actions: pick(&self.actions)?,
+            behaviour_logits: pick(&self.behaviour_logits)?,
+            mask: pick(&self.mask)?,
+            step_weights: pick(&self.step_weights)?,
+            vs: pick(&self.vs)?,
+            advantages: pick(&self.advantages)?,
+            pg_rhos: pick(&self.pg_rhos)?,
+            pg_advantages: pick(&self.pg_advantages)?,
+        })
+    }
+}
+
+/// The differentiable loss and its parts' values.
+#[derive(Debug)]
+pub struct LossTerms {
+    pub total: Tensor,
+    pub policy: f32,
+    pub baseline: f32,
+    pub entropy: f32,
+}
+
+/// Policy-gradient, baseline and entropy terms over `data`'s steps, from
+/// the network's policy parameters `logits` and `values` on those steps
+/// (with their gradients), averaged over the real decisions and weighted
+/// by the sequences' importance weights.
+pub fn loss_terms(
+    distribution: PolicyDistribution,
+    logits: &Tensor,
+    values: &Tensor,
+    data: &StepData,
+    weights: LossWeights,
+) -> Result<LossTerms> {
+    let decisions = decisions(&data.mask)?;
+    let mean = |x: &Tensor| -> Result<Tensor> { (x * &data.step_weights)?.sum_all()? / decisions };
+    let action_log_probs = distribution.log_prob(logits, &data.actions)?;
     let (advantages, pg_advantages) = if weights.normalize_advantages {
-        let advantages = standardize(&returns.advantages, &batch.mask, decisions)?;
-        let pg_advantages = (&returns.pg_rhos * &advantages)?;
+        let advantages = standardize(&data.advantages, &data.mask, decisions)?;
+        let pg_advantages = (&data.pg_rhos * &advantages)?;
         (advantages, pg_advantages)
     } else {
-        (returns.advantages.clone(), returns.pg_advantages.clone())
+        (data.advantages.clone(), data.pg_advantages.clone())
     };
     let policy = if weights.ratio_clip > 0.0 {
         // The ratio carries the gradient; the advantage is a constant.
+        let behaviour_log_probs = distribution.log_prob(&data.behaviour_logits, &data.actions)?;
         let ratio = (&action_log_probs - &behaviour_log_probs)?.exp()?;
         let clipped = ratio.clamp(1.0 - weights.ratio_clip, 1.0 + weights.ratio_clip)?;
         let surrogate = (&ratio * &advantages)?.minimum(&(clipped * &advantages)?)?;
@@ -303,32 +433,24 @@ pub fn impala_loss(
     } else {
         mean(&(&action_log_probs * &pg_advantages)?.neg()?)?
     };
-    let td = (&returns.vs - &learning_values)?;
-    let baseline = (mean(&td.sqr()?)? * 0.5)?;
-    let entropy = mean(&distribution.entropy(&learning_logits)?)?;
-
+    let baseline = (mean(&(&data.vs - values)?.sqr()?)? * 0.5)?;
+    let entropy = mean(&distribution.entropy(logits)?)?;
     let total = ((&policy + (&baseline * weights.baseline_cost)?)? - (&entropy * weights.entropy_cost)?)?;
-    let diagnostics = diagnose(&learning_logits, &log_rhos, &detached_values, &returns.vs, &batch.mask, decisions)?;
-    Ok(LossOutput {
+    Ok(LossTerms {
         policy: policy.to_scalar()?,
         baseline: baseline.to_scalar()?,
         entropy: entropy.to_scalar()?,
-        // Of the real ratios, whether or not the targets used them.
-        clipped_rho_fraction: match weights.off_policy_correction {
-            OffPolicyCorrection::Vtrace => returns.clipped_rho_fraction,
-            OffPolicyCorrection::None => clipped_rho_fraction(&log_rhos.exp()?, &batch.mask, vtrace_params.rho_bar)?,
-        },
-        mean_abs_advantage: ((returns.pg_advantages.abs()? * &batch.mask)?.sum_all()? / decisions)?.to_scalar()?,
-        diagnostics,
-        td_errors: td.detach(),
         total,
-        outputs: out,
-        core_inputs: core_inputs.as_ref().map(CoreInputs::detach),
     })
 }
 
-/// `[T, B]` values shifted and scaled to zero mean and unit deviation over
-/// the `decisions` steps the mask keeps, zero elsewhere.
+/// The number of real decisions under `mask`, at least 1 (the losses' divisor).
+fn decisions(mask: &Tensor) -> Result<f64> {
+    Ok(mask.sum_all()?.to_scalar::<f32>()?.max(1.0) as f64)
+}
+
+/// Values shifted and scaled to zero mean and unit deviation over the
+/// `decisions` steps the mask keeps, zero elsewhere.
 fn standardize(values: &Tensor, mask: &Tensor, decisions: f64) -> Result<Tensor> {
     let mean = ((values * mask)?.sum_all()? / decisions)?;
     let centred = values.broadcast_sub(&mean)?.mul(mask)?;

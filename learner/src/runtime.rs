@@ -272,6 +272,7 @@ fn update_loop(
                 policy_lag.record(version.saturating_sub(behaviour) as f64);
             }
         }
+        let updates_before = learner.updates();
         let stats = match learner.update(batch) {
             Ok(stats) => stats,
             Err(UpdateError::Spec(message)) => {
@@ -281,12 +282,12 @@ fn update_loop(
             }
             Err(error) => return Err(error.into()),
         };
-        if !stats.step.applied() {
+        if stats.applied_steps == 0 {
             tracing::warn!(grad_norm = stats.step.grad_norm, "non-finite gradient; update skipped");
             metrics::counter!(m::SKIPPED_UPDATES).increment(1);
             continue;
         }
-        updates.increment(1);
+        updates.increment(stats.applied_steps);
         frames.increment(batch.learning_frames(learner.burn_in()));
         outputs.frames.store(learner.frames(), Ordering::Relaxed);
         outputs
@@ -308,7 +309,7 @@ fn update_loop(
             save_checkpoint(learner, dir)?;
             last_checkpoint = Instant::now();
         }
-        if learner.updates().is_multiple_of(schedule.publish_every) {
+        if learner.updates() / schedule.publish_every != updates_before / schedule.publish_every {
             outputs.weights.send_replace(Arc::new(learner.weights()?));
             metrics::gauge!(m::WEIGHTS_VERSION).set(learner.version() as f64);
         }
