@@ -319,7 +319,7 @@ impl Learner {
             diagnostics: targets.diagnostics,
             learning_rate,
             applied_steps: applied,
-            step: step.expect("a batch has at least one learning step"),
+            step: step.ok_or_else(|| UpdateError::Spec("a batch without learning steps".into()))?,
             staleness: Vec::new(),
             priorities: sequence_priorities(&targets.td_errors, &device_batch.mask, self.config.priority_eta)?,
         })
