@@ -35,9 +35,22 @@
 //! in none: it locks them all (always in the same order) and stores only
 //! when every one can take the item, otherwise it waits for room in any of
 //! them and looks again.
+//!
+//! # Waiting inserts go in turn
+//!
+//! An insert held back takes a number (one sequence for all tables) and
+//! waits in every table it inserts into; an insert goes ahead only when no
+//! smaller number waits in any of its tables. Room a sample makes goes to
+//! the writer that has waited longest, not to whichever stream happens to
+//! be running when it appears: without the turns, a writer whose next item
+//! was ready took every slot of a batch's room, and a second writer's
+//! items waited a minute behind it, collected by a policy hundreds of
+//! versions old. The longest waiter holds the smallest number in every
+//! table it waits on, so no two inserts can hold each other back.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::pin::pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::task::Poll;
 use std::time::Duration;
@@ -212,6 +225,9 @@ struct State {
     /// The number of this table's last write-ahead-log record (see
     /// [`crate::wal`]); 0 before the first, and always without a log.
     wal_seq: u64,
+    /// The turns of the inserts waiting on this table (see the module's
+    /// "Waiting inserts go in turn").
+    waiting_inserts: BTreeSet<u64>,
 }
 
 #[derive(Debug)]
@@ -348,6 +364,7 @@ impl Table {
                 max_priority_seen: DEFAULT_PRIORITY,
                 draws_left: 0,
                 wal_seq: 0,
+                waiting_inserts: BTreeSet::new(),
             }),
             limiter: config.rate_limiter(),
             config,
@@ -474,6 +491,7 @@ impl Table {
                 metric: &t.metrics.insert_blocked_seconds,
             })
             .collect();
+        let mut turn = Turn { tables, number: None };
         loop {
             if tables.iter().any(|t| t.shutdown.is_cancelled()) {
                 return Err(Error::Shutdown);
@@ -495,11 +513,25 @@ impl Table {
                             table: table.config.name.clone(),
                         });
                     }
-                    if !table.can_take(state, &steps) {
+                    let waiter_ahead = state.waiting_inserts.first().is_some_and(|&first| Some(first) != turn.number);
+                    if waiter_ahead || !table.can_take(state, &steps) {
                         blocked.push(i);
                     }
                 }
+                if !blocked.is_empty() && turn.number.is_none() {
+                    let number = NEXT_TURN.fetch_add(1, Ordering::Relaxed);
+                    for (_, state) in &mut locked {
+                        state.waiting_inserts.insert(number);
+                    }
+                    turn.number = Some(number);
+                }
                 if blocked.is_empty() {
+                    let had_turn = turn.number.take();
+                    if let Some(number) = had_turn {
+                        for (_, state) in &mut locked {
+                            state.waiting_inserts.remove(&number);
+                        }
+                    }
                     let stored: Vec<(u64, u64)> = tables
                         .iter()
                         .zip(&mut locked)
@@ -531,6 +563,10 @@ impl Table {
                             table.metrics.evictions.increment(evicted);
                         }
                         table.arrivals.notify_waiters();
+                        if had_turn.is_some() {
+                            // The next in line may go now.
+                            table.room.notify_waiters();
+                        }
                     }
                     return Ok(stored.into_iter().map(|(key, _)| key).collect());
                 }
@@ -1187,6 +1223,29 @@ fn set_importance_weights(batch: &mut [SampledItem], beta: f64) {
     }
 }
 
+/// Where the next insert held back takes its turn; one sequence for every
+/// table, so that the longest waiter is first in all the tables it waits on.
+static NEXT_TURN: AtomicU64 = AtomicU64::new(1);
+
+/// An insert's place in line in `tables`, once it has been held back; it
+/// gives the place up when dropped (a timeout, shutdown, or the caller
+/// leaving), so that the inserts behind it move on.
+struct Turn<'a> {
+    tables: &'a [&'a Table],
+    number: Option<u64>,
+}
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        if let Some(number) = self.number.take() {
+            for table in self.tables {
+                table.lock().waiting_inserts.remove(&number);
+                table.room.notify_waiters();
+            }
+        }
+    }
+}
+
 /// Adds the time since the first failed attempt to a metric when dropped,
 /// so waits that end by cancellation are counted too.
 struct WaitTimer<'a> {
@@ -1421,6 +1480,60 @@ mod tests {
         let stats = table.stats();
         assert_eq!((stats.inserts, stats.samples), (5, 7));
         assert_eq!(stats.rate_limiter, RateLimiter::sample_to_insert_ratio(2.0, 2, 2.0));
+    }
+
+    /// Two writers whose next item is always ready, and a learner that
+    /// samples batches of 16 at 4 samples per insert: each batch makes room
+    /// for 4 items at once. The writer that waited gets the next slot, so
+    /// while one writer waits the other stores at most one item; without
+    /// the turns, whichever writer was running took every slot, and the
+    /// other waited behind many of its items.
+    #[tokio::test(start_paused = true)]
+    async fn waiting_writers_take_the_room_a_sample_makes_in_turn() {
+        use std::sync::atomic::AtomicU64;
+        let config = TableConfig {
+            name: "queue".into(),
+            max_size: 16,
+            sampler: SamplerKind::Uniform,
+            remover: SamplerKind::Fifo,
+            max_times_sampled: 4,
+            min_size_to_sample: 16,
+            samples_per_insert: 4.0,
+            error_buffer: 64.0,
+            ..TableConfig::default()
+        };
+        let table = Arc::new(Table::new(config, CancellationToken::new()));
+        let stored: Arc<[AtomicU64; 2]> = Arc::new([AtomicU64::new(0), AtomicU64::new(0)]);
+        let writers: Vec<_> = (0..2usize)
+            .map(|w| {
+                let (table, stored) = (Arc::clone(&table), Arc::clone(&stored));
+                tokio::spawn(async move {
+                    let mut most_overtaken = 0;
+                    loop {
+                        let others_before = stored[1 - w].load(Ordering::Relaxed);
+                        let outcome = table.insert(cartpole_sequence(3, w as u64), None).await;
+                        // The insert still waiting at shutdown counts too.
+                        most_overtaken = most_overtaken.max(stored[1 - w].load(Ordering::Relaxed) - others_before);
+                        if outcome.is_err() {
+                            return most_overtaken;
+                        }
+                        stored[w].fetch_add(1, Ordering::Relaxed);
+                    }
+                })
+            })
+            .collect();
+        for _ in 0..200 {
+            table.sample(16, 0.0, LONG).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        table.shutdown.cancel();
+        let overtaken: Vec<u64> = futures::future::join_all(writers).await.into_iter().map(Result::unwrap).collect();
+        let counts: Vec<u64> = stored.iter().map(|n| n.load(Ordering::Relaxed)).collect();
+        assert!(
+            overtaken.iter().all(|&n| n <= 1),
+            "a waiting writer saw the other store {overtaken:?} items ahead of it (stored {counts:?})"
+        );
+        assert!(counts.iter().all(|&n| n >= 350), "stored {counts:?}");
     }
 
     #[tokio::test]
@@ -2092,3 +2205,4 @@ mod tests {
         assert_eq!(table.stats().samples, PRODUCERS * PER_PRODUCER);
     }
 }
+
