@@ -42,6 +42,9 @@ pub struct UpdateStats {
     pub baseline_loss: f32,
     pub entropy: f32,
     pub clipped_rho_fraction: f32,
+    /// Share of real decisions outside the surrogate's trust region (the
+    /// minibatches' mean).
+    pub clip_fraction: f32,
     pub mean_abs_advantage: f32,
     pub diagnostics: LossDiagnostics,
     pub learning_rate: f64,
@@ -49,7 +52,9 @@ pub struct UpdateStats {
     /// `step.applied()` is false when the gradient was not finite and the
     /// update was skipped.
     pub step: StepReport,
-    /// Optimiser steps applied: 1 or 0, or up to `learner.minibatches`.
+    /// Optimiser steps tried: 1, or `learner.minibatches`.
+    pub attempted_steps: u64,
+    /// Of those, the steps applied (the others had a gradient that was not finite).
     pub applied_steps: u64,
     /// Per sequence (value, policy) staleness, every [`STALENESS_EVERY`]th
     /// update of a recurrent network with stored states; see
@@ -194,17 +199,14 @@ impl Learner {
             baseline_cost: self.config.baseline_cost,
             entropy_cost: self.config.entropy_cost_at(self.frames),
             ratio_clip: self.config.ratio_clip,
+            ratio_clip_against: self.config.ratio_clip_against,
             normalize_advantages: self.config.normalize_advantages,
             off_policy_correction: self.config.off_policy_correction,
         };
         if self.config.minibatches > 1 {
             return self.update_in_minibatches(batch, &device_batch, weights);
         }
-        let kept = (self.config.targets == TargetsAt::FirstDraw).then(|| KeptFor {
-            targets: &mut self.kept_targets,
-            keys: &batch.keys,
-            first_draws: &batch.first_draws,
-        });
+        let kept = kept_for(self.config.targets, &mut self.kept_targets, batch);
         let stored = self.config.initial_state == InitialState::Stored;
         let loss = impala_loss(&self.network, &device_batch, &self.config.vtrace(), weights, stored, kept)?;
         let learning_rate = self.config.learning_rate_at(self.frames);
@@ -234,9 +236,11 @@ impl Learner {
             baseline_loss: loss.baseline,
             entropy: loss.entropy,
             clipped_rho_fraction: loss.clipped_rho_fraction,
+            clip_fraction: loss.clip_fraction,
             mean_abs_advantage: loss.mean_abs_advantage,
             diagnostics: loss.diagnostics,
             learning_rate,
+            attempted_steps: 1,
             applied_steps: u64::from(step.applied()),
             step,
             staleness,
@@ -262,11 +266,7 @@ impl Learner {
         let learning_steps = (l - 1) * b;
         let out = self.network.forward(&device_batch.observations)?;
         let width = out.logits.dim(1)?;
-        let kept = (self.config.targets == TargetsAt::FirstDraw).then(|| KeptFor {
-            targets: &mut self.kept_targets,
-            keys: &batch.keys,
-            first_draws: &batch.first_draws,
-        });
+        let kept = kept_for(self.config.targets, &mut self.kept_targets, batch);
         let distribution = self.network.distribution();
         let targets = step_targets(
             distribution,
@@ -277,14 +277,14 @@ impl Learner {
             weights,
             kept,
         )?;
-        let data = StepData::of_batch(device_batch, &targets.returns)?;
+        let data = StepData::of_batch(device_batch, &targets)?;
         let learning_rate = self.config.learning_rate_at(self.frames);
         // Drawn from the seed and the update count, so that a run resumed
         // from a checkpoint splits its batches as the uninterrupted run does.
         let mut rng = StdRng::seed_from_u64(self.seed ^ self.updates.wrapping_mul(0x9e37_79b9_7f4a_7c15));
         let mut order: Vec<u32> = (0..learning_steps as u32).collect();
         order.shuffle(&mut rng);
-        let (mut total, mut policy, mut baseline, mut entropy) = (0f32, 0f32, 0f32, 0f32);
+        let (mut total, mut policy, mut baseline, mut entropy, mut clip_fraction) = (0f32, 0f32, 0f32, 0f32, 0f32);
         let (mut applied, mut steps) = (0u64, 0f32);
         let mut step = None;
         let minibatches = self.config.minibatches.min(learning_steps);
@@ -301,6 +301,7 @@ impl Learner {
             policy += terms.policy;
             baseline += terms.baseline;
             entropy += terms.entropy;
+            clip_fraction += terms.clip_fraction;
             steps += 1.0;
             step = Some(report);
         }
@@ -315,15 +316,27 @@ impl Learner {
             baseline_loss: baseline / steps,
             entropy: entropy / steps,
             clipped_rho_fraction: targets.clipped_rho_fraction,
+            clip_fraction: clip_fraction / steps,
             mean_abs_advantage: targets.mean_abs_advantage,
             diagnostics: targets.diagnostics,
             learning_rate,
+            attempted_steps: steps as u64,
             applied_steps: applied,
             step: step.ok_or_else(|| UpdateError::Spec("a batch without learning steps".into()))?,
             staleness: Vec::new(),
             priorities: sequence_priorities(&targets.td_errors, &device_batch.mask, self.config.priority_eta)?,
         })
     }
+}
+
+/// Where the loss keeps the targets of each sequence's first draw, with
+/// `targets = "first_draw"`.
+fn kept_for<'a>(at: TargetsAt, targets: &'a mut KeptTargets, batch: &'a HostBatch) -> Option<KeptFor<'a>> {
+    (at == TargetsAt::FirstDraw).then(|| KeptFor {
+        targets,
+        keys: &batch.keys,
+        first_draws: &batch.first_draws,
+    })
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@ pub const LOSS: &str = "fleet_learner_loss";
 pub const ENTROPY: &str = "fleet_learner_policy_entropy";
 pub const GRAD_NORM: &str = "fleet_learner_grad_norm";
 pub const CLIPPED_RHO: &str = "fleet_learner_clipped_rho_fraction";
+pub const CLIP_FRACTION: &str = "fleet_learner_clip_fraction";
 pub const WEIGHTS_VERSION: &str = "fleet_learner_weights_version";
 pub const POLICY_LAG: &str = "fleet_learner_policy_lag_versions";
 /// Per sampled fresh sequence: versions between the learner and the oldest
@@ -47,13 +48,17 @@ pub const BATCH_WAIT_BUCKETS: &[f64] = &[0.0001, 0.001, 0.005, 0.01, 0.05, 0.1, 
 
 pub fn describe() {
     describe_counter!(UPDATES, "Optimiser updates applied");
-    describe_counter!(SKIPPED_UPDATES, "Updates skipped because the gradient was not finite");
+    describe_counter!(SKIPPED_UPDATES, "Optimiser steps skipped because the gradient was not finite");
     describe_gauge!(LOSS, "Loss terms of the latest update (label kind = policy|baseline|entropy|total)");
     describe_gauge!(ENTROPY, "Mean policy entropy over the latest batch");
     describe_gauge!(GRAD_NORM, "Global gradient norm of the latest update, before clipping");
     describe_gauge!(
         CLIPPED_RHO,
         "Share of the latest batch's steps whose importance ratio exceeded rho_bar"
+    );
+    describe_gauge!(
+        CLIP_FRACTION,
+        "Share of the latest update's steps whose surrogate ratio lay outside the trust region of ratio_clip"
     );
     describe_gauge!(WEIGHTS_VERSION, "Version of the newest published weights");
     describe_histogram!(

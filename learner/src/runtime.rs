@@ -282,9 +282,12 @@ fn update_loop(
             }
             Err(error) => return Err(error.into()),
         };
+        let skipped = stats.attempted_steps - stats.applied_steps;
+        if skipped > 0 {
+            tracing::warn!(grad_norm = stats.step.grad_norm, skipped, "non-finite gradient; optimiser steps skipped");
+            metrics::counter!(m::SKIPPED_UPDATES).increment(skipped);
+        }
         if stats.applied_steps == 0 {
-            tracing::warn!(grad_norm = stats.step.grad_norm, "non-finite gradient; update skipped");
-            metrics::counter!(m::SKIPPED_UPDATES).increment(1);
             continue;
         }
         updates.increment(stats.applied_steps);
@@ -351,6 +354,7 @@ fn record_metrics(stats: &UpdateStats, layers: &[String]) {
         metrics::gauge!(m::LAYER_GRAD_NORM, "layer" => layer.clone()).set(norm);
     }
     metrics::gauge!(m::CLIPPED_RHO).set(stats.clipped_rho_fraction as f64);
+    metrics::gauge!(m::CLIP_FRACTION).set(stats.clip_fraction as f64);
     metrics::gauge!(m::RHO, "stat" => "mean").set(d.rho_mean as f64);
     metrics::gauge!(m::RHO, "stat" => "max").set(d.rho_max as f64);
     metrics::gauge!(m::LOGIT_GAP, "stat" => "mean").set(d.logit_gap_mean as f64);

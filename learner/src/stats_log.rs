@@ -73,6 +73,7 @@ impl StatsLog {
             "entropy": stats.entropy,
             "mean_abs_advantage": stats.mean_abs_advantage,
             "clipped_rho_fraction": stats.clipped_rho_fraction,
+            "clip_fraction": stats.clip_fraction,
             "rho_mean": d.rho_mean,
             "rho_max": d.rho_max,
             "logit_gap_mean": d.logit_gap_mean,
