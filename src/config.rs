@@ -250,12 +250,6 @@ impl Config {
         if let Some(spec) = spec {
             self.check_network_fits(&spec)?;
         }
-        if self.learner.ratio_clip_against == fleet_learner::config::RatioClipAgainst::Proximal && self.learner.ratio_clip <= 0.0 {
-            bail!(
-                "invalid config: learner.ratio_clip_against = \"proximal\" centres the trust region of learner.ratio_clip, which is {} (set it above 0)",
-                self.learner.ratio_clip
-            );
-        }
         if self.learner.minibatches > 1 && self.network.core != fleet_agent::Core::None {
             bail!(
                 "invalid config: learner.minibatches = {} needs a feed-forward network (network.core = \"none\"): a recurrent core's steps depend on the steps before them",
@@ -618,11 +612,6 @@ mod tests {
         assert!(load(&[], &["learner.minibatches=4"]).is_ok());
         let err = format!("{:#}", load(&[], &["learner.minibatches=4", "network.core=lstm"]).unwrap_err());
         assert!(err.contains("learner.minibatches") && err.contains("network.core"), "{err}");
-        let err = format!("{:#}", load(&[], &["learner.ratio_clip_against=proximal", "learner.ratio_clip=0"]).unwrap_err());
-        assert!(err.contains("learner.ratio_clip_against") && err.contains("learner.ratio_clip,"), "{err}");
-        assert!(load(&[], &["learner.ratio_clip_against=proximal"]).is_ok());
-        let err = format!("{:#}", load(&[], &["learner.ratio_clip_against=learner"]).unwrap_err());
-        assert!(err.contains("ratio_clip_against"), "{err}");
     }
 
     #[test]

@@ -57,23 +57,6 @@ pub enum OffPolicyCorrection {
     None,
 }
 
-/// Which policy the clipped-ratio surrogate's trust region is centred on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RatioClipAgainst {
-    /// The policy that acted: ρ = π/μ, as PPO and Sample Factory's APPO
-    /// clip. Data older than the trust region is clipped out of the
-    /// gradient, whatever its advantage says.
-    Behaviour,
-    /// The learner's policy when the batch's targets were computed (π_prox):
-    /// the surrogate clips π/π_prox and is weighted by the importance ratio
-    /// π_prox/μ, truncated at `pg_rho_bar` — the decoupled objective of
-    /// Hilton, Cobbe and Schulman, "Batch size-invariance for policy
-    /// optimization" (2021). The trust region then bounds how far the
-    /// learner moves per batch, whatever the data's age.
-    Proximal,
-}
-
 /// When a sequence's value targets and advantages are computed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -164,8 +147,6 @@ pub struct LearnerConfig {
     /// 0: IMPALA's `min(ρ̄_pg, ρ)·A·∇log π`, which lets a run of positive
     /// advantages drive an action's probability all the way to 1.
     pub ratio_clip: f64,
-    /// The policy the trust region of `ratio_clip` is centred on.
-    pub ratio_clip_against: RatioClipAgainst,
     /// Standardise the policy term's advantages over each batch's real
     /// decisions (zero mean, unit deviation), as PPO does per minibatch:
     /// the step size then no longer follows the reward scale or how far the
@@ -248,7 +229,6 @@ impl Default for LearnerConfig {
             entropy_schedule: Schedule::Constant,
             entropy_decay_frames: 1_000_000,
             ratio_clip: 0.05,
-            ratio_clip_against: RatioClipAgainst::Behaviour,
             normalize_advantages: false,
             off_policy_correction: OffPolicyCorrection::Vtrace,
             targets: TargetsAt::EachDraw,

@@ -199,7 +199,6 @@ impl Learner {
             baseline_cost: self.config.baseline_cost,
             entropy_cost: self.config.entropy_cost_at(self.frames),
             ratio_clip: self.config.ratio_clip,
-            ratio_clip_against: self.config.ratio_clip_against,
             normalize_advantages: self.config.normalize_advantages,
             off_policy_correction: self.config.off_policy_correction,
         };

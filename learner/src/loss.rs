@@ -9,7 +9,7 @@ use candle_core::{D, Result, Tensor};
 use fleet_agent::{ActorCritic, PolicyDistribution, PolicyOutput, RecurrentState};
 
 use crate::batch::DeviceBatch;
-use crate::config::{OffPolicyCorrection, RatioClipAgainst, RewardClip};
+use crate::config::{OffPolicyCorrection, RewardClip};
 use crate::targets::KeptTargets;
 use crate::vtrace::{VTraceInputs, VTraceParams, VTraceReturns, clipped_rho_fraction, vtrace};
 
@@ -21,10 +21,6 @@ pub struct LossWeights {
     /// `min(ρ·A, clip(ρ, 1−ε, 1+ε)·A)` with ρ = π/μ against the behaviour
     /// policy and A the V-trace advantage, instead of `min(ρ̄, ρ)·A·log π`.
     pub ratio_clip: f64,
-    /// Behaviour: ρ = π/μ. Proximal: ρ = π/π_prox, the surrogate weighted
-    /// by min(ρ̄_pg, π_prox/μ), with π_prox the policy the targets were
-    /// computed with.
-    pub ratio_clip_against: RatioClipAgainst,
     /// Standardise the advantages over the batch's real decisions before
     /// the policy term uses them.
     pub normalize_advantages: bool,
@@ -293,11 +289,6 @@ pub fn impala_loss(
 #[derive(Debug)]
 pub struct StepTargets {
     pub returns: VTraceReturns,
-    /// `[T, B]` log-probabilities of the taken actions under the policy
-    /// the targets were computed with (π_prox).
-    pub proximal_log_probs: Tensor,
-    /// `[T, B]` min(ρ̄_pg, π_prox/μ): the decoupled surrogate's weights.
-    pub proximal_weights: Tensor,
     /// `[T, B]` target minus value (for priorities).
     pub td_errors: Tensor,
     /// Of the real ratios, whether or not the targets used them.
@@ -325,7 +316,7 @@ pub fn step_targets(
     let learning_values = values.narrow(0, 0, t)?;
     let action_log_probs = distribution.log_prob(&learning_logits, &batch.actions)?;
     let behaviour_log_probs = distribution.log_prob(&batch.behaviour_logits, &batch.actions)?;
-    let log_rhos = (&action_log_probs - &behaviour_log_probs)?;
+    let log_rhos = (action_log_probs - &behaviour_log_probs)?;
     let target_log_rhos = match weights.off_policy_correction {
         OffPolicyCorrection::Vtrace => log_rhos.clone(),
         OffPolicyCorrection::None => log_rhos.zeros_like()?,
@@ -347,8 +338,6 @@ pub fn step_targets(
     };
     let decisions = decisions(&batch.mask)?;
     Ok(StepTargets {
-        proximal_weights: log_rhos.exp()?.clamp(0f32, vtrace_params.pg_rho_bar)?,
-        proximal_log_probs: action_log_probs,
         td_errors: (&returns.vs - &learning_values)?,
         clipped_rho_fraction: match weights.off_policy_correction {
             OffPolicyCorrection::Vtrace => returns.clipped_rho_fraction,
@@ -376,8 +365,6 @@ pub struct StepData {
     pub advantages: Tensor,
     pub pg_rhos: Tensor,
     pub pg_advantages: Tensor,
-    pub proximal_log_probs: Tensor,
-    pub proximal_weights: Tensor,
 }
 
 impl StepData {
@@ -392,8 +379,6 @@ impl StepData {
             advantages: returns.advantages.clone(),
             pg_rhos: returns.pg_rhos.clone(),
             pg_advantages: returns.pg_advantages.clone(),
-            proximal_log_probs: targets.proximal_log_probs.clone(),
-            proximal_weights: targets.proximal_weights.clone(),
         })
     }
 
@@ -409,8 +394,6 @@ impl StepData {
             advantages: pick(&self.advantages)?,
             pg_rhos: pick(&self.pg_rhos)?,
             pg_advantages: pick(&self.pg_advantages)?,
-            proximal_log_probs: pick(&self.proximal_log_probs)?,
-            proximal_weights: pick(&self.proximal_weights)?,
         })
     }
 }
@@ -449,17 +432,10 @@ pub fn loss_terms(
     };
     let (policy, clip_fraction) = if weights.ratio_clip > 0.0 {
         // The ratio carries the gradient; the advantage is a constant.
-        let (reference_log_probs, surrogate_weights) = match weights.ratio_clip_against {
-            RatioClipAgainst::Behaviour => (distribution.log_prob(&data.behaviour_logits, &data.actions)?, None),
-            RatioClipAgainst::Proximal => (data.proximal_log_probs.clone(), Some(&data.proximal_weights)),
-        };
-        let ratio = (&action_log_probs - &reference_log_probs)?.exp()?;
+        let behaviour_log_probs = distribution.log_prob(&data.behaviour_logits, &data.actions)?;
+        let ratio = (&action_log_probs - &behaviour_log_probs)?.exp()?;
         let clipped = ratio.clamp(1.0 - weights.ratio_clip, 1.0 + weights.ratio_clip)?;
         let surrogate = (&ratio * &advantages)?.minimum(&(clipped * &advantages)?)?;
-        let surrogate = match surrogate_weights {
-            Some(w) => (surrogate * w)?,
-            None => surrogate,
-        };
         let outside = (ratio.detach() - 1.0)?.abs()?.gt(weights.ratio_clip)?.to_dtype(data.mask.dtype())?;
         let clip_fraction = ((outside * &data.mask)?.sum_all()?.to_scalar::<f32>()? as f64 / decisions) as f32;
         (mean(&surrogate.neg()?)?, clip_fraction)
@@ -566,7 +542,6 @@ mod tests {
             baseline_cost: 0.5,
             entropy_cost: 0.01,
             ratio_clip: 0.0,
-            ratio_clip_against: RatioClipAgainst::Behaviour,
             normalize_advantages: false,
             off_policy_correction: OffPolicyCorrection::Vtrace,
         }
@@ -833,68 +808,56 @@ mod tests {
         );
     }
 
-    /// Centred on the proximal policy (the one the targets come from), a
-    /// whole batch's surrogate sits at ratio 1: nothing is clipped however
-    /// old the data, and the policy term is `−mean(min(ρ̄_pg, π/μ)·A)`, each
-    /// step's advantage weighted by its truncated importance ratio, computed
-    /// here from the logits on the host. Centred on the behaviour policy, the
-    /// same lagging batch is mostly clipped.
+    /// PPO's clip fraction: the share of real decisions whose ratio π/μ
+    /// lies outside [1 − ε, 1 + ε], counted here on the host from the
+    /// logits; none when the behaviour policy is the network's own.
     #[test]
-    fn the_proximal_surrogate_weighs_steps_by_their_truncated_ratios_and_clips_nothing_fresh() {
+    fn the_clip_fraction_counts_the_decisions_outside_the_trust_region() {
         let net = ActorCritic::new(SPEC, &NetworkConfig::default(), 3, &Device::Cpu).unwrap();
-        let (l, b) = (10, 4);
+        let (l, b, epsilon) = (10, 4, 0.1);
         let mut host = batch(5);
         host.state = None;
         host.initial_states.clear();
         // A policy that acted long ago: far from the network's.
         host.behaviour_logits.iter_mut().for_each(|x| *x *= 6.0);
-        let device_batch = DeviceBatch::new(&host, 0.9, 0, &Device::Cpu).unwrap();
-        let params = VTraceParams::default();
-        let clipped_against = |against| LossWeights {
-            ratio_clip: 0.1,
-            ratio_clip_against: against,
+        let clipped = LossWeights {
+            ratio_clip: epsilon,
             ..weights()
         };
-        let proximal = impala_loss(&net, &device_batch, &params, clipped_against(RatioClipAgainst::Proximal), false, None).unwrap();
-        let behaviour = impala_loss(&net, &device_batch, &params, clipped_against(RatioClipAgainst::Behaviour), false, None).unwrap();
-        assert_eq!(proximal.clip_fraction, 0.0);
-        assert!(behaviour.clip_fraction > 0.5, "clip fraction {}", behaviour.clip_fraction);
+        let params = VTraceParams::default();
+        let device_batch = DeviceBatch::new(&host, 0.9, 0, &Device::Cpu).unwrap();
+        let lagging = impala_loss(&net, &device_batch, &params, clipped, false, None).unwrap();
 
-        let out = learning_outputs(&net, &device_batch, None, false).unwrap();
-        let width = out.logits.dim(1).unwrap();
-        let targets = step_targets(
-            net.distribution(),
-            &device_batch,
-            &out.logits.detach().reshape((l, b, width)).unwrap(),
-            &out.values.detach().reshape((l, b)).unwrap(),
-            &params,
-            weights(),
-            None,
-        )
-        .unwrap();
         let log_softmax = |row: &[f32]| {
             let max = row.iter().fold(f64::MIN, |m, &x| m.max(f64::from(x)));
             let sum: f64 = row.iter().map(|&x| (f64::from(x) - max).exp()).sum();
             row.iter().map(|&x| f64::from(x) - max - sum.ln()).collect::<Vec<f64>>()
         };
-        let logits = values(&out.logits);
-        let advantages = values(&targets.returns.advantages);
+        let logits = values(&lagging.outputs.logits);
+        let width = logits.len() / (l * b);
         let mask = values(&device_batch.mask);
-        let (mut sum, mut decisions) = (0f64, 0f64);
+        let (mut outside, mut decisions) = (0f64, 0f64);
         for i in 0..(l - 1) * b {
             let action = host.actions[i] as usize;
             let pi = log_softmax(&logits[i * width..(i + 1) * width])[action];
             let mu = log_softmax(&host.behaviour_logits[i * width..(i + 1) * width])[action];
-            sum += f64::from(mask[i]) * (pi - mu).exp().min(1.0) * f64::from(advantages[i]);
+            if ((pi - mu).exp() - 1.0).abs() > epsilon {
+                outside += f64::from(mask[i]);
+            }
             decisions += f64::from(mask[i]);
         }
-        let expected = -sum / decisions;
+        let expected = outside / decisions;
+        assert!(expected > 0.5, "the batch lags: {expected}");
         assert!(
-            (f64::from(proximal.policy) - expected).abs() < 1e-5 * expected.abs().max(1.0),
-            "policy term {} against {expected}",
-            proximal.policy
+            (f64::from(lagging.clip_fraction) - expected).abs() < 1e-6,
+            "clip fraction {} against {expected}",
+            lagging.clip_fraction
         );
-        assert!((f64::from(behaviour.policy) - expected).abs() > 1e-3, "the behaviour-centred term differs");
+
+        host.behaviour_logits = logits;
+        let fresh_batch = DeviceBatch::new(&host, 0.9, 0, &Device::Cpu).unwrap();
+        let fresh = impala_loss(&net, &fresh_batch, &params, clipped, false, None).unwrap();
+        assert_eq!(fresh.clip_fraction, 0.0);
     }
 
     #[test]

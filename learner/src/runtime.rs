@@ -284,7 +284,11 @@ fn update_loop(
         };
         let skipped = stats.attempted_steps - stats.applied_steps;
         if skipped > 0 {
-            tracing::warn!(grad_norm = stats.step.grad_norm, skipped, "non-finite gradient; optimiser steps skipped");
+            tracing::warn!(
+                grad_norm = stats.step.grad_norm,
+                skipped,
+                "non-finite gradient; optimiser steps skipped"
+            );
             metrics::counter!(m::SKIPPED_UPDATES).increment(skipped);
         }
         if stats.applied_steps == 0 {

@@ -2205,4 +2205,3 @@ mod tests {
         assert_eq!(table.stats().samples, PRODUCERS * PER_PRODUCER);
     }
 }
-
