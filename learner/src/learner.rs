@@ -276,7 +276,7 @@ impl Learner {
             weights,
             kept,
         )?;
-        let data = StepData::of_batch(device_batch, &targets)?;
+        let data = StepData::of_batch(device_batch, &targets.returns)?;
         let learning_rate = self.config.learning_rate_at(self.frames);
         // Drawn from the seed and the update count, so that a run resumed
         // from a checkpoint splits its batches as the uninterrupted run does.
@@ -284,7 +284,7 @@ impl Learner {
         let mut order: Vec<u32> = (0..learning_steps as u32).collect();
         order.shuffle(&mut rng);
         let (mut total, mut policy, mut baseline, mut entropy, mut clip_fraction) = (0f32, 0f32, 0f32, 0f32, 0f32);
-        let (mut applied, mut steps) = (0u64, 0f32);
+        let (mut applied, mut attempted) = (0u64, 0u64);
         let mut step = None;
         let minibatches = self.config.minibatches.min(learning_steps);
         for rows in order.chunks(learning_steps.div_ceil(minibatches)) {
@@ -301,9 +301,10 @@ impl Learner {
             baseline += terms.baseline;
             entropy += terms.entropy;
             clip_fraction += terms.clip_fraction;
-            steps += 1.0;
+            attempted += 1;
             step = Some(report);
         }
+        let steps = attempted as f32;
         if applied > 0 {
             self.updates += applied;
             self.version += applied;
@@ -319,7 +320,7 @@ impl Learner {
             mean_abs_advantage: targets.mean_abs_advantage,
             diagnostics: targets.diagnostics,
             learning_rate,
-            attempted_steps: steps as u64,
+            attempted_steps: attempted,
             applied_steps: applied,
             step: step.ok_or_else(|| UpdateError::Spec("a batch without learning steps".into()))?,
             staleness: Vec::new(),

@@ -267,7 +267,7 @@ pub fn impala_loss(
         weights,
         kept,
     )?;
-    let data = StepData::of_batch(batch, &targets)?;
+    let data = StepData::of_batch(batch, &targets.returns)?;
     let terms = loss_terms(distribution, &learning_logits, &learning_values, &data, weights)?;
     Ok(LossOutput {
         policy: terms.policy,
@@ -368,8 +368,7 @@ pub struct StepData {
 }
 
 impl StepData {
-    pub fn of_batch(batch: &DeviceBatch, targets: &StepTargets) -> Result<Self> {
-        let returns = &targets.returns;
+    pub fn of_batch(batch: &DeviceBatch, returns: &VTraceReturns) -> Result<Self> {
         Ok(Self {
             actions: batch.actions.clone(),
             behaviour_logits: batch.behaviour_logits.clone(),
@@ -437,19 +436,24 @@ pub fn loss_terms(
         let clipped = ratio.clamp(1.0 - weights.ratio_clip, 1.0 + weights.ratio_clip)?;
         let surrogate = (&ratio * &advantages)?.minimum(&(clipped * &advantages)?)?;
         let outside = (ratio.detach() - 1.0)?.abs()?.gt(weights.ratio_clip)?.to_dtype(data.mask.dtype())?;
-        let clip_fraction = ((outside * &data.mask)?.sum_all()?.to_scalar::<f32>()? as f64 / decisions) as f32;
-        (mean(&surrogate.neg()?)?, clip_fraction)
+        (mean(&surrogate.neg()?)?, ((outside * &data.mask)?.sum_all()? / decisions)?)
     } else {
-        (mean(&(&action_log_probs * &pg_advantages)?.neg()?)?, 0.0)
+        let policy = mean(&(&action_log_probs * &pg_advantages)?.neg()?)?;
+        let none = policy.zeros_like()?;
+        (policy, none)
     };
     let baseline = (mean(&(&data.vs - values)?.sqr()?)? * 0.5)?;
     let entropy = mean(&distribution.entropy(logits)?)?;
     let total = ((&policy + (&baseline * weights.baseline_cost)?)? - (&entropy * weights.entropy_cost)?)?;
+    // One host read for the four reported values.
+    let read = Tensor::stack(&[&policy, &baseline, &entropy, &clip_fraction], 0)?
+        .detach()
+        .to_vec1::<f32>()?;
     Ok(LossTerms {
-        policy: policy.to_scalar()?,
-        baseline: baseline.to_scalar()?,
-        entropy: entropy.to_scalar()?,
-        clip_fraction,
+        policy: read[0],
+        baseline: read[1],
+        entropy: read[2],
+        clip_fraction: read[3],
         total,
     })
 }

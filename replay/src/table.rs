@@ -1490,7 +1490,6 @@ mod tests {
     /// other waited behind many of its items.
     #[tokio::test(start_paused = true)]
     async fn waiting_writers_take_the_room_a_sample_makes_in_turn() {
-        use std::sync::atomic::AtomicU64;
         let config = TableConfig {
             name: "queue".into(),
             max_size: 16,
@@ -1533,6 +1532,9 @@ mod tests {
             overtaken.iter().all(|&n| n <= 1),
             "a waiting writer saw the other store {overtaken:?} items ahead of it (stored {counts:?})"
         );
+        // 200 batches of 16 at 4 samples per insert admit 800 inserts
+        // beyond the first 16 + 16 the table and its error buffer take:
+        // about 400 each when they alternate.
         assert!(counts.iter().all(|&n| n >= 350), "stored {counts:?}");
     }
 
