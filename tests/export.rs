@@ -321,6 +321,17 @@ fn the_torch_export_of_the_shallow_cnn_on_atari_frames_computes_fleets_outputs()
 }
 
 #[test]
+fn the_torch_export_of_dqns_network_on_atari_frames_computes_fleets_outputs() {
+    let config = load_config(Some("config/atari.toml"), &["network.torso=nature_cnn"]);
+    let frame = FrameShape {
+        channels: 4,
+        height: 84,
+        width: 84,
+    };
+    feed_forward_parity(&config, EnvSpec::frames(frame, 6), 8);
+}
+
+#[test]
 fn the_torch_export_of_the_deep_resnet_on_stacked_catch_frames_computes_fleets_outputs() {
     // 40×20 frames pool to 20×10, 10×5, 5×3: odd sizes on the way.
     let config = load_config(None, &["env.name=catch", "env.frame_stack=2", "network.torso=deep_resnet"]);

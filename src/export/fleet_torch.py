@@ -26,6 +26,8 @@ the two to within float rounding:
   and `value_tower.*`), one under each head; with an LSTM core one tower;
 - `shallow_cnn` / `deep_resnet`: IMPALA's torsos, ReLU throughout, ending in
   a Linear of 256 and ReLU, shared by both heads;
+- `nature_cnn`: DQN's network, conv 32x8x8 stride 4, conv 64x4x4 stride 2,
+  conv 64x3x3 stride 1, Linear 512, ReLU after each, shared by both heads;
 - `small_cnn`: MinAtar's network, conv 16x3x3 stride 1, ReLU, Linear 128,
   ReLU, shared by both heads;
 - `lstm`: gates `[i, f, g, o] = input(x) + recurrent(h)` (torch.nn.LSTMCell's
@@ -134,6 +136,27 @@ class ShallowTorso(nn.Module):
         return torch.relu(self.fc(x.flatten(1)))
 
 
+class NatureTorso(nn.Module):
+    """DQN's network (Mnih et al. 2015): conv 32x8x8 stride 4, ReLU, conv
+    64x4x4 stride 2, ReLU, conv 64x3x3 stride 1, ReLU, Linear 512, ReLU."""
+
+    def __init__(self, channels, height, width, frame_scale):
+        super().__init__()
+        self.frame_scale = frame_scale
+        self.conv0 = nn.Conv2d(channels, 32, 8, stride=4)
+        self.conv1 = nn.Conv2d(32, 64, 4, stride=2)
+        self.conv2 = nn.Conv2d(64, 64, 3)
+        h = (((height - 8) // 4 + 1 - 4) // 2 + 1) - 2
+        w = (((width - 8) // 4 + 1 - 4) // 2 + 1) - 2
+        self.fc = _linear(64 * h * w, 512)
+
+    def forward(self, x):
+        # fleet folds the 1/255 into the first convolution's weight.
+        x = torch.relu(F.conv2d(x, self.conv0.weight * self.frame_scale, self.conv0.bias, stride=4))
+        x = torch.relu(self.conv2(torch.relu(self.conv1(x))))
+        return torch.relu(self.fc(x.flatten(1)))
+
+
 class SmallTorso(nn.Module):
     """MinAtar's network: conv 16x3x3 stride 1, ReLU, Linear 128, ReLU."""
 
@@ -200,7 +223,12 @@ class DeepTorso(nn.Module):
 
 
 # Each convolutional torso's module and the width of its features.
-CONV_TORSOS = {"shallow_cnn": (ShallowTorso, 256), "deep_resnet": (DeepTorso, 256), "small_cnn": (SmallTorso, 128)}
+CONV_TORSOS = {
+    "shallow_cnn": (ShallowTorso, 256),
+    "deep_resnet": (DeepTorso, 256),
+    "nature_cnn": (NatureTorso, 512),
+    "small_cnn": (SmallTorso, 128),
+}
 
 
 class LstmCore(nn.Module):

@@ -1,7 +1,7 @@
 //! The convolutional torsos on image frames: IMPALA's shallow model (two
 //! convolutions) and deep ResNet (three sections of a convolution, a
-//! max-pool and two residual blocks), and MinAtar's single convolution, each
-//! ending in a fully connected layer; and the geometry that says whether a
+//! max-pool and two residual blocks), DQN's three convolutions and MinAtar's
+//! single one, each ending in a fully connected layer; and the geometry that says whether a
 //! frame is large enough for them. The convolutions, bias adds, max-pools
 //! and ReLUs are the kernels crate's.
 
@@ -16,11 +16,23 @@ use super::mlp::{Dense, NamedVars, weight_and_bias};
 use crate::FrameShape;
 
 /// Width of a CNN torso's last fully connected layer: 256 for IMPALA's,
-/// 128 for MinAtar's.
+/// 512 for DQN's, 128 for MinAtar's.
 pub(super) const fn conv_torso_features(torso: Torso) -> usize {
     match torso {
         Torso::SmallCnn => 128,
+        Torso::NatureCnn => 512,
         _ => 256,
+    }
+}
+
+/// `(out_channels, kernel, stride)` of each unpadded convolution of a plain
+/// stack, each followed by a ReLU; empty for the MLP and the deep ResNet.
+const fn plain_convs(torso: Torso) -> &'static [(usize, usize, usize)] {
+    match torso {
+        Torso::SmallCnn => &[(16, 3, 1)],
+        Torso::ShallowCnn => &[(16, 8, 4), (32, 4, 2)],
+        Torso::NatureCnn => &[(32, 8, 4), (64, 4, 2), (64, 3, 1)],
+        Torso::Mlp | Torso::DeepResnet => &[],
     }
 }
 
@@ -46,16 +58,19 @@ pub(super) fn conv_torso_output(torso: Torso, frame: FrameShape) -> Option<(usiz
     let conv = |size: usize, kernel: usize, stride: usize| (size >= kernel).then(|| (size - kernel) / stride + 1);
     match torso {
         Torso::Mlp => None,
-        Torso::ShallowCnn => {
-            let side = |size| conv(conv(size, 8, 4)?, 4, 2);
-            Some((side(frame.height)?, side(frame.width)?))
-        }
         // Same-padded convs keep the size; each max-pool halves it, rounding up.
         Torso::DeepResnet => {
             let side = |size: usize| (0..3).fold(size, |s, _| s.div_ceil(2));
             Some((side(frame.height), side(frame.width)))
         }
-        Torso::SmallCnn => Some((conv(frame.height, 3, 1)?, conv(frame.width, 3, 1)?)),
+        plain => {
+            let side = |size| {
+                plain_convs(plain)
+                    .iter()
+                    .try_fold(size, |s, &(_, kernel, stride)| conv(s, kernel, stride))
+            };
+            Some((side(frame.height)?, side(frame.width)?))
+        }
     }
 }
 
@@ -159,9 +174,9 @@ struct ResidualSection {
 
 #[derive(Debug)]
 enum ConvLayers {
-    Shallow { first: Conv2d, second: Conv2d },
+    /// Convolutions one after the other, each followed by a ReLU.
+    Plain(Vec<Conv2d>),
     Deep(Vec<ResidualSection>),
-    Small(Conv2d),
 }
 
 /// A convolutional torso: frames `[N, C·H·W]` (u8 intensities as f32) to
@@ -198,16 +213,7 @@ impl ConvTorso {
             conv
         };
         let (layers, channels) = match torso {
-            Torso::SmallCnn => (
-                ConvLayers::Small(first_layer(conv("torso.conv0", frame.channels, 16, 3, 1, 0)?)),
-                16,
-            ),
-            Torso::ShallowCnn => {
-                let first = first_layer(conv("torso.conv0", frame.channels, 16, 8, 4, 0)?);
-                let second = conv("torso.conv1", 16, 32, 4, 2, 0)?;
-                (ConvLayers::Shallow { first, second }, 32)
-            }
-            _ => {
+            Torso::DeepResnet => {
                 let mut sections = Vec::new();
                 let mut c_in = frame.channels;
                 for (s, c_out) in [16, 32, 32].into_iter().enumerate() {
@@ -230,6 +236,16 @@ impl ConvTorso {
                 }
                 (ConvLayers::Deep(sections), c_in)
             }
+            plain => {
+                let mut convs = Vec::new();
+                let mut c_in = frame.channels;
+                for (i, &(c_out, kernel, stride)) in plain_convs(plain).iter().enumerate() {
+                    let layer = conv(&format!("torso.conv{i}"), c_in, c_out, kernel, stride, 0)?;
+                    convs.push(if i == 0 { first_layer(layer) } else { layer });
+                    c_in = c_out;
+                }
+                (ConvLayers::Plain(convs), c_in)
+            }
         };
         let (fc, named) = Dense::new("torso.fc", channels * height * width, conv_torso_features(torso), gain, rng, device)?;
         params.extend(named);
@@ -240,8 +256,7 @@ impl ConvTorso {
         let FrameShape { channels, height, width } = self.frame;
         let x = x.reshape((x.dim(0)?, channels, height, width))?;
         let x = match &self.layers {
-            ConvLayers::Shallow { first, second } => second.forward_relu(&first.forward_relu(&x)?)?,
-            ConvLayers::Small(conv) => conv.forward_relu(&x)?,
+            ConvLayers::Plain(convs) => convs.iter().try_fold(x, |x, conv| conv.forward_relu(&x))?,
             ConvLayers::Deep(sections) => {
                 let mut x = x;
                 for section in sections {
@@ -302,8 +317,11 @@ mod tests {
 
     #[test]
     fn cnn_torsos_shape_their_outputs_on_atari_and_catch_frames() {
-        for torso in [Torso::ShallowCnn, Torso::DeepResnet, Torso::SmallCnn] {
+        for torso in [Torso::ShallowCnn, Torso::DeepResnet, Torso::SmallCnn, Torso::NatureCnn] {
             for (frame, actions) in [(ATARI, 6), (CATCH, 3)] {
+                if torso == Torso::NatureCnn && frame == CATCH {
+                    continue; // narrower than its 36 pixels
+                }
                 let net = ActorCritic::new(EnvSpec::frames(frame, actions), &config(torso), 0, &Device::Cpu).unwrap();
                 let out = net.forward(&frames(frame, 2, 1)).unwrap();
                 assert_eq!(out.logits.dims(), &[2, actions], "{torso:?} on {frame:?}");
@@ -329,6 +347,7 @@ mod tests {
         assert_eq!(fc_inputs(Torso::ShallowCnn), vec![256, 32 * 9 * 9]);
         assert_eq!(fc_inputs(Torso::DeepResnet), vec![256, 32 * 11 * 11]);
         assert_eq!(fc_inputs(Torso::SmallCnn), vec![128, 16 * 82 * 82]);
+        assert_eq!(fc_inputs(Torso::NatureCnn), vec![512, 64 * 7 * 7]);
     }
 
     /// MinAtar's network on its 10×10 grids: one convolution of 16 3×3
@@ -360,7 +379,7 @@ mod tests {
     }
 
     #[test]
-    fn the_deep_torso_has_fifteen_conv_layers_and_the_shallow_two() {
+    fn the_deep_torso_has_fifteen_conv_layers_the_shallow_two_and_dqns_three() {
         let deep = ActorCritic::new(EnvSpec::frames(ATARI, 6), &config(Torso::DeepResnet), 0, &Device::Cpu).unwrap();
         let convs = conv_weights(&deep);
         assert_eq!(convs.len(), 15, "{convs:?}");
@@ -379,6 +398,25 @@ mod tests {
             .map(|(_, v)| v.dims().to_vec())
             .collect();
         assert_eq!(shapes, vec![vec![16, 4, 8, 8], vec![32, 16, 4, 4]]);
+        let nature = ActorCritic::new(EnvSpec::frames(ATARI, 6), &config(Torso::NatureCnn), 0, &Device::Cpu).unwrap();
+        let shapes: Vec<(&str, Vec<usize>)> = nature.params().iter().map(|(n, v)| (n.as_str(), v.dims().to_vec())).collect();
+        assert_eq!(
+            shapes,
+            vec![
+                ("torso.conv0.weight", vec![32, 4, 8, 8]),
+                ("torso.conv0.bias", vec![32]),
+                ("torso.conv1.weight", vec![64, 32, 4, 4]),
+                ("torso.conv1.bias", vec![64]),
+                ("torso.conv2.weight", vec![64, 64, 3, 3]),
+                ("torso.conv2.bias", vec![64]),
+                ("torso.fc.weight", vec![512, 64 * 7 * 7]),
+                ("torso.fc.bias", vec![512]),
+                ("policy.weight", vec![6, 512]),
+                ("policy.bias", vec![6]),
+                ("value.weight", vec![1, 512]),
+                ("value.bias", vec![1]),
+            ]
+        );
         // One torso for both heads: no value tower.
         assert!(!deep.params().iter().any(|(n, _)| n.contains("tower")));
     }
@@ -387,7 +425,12 @@ mod tests {
     /// through an LSTM core.
     #[test]
     fn gradients_reach_every_cnn_parameter() {
-        for torso in [Torso::ShallowCnn, Torso::DeepResnet, Torso::SmallCnn] {
+        for (torso, frame) in [
+            (Torso::ShallowCnn, CATCH),
+            (Torso::DeepResnet, CATCH),
+            (Torso::SmallCnn, CATCH),
+            (Torso::NatureCnn, ATARI),
+        ] {
             for core in [Core::None, Core::Lstm] {
                 let config = NetworkConfig {
                     torso,
@@ -395,11 +438,11 @@ mod tests {
                     lstm_size: 16,
                     ..NetworkConfig::default()
                 };
-                let net = ActorCritic::new(EnvSpec::frames(CATCH, 3), &config, 2, &Device::Cpu).unwrap();
+                let net = ActorCritic::new(EnvSpec::frames(frame, 3), &config, 2, &Device::Cpu).unwrap();
                 let (steps, b) = (2, 3);
                 let is_first = Tensor::zeros(steps * b, DType::F32, &Device::Cpu).unwrap();
                 let (out, _) = net
-                    .unroll(&frames(CATCH, steps * b, 3), &is_first, steps, &net.initial_state(b).unwrap())
+                    .unroll(&frames(frame, steps * b, 3), &is_first, steps, &net.initial_state(b).unwrap())
                     .unwrap();
                 let pick = Tensor::new(&[1f32, -2.0, 0.5], &Device::Cpu).unwrap();
                 let policy_loss = out.logits.broadcast_mul(&pick).unwrap().sum_all().unwrap();
@@ -498,10 +541,10 @@ mod tests {
         assert!(err.contains("small_cnn") && err.contains("2×10"), "{err}");
         assert!(NetworkConfig::default().check_spec(&EnvSpec::frames(CATCH, 3)).is_ok());
         assert!(config(Torso::ShallowCnn).check_spec(&EnvSpec::frames(CATCH, 3)).is_ok());
-        let least: Vec<usize> = [Torso::Mlp, Torso::ShallowCnn, Torso::DeepResnet, Torso::SmallCnn]
+        let least: Vec<usize> = [Torso::Mlp, Torso::ShallowCnn, Torso::DeepResnet, Torso::SmallCnn, Torso::NatureCnn]
             .into_iter()
             .map(min_frame_side)
             .collect();
-        assert_eq!(least, [1, 20, 1, 3]);
+        assert_eq!(least, [1, 20, 1, 3, 36]);
     }
 }

@@ -40,6 +40,11 @@ pub enum Torso {
     /// channels, each a 3×3 conv, a 3×3 stride-2 max-pool and two residual
     /// blocks (15 conv layers in all), then ReLU, fully connected 256, ReLU.
     DeepResnet,
+    /// The DQN network of Mnih et al. (2015), which PPO's Atari setups
+    /// (Baselines, CleanRL, Stable-Baselines3) train: conv 32×8×8 stride 4,
+    /// ReLU, conv 64×4×4 stride 2, ReLU, conv 64×3×3 stride 1, ReLU, fully
+    /// connected 512, ReLU.
+    NatureCnn,
     /// MinAtar's network (Young & Tian 2019), on small frames such as its
     /// 10×10 grids: conv 16×3×3 stride 1, ReLU, fully connected 128, ReLU.
     SmallCnn,
@@ -52,6 +57,7 @@ impl Torso {
             Torso::Mlp => "mlp",
             Torso::ShallowCnn => "shallow_cnn",
             Torso::DeepResnet => "deep_resnet",
+            Torso::NatureCnn => "nature_cnn",
             Torso::SmallCnn => "small_cnn",
         }
     }

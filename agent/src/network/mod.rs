@@ -5,7 +5,8 @@
 //! shared torso. With a core (`core = "lstm"`): one torso, an LSTM, and both
 //! heads on the LSTM's output, with the state `(h, c)` carried per
 //! environment and reset where an episode starts. The convolutional torsos
-//! of IMPALA (`shallow_cnn`, `deep_resnet`) read image frames and are always
+//! (IMPALA's `shallow_cnn` and `deep_resnet`, DQN's `nature_cnn`, MinAtar's
+//! `small_cnn`) read image frames and are always
 //! one torso shared by both heads, as in IMPALA: two towers would double the
 //! cost of the most expensive part. Frames arrive as their 0..=255
 //! intensities and are scaled by 1/255 at the input, whatever the torso (a
@@ -16,8 +17,8 @@
 //! every run.
 //!
 //! Layout: `config` ([`NetworkConfig`] and its choices), `mlp` (the affine
-//! layer everything is built from, and the MLP towers), `cnn` (IMPALA's
-//! shallow and deep convolutional torsos and their max-pool), `lstm` (the
+//! layer everything is built from, and the MLP towers), `cnn` (the
+//! convolutional torsos), `lstm` (the
 //! LSTM core and its [`RecurrentState`]), `heads` (the policy and value
 //! heads and their [`PolicyOutput`]); this module puts them together as
 //! [`ActorCritic`]. The CPU kernels under the layers are the
