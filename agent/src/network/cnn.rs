@@ -1,8 +1,8 @@
 //! The convolutional torsos on image frames: IMPALA's shallow model (two
 //! convolutions) and deep ResNet (three sections of a convolution, a
-//! max-pool and two residual blocks), DQN's three convolutions and MinAtar's
-//! single one, each ending in a fully connected layer; and the geometry that says whether a
-//! frame is large enough for them. The convolutions, bias adds, max-pools
+//! max-pool and two residual blocks), DQN's three convolutions and
+//! MinAtar's single one, each ending in a fully connected layer; and the
+//! geometry that says whether a frame is large enough for them. The convolutions, bias adds, max-pools
 //! and ReLUs are the kernels crate's.
 
 use candle_core::{Device, Result, Tensor, Var};
