@@ -308,27 +308,18 @@ fn the_torch_export_of_the_cartpole_mlp_computes_fleets_outputs_and_the_check_ca
 }
 
 #[test]
-fn the_torch_export_of_the_shallow_cnn_on_atari_frames_computes_fleets_outputs() {
+fn the_torch_export_of_the_atari_torsos_computes_fleets_outputs() {
     // An Atari run's config records no spec: the export derives 4×84×84
     // from [env.atari] and the 6 actions from the policy head.
-    let config = load_config(Some("config/atari.toml"), &["network.torso=shallow_cnn"]);
     let frame = FrameShape {
         channels: 4,
         height: 84,
         width: 84,
     };
-    feed_forward_parity(&config, EnvSpec::frames(frame, 6), 8);
-}
-
-#[test]
-fn the_torch_export_of_dqns_network_on_atari_frames_computes_fleets_outputs() {
-    let config = load_config(Some("config/atari.toml"), &[]);
-    let frame = FrameShape {
-        channels: 4,
-        height: 84,
-        width: 84,
-    };
-    feed_forward_parity(&config, EnvSpec::frames(frame, 6), 8);
+    for torso in ["network.torso=shallow_cnn", "network.torso=nature_cnn"] {
+        let config = load_config(Some("config/atari.toml"), &[torso]);
+        feed_forward_parity(&config, EnvSpec::frames(frame, 6), 8);
+    }
 }
 
 #[test]
