@@ -380,6 +380,28 @@ async fn record_writes_the_folder_of_a_fleet_started_role_by_role() {
     ])
     .await;
     let actor = start(&["actor", "--actor-id", "1", "--replay", &replay.grpc, "--learner", &learner.grpc]).await;
+    // The recording copies the newest checkpoint when it ends: wait for the
+    // learner's first, then give the recording its steps from there (a fast
+    // machine steps a fixed budget before the first checkpoint).
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while fleet_learner::checkpoint::latest(&checkpoints, &candle_core::Device::Cpu)
+        .ok()
+        .flatten()
+        .is_none()
+    {
+        assert!(std::time::Instant::now() < deadline, "no learner checkpoint within 60 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let steps_now = || async {
+        let samples = crate::support::scrape(&actor.metrics).await.unwrap();
+        crate::support::metric(&samples, "fleet_actor_env_steps_total").unwrap_or(0.0) as u64
+    };
+    // About two seconds of the actor's steps, so that the recording writes
+    // several rows at 0.2 s however fast the machine steps.
+    let before = steps_now().await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let stepped = steps_now().await;
+    let budget = format!("run.max_env_steps={}", stepped + (2 * (stepped - before)).max(40_000));
     let out = fleet(&[
         "record",
         "--metrics",
@@ -395,7 +417,10 @@ async fn record_writes_the_folder_of_a_fleet_started_role_by_role() {
         "--set",
         &checkpoint_dir,
         "--set",
-        "run.max_env_steps=40000",
+        &budget,
+        // CartPole can solve while the recording waits for its budget.
+        "--set",
+        "run.target_return=1e9",
         "--set",
         "run.progress_interval_secs=0.2",
     ])
@@ -408,7 +433,7 @@ async fn record_writes_the_folder_of_a_fleet_started_role_by_role() {
     assert!(rows.len() >= 2, "{stdout}");
     assert_rows_advance(&rows);
     let last = rows.last().unwrap();
-    assert!(last.env_steps >= 40000, "{last:?}");
+    assert!(last.env_steps >= stepped + 40_000, "{last:?}");
     assert!(last.learner_updates > 0 && last.loss_total.is_some(), "{last:?}");
     assert!(last.return_mean.is_some() && last.return_median.is_some(), "{last:?}");
     let summary = summary(&folder);
