@@ -385,6 +385,33 @@ fn every_dashboard_panel_has_a_query_on_the_provisioned_datasource() {
     assert_eq!(references, panels + expressions.len(), "datasource references");
 }
 
+/// The compose cluster's Atari actors train config/atari.toml's run: the
+/// two effective configs differ only in what the cluster adds, the
+/// environment's spec (here Pong's) and the learner's device.
+#[test]
+fn the_compose_atari_config_is_the_atari_config_with_the_spec_given() {
+    let load = |file: &str| {
+        fleet::config::Config::load(&fleet::config::ConfigSources {
+            file: Some(Path::new(ROOT).join(file)),
+            env: Vec::new(),
+            overrides: Vec::new(),
+        })
+        .unwrap_or_else(|e| panic!("{file}: {e:#}"))
+    };
+    let atari = load("config/atari.toml");
+    let mut compose = load("deploy/fleet-atari.toml");
+    let spec = compose.env.spec.take().expect("deploy/fleet-atari.toml gives env.spec");
+    atari.check_network_fits(&spec).expect("the spec fits the network");
+    assert_eq!(spec.action, fleet_agent::ActionSpec::Discrete { num_actions: 6 }, "Pong's actions");
+    assert_eq!(compose.learner.device, "cpu", "the image has no CUDA");
+    compose.learner.device.clone_from(&atari.learner.device);
+    assert_eq!(
+        compose.to_toml().unwrap(),
+        atari.to_toml().unwrap(),
+        "deploy/fleet-atari.toml has drifted from config/atari.toml"
+    );
+}
+
 #[tokio::test]
 async fn compose_cluster_scales_actors_and_prometheus_sees_them() {
     let Some(compose) = docker_compose_or_skip() else { return };
