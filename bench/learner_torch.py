@@ -21,6 +21,9 @@ Workloads (batch 32 sequences, unroll 20):
                     of 16, 32, 32 channels (conv 3x3, max-pool 3x3/2 padded
                     1, two residual blocks of ReLU-conv-ReLU-conv), ReLU,
                     FC 256, ReLU; 6 actions.
+  nature_cnn        DQN's network on the same frames: conv 32 8x8/4, conv
+                    64 4x4/2, conv 64 3x3/1 (ReLU after each), FC 512,
+                    ReLU; 6 actions.
   shallow_cnn_nn_lstm  (with --reference) as above but through nn.LSTM with
                     no resets at episode starts: what the fused module gives,
                     not the same work.
@@ -140,6 +143,26 @@ class DeepTorso(nn.Module):
         return F.relu(self.fc(x.flatten(1)))
 
 
+class NatureTorso(nn.Module):
+    """DQN's network, as fleet's `nature_cnn` (agent/src/network/cnn.rs)."""
+
+    features = 512
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(FRAME[0], 32, 8, stride=4)
+        self.conv2 = nn.Conv2d(32, 64, 4, stride=2)
+        self.conv3 = nn.Conv2d(64, 64, 3, stride=1)
+        self.fc = nn.Linear(64 * 7 * 7, 512)
+
+    def forward(self, frames):
+        x = frames.float().mul_(1.0 / 255.0)
+        x = F.relu(self.conv1(x))
+        x = F.relu(self.conv2(x))
+        x = F.relu(self.conv3(x))
+        return F.relu(self.fc(x.flatten(1)))
+
+
 class ShallowCnn(nn.Module):
     """A convolutional torso shared by the policy and value heads."""
 
@@ -148,8 +171,9 @@ class ShallowCnn(nn.Module):
     def __init__(self, actions=ATARI_ACTIONS, torso=ShallowTorso):
         super().__init__()
         self.torso = torso()
-        self.policy = dense(256, actions, 0.01)
-        self.value = dense(256, 1)
+        features = getattr(torso, "features", 256)
+        self.policy = dense(features, actions, 0.01)
+        self.value = dense(features, 1)
 
     def forward(self, frames):
         x = self.torso(frames)
@@ -320,6 +344,7 @@ WORKLOADS = {
     "shallow_cnn_lstm": (lambda: ShallowCnnLstm(), "lstm", 2),
     "shallow_cnn_nn_lstm": (lambda: ShallowCnnLstm(fused=True), "lstm", 2),
     "deep_resnet": (lambda: ShallowCnn(torso=DeepTorso), "cnn", 1),
+    "nature_cnn": (lambda: ShallowCnn(torso=NatureTorso), "cnn", 2),
 }
 
 
@@ -362,7 +387,7 @@ def main():
     parser.add_argument("--json", action="store_true", help="one JSON line per workload instead of the table")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    names = args.workload or ["mlp", "shallow_cnn", "shallow_cnn_lstm", "deep_resnet"] + (
+    names = args.workload or ["mlp", "shallow_cnn", "shallow_cnn_lstm", "deep_resnet", "nature_cnn"] + (
         ["shallow_cnn_nn_lstm"] if args.reference else []
     )
     if not args.json:

@@ -3,7 +3,7 @@
 # other in one run on this machine, with the same duration and thread count:
 # updates/s and frames/s for the CartPole MLP, the shallow CNN on 84x84x4
 # frames, the shallow CNN with an LSTM core and burn-in, and IMPALA's deep
-# ResNet torso on the same frames, as one table with
+# ResNet torso and DQN's network on the same frames, as one table with
 # the fleet/PyTorch ratio of updates/s. With --rounds N both sides run N
 # times, alternating, and the table gives each column's median over the
 # rounds, with the range of updates/s: on a shared virtual machine one run

@@ -264,7 +264,7 @@ enum BenchTarget {
         /// Seconds per workload.
         #[arg(long, default_value_t = 10.0)]
         seconds: f64,
-        /// Only these workloads (mlp, shallow_cnn, shallow_cnn_lstm, deep_resnet); all by default.
+        /// Only these workloads (mlp, shallow_cnn, shallow_cnn_lstm, deep_resnet, nature_cnn); all by default.
         #[arg(long = "workload")]
         workloads: Vec<String>,
         /// One JSON line per workload instead of a table.

@@ -1,7 +1,8 @@
 //! `fleet bench learner`: learner updates per second on synthetic batches,
 //! so that neither replay nor the network is measured — for the CartPole
 //! MLP, the IMPALA shallow CNN on 84×84×4 u8 frames, that CNN with an
-//! LSTM core and a burn-in, and IMPALA's deep ResNet torso. Each update is what the learner does per batch:
+//! LSTM core and a burn-in, IMPALA's deep ResNet torso, and DQN's network
+//! (the torso of `config/atari.toml`). Each update is what the learner does per batch:
 //! host batch to device tensors, forward, V-trace, loss, backward, gradient
 //! clipping, Adam step. `bench/learner_torch.py` does the same in PyTorch.
 
@@ -79,6 +80,15 @@ pub fn workloads() -> Vec<Workload> {
             spec: frames,
             network: NetworkConfig {
                 torso: Torso::DeepResnet,
+                ..cnn.clone()
+            },
+            burn_in: 0,
+        },
+        Workload {
+            name: "nature_cnn",
+            spec: frames,
+            network: NetworkConfig {
+                torso: Torso::NatureCnn,
                 ..cnn
             },
             burn_in: 0,
