@@ -89,20 +89,37 @@ class Mlp(nn.Module):
         return self.policy(self.policy_tower(obs)), self.value(self.value_tower(obs)).squeeze(-1)
 
 
-class ShallowTorso(nn.Module):
-    """conv 16 8x8/4, ReLU, conv 32 4x4/2, ReLU, flatten, FC 256, ReLU."""
+class PlainTorso(nn.Module):
+    """Unpadded convolutions, each (out channels, kernel, stride) followed by
+    a ReLU, then flatten, FC, ReLU: fleet's plain stacks
+    (agent/src/network/cnn.rs)."""
 
-    def __init__(self):
+    def __init__(self, convs, features):
         super().__init__()
-        self.conv1 = nn.Conv2d(FRAME[0], 16, 8, stride=4)
-        self.conv2 = nn.Conv2d(16, 32, 4, stride=2)
-        self.fc = nn.Linear(32 * 9 * 9, 256)
+        layers, channels, side = [], FRAME[0], FRAME[1]
+        for out_channels, kernel, stride in convs:
+            layers.append(nn.Conv2d(channels, out_channels, kernel, stride=stride))
+            channels, side = out_channels, (side - kernel) // stride + 1
+        self.convs = nn.ModuleList(layers)
+        self.fc = nn.Linear(channels * side * side, features)
+        self.features = features
 
     def forward(self, frames):
         x = frames.float().mul_(1.0 / 255.0)
-        x = F.relu(self.conv1(x))
-        x = F.relu(self.conv2(x))
+        for conv in self.convs:
+            x = F.relu(conv(x))
         return F.relu(self.fc(x.flatten(1)))
+
+
+def shallow_torso():
+    """IMPALA's shallow CNN: conv 16 8x8/4, conv 32 4x4/2, FC 256."""
+    return PlainTorso([(16, 8, 4), (32, 4, 2)], 256)
+
+
+def nature_torso():
+    """DQN's network, as fleet's `nature_cnn`: conv 32 8x8/4, conv 64
+    4x4/2, conv 64 3x3/1, FC 512."""
+    return PlainTorso([(32, 8, 4), (64, 4, 2), (64, 3, 1)], 512)
 
 
 class ResidualBlock(nn.Module):
@@ -122,6 +139,8 @@ class DeepTorso(nn.Module):
     form (the frame scale folded into the first convolution's weights on
     every forward) made this update 1.25x slower, and the peer is measured
     at its fastest."""
+
+    features = 256
 
     def __init__(self):
         super().__init__()
@@ -143,37 +162,16 @@ class DeepTorso(nn.Module):
         return F.relu(self.fc(x.flatten(1)))
 
 
-class NatureTorso(nn.Module):
-    """DQN's network, as fleet's `nature_cnn` (agent/src/network/cnn.rs)."""
-
-    features = 512
-
-    def __init__(self):
-        super().__init__()
-        self.conv1 = nn.Conv2d(FRAME[0], 32, 8, stride=4)
-        self.conv2 = nn.Conv2d(32, 64, 4, stride=2)
-        self.conv3 = nn.Conv2d(64, 64, 3, stride=1)
-        self.fc = nn.Linear(64 * 7 * 7, 512)
-
-    def forward(self, frames):
-        x = frames.float().mul_(1.0 / 255.0)
-        x = F.relu(self.conv1(x))
-        x = F.relu(self.conv2(x))
-        x = F.relu(self.conv3(x))
-        return F.relu(self.fc(x.flatten(1)))
-
-
 class ShallowCnn(nn.Module):
     """A convolutional torso shared by the policy and value heads."""
 
     recurrent = False
 
-    def __init__(self, actions=ATARI_ACTIONS, torso=ShallowTorso):
+    def __init__(self, actions=ATARI_ACTIONS, torso=shallow_torso):
         super().__init__()
         self.torso = torso()
-        features = getattr(torso, "features", 256)
-        self.policy = dense(features, actions, 0.01)
-        self.value = dense(features, 1)
+        self.policy = dense(self.torso.features, actions, 0.01)
+        self.value = dense(self.torso.features, 1)
 
     def forward(self, frames):
         x = self.torso(frames)
@@ -193,7 +191,7 @@ class ShallowCnnLstm(nn.Module):
 
     def __init__(self, actions=ATARI_ACTIONS, fused=False):
         super().__init__()
-        self.torso = ShallowTorso()
+        self.torso = shallow_torso()
         self.fused = fused
         self.core = nn.LSTM(256, LSTM_SIZE) if fused else nn.LSTMCell(256, LSTM_SIZE)
         self.policy = dense(LSTM_SIZE, actions, 0.01)
@@ -344,7 +342,7 @@ WORKLOADS = {
     "shallow_cnn_lstm": (lambda: ShallowCnnLstm(), "lstm", 2),
     "shallow_cnn_nn_lstm": (lambda: ShallowCnnLstm(fused=True), "lstm", 2),
     "deep_resnet": (lambda: ShallowCnn(torso=DeepTorso), "cnn", 1),
-    "nature_cnn": (lambda: ShallowCnn(torso=NatureTorso), "cnn", 2),
+    "nature_cnn": (lambda: ShallowCnn(torso=nature_torso), "cnn", 2),
 }
 
 
