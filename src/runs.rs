@@ -461,6 +461,33 @@ mod tests {
     }
 
     #[test]
+    fn summaries_read_back_exactly_as_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let folder = RunFolder::create(dir.path(), Some("s"), UNIX_EPOCH).unwrap();
+        let summary = Summary {
+            name: "s".into(),
+            status: "budget_exhausted".into(),
+            start_time: "2026-12-04T23:35:01Z".into(),
+            end_time: None,
+            wall_seconds: 12.345678901234567,
+            env_steps: 40_000,
+            episodes: 321,
+            learner_updates: 77,
+            // A mean that JSON parsing without exact rounding read back
+            // one unit in the last place off, so that the summary and the
+            // last progress row of the same run disagreed.
+            final_mean_return: Some(124.72643319740945),
+            final_step_weighted_return: Some(0.1 + 0.2),
+            target_return: 475.0,
+            target_reached: false,
+            target_reached_at_env_step: None,
+            segments: 2,
+        };
+        folder.write_summary(&summary).unwrap();
+        assert_eq!(folder.read_summary().unwrap(), Some(summary));
+    }
+
+    #[test]
     fn names_are_unique_and_explicit_ones_never_reused() {
         let dir = tempfile::tempdir().unwrap();
         let now = UNIX_EPOCH + Duration::from_secs(1_796_427_301);
