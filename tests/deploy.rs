@@ -4,10 +4,11 @@
 //! answering, every container healthy, more actors on `--scale`, and a
 //! restarted learner resuming from its checkpoint and a restarted replay
 //! restoring its tables; and with the env bridge's image, an actor stepping
-//! Atari Pong in its container trains the learner.
+//! Atari Pong in its container trains the learner, with settings that are
+//! `config/atari.toml`'s.
 //!
-//! These need promtool and Docker; without them the tests say why and pass,
-//! unless `FLEET_REQUIRE_PROMETHEUS=1` / `FLEET_REQUIRE_DOCKER=1` (CI) demand them.
+//! The promtool and cluster tests need promtool and Docker; without them
+//! they say why and pass, unless `FLEET_REQUIRE_PROMETHEUS=1` / `FLEET_REQUIRE_DOCKER=1` (CI) demand them.
 
 use std::fmt::Write as _;
 use std::path::Path;
