@@ -8,7 +8,8 @@
 //! `config/atari.toml`'s.
 //!
 //! The promtool and cluster tests need promtool and Docker; without them
-//! they say why and pass, unless `FLEET_REQUIRE_PROMETHEUS=1` / `FLEET_REQUIRE_DOCKER=1` (CI) demand them.
+//! they say why and pass, unless `FLEET_REQUIRE_PROMETHEUS=1` /
+//! `FLEET_REQUIRE_DOCKER=1` (CI) demand them.
 
 use std::fmt::Write as _;
 use std::path::Path;

@@ -401,7 +401,8 @@ async fn record_writes_the_folder_of_a_fleet_started_role_by_role() {
     let before = steps_now().await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let stepped = steps_now().await;
-    let budget = format!("run.max_env_steps={}", stepped + (2 * (stepped - before)).max(40_000));
+    let max_env_steps = stepped + (2 * (stepped - before)).max(40_000);
+    let budget = format!("run.max_env_steps={max_env_steps}");
     let out = fleet(&[
         "record",
         "--metrics",
@@ -433,7 +434,7 @@ async fn record_writes_the_folder_of_a_fleet_started_role_by_role() {
     assert!(rows.len() >= 2, "{stdout}");
     assert_rows_advance(&rows);
     let last = rows.last().unwrap();
-    assert!(last.env_steps >= stepped + 40_000, "{last:?}");
+    assert!(last.env_steps >= max_env_steps, "{last:?}");
     assert!(last.learner_updates > 0 && last.loss_total.is_some(), "{last:?}");
     assert!(last.return_mean.is_some() && last.return_median.is_some(), "{last:?}");
     let summary = summary(&folder);

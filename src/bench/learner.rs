@@ -2,9 +2,10 @@
 //! so that neither replay nor the network is measured — for the CartPole
 //! MLP, the IMPALA shallow CNN on 84×84×4 u8 frames, that CNN with an
 //! LSTM core and a burn-in, IMPALA's deep ResNet torso, and DQN's network
-//! (the torso of `config/atari.toml`). Each update is what the learner does per batch:
-//! host batch to device tensors, forward, V-trace, loss, backward, gradient
-//! clipping, Adam step. `bench/learner_torch.py` does the same in PyTorch.
+//! (the torso of `config/atari.toml`). Each update is what the learner does
+//! per batch: host batch to device tensors, forward, V-trace, loss,
+//! backward, gradient clipping, Adam step. `bench/learner_torch.py` does
+//! the same in PyTorch.
 
 use std::time::{Duration, Instant};
 

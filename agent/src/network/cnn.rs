@@ -2,8 +2,8 @@
 //! convolutions) and deep ResNet (three sections of a convolution, a
 //! max-pool and two residual blocks), DQN's three convolutions and
 //! MinAtar's single one, each ending in a fully connected layer; and the
-//! geometry that says whether a frame is large enough for them. The convolutions, bias adds, max-pools
-//! and ReLUs are the kernels crate's.
+//! geometry that says whether a frame is large enough for them. The
+//! convolutions, bias adds, max-pools and ReLUs are the kernels crate's.
 
 use candle_core::{Device, Result, Tensor, Var};
 use fleet_kernels::activation::relu;
