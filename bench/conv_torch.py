@@ -1,10 +1,10 @@
 """PyTorch's CPU conv2d on the shapes of `cargo bench -p fleet-kernels --bench conv`.
 
 Forward, and forward plus backward with and without the input gradient,
-for the IMPALA shallow CNN's two layers and one of the deep ResNet's 3x3
-convolutions, at the learner's batch (32 x 21 images). Median of 7 runs
-after a warm-up, milliseconds. PyTorch runs its oneDNN kernels here, its
-fast path on x86 CPUs.
+for the IMPALA shallow CNN's two layers, one of the deep ResNet's 3x3
+convolutions and DQN's three (`nature_cnn`), at the learner benchmark's
+batch (32 x 21 images). Median of 7 runs after a warm-up, milliseconds.
+PyTorch runs its oneDNN kernels here, its fast path on x86 CPUs.
 
     OMP_NUM_THREADS=2 python bench/conv_torch.py --threads 2
 """
@@ -18,6 +18,9 @@ LAYERS = {
     "conv1 4->16 8x8/4 on 84x84": ([672, 4, 84, 84], [16, 4, 8, 8], 4, 0),
     "conv2 16->32 4x4/2 on 20x20": ([672, 16, 20, 20], [32, 16, 4, 4], 2, 0),
     "deep 16->32 3x3/1 pad 1 on 42x42": ([672, 16, 42, 42], [32, 16, 3, 3], 1, 1),
+    "nature1 4->32 8x8/4 on 84x84": ([672, 4, 84, 84], [32, 4, 8, 8], 4, 0),
+    "nature2 32->64 4x4/2 on 20x20": ([672, 32, 20, 20], [64, 32, 4, 4], 2, 0),
+    "nature3 64->64 3x3/1 on 9x9": ([672, 64, 9, 9], [64, 64, 3, 3], 1, 0),
 }
 
 

@@ -43,6 +43,27 @@ const LAYERS: &[Layer] = &[
         stride: 1,
         padding: 1,
     },
+    Layer {
+        name: "nature1 4→32 8×8/4 on 84×84",
+        input: [672, 4, 84, 84],
+        weight: [32, 4, 8, 8],
+        stride: 4,
+        padding: 0,
+    },
+    Layer {
+        name: "nature2 32→64 4×4/2 on 20×20",
+        input: [672, 32, 20, 20],
+        weight: [64, 32, 4, 4],
+        stride: 2,
+        padding: 0,
+    },
+    Layer {
+        name: "nature3 64→64 3×3/1 on 9×9",
+        input: [672, 64, 9, 9],
+        weight: [64, 64, 3, 3],
+        stride: 1,
+        padding: 0,
+    },
 ];
 
 #[derive(Clone, Copy, PartialEq)]
