@@ -39,9 +39,15 @@ out="$(mktemp -d)"
 trap 'rm -rf "$out"' EXIT
 
 # The actors start `fleet-envbridge` from PATH: the one beside PYTHON.
-for env in gym:ALE/Pong-v5 envpool:Pong-v5; do
-    echo "## fleet: fleet bench e2e --config config/atari-impala.toml, 2 actors, $env" >&2
+# Gymnasium steps Pong holding Python's GIL, so the config's two bridge
+# servers per actor step its two halves on two cores; envpool steps the
+# whole vector on its own threads, and a second server (a second pool of
+# threads on the same two cores) slows it: one stream there.
+for row in "gym:ALE/Pong-v5 2" "envpool:Pong-v5 1"; do
+    read -r env streams <<<"$row"
+    echo "## fleet: fleet bench e2e --config config/atari-impala.toml, 2 actors, $env, $streams bridge stream(s)" >&2
     PATH="$(dirname "$python"):$PATH" "$fleet" bench e2e --config config/atari-impala.toml --set "env.name=$env" \
+        --set "env.bridge_streams=$streams" \
         --actors 2 --cores none --seconds "$seconds" --warmup "$warmup" --json | tee -a "$out/fleet" >&2
 done
 
