@@ -22,49 +22,23 @@ struct Layer {
 }
 
 const LAYERS: &[Layer] = &[
-    Layer {
-        name: "conv1 4→16 8×8/4 on 84×84",
-        input: [672, 4, 84, 84],
-        weight: [16, 4, 8, 8],
-        stride: 4,
-        padding: 0,
-    },
-    Layer {
-        name: "conv2 16→32 4×4/2 on 20×20",
-        input: [672, 16, 20, 20],
-        weight: [32, 16, 4, 4],
-        stride: 2,
-        padding: 0,
-    },
-    Layer {
-        name: "deep 16→32 3×3/1 pad 1 on 42×42",
-        input: [672, 16, 42, 42],
-        weight: [32, 16, 3, 3],
-        stride: 1,
-        padding: 1,
-    },
-    Layer {
-        name: "nature1 4→32 8×8/4 on 84×84",
-        input: [672, 4, 84, 84],
-        weight: [32, 4, 8, 8],
-        stride: 4,
-        padding: 0,
-    },
-    Layer {
-        name: "nature2 32→64 4×4/2 on 20×20",
-        input: [672, 32, 20, 20],
-        weight: [64, 32, 4, 4],
-        stride: 2,
-        padding: 0,
-    },
-    Layer {
-        name: "nature3 64→64 3×3/1 on 9×9",
-        input: [672, 64, 9, 9],
-        weight: [64, 64, 3, 3],
-        stride: 1,
-        padding: 0,
-    },
+    layer("conv1 4→16 8×8/4 on 84×84", [672, 4, 84, 84], [16, 4, 8, 8], 4, 0),
+    layer("conv2 16→32 4×4/2 on 20×20", [672, 16, 20, 20], [32, 16, 4, 4], 2, 0),
+    layer("deep 16→32 3×3/1 pad 1 on 42×42", [672, 16, 42, 42], [32, 16, 3, 3], 1, 1),
+    layer("nature1 4→32 8×8/4 on 84×84", [672, 4, 84, 84], [32, 4, 8, 8], 4, 0),
+    layer("nature2 32→64 4×4/2 on 20×20", [672, 32, 20, 20], [64, 32, 4, 4], 2, 0),
+    layer("nature3 64→64 3×3/1 on 9×9", [672, 64, 9, 9], [64, 64, 3, 3], 1, 0),
 ];
+
+const fn layer(name: &'static str, input: [usize; 4], weight: [usize; 4], stride: usize, padding: usize) -> Layer {
+    Layer {
+        name,
+        input,
+        weight,
+        stride,
+        padding,
+    }
+}
 
 #[derive(Clone, Copy, PartialEq)]
 enum Impl {
