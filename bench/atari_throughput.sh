@@ -3,7 +3,7 @@
 # other: fleet training on config/atari-impala.toml (`fleet bench e2e`, 2 actors,
 # feed-forward) with its environments served by Gymnasium (ale-py's Pong
 # with Gymnasium's Atari preprocessing, `gym:ALE/Pong-v5`) and by envpool
-# (`envpool:Pong-v5`); Sample Factory 2.1.1 APPO on its envpool Atari
+# (`envpool:Pong-v5`, one bridge stream per actor); Sample Factory 2.1.1 APPO on its envpool Atari
 # launcher (bench/sample_factory_cartpole.sh --env pong, the same 2 x 16
 # environments and shallow CNN); and the environments alone: a
 # 16-environment Pong vector of each backend stepped with random actions by
